@@ -1,0 +1,5 @@
+"""`python -m memory_bank` is `memorybank`."""
+
+from .cli import main
+
+main(prog_name="memorybank")

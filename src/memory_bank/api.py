@@ -1,0 +1,237 @@
+"""MemoryBank: the seed's class, every documented method, on top of publisher + reads.
+
+Writes go through a Publisher (fire-and-forget, ids at once); reads open the database
+read-only after a sync barrier, so an instance always reads its own writes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+
+from . import discovery
+from .control import ControlClient, DaemonUnavailable
+from .publisher import Publisher
+from .store.reader import TABLE_COLUMNS, SqliteReader
+from .timeutil import to_timestamp
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB = "ev_charging_memory.db"
+
+
+class MemoryBank:
+    """Persistent memory of events, anomalies, sessions, metrics and patterns.
+
+    ``MemoryBank(db_path)`` writes through the daemon that serves ``db_path``
+    (start one with ``memorybank daemon --db PATH``). ``embedded=True`` runs the writer in
+    a thread of this process instead, for one-process scripts and tests.
+    """
+
+    def __init__(
+        self,
+        db_path: str | os.PathLike = DEFAULT_DB,
+        *,
+        embedded: bool = False,
+        endpoint: str | None = None,
+        sync_timeout: float = 10.0,
+    ):
+        self.db_path = os.fspath(db_path)
+        self._path = discovery.resolve_db_path(db_path)
+        self.sync_timeout = sync_timeout
+        self._embedded = None
+        self._warned_unsynced = False
+        if embedded:
+            from .embedded import EmbeddedWriter
+
+            self._embedded = EmbeddedWriter(self._path)
+            self._publisher = Publisher(self._path, transport=self._embedded)
+        else:
+            self._publisher = Publisher(self._path, endpoint=endpoint)
+        self._reader = SqliteReader(self._path)
+
+    @property
+    def publisher(self) -> Publisher:
+        return self._publisher
+
+    # -- read-your-writes -------------------------------------------------------------
+    def _sync(self) -> None:
+        """Wait until this instance's writes are committed (free when none are pending)."""
+        if not self._publisher._dirty:
+            return
+        if self._embedded is None and not discovery.daemon_running(self._path):
+            if not self._warned_unsynced:
+                self._warned_unsynced = True
+                log.warning(
+                    "no daemon serves %s: reads miss this process's unsent writes; start one "
+                    "with 'memorybank daemon --db %s'",
+                    self._path,
+                    self.db_path,
+                )
+            return
+        if not self._publisher.flush(self.sync_timeout):
+            log.warning(
+                "the daemon of %s did not confirm pending writes within %gs; reading without "
+                "them",
+                self._path,
+                self.sync_timeout,
+            )
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every write made so far is committed; False if not within ``timeout``."""
+        return self._publisher.flush(self.sync_timeout if timeout is None else timeout)
+
+    # -- events -----------------------------------------------------------------------
+    def log_event(self, event_type: str, component: str, message: str = "", data=None) -> int:
+        """Record a system event; returns its id at once."""
+        return self._publisher.log_event(event_type, component, message, data)
+
+    def get_events(self, event_type=None, component=None, since=None, limit: int = 100):
+        """Most recent first."""
+        self._sync()
+        return self._reader.get_events(event_type, component, to_timestamp(since), limit)
+
+    # -- anomalies --------------------------------------------------------------------
+    def record_anomaly(
+        self,
+        anomaly_type: str,
+        severity: str,
+        description: str = "",
+        pattern_data=None,
+        current_value=None,
+        expected_value=None,
+    ) -> int:
+        """Record an anomaly (deviation = |current - expected|); returns its id at once."""
+        return self._publisher.record_anomaly(
+            anomaly_type, severity, description, pattern_data, current_value, expected_value
+        )
+
+    def get_anomalies(self, anomaly_type=None, severity=None, since=None, limit: int = 100):
+        self._sync()
+        return self._reader.get_anomalies(anomaly_type, severity, to_timestamp(since), limit)
+
+    def get_anomaly_count(self, since=None, anomaly_type=None, severity=None) -> int:
+        """Number of anomalies, optionally since a time and of one type or severity.
+
+        A text first argument is taken as the anomaly type.
+        """
+        if isinstance(since, str) and anomaly_type is None:
+            since, anomaly_type = None, since
+        self._sync()
+        return self._reader.get_anomaly_count(anomaly_type, severity, to_timestamp(since))
+
+    # -- sessions ---------------------------------------------------------------------
+    def start_session(self, session_id: str) -> None:
+        """Start a session; starting one that exists keeps the earlier record."""
+        self._publisher.start_session(session_id)
+
+    def increment_session_anomaly_count(self, session_id: str) -> None:
+        """Count an anomaly against a session (counts even if it arrives before the start)."""
+        self._publisher.increment_session_anomaly_count(session_id)
+
+    def end_session(
+        self, session_id: str, total_energy=None, avg_current=None, max_current=None,
+        min_current=None,
+    ) -> None:
+        """End a session; statistics not given are computed from the session's metrics."""
+        self._publisher.end_session(session_id, total_energy, avg_current, max_current, min_current)
+
+    def get_session(self, session_id: str) -> dict | None:
+        self._sync()
+        return self._reader.get_session(session_id)
+
+    def get_recent_sessions(self, limit: int = 10) -> list[dict]:
+        self._sync()
+        return self._reader.get_recent_sessions(limit)
+
+    # -- metrics ----------------------------------------------------------------------
+    def record_metric(self, metric_name: str, metric_value: float, unit=None, metadata=None) -> int:
+        """Record a measurement; returns its id at once."""
+        return self._publisher.record_metric(metric_name, metric_value, unit, metadata)
+
+    def get_metrics(self, metric_name=None, since=None, limit: int = 1000) -> list[dict]:
+        self._sync()
+        return self._reader.get_metrics(metric_name, to_timestamp(since), limit)
+
+    def get_metric_statistics(self, metric_name: str, since=None) -> dict:
+        """{'min', 'max', 'avg', 'count'} of a metric."""
+        self._sync()
+        return self._reader.get_metric_statistics(metric_name, to_timestamp(since))
+
+    # -- patterns ---------------------------------------------------------------------
+    def record_pattern(self, pattern_type: str, pattern_data, confidence: float = 1.0) -> None:
+        """Record a pattern; the same type and data (key order aside) raises its frequency."""
+        self._publisher.record_pattern(pattern_type, pattern_data, confidence)
+
+    def get_patterns(self, pattern_type=None, min_frequency: int = 1) -> list[dict]:
+        self._sync()
+        return self._reader.get_patterns(pattern_type, min_frequency)
+
+    # -- analytics and data management --------------------------------------------------
+    def get_dashboard_summary(self) -> dict:
+        self._sync()
+        return self._reader.get_dashboard_summary()
+
+    def export_to_json(self, filepath, since=None) -> dict[str, int]:
+        """Write every table (rows since ``since``) to a JSON file, streamed; returns counts."""
+        self._sync()
+        since_ts = to_timestamp(since)
+        counts: dict[str, int] = {}
+        with open(filepath, "w", encoding="utf-8") as out:
+            out.write('{"exported_at": %s' % json.dumps(dt.datetime.now().isoformat()))
+            for table in TABLE_COLUMNS:
+                out.write(f', "{table}": [')
+                n = 0
+                for row in self._reader.iter_table(table, since=since_ts):
+                    out.write((",\n" if n else "\n") + json.dumps(row, default=str))
+                    n += 1
+                out.write("]")
+                counts[table] = n
+            out.write("}\n")
+        return counts
+
+    def clear_old_data(self, days: float = 7) -> dict[str, int]:
+        """Delete events, anomalies and metrics older than ``days``, through the writer.
+
+        Returns rows deleted per table. Sessions and patterns are kept, as in the seed.
+        """
+        self.flush()
+        if self._embedded is not None:
+            return self._embedded.call(lambda writer: writer.retention(days), timeout=3600)
+        return self._control("retention", days=days)["deleted"]
+
+    def _control(self, op: str, **fields) -> dict:
+        if not discovery.daemon_running(self._path):
+            raise DaemonUnavailable(
+                f"no daemon serves {self._path} — start one with "
+                f"'memorybank daemon --db {self.db_path}'"
+            )
+        client = ControlClient(discovery.find_endpoints(self._path).control)
+        try:
+            reply = client.request(op, timeout=3600, **fields)
+        finally:
+            client.close()
+        if not reply.get("ok"):
+            raise RuntimeError(f"daemon refused {op}: {reply.get('error')}")
+        return reply
+
+    def close(self) -> None:
+        """Hand pending writes over (bounded wait), then release everything."""
+        self._publisher.close()
+        self._reader.close()
+        if self._embedded is not None:
+            self._embedded.shutdown()
+            self._embedded = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "embedded" if self._embedded is not None else "daemon"
+        return f"MemoryBank({self.db_path!r}, {mode})"
+

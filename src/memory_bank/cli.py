@@ -1,0 +1,176 @@
+"""The `memorybank` command: daemon, status, demo. Parses, calls the library, formats."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__, config as config_mod, discovery
+from .control import DaemonUnavailable, daemon_stats, wait_for_daemon
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group()
+@click.version_option(__version__, prog_name="memorybank")
+def main() -> None:
+    """MemoryBank: persistent telemetry memory for an EV-charging lab."""
+
+
+@main.command()
+@click.option("--db", "db", help="SQLite database this daemon owns.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML configuration file (default: $MEMORYBANK_CONFIG).")
+@click.option("--endpoint", help="Data endpoint to bind (ipc://PATH or tcp://HOST:PORT).")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
+                                               case_sensitive=False))
+def daemon(db, config_path, endpoint, log_level) -> None:
+    """Run the single writer for a database in the foreground."""
+    from .daemon import Daemon, DaemonSettings
+
+    try:
+        cfg = config_mod.load(config_path, db=db, endpoint=endpoint, log_level=log_level)
+    except config_mod.ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    _setup_logging(cfg.log_level)
+    settings = DaemonSettings(
+        db_path=Path(cfg.db), endpoint=cfg.endpoint, batch_rows=cfg.batch_rows,
+        batch_seconds=cfg.batch_seconds, synchronous=cfg.synchronous,
+    )
+    try:
+        status = Daemon(settings).run()
+    except discovery.DaemonLockedError as exc:
+        click.echo(f"memorybank daemon: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(status)
+
+
+_STATUS_ROWS = [
+    ("pid", "pid"), ("db", "database"), ("uptime_seconds", "uptime (s)"),
+    ("received_records", "records received"), ("committed_records", "records committed"),
+    ("rejected_records", "records rejected"), ("duplicate_records", "duplicates skipped"),
+    ("batches", "batches"), ("queue_depth", "queue depth"), ("publishers", "publishers seen"),
+    ("db_bytes", "database bytes"), ("wal_bytes", "WAL bytes"),
+    ("data_endpoint", "data endpoint"), ("control_endpoint", "control endpoint"),
+]
+
+
+@main.command()
+@click.option("--db", "db", default="ev_charging_memory.db", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def status(db, as_json) -> None:
+    """Show the figures of the daemon serving a database (exit 1 when none does)."""
+    try:
+        figures = daemon_stats(db)
+    except DaemonUnavailable as exc:
+        click.echo(f"memorybank status: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+        return
+    width = max(len(label) for _, label in _STATUS_ROWS)
+    for key, label in _STATUS_ROWS:
+        click.echo(f"{label:<{width}}  {figures.get(key)}")
+
+
+def format_summary(summary: dict) -> str:
+    lines = ["MemoryBank summary", "=" * 40]
+    for key in ("total_events", "total_anomalies", "total_sessions", "events_last_hour",
+                "anomalies_last_hour", "active_sessions"):
+        lines.append(f"{key.replace('_', ' '):<22} {summary[key]}")
+    severities = ", ".join(f"{k}: {v}" for k, v in summary["anomalies_by_severity"].items())
+    lines.append(f"{'anomalies by severity':<22} {severities or '-'}")
+    lines.append(f"{'as of':<22} {summary['timestamp']}")
+    return "\n".join(lines)
+
+
+def format_sessions(sessions: list[dict]) -> str:
+    def num(value, fmt="{:.1f}"):
+        return "-" if value is None else fmt.format(value)
+
+    header = f"{'session':<24} {'status':<10} {'start':<8} {'dur s':>6} {'energy Wh':>10} " \
+             f"{'avg A':>6} {'max A':>6} {'min A':>6} {'anom':>4}"
+    lines = [header, "-" * len(header)]
+    for s in sessions:
+        start = time.strftime("%H:%M:%S", time.localtime(s["start_time"]))
+        duration = None if s["end_time"] is None else s["end_time"] - s["start_time"]
+        lines.append(
+            f"{s['session_id']:<24} {s['status']:<10} {start:<8} {num(duration):>6} "
+            f"{num(s['total_energy'], '{:.2f}'):>10} {num(s['avg_current']):>6} "
+            f"{num(s['max_current']):>6} {num(s['min_current']):>6} {s['anomaly_count']:>4}"
+        )
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--db", "db", default="ev_charging_memory.db", show_default=True)
+@click.option("--seconds", default=20.0, show_default=True, help="How long the lab runs.")
+@click.option("--cycle", default=4.0, show_default=True,
+              help="Seconds per anomaly cycle (0 A -> 100 A -> start -> stop).")
+def demo(db, seconds, cycle) -> None:
+    """Run a daemon and a simulated CSMS, charge point and charger, then show the result."""
+    from .api import MemoryBank
+
+    _setup_logging("WARNING")
+    path = discovery.resolve_db_path(db)
+    daemon_proc = None
+    if discovery.daemon_running(path):
+        click.echo(f"using the daemon already serving {path}")
+    else:
+        daemon_proc = subprocess.Popen(
+            [sys.executable, "-m", "memory_bank", "daemon", "--db", str(path),
+             "--log-level", "WARNING"],
+        )
+        try:
+            wait_for_daemon(path, timeout=15)
+        except DaemonUnavailable as exc:
+            daemon_proc.kill()
+            raise click.ClickException(f"the daemon did not start: {exc}") from None
+    click.echo(f"running the simulated lab for {seconds:g}s on {path} "
+               f"(CSMS, charge point and charger in separate processes)...")
+    t0 = time.time() + 0.5
+    components = [
+        subprocess.Popen([sys.executable, "-m", "memory_bank.demo.sim", role, "--db", str(path),
+                          "--t0", repr(t0), "--seconds", str(seconds), "--cycle", str(cycle)])
+        for role in ("csms", "cp", "charger")
+    ]
+    failed = False
+    try:
+        for proc in components:
+            failed |= proc.wait() != 0
+    except KeyboardInterrupt:
+        for proc in components:
+            proc.send_signal(signal.SIGINT)
+        for proc in components:
+            proc.wait()
+        failed = True
+    with MemoryBank(path) as memory:
+        summary = memory.get_dashboard_summary()
+        sessions = memory.get_recent_sessions(limit=20)
+    if daemon_proc is not None:
+        daemon_proc.send_signal(signal.SIGTERM)
+        daemon_proc.wait(timeout=30)
+    click.echo()
+    click.echo(format_summary(summary))
+    click.echo()
+    click.echo(format_sessions(sessions))
+    if failed:
+        raise click.ClickException("a simulated component failed; see its output above")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name=os.path.basename(sys.argv[0]))

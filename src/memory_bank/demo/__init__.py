@@ -1,0 +1,1 @@
+"""A simulated EV-charging lab that logs through MemoryBank, for `memorybank demo`."""

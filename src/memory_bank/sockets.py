@@ -1,0 +1,73 @@
+"""The one place that creates ZeroMQ sockets and sets their options, with the reason for each.
+
+Patterns: records travel PUSH (publisher) -> PULL (daemon), a pipeline; control requests
+(sync, stats, maintenance) travel DEALER (client) -> ROUTER (daemon), a request-reply that
+lets the daemon hold a sync request open until the batch it waits for is committed.
+"""
+
+from __future__ import annotations
+
+import re
+
+import zmq
+
+# A publisher never waits on its socket at exit for longer than this: records it could not
+# hand over are counted and logged by the publisher, not left to hang the process.
+PUBLISHER_LINGER_MS = 1000
+# Messages queued in ZeroMQ per publisher before send() would block; the publisher keeps
+# further records in its own bounded queue. 1000 messages of up to 512 records is plenty.
+PUBLISHER_SNDHWM = 1000
+# The daemon's inbound queue; with many publishers bursting at once it smooths the peaks.
+DAEMON_RCVHWM = 10000
+# The largest message the daemon accepts; larger ones are dropped by ZeroMQ before decoding.
+DAEMON_MAXMSGSIZE = 16 * 1024 * 1024
+
+
+def control_endpoint_for(data_endpoint: str) -> str:
+    """A user names one endpoint; the control socket sits beside it.
+
+    ``ipc://X.data`` pairs with ``ipc://X.ctl``; ``ipc://X`` with ``ipc://X.ctl``;
+    ``tcp://HOST:PORT`` with ``tcp://HOST:PORT+1``.
+    """
+    if data_endpoint.startswith("ipc://"):
+        base = data_endpoint[: -len(".data")] if data_endpoint.endswith(".data") else data_endpoint
+        return base + ".ctl"
+    match = re.fullmatch(r"tcp://(.+):(\d+)", data_endpoint)
+    if match:
+        return f"tcp://{match.group(1)}:{int(match.group(2)) + 1}"
+    raise ValueError(
+        f"endpoint {data_endpoint!r} must be ipc://PATH or tcp://HOST:PORT"
+    )
+
+
+def publisher_push(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, PUBLISHER_LINGER_MS)
+    sock.setsockopt(zmq.SNDHWM, PUBLISHER_SNDHWM)
+    sock.connect(endpoint)
+    return sock
+
+
+def control_dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    # Requests are worthless once their caller gave up; never hold an exit for them.
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    return sock
+
+
+def daemon_pull(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.RCVHWM, DAEMON_RCVHWM)
+    sock.setsockopt(zmq.MAXMSGSIZE, DAEMON_MAXMSGSIZE)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoint)
+    return sock
+
+
+def daemon_router(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.MAXMSGSIZE, 1024 * 1024)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoint)
+    return sock

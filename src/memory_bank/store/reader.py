@@ -1,0 +1,232 @@
+"""The SQLite store, read side: the seed's queries over read-only connections.
+
+WAL readers never block the writer, and a read-only connection cannot take the write lock
+by mistake. One connection per thread, opened on first use.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+from .schema import SEED_TABLES
+
+EVENT_COLUMNS = "id, timestamp, event_type, component, message, data, created_at"
+ANOMALY_COLUMNS = (
+    "id, timestamp, anomaly_type, severity, description, pattern_data, current_value, "
+    "expected_value, deviation, created_at"
+)
+SESSION_COLUMNS = (
+    "id, session_id, start_time, end_time, total_energy, avg_current, max_current, "
+    "min_current, anomaly_count, status, created_at"
+)
+METRIC_COLUMNS = "id, timestamp, metric_name, metric_value, unit, metadata, created_at"
+PATTERN_COLUMNS = (
+    "id, pattern_type, pattern_data, frequency, last_seen, confidence, created_at, updated_at"
+)
+TABLE_COLUMNS = {
+    "events": EVENT_COLUMNS,
+    "anomalies": ANOMALY_COLUMNS,
+    "sessions": SESSION_COLUMNS,
+    "metrics": METRIC_COLUMNS,
+    "patterns": PATTERN_COLUMNS,
+}
+TIME_COLUMN = {
+    "events": "timestamp",
+    "anomalies": "timestamp",
+    "sessions": "start_time",
+    "metrics": "timestamp",
+    "patterns": "last_seen",
+}
+JSON_COLUMNS = ("data", "pattern_data", "metadata")
+
+
+def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
+    out = {}
+    for (name, *_), value in zip(cursor.description, row, strict=True):
+        if name in JSON_COLUMNS and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        out[name] = value
+    return out
+
+
+class _Where:
+    """Builds a parameterized WHERE clause from optional filters."""
+
+    def __init__(self):
+        self.clauses: list[str] = []
+        self.params: list = []
+
+    def add(self, clause: str, value) -> None:
+        if value is not None:
+            self.clauses.append(clause)
+            self.params.append(value)
+
+    def sql(self) -> str:
+        return (" WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
+
+
+class SqliteReader:
+    """Read queries with the seed's arguments and return shapes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._local = threading.local()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and (not getattr(self._local, "placeholder", False)
+                                 or not os.path.exists(self.path)):
+            return conn
+        if conn is not None:
+            conn.close()
+        if os.path.exists(self.path):
+            conn = sqlite3.connect(f"file:{quote(os.fspath(self.path))}?mode=ro", uri=True)
+            conn.execute("PRAGMA query_only=1")
+            self._local.placeholder = False
+        else:
+            # No database yet (no daemon has run): answer from an empty schema, create nothing.
+            conn = sqlite3.connect(":memory:")
+            conn.executescript(SEED_TABLES)
+            self._local.placeholder = True
+        conn.row_factory = _row_dict
+        self._local.conn = conn
+        return conn
+
+    def _all(self, sql: str, params=()) -> list[dict]:
+        return self._conn().execute(sql, params).fetchall()
+
+    def _one(self, sql: str, params=()) -> dict | None:
+        return self._conn().execute(sql, params).fetchone()
+
+    # -- events / anomalies -----------------------------------------------------------
+    def get_events(self, event_type=None, component=None, since=None, limit=100, until=None):
+        w = _Where()
+        w.add("event_type = ?", event_type)
+        w.add("component = ?", component)
+        w.add("timestamp >= ?", since)
+        w.add("timestamp < ?", until)
+        return self._all(
+            f"SELECT {EVENT_COLUMNS} FROM events{w.sql()} ORDER BY timestamp DESC LIMIT ?",
+            [*w.params, limit],
+        )
+
+    def get_anomalies(self, anomaly_type=None, severity=None, since=None, limit=100, until=None):
+        w = _Where()
+        w.add("anomaly_type = ?", anomaly_type)
+        w.add("severity = ?", severity)
+        w.add("timestamp >= ?", since)
+        w.add("timestamp < ?", until)
+        return self._all(
+            f"SELECT {ANOMALY_COLUMNS} FROM anomalies{w.sql()} ORDER BY timestamp DESC LIMIT ?",
+            [*w.params, limit],
+        )
+
+    def get_anomaly_count(self, anomaly_type=None, severity=None, since=None) -> int:
+        w = _Where()
+        w.add("anomaly_type = ?", anomaly_type)
+        w.add("severity = ?", severity)
+        w.add("timestamp >= ?", since)
+        return self._one(f"SELECT count(*) AS n FROM anomalies{w.sql()}", w.params)["n"]
+
+    # -- sessions ---------------------------------------------------------------------
+    def get_session(self, session_id: str) -> dict | None:
+        return self._one(
+            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)
+        )
+
+    def get_recent_sessions(self, limit=10) -> list[dict]:
+        return self._all(
+            f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY start_time DESC LIMIT ?", (limit,)
+        )
+
+    # -- metrics ----------------------------------------------------------------------
+    def get_metrics(self, metric_name=None, since=None, limit=1000, until=None) -> list[dict]:
+        w = _Where()
+        w.add("metric_name = ?", metric_name)
+        w.add("timestamp >= ?", since)
+        w.add("timestamp < ?", until)
+        return self._all(
+            f"SELECT {METRIC_COLUMNS} FROM metrics{w.sql()} ORDER BY timestamp DESC LIMIT ?",
+            [*w.params, limit],
+        )
+
+    def get_metric_statistics(self, metric_name, since=None, until=None) -> dict:
+        w = _Where()
+        w.add("metric_name = ?", metric_name)
+        w.add("timestamp >= ?", since)
+        w.add("timestamp < ?", until)
+        return self._one(
+            "SELECT min(metric_value) AS min, max(metric_value) AS max, "
+            f"avg(metric_value) AS avg, count(*) AS count FROM metrics{w.sql()}",
+            w.params,
+        )
+
+    # -- patterns ---------------------------------------------------------------------
+    def get_patterns(self, pattern_type=None, min_frequency=1) -> list[dict]:
+        w = _Where()
+        w.add("pattern_type = ?", pattern_type)
+        w.add("frequency >= ?", min_frequency)
+        return self._all(
+            f"SELECT {PATTERN_COLUMNS} FROM patterns{w.sql()} "
+            "ORDER BY frequency DESC, last_seen DESC",
+            w.params,
+        )
+
+    # -- analytics --------------------------------------------------------------------
+    def get_dashboard_summary(self) -> dict:
+        hour_ago = time.time() - 3600
+        conn = self._conn()
+
+        def scalar(sql, params=()):
+            return next(iter(conn.execute(sql, params).fetchone().values()))
+
+        by_severity = {
+            r["severity"]: r["n"]
+            for r in conn.execute(
+                "SELECT severity, count(*) AS n FROM anomalies GROUP BY severity ORDER BY n DESC"
+            )
+        }
+        return {
+            "total_events": scalar("SELECT count(*) FROM events"),
+            "total_anomalies": scalar("SELECT count(*) FROM anomalies"),
+            "total_sessions": scalar("SELECT count(*) FROM sessions"),
+            "events_last_hour": scalar(
+                "SELECT count(*) FROM events WHERE timestamp >= ?", (hour_ago,)
+            ),
+            "anomalies_last_hour": scalar(
+                "SELECT count(*) FROM anomalies WHERE timestamp >= ?", (hour_ago,)
+            ),
+            "anomalies_by_severity": by_severity,
+            "active_sessions": scalar("SELECT count(*) FROM sessions WHERE status = 'ACTIVE'"),
+            "timestamp": dt.datetime.now().isoformat(timespec="seconds"),
+        }
+
+    def iter_table(self, table: str, since=None, until=None) -> Iterator[dict]:
+        """Every row of a table in time order, streamed."""
+        if table not in TABLE_COLUMNS:
+            raise ValueError(f"unknown table {table!r}; expected one of {sorted(TABLE_COLUMNS)}")
+        w = _Where()
+        w.add(f"{TIME_COLUMN[table]} >= ?", since)
+        w.add(f"{TIME_COLUMN[table]} < ?", until)
+        cursor = self._conn().execute(
+            f"SELECT {TABLE_COLUMNS[table]} FROM {table}{w.sql()} ORDER BY {TIME_COLUMN[table]}",
+            w.params,
+        )
+        yield from cursor
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

@@ -1,0 +1,199 @@
+"""The SQLite schema: the seed's five tables, and forward migrations tracked in user_version.
+
+A fresh database and one written by the seed's own ``memory_bank.py`` take the same path:
+the seed-shaped tables are created if missing (without AUTOINCREMENT, since the writer
+supplies ids), then each migration brings the database forward, keeping its data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+# The seed's tables, column for column. A seed database already has them (with
+# AUTOINCREMENT ids), and CREATE ... IF NOT EXISTS leaves those untouched.
+SEED_TABLES = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    timestamp REAL NOT NULL,
+    event_type TEXT NOT NULL,
+    component TEXT NOT NULL,
+    message TEXT,
+    data TEXT,
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS anomalies (
+    id INTEGER PRIMARY KEY,
+    timestamp REAL NOT NULL,
+    anomaly_type TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    description TEXT,
+    pattern_data TEXT,
+    current_value REAL,
+    expected_value REAL,
+    deviation REAL,
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY,
+    session_id TEXT UNIQUE NOT NULL,
+    start_time REAL NOT NULL,
+    end_time REAL,
+    total_energy REAL,
+    avg_current REAL,
+    max_current REAL,
+    min_current REAL,
+    anomaly_count INTEGER DEFAULT 0,
+    status TEXT DEFAULT 'ACTIVE',
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    id INTEGER PRIMARY KEY,
+    timestamp REAL NOT NULL,
+    metric_name TEXT NOT NULL,
+    metric_value REAL NOT NULL,
+    unit TEXT,
+    metadata TEXT,
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS patterns (
+    id INTEGER PRIMARY KEY,
+    pattern_type TEXT NOT NULL,
+    pattern_data TEXT NOT NULL,
+    frequency INTEGER DEFAULT 1,
+    last_seen REAL,
+    confidence REAL,
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+);
+CREATE INDEX IF NOT EXISTS idx_events_timestamp ON events(timestamp);
+CREATE INDEX IF NOT EXISTS idx_events_type ON events(event_type);
+CREATE INDEX IF NOT EXISTS idx_anomalies_timestamp ON anomalies(timestamp);
+CREATE INDEX IF NOT EXISTS idx_anomalies_type ON anomalies(anomaly_type);
+CREATE INDEX IF NOT EXISTS idx_sessions_start ON sessions(start_time);
+CREATE INDEX IF NOT EXISTS idx_metrics_timestamp ON metrics(timestamp);
+"""
+
+
+def pattern_key(pattern_data) -> str:
+    """Patterns are the same when their data is, key order aside."""
+    return json.dumps(pattern_data, sort_keys=True, separators=(",", ":"))
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _migrate_to_1(conn: sqlite3.Connection) -> None:
+    """Columns and tables the writer's contracts need; seed rows kept as they are."""
+    session_cols = _columns(conn, "sessions")
+    if "started" not in session_cols:
+        # 0 while a session exists only because an anomaly or its end arrived first.
+        conn.execute("ALTER TABLE sessions ADD COLUMN started INTEGER NOT NULL DEFAULT 1")
+    if "stats_auto" not in session_cols:
+        # Bit mask of statistics end_session left to be computed from the metrics:
+        # 1 total_energy, 2 avg_current, 4 max_current, 8 min_current.
+        conn.execute("ALTER TABLE sessions ADD COLUMN stats_auto INTEGER NOT NULL DEFAULT 0")
+    # A seed database may lack the UNIQUE constraint; keep duplicates, renamed.
+    dupes = conn.execute(
+        "SELECT id, session_id FROM sessions WHERE id NOT IN "
+        "(SELECT min(id) FROM sessions GROUP BY session_id)"
+    ).fetchall()
+    for row_id, session_id in dupes:
+        conn.execute(
+            "UPDATE sessions SET session_id = ? WHERE id = ?", (f"{session_id}#{row_id}", row_id)
+        )
+    conn.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS idx_sessions_session_id ON sessions(session_id)"
+    )
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS idx_sessions_auto_end ON sessions(end_time) "
+        "WHERE stats_auto != 0"
+    )
+
+    if "pattern_key" not in _columns(conn, "patterns"):
+        conn.execute("ALTER TABLE patterns ADD COLUMN pattern_key TEXT")
+    _key_legacy_patterns(conn)
+    conn.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS idx_patterns_key ON patterns(pattern_type, pattern_key)"
+    )
+    # Serves get_metric_statistics and get_metrics(metric_name=..., since=...).
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS idx_metrics_name_ts ON metrics(metric_name, timestamp)"
+    )
+    # Per publisher, the last message applied: a replayed message is skipped.
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS mb_publishers ("
+        " publisher_id INTEGER PRIMARY KEY,"
+        " applied_seq INTEGER NOT NULL,"
+        " last_seen REAL NOT NULL)"
+    )
+
+
+def _key_legacy_patterns(conn: sqlite3.Connection) -> None:
+    """Give seed patterns their key; merge rows the seed counted apart."""
+    rows = conn.execute(
+        "SELECT id, pattern_type, pattern_data, frequency, last_seen, confidence "
+        "FROM patterns WHERE pattern_key IS NULL ORDER BY id"
+    ).fetchall()
+    kept: dict[tuple[str, str], list] = {}
+    for row_id, ptype, pdata, freq, last_seen, conf in rows:
+        try:
+            key = pattern_key(json.loads(pdata))
+        except (TypeError, ValueError):
+            key = pdata or ""
+        existing = conn.execute(
+            "SELECT id, frequency, last_seen, confidence FROM patterns "
+            "WHERE pattern_type = ? AND pattern_key = ?",
+            (ptype, key),
+        ).fetchone() or kept.get((ptype, key))
+        if existing is None:
+            conn.execute("UPDATE patterns SET pattern_key = ? WHERE id = ?", (key, row_id))
+            kept[(ptype, key)] = [row_id, freq, last_seen, conf]
+            continue
+        keep_id, keep_freq, keep_seen, keep_conf = existing
+        newer = (last_seen or 0) >= (keep_seen or 0)
+        conn.execute(
+            "UPDATE patterns SET frequency = ?, last_seen = ?, confidence = ? WHERE id = ?",
+            (
+                (keep_freq or 1) + (freq or 1),
+                max(last_seen or 0, keep_seen or 0) or None,
+                conf if newer else keep_conf,
+                keep_id,
+            ),
+        )
+        conn.execute("DELETE FROM patterns WHERE id = ?", (row_id,))
+
+
+MIGRATIONS = {1: _migrate_to_1}
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database to SCHEMA_VERSION in one transaction; returns the old version."""
+    old = conn.execute("PRAGMA user_version").fetchone()[0]
+    if old > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {old} is newer than this MemoryBank ({SCHEMA_VERSION}); "
+            "upgrade memory_bank"
+        )
+    if old == SCHEMA_VERSION:
+        return old
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in SEED_TABLES.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        for version in range(old + 1, SCHEMA_VERSION + 1):
+            log.info("migrating schema to version %d", version)
+            MIGRATIONS[version](conn)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return old

@@ -1,0 +1,303 @@
+"""The SQLite store, writer side: applies batches of messages, one transaction per batch.
+
+Only the writer (daemon or embedded thread) opens this; it is the single connection that
+ever writes the database. Reads live in ``reader.py`` on read-only connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .. import wire
+from ..wire import Message
+from .schema import migrate
+
+log = logging.getLogger(__name__)
+
+INSERT_EVENTS = (
+    "INSERT OR IGNORE INTO events (id, timestamp, event_type, component, message, data) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+INSERT_ANOMALIES = (
+    "INSERT OR IGNORE INTO anomalies (id, timestamp, anomaly_type, severity, description, "
+    "pattern_data, current_value, expected_value, deviation) "
+    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, abs(?7 - ?8))"
+)
+INSERT_METRICS = (
+    "INSERT OR IGNORE INTO metrics (id, timestamp, metric_name, metric_value, unit, metadata) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+# Session operations are upserts written so that the result does not depend on the order in
+# which a CP's start/end and a CSMS's anomaly counts arrive.
+SESSION_START = """
+INSERT INTO sessions (session_id, start_time, status, anomaly_count, started)
+VALUES (?2, ?1, 'ACTIVE', 0, 1)
+ON CONFLICT(session_id) DO UPDATE SET
+    start_time = CASE WHEN started THEN min(start_time, excluded.start_time)
+                      ELSE excluded.start_time END,
+    started = 1
+RETURNING stats_auto, end_time
+"""
+SESSION_ANOMALY = """
+INSERT INTO sessions (session_id, start_time, status, anomaly_count, started)
+VALUES (?2, ?1, 'ACTIVE', 1, 0)
+ON CONFLICT(session_id) DO UPDATE SET
+    anomaly_count = coalesce(anomaly_count, 0) + 1,
+    start_time = CASE WHEN started THEN start_time
+                      ELSE min(start_time, excluded.start_time) END
+"""
+SESSION_END = """
+INSERT INTO sessions (session_id, start_time, end_time, status, anomaly_count, started,
+                      total_energy, avg_current, max_current, min_current, stats_auto)
+VALUES (?2, ?1, ?1, 'COMPLETED', 0, 0, ?3, ?4, ?5, ?6, ?7)
+ON CONFLICT(session_id) DO UPDATE SET
+    end_time = CASE WHEN end_time IS NULL THEN excluded.end_time
+                    ELSE max(end_time, excluded.end_time) END,
+    status = 'COMPLETED',
+    total_energy = excluded.total_energy,
+    avg_current = excluded.avg_current,
+    max_current = excluded.max_current,
+    min_current = excluded.min_current,
+    stats_auto = excluded.stats_auto
+"""
+PATTERN_UPSERT = """
+INSERT INTO patterns (pattern_type, pattern_data, pattern_key, frequency, last_seen, confidence)
+VALUES (?2, ?3, ?4, 1, ?1, ?5)
+ON CONFLICT(pattern_type, pattern_key) DO UPDATE SET
+    frequency = coalesce(frequency, 0) + 1,
+    confidence = CASE WHEN excluded.last_seen >= coalesce(last_seen, 0)
+                      THEN excluded.confidence ELSE confidence END,
+    last_seen = max(coalesce(last_seen, 0), excluded.last_seen),
+    updated_at = CURRENT_TIMESTAMP
+"""
+
+# Which statistics end_session computes when the caller gave none (stats_auto bits).
+AUTO_ENERGY, AUTO_AVG, AUTO_MAX, AUTO_MIN = 1, 2, 4, 8
+SESSION_METRICS = ("current", "power", "voltage")
+
+RETENTION_TABLES = ("events", "anomalies", "metrics")
+
+
+class SqliteStore:
+    """Owns the database's one write connection: schema, batch apply, maintenance."""
+
+    def __init__(self, path: Path, synchronous: str = "FULL"):
+        self.path = path
+        self.conn = sqlite3.connect(
+            os.fspath(path), isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: an acknowledged batch survives power loss, at one fsync per batch.
+        self.conn.execute(f"PRAGMA synchronous={synchronous}")
+        self.conn.execute("PRAGMA foreign_keys=OFF")
+        self.old_version = migrate(self.conn)
+        if self.old_version == 0 and self._row_count("events") + self._row_count("sessions"):
+            log.info("upgraded an existing seed database in place: %s", path)
+
+    # -- start-up facts -------------------------------------------------------------
+    def _row_count(self, table: str) -> int:
+        return self.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+    def first_free_id_block(self) -> int:
+        """The lowest id block no stored row uses (guards against a lost ids file)."""
+        top = 0
+        for table in ("events", "anomalies", "metrics"):
+            top = max(top, self.conn.execute(f"SELECT max(id) FROM {table}").fetchone()[0] or 0)
+        return (top >> wire.ID_BLOCK_BITS) + 1
+
+    def load_watermarks(self) -> dict[int, int]:
+        """Per publisher, the last message sequence applied."""
+        return dict(self.conn.execute("SELECT publisher_id, applied_seq FROM mb_publishers"))
+
+    # -- the batch --------------------------------------------------------------------
+    def apply(self, messages: list[Message], watermarks: dict[int, int]) -> int:
+        """Apply messages in one transaction; skip those already applied. Returns rows stored.
+
+        ``watermarks`` is updated in place once the transaction has committed.
+        """
+        events: list = []
+        anomalies: list = []
+        metrics: list = []
+        operations: list = []
+        applied: dict[int, int] = {}
+        for msg in messages:
+            last = applied.get(msg.publisher_id, watermarks.get(msg.publisher_id, 0))
+            if msg.seq <= last:
+                log.debug("skipping replayed message %d of publisher %d", msg.seq, msg.publisher_id)
+                continue
+            applied[msg.publisher_id] = msg.seq
+            events += msg.events
+            anomalies += msg.anomalies
+            metrics += msg.metrics
+            operations += msg.operations
+        if not applied:
+            return 0
+
+        conn = self.conn
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            stored = 0
+            # Plain inserts commute with everything, so they go first; the operations then
+            # see every metric of the batch (end_session computes statistics from them).
+            if events:
+                stored += conn.executemany(INSERT_EVENTS, events).rowcount
+            if anomalies:
+                stored += conn.executemany(INSERT_ANOMALIES, anomalies).rowcount
+            if metrics:
+                stored += conn.executemany(INSERT_METRICS, metrics).rowcount
+            refresh = self._sessions_touched_by(metrics)
+            for op in operations:
+                self._apply_operation(op, refresh)
+            stored += len(operations)
+            for session_id in refresh:
+                self._fill_session_statistics(session_id)
+            conn.executemany(
+                "INSERT INTO mb_publishers (publisher_id, applied_seq, last_seen) VALUES (?, ?, ?) "
+                "ON CONFLICT(publisher_id) DO UPDATE SET applied_seq = excluded.applied_seq, "
+                "last_seen = excluded.last_seen",
+                [(pub, seq, now) for pub, seq in applied.items()],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        watermarks.update(applied)
+        return stored
+
+    def _apply_operation(self, op: list, refresh: set[str]) -> None:
+        code = op[0]
+        if code == wire.OP_SESSION_START:
+            rows = self.conn.execute(SESSION_START, op[1:3]).fetchall()
+            if rows and rows[0][0] and rows[0][1] is not None:
+                refresh.add(op[2])
+        elif code == wire.OP_SESSION_ANOMALY:
+            self.conn.execute(SESSION_ANOMALY, op[1:3])
+        elif code == wire.OP_SESSION_END:
+            ts, session_id, energy, avg, mx, mn = op[1:7]
+            auto = (
+                (AUTO_ENERGY if energy is None else 0)
+                | (AUTO_AVG if avg is None else 0)
+                | (AUTO_MAX if mx is None else 0)
+                | (AUTO_MIN if mn is None else 0)
+            )
+            self.conn.execute(SESSION_END, (ts, session_id, energy, avg, mx, mn, auto))
+            if auto:
+                refresh.add(session_id)
+        elif code == wire.OP_PATTERN:
+            self.conn.execute(PATTERN_UPSERT, op[1:6])
+
+    def _sessions_touched_by(self, metrics: list) -> set[str]:
+        """Ended sessions whose computed statistics a late-arriving metric changes."""
+        stamps = [m[1] for m in metrics if m[2] in SESSION_METRICS]
+        if not stamps:
+            return set()
+        rows = self.conn.execute(
+            "SELECT session_id FROM sessions WHERE stats_auto != 0 AND end_time >= ? "
+            "AND start_time <= ?",
+            (min(stamps), max(stamps)),
+        )
+        return {r[0] for r in rows}
+
+    def _fill_session_statistics(self, session_id: str) -> None:
+        row = self.conn.execute(
+            "SELECT start_time, end_time, stats_auto FROM sessions WHERE session_id = ?",
+            (session_id,),
+        ).fetchone()
+        if row is None or row[1] is None or not row[2]:
+            return
+        start, end, auto = row
+        avg, mx, mn = self.conn.execute(
+            "SELECT avg(metric_value), max(metric_value), min(metric_value) FROM metrics "
+            "WHERE metric_name = 'current' AND timestamp BETWEEN ? AND ?",
+            (start, end),
+        ).fetchone()
+        energy = self._energy_wh(start, end)
+        self.conn.execute(
+            "UPDATE sessions SET "
+            "total_energy = CASE WHEN ?1 & 1 THEN ?2 ELSE total_energy END, "
+            "avg_current = CASE WHEN ?1 & 2 THEN ?3 ELSE avg_current END, "
+            "max_current = CASE WHEN ?1 & 4 THEN ?4 ELSE max_current END, "
+            "min_current = CASE WHEN ?1 & 8 THEN ?5 ELSE min_current END "
+            "WHERE session_id = ?6",
+            (auto, energy, avg, mx, mn, session_id),
+        )
+
+    def _integral(self, metric_name: str, start: float, end: float) -> float | None:
+        """Trapezoidal integral of a metric over time (value x seconds), None under 2 points."""
+        return self.conn.execute(
+            "SELECT sum((timestamp - prev_t) * (metric_value + prev_v) / 2.0) FROM ("
+            " SELECT timestamp, metric_value,"
+            "  lag(timestamp) OVER (ORDER BY timestamp) AS prev_t,"
+            "  lag(metric_value) OVER (ORDER BY timestamp) AS prev_v"
+            " FROM metrics WHERE metric_name = ? AND timestamp BETWEEN ? AND ?"
+            ") WHERE prev_t IS NOT NULL",
+            (metric_name, start, end),
+        ).fetchone()[0]
+
+    def _energy_wh(self, start: float, end: float) -> float | None:
+        """Energy from 'power' metrics (W), else from 'current' (A) times mean 'voltage' (V)."""
+        watt_seconds = self._integral("power", start, end)
+        if watt_seconds is not None:
+            return watt_seconds / 3600.0
+        amp_seconds = self._integral("current", start, end)
+        volts = self.conn.execute(
+            "SELECT avg(metric_value) FROM metrics WHERE metric_name = 'voltage' "
+            "AND timestamp BETWEEN ? AND ?",
+            (start, end),
+        ).fetchone()[0]
+        if amp_seconds is None or volts is None:
+            return None
+        return amp_seconds * volts / 3600.0
+
+    # -- maintenance ------------------------------------------------------------------
+    def retention_steps(self, cutoff: float, chunk_rows: int = 5000) -> Iterator[tuple[str, int]]:
+        """Delete rows older than ``cutoff``, one short transaction per chunk.
+
+        Yields (table, rows deleted) after each chunk so the caller can let ingest run
+        between chunks. Sessions and patterns are kept, as in the seed.
+        """
+        for table in RETENTION_TABLES:
+            while True:
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    deleted = self.conn.execute(
+                        f"DELETE FROM {table} WHERE rowid IN "
+                        f"(SELECT rowid FROM {table} WHERE timestamp < ? LIMIT ?)",
+                        (cutoff, chunk_rows),
+                    ).rowcount
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+                yield table, deleted
+                if deleted < chunk_rows:
+                    break
+
+    def vacuum(self) -> int:
+        """VACUUM the database; returns bytes reclaimed."""
+        before = self.file_sizes()["db_bytes"]
+        self.conn.execute("VACUUM")
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return before - self.file_sizes()["db_bytes"]
+
+    def file_sizes(self) -> dict[str, int]:
+        sizes = {}
+        for key, suffix in (("db_bytes", ""), ("wal_bytes", "-wal")):
+            try:
+                sizes[key] = os.path.getsize(f"{self.path}{suffix}")
+            except OSError:
+                sizes[key] = 0
+        return sizes
+
+    def close(self) -> None:
+        try:
+            self.conn.execute("PRAGMA optimize")
+        finally:
+            self.conn.close()

@@ -1,0 +1,193 @@
+"""The record kinds and their msgpack form: the only module that knows the wire layout.
+
+A message from a publisher is one msgpack array::
+
+    [WIRE_VERSION, publisher_id, message_seq, events, anomalies, metrics, operations]
+
+Rows are msgpack arrays, never maps, laid out in the column order of their table so the
+writer hands them to ``executemany`` as they arrive. JSON columns (``data``, ``metadata``,
+``pattern_data``) are encoded by the publisher. Operations (sessions and patterns) keep
+their call order; the writer applies them after the plain inserts of the same message.
+
+Imports nothing but the standard library and msgpack: publishers load this module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import msgpack
+
+WIRE_VERSION = 1
+
+# Row layouts (the writer binds these positionally).
+# events:    [id, timestamp, event_type, component, message, data_json]
+# anomalies: [id, timestamp, anomaly_type, severity, description, pattern_json,
+#             current_value, expected_value]
+# metrics:   [id, timestamp, metric_name, metric_value, unit, metadata_json]
+EVENT_FIELDS = 6
+ANOMALY_FIELDS = 8
+METRIC_FIELDS = 6
+
+# Operations: [op_code, timestamp, ...]
+OP_SESSION_START = 1  # [1, ts, session_id]
+OP_SESSION_ANOMALY = 2  # [2, ts, session_id]
+OP_SESSION_END = 3  # [3, ts, session_id, total_energy, avg_current, max_current, min_current]
+OP_PATTERN = 4  # [4, ts, pattern_type, pattern_json, pattern_key, confidence]
+
+OP_NAMES = {
+    OP_SESSION_START: "session_start",
+    OP_SESSION_ANOMALY: "session_anomaly",
+    OP_SESSION_END: "session_end",
+    OP_PATTERN: "pattern",
+}
+
+# Identifiers: a publisher leases a block of 2**32 ids; block 0 is left to rows written
+# before MemoryBank owned the database (the seed's AUTOINCREMENT ids).
+ID_BLOCK_BITS = 32
+MAX_ID_BLOCK = (1 << (63 - ID_BLOCK_BITS)) - 1
+
+
+class WireError(ValueError):
+    """A message that cannot be read at all (bad msgpack, wrong header, unknown version)."""
+
+
+@dataclass
+class Message:
+    """One decoded, validated message: rows ready for the store, and what was refused."""
+
+    publisher_id: int
+    seq: int
+    events: list = field(default_factory=list)
+    anomalies: list = field(default_factory=list)
+    metrics: list = field(default_factory=list)
+    operations: list = field(default_factory=list)
+    rejected: list = field(default_factory=list)  # (reason, row) pairs
+
+    @property
+    def row_count(self) -> int:
+        return len(self.events) + len(self.anomalies) + len(self.metrics) + len(self.operations)
+
+
+def encode(publisher_id: int, seq: int, events, anomalies, metrics, operations) -> bytes:
+    """Pack one message for the wire."""
+    return msgpack.packb(
+        [WIRE_VERSION, publisher_id, seq, events, anomalies, metrics, operations],
+        use_bin_type=True,
+    )
+
+
+def decode(raw: bytes) -> Message:
+    """Unpack and validate a message; raises WireError when no part of it can be used."""
+    try:
+        body = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise WireError(f"not a msgpack message: {exc}") from None
+    return validate(body)
+
+
+def validate(body) -> Message:
+    """Check a message's header and each row; bad rows are set aside, good rows kept."""
+    if type(body) is not list or len(body) != 7:
+        raise WireError("message is not a 7-element array")
+    version, publisher_id, seq, events, anomalies, metrics, operations = body
+    if version != WIRE_VERSION:
+        raise WireError(f"wire version {version!r} is not {WIRE_VERSION}; upgrade the older side")
+    if type(publisher_id) is not int or type(seq) is not int:
+        raise WireError("publisher id and message sequence must be integers")
+    msg = Message(publisher_id, seq)
+    for name, rows, check, out in (
+        ("event", events, _check_event, msg.events),
+        ("anomaly", anomalies, _check_anomaly, msg.anomalies),
+        ("metric", metrics, _check_metric, msg.metrics),
+        ("operation", operations, _check_operation, msg.operations),
+    ):
+        if type(rows) is not list:
+            msg.rejected.append((f"{name} rows are not an array", rows))
+            continue
+        for row in rows:
+            reason = check(row)
+            if reason is None:
+                out.append(row)
+            else:
+                msg.rejected.append((f"{name}: {reason}", row))
+    return msg
+
+
+def _is_text(value) -> bool:
+    return type(value) is str
+
+
+def _is_opt_text(value) -> bool:
+    return value is None or type(value) is str
+
+
+def _is_real(value) -> bool:
+    return (type(value) is float or type(value) is int) and math.isfinite(value)
+
+
+def _is_opt_real(value) -> bool:
+    return value is None or _is_real(value)
+
+
+def _is_id(value) -> bool:
+    return type(value) is int and 0 < value < (1 << 63)
+
+
+def _check_event(row) -> str | None:
+    if type(row) is not list or len(row) != EVENT_FIELDS:
+        return f"expected {EVENT_FIELDS} fields"
+    if not (_is_id(row[0]) and _is_real(row[1])):
+        return "id must be a positive integer and timestamp a finite number"
+    if not (_is_text(row[2]) and _is_text(row[3]) and _is_opt_text(row[4]) and _is_opt_text(row[5])):
+        return "event_type and component must be text; message and data text or null"
+    return None
+
+
+def _check_anomaly(row) -> str | None:
+    if type(row) is not list or len(row) != ANOMALY_FIELDS:
+        return f"expected {ANOMALY_FIELDS} fields"
+    if not (_is_id(row[0]) and _is_real(row[1])):
+        return "id must be a positive integer and timestamp a finite number"
+    if not (_is_text(row[2]) and _is_text(row[3]) and _is_opt_text(row[4]) and _is_opt_text(row[5])):
+        return "anomaly_type and severity must be text; description and pattern_data text or null"
+    if not (_is_opt_real(row[6]) and _is_opt_real(row[7])):
+        return "current_value and expected_value must be finite numbers or null"
+    return None
+
+
+def _check_metric(row) -> str | None:
+    if type(row) is not list or len(row) != METRIC_FIELDS:
+        return f"expected {METRIC_FIELDS} fields"
+    if not (_is_id(row[0]) and _is_real(row[1])):
+        return "id must be a positive integer and timestamp a finite number"
+    if not (_is_text(row[2]) and _is_real(row[3])):
+        return "metric_name must be text and metric_value a finite number"
+    if not (_is_opt_text(row[4]) and _is_opt_text(row[5])):
+        return "unit and metadata must be text or null"
+    return None
+
+
+_OP_ARITY = {OP_SESSION_START: 3, OP_SESSION_ANOMALY: 3, OP_SESSION_END: 7, OP_PATTERN: 6}
+
+
+def _check_operation(row) -> str | None:
+    if type(row) is not list or not row or row[0] not in _OP_ARITY:
+        return "unknown operation"
+    if len(row) != _OP_ARITY[row[0]]:
+        return f"{OP_NAMES[row[0]]} expects {_OP_ARITY[row[0]]} fields"
+    if not _is_real(row[1]):
+        return "timestamp must be a finite number"
+    op = row[0]
+    if op in (OP_SESSION_START, OP_SESSION_ANOMALY):
+        return None if _is_text(row[2]) else "session_id must be text"
+    if op == OP_SESSION_END:
+        if not _is_text(row[2]):
+            return "session_id must be text"
+        if not all(_is_opt_real(v) for v in row[3:]):
+            return "session statistics must be finite numbers or null"
+        return None
+    if not (_is_text(row[2]) and _is_text(row[3]) and _is_text(row[4]) and _is_real(row[5])):
+        return "pattern_type, pattern_data and key must be text, confidence a number"
+    return None
