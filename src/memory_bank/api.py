@@ -73,8 +73,7 @@ class MemoryBank:
             return
         if not self._publisher.flush(self.sync_timeout):
             log.warning(
-                "the daemon of %s did not confirm pending writes within %gs; reading without "
-                "them",
+                "the daemon of %s did not confirm pending writes within %gs; reading without them",
                 self._path,
                 self.sync_timeout,
             )
@@ -132,7 +131,11 @@ class MemoryBank:
         self._publisher.increment_session_anomaly_count(session_id)
 
     def end_session(
-        self, session_id: str, total_energy=None, avg_current=None, max_current=None,
+        self,
+        session_id: str,
+        total_energy=None,
+        avg_current=None,
+        max_current=None,
         min_current=None,
     ) -> None:
         """End a session; statistics not given are computed from the session's metrics."""
@@ -180,7 +183,7 @@ class MemoryBank:
         since_ts = to_timestamp(since)
         counts: dict[str, int] = {}
         with open(filepath, "w", encoding="utf-8") as out:
-            out.write('{"exported_at": %s' % json.dumps(dt.datetime.now().isoformat()))
+            out.write('{"exported_at": ' + json.dumps(dt.datetime.now().isoformat()))
             for table in TABLE_COLUMNS:
                 out.write(f', "{table}": [')
                 n = 0
@@ -234,4 +237,3 @@ class MemoryBank:
     def __repr__(self) -> str:
         mode = "embedded" if self._embedded is not None else "daemon"
         return f"MemoryBank({self.db_path!r}, {mode})"
-

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import click
 
-from . import __version__, config as config_mod, discovery
+from . import __version__, discovery
+from . import config as config_mod
 from .control import DaemonUnavailable, daemon_stats, wait_for_daemon
 
 
@@ -33,11 +34,16 @@ def main() -> None:
 
 @main.command()
 @click.option("--db", "db", help="SQLite database this daemon owns.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="TOML configuration file (default: $MEMORYBANK_CONFIG).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="TOML configuration file (default: $MEMORYBANK_CONFIG).",
+)
 @click.option("--endpoint", help="Data endpoint to bind (ipc://PATH or tcp://HOST:PORT).")
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
-                                               case_sensitive=False))
+@click.option(
+    "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+)
 def daemon(db, config_path, endpoint, log_level) -> None:
     """Run the single writer for a database in the foreground."""
     from .daemon import Daemon, DaemonSettings
@@ -48,8 +54,11 @@ def daemon(db, config_path, endpoint, log_level) -> None:
         raise click.UsageError(str(exc)) from None
     _setup_logging(cfg.log_level)
     settings = DaemonSettings(
-        db_path=Path(cfg.db), endpoint=cfg.endpoint, batch_rows=cfg.batch_rows,
-        batch_seconds=cfg.batch_seconds, synchronous=cfg.synchronous,
+        db_path=Path(cfg.db),
+        endpoint=cfg.endpoint,
+        batch_rows=cfg.batch_rows,
+        batch_seconds=cfg.batch_seconds,
+        synchronous=cfg.synchronous,
     )
     try:
         status = Daemon(settings).run()
@@ -60,12 +69,20 @@ def daemon(db, config_path, endpoint, log_level) -> None:
 
 
 _STATUS_ROWS = [
-    ("pid", "pid"), ("db", "database"), ("uptime_seconds", "uptime (s)"),
-    ("received_records", "records received"), ("committed_records", "records committed"),
-    ("rejected_records", "records rejected"), ("duplicate_records", "duplicates skipped"),
-    ("batches", "batches"), ("queue_depth", "queue depth"), ("publishers", "publishers seen"),
-    ("db_bytes", "database bytes"), ("wal_bytes", "WAL bytes"),
-    ("data_endpoint", "data endpoint"), ("control_endpoint", "control endpoint"),
+    ("pid", "pid"),
+    ("db", "database"),
+    ("uptime_seconds", "uptime (s)"),
+    ("received_records", "records received"),
+    ("committed_records", "records committed"),
+    ("rejected_records", "records rejected"),
+    ("duplicate_records", "duplicates skipped"),
+    ("batches", "batches"),
+    ("queue_depth", "queue depth"),
+    ("publishers", "publishers seen"),
+    ("db_bytes", "database bytes"),
+    ("wal_bytes", "WAL bytes"),
+    ("data_endpoint", "data endpoint"),
+    ("control_endpoint", "control endpoint"),
 ]
 
 
@@ -89,8 +106,14 @@ def status(db, as_json) -> None:
 
 def format_summary(summary: dict) -> str:
     lines = ["MemoryBank summary", "=" * 40]
-    for key in ("total_events", "total_anomalies", "total_sessions", "events_last_hour",
-                "anomalies_last_hour", "active_sessions"):
+    for key in (
+        "total_events",
+        "total_anomalies",
+        "total_sessions",
+        "events_last_hour",
+        "anomalies_last_hour",
+        "active_sessions",
+    ):
         lines.append(f"{key.replace('_', ' '):<22} {summary[key]}")
     severities = ", ".join(f"{k}: {v}" for k, v in summary["anomalies_by_severity"].items())
     lines.append(f"{'anomalies by severity':<22} {severities or '-'}")
@@ -102,8 +125,10 @@ def format_sessions(sessions: list[dict]) -> str:
     def num(value, fmt="{:.1f}"):
         return "-" if value is None else fmt.format(value)
 
-    header = f"{'session':<24} {'status':<10} {'start':<8} {'dur s':>6} {'energy Wh':>10} " \
-             f"{'avg A':>6} {'max A':>6} {'min A':>6} {'anom':>4}"
+    header = (
+        f"{'session':<24} {'status':<10} {'start':<8} {'dur s':>6} {'energy Wh':>10} "
+        f"{'avg A':>6} {'max A':>6} {'min A':>6} {'anom':>4}"
+    )
     lines = [header, "-" * len(header)]
     for s in sessions:
         start = time.strftime("%H:%M:%S", time.localtime(s["start_time"]))
@@ -119,8 +144,12 @@ def format_sessions(sessions: list[dict]) -> str:
 @main.command()
 @click.option("--db", "db", default="ev_charging_memory.db", show_default=True)
 @click.option("--seconds", default=20.0, show_default=True, help="How long the lab runs.")
-@click.option("--cycle", default=4.0, show_default=True,
-              help="Seconds per anomaly cycle (0 A -> 100 A -> start -> stop).")
+@click.option(
+    "--cycle",
+    default=4.0,
+    show_default=True,
+    help="Seconds per anomaly cycle (0 A -> 100 A -> start -> stop).",
+)
 def demo(db, seconds, cycle) -> None:
     """Run a daemon and a simulated CSMS, charge point and charger, then show the result."""
     from .api import MemoryBank
@@ -132,20 +161,44 @@ def demo(db, seconds, cycle) -> None:
         click.echo(f"using the daemon already serving {path}")
     else:
         daemon_proc = subprocess.Popen(
-            [sys.executable, "-m", "memory_bank", "daemon", "--db", str(path),
-             "--log-level", "WARNING"],
+            [
+                sys.executable,
+                "-m",
+                "memory_bank",
+                "daemon",
+                "--db",
+                str(path),
+                "--log-level",
+                "WARNING",
+            ],
         )
         try:
             wait_for_daemon(path, timeout=15)
         except DaemonUnavailable as exc:
             daemon_proc.kill()
             raise click.ClickException(f"the daemon did not start: {exc}") from None
-    click.echo(f"running the simulated lab for {seconds:g}s on {path} "
-               f"(CSMS, charge point and charger in separate processes)...")
+    click.echo(
+        f"running the simulated lab for {seconds:g}s on {path} "
+        f"(CSMS, charge point and charger in separate processes)..."
+    )
     t0 = time.time() + 0.5
     components = [
-        subprocess.Popen([sys.executable, "-m", "memory_bank.demo.sim", role, "--db", str(path),
-                          "--t0", repr(t0), "--seconds", str(seconds), "--cycle", str(cycle)])
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "memory_bank.demo.sim",
+                role,
+                "--db",
+                str(path),
+                "--t0",
+                repr(t0),
+                "--seconds",
+                str(seconds),
+                "--cycle",
+                str(cycle),
+            ]
+        )
         for role in ("csms", "cp", "charger")
     ]
     failed = False

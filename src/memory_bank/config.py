@@ -39,27 +39,35 @@ _ENV = {
 
 
 def _check(config: Config) -> Config:
-    if not isinstance(config.batch_rows, int) or isinstance(config.batch_rows, bool) or not (
-        1 <= config.batch_rows <= 1_000_000
+    if (
+        not isinstance(config.batch_rows, int)
+        or isinstance(config.batch_rows, bool)
+        or not (1 <= config.batch_rows <= 1_000_000)
     ):
-        raise ConfigError(f"daemon.batch_rows: expected a whole number from 1 to 1000000, "
-                          f"got {config.batch_rows!r}")
+        raise ConfigError(
+            f"daemon.batch_rows: expected a whole number from 1 to 1000000, "
+            f"got {config.batch_rows!r}"
+        )
     if not isinstance(config.batch_seconds, int | float) or not (
         0.001 <= config.batch_seconds <= 10
     ):
-        raise ConfigError(f"daemon.batch_seconds: expected seconds from 0.001 to 10, "
-                          f"got {config.batch_seconds!r}")
+        raise ConfigError(
+            f"daemon.batch_seconds: expected seconds from 0.001 to 10, got {config.batch_seconds!r}"
+        )
     if str(config.synchronous).upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-        raise ConfigError(f"daemon.synchronous: expected OFF, NORMAL, FULL or EXTRA, "
-                          f"got {config.synchronous!r}")
+        raise ConfigError(
+            f"daemon.synchronous: expected OFF, NORMAL, FULL or EXTRA, got {config.synchronous!r}"
+        )
     config.synchronous = str(config.synchronous).upper()
     if str(config.log_level).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"logging.level: expected DEBUG, INFO, WARNING or ERROR, "
-                          f"got {config.log_level!r}")
+        raise ConfigError(
+            f"logging.level: expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}"
+        )
     config.log_level = str(config.log_level).upper()
     if config.endpoint is not None and not str(config.endpoint).startswith(("ipc://", "tcp://")):
-        raise ConfigError(f"daemon.endpoint: expected ipc://PATH or tcp://HOST:PORT, "
-                          f"got {config.endpoint!r}")
+        raise ConfigError(
+            f"daemon.endpoint: expected ipc://PATH or tcp://HOST:PORT, got {config.endpoint!r}"
+        )
     return config
 
 
@@ -78,12 +86,16 @@ def load(path: str | os.PathLike | None = None, **overrides) -> Config:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         for section, values in doc.items():
             if section not in _SECTIONS or not isinstance(values, dict):
-                raise ConfigError(f"{path}: unknown section [{section}]; expected one of "
-                                  f"{', '.join(sorted(_SECTIONS))}")
+                raise ConfigError(
+                    f"{path}: unknown section [{section}]; expected one of "
+                    f"{', '.join(sorted(_SECTIONS))}"
+                )
             for key, value in values.items():
                 if key not in _SECTIONS[section]:
-                    raise ConfigError(f"{path}: unknown key {section}.{key}; expected one of "
-                                      f"{', '.join(sorted(_SECTIONS[section]))}")
+                    raise ConfigError(
+                        f"{path}: unknown key {section}.{key}; expected one of "
+                        f"{', '.join(sorted(_SECTIONS[section]))}"
+                    )
                 setattr(config, "log_level" if section == "logging" else key, value)
         if config.db and not os.path.isabs(config.db):
             config.db = str(Path(path).resolve().parent / config.db)

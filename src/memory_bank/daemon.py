@@ -192,7 +192,9 @@ class Daemon:
             pub, seq = int(request["pub"]), int(request["seq"])
             wait = min(float(request.get("wait", 10.0)), 600.0)
             writer.wait_for(
-                pub, seq, wait,
+                pub,
+                seq,
+                wait,
                 lambda ok, committed: reply({"rid": rid, "ok": ok, "committed": committed}),
             )
         elif op == "stats":

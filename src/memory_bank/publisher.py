@@ -257,16 +257,24 @@ class Publisher:
         *,
         timestamp=None,
     ) -> None:
-        stats = [None if v is None else float(v)
-                 for v in (total_energy, avg_current, max_current, min_current)]
+        stats = [
+            None if v is None else float(v)
+            for v in (total_energy, avg_current, max_current, min_current)
+        ]
         self._put(_OPERATIONS, [wire.OP_SESSION_END, _time(timestamp), str(session_id), *stats])
 
     def record_pattern(self, pattern_type, pattern_data, confidence=1.0, *, timestamp=None) -> None:
         key = json.dumps(pattern_data, sort_keys=True, separators=(",", ":"), default=str)
         self._put(
             _OPERATIONS,
-            [wire.OP_PATTERN, _time(timestamp), pattern_type, _json(pattern_data), key,
-             float(confidence)],
+            [
+                wire.OP_PATTERN,
+                _time(timestamp),
+                pattern_type,
+                _json(pattern_data),
+                key,
+                float(confidence),
+            ],
         )
 
     # -- delivery ---------------------------------------------------------------------

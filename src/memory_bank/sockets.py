@@ -35,9 +35,7 @@ def control_endpoint_for(data_endpoint: str) -> str:
     match = re.fullmatch(r"tcp://(.+):(\d+)", data_endpoint)
     if match:
         return f"tcp://{match.group(1)}:{int(match.group(2)) + 1}"
-    raise ValueError(
-        f"endpoint {data_endpoint!r} must be ipc://PATH or tcp://HOST:PORT"
-    )
+    raise ValueError(f"endpoint {data_endpoint!r} must be ipc://PATH or tcp://HOST:PORT")
 
 
 def publisher_push(ctx: zmq.Context, endpoint: str) -> zmq.Socket:

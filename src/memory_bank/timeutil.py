@@ -22,4 +22,6 @@ def to_timestamp(value) -> float | None:
             return dt.datetime.fromisoformat(value).timestamp()
         except ValueError:
             raise ValueError(f"{value!r} is not an ISO 8601 time") from None
-    raise TypeError(f"a time must be a datetime, a date or Unix seconds, not {type(value).__name__}")
+    raise TypeError(
+        f"a time must be a datetime, a date or Unix seconds, not {type(value).__name__}"
+    )

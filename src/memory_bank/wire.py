@@ -135,38 +135,59 @@ def _is_id(value) -> bool:
     return type(value) is int and 0 < value < (1 << 63)
 
 
-def _check_event(row) -> str | None:
-    if type(row) is not list or len(row) != EVENT_FIELDS:
-        return f"expected {EVENT_FIELDS} fields"
+def _check_row(
+    row, width: int, text: tuple, opt_text: tuple, real: tuple, opt_real: tuple, what: str
+) -> str | None:
+    """Shared check of a plain-insert row: [id, timestamp, ...] with typed columns."""
+    if type(row) is not list or len(row) != width:
+        return f"expected {width} fields"
     if not (_is_id(row[0]) and _is_real(row[1])):
         return "id must be a positive integer and timestamp a finite number"
-    if not (_is_text(row[2]) and _is_text(row[3]) and _is_opt_text(row[4]) and _is_opt_text(row[5])):
-        return "event_type and component must be text; message and data text or null"
+    if not (
+        all(_is_text(row[i]) for i in text)
+        and all(_is_opt_text(row[i]) for i in opt_text)
+        and all(_is_real(row[i]) for i in real)
+        and all(_is_opt_real(row[i]) for i in opt_real)
+    ):
+        return what
     return None
+
+
+def _check_event(row) -> str | None:
+    return _check_row(
+        row,
+        EVENT_FIELDS,
+        (2, 3),
+        (4, 5),
+        (),
+        (),
+        "event_type and component must be text; message and data text or null",
+    )
 
 
 def _check_anomaly(row) -> str | None:
-    if type(row) is not list or len(row) != ANOMALY_FIELDS:
-        return f"expected {ANOMALY_FIELDS} fields"
-    if not (_is_id(row[0]) and _is_real(row[1])):
-        return "id must be a positive integer and timestamp a finite number"
-    if not (_is_text(row[2]) and _is_text(row[3]) and _is_opt_text(row[4]) and _is_opt_text(row[5])):
-        return "anomaly_type and severity must be text; description and pattern_data text or null"
-    if not (_is_opt_real(row[6]) and _is_opt_real(row[7])):
-        return "current_value and expected_value must be finite numbers or null"
-    return None
+    return _check_row(
+        row,
+        ANOMALY_FIELDS,
+        (2, 3),
+        (4, 5),
+        (),
+        (6, 7),
+        "anomaly_type and severity must be text; description and pattern_data "
+        "text or null; current and expected values finite numbers or null",
+    )
 
 
 def _check_metric(row) -> str | None:
-    if type(row) is not list or len(row) != METRIC_FIELDS:
-        return f"expected {METRIC_FIELDS} fields"
-    if not (_is_id(row[0]) and _is_real(row[1])):
-        return "id must be a positive integer and timestamp a finite number"
-    if not (_is_text(row[2]) and _is_real(row[3])):
-        return "metric_name must be text and metric_value a finite number"
-    if not (_is_opt_text(row[4]) and _is_opt_text(row[5])):
-        return "unit and metadata must be text or null"
-    return None
+    return _check_row(
+        row,
+        METRIC_FIELDS,
+        (2,),
+        (4, 5),
+        (3,),
+        (),
+        "metric_name must be text, metric_value a finite number; unit and metadata text or null",
+    )
 
 
 _OP_ARITY = {OP_SESSION_START: 3, OP_SESSION_ANOMALY: 3, OP_SESSION_END: 7, OP_PATTERN: 6}

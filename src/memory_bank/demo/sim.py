@@ -38,7 +38,9 @@ def _cycles(t0: float, seconds: float, cycle: float):
 
 def run_csms(memory: MemoryBank, t0: float, seconds: float, cycle: float) -> None:
     memory.log_event(
-        "OCPP_BOOT", "CSMS", f"Charge point {CP_ID} connected",
+        "OCPP_BOOT",
+        "CSMS",
+        f"Charge point {CP_ID} connected",
         {"cp_id": CP_ID, "model": "SimCharger", "vendor": "MemoryBank"},
     )
     for k, start in _cycles(t0, seconds, cycle):
@@ -49,16 +51,25 @@ def run_csms(memory: MemoryBank, t0: float, seconds: float, cycle: float) -> Non
         _sleep_until(start + cycle * 0.125)
         memory.log_event("OCPP_SET_PROFILE", "CSMS", "SetChargingProfile 100A", {"limit": 100})
         memory.record_anomaly(
-            "CURRENT_LIMIT_FLUCTUATION", "HIGH", "Rapid charging limit change: 0A → 100A",
-            {"cycle": k + 1, "cp_id": CP_ID}, current_value=100.0, expected_value=32.0,
+            "CURRENT_LIMIT_FLUCTUATION",
+            "HIGH",
+            "Rapid charging limit change: 0A → 100A",
+            {"cycle": k + 1, "cp_id": CP_ID},
+            current_value=100.0,
+            expected_value=32.0,
         )
         memory.increment_session_anomaly_count(txn)
         _sleep_until(start + cycle * 0.25)
-        memory.log_event("OCPP_REMOTE_START", "CSMS", "RemoteStartTransaction sent",
-                         {"transaction_id": txn, "connector_id": 1})
+        memory.log_event(
+            "OCPP_REMOTE_START",
+            "CSMS",
+            "RemoteStartTransaction sent",
+            {"transaction_id": txn, "connector_id": 1},
+        )
         _sleep_until(start + cycle * 0.75)
-        memory.log_event("OCPP_REMOTE_STOP", "CSMS", "RemoteStopTransaction sent",
-                         {"transaction_id": txn})
+        memory.log_event(
+            "OCPP_REMOTE_STOP", "CSMS", "RemoteStopTransaction sent", {"transaction_id": txn}
+        )
         memory.record_pattern(
             "ANOMALY_CYCLE",
             {"sequence": ["0A", "100A", "START", "STOP"], "cycle_time": cycle},
@@ -71,17 +82,20 @@ def run_cp(memory: MemoryBank, t0: float, seconds: float, cycle: float) -> None:
     for k, start in _cycles(t0, seconds, cycle):
         txn = transaction_id(t0, k)
         _sleep_until(start + cycle * 0.25 + 0.05)
-        memory.log_event("CAN_TX", "CP", "START command sent to charger",
-                         {"can_id": "0x200", "data": [1]})
+        memory.log_event(
+            "CAN_TX", "CP", "START command sent to charger", {"can_id": "0x200", "data": [1]}
+        )
         memory.start_session(txn)
         _sleep_until(start + cycle * 0.75 + 0.05)
-        memory.log_event("CAN_TX", "CP", "STOP command sent to charger",
-                         {"can_id": "0x200", "data": [0]})
+        memory.log_event(
+            "CAN_TX", "CP", "STOP command sent to charger", {"can_id": "0x200", "data": [0]}
+        )
         memory.end_session(txn)  # statistics come from the charger's current metrics
 
 
-def run_charger(memory: MemoryBank, t0: float, seconds: float, cycle: float,
-                period: float = 0.1) -> None:
+def run_charger(
+    memory: MemoryBank, t0: float, seconds: float, cycle: float, period: float = 0.1
+) -> None:
     rng = random.Random(int(t0))
     tick = 0
     end = t0 + seconds
@@ -93,8 +107,12 @@ def run_charger(memory: MemoryBank, t0: float, seconds: float, cycle: float,
         phase = ((at - t0) % cycle) / cycle
         charging = 0.25 + 0.05 / cycle < phase < 0.75 + 0.05 / cycle
         current = round(32.0 + rng.uniform(-1.5, 1.5), 2) if charging else 0.0
-        memory.log_event("CAN_RX", "CHARGER", f"Current reading: {current}A",
-                         {"can_id": "0x300", "current": current})
+        memory.log_event(
+            "CAN_RX",
+            "CHARGER",
+            f"Current reading: {current}A",
+            {"can_id": "0x300", "current": current},
+        )
         memory.record_metric("current", current, "A", {"connector_id": 1})
         memory.record_metric("voltage", round(230.0 + rng.uniform(-2, 2), 1), "V")
         tick += 1

@@ -85,8 +85,9 @@ class SqliteReader:
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
-        if conn is not None and (not getattr(self._local, "placeholder", False)
-                                 or not os.path.exists(self.path)):
+        if conn is not None and (
+            not getattr(self._local, "placeholder", False) or not os.path.exists(self.path)
+        ):
             return conn
         if conn is not None:
             conn.close()

@@ -1,0 +1,80 @@
+"""Test fixtures: the real daemon as a subprocess on a temporary database, real sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from memory_bank.control import wait_for_daemon
+
+# ipc socket paths must stay short (108 bytes): keep them out of pytest's deep tmp folders.
+os.environ["MEMORYBANK_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="mb-test-")
+
+
+class DaemonProcess:
+    """A `memorybank daemon` subprocess with its stderr kept in a file."""
+
+    def __init__(self, db_path: Path, *args: str):
+        self.db_path = db_path
+        self.log_path = db_path.with_name(db_path.name + f".daemon{os.getpid()}-{id(self)}.log")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "memory_bank", "daemon", "--db", str(db_path), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 20.0) -> DaemonProcess:
+        wait_for_daemon(self.db_path, timeout=timeout)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=timeout)
+        self._log.close()
+        return rc
+
+    @property
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "ev.db"
+
+
+@pytest.fixture
+def start_daemon():
+    started: list[DaemonProcess] = []
+
+    def start(db_path: Path, *args: str, wait: bool = True) -> DaemonProcess:
+        daemon = DaemonProcess(db_path, *args)
+        started.append(daemon)
+        return daemon.wait_ready() if wait else daemon
+
+    yield start
+    for daemon in started:
+        if daemon.proc.poll() is None:
+            daemon.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def daemon(db_path: Path, start_daemon) -> DaemonProcess:
+    return start_daemon(db_path)
+
+
+def run_python(code: str, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """Run a snippet in a fresh interpreter (a separate publisher process)."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout
+    )

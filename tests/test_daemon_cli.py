@@ -1,0 +1,83 @@
+"""The daemon's life as a user sees it: one per database, status, clean stop."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from memory_bank import MemoryBank
+from memory_bank.cli import main
+
+
+def test_second_daemon_exits_at_once_with_clear_message(db_path, daemon):
+    second = subprocess.run(
+        [sys.executable, "-m", "memory_bank", "daemon", "--db", str(db_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1
+    assert f"pid {daemon.proc.pid}" in second.stderr
+    assert "already serves" in second.stderr
+    assert daemon.proc.poll() is None  # the first one is untouched
+
+
+def test_status_with_and_without_daemon(db_path, start_daemon):
+    runner = CliRunner()
+    result = runner.invoke(main, ["status", "--db", str(db_path)])
+    assert result.exit_code == 1
+    assert "no daemon serves" in result.output
+
+    daemon = start_daemon(db_path)
+    with MemoryBank(db_path) as memory:
+        for i in range(10):
+            memory.log_event("E", "C", str(i))
+        assert memory.flush(10)
+    result = runner.invoke(main, ["status", "--db", str(db_path), "--json"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output)
+    assert figures["pid"] == daemon.proc.pid
+    assert figures["committed_records"] == 10
+    assert figures["received_records"] == 10
+    assert figures["rejected_records"] == 0
+    assert figures["db_bytes"] > 0
+    for key in ("uptime_seconds", "batches", "queue_depth"):
+        assert key in figures
+    text = runner.invoke(main, ["status", "--db", str(db_path)])
+    assert text.exit_code == 0
+    assert "records committed" in text.output and "10" in text.output
+
+
+def test_sigint_and_sigterm_exit_zero(db_path, start_daemon):
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        daemon = start_daemon(db_path)
+        assert daemon.stop(sig) == 0
+        assert "stopped: received" in daemon.log
+
+
+def test_bad_config_is_refused_with_the_key_name(db_path, tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[daemon]\nbatch_rows = "many"\n')
+    result = CliRunner().invoke(main, ["daemon", "--db", str(db_path), "--config", str(cfg)])
+    assert result.exit_code == 2
+    assert "daemon.batch_rows" in result.output
+    cfg.write_text("[daemon]\nbatch_size = 5\n")
+    result = CliRunner().invoke(main, ["daemon", "--db", str(db_path), "--config", str(cfg)])
+    assert result.exit_code == 2
+    assert "unknown key daemon.batch_size" in result.output
+
+
+def test_example_config_is_valid_and_complete():
+    from pathlib import Path
+
+    from memory_bank import config
+
+    example = Path(__file__).parent.parent / "config" / "memorybank.toml"
+    loaded = config.load(example)
+    defaults = config.Config()
+    assert loaded.batch_rows == defaults.batch_rows
+    assert loaded.synchronous == defaults.synchronous

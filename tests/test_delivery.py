@@ -1,0 +1,151 @@
+"""Records from several processes arrive once each, with the ids their calls returned."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+
+from conftest import run_python
+
+PUBLISHER = r"""
+import json, sys
+from memory_bank import Publisher
+db, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+pub = Publisher(db)
+ids = []
+for i in range(n):
+    k = i % 50
+    if k < 30:
+        ids.append(pub.log_event("CAN_RX", "CP", f"reading {i}", {"i": i}))
+    elif k < 45:
+        ids.append(pub.record_metric("current", float(i % 100), "A"))
+    elif k < 49:
+        ids.append(pub.record_anomaly("SPIKE", "LOW", "spike", None, 1.0, 0.0))
+    else:
+        pub.record_pattern("P", {"k": i % 7}, 0.5)
+json.dump(ids, open(out, "w"))
+"""
+
+
+def _ids(db_path) -> list[int]:
+    conn = sqlite3.connect(db_path)
+    try:
+        return [
+            row[0]
+            for table in ("events", "metrics", "anomalies")
+            for row in conn.execute(f"SELECT id FROM {table}")
+        ]
+    finally:
+        conn.close()
+
+
+def test_four_processes_all_committed_once_with_returned_ids(db_path, daemon, tmp_path):
+    import subprocess
+    import sys
+
+    per_process = 25_000
+    outs = [tmp_path / f"ids{i}.json" for i in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", PUBLISHER, str(db_path), str(per_process), str(o)])
+        for o in outs
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0, 0]
+    returned = [i for o in outs for i in json.loads(o.read_text())]
+    stored = _ids(db_path)
+    assert len(returned) == len(set(returned)) == 4 * per_process * 49 // 50
+    assert len(stored) == len(set(stored))
+    assert sorted(stored) == sorted(returned)
+    conn = sqlite3.connect(db_path)
+    frequency = conn.execute("SELECT sum(frequency) FROM patterns").fetchone()[0]
+    assert frequency == 4 * per_process // 50
+    assert conn.execute("SELECT count(*) FROM patterns").fetchone()[0] == 7
+
+
+def test_burst_then_exit_loses_nothing(db_path, daemon, tmp_path):
+    """libzmq #4660: a publisher that exits right after a burst must not lose its tail."""
+    out = tmp_path / "ids.json"
+    result = run_python(PUBLISHER, str(db_path), "60000", str(out))
+    assert result.returncode == 0, result.stderr
+    assert sorted(_ids(db_path)) == sorted(json.loads(out.read_text()))
+
+
+def test_records_wait_for_a_daemon_that_starts_later(db_path, start_daemon, tmp_path):
+    """Records sent while no daemon runs keep the caller's time and arrive once it starts."""
+    script = r"""
+import sys, time, json
+from memory_bank import MemoryBank
+memory = MemoryBank(sys.argv[1])
+before = time.time()
+ids = [memory.log_event("OCPP_BOOT", "CSMS", f"early {i}") for i in range(100)]
+print(json.dumps({"before": before, "ids": ids}), flush=True)
+sys.stdin.readline()            # the test starts the daemon, then lets us go on
+assert memory.flush(30), "not committed"
+print(json.dumps([e["timestamp"] for e in memory.get_events(limit=1000)]), flush=True)
+"""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(db_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    first = json.loads(proc.stdout.readline())
+    time.sleep(0.5)
+    daemon_started = time.time()
+    start_daemon(db_path)
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    stamps = json.loads(proc.stdout.readline())
+    assert proc.wait(timeout=60) == 0
+    assert len(stamps) == 100
+    assert all(first["before"] <= ts < daemon_started for ts in stamps)
+    assert sorted(_ids(db_path)) == sorted(first["ids"])
+
+
+def test_publisher_exits_when_no_daemon_ever_comes(db_path):
+    """LINGER and the close wait are bounded: exit is never held hostage by a missing daemon."""
+    result = run_python(
+        "import sys\nfrom memory_bank import Publisher\n"
+        "p = Publisher(sys.argv[1], close_timeout=0.5)\n"
+        "[p.log_event('E', 'C', 'm') for _ in range(5000)]\n",
+        str(db_path),
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert "did not confirm" in result.stderr
+
+
+def test_sigterm_during_burst_commits_everything_received(db_path, daemon, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ids.json"
+    pub = subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER, str(db_path), "400000", str(out)],
+        stderr=subprocess.DEVNULL,
+    )
+    # Wait until the daemon is mid-burst, then stop it.
+    conn = sqlite3.connect(db_path)
+    deadline = time.time() + 60
+    while conn.execute("SELECT count(*) FROM events").fetchone()[0] < 20_000:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    conn.close()
+    assert daemon.stop(signal.SIGTERM) == 0
+    pub.kill()
+    pub.wait()
+    line = [ln for ln in daemon.log.splitlines() if "stopped: received" in ln][-1]
+    received = int(line.split("received ")[1].split()[0])
+    committed = int(line.split("committed ")[1].split(",")[0])
+    stored = _ids(db_path)
+    conn = sqlite3.connect(db_path)
+    ops = conn.execute("SELECT sum(frequency) FROM patterns").fetchone()[0] or 0
+    assert received == committed == len(stored) + ops
+    assert len(stored) == len(set(stored))
+    # What was committed is the publisher's first records, in order: a prefix of its ids.
+    base = min(stored) - 1
+    assert max(stored) - base == len(stored)

@@ -1,0 +1,95 @@
+"""The light publisher import, the embedded writer, and refusal of bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import msgpack
+import pytest
+import zmq
+
+from conftest import run_python
+from memory_bank import MemoryBank, discovery
+
+
+def test_publisher_import_stays_light():
+    result = run_python(
+        "import sys\nfrom memory_bank import Publisher\n"
+        "heavy = [m for m in ('sqlite3', '_sqlite3', 'apscheduler', 'click', 'memory_bank.api',"
+        " 'memory_bank.store') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_embedded_mode_runs_the_writer_in_process(db_path):
+    with MemoryBank(db_path, embedded=True) as memory:
+        event_id = memory.log_event("E", "C", "m", {"x": 1})
+        memory.start_session("S")
+        memory.record_metric("current", 3.0, "A")
+        memory.end_session("S")
+        assert memory.get_events()[0]["id"] == event_id
+        assert memory.get_session("S")["avg_current"] == 3.0
+        assert memory.clear_old_data(days=0)["events"] == 1
+        # The embedded writer holds the one-writer lock: no daemon may start meanwhile.
+        second = subprocess.run(
+            [sys.executable, "-m", "memory_bank", "daemon", "--db", str(db_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1 and "already serves" in second.stderr
+    with MemoryBank(db_path, embedded=True) as memory:
+        assert memory.get_session("S")["status"] == "COMPLETED"
+
+
+def test_no_daemon_means_a_clear_error_for_maintenance(db_path):
+    with MemoryBank(db_path) as memory:
+        with pytest.raises(RuntimeError, match="memorybank daemon --db"):
+            memory.clear_old_data(days=1)
+
+
+def test_bad_messages_are_refused_and_good_rows_kept(db_path, daemon):
+    endpoints = discovery.find_endpoints(discovery.resolve_db_path(db_path))
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(endpoints.data)
+    good = [1, 9 << 32, 7, [[(9 << 32) + 1, 1.0, "E", "C", "ok", None]], [], [], []]
+    mixed = [
+        1,
+        9 << 32,
+        8,
+        [
+            [(9 << 32) + 2, "not a time", "E", "C", "bad", None],
+            [(9 << 32) + 3, 2.0, "E", "C", "fine", None],
+        ],
+        [],
+        [[(9 << 32) + 4, 3.0, "current", float("nan"), "A", None]],
+        [[99, 1.0]],
+    ]
+    for raw in (
+        b"\xff\x00garbage",
+        msgpack.packb([2, 1, 1, [], [], [], []]),
+        msgpack.packb({"a": 1}),
+        msgpack.packb(good),
+        msgpack.packb(mixed),
+    ):
+        push.send(raw)
+    push.close(linger=2000)
+    ctx.term()
+    with MemoryBank(db_path) as memory:
+        deadline = time.time() + 20
+        while len(memory.get_events()) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        assert sorted(e["message"] for e in memory.get_events()) == ["fine", "ok"]
+        assert memory.get_metrics() == []
+    from memory_bank.control import daemon_stats
+
+    stats = daemon_stats(db_path)
+    assert stats["rejected_messages"] == 3
+    assert stats["rejected_records"] == 3
+    assert "wire version 2" in daemon.log
+    assert daemon.proc.poll() is None  # it kept serving: the stats request was answered
