@@ -93,3 +93,35 @@ def test_bad_messages_are_refused_and_good_rows_kept(db_path, daemon):
     assert stats["rejected_records"] == 3
     assert "wire version 2" in daemon.log
     assert daemon.proc.poll() is None  # it kept serving: the stats request was answered
+
+
+def test_named_tcp_endpoint(db_path, start_daemon):
+    """A daemon bound to a named tcp endpoint; a publisher that knows only the endpoint."""
+    endpoint = f"tcp://127.0.0.1:{free_port_pair()}"
+    start_daemon(db_path, "--endpoint", endpoint)
+    from memory_bank import Publisher
+
+    pub = Publisher(endpoint=endpoint)
+    event_id = pub.log_event("E", "C", "over tcp")
+    assert pub.flush(10)
+    pub.close()
+    with MemoryBank(db_path) as memory:  # found through the daemon file, not the default
+        assert memory.get_events()[0]["id"] == event_id
+        memory.log_event("E", "C", "via discovery")
+        assert len(memory.get_events()) == 2
+
+
+def free_port_pair() -> int:
+    """A port free for the daemon's data socket, with the next one free for control."""
+    import socket
+
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with socket.socket() as s2:
+            try:
+                s2.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
