@@ -46,7 +46,8 @@ def main() -> None:
 )
 def daemon(db, config_path, endpoint, log_level) -> None:
     """Run the single writer for a database in the foreground."""
-    from .daemon import Daemon, DaemonSettings
+    from .daemon import Daemon, DaemonSettings, SecurityError
+    from .wire import Limits
 
     try:
         cfg = config_mod.load(config_path, db=db, endpoint=endpoint, log_level=log_level)
@@ -59,13 +60,48 @@ def daemon(db, config_path, endpoint, log_level) -> None:
         batch_rows=cfg.batch_rows,
         batch_seconds=cfg.batch_seconds,
         synchronous=cfg.synchronous,
+        max_db_bytes=cfg.max_db_bytes,
+        limits=Limits(max_text_chars=cfg.max_text_chars, max_future_seconds=cfg.max_future_seconds),
+        curve_secret_key_file=cfg.curve_secret_key_file,
+        curve_authorized_keys_dir=cfg.curve_authorized_keys_dir,
     )
     try:
         status = Daemon(settings).run()
+    except SecurityError as exc:
+        click.echo(f"memorybank daemon: {exc}", err=True)
+        sys.exit(2)
     except discovery.DaemonLockedError as exc:
         click.echo(f"memorybank daemon: {exc}", err=True)
         sys.exit(1)
     sys.exit(status)
+
+
+@main.command()
+@click.option(
+    "--dir",
+    "directory",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where to write the key files.",
+)
+@click.option(
+    "--name",
+    default="memorybank",
+    show_default=True,
+    help="Base name: NAME.key (public) and NAME.key_secret (keep private).",
+)
+def keygen(directory, name) -> None:
+    """Make a CURVE key pair for a daemon or a publisher.
+
+    The daemon's configuration names its NAME.key_secret (security.curve_secret_key_file);
+    each publisher's NAME.key goes into the daemon's curve_authorized_keys_dir.
+    """
+    from .keys import create_key_pair
+
+    public_file, secret_file = create_key_pair(Path(directory), name)
+    click.echo(f"public key:  {public_file}")
+    click.echo(f"secret key:  {secret_file}  (mode 0600; never share it)")
 
 
 _STATUS_ROWS = [

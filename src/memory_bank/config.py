@@ -23,19 +23,34 @@ class Config:
     batch_rows: int = 4000
     batch_seconds: float = 0.05
     synchronous: str = "FULL"
+    max_db_bytes: int | None = None
+    max_text_chars: int = 1_000_000
+    max_future_seconds: float = 86400.0
+    curve_secret_key_file: str | None = None
+    curve_authorized_keys_dir: str | None = None
     log_level: str = "INFO"
 
 
-# TOML layout: [daemon] db, endpoint, batch_rows, batch_seconds, synchronous; [logging] level
+# TOML layout: [daemon] ..., [limits] ..., [security] ..., [logging] level
 _SECTIONS = {
-    "daemon": {"db", "endpoint", "batch_rows", "batch_seconds", "synchronous"},
+    "daemon": {"db", "endpoint", "batch_rows", "batch_seconds", "synchronous", "max_db_bytes"},
+    "limits": {"max_text_chars", "max_future_seconds"},
+    "security": {"curve_secret_key_file", "curve_authorized_keys_dir"},
     "logging": {"level"},
 }
+_PATH_KEYS = ("db", "curve_secret_key_file", "curve_authorized_keys_dir")
 _ENV = {
     "MEMORYBANK_DB": "db",
     "MEMORYBANK_ENDPOINT": "endpoint",
     "MEMORYBANK_LOG_LEVEL": "log_level",
 }
+
+
+def _whole(value, key: str, low: int, high: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{key}: expected a whole number from {low} to {high}, got {value!r}")
 
 
 def _check(config: Config) -> Config:
@@ -64,6 +79,16 @@ def _check(config: Config) -> Config:
             f"logging.level: expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}"
         )
     config.log_level = str(config.log_level).upper()
+    _whole(config.max_db_bytes, "daemon.max_db_bytes", 4096, 1 << 50, optional=True)
+    _whole(config.max_text_chars, "limits.max_text_chars", 16, 100_000_000)
+    if not isinstance(config.max_future_seconds, int | float) or config.max_future_seconds < 0:
+        raise ConfigError(
+            f"limits.max_future_seconds: expected seconds >= 0, got {config.max_future_seconds!r}"
+        )
+    if bool(config.curve_secret_key_file) != bool(config.curve_authorized_keys_dir):
+        raise ConfigError(
+            "security: set both curve_secret_key_file and curve_authorized_keys_dir, or neither"
+        )
     if config.endpoint is not None and not str(config.endpoint).startswith(("ipc://", "tcp://")):
         raise ConfigError(
             f"daemon.endpoint: expected ipc://PATH or tcp://HOST:PORT, got {config.endpoint!r}"
@@ -97,12 +122,15 @@ def load(path: str | os.PathLike | None = None, **overrides) -> Config:
                         f"{', '.join(sorted(_SECTIONS[section]))}"
                     )
                 setattr(config, "log_level" if section == "logging" else key, value)
-        if config.db and not os.path.isabs(config.db):
-            config.db = str(Path(path).resolve().parent / config.db)
+        for key in _PATH_KEYS:  # paths in the file are relative to the file
+            value = getattr(config, key)
+            if isinstance(value, str) and value and not os.path.isabs(value):
+                setattr(config, key, str(Path(path).resolve().parent / value))
     for env, attr in _ENV.items():
         if os.environ.get(env):
             setattr(config, attr, os.environ[env])
     known = {f.name for f in fields(Config)}
+    # The file sets limits as [limits] max_text_chars etc.; the attribute names match.
     for key, value in overrides.items():
         if key not in known:
             raise ConfigError(f"unknown setting {key}")

@@ -22,8 +22,9 @@ class DaemonUnavailable(RuntimeError):
 class ControlClient:
     """Sends one request at a time (thread-safe) and waits for its reply."""
 
-    def __init__(self, endpoint: str, ctx: zmq.Context | None = None):
+    def __init__(self, endpoint: str, ctx: zmq.Context | None = None, curve: dict | None = None):
         self.endpoint = endpoint
+        self.curve = curve
         self._ctx = ctx or zmq.Context.instance()
         self._sock: zmq.Socket | None = None
         self._lock = threading.Lock()
@@ -33,7 +34,7 @@ class ControlClient:
         """Send ``op`` and return the reply map; raises DaemonUnavailable on timeout."""
         with self._lock:
             if self._sock is None:
-                self._sock = sockets.control_dealer(self._ctx, self.endpoint)
+                self._sock = sockets.control_dealer(self._ctx, self.endpoint, self.curve)
             rid = next(self._ids)
             self._sock.send(msgpack.packb({"op": op, "rid": rid, **fields}))
             deadline = time.monotonic() + timeout

@@ -8,8 +8,10 @@ everything it received, and exits 0.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import re
 import signal
 import socket
 import time
@@ -19,7 +21,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
-from . import __version__, discovery, sockets
+from . import __version__, discovery, sockets, wire
 from .store.sqlite import SqliteStore
 from .writer import Writer
 
@@ -38,6 +40,40 @@ class DaemonSettings:
     batch_rows: int = 4000
     batch_seconds: float = 0.05
     synchronous: str = "FULL"
+    max_db_bytes: int | None = None  # the store refuses to grow past this (then waits)
+    limits: wire.Limits = wire.DEFAULT_LIMITS
+    curve_secret_key_file: str | None = None  # the daemon's CURVE certificate (secret)
+    curve_authorized_keys_dir: str | None = None  # publishers' public certificates
+
+
+class SecurityError(ValueError):
+    """An endpoint that would let anyone on the network write, without CURVE."""
+
+
+def _is_loopback_endpoint(endpoint: str) -> bool:
+    match = re.fullmatch(r"tcp://(.+):(\d+)", endpoint)
+    if match is None:
+        return endpoint.startswith("ipc://")
+    host = match.group(1).strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # '*', an interface name or a host name
+
+
+def _load_curve(settings: DaemonSettings) -> dict | None:
+    if not settings.curve_secret_key_file:
+        return None
+    import zmq.auth
+
+    public, secret = zmq.auth.load_certificate(settings.curve_secret_key_file)
+    if secret is None:
+        raise SecurityError(f"{settings.curve_secret_key_file} holds no secret key")
+    if not settings.curve_authorized_keys_dir:
+        raise SecurityError("curve_authorized_keys_dir must name the publishers' public keys")
+    return {"public_key": public.decode(), "secret_key": secret.decode()}
 
 
 class Daemon:
@@ -52,6 +88,13 @@ class Daemon:
             self.endpoints = discovery.default_endpoints(self.db_path)
         self._stop_requested = False
         self._lock = discovery.WriterLock(self.db_path)
+        self.curve = _load_curve(settings)
+        if self.curve is None and not _is_loopback_endpoint(self.endpoints.data):
+            raise SecurityError(
+                f"refusing to bind {self.endpoints.data} without CURVE keys: anyone on the "
+                "network could write. Bind 127.0.0.1 or ipc://, or configure "
+                "curve_secret_key_file and curve_authorized_keys_dir (memorybank keygen)"
+            )
 
     # -- signals: flags only ----------------------------------------------------------
     def _on_stop_signal(self, signum, _frame) -> None:
@@ -69,12 +112,32 @@ class Daemon:
             self._lock.release()
 
     def _serve(self, started: float) -> int:
-        store = SqliteStore(self.db_path, synchronous=self.settings.synchronous)
+        store = SqliteStore(
+            self.db_path,
+            synchronous=self.settings.synchronous,
+            max_db_bytes=self.settings.max_db_bytes,
+        )
         discovery.reserve_id_blocks(self.db_path, store.first_free_id_block())
-        writer = Writer(store, self.settings.batch_rows, self.settings.batch_seconds)
+        writer = Writer(
+            store, self.settings.batch_rows, self.settings.batch_seconds, self.settings.limits
+        )
+        writer.extra_figures = lambda: {
+            "data_endpoint": self.endpoints.data,
+            "control_endpoint": self.endpoints.control,
+            "version": __version__,
+        }
         ctx = zmq.Context()
-        pull = sockets.daemon_pull(ctx, self.endpoints.data)
-        router = sockets.daemon_router(ctx, self.endpoints.control)
+        authenticator = None
+        if self.curve is not None:
+            from zmq.auth.thread import ThreadAuthenticator
+
+            authenticator = ThreadAuthenticator(ctx)
+            authenticator.start()
+            authenticator.configure_curve(
+                domain="*", location=self.settings.curve_authorized_keys_dir
+            )
+        pull = sockets.daemon_pull(ctx, self.endpoints.data, self.curve)
+        router = sockets.daemon_router(ctx, self.endpoints.control, self.curve)
         # Now that the sockets are bound, tell publishers where they are.
         self._lock.update_info(
             {
@@ -96,6 +159,8 @@ class Daemon:
         poller.register(pull, zmq.POLLIN)
         poller.register(router, zmq.POLLIN)
         poller.register(wake_r, zmq.POLLIN)
+        reading = True
+        writer.adopt_spools(force=True)
         log.info(
             "serving %s on %s (control %s), pid %d",
             self.db_path,
@@ -114,6 +179,12 @@ class Daemon:
                 if router in ready:
                     self._answer_control(router, writer)
                 writer.tick()
+                writer.adopt_spools()
+                # Backpressure: while the store cannot keep up (or is full), leave records
+                # in ZeroMQ's queues and the publishers' buffers rather than in our memory.
+                if writer.accepting != reading:
+                    reading = writer.accepting
+                    poller.modify(pull, zmq.POLLIN if reading else 0)
             self._drain(pull, writer)
             writer.tick(force=True)
             figures = writer.figures()
@@ -129,6 +200,8 @@ class Daemon:
             writer.close()
             pull.close(0)
             router.close(0)
+            if authenticator is not None:
+                authenticator.stop()
             ctx.term()
             signal.set_wakeup_fd(old_wakeup)
             for sig, handler in old_handlers.items():
@@ -139,6 +212,8 @@ class Daemon:
     # -- the loop's steps -------------------------------------------------------------
     def _receive(self, pull: zmq.Socket, writer: Writer) -> None:
         for _ in range(RECV_BURST):
+            if not writer.accepting:
+                return
             try:
                 raw = pull.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -178,44 +253,10 @@ class Daemon:
                 request = msgpack.unpackb(payload, raw=False)
                 if not isinstance(request, dict):
                     raise ValueError("request is not a map")
-                self._handle(request, writer, reply)
+                writer.handle_request(request, reply)
             except Exception as exc:  # a bad request never stops the daemon
                 log.warning("bad control request: %s", exc)
                 reply({"ok": False, "error": str(exc)})
-
-    def _handle(self, request: dict, writer: Writer, reply) -> None:
-        op = request.get("op")
-        rid = request.get("rid")
-        if op == "ping":
-            reply({"rid": rid, "ok": True, "pid": os.getpid(), "db": str(self.db_path)})
-        elif op == "sync":
-            pub, seq = int(request["pub"]), int(request["seq"])
-            wait = min(float(request.get("wait", 10.0)), 600.0)
-            writer.wait_for(
-                pub,
-                seq,
-                wait,
-                lambda ok, committed: reply({"rid": rid, "ok": ok, "committed": committed}),
-            )
-        elif op == "stats":
-            figures = writer.figures()
-            figures.update(
-                data_endpoint=self.endpoints.data,
-                control_endpoint=self.endpoints.control,
-                version=__version__,
-            )
-            reply({"rid": rid, "ok": True, "stats": figures})
-        elif op == "lease":
-            reply({"rid": rid, "ok": True, "block": discovery.lease_id_block(self.db_path)})
-        elif op == "retention":
-            days = float(request.get("days", 7))
-            if days < 0:
-                raise ValueError("days must not be negative")
-            reply({"rid": rid, "ok": True, "deleted": writer.retention(days)})
-        elif op == "vacuum":
-            reply({"rid": rid, "ok": True, "reclaimed_bytes": writer.vacuum()})
-        else:
-            reply({"rid": rid, "ok": False, "error": f"unknown op {op!r}"})
 
 
 def _drain_wakeups(sock: socket.socket) -> None:

@@ -1,7 +1,9 @@
 """The writer in a thread of this process: ``MemoryBank(db, embedded=True)``.
 
-The same Writer as the daemon's, fed from an in-process queue instead of ZeroMQ, and
-holding the same one-writer lock, so a daemon cannot start on the database meanwhile.
+The same Writer as the daemon's, fed from an in-process queue instead of ZeroMQ, holding
+the same one-writer lock (so no daemon can start on the database meanwhile), and acting
+as the Publisher's transport: messages and acknowledgement requests go in through the
+queue, replies come back through a deque and an eventfd the sender thread polls.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from pathlib import Path
+
+import zmq
 
 from . import discovery
 from .store.sqlite import SqliteStore
@@ -19,11 +24,11 @@ from .writer import Writer
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
+_STOP = "stop"
 
 
 class EmbeddedWriter:
-    """Runs a Writer in a background thread and is the Publisher's transport."""
+    """Runs a Writer in a background thread; is the Publisher's transport."""
 
     def __init__(self, db_path: Path, batch_rows: int = 4000, batch_seconds: float = 0.05):
         self.db_path = db_path
@@ -37,22 +42,40 @@ class EmbeddedWriter:
             raise
         self.writer = Writer(store, batch_rows, batch_seconds)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._replies: deque = deque()
+        self._reply_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name="memorybank-writer", daemon=True)
         self._thread.start()
 
-    # -- transport interface (used by Publisher's sender thread and flush) ------------------
-    def send(self, publisher_id: int, seq: int, rows: list, give_up_at: float | None) -> bool:
-        self._inbox.put(("msg", [1, publisher_id, seq, *rows]))
+    # -- transport interface (the Publisher's sender thread) ----------------------------
+    def try_send(self, raw: bytes) -> bool:
+        self._inbox.put(("raw", raw))
         return True
 
-    def wait_committed(self, publisher_id: int, seq: int, timeout: float) -> bool:
-        return self.call(lambda w: _wait(w, publisher_id, seq, timeout), timeout + 1.0)
+    def request(self, body: dict) -> None:
+        self._inbox.put(("ctl", body))
+
+    def replies(self) -> list[dict]:
+        out = []
+        while self._replies:
+            out.append(self._replies.popleft())
+        return out
+
+    def restart_data(self) -> None:
+        """Nothing is ever lost in-process; nothing to reconnect."""
+
+    def poll_items(self, want_write: bool) -> list:
+        return [(self._reply_fd, zmq.POLLIN)]
 
     def lease_block(self, timeout: float) -> int:
         return discovery.lease_id_block(self.db_path)
 
     def close(self) -> None:
         """Publisher.close calls this; the writer itself stops in shutdown()."""
+
+    def _reply(self, body: dict) -> None:
+        self._replies.append(body)
+        os.eventfd_write(self._reply_fd, 1)
 
     # -- running code on the writer thread ----------------------------------------------
     def call(self, fn, timeout: float | None = None):
@@ -68,62 +91,33 @@ class EmbeddedWriter:
 
     def _run(self) -> None:
         writer = self.writer
+        writer.adopt_spools(force=True)
         while True:
             try:
                 kind, item = self._inbox.get(timeout=writer.seconds_to_next_tick())
             except queue.Empty:
                 writer.tick()
+                writer.adopt_spools()
                 continue
-            if item is _STOP:
+            if kind == _STOP:
                 writer.close()
                 return
-            if kind == "msg":
-                writer.accept_body(item)
+            if kind == "raw":
+                writer.accept_raw(item)
+            elif kind == "ctl":
+                writer.handle_request(item, self._reply)
             else:
                 fn, done, box = item
                 try:
                     box["result"] = fn(writer)
                 except BaseException as exc:  # handed back to the caller
                     box["error"] = exc
-                if not isinstance(box.get("result"), _Pending):
-                    done.set()
-                else:
-                    box["result"].attach(done, box)
+                done.set()
             writer.tick()
 
     def shutdown(self) -> None:
         """Commit everything received, stop the thread, release the lock."""
-        self._inbox.put(("stop", _STOP))
+        self._inbox.put((_STOP, None))
         self._thread.join()
+        os.close(self._reply_fd)
         self._lock.release()
-
-
-class _Pending:
-    """A result the writer thread delivers later (a wait for a commit)."""
-
-    def __init__(self):
-        self.value = None
-        self._done = None
-        self._box = None
-        self._finished = False
-
-    def attach(self, done: threading.Event, box: dict) -> None:
-        self._done, self._box = done, box
-        if self._finished:
-            self._deliver()
-
-    def finish(self, ok: bool, _committed: int) -> None:
-        self.value = ok
-        self._finished = True
-        if self._done is not None:
-            self._deliver()
-
-    def _deliver(self) -> None:
-        self._box["result"] = self.value
-        self._done.set()
-
-
-def _wait(writer: Writer, publisher_id: int, seq: int, timeout: float) -> _Pending:
-    pending = _Pending()
-    writer.wait_for(publisher_id, seq, timeout, pending.finish)
-    return pending

@@ -1,9 +1,19 @@
 """The write half that CSMS, charge point and charger code import: fire-and-forget, never blocks.
 
 A call builds its row, takes an id from the publisher's leased id block, appends the row to
-an in-memory queue and returns (microseconds). A background sender thread drains the queue
-into messages of many rows and hands them to the transport (ZeroMQ PUSH to the daemon, or
-the embedded writer). Imports nothing heavy: standard library, pyzmq, msgpack, wire.
+an in-memory queue and returns (microseconds). A sender thread does everything else:
+
+- packs queued rows into numbered messages of many rows;
+- keeps each message until the daemon acknowledges its commit: in memory up to
+  ``memory_bytes``, then in a disk spool up to ``spool_bytes``; past both, ``overflow``
+  says whether the newest rows or the oldest messages go, and every dropped record is
+  counted and logged once per interval;
+- sends them (PUSH), asks for acknowledgements (DEALER), and replays from the first
+  unacknowledged message when the daemon asks for it, restarts, or stops answering.
+
+A publisher that exits normally waits (bounded) for its last acknowledgement; what is
+still unacknowledged then is left in its spool, which the daemon applies when it can.
+Imports nothing heavy: standard library, pyzmq, msgpack, and this package's wire module.
 """
 
 from __future__ import annotations
@@ -17,15 +27,23 @@ import threading
 import time
 import weakref
 from collections import deque
+from pathlib import Path
 
+import msgpack
 import zmq
 
-from . import discovery, sockets, wire
-from .control import ControlClient, DaemonUnavailable
+from . import discovery, sockets, spool, wire
 
 log = logging.getLogger(__name__)
 
 _EVENTS, _ANOMALIES, _METRICS, _OPERATIONS, _MARKER = 0, 1, 2, 3, 4
+OVERFLOW_POLICIES = ("drop_newest", "drop_oldest")
+# How long an acknowledgement request may go unanswered before it is sent again.
+ACK_TIMEOUT = 2.0
+# How long the daemon may answer without acknowledging anything new before a replay.
+STALL_SECONDS = 5.0
+# Largest packed message; rows beyond it go into the next message.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 def _json(value) -> str | None:
@@ -40,58 +58,87 @@ def _time(timestamp) -> float:
 
 
 class _Marker:
-    """Put in the queue by flush(): the sender tells which message closed everything before it."""
+    """Queued by flush(): set once everything queued before it is acknowledged."""
 
     __slots__ = ("event", "seq")
 
     def __init__(self):
         self.event = threading.Event()
-        self.seq = 0
+        self.seq = -1  # set by the sender when it reaches the marker
 
 
 class ZmqTransport:
-    """Messages to a daemon over PUSH; commit confirmations over the control channel."""
+    """Messages to a daemon over PUSH; acknowledgements over a DEALER. Sender thread only."""
 
-    def __init__(self, data_endpoint: str, control_endpoint: str):
+    def __init__(self, data_endpoint: str, control_endpoint: str, curve: dict | None = None):
         self.data_endpoint = data_endpoint
-        self._ctx = zmq.Context()
+        self.control_endpoint = control_endpoint
+        self.curve = curve
+        self.ctx = zmq.Context()
         self._push: zmq.Socket | None = None
-        self.control = ControlClient(control_endpoint, self._ctx)
+        self._dealer: zmq.Socket | None = None
 
-    def send(self, publisher_id: int, seq: int, rows: list, give_up_at: float | None) -> bool:
-        """Hand one message to ZeroMQ; waits (in the sender thread only) while its queue is
-        full. Returns False when ``give_up_at`` passed first."""
+    def _sockets(self) -> tuple[zmq.Socket, zmq.Socket]:
         if self._push is None:
-            self._push = sockets.publisher_push(self._ctx, self.data_endpoint)
-        raw = wire.encode(publisher_id, seq, *rows)
+            self._push = sockets.publisher_push(self.ctx, self.data_endpoint, self.curve)
+        if self._dealer is None:
+            self._dealer = sockets.control_dealer(self.ctx, self.control_endpoint, self.curve)
+        return self._push, self._dealer
+
+    def try_send(self, raw: bytes) -> bool:
+        push, _ = self._sockets()
+        try:
+            push.send(raw, zmq.NOBLOCK, copy=len(raw) < 65536)
+            return True
+        except zmq.Again:
+            return False
+
+    def request(self, body: dict) -> None:
+        _, dealer = self._sockets()
+        try:
+            dealer.send(msgpack.packb(body), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the request is retried after ACK_TIMEOUT
+
+    def replies(self) -> list[dict]:
+        _, dealer = self._sockets()
+        out = []
         while True:
             try:
-                self._push.send(raw, zmq.NOBLOCK)
-                return True
+                out.append(msgpack.unpackb(dealer.recv(zmq.NOBLOCK), raw=False))
             except zmq.Again:
-                if give_up_at is not None and time.monotonic() >= give_up_at:
-                    return False
-                self._push.poll(100, zmq.POLLOUT)
+                return out
+            except ValueError:
+                continue
 
-    def wait_committed(self, publisher_id: int, seq: int, timeout: float) -> bool:
-        try:
-            reply = self.control.request(
-                "sync", timeout=timeout + 1.0, pub=publisher_id, seq=seq, wait=timeout
-            )
-        except DaemonUnavailable:
-            return False
-        return bool(reply.get("ok"))
+    def restart_data(self) -> None:
+        """Drop what ZeroMQ still queues (it will be replayed) and connect afresh."""
+        if self._push is not None:
+            self._push.close(0)
+            self._push = None
+
+    def poll_items(self, want_write: bool) -> list:
+        push, dealer = self._sockets()
+        items = [(dealer, zmq.POLLIN)]
+        if want_write:
+            items.append((push, zmq.POLLOUT))
+        return items
 
     def lease_block(self, timeout: float) -> int:
-        reply = self.control.request("lease", timeout=timeout)
-        return int(reply["block"])
+        from .control import ControlClient
+
+        client = ControlClient(self.control_endpoint, self.ctx, self.curve)
+        try:
+            return int(client.request("lease", timeout=timeout)["block"])
+        finally:
+            client.close()
 
     def close(self) -> None:
-        self.control.close()
-        if self._push is not None:
-            self._push.close(sockets.PUBLISHER_LINGER_MS)
-            self._push = None
-        self._ctx.term()
+        for sock in (self._push, self._dealer):
+            if sock is not None:
+                sock.close(0)
+        self._push = self._dealer = None
+        self.ctx.term()
 
 
 _live_publishers: weakref.WeakSet = weakref.WeakSet()
@@ -111,37 +158,70 @@ class Publisher:
         *,
         endpoint: str | None = None,
         transport=None,
+        curve: dict | None = None,
         max_queue: int = 1_000_000,
         batch_records: int = 512,
         close_timeout: float = 5.0,
+        memory_bytes: int = 64 * 1024 * 1024,
+        spool_dir: str | os.PathLike | None = None,
+        spool_bytes: int = 1024 * 1024 * 1024,
+        overflow: str = "drop_newest",
     ):
         if db_path is None and endpoint is None and transport is None:
             raise ValueError("Publisher needs a database path or an endpoint")
+        if overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, not {overflow!r}")
         self.db_path = discovery.resolve_db_path(db_path) if db_path is not None else None
         self.max_queue = max_queue
         self.batch_records = batch_records
         self.close_timeout = close_timeout
+        self.memory_bytes = memory_bytes
+        self.spool_bytes = spool_bytes
+        self.overflow = overflow
         if transport is None:
             if endpoint is not None:
                 data_ep, control_ep = endpoint, sockets.control_endpoint_for(endpoint)
             else:
                 found = discovery.find_endpoints(self.db_path)
                 data_ep, control_ep = found.data, found.control
-            transport = ZmqTransport(data_ep, control_ep)
+            transport = ZmqTransport(data_ep, control_ep, curve)
         self._transport = transport
         self._id_lock = threading.Lock()
         self._lease_block()
         self.publisher_id = self._block
+        if spool_dir is not None:
+            self._spool_folder = os.path.join(os.fspath(spool_dir), str(self.publisher_id))
+        elif self.db_path is not None:
+            self._spool_folder = os.fspath(spool.spool_root(self.db_path) / str(self.publisher_id))
+        else:
+            self._spool_folder = None
+        # Shared with callers.
         self._queue: deque = deque()
-        self._wake = threading.Event()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wake_pending = False
         self._dirty = False
-        self._closing = False
         self._closed = False
         self._forked = False
-        self._give_up_at: float | None = None
-        self._seq = 0
         self.dropped = 0
+        self._dropped_logged = 0
         self._dropped_logged_at = 0.0
+        # The sender thread's own state.
+        self._seq = 0  # last message packed
+        self._base = 0  # no message at or below this will be sent again
+        self._acked = 0  # daemon has committed everything up to here
+        self._mem: deque = deque()  # (seq, raw, records), unacknowledged, newest part
+        self._mem_bytes = 0
+        self._spool: spool.Spool | None = None
+        self._spooled: deque = deque()  # (seq, records) of spooled messages, oldest first
+        self._next_send = 1  # next message to hand to ZeroMQ
+        self._replay_iter = None  # spool reader during a replay
+        self._replay_peek = None
+        self._markers: list[_Marker] = []
+        self._instance: str | None = None
+        self._ack_rid = 0
+        self._ack_sent_at: float | None = None
+        self._last_progress = time.monotonic()
+        self._stop = False
         self._sender = threading.Thread(
             target=self._run_sender, name=f"memorybank-publisher-{self._block}", daemon=True
         )
@@ -168,7 +248,7 @@ class Publisher:
                 new_id = next(self._ids)
         return new_id
 
-    # -- the queue --------------------------------------------------------------------
+    # -- the queue (caller side) ------------------------------------------------------
     def _put(self, kind: int, row: list) -> None:
         if self._closed:
             if self._forked:
@@ -178,25 +258,39 @@ class Publisher:
                 )
             raise RuntimeError("this Publisher is closed")
         if len(self._queue) >= self.max_queue:
-            self._count_drop()
-            return
+            if self.overflow == "drop_newest":
+                self._count_drop(1)
+                return
+            try:
+                self._queue.popleft()
+                self._count_drop(1)
+            except IndexError:
+                pass
         self._queue.append((kind, row))
         self._dirty = True
-        if not self._wake.is_set():
-            self._wake.set()
+        if not self._wake_pending:
+            self._wake_pending = True
+            os.eventfd_write(self._wake_fd, 1)
 
-    def _count_drop(self) -> None:
-        self.dropped += 1
+    def _count_drop(self, records: int) -> None:
+        """Count dropped records; log the count at most once per 10 s (never silent)."""
+        self.dropped += records
         now = time.monotonic()
         if now - self._dropped_logged_at >= 10.0:
-            self._dropped_logged_at = now
             log.error(
-                "publisher queue full (%d records): %d record(s) dropped so far; is the daemon "
-                "of %s running?",
-                self.max_queue,
+                "publisher %d: buffers full (memory %d bytes, spool %d bytes, policy %s): "
+                "dropped %d record(s) since the last report, %d in all; is the daemon of %s "
+                "running?",
+                self.publisher_id,
+                self.memory_bytes,
+                self.spool_bytes,
+                self.overflow,
+                self.dropped - self._dropped_logged,
                 self.dropped,
                 self.db_path or "this endpoint",
             )
+            self._dropped_logged_at = now
+            self._dropped_logged = self.dropped
 
     # -- the seed's write calls -------------------------------------------------------
     def log_event(self, event_type, component, message="", data=None, *, timestamp=None) -> int:
@@ -277,7 +371,7 @@ class Publisher:
             ],
         )
 
-    # -- delivery ---------------------------------------------------------------------
+    # -- delivery (caller side) -------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything written so far is committed; False if not within ``timeout``.
 
@@ -285,82 +379,313 @@ class Publisher:
         """
         if not self._dirty:
             return True
+        if not self._sender.is_alive():
+            return False
         timeout = self.close_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
         self._dirty = False
         marker = _Marker()
         self._queue.append((_MARKER, marker))
-        self._wake.set()
-        ok = marker.event.wait(timeout) and (
-            marker.seq == 0
-            or self._transport.wait_committed(
-                self.publisher_id, marker.seq, max(0.0, deadline - time.monotonic())
-            )
-        )
-        if not ok:
+        os.eventfd_write(self._wake_fd, 1)
+        if not marker.event.wait(timeout):
             self._dirty = True
-        return ok
+            return False
+        return True
 
-    def _run_sender(self) -> None:
-        queue = self._queue
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            while queue:
-                rows: list[list] = [[], [], [], []]
-                count = 0
-                markers = []
-                while count < self.batch_records:
-                    try:
-                        kind, row = queue.popleft()
-                    except IndexError:
-                        break
-                    if kind == _MARKER:
-                        markers.append(row)
-                        break
-                    rows[kind].append(row)
-                    count += 1
-                if count:
-                    self._seq += 1
-                    give_up = self._give_up_at if self._closing else None
-                    if not self._transport.send(self.publisher_id, self._seq, rows, give_up):
-                        self._count_unsent(count + len(queue))
-                        queue.clear()
-                for marker in markers:
-                    marker.seq = self._seq
-                    marker.event.set()
-            if self._closing and not queue:
-                return
-
-    def _count_unsent(self, records: int) -> None:
-        self.dropped += records
-        log.error(
-            "%d record(s) could not be handed to the daemon of %s before close; they are lost",
-            records,
-            self.db_path or "this endpoint",
+    @property
+    def unacknowledged(self) -> int:
+        """Records handed to the sender but not yet acknowledged (approximate, lock-free)."""
+        return (
+            len(self._queue)
+            + sum(n for _, _, n in list(self._mem))
+            + sum(n for _, n in list(self._spooled))
         )
 
+    # -- the sender thread ------------------------------------------------------------
+    def _run_sender(self) -> None:
+        try:
+            poller_fd = self._wake_fd
+            while True:
+                self._pack()
+                self._send()
+                self._handle_replies()
+                self._ask_for_ack()
+                if self._stop:
+                    return
+                timeout = self._poll_timeout()
+                items = self._transport.poll_items(self._has_unsent())
+                poller = zmq.Poller()
+                for sock, flags in items:
+                    poller.register(sock, flags)
+                poller.register(poller_fd, zmq.POLLIN)
+                ready = dict(poller.poll(None if timeout is None else int(timeout * 1000) + 1))
+                if poller_fd in ready:
+                    self._wake_pending = False
+                    try:
+                        os.eventfd_read(poller_fd)
+                    except BlockingIOError:
+                        pass
+        except Exception:  # the sender must never die silently
+            log.exception("publisher %d: sender thread failed", self.publisher_id)
+            raise
+
+    def _poll_timeout(self) -> float | None:
+        if self._acked >= self._seq and not self._queue:
+            return None  # idle: sleep until a call or a reply wakes us
+        return 0.05 if self._has_unsent() else 0.25
+
+    def _has_unsent(self) -> bool:
+        return self._next_send <= self._seq
+
+    def _pack(self) -> None:
+        """Turn queued rows into numbered messages held until acknowledged."""
+        queue = self._queue
+        while queue:
+            if self._full() and self.overflow == "drop_newest":
+                return  # rows wait in the queue; past max_queue the newest are dropped
+            rows: list[list] = [[], [], [], []]
+            count = 0
+            markers = []
+            while count < self.batch_records:
+                try:
+                    kind, row = queue.popleft()
+                except IndexError:
+                    break
+                if kind == _MARKER:
+                    markers.append(row)
+                    break
+                rows[kind].append(row)
+                count += 1
+            if count:
+                self._store_message(rows, count)
+            for marker in markers:
+                marker.seq = self._seq
+                self._markers.append(marker)
+        self._release_markers()
+
+    def _store_message(self, rows: list[list], count: int) -> None:
+        raw = wire.encode(self.publisher_id, self._seq + 1, self._base, *rows)
+        if len(raw) > MAX_MESSAGE_BYTES and count > 1:
+            half = [[], [], [], []]
+            moved = 0
+            for kind in range(4):
+                while rows[kind] and moved < count // 2:
+                    half[kind].append(rows[kind].pop())
+                    moved += 1
+            self._store_message(rows, count - moved)
+            self._store_message([list(reversed(r)) for r in half], moved)
+            return
+        self._seq += 1
+        self._mem.append((self._seq, raw, count))
+        self._mem_bytes += len(raw)
+        while self._mem_bytes > self.memory_bytes and self._mem:
+            if not self._spill_oldest():
+                self._drop_oldest_message()
+
+    def _full(self) -> bool:
+        spool_full = self._spool_folder is None or (
+            self._spool is not None and self._spool.bytes >= self.spool_bytes
+        )
+        return self._mem_bytes >= self.memory_bytes and spool_full
+
+    def _spill_oldest(self) -> bool:
+        """Move the oldest message in memory to the disk spool; False if it cannot go there."""
+        if self._spool_folder is None:
+            return False
+        if self._spool is None:
+            try:
+                self._spool = spool.Spool(Path(self._spool_folder))
+            except OSError as exc:
+                log.error(
+                    "publisher %d: cannot spool to %s: %s",
+                    self.publisher_id,
+                    self._spool_folder,
+                    exc,
+                )
+                self._spool_folder = None
+                return False
+        if self._spool.bytes >= self.spool_bytes:
+            return False
+        seq, raw, count = self._mem.popleft()
+        self._mem_bytes -= len(raw)
+        self._spool.append(seq, raw)
+        self._spooled.append((seq, count))
+        return True
+
+    def _drop_oldest_message(self) -> None:
+        """Both bounds are full: give up the oldest message in memory (counted, logged)."""
+        seq, raw, count = self._mem.popleft()
+        self._mem_bytes -= len(raw)
+        self._base = max(self._base, seq)
+        self._next_send = max(self._next_send, seq + 1)
+        self._count_drop(count)
+
+    def _raw_for(self, seq: int) -> bytes | None:
+        """The packed message ``seq``: from memory, else from the spool (read in order)."""
+        if self._mem and self._mem[0][0] <= seq:
+            return self._mem[seq - self._mem[0][0]][1]
+        if not self._spooled or seq < self._spooled[0][0]:
+            return None  # acknowledged or given up meanwhile
+        for _attempt in range(2):
+            if self._replay_iter is None:
+                self._replay_iter = iter(self._spool.read_all())
+                self._replay_peek = next(self._replay_iter, None)
+            while self._replay_peek is not None and self._replay_peek[0] < seq:
+                self._replay_peek = next(self._replay_iter, None)
+            if self._replay_peek is not None and self._replay_peek[0] == seq:
+                return self._replay_peek[1]
+            self._replay_iter = None  # spilled after this reader started: read again
+        return None
+
+    def _send(self) -> None:
+        while self._next_send <= self._seq:
+            raw = self._raw_for(self._next_send)
+            if raw is None:  # acknowledged or given up meanwhile
+                self._next_send += 1
+                continue
+            if not self._transport.try_send(raw):
+                return
+            self._next_send += 1
+        self._replay_iter = None
+
+    def _ask_for_ack(self) -> None:
+        if self._acked >= self._seq or self._next_send == 1:
+            return
+        now = time.monotonic()
+        if self._ack_sent_at is not None and now - self._ack_sent_at < ACK_TIMEOUT:
+            return
+        self._ack_rid += 1
+        self._ack_sent_at = now
+        self._transport.request(
+            {
+                "op": "sync",
+                "rid": self._ack_rid,
+                "pub": self.publisher_id,
+                "seq": self._next_send - 1,
+                "wait": ACK_TIMEOUT / 2,
+                "urgent": bool(self._markers),
+                "dropped": self.dropped,
+            }
+        )
+
+    def _handle_replies(self) -> None:
+        for reply in self._transport.replies():
+            if reply.get("rid") == self._ack_rid:
+                self._ack_sent_at = None
+            committed = int(reply.get("committed", 0))
+            instance = reply.get("instance")
+            restarted = self._instance is not None and instance != self._instance
+            self._instance = instance
+            if committed > self._acked:
+                self._acknowledge(committed)
+            if "resend_from" in reply or restarted:
+                self._replay(max(committed, self._acked) + 1)
+            elif self._acked < self._next_send - 1 and (
+                time.monotonic() - self._last_progress > STALL_SECONDS
+            ):
+                log.warning(
+                    "publisher %d: no acknowledgement for %gs; resending from %d",
+                    self.publisher_id,
+                    STALL_SECONDS,
+                    self._acked + 1,
+                )
+                self._replay(self._acked + 1)
+
+    def _acknowledge(self, committed: int) -> None:
+        self._acked = committed
+        self._last_progress = time.monotonic()
+        while self._mem and self._mem[0][0] <= committed:
+            _, raw, _ = self._mem.popleft()
+            self._mem_bytes -= len(raw)
+        while self._spooled and self._spooled[0][0] <= committed:
+            self._spooled.popleft()
+        if self._spool is not None:
+            self._spool.release_through(committed)
+        self._base = max(self._base, committed)
+        self._release_markers()
+
+    def _release_markers(self) -> None:
+        if not self._markers:
+            return
+        still = []
+        for marker in self._markers:
+            if marker.seq <= self._acked:
+                marker.event.set()
+            else:
+                still.append(marker)
+        self._markers = still
+
+    def _replay(self, from_seq: int) -> None:
+        """Send again everything from ``from_seq``, on a fresh connection."""
+        from_seq = max(from_seq, self._base + 1)
+        if from_seq > self._seq:
+            return
+        log.info("publisher %d: replaying messages %d..%d", self.publisher_id, from_seq, self._seq)
+        self._transport.restart_data()
+        self._next_send = from_seq
+        self._replay_iter = None
+        self._ack_sent_at = None
+        self._last_progress = time.monotonic()
+
+    # -- closing ----------------------------------------------------------------------
     def close(self, timeout: float | None = None) -> bool:
-        """Hand everything over and wait (bounded) for its commit; True if all was committed."""
+        """Hand everything over and wait (bounded) for its commit; True if all was committed.
+
+        What is still unacknowledged stays in this publisher's spool for the daemon.
+        """
         if self._closed:
             return True
         timeout = self.close_timeout if timeout is None else timeout
         committed = self.flush(timeout)
-        self._closing = True
-        self._give_up_at = time.monotonic() + 0.1
-        self._wake.set()
-        self._sender.join(timeout=1.0)
         self._closed = True
+        self._stop = True
+        os.eventfd_write(self._wake_fd, 1)
+        self._sender.join(timeout=5.0)
         if not committed:
-            log.warning(
-                "closing publisher of %s: the daemon did not confirm the last records within "
-                "%gs (is it running?)",
-                self.db_path or "this endpoint",
-                timeout,
-            )
+            self._spool_everything()
+        elif self._spool is not None:
+            self._spool.close(keep=False)
         self._transport.close()
+        os.close(self._wake_fd)
         _live_publishers.discard(self)
         return committed
+
+    def _spool_everything(self) -> None:
+        """At close, unacknowledged messages go to the spool (or are counted lost)."""
+        self._pack_remaining()
+        pending = self._queue and sum(1 for kind, _ in self._queue if kind != _MARKER)
+        if self._spool_folder is not None:
+            while self._mem:
+                if not self._spill_oldest():
+                    break
+        lost = sum(n for _, _, n in self._mem) + (pending or 0)
+        spooled = sum(n for _, n in self._spooled)
+        if self._spool is not None:
+            self._spool.close(keep=bool(self._spooled))
+        if spooled:
+            log.warning(
+                "publisher %d: the daemon did not confirm %d record(s) within %gs; they are "
+                "kept in %s and the daemon applies them when it runs",
+                self.publisher_id,
+                spooled,
+                self.close_timeout,
+                self._spool_folder,
+            )
+        if lost:
+            self._count_drop(lost)
+            log.error(
+                "publisher %d: %d record(s) were not confirmed and could not be spooled; "
+                "they are lost",
+                self.publisher_id,
+                lost,
+            )
+
+    def _pack_remaining(self) -> None:
+        self._markers = []
+        saved, self.overflow = self.overflow, "drop_oldest"
+        try:
+            self._pack()
+        finally:
+            self.overflow = saved
 
     def __enter__(self):
         return self
@@ -389,4 +714,4 @@ def _forget_after_fork() -> None:
 
 os.register_at_fork(after_in_child=_forget_after_fork)
 
-__all__ = ["Publisher", "ZmqTransport", "DaemonUnavailable"]
+__all__ = ["Publisher", "ZmqTransport", "OVERFLOW_POLICIES"]

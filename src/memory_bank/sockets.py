@@ -11,9 +11,6 @@ import re
 
 import zmq
 
-# A publisher never waits on its socket at exit for longer than this: records it could not
-# hand over are counted and logged by the publisher, not left to hang the process.
-PUBLISHER_LINGER_MS = 1000
 # Messages queued in ZeroMQ per publisher before send() would block; the publisher keeps
 # further records in its own bounded queue. 1000 messages of up to 512 records is plenty.
 PUBLISHER_SNDHWM = 1000
@@ -38,34 +35,56 @@ def control_endpoint_for(data_endpoint: str) -> str:
     raise ValueError(f"endpoint {data_endpoint!r} must be ipc://PATH or tcp://HOST:PORT")
 
 
-def publisher_push(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def _client_curve(sock: zmq.Socket, curve: dict | None) -> None:
+    """CURVE client keys: the daemon's public key, and this publisher's key pair (z85)."""
+    if curve:
+        sock.curve_serverkey = curve["server_key"].encode()
+        sock.curve_publickey = curve["public_key"].encode()
+        sock.curve_secretkey = curve["secret_key"].encode()
+
+
+def _server_curve(sock: zmq.Socket, curve: dict | None) -> None:
+    """CURVE server: the daemon's key pair; the ZAP authenticator checks client keys."""
+    if curve:
+        sock.curve_publickey = curve["public_key"].encode()
+        sock.curve_secretkey = curve["secret_key"].encode()
+        sock.curve_server = True
+
+
+def publisher_push(ctx: zmq.Context, endpoint: str, curve: dict | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, PUBLISHER_LINGER_MS)
+    # The publisher keeps every message until the daemon acknowledges its commit and
+    # replays on a fresh socket when needed, so ZeroMQ's own queue is never the only copy.
+    sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, PUBLISHER_SNDHWM)
+    _client_curve(sock, curve)
     sock.connect(endpoint)
     return sock
 
 
-def control_dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def control_dealer(ctx: zmq.Context, endpoint: str, curve: dict | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
     # Requests are worthless once their caller gave up; never hold an exit for them.
     sock.setsockopt(zmq.LINGER, 0)
+    _client_curve(sock, curve)
     sock.connect(endpoint)
     return sock
 
 
-def daemon_pull(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def daemon_pull(ctx: zmq.Context, endpoint: str, curve: dict | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.RCVHWM, DAEMON_RCVHWM)
     sock.setsockopt(zmq.MAXMSGSIZE, DAEMON_MAXMSGSIZE)
     sock.setsockopt(zmq.LINGER, 0)
+    _server_curve(sock, curve)
     sock.bind(endpoint)
     return sock
 
 
-def daemon_router(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def daemon_router(ctx: zmq.Context, endpoint: str, curve: dict | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.MAXMSGSIZE, 1024 * 1024)
     sock.setsockopt(zmq.LINGER, 0)
+    _server_curve(sock, curve)
     sock.bind(endpoint)
     return sock

@@ -2,7 +2,12 @@
 
 A message from a publisher is one msgpack array::
 
-    [WIRE_VERSION, publisher_id, message_seq, events, anomalies, metrics, operations]
+    [WIRE_VERSION, publisher_id, message_seq, base, events, anomalies, metrics, operations]
+
+``message_seq`` counts a publisher's messages from 1 with no gaps; ``base`` says that the
+publisher will never send any message numbered ``base`` or below again (acknowledged, or
+given up when its buffers overflowed), so the daemon can tell a gap it must wait for (a
+message lost in transit, which the publisher replays) from one it may skip.
 
 Rows are msgpack arrays, never maps, laid out in the column order of their table so the
 writer hands them to ``executemany`` as they arrive. JSON columns (``data``, ``metadata``,
@@ -15,6 +20,7 @@ Imports nothing but the standard library and msgpack: publishers load this modul
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import msgpack
@@ -53,12 +59,25 @@ class WireError(ValueError):
     """A message that cannot be read at all (bad msgpack, wrong header, unknown version)."""
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What the daemon accepts; anything outside is refused with a reason."""
+
+    max_text_chars: int = 1_000_000  # any one text field, JSON columns included
+    min_timestamp: float = 946684800.0  # 2000-01-01: older is a clock or unit error
+    max_future_seconds: float = 86400.0  # how far past the daemon's clock a record may be
+
+
+DEFAULT_LIMITS = Limits()
+
+
 @dataclass
 class Message:
     """One decoded, validated message: rows ready for the store, and what was refused."""
 
     publisher_id: int
     seq: int
+    base: int = 0
     events: list = field(default_factory=list)
     anomalies: list = field(default_factory=list)
     metrics: list = field(default_factory=list)
@@ -70,57 +89,21 @@ class Message:
         return len(self.events) + len(self.anomalies) + len(self.metrics) + len(self.operations)
 
 
-def encode(publisher_id: int, seq: int, events, anomalies, metrics, operations) -> bytes:
+def encode(publisher_id: int, seq: int, base: int, events, anomalies, metrics, operations) -> bytes:
     """Pack one message for the wire."""
     return msgpack.packb(
-        [WIRE_VERSION, publisher_id, seq, events, anomalies, metrics, operations],
+        [WIRE_VERSION, publisher_id, seq, base, events, anomalies, metrics, operations],
         use_bin_type=True,
     )
 
 
-def decode(raw: bytes) -> Message:
+def decode(raw: bytes, validator: Validator | None = None) -> Message:
     """Unpack and validate a message; raises WireError when no part of it can be used."""
     try:
         body = msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
-        raise WireError(f"not a msgpack message: {exc}") from None
-    return validate(body)
-
-
-def validate(body) -> Message:
-    """Check a message's header and each row; bad rows are set aside, good rows kept."""
-    if type(body) is not list or len(body) != 7:
-        raise WireError("message is not a 7-element array")
-    version, publisher_id, seq, events, anomalies, metrics, operations = body
-    if version != WIRE_VERSION:
-        raise WireError(f"wire version {version!r} is not {WIRE_VERSION}; upgrade the older side")
-    if type(publisher_id) is not int or type(seq) is not int:
-        raise WireError("publisher id and message sequence must be integers")
-    msg = Message(publisher_id, seq)
-    for name, rows, check, out in (
-        ("event", events, _check_event, msg.events),
-        ("anomaly", anomalies, _check_anomaly, msg.anomalies),
-        ("metric", metrics, _check_metric, msg.metrics),
-        ("operation", operations, _check_operation, msg.operations),
-    ):
-        if type(rows) is not list:
-            msg.rejected.append((f"{name} rows are not an array", rows))
-            continue
-        for row in rows:
-            reason = check(row)
-            if reason is None:
-                out.append(row)
-            else:
-                msg.rejected.append((f"{name}: {reason}", row))
-    return msg
-
-
-def _is_text(value) -> bool:
-    return type(value) is str
-
-
-def _is_opt_text(value) -> bool:
-    return value is None or type(value) is str
+        raise WireError(f"not a msgpack message: {type(exc).__name__}: {exc}") from None
+    return (validator or Validator()).validate(body)
 
 
 def _is_real(value) -> bool:
@@ -135,80 +118,143 @@ def _is_id(value) -> bool:
     return type(value) is int and 0 < value < (1 << 63)
 
 
-def _check_row(
-    row, width: int, text: tuple, opt_text: tuple, real: tuple, opt_real: tuple, what: str
-) -> str | None:
-    """Shared check of a plain-insert row: [id, timestamp, ...] with typed columns."""
-    if type(row) is not list or len(row) != width:
-        return f"expected {width} fields"
-    if not (_is_id(row[0]) and _is_real(row[1])):
-        return "id must be a positive integer and timestamp a finite number"
-    if not (
-        all(_is_text(row[i]) for i in text)
-        and all(_is_opt_text(row[i]) for i in opt_text)
-        and all(_is_real(row[i]) for i in real)
-        and all(_is_opt_real(row[i]) for i in opt_real)
-    ):
-        return what
-    return None
-
-
-def _check_event(row) -> str | None:
-    return _check_row(
-        row,
-        EVENT_FIELDS,
-        (2, 3),
-        (4, 5),
-        (),
-        (),
-        "event_type and component must be text; message and data text or null",
-    )
-
-
-def _check_anomaly(row) -> str | None:
-    return _check_row(
-        row,
-        ANOMALY_FIELDS,
-        (2, 3),
-        (4, 5),
-        (),
-        (6, 7),
-        "anomaly_type and severity must be text; description and pattern_data "
-        "text or null; current and expected values finite numbers or null",
-    )
-
-
-def _check_metric(row) -> str | None:
-    return _check_row(
-        row,
-        METRIC_FIELDS,
-        (2,),
-        (4, 5),
-        (3,),
-        (),
-        "metric_name must be text, metric_value a finite number; unit and metadata text or null",
-    )
-
-
 _OP_ARITY = {OP_SESSION_START: 3, OP_SESSION_ANOMALY: 3, OP_SESSION_END: 7, OP_PATTERN: 6}
 
 
-def _check_operation(row) -> str | None:
-    if type(row) is not list or not row or row[0] not in _OP_ARITY:
-        return "unknown operation"
-    if len(row) != _OP_ARITY[row[0]]:
-        return f"{OP_NAMES[row[0]]} expects {_OP_ARITY[row[0]]} fields"
-    if not _is_real(row[1]):
-        return "timestamp must be a finite number"
-    op = row[0]
-    if op in (OP_SESSION_START, OP_SESSION_ANOMALY):
-        return None if _is_text(row[2]) else "session_id must be text"
-    if op == OP_SESSION_END:
-        if not _is_text(row[2]):
-            return "session_id must be text"
-        if not all(_is_opt_real(v) for v in row[3:]):
-            return "session statistics must be finite numbers or null"
+class Validator:
+    """Checks messages against one set of Limits; bad rows are set aside with a reason."""
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS):
+        self.limits = limits
+        self._max_chars = limits.max_text_chars
+        self._max_time = 0.0
+
+    def validate(self, body) -> Message:
+        """Check a message's header and each row; bad rows are set aside, good rows kept."""
+        if type(body) is not list or len(body) != 8:
+            if type(body) is list and body and body[0] != WIRE_VERSION:
+                raise WireError(
+                    f"wire version {body[0]!r} is not {WIRE_VERSION}; upgrade the older side"
+                )
+            raise WireError("message is not an 8-element array")
+        version, publisher_id, seq, base, events, anomalies, metrics, operations = body
+        if version != WIRE_VERSION:
+            raise WireError(
+                f"wire version {version!r} is not {WIRE_VERSION}; upgrade the older side"
+            )
+        if not (_is_id(publisher_id) and _is_id(seq) and type(base) is int and 0 <= base < seq):
+            raise WireError("publisher id, sequence and base must be integers, 0 <= base < seq")
+        self._max_time = time.time() + self.limits.max_future_seconds
+        msg = Message(publisher_id, seq, base)
+        for name, rows, check, out in (
+            ("event", events, self._check_event, msg.events),
+            ("anomaly", anomalies, self._check_anomaly, msg.anomalies),
+            ("metric", metrics, self._check_metric, msg.metrics),
+            ("operation", operations, self._check_operation, msg.operations),
+        ):
+            if type(rows) is not list:
+                msg.rejected.append((f"{name} rows are not an array", rows))
+                continue
+            for row in rows:
+                reason = check(row)
+                if reason is None:
+                    out.append(row)
+                else:
+                    msg.rejected.append((f"{name}: {reason}", row))
+        return msg
+
+    def _is_text(self, value) -> bool:
+        return type(value) is str and len(value) <= self._max_chars
+
+    def _is_opt_text(self, value) -> bool:
+        return value is None or (type(value) is str and len(value) <= self._max_chars)
+
+    def _is_time(self, value) -> bool:
+        return (type(value) is float or type(value) is int) and (
+            self.limits.min_timestamp <= value <= self._max_time
+        )
+
+    def _time_reason(self, value) -> str:
+        if not _is_real(value):
+            return "timestamp must be a finite number"
+        return (
+            f"timestamp {value!r} is outside the accepted window "
+            f"({self.limits.min_timestamp:.0f} .. now + {self.limits.max_future_seconds:.0f}s)"
+        )
+
+    def _check_row(self, row, width, text, opt_text, real, opt_real, what) -> str | None:
+        """Shared check of a plain-insert row: [id, timestamp, ...] with typed columns."""
+        if type(row) is not list or len(row) != width:
+            return f"expected {width} fields"
+        if not _is_id(row[0]):
+            return "id must be a positive integer"
+        if not self._is_time(row[1]):
+            return self._time_reason(row[1])
+        if not (
+            all(self._is_text(row[i]) for i in text)
+            and all(self._is_opt_text(row[i]) for i in opt_text)
+            and all(_is_real(row[i]) for i in real)
+            and all(_is_opt_real(row[i]) for i in opt_real)
+        ):
+            return what + f" (text at most {self._max_chars} characters)"
         return None
-    if not (_is_text(row[2]) and _is_text(row[3]) and _is_text(row[4]) and _is_real(row[5])):
-        return "pattern_type, pattern_data and key must be text, confidence a number"
-    return None
+
+    def _check_event(self, row) -> str | None:
+        return self._check_row(
+            row,
+            EVENT_FIELDS,
+            (2, 3),
+            (4, 5),
+            (),
+            (),
+            "event_type and component must be text; message and data text or null",
+        )
+
+    def _check_anomaly(self, row) -> str | None:
+        return self._check_row(
+            row,
+            ANOMALY_FIELDS,
+            (2, 3),
+            (4, 5),
+            (),
+            (6, 7),
+            "anomaly_type and severity must be text; description and pattern_data text or "
+            "null; current and expected values finite numbers or null",
+        )
+
+    def _check_metric(self, row) -> str | None:
+        return self._check_row(
+            row,
+            METRIC_FIELDS,
+            (2,),
+            (4, 5),
+            (3,),
+            (),
+            "metric_name must be text, metric_value a finite number; unit and metadata "
+            "text or null",
+        )
+
+    def _check_operation(self, row) -> str | None:
+        if type(row) is not list or not row or type(row[0]) is not int or row[0] not in _OP_ARITY:
+            return "unknown operation"
+        if len(row) != _OP_ARITY[row[0]]:
+            return f"{OP_NAMES[row[0]]} expects {_OP_ARITY[row[0]]} fields"
+        if not self._is_time(row[1]):
+            return self._time_reason(row[1])
+        op = row[0]
+        if op in (OP_SESSION_START, OP_SESSION_ANOMALY):
+            return None if self._is_text(row[2]) else "session_id must be text"
+        if op == OP_SESSION_END:
+            if not self._is_text(row[2]):
+                return "session_id must be text"
+            if not all(_is_opt_real(v) for v in row[3:]):
+                return "session statistics must be finite numbers or null"
+            return None
+        if not (
+            self._is_text(row[2])
+            and self._is_text(row[3])
+            and self._is_text(row[4])
+            and _is_real(row[5])
+        ):
+            return "pattern_type, pattern_data and key must be text, confidence a number"
+        return None

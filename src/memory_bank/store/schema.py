@@ -13,7 +13,7 @@ import sqlite3
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # The seed's tables, column for column. A seed database already has them (with
 # AUTOINCREMENT ids), and CREATE ... IF NOT EXISTS leaves those untouched.
@@ -170,7 +170,22 @@ def _key_legacy_patterns(conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM patterns WHERE id = ?", (row_id,))
 
 
-MIGRATIONS = {1: _migrate_to_1}
+REJECTED_KEEP = 10_000
+
+
+def _migrate_to_2(conn: sqlite3.Connection) -> None:
+    """Refused input, kept for inspection (the newest REJECTED_KEEP rows)."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS mb_rejected ("
+        " id INTEGER PRIMARY KEY,"
+        " received_at REAL NOT NULL,"
+        " publisher_id INTEGER,"
+        " reason TEXT NOT NULL,"
+        " sample TEXT)"
+    )
+
+
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2}
 
 
 def migrate(conn: sqlite3.Connection) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import wire
 from ..wire import Message
-from .schema import migrate
+from .schema import REJECTED_KEEP, migrate
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ RETENTION_TABLES = ("events", "anomalies", "metrics")
 class SqliteStore:
     """Owns the database's one write connection: schema, batch apply, maintenance."""
 
-    def __init__(self, path: Path, synchronous: str = "FULL"):
+    def __init__(self, path: Path, synchronous: str = "FULL", max_db_bytes: int | None = None):
         self.path = path
         self.conn = sqlite3.connect(
             os.fspath(path), isolation_level=None, check_same_thread=False, timeout=30.0
@@ -97,6 +97,9 @@ class SqliteStore:
         self.conn.execute(f"PRAGMA synchronous={synchronous}")
         self.conn.execute("PRAGMA foreign_keys=OFF")
         self.old_version = migrate(self.conn)
+        if max_db_bytes:
+            page_size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+            self.conn.execute(f"PRAGMA max_page_count = {max(1, max_db_bytes // page_size)}")
         if self.old_version == 0 and self._row_count("events") + self._row_count("sessions"):
             log.info("upgraded an existing seed database in place: %s", path)
 
@@ -116,10 +119,11 @@ class SqliteStore:
         return dict(self.conn.execute("SELECT publisher_id, applied_seq FROM mb_publishers"))
 
     # -- the batch --------------------------------------------------------------------
-    def apply(self, messages: list[Message], watermarks: dict[int, int]) -> int:
-        """Apply messages in one transaction; skip those already applied. Returns rows stored.
+    def apply(self, messages: list[Message], watermarks: dict[int, int], rejects=()) -> int:
+        """Apply messages (and record refused input) in one transaction. Returns rows stored.
 
-        ``watermarks`` is updated in place once the transaction has committed.
+        Messages already applied are skipped; ``watermarks`` is updated in place once the
+        transaction has committed. ``rejects`` are (time, publisher, reason, sample) rows.
         """
         events: list = []
         anomalies: list = []
@@ -136,7 +140,7 @@ class SqliteStore:
             anomalies += msg.anomalies
             metrics += msg.metrics
             operations += msg.operations
-        if not applied:
+        if not applied and not rejects:
             return 0
 
         conn = self.conn
@@ -158,6 +162,16 @@ class SqliteStore:
             stored += len(operations)
             for session_id in refresh:
                 self._fill_session_statistics(session_id)
+            if rejects:
+                conn.executemany(
+                    "INSERT INTO mb_rejected (received_at, publisher_id, reason, sample) "
+                    "VALUES (?, ?, ?, ?)",
+                    rejects,
+                )
+                conn.execute(
+                    "DELETE FROM mb_rejected WHERE id <= (SELECT max(id) FROM mb_rejected) - ?",
+                    (REJECTED_KEEP,),
+                )
             conn.executemany(
                 "INSERT INTO mb_publishers (publisher_id, applied_seq, last_seen) VALUES (?, ?, ?) "
                 "ON CONFLICT(publisher_id) DO UPDATE SET applied_seq = excluded.applied_seq, "

@@ -1,0 +1,230 @@
+"""Bad input is refused with a reason and kept for inspection; good rows of the same
+message are committed; the daemon keeps serving (contract 9)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+
+import msgpack
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from memory_bank import MemoryBank, discovery, wire
+from memory_bank.control import daemon_stats
+
+PUB = 9 << 32
+
+
+def _push(db_path):
+    endpoints = discovery.find_endpoints(discovery.resolve_db_path(db_path))
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(endpoints.data)
+    return ctx, push
+
+
+def _event(n: int, ts: float, message="ok"):
+    return [PUB + n, ts, "E", "C", message, None]
+
+
+def test_bad_messages_are_refused_and_good_rows_kept(db_path, daemon):
+    now = time.time()
+    bad_rows = [
+        [PUB + 2, "not a time", "E", "C", "bad", None],
+        [PUB + 3, now + 10 * 86400, "E", "C", "future", None],
+        [PUB + 4, 5.0, "E", "C", "1970", None],
+        [PUB + 5, now, "E", "C", "x" * 2_000_000, None],
+        [PUB + 6, now, 42, "C", "wrong type", None],
+        [PUB + 7, now, "E", "C"],
+        "not a row",
+    ]
+    good = [1, PUB, 1, 0, [_event(1, now, "first")], [], [], []]
+    mixed = [
+        1,
+        PUB,
+        2,
+        1,
+        [*bad_rows, _event(8, now, "fine")],
+        [[PUB + 9, now, "A", "HIGH", "d", None, float("inf"), 1.0]],
+        [[PUB + 10, now, "current", float("nan"), "A", None]],
+        [[99, now], [1, now, "S1"]],
+    ]
+    ctx, push = _push(db_path)
+    for raw in (
+        b"\xff\x00garbage",
+        msgpack.packb([2, 1, 1, 0, [], [], [], []]),
+        msgpack.packb({"a": 1}),
+        msgpack.packb(good),
+        msgpack.packb(mixed),
+        msgpack.packb([1, PUB, 3, 2, [_event(11, now)] * 50, [], [], []])[:300],  # truncated
+        b"\x91" * 100_000 + b"\xc0",  # nested 100,000 deep
+        b"\x00" * (17 * 1024 * 1024),  # over ZMQ_MAXMSGSIZE: ZeroMQ drops the connection
+    ):
+        push.send(raw)
+    push.close(linger=2000)
+    ctx.term()
+    with MemoryBank(db_path) as memory:
+        deadline = time.time() + 20
+        while not memory.get_recent_sessions():
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert sorted(e["message"] for e in memory.get_events()) == ["fine", "first"]
+        assert memory.get_anomalies() == [] and memory.get_metrics() == []
+        assert memory.get_session("S1")["status"] == "ACTIVE"
+    stats = daemon_stats(db_path)
+    assert stats["rejected_messages"] == 5  # garbage, version 2, a map, truncated, deep
+    assert stats["rejected_records"] == len(bad_rows) + 3  # + anomaly, metric, unknown op
+    conn = sqlite3.connect(db_path)
+    reasons = [r[0] for r in conn.execute("SELECT reason FROM mb_rejected ORDER BY id")]
+    conn.close()
+    assert any("wire version 2" in r for r in reasons)
+    assert any("outside the accepted window" in r for r in reasons)
+    assert any("at most 1000000 characters" in r for r in reasons)
+    assert any("unknown operation" in r for r in reasons)
+    assert "wire version 2 is not 1" in daemon.log
+    assert daemon.proc.poll() is None
+
+    # ... and it goes on serving ordinary publishers.
+    with MemoryBank(db_path) as memory:
+        memory.log_event("OCPP_BOOT", "CSMS", "after the storm")
+        assert memory.get_events()[0]["message"] == "after the storm"
+
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+)
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=6), max_leaves=30)
+
+
+def _shaped_message():
+    """Messages near the real shape, so the fuzzer reaches the row checks."""
+    field = st.sampled_from(
+        [None, True, 0, 1, -1, 2**63, 1.5, float("nan"), float("inf"), 1e300, "", "E", b"b", []]
+    ) | st.floats(1e9, 2e9)
+    row = st.lists(field, min_size=0, max_size=9)
+    rows = st.lists(row, max_size=3) | st.sampled_from([None, 1, "x"])
+    return st.tuples(
+        st.sampled_from([1, 1, 1, 2, 0, "1"]),
+        st.sampled_from([1, 9 << 32, 0, -1, 2**64, "p", None]),
+        st.integers(-2, 5),
+        st.integers(-2, 5),
+        rows,
+        rows,
+        rows,
+        rows,
+    ).map(list)
+
+
+# Hypothesis explores the structure; atheris (below) runs the 100,000 coverage-guided cases.
+FUZZ_EXAMPLES = int(os.environ.get("MEMORYBANK_FUZZ_EXAMPLES", "4000"))
+
+
+def test_atheris_fuzz_100k_cases():
+    """tests/fuzz_wire.py: 100,000 coverage-guided inputs through decode-and-validate."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    runs = int(os.environ.get("MEMORYBANK_ATHERIS_RUNS", "100000"))
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("fuzz_wire.py")), f"-runs={runs}", "-seed=1"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Done {runs} runs" in result.stderr
+
+
+@settings(
+    max_examples=FUZZ_EXAMPLES // 2,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(raw=st.binary(max_size=200) | _values.map(lambda v: msgpack.packb(v, use_bin_type=True)))
+def test_fuzz_decode_never_raises_anything_but_wire_error(raw):
+    validator = wire.Validator()
+    try:
+        msg = wire.decode(raw, validator)
+    except wire.WireError:
+        return
+    for row in msg.events + msg.anomalies + msg.metrics + msg.operations:
+        assert type(row) is list
+
+
+@settings(
+    max_examples=FUZZ_EXAMPLES // 2,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(body=_shaped_message())
+def test_fuzz_validate_keeps_only_well_typed_rows(body):
+    try:
+        msg = wire.Validator().validate(body)
+    except wire.WireError:
+        return
+    for row in msg.events:
+        assert len(row) == wire.EVENT_FIELDS and type(row[2]) is str and type(row[0]) is int
+    for row in msg.metrics:
+        assert type(row[3]) in (int, float) and row[3] == row[3]  # no NaN
+    kept = msg.row_count + len(msg.rejected)
+    assert kept == sum(len(part) if type(part) is list else 1 for part in body[4:8])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fuzz_live_socket(db_path, daemon, seed):
+    """Random and near-valid messages on the daemon's real socket; it keeps serving."""
+    import random
+
+    rng = random.Random(seed)
+    ctx, push = _push(db_path)
+    sent = 0
+    for _ in range(3000):
+        kind = rng.random()
+        if kind < 0.3:
+            raw = rng.randbytes(rng.randrange(1, 300))
+        else:
+            body = [
+                1,
+                PUB + seed + 1,
+                rng.randrange(-2, 50),
+                rng.randrange(-2, 50),
+                [
+                    [
+                        rng.choice([PUB + rng.randrange(1, 1 << 20), -1, "x", None]),
+                        rng.choice([time.time(), float("nan"), "t", None, 1e300]),
+                        rng.choice(["E", 1, None]),
+                        "C",
+                        None,
+                        None,
+                    ]
+                    for _ in range(rng.randrange(0, 4))
+                ],
+                [],
+                [],
+                [[rng.randrange(0, 6), time.time(), "S"]],
+            ]
+            raw = msgpack.packb(body)
+            if kind > 0.9:
+                raw = raw[: rng.randrange(1, len(raw) + 1)]
+        push.send(raw)
+        sent += 1
+    push.close(linger=5000)
+    ctx.term()
+    with MemoryBank(db_path) as memory:
+        memory.log_event("OCPP_BOOT", "CSMS", "still here")
+        assert memory.get_events(component="CSMS")[0]["message"] == "still here"
+    stats = daemon_stats(db_path)
+    assert stats["received_messages"] + stats["rejected_messages"] >= 1
+    assert daemon.proc.poll() is None
