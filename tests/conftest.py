@@ -78,3 +78,19 @@ def run_python(code: str, *args: str, timeout: float = 120.0) -> subprocess.Comp
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout
     )
+
+
+def free_port_pair() -> int:
+    """A port free for the daemon's data socket, with the next one free for control."""
+    import socket
+
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with socket.socket() as s2:
+            try:
+                s2.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port

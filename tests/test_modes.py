@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import run_python
+from conftest import free_port_pair, run_python
 from memory_bank import MemoryBank
 
 
@@ -63,19 +63,3 @@ def test_named_tcp_endpoint(db_path, start_daemon):
         assert memory.get_events()[0]["id"] == event_id
         memory.log_event("E", "C", "via discovery")
         assert len(memory.get_events()) == 2
-
-
-def free_port_pair() -> int:
-    """A port free for the daemon's data socket, with the next one free for control."""
-    import socket
-
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port

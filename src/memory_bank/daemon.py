@@ -136,15 +136,24 @@ class Daemon:
             authenticator.configure_curve(
                 domain="*", location=self.settings.curve_authorized_keys_dir
             )
-        pull = sockets.daemon_pull(ctx, self.endpoints.data, self.curve)
-        router = sockets.daemon_router(ctx, self.endpoints.control, self.curve)
-        # Now that the sockets are bound, tell publishers where they are.
+        # With CURVE on the network endpoint, local processes (publishers on this host,
+        # `memorybank status`) use the default ipc endpoints in the private runtime folder.
+        local = discovery.default_endpoints(self.db_path) if self.curve is not None else None
+        pull = sockets.daemon_pull(
+            ctx, self.endpoints.data, self.curve, local.data if local else None
+        )
+        router = sockets.daemon_router(
+            ctx, self.endpoints.control, self.curve, local.control if local else None
+        )
+        found_at = local or self.endpoints
+        # Now that the sockets are bound, tell local publishers where they are.
         self._lock.update_info(
             {
                 "pid": os.getpid(),
                 "started": started,
-                "data_endpoint": self.endpoints.data,
-                "control_endpoint": self.endpoints.control,
+                "data_endpoint": found_at.data,
+                "control_endpoint": found_at.control,
+                "network_endpoint": self.endpoints.data if local else None,
                 "version": __version__,
             }
         )

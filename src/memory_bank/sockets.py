@@ -71,20 +71,31 @@ def control_dealer(ctx: zmq.Context, endpoint: str, curve: dict | None = None) -
     return sock
 
 
-def daemon_pull(ctx: zmq.Context, endpoint: str, curve: dict | None = None) -> zmq.Socket:
+def _bind(sock: zmq.Socket, endpoint: str, curve: dict | None, local: str | None) -> None:
+    """Bind the private local endpoint first (NULL mechanism: the 0700 folder guards it),
+    then the CURVE endpoint: security options apply to the binds that follow them."""
+    if local is not None:
+        sock.bind(local)
+    _server_curve(sock, curve)
+    sock.bind(endpoint)
+
+
+def daemon_pull(
+    ctx: zmq.Context, endpoint: str, curve: dict | None = None, local: str | None = None
+) -> zmq.Socket:
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.RCVHWM, DAEMON_RCVHWM)
     sock.setsockopt(zmq.MAXMSGSIZE, DAEMON_MAXMSGSIZE)
     sock.setsockopt(zmq.LINGER, 0)
-    _server_curve(sock, curve)
-    sock.bind(endpoint)
+    _bind(sock, endpoint, curve, local)
     return sock
 
 
-def daemon_router(ctx: zmq.Context, endpoint: str, curve: dict | None = None) -> zmq.Socket:
+def daemon_router(
+    ctx: zmq.Context, endpoint: str, curve: dict | None = None, local: str | None = None
+) -> zmq.Socket:
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.MAXMSGSIZE, 1024 * 1024)
     sock.setsockopt(zmq.LINGER, 0)
-    _server_curve(sock, curve)
-    sock.bind(endpoint)
+    _bind(sock, endpoint, curve, local)
     return sock

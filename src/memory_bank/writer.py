@@ -28,15 +28,15 @@ log = logging.getLogger(__name__)
 
 Reply = Callable[[dict], None]
 
-# SQLite primary result codes after which a batch is kept and retried, not refused.
-_RETRYABLE = {
-    sqlite3.SQLITE_FULL,
-    sqlite3.SQLITE_IOERR,
-    sqlite3.SQLITE_BUSY,
-    sqlite3.SQLITE_LOCKED,
-    sqlite3.SQLITE_CANTOPEN,
-    sqlite3.SQLITE_READONLY,
-}
+# Errors that say something in the batch itself is wrong: only then are the messages tried
+# one by one and the bad ones refused. Every other error (disk full, I/O, locked, read-only)
+# keeps the batch and retries it: the records are not at fault.
+_BATCH_AT_FAULT = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+)
 RETRY_SECONDS = 1.0
 ADOPT_EVERY_SECONDS = 10.0
 
@@ -244,11 +244,11 @@ class Writer:
         batch, rejects = self._pending, self._pending_rejects
         try:
             stored = self.store.apply(batch, self.watermarks, rejects)
-        except sqlite3.Error as exc:
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _RETRYABLE:
-                self._keep_for_retry(exc)
-                return
+        except _BATCH_AT_FAULT as exc:
             stored = self._apply_one_by_one(batch, rejects, exc)
+        except sqlite3.Error as exc:
+            self._keep_for_retry(exc)
+            return
         self._pending, self._pending_rejects = [], []
         self._pending_rows = 0
         self._pending_seq = {}
@@ -287,7 +287,7 @@ class Writer:
         for msg in batch:
             try:
                 stored += self.store.apply([msg], self.watermarks, [])
-            except sqlite3.Error as one_exc:
+            except _BATCH_AT_FAULT as one_exc:
                 self.stats.rejected_messages += 1
                 self.stats.rejected_records += msg.row_count
                 refused.append(

@@ -180,10 +180,15 @@ class SqliteStore:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            self._rollback()
             raise
         watermarks.update(applied)
         return stored
+
+    def _rollback(self) -> None:
+        """Roll back if SQLite has not already (it does so itself on SQLITE_FULL, IOERR...)."""
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
     def _apply_operation(self, op: list, refresh: set[str]) -> None:
         code = op[0]
@@ -288,7 +293,7 @@ class SqliteStore:
                     ).rowcount
                     self.conn.execute("COMMIT")
                 except BaseException:
-                    self.conn.execute("ROLLBACK")
+                    self._rollback()
                     raise
                 yield table, deleted
                 if deleted < chunk_rows:

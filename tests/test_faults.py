@@ -1,0 +1,202 @@
+"""Nothing lost when the daemon dies, stalls, stops or runs out of room (contracts 6, 7)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from memory_bank import MemoryBank, Publisher, discovery, spool
+from memory_bank.control import daemon_stats
+
+FAULT_SCRIPT = Path(__file__).parent.parent / "scripts" / "fault_test.py"
+
+
+def _fault_run(tmp_path, *args) -> dict:
+    result = subprocess.run(
+        [sys.executable, str(FAULT_SCRIPT), "--dir", str(tmp_path), "--seed", "7", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, (report, result.stderr[-2000:])
+    return report
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (
+            "--mode",
+            "kill",
+            "--publishers",
+            "4",
+            "--records",
+            "10000",
+            "--kills",
+            "3",
+            "--max-gap",
+            "1",
+        ),
+        ("--mode", "outage", "--publishers", "2", "--records", "10000", "--outage", "4"),
+        ("--mode", "freeze", "--publishers", "2", "--records", "10000", "--outage", "3"),
+    ],
+    ids=["sigkill-restart", "stopped-then-started", "sigstop-sigcont"],
+)
+def test_fault_script_short_form(tmp_path, args):
+    report = _fault_run(tmp_path, *args)
+    publishers = int(args[args.index("--publishers") + 1])
+    assert report["sent"] == report["committed"] == publishers * 10000
+    assert report["duplicates"] == report["missing"] == report["unexpected"] == 0
+    assert report["faults"] >= 1
+
+
+def test_disk_full_keeps_records_and_resumes(db_path, start_daemon, tmp_path):
+    cfg = _config(tmp_path, "max_db_bytes = 1048576", "batch_rows = 200")
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    pub = Publisher(db_path)
+    three_days_ago = time.time() - 3 * 86400
+    old_ids = [pub.log_event("E", "C", "x" * 400, timestamp=three_days_ago) for _ in range(3000)]
+    deadline = time.time() + 30
+    while daemon_stats(db_path)["store_error"] is None:
+        assert time.time() < deadline, "the store never filled"
+        time.sleep(0.1)
+    assert "full" in daemon_stats(db_path)["store_error"]
+    new_ids = [pub.log_event("E", "C", "after full") for _ in range(100)]
+    assert not pub.flush(1.0)  # nothing confirmed while full
+    with MemoryBank(db_path) as memory:
+        deleted = memory.clear_old_data(days=1)  # room appears
+    assert deleted["events"] > 0
+    assert pub.flush(30)
+    pub.close()
+    assert daemon_stats(db_path)["store_error"] is None
+    conn = sqlite3.connect(db_path)
+    stored = {r[0] for r in conn.execute("SELECT id FROM events")}
+    assert set(new_ids) <= stored
+    # Every old record was committed: cleared by the retention, or committed after it.
+    assert len(set(old_ids) & stored) + deleted["events"] == len(old_ids)
+    assert "database or disk is full" in daemon.log
+    assert daemon.proc.poll() is None
+
+
+def _config(tmp_path: Path, *daemon_lines: str) -> Path:
+    cfg = tmp_path / "memorybank.toml"
+    cfg.write_text("[daemon]\n" + "\n".join(daemon_lines) + "\n")
+    return cfg
+
+
+def _frame(seq: int, raw: bytes) -> bytes:
+    return struct.pack("<IIQ", len(raw), zlib.crc32(raw), seq) + raw
+
+
+def test_torn_spool_is_replayed_up_to_the_tear(db_path, start_daemon):
+    """A spool cut short by power loss: intact messages applied, the rest reported."""
+    pub_id = 77
+    base = pub_id << 32
+    now = time.time()
+    frames = [
+        _frame(
+            seq,
+            msgpack.packb(
+                [
+                    1,
+                    pub_id,
+                    seq,
+                    seq - 1,
+                    [[base + seq, now, "E", "C", f"spooled {seq}", None]],
+                    [],
+                    [],
+                    [],
+                ]
+            ),
+        )
+        for seq in (1, 2, 3)
+    ]
+    corrupt = bytearray(frames[2])
+    corrupt[-3] ^= 0xFF  # checksum no longer holds
+    folder = spool.spool_root(discovery.resolve_db_path(db_path)) / str(pub_id)
+    folder.mkdir(parents=True)
+    (folder / "00000001.seg").write_bytes(frames[0] + frames[1] + bytes(corrupt) + b"\x01\x02")
+    start_daemon(db_path)
+    with MemoryBank(db_path) as memory:
+        deadline = time.time() + 20
+        while len(memory.get_events()) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        assert sorted(e["message"] for e in memory.get_events()) == ["spooled 1", "spooled 2"]
+    stats = daemon_stats(db_path)
+    assert stats["spool_corrupt_bytes"] == len(corrupt) + 2
+    assert stats["adopted_spools"] == 1
+    assert not folder.exists()
+
+
+def test_spool_left_at_exit_is_applied_by_the_next_daemon(db_path, start_daemon):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, json\nfrom memory_bank import Publisher\n"
+            "p = Publisher(sys.argv[1], close_timeout=0.5)\n"
+            "print(json.dumps([p.log_event('E', 'C', str(i)) for i in range(3000)]))\n",
+            str(db_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    ids = json.loads(result.stdout)
+    assert "kept in" in result.stderr
+    start_daemon(db_path)
+    with MemoryBank(db_path) as memory:
+        deadline = time.time() + 20
+        while len(memory.get_events(limit=5000)) < 3000 and time.time() < deadline:
+            time.sleep(0.1)
+        assert sorted(e["id"] for e in memory.get_events(limit=5000)) == ids
+
+
+@pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])
+def test_overflow_policy_counts_every_drop(db_path, start_daemon, policy, caplog):
+    pub = Publisher(
+        db_path, memory_bytes=20_000, spool_bytes=0, max_queue=50, batch_records=10, overflow=policy
+    )
+    ids = [pub.log_event("E", "C", "x" * 100) for _ in range(2000)]
+    time.sleep(0.5)
+    start_daemon(db_path)
+    assert pub.flush(20)
+    dropped = pub.dropped
+    pub.close()
+    conn = sqlite3.connect(db_path)
+    stored = sorted(r[0] for r in conn.execute("SELECT id FROM events"))
+    assert dropped > 0 and len(stored) + dropped == len(ids)
+    if policy == "drop_newest":
+        assert stored == ids[: len(stored)]
+    else:
+        assert stored[-1] == ids[-1]
+    assert any("dropped" in r.message for r in caplog.records)
+    assert daemon_stats(db_path)["dropped_by_publishers"] == dropped
+
+
+def test_publish_calls_never_wait_for_a_frozen_daemon(db_path, daemon):
+    os.kill(daemon.proc.pid, 19)  # SIGSTOP
+    try:
+        pub = Publisher(db_path)
+        started = time.monotonic()
+        ids = [pub.log_event("E", "C", "while frozen") for _ in range(20000)]
+        finished = time.monotonic() - started
+    finally:
+        os.kill(daemon.proc.pid, 18)  # SIGCONT
+    assert finished < 60  # it returned at all: nothing waited on the daemon
+    assert pub.flush(30)
+    pub.close()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == len(ids)

@@ -1,0 +1,97 @@
+"""Who may write: loopback or ipc by default; anything wider only with CURVE keys."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+
+from click.testing import CliRunner
+
+from conftest import free_port_pair, run_python
+from memory_bank import Publisher, discovery
+from memory_bank.cli import main
+from memory_bank.keys import client_curve
+
+
+def test_non_loopback_tcp_without_keys_is_refused(db_path):
+    port = free_port_pair()
+    for endpoint in (f"tcp://0.0.0.0:{port}", f"tcp://*:{port}"):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "memory_bank",
+                "daemon",
+                "--db",
+                str(db_path),
+                "--endpoint",
+                endpoint,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2
+        assert "without CURVE keys" in result.stderr
+    assert not db_path.exists()
+
+
+def test_default_runtime_folder_is_private(db_path, daemon):
+    endpoint = discovery.find_endpoints(discovery.resolve_db_path(db_path)).data
+    folder = os.path.dirname(endpoint.removeprefix("ipc://"))
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+
+
+def test_curve_lets_only_authorized_publishers_write(db_path, start_daemon, tmp_path):
+    runner = CliRunner()
+    keys = tmp_path / "keys"
+    authorized = tmp_path / "authorized"
+    for name in ("daemon", "lab", "stranger"):
+        result = runner.invoke(main, ["keygen", "--dir", str(keys), "--name", name])
+        assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(os.stat(keys / "lab.key_secret").st_mode) == 0o600
+    authorized.mkdir()
+    (authorized / "lab.key").write_bytes((keys / "lab.key").read_bytes())
+    cfg = tmp_path / "secure.toml"
+    cfg.write_text(
+        "[security]\n"
+        f'curve_secret_key_file = "{keys / "daemon.key_secret"}"\n'
+        f'curve_authorized_keys_dir = "{authorized}"\n'
+    )
+    endpoint = f"tcp://127.0.0.1:{free_port_pair()}"
+    start_daemon(db_path, "--config", str(cfg), "--endpoint", endpoint)
+
+    # An unauthenticated publisher, and one with a key the daemon does not know.
+    snippet = (
+        "import sys\nfrom memory_bank import Publisher\nfrom memory_bank.keys import "
+        "client_curve\ncurve = None if sys.argv[2] == '-' else client_curve(sys.argv[3], "
+        "sys.argv[2])\np = Publisher(sys.argv[4], endpoint=sys.argv[1], curve=curve, "
+        "close_timeout=1.0, spool_dir=sys.argv[5])\n"
+        "[p.log_event('E', 'C', 'intruder') for _ in range(10)]\n"
+    )
+    for secret in ("-", str(keys / "stranger.key_secret")):
+        result = run_python(
+            snippet,
+            endpoint,
+            secret,
+            str(keys / "daemon.key"),
+            str(db_path),
+            str(tmp_path / "spool"),
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+
+    pub = Publisher(
+        db_path, endpoint=endpoint, curve=client_curve(keys / "daemon.key", keys / "lab.key_secret")
+    )
+    lab_id = pub.log_event("E", "C", "authorized")
+    assert pub.flush(10)
+    pub.close()
+    time.sleep(0.5)
+    conn = sqlite3.connect(db_path)
+    rows = conn.execute("SELECT id, message FROM events").fetchall()
+    assert rows == [(lab_id, "authorized")]
