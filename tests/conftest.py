@@ -20,7 +20,7 @@ os.environ["MEMORYBANK_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="mb-test-")
 class DaemonProcess:
     """A `memorybank daemon` subprocess with its stderr kept in a file."""
 
-    def __init__(self, db_path: Path, *args: str):
+    def __init__(self, db_path: Path, *args: str, env: dict | None = None):
         self.db_path = db_path
         self.log_path = db_path.with_name(db_path.name + f".daemon{os.getpid()}-{id(self)}.log")
         self._log = open(self.log_path, "wb")
@@ -28,6 +28,7 @@ class DaemonProcess:
             [sys.executable, "-m", "memory_bank", "daemon", "--db", str(db_path), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
 
     def wait_ready(self, timeout: float = 20.0) -> DaemonProcess:
@@ -57,8 +58,8 @@ def db_path(tmp_path: Path) -> Path:
 def start_daemon():
     started: list[DaemonProcess] = []
 
-    def start(db_path: Path, *args: str, wait: bool = True) -> DaemonProcess:
-        daemon = DaemonProcess(db_path, *args)
+    def start(db_path: Path, *args: str, wait: bool = True, env=None) -> DaemonProcess:
+        daemon = DaemonProcess(db_path, *args, env=env)
         started.append(daemon)
         return daemon.wait_ready() if wait else daemon
 

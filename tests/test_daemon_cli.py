@@ -81,3 +81,17 @@ def test_example_config_is_valid_and_complete():
     defaults = config.Config()
     assert loaded.batch_rows == defaults.batch_rows
     assert loaded.synchronous == defaults.synchronous
+
+
+def test_example_config_names_every_setting():
+    """config/memorybank.toml documents every key the daemon accepts."""
+    from pathlib import Path
+
+    from memory_bank import config
+
+    text = (Path(__file__).parent.parent / "config" / "memorybank.toml").read_text()
+    for section, keys in config._SECTIONS.items():
+        assert f"[{section}]" in text
+        for key in keys:
+            assert f"{key} =" in text, f"{section}.{key} is missing from the example"
+    config.load(Path(__file__).parent.parent / "config" / "memorybank.toml")

@@ -202,8 +202,16 @@ class MemoryBank:
         """
         self.flush()
         if self._embedded is not None:
-            return self._embedded.call(lambda writer: writer.retention(days), timeout=3600)
-        return self._control("retention", days=days)["deleted"]
+            run = self._embedded.call(
+                lambda writer: writer.run_maintenance("retention", days=days), timeout=3600
+            )
+        else:
+            run = self._control("retention", days=days)["run"]
+        if run["status"] != "ok":
+            raise RuntimeError(f"retention failed: {run['error']}")
+        deleted = {"events": 0, "anomalies": 0, "metrics": 0}
+        deleted.update(run["deleted"] or {})
+        return deleted
 
     def _control(self, op: str, **fields) -> dict:
         if not discovery.daemon_running(self._path):
@@ -216,7 +224,7 @@ class MemoryBank:
             reply = client.request(op, timeout=3600, **fields)
         finally:
             client.close()
-        if not reply.get("ok"):
+        if not reply.get("ok") and "run" not in reply:
             raise RuntimeError(f"daemon refused {op}: {reply.get('error')}")
         return reply
 

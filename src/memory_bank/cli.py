@@ -47,26 +47,22 @@ def main() -> None:
 def daemon(db, config_path, endpoint, log_level) -> None:
     """Run the single writer for a database in the foreground."""
     from .daemon import Daemon, DaemonSettings, SecurityError
-    from .wire import Limits
 
     try:
         cfg = config_mod.load(config_path, db=db, endpoint=endpoint, log_level=log_level)
     except config_mod.ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     _setup_logging(cfg.log_level)
-    settings = DaemonSettings(
-        db_path=Path(cfg.db),
-        endpoint=cfg.endpoint,
-        batch_rows=cfg.batch_rows,
-        batch_seconds=cfg.batch_seconds,
-        synchronous=cfg.synchronous,
-        max_db_bytes=cfg.max_db_bytes,
-        limits=Limits(max_text_chars=cfg.max_text_chars, max_future_seconds=cfg.max_future_seconds),
-        curve_secret_key_file=cfg.curve_secret_key_file,
-        curve_authorized_keys_dir=cfg.curve_authorized_keys_dir,
-    )
+    settings = DaemonSettings.from_config(cfg)
+
+    def reload() -> DaemonSettings:
+        """SIGHUP: read the same file again, with the same flags on top."""
+        return DaemonSettings.from_config(
+            config_mod.load(config_path, db=db, endpoint=endpoint, log_level=log_level)
+        )
+
     try:
-        status = Daemon(settings).run()
+        status = Daemon(settings, reload=reload).run()
     except SecurityError as exc:
         click.echo(f"memorybank daemon: {exc}", err=True)
         sys.exit(2)
@@ -110,16 +106,40 @@ _STATUS_ROWS = [
     ("uptime_seconds", "uptime (s)"),
     ("received_records", "records received"),
     ("committed_records", "records committed"),
+    ("received_per_second", "received / s (10 s)"),
+    ("committed_per_second", "committed / s (10 s)"),
+    ("queue_depth", "queue depth"),
     ("rejected_records", "records rejected"),
+    ("rejected_messages", "messages rejected"),
+    ("dropped_by_publishers", "dropped by publishers"),
     ("duplicate_records", "duplicates skipped"),
     ("batches", "batches"),
-    ("queue_depth", "queue depth"),
     ("publishers", "publishers seen"),
+    ("store_error", "store error"),
+    ("maintenance_running", "maintenance running"),
     ("db_bytes", "database bytes"),
     ("wal_bytes", "WAL bytes"),
     ("data_endpoint", "data endpoint"),
     ("control_endpoint", "control endpoint"),
 ]
+
+
+def _describe_run(run: dict | None) -> str:
+    if not run:
+        return "never"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started"]))
+    took = (run["finished"] or run["started"]) - run["started"]
+    if run["status"] != "ok":
+        return f"{when} ({run['trigger']}) FAILED: {run['error']}"
+    if run["job"] == "retention":
+        what = ", ".join(f"{t} {n}" for t, n in (run["deleted"] or {}).items()) or "nothing"
+        what = f"deleted {what}"
+    else:
+        what = f"reclaimed {run['bytes_reclaimed']} bytes"
+    return (
+        f"{when} ({run['trigger']}), {took:.1f}s, {what}, "
+        f"longest step {run['longest_step_ms']:.0f} ms"
+    )
 
 
 @main.command()
@@ -137,7 +157,51 @@ def status(db, as_json) -> None:
         return
     width = max(len(label) for _, label in _STATUS_ROWS)
     for key, label in _STATUS_ROWS:
-        click.echo(f"{label:<{width}}  {figures.get(key)}")
+        value = figures.get(key)
+        click.echo(f"{label:<{width}}  {'-' if value is None else value}")
+    last = figures.get("last_maintenance") or {}
+    upcoming = figures.get("next_maintenance") or {}
+    for job in ("retention", "vacuum"):
+        click.echo(f"{'last ' + job:<{width}}  {_describe_run(last.get(job))}")
+        click.echo(f"{'next ' + job:<{width}}  {upcoming.get(job) or 'not scheduled'}")
+
+
+@main.command()
+@click.option("--db", "db", default="ev_charging_memory.db", show_default=True)
+@click.argument("job", type=click.Choice(["retention", "vacuum"]))
+@click.option(
+    "--days",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="retention: delete events, anomalies and metrics older than this "
+    "(default: the configured per-table policy).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
+def maintenance(db, job, days, as_json) -> None:
+    """Ask the daemon to run retention or VACUUM now, and wait for the result."""
+    from .control import ControlClient
+
+    path = discovery.resolve_db_path(db)
+    if not discovery.daemon_running(path):
+        click.echo(
+            f"memorybank maintenance: no daemon serves {path} — start one with "
+            f"'memorybank daemon --db {db}'",
+            err=True,
+        )
+        sys.exit(1)
+    client = ControlClient(discovery.find_endpoints(path).control)
+    try:
+        fields = {"days": days} if days is not None else {}
+        reply = client.request(job, timeout=24 * 3600, **fields)
+    finally:
+        client.close()
+    run = reply.get("run")
+    if run is None:
+        click.echo(f"memorybank maintenance: {reply.get('error')}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(run, indent=2) if as_json else f"{job}: {_describe_run(run)}")
+    if run["status"] != "ok":
+        sys.exit(1)
 
 
 def format_summary(summary: dict) -> str:

@@ -28,7 +28,29 @@ class Config:
     max_future_seconds: float = 86400.0
     curve_secret_key_file: str | None = None
     curve_authorized_keys_dir: str | None = None
+    retention_schedule: str = "0 3 * * *"
+    vacuum_schedule: str = "after-retention"
+    retention_days: float = 7.0
+    events_days: float | None = None
+    anomalies_days: float | None = None
+    metrics_days: float | None = None
+    sessions_days: float | None = None
+    patterns_days: float | None = None
+    chunk_rows: int = 5000
     log_level: str = "INFO"
+
+    def table_retention_days(self) -> dict[str, float | None]:
+        """Days kept per table: events, anomalies and metrics default to retention_days;
+        sessions and patterns are kept unless configured, as in the seed."""
+        return {
+            "events": self.retention_days if self.events_days is None else self.events_days,
+            "anomalies": (
+                self.retention_days if self.anomalies_days is None else self.anomalies_days
+            ),
+            "metrics": self.retention_days if self.metrics_days is None else self.metrics_days,
+            "sessions": self.sessions_days,
+            "patterns": self.patterns_days,
+        }
 
 
 # TOML layout: [daemon] ..., [limits] ..., [security] ..., [logging] level
@@ -36,6 +58,17 @@ _SECTIONS = {
     "daemon": {"db", "endpoint", "batch_rows", "batch_seconds", "synchronous", "max_db_bytes"},
     "limits": {"max_text_chars", "max_future_seconds"},
     "security": {"curve_secret_key_file", "curve_authorized_keys_dir"},
+    "maintenance": {
+        "retention_schedule",
+        "vacuum_schedule",
+        "retention_days",
+        "events_days",
+        "anomalies_days",
+        "metrics_days",
+        "sessions_days",
+        "patterns_days",
+        "chunk_rows",
+    },
     "logging": {"level"},
 }
 _PATH_KEYS = ("db", "curve_secret_key_file", "curve_authorized_keys_dir")
@@ -85,6 +118,27 @@ def _check(config: Config) -> Config:
         raise ConfigError(
             f"limits.max_future_seconds: expected seconds >= 0, got {config.max_future_seconds!r}"
         )
+    for key in (
+        "retention_days",
+        "events_days",
+        "anomalies_days",
+        "metrics_days",
+        "sessions_days",
+        "patterns_days",
+    ):
+        value = getattr(config, key)
+        if value is None and key != "retention_days":
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"maintenance.{key}: expected days >= 0, got {value!r}")
+    _whole(config.chunk_rows, "maintenance.chunk_rows", 1, 1_000_000)
+    from .jobs import parse_schedule
+
+    try:
+        parse_schedule(config.retention_schedule, "maintenance.retention_schedule")
+        parse_schedule(config.vacuum_schedule, "maintenance.vacuum_schedule", allow_after=True)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if bool(config.curve_secret_key_file) != bool(config.curve_authorized_keys_dir):
         raise ConfigError(
             "security: set both curve_secret_key_file and curve_authorized_keys_dir, or neither"
@@ -96,11 +150,33 @@ def _check(config: Config) -> Config:
     return config
 
 
+def standard_locations() -> list[Path]:
+    """Where a configuration is looked for when neither --config nor $MEMORYBANK_CONFIG
+    names one: the current folder, the user's config folder, then /etc/memorybank."""
+    user = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return [
+        Path("memorybank.toml"),
+        user / "memorybank" / "memorybank.toml",
+        Path("/etc/memorybank/memorybank.toml"),
+    ]
+
+
+def find(path: str | os.PathLike | None = None) -> str | None:
+    """The configuration file to read: explicit, $MEMORYBANK_CONFIG, or the first found."""
+    if path is not None:
+        return os.fspath(path)
+    if os.environ.get("MEMORYBANK_CONFIG"):
+        return os.environ["MEMORYBANK_CONFIG"]
+    for candidate in standard_locations():
+        if candidate.is_file():
+            return os.fspath(candidate)
+    return None
+
+
 def load(path: str | os.PathLike | None = None, **overrides) -> Config:
     """Build the configuration; ``overrides`` (flags) whose value is None are ignored."""
     config = Config()
-    if path is None:
-        path = os.environ.get("MEMORYBANK_CONFIG")
+    path = find(path)
     if path is not None:
         try:
             with open(path, "rb") as fh:

@@ -22,6 +22,8 @@ import msgpack
 import zmq
 
 from . import __version__, discovery, sockets, wire
+from .jobs import MaintenanceSchedule
+from .sdnotify import Notifier
 from .store.sqlite import SqliteStore
 from .writer import Writer
 
@@ -31,6 +33,16 @@ log = logging.getLogger(__name__)
 RECV_BURST = 256
 # How long a stopping daemon keeps draining messages already queued to it.
 DRAIN_SECONDS = 5.0
+# How often systemd's STATUS line is refreshed.
+STATUS_SECONDS = 5.0
+# Settings a reload (SIGHUP) cannot change: they need a restart.
+RESTART_ONLY = (
+    "db_path",
+    "endpoint",
+    "curve_secret_key_file",
+    "curve_authorized_keys_dir",
+    "synchronous",
+)
 
 
 @dataclass
@@ -44,6 +56,32 @@ class DaemonSettings:
     limits: wire.Limits = wire.DEFAULT_LIMITS
     curve_secret_key_file: str | None = None  # the daemon's CURVE certificate (secret)
     curve_authorized_keys_dir: str | None = None  # publishers' public certificates
+    retention_schedule: str = "0 3 * * *"
+    vacuum_schedule: str = "after-retention"
+    retention_days: dict | None = None  # per table; None: the Writer's defaults
+    chunk_rows: int = 5000
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_config(cls, cfg) -> DaemonSettings:
+        return cls(
+            db_path=Path(cfg.db),
+            endpoint=cfg.endpoint,
+            batch_rows=cfg.batch_rows,
+            batch_seconds=cfg.batch_seconds,
+            synchronous=cfg.synchronous,
+            max_db_bytes=cfg.max_db_bytes,
+            limits=wire.Limits(
+                max_text_chars=cfg.max_text_chars, max_future_seconds=cfg.max_future_seconds
+            ),
+            curve_secret_key_file=cfg.curve_secret_key_file,
+            curve_authorized_keys_dir=cfg.curve_authorized_keys_dir,
+            retention_schedule=cfg.retention_schedule,
+            vacuum_schedule=cfg.vacuum_schedule,
+            retention_days=cfg.table_retention_days(),
+            chunk_rows=cfg.chunk_rows,
+            log_level=cfg.log_level,
+        )
 
 
 class SecurityError(ValueError):
@@ -77,8 +115,11 @@ def _load_curve(settings: DaemonSettings) -> dict | None:
 
 
 class Daemon:
-    def __init__(self, settings: DaemonSettings):
+    """Runs the writer for one database until SIGTERM/SIGINT; SIGHUP reloads settings."""
+
+    def __init__(self, settings: DaemonSettings, reload=None):
         self.settings = settings
+        self._reload_settings = reload  # () -> DaemonSettings, raising on a bad file
         self.db_path = discovery.resolve_db_path(settings.db_path)
         if settings.endpoint:
             self.endpoints = discovery.Endpoints(
@@ -87,6 +128,7 @@ class Daemon:
         else:
             self.endpoints = discovery.default_endpoints(self.db_path)
         self._stop_requested = False
+        self._reload_requested = False
         self._lock = discovery.WriterLock(self.db_path)
         self.curve = _load_curve(settings)
         if self.curve is None and not _is_loopback_endpoint(self.endpoints.data):
@@ -95,11 +137,14 @@ class Daemon:
                 "network could write. Bind 127.0.0.1 or ipc://, or configure "
                 "curve_secret_key_file and curve_authorized_keys_dir (memorybank keygen)"
             )
+        self.notifier = Notifier()
 
     # -- signals: flags only ----------------------------------------------------------
     def _on_stop_signal(self, signum, _frame) -> None:
         self._stop_requested = True
-        log.info("received %s: finishing", signal.Signals(signum).name)
+
+    def _on_reload_signal(self, _signum, _frame) -> None:
+        self._reload_requested = True
 
     def run(self) -> int:
         """Serve until stopped; returns the exit status. Raises DaemonLockedError at once when
@@ -110,8 +155,10 @@ class Daemon:
             return self._serve(started)
         finally:
             self._lock.release()
+            self.notifier.close()
 
-    def _serve(self, started: float) -> int:
+    # -- start-up -----------------------------------------------------------------------
+    def _open_writer(self) -> Writer:
         store = SqliteStore(
             self.db_path,
             synchronous=self.settings.synchronous,
@@ -121,11 +168,44 @@ class Daemon:
         writer = Writer(
             store, self.settings.batch_rows, self.settings.batch_seconds, self.settings.limits
         )
-        writer.extra_figures = lambda: {
-            "data_endpoint": self.endpoints.data,
-            "control_endpoint": self.endpoints.control,
-            "version": __version__,
-        }
+        self._apply_maintenance_policy(writer)
+        return writer
+
+    def _apply_maintenance_policy(self, writer: Writer) -> None:
+        if self.settings.retention_days is not None:
+            writer.retention_days = dict(self.settings.retention_days)
+        writer.maintenance_chunk_rows = self.settings.chunk_rows
+
+    def _bind(self, ctx: zmq.Context) -> tuple[zmq.Socket, zmq.Socket]:
+        # With CURVE on the network endpoint, local processes (publishers on this host,
+        # `memorybank status`) use the default ipc endpoints in the private runtime folder.
+        local = discovery.default_endpoints(self.db_path) if self.curve is not None else None
+        pull = sockets.daemon_pull(
+            ctx, self.endpoints.data, self.curve, local.data if local else None
+        )
+        router = sockets.daemon_router(
+            ctx, self.endpoints.control, self.curve, local.control if local else None
+        )
+        router.bind(self._inproc_control)  # the scheduler's jobs come in here
+        found_at = local or self.endpoints
+        self._lock.update_info(
+            {
+                "pid": os.getpid(),
+                "started": time.time(),
+                "data_endpoint": found_at.data,
+                "control_endpoint": found_at.control,
+                "network_endpoint": self.endpoints.data if local else None,
+                "version": __version__,
+            }
+        )
+        return pull, router
+
+    @property
+    def _inproc_control(self) -> str:
+        return f"inproc://memorybank-control-{id(self)}"
+
+    def _serve(self, started: float) -> int:
+        writer = self._open_writer()
         ctx = zmq.Context()
         authenticator = None
         if self.curve is not None:
@@ -136,27 +216,15 @@ class Daemon:
             authenticator.configure_curve(
                 domain="*", location=self.settings.curve_authorized_keys_dir
             )
-        # With CURVE on the network endpoint, local processes (publishers on this host,
-        # `memorybank status`) use the default ipc endpoints in the private runtime folder.
-        local = discovery.default_endpoints(self.db_path) if self.curve is not None else None
-        pull = sockets.daemon_pull(
-            ctx, self.endpoints.data, self.curve, local.data if local else None
-        )
-        router = sockets.daemon_router(
-            ctx, self.endpoints.control, self.curve, local.control if local else None
-        )
-        found_at = local or self.endpoints
-        # Now that the sockets are bound, tell local publishers where they are.
-        self._lock.update_info(
-            {
-                "pid": os.getpid(),
-                "started": started,
-                "data_endpoint": found_at.data,
-                "control_endpoint": found_at.control,
-                "network_endpoint": self.endpoints.data if local else None,
-                "version": __version__,
-            }
-        )
+        pull, router = self._bind(ctx)
+        schedule = MaintenanceSchedule(ctx, self._inproc_control)
+        schedule.configure(self.settings.retention_schedule, self.settings.vacuum_schedule)
+        writer.extra_figures = lambda: {
+            "data_endpoint": self.endpoints.data,
+            "control_endpoint": self.endpoints.control,
+            "next_maintenance": schedule.next_runs(),
+            "version": __version__,
+        }
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
@@ -164,36 +232,28 @@ class Daemon:
         old_handlers = {
             sig: signal.signal(sig, self._on_stop_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
-        poller = zmq.Poller()
-        poller.register(pull, zmq.POLLIN)
-        poller.register(router, zmq.POLLIN)
-        poller.register(wake_r, zmq.POLLIN)
-        reading = True
-        writer.adopt_spools(force=True)
-        log.info(
-            "serving %s on %s (control %s), pid %d",
-            self.db_path,
-            self.endpoints.data,
-            self.endpoints.control,
-            os.getpid(),
-        )
+        old_handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_reload_signal)
         try:
-            while not self._stop_requested:
-                timeout_ms = int(writer.seconds_to_next_tick() * 1000) + 1
-                ready = dict(poller.poll(timeout_ms))
-                if wake_r.fileno() in ready:
-                    _drain_wakeups(wake_r)
-                if pull in ready:
-                    self._receive(pull, writer)
-                if router in ready:
-                    self._answer_control(router, writer)
-                writer.tick()
-                writer.adopt_spools()
-                # Backpressure: while the store cannot keep up (or is full), leave records
-                # in ZeroMQ's queues and the publishers' buffers rather than in our memory.
-                if writer.accepting != reading:
-                    reading = writer.accepting
-                    poller.modify(pull, zmq.POLLIN if reading else 0)
+            writer.adopt_spools(force=True)
+            for job, then in schedule.missed(
+                {j: writer.store.last_run(j) for j in ("retention", "vacuum")}
+            ):
+                log.info("the %s run due while the daemon was down runs now", job)
+                writer.start_maintenance(job, "catch-up", then=tuple(then))
+            schedule.start()
+            log.info(
+                "serving %s on %s (control %s), pid %d",
+                self.db_path,
+                self.endpoints.data,
+                self.endpoints.control,
+                os.getpid(),
+            )
+            self.notifier.notify(
+                "READY=1", f"STATUS=serving {self.db_path}", f"MAINPID={os.getpid()}"
+            )
+            self._loop(writer, pull, router, wake_r, schedule)
+            self.notifier.notify("STOPPING=1", "STATUS=committing what was received")
+            schedule.shutdown()
             self._drain(pull, writer)
             writer.tick(force=True)
             figures = writer.figures()
@@ -218,7 +278,76 @@ class Daemon:
             wake_r.close()
             wake_w.close()
 
-    # -- the loop's steps -------------------------------------------------------------
+    # -- the loop -----------------------------------------------------------------------
+    def _loop(self, writer: Writer, pull, router, wake_r, schedule) -> None:
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        poller.register(router, zmq.POLLIN)
+        poller.register(wake_r, zmq.POLLIN)
+        reading = True
+        next_status = next_watchdog = time.monotonic()
+        watchdog = self.notifier.watchdog_interval
+        while not self._stop_requested:
+            sleep = writer.seconds_to_next_tick()
+            if watchdog is not None:
+                sleep = min(sleep, max(0.0, next_watchdog - time.monotonic()))
+            ready = dict(poller.poll(int(sleep * 1000) + 1))
+            if wake_r.fileno() in ready:
+                _drain_wakeups(wake_r)
+            if self._reload_requested:
+                self._reload_requested = False
+                self._reload(writer, schedule)
+            if pull in ready:
+                self._receive(pull, writer)
+            if router in ready:
+                self._answer_control(router, writer)
+            writer.tick()
+            writer.maintenance_step()
+            writer.adopt_spools()
+            # Backpressure: while the store cannot keep up (or is full), leave records
+            # in ZeroMQ's queues and the publishers' buffers rather than in our memory.
+            if writer.accepting != reading:
+                reading = writer.accepting
+                poller.modify(pull, zmq.POLLIN if reading else 0)
+            now = time.monotonic()
+            if watchdog is not None and now >= next_watchdog:
+                self.notifier.notify("WATCHDOG=1")
+                next_watchdog = now + watchdog
+            if self.notifier.enabled and now >= next_status:
+                self.notifier.notify("STATUS=" + _status_line(writer))
+                next_status = now + STATUS_SECONDS
+
+    def _reload(self, writer: Writer, schedule: MaintenanceSchedule) -> None:
+        """SIGHUP: apply a new configuration, or keep the running one if it is invalid."""
+        if self._reload_settings is None:
+            log.warning("SIGHUP: no configuration to reload")
+            return
+        self.notifier.notify("RELOADING=1")
+        try:
+            new = self._reload_settings()
+            schedule.configure(new.retention_schedule, new.vacuum_schedule)
+        except Exception as exc:  # a bad file never stops the daemon
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            self.notifier.notify("READY=1")
+            return
+        for key in RESTART_ONLY:
+            if getattr(new, key) != getattr(self.settings, key):
+                log.warning("reload: %s changed; it takes effect at the next restart", key)
+                setattr(new, key, getattr(self.settings, key))
+        self.settings = new
+        writer.batch_rows, writer.batch_seconds = new.batch_rows, new.batch_seconds
+        writer.validator = wire.Validator(new.limits)
+        self._apply_maintenance_policy(writer)
+        writer.store.set_max_db_bytes(new.max_db_bytes)
+        logging.getLogger().setLevel(new.log_level)
+        log.info(
+            "configuration reloaded: retention %s, vacuum %s, keep %s",
+            new.retention_schedule,
+            new.vacuum_schedule,
+            writer.retention_days,
+        )
+        self.notifier.notify("READY=1")
+
     def _receive(self, pull: zmq.Socket, writer: Writer) -> None:
         for _ in range(RECV_BURST):
             if not writer.accepting:
@@ -266,6 +395,16 @@ class Daemon:
             except Exception as exc:  # a bad request never stops the daemon
                 log.warning("bad control request: %s", exc)
                 reply({"ok": False, "error": str(exc)})
+
+
+def _status_line(writer: Writer) -> str:
+    received, committed = writer.rates()
+    line = f"{received:.0f} rec/s in, {committed:.0f} rec/s committed, queue {writer.pending_rows}"
+    if writer.maintenance_running:
+        line += f", running {writer.maintenance_running}"
+    if writer.store_error:
+        line += f", STORE ERROR: {writer.store_error}"
+    return line
 
 
 def _drain_wakeups(sock: socket.socket) -> None:

@@ -97,6 +97,7 @@ class EmbeddedWriter:
                 kind, item = self._inbox.get(timeout=writer.seconds_to_next_tick())
             except queue.Empty:
                 writer.tick()
+                writer.maintenance_step()
                 writer.adopt_spools()
                 continue
             if kind == _STOP:
@@ -114,6 +115,7 @@ class EmbeddedWriter:
                     box["error"] = exc
                 done.set()
             writer.tick()
+            writer.maintenance_step()
 
     def shutdown(self) -> None:
         """Commit everything received, stop the thread, release the lock."""

@@ -17,8 +17,9 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from . import discovery, spool, wire
 from .store.sqlite import SqliteStore
@@ -83,6 +84,23 @@ class Waiter:
 
 
 @dataclass
+class MaintenanceTask:
+    """A retention or vacuum run in progress, advanced one bounded step at a time."""
+
+    job: str
+    trigger: str  # "schedule", "catch-up" (missed while down) or "request"
+    reply: Reply | None
+    rid: object
+    days: float | None
+    then: tuple[str, ...] = ()
+    steps: Iterator | None = None
+    started: float = 0.0
+    deleted: dict = field(default_factory=dict)
+    reclaimed: int = 0
+    longest_step: float = 0.0
+
+
+@dataclass
 class WriterStats:
     received_messages: int = 0
     received_records: int = 0
@@ -137,6 +155,18 @@ class Writer:
         self._error_logged_at = 0.0
         self._next_adopt = 0.0
         self._refusal_log = RateLimitedLog(log, burst=10, interval=10.0)
+        # Maintenance policy (set from the configuration; None keeps a table forever).
+        self.retention_days: dict[str, float | None] = {
+            "events": 7,
+            "anomalies": 7,
+            "metrics": 7,
+            "sessions": None,
+            "patterns": None,
+        }
+        self.maintenance_chunk_rows = 5000
+        self.last_runs: dict[str, dict] = {}
+        self._tasks: deque[MaintenanceTask] = deque()
+        self._rate_samples: deque = deque(maxlen=11)
 
     # -- input ------------------------------------------------------------------------
     def accept_raw(self, raw: bytes, adopted: bool = False) -> None:
@@ -223,6 +253,8 @@ class Writer:
         """How long the loop may sleep before ``tick`` has work to do."""
         now = time.monotonic()
         waits = [idle]
+        if self._tasks and self.store_error is None:
+            return 0.0  # a maintenance run is in progress: take its next step soon
         if self.store_error is not None:
             waits.append(self._retry_at - now)
         elif self._pending or self._pending_rejects:
@@ -239,6 +271,19 @@ class Writer:
             self.commit()
         if self._waiters:
             self._answer_waiters()
+        now = time.monotonic()
+        if not self._rate_samples or now - self._rate_samples[-1][0] >= 1.0:
+            self._rate_samples.append(
+                (now, self.stats.received_records, self.stats.committed_records)
+            )
+
+    def rates(self) -> tuple[float, float]:
+        """Records received and committed per second over the last ten seconds."""
+        if len(self._rate_samples) < 2:
+            return 0.0, 0.0
+        (t0, r0, c0), (t1, r1, c1) = self._rate_samples[0], self._rate_samples[-1]
+        span = max(t1 - t0, 1e-9)
+        return (r1 - r0) / span, (c1 - c0) / span
 
     def commit(self) -> None:
         batch, rejects = self._pending, self._pending_rejects
@@ -376,13 +421,16 @@ class Writer:
             reply({"rid": rid, "ok": True, "stats": self.figures()})
         elif op == "lease":
             reply({"rid": rid, "ok": True, "block": discovery.lease_id_block(self.store.path)})
-        elif op == "retention":
-            days = float(request.get("days", 7))
-            if days < 0:
-                raise ValueError("days must not be negative")
-            reply({"rid": rid, "ok": True, "deleted": self.retention(days)})
-        elif op == "vacuum":
-            reply({"rid": rid, "ok": True, "reclaimed_bytes": self.vacuum()})
+        elif op in ("retention", "vacuum"):
+            days = request.get("days")
+            self.start_maintenance(
+                op,
+                request.get("trigger", "request"),
+                reply,
+                rid,
+                None if days is None else float(days),
+                tuple(request.get("then", ())),
+            )
         else:
             reply({"rid": rid, "ok": False, "error": f"unknown op {op!r}"})
 
@@ -417,22 +465,107 @@ class Writer:
             self.stats.adopted_spools += 1
             shutil.rmtree(folder, ignore_errors=True)
 
-    # -- maintenance ------------------------------------------------------------------
-    def retention(self, days: float) -> dict[str, int]:
-        """Delete events, anomalies and metrics older than ``days``; commit pending rows first."""
-        self.tick(force=True)
-        cutoff = time.time() - days * 86400
-        deleted: dict[str, int] = {}
-        for table, rows in self.store.retention_steps(cutoff):
-            deleted[table] = deleted.get(table, 0) + rows
-        log.info("retention (%g days): deleted %s", days, deleted)
-        return deleted
+    # -- maintenance: run in steps between batches, so ingest keeps flowing ----------------
+    def start_maintenance(
+        self,
+        job: str,
+        trigger: str,
+        reply: Reply | None = None,
+        rid=None,
+        days: float | None = None,
+        then: tuple[str, ...] = (),
+    ) -> None:
+        """Queue a retention or vacuum run; ``reply`` gets its result when it is done."""
+        if job not in ("retention", "vacuum"):
+            raise ValueError(f"unknown maintenance job {job!r}; expected retention or vacuum")
+        if days is not None and days < 0:
+            raise ValueError("days must not be negative")
+        self._tasks.append(MaintenanceTask(job, trigger, reply, rid, days, then))
 
-    def vacuum(self) -> int:
-        self.tick(force=True)
-        reclaimed = self.store.vacuum()
-        log.info("vacuum reclaimed %d bytes", reclaimed)
-        return reclaimed
+    @property
+    def maintenance_running(self) -> str | None:
+        return self._tasks[0].job if self._tasks else None
+
+    def _retention_cutoffs(self, days: float | None) -> dict[str, float]:
+        now = time.time()
+        if days is not None:  # the seed's clear_old_data(days): events, anomalies, metrics
+            return {t: now - days * 86400 for t in ("events", "anomalies", "metrics")}
+        return {t: now - d * 86400 for t, d in self.retention_days.items() if d is not None}
+
+    def maintenance_step(self) -> None:
+        """Run one bounded step of the current maintenance run (a chunk of deletes, a few
+        thousand pages of incremental vacuum)."""
+        if not self._tasks:
+            return
+        task = self._tasks[0]
+        if task.steps is None:
+            self.tick(force=True)  # what was received before the run is committed first
+            task.started = time.time()
+            if task.job == "retention":
+                task.steps = self.store.retention_steps(
+                    self._retention_cutoffs(task.days), self.maintenance_chunk_rows
+                )
+            else:
+                task.steps = self.store.vacuum_steps()
+        began = time.perf_counter()
+        try:
+            step = next(task.steps)
+        except StopIteration:
+            self._finish_task(task, None)
+            return
+        except sqlite3.Error as exc:
+            self._finish_task(task, exc)
+            return
+        finally:
+            task.longest_step = max(task.longest_step, time.perf_counter() - began)
+        if task.job == "retention":
+            table, rows = step
+            task.deleted[table] = task.deleted.get(table, 0) + rows
+        else:
+            task.reclaimed += step
+
+    def _finish_task(self, task: MaintenanceTask, error: Exception | None) -> None:
+        self._tasks.popleft()
+        run = {
+            "job": task.job,
+            "trigger": task.trigger,
+            "started": task.started,
+            "finished": time.time(),
+            "status": "ok" if error is None else "error",
+            "deleted": task.deleted if task.job == "retention" else None,
+            "bytes_reclaimed": task.reclaimed if task.job == "vacuum" else None,
+            "longest_step_ms": round(task.longest_step * 1000, 3),
+            "error": None if error is None else str(error),
+        }
+        try:
+            self.store.record_maintenance(run)
+        except sqlite3.Error as exc:
+            log.error("could not record the %s run: %s", task.job, exc)
+        self.last_runs[task.job] = run
+        if error is None:
+            log.info(
+                "%s (%s) done in %.1fs: %s; longest step %.1f ms",
+                task.job,
+                task.trigger,
+                run["finished"] - run["started"],
+                task.deleted if task.job == "retention" else f"{task.reclaimed} bytes",
+                run["longest_step_ms"],
+            )
+        else:
+            log.error("%s (%s) failed: %s", task.job, task.trigger, error)
+        if task.reply is not None:
+            task.reply({"rid": task.rid, "ok": error is None, "run": run, "error": run["error"]})
+        if error is None:
+            for follow in task.then:
+                self.start_maintenance(follow, task.trigger)
+
+    def run_maintenance(self, job: str, trigger: str = "request", days: float | None = None):
+        """Run a maintenance job to the end now (embedded mode and tests); returns the run."""
+        box: dict = {}
+        self.start_maintenance(job, trigger, box.update, None, days)
+        while "run" not in box:
+            self.maintenance_step()
+        return box["run"]
 
     def figures(self) -> dict:
         """The live figures `memorybank status` shows."""
@@ -452,8 +585,12 @@ class Writer:
             "dropped_by_publishers": sum(self.publisher_dropped.values()),
             "adopted_spools": s.adopted_spools,
             "spool_corrupt_bytes": s.spool_corrupt_bytes,
+            "received_per_second": round(self.rates()[0], 1),
+            "committed_per_second": round(self.rates()[1], 1),
             "batches": s.batches,
             "queue_depth": self._pending_rows,
+            "maintenance_running": self.maintenance_running,
+            "last_maintenance": self._last_runs_for_status(),
             "store_error": self.store_error,
             "store_errors": s.store_errors,
             "publishers": len(self.watermarks),
@@ -461,6 +598,12 @@ class Writer:
             **self.store.file_sizes(),
             **self.extra_figures(),
         }
+
+    def _last_runs_for_status(self) -> dict:
+        if not self.last_runs:
+            for run in reversed(self.store.maintenance_runs(limit=20)):
+                self.last_runs[run["job"]] = run
+        return dict(self.last_runs)
 
     def close(self) -> None:
         """Commit what was received (if the store lets us), release everyone waiting."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import time
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # The seed's tables, column for column. A seed database already has them (with
 # AUTOINCREMENT ids), and CREATE ... IF NOT EXISTS leaves those untouched.
@@ -185,7 +186,34 @@ def _migrate_to_2(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2}
+def _migrate_to_3(conn: sqlite3.Connection) -> None:
+    """Maintenance runs (retention, vacuum): what each did, for `status` and the viewer."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS mb_maintenance ("
+        " id INTEGER PRIMARY KEY,"
+        " job TEXT NOT NULL,"
+        " trigger TEXT NOT NULL,"
+        " started REAL NOT NULL,"
+        " finished REAL,"
+        " status TEXT NOT NULL,"
+        " deleted TEXT,"
+        " bytes_reclaimed INTEGER,"
+        " longest_step_ms REAL,"
+        " error TEXT)"
+    )
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS idx_mb_maintenance_job ON mb_maintenance(job, started)"
+    )
+    # Facts about the database itself; 'maintenance_since' is when scheduled maintenance
+    # began to apply, so a run missed before any run was recorded is still caught up.
+    conn.execute("CREATE TABLE IF NOT EXISTS mb_meta (key TEXT PRIMARY KEY, value TEXT)")
+    conn.execute(
+        "INSERT OR IGNORE INTO mb_meta (key, value) VALUES ('maintenance_since', ?)",
+        (str(time.time()),),
+    )
+
+
+MIGRATIONS = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
 
 
 def migrate(conn: sqlite3.Connection) -> int:

@@ -6,6 +6,7 @@ ever writes the database. Reads live in ``reader.py`` on read-only connections.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -81,7 +82,22 @@ ON CONFLICT(pattern_type, pattern_key) DO UPDATE SET
 AUTO_ENERGY, AUTO_AVG, AUTO_MAX, AUTO_MIN = 1, 2, 4, 8
 SESSION_METRICS = ("current", "power", "voltage")
 
-RETENTION_TABLES = ("events", "anomalies", "metrics")
+RETENTION_TIME_COLUMN = {
+    "events": "timestamp",
+    "anomalies": "timestamp",
+    "metrics": "timestamp",
+    "sessions": "start_time",
+    "patterns": "last_seen",
+}
+
+
+def _share_with_group_if_umask_allows(path: Path) -> None:
+    """SQLite creates files 0644 whatever the umask allows; under the service's UMask=0007
+    make the database group-writable (its -wal and -shm follow), so publishing users in
+    the daemon's group can read it."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 class SqliteStore:
@@ -96,12 +112,21 @@ class SqliteStore:
         # FULL: an acknowledged batch survives power loss, at one fsync per batch.
         self.conn.execute(f"PRAGMA synchronous={synchronous}")
         self.conn.execute("PRAGMA foreign_keys=OFF")
+        if not self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            # A new database: free pages can then be returned in small incremental steps,
+            # so the nightly VACUUM never stops ingest for long (see vacuum_steps).
+            self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            _share_with_group_if_umask_allows(path)
         self.old_version = migrate(self.conn)
-        if max_db_bytes:
-            page_size = self.conn.execute("PRAGMA page_size").fetchone()[0]
-            self.conn.execute(f"PRAGMA max_page_count = {max(1, max_db_bytes // page_size)}")
+        self.set_max_db_bytes(max_db_bytes)
         if self.old_version == 0 and self._row_count("events") + self._row_count("sessions"):
             log.info("upgraded an existing seed database in place: %s", path)
+
+    def set_max_db_bytes(self, max_db_bytes: int | None) -> None:
+        """Cap the database file (SQLite's max_page_count); None lifts the cap."""
+        page_size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = max(1, max_db_bytes // page_size) if max_db_bytes else 0xFFFFFFFE
+        self.conn.execute(f"PRAGMA max_page_count = {pages}")
 
     # -- start-up facts -------------------------------------------------------------
     def _row_count(self, table: str) -> int:
@@ -276,19 +301,23 @@ class SqliteStore:
         return amp_seconds * volts / 3600.0
 
     # -- maintenance ------------------------------------------------------------------
-    def retention_steps(self, cutoff: float, chunk_rows: int = 5000) -> Iterator[tuple[str, int]]:
-        """Delete rows older than ``cutoff``, one short transaction per chunk.
+    def retention_steps(
+        self, cutoffs: dict[str, float], chunk_rows: int = 5000
+    ) -> Iterator[tuple[str, int]]:
+        """Delete rows older than each table's cutoff, one short transaction per chunk.
 
-        Yields (table, rows deleted) after each chunk so the caller can let ingest run
-        between chunks. Sessions and patterns are kept, as in the seed.
+        Yields (table, rows deleted) after each chunk, so the writer can let ingest run
+        between chunks. ``cutoffs`` names the tables to clear (sessions by start_time,
+        patterns by last_seen, the others by timestamp).
         """
-        for table in RETENTION_TABLES:
+        for table, cutoff in cutoffs.items():
+            column = RETENTION_TIME_COLUMN[table]
             while True:
                 self.conn.execute("BEGIN IMMEDIATE")
                 try:
                     deleted = self.conn.execute(
                         f"DELETE FROM {table} WHERE rowid IN "
-                        f"(SELECT rowid FROM {table} WHERE timestamp < ? LIMIT ?)",
+                        f"(SELECT rowid FROM {table} WHERE {column} < ? LIMIT ?)",
                         (cutoff, chunk_rows),
                     ).rowcount
                     self.conn.execute("COMMIT")
@@ -299,12 +328,63 @@ class SqliteStore:
                 if deleted < chunk_rows:
                     break
 
-    def vacuum(self) -> int:
-        """VACUUM the database; returns bytes reclaimed."""
-        before = self.file_sizes()["db_bytes"]
-        self.conn.execute("VACUUM")
-        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return before - self.file_sizes()["db_bytes"]
+    def vacuum_steps(self, pages_per_step: int = 2048) -> Iterator[int]:
+        """Return free pages to the file system; yields bytes reclaimed after each step.
+
+        With auto_vacuum=INCREMENTAL (every database this store creates) that is a series
+        of short ``incremental_vacuum`` steps. A database made elsewhere (the seed's) is
+        switched over once with a full VACUUM, which holds the writer for its duration.
+        """
+        if self.conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            log.info("converting %s to incremental vacuum (one full VACUUM)", self.path)
+            before = self._logical_bytes()
+            self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self.conn.execute("VACUUM")
+            yield before - self._logical_bytes()
+        while self.conn.execute("PRAGMA freelist_count").fetchone()[0] > 0:
+            before = self._logical_bytes()
+            self.conn.execute(f"PRAGMA incremental_vacuum({pages_per_step})").fetchall()
+            yield before - self._logical_bytes()
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def _logical_bytes(self) -> int:
+        """The database's size in pages (WAL included), which VACUUM shrinks at once; the
+        file itself shrinks at the next checkpoint."""
+        pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        return pages * self.conn.execute("PRAGMA page_size").fetchone()[0]
+
+    def record_maintenance(self, run: dict) -> None:
+        """Store what a maintenance run did (one row per run)."""
+        self.conn.execute(
+            "INSERT INTO mb_maintenance (job, trigger, started, finished, status, deleted, "
+            "bytes_reclaimed, longest_step_ms, error) VALUES (:job, :trigger, :started, "
+            ":finished, :status, :deleted, :bytes_reclaimed, :longest_step_ms, :error)",
+            {**run, "deleted": json.dumps(run.get("deleted")) if run.get("deleted") else None},
+        )
+
+    def maintenance_runs(self, limit: int = 20) -> list[dict]:
+        cursor = self.conn.execute(
+            "SELECT job, trigger, started, finished, status, deleted, bytes_reclaimed, "
+            "longest_step_ms, error FROM mb_maintenance ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        names = [d[0] for d in cursor.description]
+        runs = [dict(zip(names, row, strict=True)) for row in cursor]
+        for run in runs:
+            run["deleted"] = json.loads(run["deleted"]) if run["deleted"] else None
+        return runs
+
+    def last_run(self, job: str) -> float:
+        """When ``job`` last ran to the end (or when scheduled maintenance began)."""
+        row = self.conn.execute(
+            "SELECT max(started) FROM mb_maintenance WHERE job = ? AND status = 'ok'", (job,)
+        ).fetchone()
+        if row[0] is not None:
+            return row[0]
+        since = self.conn.execute(
+            "SELECT value FROM mb_meta WHERE key = 'maintenance_since'"
+        ).fetchone()
+        return float(since[0]) if since else time.time()
 
     def file_sizes(self) -> dict[str, int]:
         sizes = {}
