@@ -220,6 +220,7 @@ class Publisher:
         self._instance: str | None = None
         self._ack_rid = 0
         self._ack_sent_at: float | None = None
+        self._ack_urgent = False
         self._last_progress = time.monotonic()
         self._stop = False
         self._sender = threading.Thread(
@@ -548,13 +549,24 @@ class Publisher:
         self._replay_iter = None
 
     def _ask_for_ack(self) -> None:
+        """Keep one acknowledgement request outstanding while anything is unacknowledged.
+
+        A flush makes it urgent (the daemon commits at once instead of at the end of its
+        batch window); an urgent need does not wait behind an outstanding ordinary request.
+        """
         if self._acked >= self._seq or self._next_send == 1:
             return
+        urgent = bool(self._markers)
         now = time.monotonic()
-        if self._ack_sent_at is not None and now - self._ack_sent_at < ACK_TIMEOUT:
+        if (
+            self._ack_sent_at is not None
+            and now - self._ack_sent_at < ACK_TIMEOUT
+            and (self._ack_urgent or not urgent)
+        ):
             return
         self._ack_rid += 1
         self._ack_sent_at = now
+        self._ack_urgent = urgent
         self._transport.request(
             {
                 "op": "sync",
@@ -562,7 +574,7 @@ class Publisher:
                 "pub": self.publisher_id,
                 "seq": self._next_send - 1,
                 "wait": ACK_TIMEOUT / 2,
-                "urgent": bool(self._markers),
+                "urgent": urgent,
                 "dropped": self.dropped,
             }
         )

@@ -25,3 +25,34 @@ def to_timestamp(value) -> float | None:
     raise TypeError(
         f"a time must be a datetime, a date or Unix seconds, not {type(value).__name__}"
     )
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_when(text: str, now: float | None = None) -> float:
+    """A point in time as people type it: "10m" / "2h" / "3d" ago, "now", "today",
+    "yesterday", "2026-11-24 10:00", or ISO 8601. Returns Unix seconds."""
+    import re
+
+    now = dt.datetime.now().timestamp() if now is None else now
+    value = text.strip().lower()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])(?:\s*ago)?", value)
+    if match:
+        return now - float(match.group(1)) * _UNITS[match.group(2)]
+    midnight = dt.datetime.combine(dt.datetime.fromtimestamp(now).date(), dt.time())
+    named = {
+        "now": now,
+        "today": midnight.timestamp(),
+        "yesterday": (midnight - dt.timedelta(days=1)).timestamp(),
+        "tomorrow": (midnight + dt.timedelta(days=1)).timestamp(),
+    }
+    if value in named:
+        return named[value]
+    try:
+        return dt.datetime.fromisoformat(text.strip().replace(" ", "T", 1)).timestamp()
+    except ValueError:
+        raise ValueError(
+            f'{text!r} is not a time; use e.g. "10m", "2h", "3d", "yesterday", '
+            '"2026-11-24 10:00" or ISO 8601'
+        ) from None

@@ -226,6 +226,61 @@ class SqliteReader:
         )
         yield from cursor
 
+    # -- streaming views for the viewer -------------------------------------------------
+    def iter_events(self, limit=None, since=None, until=None, event_type=None,
+                    component=None, newest_first=True) -> Iterator[dict]:
+        """Events with filters, streamed (never all in memory)."""
+        w = _Where()
+        w.add("event_type = ?", event_type)
+        w.add("component = ?", component)
+        w.add("timestamp >= ?", since)
+        w.add("timestamp < ?", until)
+        order = "DESC" if newest_first else "ASC"
+        sql = f"SELECT {EVENT_COLUMNS} FROM events{w.sql()} ORDER BY timestamp {order}"
+        params = w.params
+        if limit is not None:
+            sql, params = sql + " LIMIT ?", [*params, limit]
+        yield from self._conn().execute(sql, params)
+
+    def iter_anomalies(self, limit=None, since=None, until=None, anomaly_type=None,
+                       severity=None, newest_first=True) -> Iterator[dict]:
+        w = _Where()
+        w.add("anomaly_type = ?", anomaly_type)
+        w.add("severity = ?", severity)
+        w.add("timestamp >= ?", since)
+        w.add("timestamp < ?", until)
+        order = "DESC" if newest_first else "ASC"
+        sql = f"SELECT {ANOMALY_COLUMNS} FROM anomalies{w.sql()} ORDER BY timestamp {order}"
+        params = w.params
+        if limit is not None:
+            sql, params = sql + " LIMIT ?", [*params, limit]
+        yield from self._conn().execute(sql, params)
+
+    def iter_metric_points(self, metric_name: str, since=None, until=None) -> Iterator[tuple]:
+        """(timestamp, value) of one metric in time order."""
+        w = _Where()
+        w.add("metric_name = ?", metric_name)
+        w.add("timestamp >= ?", since)
+        w.add("timestamp < ?", until)
+        cursor = self._conn().execute(
+            f"SELECT timestamp AS t, metric_value AS v FROM metrics{w.sql()} ORDER BY timestamp",
+            w.params,
+        )
+        for row in cursor:
+            yield row["t"], row["v"]
+
+    def metric_names(self) -> list[str]:
+        return [r["metric_name"] for r in self._conn().execute(
+            "SELECT DISTINCT metric_name FROM metrics ORDER BY metric_name")]
+
+    def count(self, table: str, since=None, until=None) -> int:
+        if table not in TABLE_COLUMNS:
+            raise ValueError(f"unknown table {table!r}")
+        w = _Where()
+        w.add(f"{TIME_COLUMN[table]} >= ?", since)
+        w.add(f"{TIME_COLUMN[table]} < ?", until)
+        return self._one(f"SELECT count(*) AS n FROM {table}{w.sql()}", w.params)["n"]
+
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:

@@ -1,0 +1,209 @@
+"""Rows from the store -> text: one renderer for every view and every output format.
+
+A view is "rows from the store -> a formatter" (sqlite-utils' pattern): commands never
+format by themselves. Tables fit the terminal's width and colour severity on a terminal;
+json, jsonl and csv are for scripts and are streamed, so millions of rows never sit in
+memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import click
+
+OUTPUTS = ("table", "json", "jsonl", "csv")
+
+SEVERITY_STYLE = {
+    "CRITICAL": {"fg": "red", "bold": True, "reverse": True},
+    "HIGH": {"fg": "red", "bold": True},
+    "MEDIUM": {"fg": "yellow"},
+    "LOW": {"fg": "green"},
+}
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def number(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def compact_json(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    show: Callable[[object], str] = str
+    flexible: bool = False  # may be shortened to fit the terminal
+    align_right: bool = False
+
+
+EVENT_COLUMNS = [
+    Column("id", "ID", str, align_right=True),
+    Column("timestamp", "TIME", when),
+    Column("event_type", "TYPE"),
+    Column("component", "COMPONENT"),
+    Column("message", "MESSAGE", lambda v: v or "", flexible=True),
+    Column("data", "DATA", compact_json, flexible=True),
+]
+ANOMALY_COLUMNS = [
+    Column("id", "ID", str, align_right=True),
+    Column("timestamp", "TIME", when),
+    Column("anomaly_type", "TYPE"),
+    Column("severity", "SEVERITY"),
+    Column("description", "DESCRIPTION", lambda v: v or "", flexible=True),
+    Column("current_value", "CURRENT", number, align_right=True),
+    Column("expected_value", "EXPECTED", number, align_right=True),
+    Column("deviation", "DEVIATION", number, align_right=True),
+]
+SESSION_COLUMNS = [
+    Column("session_id", "SESSION"),
+    Column("status", "STATUS"),
+    Column("start_time", "START", when),
+    Column("end_time", "END", when),
+    Column("duration", "DURATION s", lambda v: number(v, 1), align_right=True),
+    Column("total_energy", "ENERGY Wh", number, align_right=True),
+    Column("avg_current", "AVG A", number, align_right=True),
+    Column("max_current", "MAX A", number, align_right=True),
+    Column("min_current", "MIN A", number, align_right=True),
+    Column("anomaly_count", "ANOMALIES", str, align_right=True),
+]
+PATTERN_COLUMNS = [
+    Column("pattern_type", "TYPE"),
+    Column("frequency", "FREQUENCY", str, align_right=True),
+    Column("confidence", "CONFIDENCE", number, align_right=True),
+    Column("last_seen", "LAST SEEN", when),
+    Column("pattern_data", "PATTERN", compact_json, flexible=True),
+]
+METRIC_COLUMNS = [
+    Column("id", "ID", str, align_right=True),
+    Column("timestamp", "TIME", when),
+    Column("metric_name", "METRIC"),
+    Column("metric_value", "VALUE", number, align_right=True),
+    Column("unit", "UNIT", lambda v: v or ""),
+    Column("metadata", "METADATA", compact_json, flexible=True),
+]
+STATS_COLUMNS = [
+    Column("window", "WINDOW"),
+    Column("count", "COUNT", str, align_right=True),
+    Column("min", "MIN", number, align_right=True),
+    Column("max", "MAX", number, align_right=True),
+    Column("avg", "AVG", number, align_right=True),
+]
+
+
+def with_duration(session: dict) -> dict:
+    end, start = session.get("end_time"), session.get("start_time")
+    return {**session, "duration": None if end is None or start is None else end - start}
+
+
+def _style(column: Column, row: dict, text: str, color: bool) -> str:
+    if color and column.key == "severity" and row.get("severity") in SEVERITY_STYLE:
+        return click.style(text, **SEVERITY_STYLE[row["severity"]])
+    return text
+
+
+def table_lines(rows: list[dict], columns: list[Column], width: int | None = None,
+                color: bool = False) -> Iterator[str]:
+    """A fixed-width table no wider than ``width``: flexible columns give way first."""
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    cells = [[c.show(r.get(c.key)).replace("\n", " ") for c in columns] for r in rows]
+    widths = [max([len(c.header)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    total = sum(widths) + 2 * (len(widths) - 1)
+    flexible = [i for i, c in enumerate(columns) if c.flexible]
+    while total > width and flexible:
+        widest = max(flexible, key=lambda i: widths[i])
+        floor = max(len(columns[widest].header), 8)
+        if widths[widest] <= floor:
+            flexible.remove(widest)
+            continue
+        cut = min(widths[widest] - floor, total - width)
+        widths[widest] -= cut
+        total -= cut
+
+    def fit(text: str, i: int) -> str:
+        if len(text) > widths[i]:
+            text = text[: max(widths[i] - 1, 0)] + "…"
+        return text.rjust(widths[i]) if columns[i].align_right else text.ljust(widths[i])
+
+    header = "  ".join(fit(c.header, i) for i, c in enumerate(columns))
+    yield click.style(header, bold=True) if color else header
+    for row, row_cells in zip(rows, cells, strict=True):
+        yield "  ".join(
+            _style(c, row, fit(row_cells[i], i), color) for i, c in enumerate(columns)
+        ).rstrip()
+
+
+def render(rows: Iterable[dict], columns: list[Column], output: str = "table",
+           color: bool = False, width: int | None = None,
+           empty: str = "(none)") -> Iterator[str]:
+    """Lines of text for ``rows`` in the chosen output format."""
+    if output == "table":
+        materialized = list(rows)  # table views are limited (N rows) by their callers
+        if not materialized:
+            yield empty
+            return
+        yield from table_lines(materialized, columns, width, color)
+    elif output == "jsonl":
+        for row in rows:
+            yield json.dumps(row, default=str)
+    elif output == "json":
+        first = True
+        yield "["
+        for row in rows:
+            yield ("  " if first else ", ") + json.dumps(row, default=str)
+            first = False
+        yield "]"
+    elif output == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        keys = [c.key for c in columns]
+        writer.writerow(keys)
+        yield buffer.getvalue().rstrip("\r\n")
+        for row in rows:
+            buffer.seek(0)
+            buffer.truncate()
+            writer.writerow(
+                compact_json(row.get(k)) if isinstance(row.get(k), dict | list) else row.get(k)
+                for k in keys
+            )
+            yield buffer.getvalue().rstrip("\r\n")
+    else:
+        raise ValueError(f"unknown output {output!r}; expected one of {OUTPUTS}")
+
+
+def summary_lines(summary: dict, color: bool = False) -> Iterator[str]:
+    yield click.style("MemoryBank summary", bold=True) if color else "MemoryBank summary"
+    yield "=" * 40
+    for key in ("total_events", "total_anomalies", "total_sessions", "events_last_hour",
+                "anomalies_last_hour", "active_sessions"):
+        yield f"{key.replace('_', ' '):<22} {summary[key]}"
+    parts = []
+    for severity, count in summary["anomalies_by_severity"].items():
+        label = f"{severity}: {count}"
+        if color and severity in SEVERITY_STYLE:
+            label = click.style(label, **SEVERITY_STYLE[severity])
+        parts.append(label)
+    yield f"{'anomalies by severity':<22} {', '.join(parts) or '-'}"
+    yield f"{'as of':<22} {summary['timestamp']}"
