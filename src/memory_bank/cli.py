@@ -16,6 +16,7 @@ import click
 from . import __version__, discovery
 from . import config as config_mod
 from .control import DaemonUnavailable, daemon_stats, wait_for_daemon
+from .viewer import view
 
 
 def _setup_logging(level: str) -> None:
@@ -204,43 +205,6 @@ def maintenance(db, job, days, as_json) -> None:
         sys.exit(1)
 
 
-def format_summary(summary: dict) -> str:
-    lines = ["MemoryBank summary", "=" * 40]
-    for key in (
-        "total_events",
-        "total_anomalies",
-        "total_sessions",
-        "events_last_hour",
-        "anomalies_last_hour",
-        "active_sessions",
-    ):
-        lines.append(f"{key.replace('_', ' '):<22} {summary[key]}")
-    severities = ", ".join(f"{k}: {v}" for k, v in summary["anomalies_by_severity"].items())
-    lines.append(f"{'anomalies by severity':<22} {severities or '-'}")
-    lines.append(f"{'as of':<22} {summary['timestamp']}")
-    return "\n".join(lines)
-
-
-def format_sessions(sessions: list[dict]) -> str:
-    def num(value, fmt="{:.1f}"):
-        return "-" if value is None else fmt.format(value)
-
-    header = (
-        f"{'session':<24} {'status':<10} {'start':<8} {'dur s':>6} {'energy Wh':>10} "
-        f"{'avg A':>6} {'max A':>6} {'min A':>6} {'anom':>4}"
-    )
-    lines = [header, "-" * len(header)]
-    for s in sessions:
-        start = time.strftime("%H:%M:%S", time.localtime(s["start_time"]))
-        duration = None if s["end_time"] is None else s["end_time"] - s["start_time"]
-        lines.append(
-            f"{s['session_id']:<24} {s['status']:<10} {start:<8} {num(duration):>6} "
-            f"{num(s['total_energy'], '{:.2f}'):>10} {num(s['avg_current']):>6} "
-            f"{num(s['max_current']):>6} {num(s['min_current']):>6} {s['anomaly_count']:>4}"
-        )
-    return "\n".join(lines)
-
-
 @main.command()
 @click.option("--db", "db", default="ev_charging_memory.db", show_default=True)
 @click.option("--seconds", default=20.0, show_default=True, help="How long the lab runs.")
@@ -253,6 +217,7 @@ def format_sessions(sessions: list[dict]) -> str:
 def demo(db, seconds, cycle) -> None:
     """Run a daemon and a simulated CSMS, charge point and charger, then show the result."""
     from .api import MemoryBank
+    from .viewer import Viewer
 
     _setup_logging("WARNING")
     path = discovery.resolve_db_path(db)
@@ -312,18 +277,20 @@ def demo(db, seconds, cycle) -> None:
             proc.wait()
         failed = True
     with MemoryBank(path) as memory:
-        summary = memory.get_dashboard_summary()
-        sessions = memory.get_recent_sessions(limit=20)
+        memory.flush()  # everything the lab wrote is committed (read-your-writes)
     if daemon_proc is not None:
         daemon_proc.send_signal(signal.SIGTERM)
         daemon_proc.wait(timeout=30)
+    viewer = Viewer(str(path))
     click.echo()
-    click.echo(format_summary(summary))
+    viewer.summary()
     click.echo()
-    click.echo(format_sessions(sessions))
+    viewer.sessions(20)
     if failed:
         raise click.ClickException("a simulated component failed; see its output above")
 
+
+main.add_command(view)
 
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

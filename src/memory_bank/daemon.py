@@ -188,6 +188,8 @@ class Daemon:
         )
         router.bind(self._inproc_control)  # the scheduler's jobs come in here
         found_at = local or self.endpoints
+        self.tail_endpoint = sockets.tail_endpoint_for(found_at.data)
+        self.tail = sockets.daemon_tail(ctx, self.tail_endpoint)
         self._lock.update_info(
             {
                 "pid": os.getpid(),
@@ -195,6 +197,7 @@ class Daemon:
                 "data_endpoint": found_at.data,
                 "control_endpoint": found_at.control,
                 "network_endpoint": self.endpoints.data if local else None,
+                "tail_endpoint": self.tail_endpoint,
                 "version": __version__,
             }
         )
@@ -217,6 +220,8 @@ class Daemon:
                 domain="*", location=self.settings.curve_authorized_keys_dir
             )
         pull, router = self._bind(ctx)
+        self.followers = 0
+        writer.on_commit = self._publish_to_followers
         schedule = MaintenanceSchedule(ctx, self._inproc_control)
         schedule.configure(self.settings.retention_schedule, self.settings.vacuum_schedule)
         writer.extra_figures = lambda: {
@@ -269,6 +274,7 @@ class Daemon:
             writer.close()
             pull.close(0)
             router.close(0)
+            self.tail.close(0)
             if authenticator is not None:
                 authenticator.stop()
             ctx.term()
@@ -284,6 +290,7 @@ class Daemon:
         poller.register(pull, zmq.POLLIN)
         poller.register(router, zmq.POLLIN)
         poller.register(wake_r, zmq.POLLIN)
+        poller.register(self.tail, zmq.POLLIN)
         reading = True
         next_status = next_watchdog = time.monotonic()
         watchdog = self.notifier.watchdog_interval
@@ -301,6 +308,8 @@ class Daemon:
                 self._receive(pull, writer)
             if router in ready:
                 self._answer_control(router, writer)
+            if self.tail in ready:
+                self._count_followers()
             writer.tick()
             writer.maintenance_step()
             writer.adopt_spools()
@@ -316,6 +325,29 @@ class Daemon:
             if self.notifier.enabled and now >= next_status:
                 self.notifier.notify("STATUS=" + _status_line(writer))
                 next_status = now + STATUS_SECONDS
+
+    def _count_followers(self) -> None:
+        while True:
+            try:
+                event = self.tail.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event[:1] == b"\x01":
+                self.followers += 1
+            elif event[:1] == b"\x00":
+                self.followers = max(0, self.followers - 1)
+
+    def _publish_to_followers(self, batch) -> None:
+        """After a commit: the batch's events and anomalies to `view --follow` (if any)."""
+        if not self.followers:
+            return
+        events = [row for msg in batch for row in msg.events]
+        anomalies = [row for msg in batch for row in msg.anomalies]
+        if events or anomalies:
+            try:
+                self.tail.send(msgpack.packb([events, anomalies]), zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # followers too slow: they miss lines, the database has them
 
     def _reload(self, writer: Writer, schedule: MaintenanceSchedule) -> None:
         """SIGHUP: apply a new configuration, or keep the running one if it is invalid."""

@@ -124,40 +124,59 @@ def _style(column: Column, row: dict, text: str, color: bool) -> str:
     return text
 
 
-def table_lines(rows: list[dict], columns: list[Column], width: int | None = None,
-                color: bool = False) -> Iterator[str]:
-    """A fixed-width table no wider than ``width``: flexible columns give way first."""
+def table_lines(
+    rows: list[dict], columns: list[Column], width: int | None = None, color: bool = False
+) -> Iterator[str]:
+    """A fixed-width table no wider than ``width``: flexible columns give way first (cut
+    short, then left out from the right), then the table is clipped."""
     width = width or shutil.get_terminal_size((120, 24)).columns
+    columns = list(columns)
     cells = [[c.show(r.get(c.key)).replace("\n", " ") for c in columns] for r in rows]
     widths = [max([len(c.header)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    total = sum(widths) + 2 * (len(widths) - 1)
+
+    def total() -> int:
+        return sum(widths) + 2 * (len(widths) - 1)
+
     flexible = [i for i, c in enumerate(columns) if c.flexible]
-    while total > width and flexible:
+    while total() > width and flexible:
         widest = max(flexible, key=lambda i: widths[i])
         floor = max(len(columns[widest].header), 8)
         if widths[widest] <= floor:
             flexible.remove(widest)
             continue
-        cut = min(widths[widest] - floor, total - width)
-        widths[widest] -= cut
-        total -= cut
+        widths[widest] -= min(widths[widest] - floor, total() - width)
+    flexible = [i for i, c in enumerate(columns) if c.flexible]
+    while total() > width and len(flexible) > 1:
+        gone = flexible.pop()
+        for seq in (columns, widths, *cells):
+            del seq[gone]
 
     def fit(text: str, i: int) -> str:
         if len(text) > widths[i]:
             text = text[: max(widths[i] - 1, 0)] + "…"
         return text.rjust(widths[i]) if columns[i].align_right else text.ljust(widths[i])
 
+    def clip(line: str, styled: str) -> str:
+        return styled if len(line) <= width else line[: width - 1] + "…"
+
     header = "  ".join(fit(c.header, i) for i, c in enumerate(columns))
-    yield click.style(header, bold=True) if color else header
+    yield clip(header, click.style(header, bold=True) if color else header)
     for row, row_cells in zip(rows, cells, strict=True):
-        yield "  ".join(
+        plain = "  ".join(fit(row_cells[i], i) for i in range(len(columns))).rstrip()
+        styled = "  ".join(
             _style(c, row, fit(row_cells[i], i), color) for i, c in enumerate(columns)
         ).rstrip()
+        yield clip(plain, styled)
 
 
-def render(rows: Iterable[dict], columns: list[Column], output: str = "table",
-           color: bool = False, width: int | None = None,
-           empty: str = "(none)") -> Iterator[str]:
+def render(
+    rows: Iterable[dict],
+    columns: list[Column],
+    output: str = "table",
+    color: bool = False,
+    width: int | None = None,
+    empty: str = "(none)",
+) -> Iterator[str]:
     """Lines of text for ``rows`` in the chosen output format."""
     if output == "table":
         materialized = list(rows)  # table views are limited (N rows) by their callers
@@ -196,8 +215,14 @@ def render(rows: Iterable[dict], columns: list[Column], output: str = "table",
 def summary_lines(summary: dict, color: bool = False) -> Iterator[str]:
     yield click.style("MemoryBank summary", bold=True) if color else "MemoryBank summary"
     yield "=" * 40
-    for key in ("total_events", "total_anomalies", "total_sessions", "events_last_hour",
-                "anomalies_last_hour", "active_sessions"):
+    for key in (
+        "total_events",
+        "total_anomalies",
+        "total_sessions",
+        "events_last_hour",
+        "anomalies_last_hour",
+        "active_sessions",
+    ):
         yield f"{key.replace('_', ' '):<22} {summary[key]}"
     parts = []
     for severity, count in summary["anomalies_by_severity"].items():

@@ -35,6 +35,15 @@ def control_endpoint_for(data_endpoint: str) -> str:
     raise ValueError(f"endpoint {data_endpoint!r} must be ipc://PATH or tcp://HOST:PORT")
 
 
+def tail_endpoint_for(data_endpoint: str) -> str:
+    """Where `memorybank view --follow` listens: ``ipc://X.tail`` or ``tcp://H:P+2``."""
+    control = control_endpoint_for(data_endpoint)
+    if control.startswith("ipc://"):
+        return control[: -len(".ctl")] + ".tail"
+    host, port = control.rsplit(":", 1)
+    return f"{host}:{int(port) + 1}"
+
+
 def _client_curve(sock: zmq.Socket, curve: dict | None) -> None:
     """CURVE client keys: the daemon's public key, and this publisher's key pair (z85)."""
     if curve:
@@ -98,4 +107,23 @@ def daemon_router(
     sock.setsockopt(zmq.MAXMSGSIZE, 1024 * 1024)
     sock.setsockopt(zmq.LINGER, 0)
     _bind(sock, endpoint, curve, local)
+    return sock
+
+
+def daemon_tail(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    sock = ctx.socket(zmq.XPUB)
+    # Every (un)subscription reaches the daemon, which publishes only while someone follows.
+    sock.setsockopt(zmq.XPUB_VERBOSER, 1)
+    # A slow follower misses lines rather than holding memory: the database has them all.
+    sock.setsockopt(zmq.SNDHWM, 10000)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoint)
+    return sock
+
+
+def follower_sub(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(endpoint)
     return sock

@@ -144,6 +144,7 @@ class Writer:
         self.store_error: str | None = None
         self.publisher_dropped: dict[int, int] = {}
         self.extra_figures: Callable[[], dict] = dict
+        self.on_commit: Callable[[list[Message]], None] | None = None  # live followers
         self._pending: list[Message] = []
         self._pending_rows = 0
         self._pending_seq: dict[int, int] = {}
@@ -302,6 +303,8 @@ class Writer:
             log.warning("the store accepts writes again; resuming")
             self.store_error = None
         records = sum(m.row_count for m in batch)
+        if self.on_commit is not None and batch:
+            self.on_commit(batch)
         self.stats.committed_records += stored
         self.stats.duplicate_records += records - stored
         self.stats.batches += 1

@@ -227,8 +227,9 @@ class SqliteReader:
         yield from cursor
 
     # -- streaming views for the viewer -------------------------------------------------
-    def iter_events(self, limit=None, since=None, until=None, event_type=None,
-                    component=None, newest_first=True) -> Iterator[dict]:
+    def iter_events(
+        self, limit=None, since=None, until=None, event_type=None, component=None, newest_first=True
+    ) -> Iterator[dict]:
         """Events with filters, streamed (never all in memory)."""
         w = _Where()
         w.add("event_type = ?", event_type)
@@ -242,8 +243,15 @@ class SqliteReader:
             sql, params = sql + " LIMIT ?", [*params, limit]
         yield from self._conn().execute(sql, params)
 
-    def iter_anomalies(self, limit=None, since=None, until=None, anomaly_type=None,
-                       severity=None, newest_first=True) -> Iterator[dict]:
+    def iter_anomalies(
+        self,
+        limit=None,
+        since=None,
+        until=None,
+        anomaly_type=None,
+        severity=None,
+        newest_first=True,
+    ) -> Iterator[dict]:
         w = _Where()
         w.add("anomaly_type = ?", anomaly_type)
         w.add("severity = ?", severity)
@@ -269,9 +277,28 @@ class SqliteReader:
         for row in cursor:
             yield row["t"], row["v"]
 
+    def metric_buckets(
+        self, metric_name: str, since: float, until: float, buckets: int
+    ) -> list[dict]:
+        """The metric averaged (with min and max) over ``buckets`` equal time slices: what
+        a plot needs, computed in SQL so millions of points never leave the database."""
+        width = max((until - since) / max(buckets, 1), 1e-6)
+        return self._all(
+            "SELECT CAST((timestamp - ?1) / ?2 AS INTEGER) AS bucket, "
+            "avg(metric_value) AS avg, min(metric_value) AS min, max(metric_value) AS max, "
+            "min(timestamp) AS first_t, count(*) AS n FROM metrics "
+            "WHERE metric_name = ?3 AND timestamp >= ?1 AND timestamp < ?4 "
+            "GROUP BY bucket ORDER BY bucket",
+            (since, width, metric_name, until),
+        )
+
     def metric_names(self) -> list[str]:
-        return [r["metric_name"] for r in self._conn().execute(
-            "SELECT DISTINCT metric_name FROM metrics ORDER BY metric_name")]
+        return [
+            r["metric_name"]
+            for r in self._conn().execute(
+                "SELECT DISTINCT metric_name FROM metrics ORDER BY metric_name"
+            )
+        ]
 
     def count(self, table: str, since=None, until=None) -> int:
         if table not in TABLE_COLUMNS:

@@ -1,0 +1,494 @@
+"""The viewer: the seed's memory_viewer (flags and interactive menu), plus what journalctl
+users expect: time filters, --follow, machine-readable output, full streaming export, and
+a terminal plot. Reads only, over read-only connections; formatting is formatting.py's.
+
+    memory-viewer --db ev.db --summary            (the seed's flags, unchanged)
+    memorybank view --events 50 --since 2h --severity HIGH -o jsonl
+    memorybank view --follow
+    memorybank view plot current --since 10m [--png current.png]
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+
+import click
+
+from . import discovery, formatting
+from .formatting import OUTPUTS, render
+from .store.reader import TABLE_COLUMNS, SqliteReader
+from .timeutil import parse_when
+
+DEFAULT_DB = "ev_charging_memory.db"
+STATS_WINDOWS = [
+    ("last minute", 60),
+    ("last 10 minutes", 600),
+    ("last hour", 3600),
+    ("last 24 hours", 86400),
+    ("all time", None),
+]
+
+
+class MissingDatabase(click.ClickException):
+    """The database does not exist: exit status 2, and nothing is created."""
+
+    exit_code = 2
+
+
+class Filters:
+    """The filters every view shares (parsed once, from the command line or the menu)."""
+
+    def __init__(
+        self,
+        reader: SqliteReader,
+        since=None,
+        until=None,
+        component=None,
+        event_type=None,
+        anomaly_type=None,
+        severity=None,
+        session=None,
+    ):
+        self.since = parse_when(since) if since else None
+        self.until = parse_when(until) if until else None
+        self.component, self.event_type = component, event_type
+        self.anomaly_type, self.severity = anomaly_type, severity
+        if session:
+            found = reader.get_session(session)
+            if found is None:
+                raise click.UsageError(f"no session {session!r} in {reader.path}")
+            self.since = max(self.since or found["start_time"], found["start_time"])
+            if found["end_time"] is not None:
+                self.until = min(self.until or found["end_time"], found["end_time"])
+
+
+class Viewer:
+    """Each view: rows from the reader -> formatting.render -> echo."""
+
+    def __init__(self, db: str, output: str = "table", color: bool | None = None):
+        self.db = db
+        self.path = discovery.resolve_db_path(db)
+        if not self.path.exists():
+            raise MissingDatabase(
+                f"no database at {self.path}; start a daemon with "
+                f"'memorybank daemon --db {db}', or pass --db PATH"
+            )
+        self.reader = SqliteReader(self.path)
+        self.output = output
+        self.color = sys.stdout.isatty() if color is None else color
+        self.width = shutil.get_terminal_size((120, 24)).columns
+
+    def emit(self, rows, columns, title: str | None = None, empty="(none)") -> None:
+        if title and self.output == "table":
+            click.echo(click.style(title, bold=True) if self.color else title)
+        for line in render(rows, columns, self.output, self.color, self.width, empty):
+            click.echo(line, color=self.color)
+
+    # -- the seed's views -------------------------------------------------------------
+    def summary(self) -> None:
+        summary = self.reader.get_dashboard_summary()
+        if self.output != "table":
+            click.echo(
+                json.dumps(summary)
+                if self.output in ("json", "jsonl")
+                else "\n".join(f"{k},{json.dumps(v)}" for k, v in summary.items())
+            )
+            return
+        for line in formatting.summary_lines(summary, self.color):
+            click.echo(line, color=self.color)
+        click.echo()
+        self.emit(self.reader.iter_events(limit=5), formatting.EVENT_COLUMNS, "Recent events")
+        click.echo()
+        self.emit(
+            self.reader.iter_anomalies(limit=5), formatting.ANOMALY_COLUMNS, "Recent anomalies"
+        )
+
+    def events(self, limit: int | None, f: Filters) -> None:
+        rows = self.reader.iter_events(limit, f.since, f.until, f.event_type, f.component)
+        self.emit(rows, formatting.EVENT_COLUMNS, f"Recent events (up to {limit})")
+
+    def anomalies(self, limit: int | None, f: Filters) -> None:
+        rows = self.reader.iter_anomalies(limit, f.since, f.until, f.anomaly_type, f.severity)
+        self.emit(rows, formatting.ANOMALY_COLUMNS, f"Recent anomalies (up to {limit})")
+
+    def sessions(self, limit: int) -> None:
+        rows = (formatting.with_duration(s) for s in self.reader.get_recent_sessions(limit))
+        self.emit(rows, formatting.SESSION_COLUMNS, f"Sessions (up to {limit})")
+
+    def patterns(self) -> None:
+        self.emit(self.reader.get_patterns(), formatting.PATTERN_COLUMNS, "Learned patterns")
+
+    def stats(self, metric: str, f: Filters) -> None:
+        now = time.time()
+        rows = []
+        for label, seconds in STATS_WINDOWS:
+            since = f.since if seconds is None else max(now - seconds, f.since or 0)
+            stats = self.reader.get_metric_statistics(metric, since, f.until)
+            rows.append({"window": label, **stats})
+        self.emit(rows, formatting.STATS_COLUMNS, f"Statistics of '{metric}'")
+
+    def export(self, path: str, fmt: str | None, f: Filters) -> dict[str, int]:
+        """Every table in full, streamed; a progress bar on a terminal for large exports."""
+        fmt = fmt or ("jsonl" if path.endswith(".jsonl") else "json")
+        total = sum(self.reader.count(t, f.since, f.until) for t in TABLE_COLUMNS)
+        show_bar = sys.stderr.isatty() and total > 10_000
+        counts: dict[str, int] = {}
+        with (
+            open(path, "w", encoding="utf-8") as out,
+            click.progressbar(
+                length=total,
+                label=f"exporting {total} rows",
+                file=sys.stderr,
+                hidden=not show_bar,
+            ) as bar,
+        ):
+            if fmt == "json":
+                out.write('{"exported_at": ' + json.dumps(formatting.when(time.time())))
+            for table in TABLE_COLUMNS:
+                n = 0
+                if fmt == "json":
+                    out.write(f', "{table}": [')
+                for row in self.reader.iter_table(table, f.since, f.until):
+                    if fmt == "json":
+                        out.write((",\n" if n else "\n") + json.dumps(row, default=str))
+                    else:
+                        out.write(json.dumps({"table": table, **row}, default=str) + "\n")
+                    n += 1
+                    if n % 5000 == 0:
+                        bar.update(5000)
+                bar.update(n % 5000)
+                if fmt == "json":
+                    out.write("]")
+                counts[table] = n
+            if fmt == "json":
+                out.write("}\n")
+        return counts
+
+    # -- beyond the seed --------------------------------------------------------------
+    def follow(self, f: Filters, backlog: int = 10) -> None:
+        """Print the last lines, then events and anomalies as they are committed."""
+        import msgpack
+        import zmq
+
+        from . import sockets
+
+        info = discovery.read_daemon_info(self.path) or {}
+        endpoint = info.get("tail_endpoint") or sockets.tail_endpoint_for(
+            discovery.default_endpoints(self.path).data
+        )
+        ctx = zmq.Context()
+        sub = sockets.follower_sub(ctx, endpoint)
+        last = [
+            ("event", e)
+            for e in self.reader.iter_events(backlog, f.since, None, f.event_type, f.component)
+        ]
+        last += [
+            ("anomaly", a)
+            for a in self.reader.iter_anomalies(backlog, f.since, None, f.anomaly_type, f.severity)
+        ]
+        for kind, row in sorted(last, key=lambda kr: kr[1]["timestamp"])[-backlog:]:
+            self._follow_line(kind, row)
+        if not discovery.daemon_running(self.path):
+            click.echo(f"-- no daemon serves {self.path} yet; waiting for one --", err=True)
+        try:
+            while True:
+                if not sub.poll(500):
+                    continue
+                events, anomalies = msgpack.unpackb(sub.recv(), raw=False)
+                for row in events:
+                    e = dict(
+                        zip(
+                            ("id", "timestamp", "event_type", "component", "message", "data"),
+                            row,
+                            strict=False,
+                        )
+                    )
+                    if self._wanted_event(e, f):
+                        self._follow_line("event", e)
+                for row in anomalies:
+                    a = dict(
+                        zip(
+                            (
+                                "id",
+                                "timestamp",
+                                "anomaly_type",
+                                "severity",
+                                "description",
+                                "pattern_data",
+                                "current_value",
+                                "expected_value",
+                            ),
+                            row,
+                            strict=False,
+                        )
+                    )
+                    if f.anomaly_type in (None, a["anomaly_type"]) and f.severity in (
+                        None,
+                        a["severity"],
+                    ):
+                        self._follow_line("anomaly", a)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sub.close(0)
+            ctx.term()
+
+    @staticmethod
+    def _wanted_event(e: dict, f: Filters) -> bool:
+        return f.event_type in (None, e["event_type"]) and f.component in (None, e["component"])
+
+    def _follow_line(self, kind: str, row: dict) -> None:
+        if self.output in ("json", "jsonl"):
+            click.echo(json.dumps({"kind": kind, **row}, default=str))
+            return
+        stamp = formatting.when(row["timestamp"])
+        if kind == "event":
+            text = f"{stamp} {row['component']:<8} {row['event_type']:<20} {row['message']}"
+        else:
+            severity = row["severity"]
+            if self.color and severity in formatting.SEVERITY_STYLE:
+                severity = click.style(severity, **formatting.SEVERITY_STYLE[severity])
+            text = (
+                f"{stamp} ANOMALY  {row['anomaly_type']:<20} {severity} {row['description'] or ''}"
+            )
+        click.echo(text[: self.width + 40] if self.color else text, color=self.color)
+
+    def clean(self, days: float) -> None:
+        """Through the daemon, never as a second writer."""
+        from .api import MemoryBank
+        from .control import DaemonUnavailable
+
+        with MemoryBank(self.path) as memory:
+            try:
+                deleted = memory.clear_old_data(days)
+            except DaemonUnavailable as exc:
+                raise click.ClickException(str(exc)) from None
+        click.echo("deleted " + ", ".join(f"{n} {t}" for t, n in deleted.items()))
+
+
+def _filters(reader, since, until, component, event_type, anomaly_type, severity, session):
+    try:
+        return Filters(reader, since, until, component, event_type, anomaly_type, severity, session)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", "db", default=DEFAULT_DB, show_default=True, help="Database to view.")
+@click.option("--summary", is_flag=True, help="Overall statistics and recent activity.")
+@click.option("--events", type=click.IntRange(min=1), metavar="N", help="Last N events.")
+@click.option("--anomalies", type=click.IntRange(min=1), metavar="N", help="Last N anomalies.")
+@click.option("--sessions", type=click.IntRange(min=1), metavar="N", help="Last N sessions.")
+@click.option("--patterns", is_flag=True, help="Learned patterns.")
+@click.option("--stats", is_flag=True, help="Statistics of the current (or --metric).")
+@click.option("--export", "export_path", metavar="FILE", help="Export every table to FILE.")
+@click.option(
+    "--export-format",
+    type=click.Choice(["json", "jsonl"]),
+    help="Export format (default: by FILE's extension, else json).",
+)
+@click.option("--since", help='Only from then: "10m", "2h", "yesterday", "2026-11-24 10:00".')
+@click.option("--until", help="Only before then (same forms as --since).")
+@click.option("--component", help="Events of this component (CSMS, CP, CHARGER...).")
+@click.option("--type", "event_type", help="Events of this type (OCPP_BOOT, CAN_RX...).")
+@click.option("--anomaly-type", help="Anomalies of this type.")
+@click.option(
+    "--severity",
+    type=click.Choice(["LOW", "MEDIUM", "HIGH", "CRITICAL"], case_sensitive=False),
+    help="Anomaly severity.",
+)
+@click.option("--session", help="Only during this session's time window.")
+@click.option("--metric", default="current", show_default=True, help="Metric for --stats.")
+@click.option("--follow", "-f", is_flag=True, help="Live tail of events and anomalies.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(OUTPUTS),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@click.pass_context
+def view(
+    ctx,
+    db,
+    summary,
+    events,
+    anomalies,
+    sessions,
+    patterns,
+    stats,
+    export_path,
+    export_format,
+    since,
+    until,
+    component,
+    event_type,
+    anomaly_type,
+    severity,
+    session,
+    metric,
+    follow,
+    output,
+) -> None:
+    """View what MemoryBank kept (the seed's memory_viewer, and more).
+
+    With no flag, the seed's interactive menu.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["db"] = db
+    if ctx.invoked_subcommand is not None:
+        return
+    viewer = Viewer(db, output)
+    f = _filters(
+        viewer.reader,
+        since,
+        until,
+        component,
+        event_type,
+        anomaly_type,
+        severity and severity.upper(),
+        session,
+    )
+    chosen = False
+    if summary:
+        viewer.summary()
+        chosen = True
+    for flag, show in (
+        (events, lambda n: viewer.events(n, f)),
+        (anomalies, lambda n: viewer.anomalies(n, f)),
+        (sessions, viewer.sessions),
+    ):
+        if flag:
+            show(flag)
+            chosen = True
+    if patterns:
+        viewer.patterns()
+        chosen = True
+    if stats:
+        viewer.stats(metric, f)
+        chosen = True
+    if export_path:
+        counts = viewer.export(export_path, export_format, f)
+        click.echo(
+            f"exported {sum(counts.values())} rows to {export_path}: "
+            + ", ".join(f"{n} {t}" for t, n in counts.items()),
+            err=output != "table",
+        )
+        chosen = True
+    if follow:
+        viewer.follow(f)
+        chosen = True
+    if not chosen and (
+        since or until or component or event_type or anomaly_type or severity or session
+    ):
+        viewer.events(50, f)  # filters alone: show matching events, as journalctl does
+        chosen = True
+    if not chosen:
+        menu(viewer)
+
+
+@view.command()
+@click.argument("metric")
+@click.option("--since", default="10m", show_default=True, help="Start of the plot.")
+@click.option("--until", help="End of the plot (default: now).")
+@click.option("--png", "png_path", metavar="FILE", help="Write the plot as a PNG image.")
+@click.option("--db", "db_override", help="Database (also accepted before 'plot').")
+@click.pass_context
+def plot(ctx, metric, since, until, png_path, db_override) -> None:
+    """Draw METRIC over time in the terminal, anomalies marked (or --png FILE)."""
+    from .plot import png_plot, terminal_plot
+
+    viewer = Viewer(db_override or ctx.obj["db"])
+    try:
+        since_ts = parse_when(since)
+        until_ts = parse_when(until) if until else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if png_path:
+        points = png_plot(viewer.reader, metric, since_ts, until_ts, png_path)
+        click.echo(f"wrote {png_path} ({points} points)")
+        return
+    size = shutil.get_terminal_size((100, 30))
+    click.echo(
+        terminal_plot(
+            viewer.reader,
+            metric,
+            since_ts,
+            until_ts,
+            size.columns,
+            max(size.lines - 4, 15),
+            viewer.color,
+        ),
+        color=viewer.color,
+    )
+
+
+MENU = """
+MemoryBank Viewer — {db}
+  1. Show Summary
+  2. Show Recent Events
+  3. Show Recent Anomalies
+  4. Show Sessions
+  5. Show Learned Patterns
+  6. Show Current Statistics
+  7. Search Events
+  8. Export Data
+  9. Clean Old Data
+  0. Exit"""
+
+
+def menu(viewer: Viewer) -> None:
+    """The seed's interactive menu, options 1-9 and 0."""
+    none = Filters(viewer.reader)
+    while True:
+        click.echo(MENU.format(db=viewer.path))
+        try:
+            choice = click.prompt("Choose an option", type=str, default="0").strip()
+        except (click.Abort, EOFError):
+            click.echo()
+            return
+        if choice == "0":
+            return
+        if choice == "1":
+            viewer.summary()
+        elif choice == "2":
+            viewer.events(click.prompt("How many events", default=20, type=int), none)
+        elif choice == "3":
+            viewer.anomalies(click.prompt("How many anomalies", default=20, type=int), none)
+        elif choice == "4":
+            viewer.sessions(click.prompt("How many sessions", default=10, type=int))
+        elif choice == "5":
+            viewer.patterns()
+        elif choice == "6":
+            viewer.stats("current", none)
+        elif choice == "7":
+            component = click.prompt("Component (blank: any)", default="", show_default=False)
+            event_type = click.prompt("Event type (blank: any)", default="", show_default=False)
+            f = Filters(viewer.reader, component=component or None, event_type=event_type or None)
+            viewer.events(click.prompt("How many", default=50, type=int), f)
+        elif choice == "8":
+            path = click.prompt("Export to file", default="memory_export.json")
+            counts = viewer.export(path, None, none)
+            click.echo(f"exported {sum(counts.values())} rows to {path}")
+        elif choice == "9":
+            days = click.prompt("Delete data older than how many days", default=7, type=float)
+            if click.confirm(
+                f"Delete events, anomalies and metrics older than {days:g} days?", default=False
+            ):
+                try:
+                    viewer.clean(days)
+                except click.ClickException as exc:
+                    click.echo(exc.format_message(), err=True)
+            else:
+                click.echo("nothing deleted")
+        else:
+            click.echo(f"unknown option {choice!r}; choose 0-9")
+
+
+def memory_viewer() -> None:
+    """The `memory-viewer` console script: the seed's command line, exactly."""
+    view.main(prog_name="memory-viewer")
