@@ -1,0 +1,552 @@
+#!/usr/bin/env python3
+"""MemoryBank's benchmark: every figure in one run on this machine, reported as ratios.
+
+    python bench/run.py                 # the full run (several minutes; 10M-row read path)
+    python bench/run.py --quick         # a few seconds: keeps the benchmark working in CI
+    python bench/run.py --json out.json
+
+Measures: (1) the ceiling: raw executemany of the same records into the same schema in one
+process; (2) MemoryBank end to end with 1, 4 and 8 publisher processes; (3) the seed's
+design (connect/insert/commit/close per call) with 4 processes, with and without a reader
+polling the summary; (4) publish-call latency at a paced 10,000 records/s, daemon up and
+absent; (5) publish->queryable latency at half the maximum rate; (6) the daemon's peak RSS
+and CPU seconds per 100,000 records; (7) the read path on a large database the daemon
+built. Absolute times drift on shared machines: compare the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from workload import raw_rows  # noqa: E402
+
+from memory_bank.control import daemon_stats, wait_for_daemon  # noqa: E402
+from memory_bank.store import sqlite as store_sql  # noqa: E402
+from memory_bank.store.sqlite import SqliteStore  # noqa: E402
+
+PY = sys.executable
+
+
+# -- helpers ------------------------------------------------------------------------------
+class Daemon:
+    def __init__(self, db: Path):
+        self.db = db
+        self.proc = subprocess.Popen(
+            [PY, "-m", "memory_bank", "daemon", "--db", str(db), "--log-level", "WARNING"]
+        )
+        wait_for_daemon(db, timeout=60)
+
+    def cpu_and_rss(self) -> tuple[float, float]:
+        """(CPU seconds so far, peak RSS in MB) from /proc."""
+        with open(f"/proc/{self.proc.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = (int(fields[11]) + int(fields[12])) / ticks
+        with open(f"/proc/{self.proc.pid}/status") as fh:
+            peak = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM"))
+        return cpu, peak / 1024
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=120)
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * q))]
+
+
+PUBLISHER = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[4])
+from workload import publish
+from memory_bank import Publisher
+db, n, start_at = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+pub = Publisher(db, close_timeout=300)
+while time.time() < start_at:
+    time.sleep(0.001)
+first = time.time()
+for i in range(n):
+    publish(pub, i)
+pub.flush(300)
+print(json.dumps({"first_call": first, "acked": time.time()}))
+"""
+
+
+# -- (1) the ceiling --
+def ceiling(work: Path, n: int) -> dict:
+    db = work / "ceiling.db"
+    SqliteStore(db).close()  # the same schema, indexes and pragmas as the daemon's
+    events, metrics, anomalies = raw_rows(n, 1 << 32)
+    ops = n - len(events) - len(metrics) - len(anomalies)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    batch = 4000
+    began = time.perf_counter()
+    for start in range(0, max(len(events), 1), int(batch * 0.6)):
+        conn.execute("BEGIN")
+        e = events[start : start + int(batch * 0.6)]
+        m = metrics[start // 2 : start // 2 + int(batch * 0.3)]
+        a = anomalies[start * 8 // 60 : start * 8 // 60 + int(batch * 0.08)]
+        conn.executemany(
+            "INSERT INTO events (id, timestamp, event_type, component, message, data) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            e,
+        )
+        conn.executemany(
+            "INSERT INTO metrics (id, timestamp, metric_name, metric_value, unit, metadata) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            m,
+        )
+        conn.executemany(
+            "INSERT INTO anomalies (id, timestamp, anomaly_type, severity, description, "
+            "pattern_data, current_value, expected_value, deviation) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            a,
+        )
+        for j in range(int(batch * 0.02)):
+            conn.execute(
+                store_sql.PATTERN_UPSERT, (time.time(), "ANOMALY_CYCLE", '{"s":1}', '{"s":1}', 0.9)
+            )
+            conn.execute(store_sql.SESSION_ANOMALY, (time.time(), f"TXN_{(start + j) // 200}"))
+        conn.execute("COMMIT")
+    seconds = time.perf_counter() - began
+    conn.close()
+    return {
+        "records": n,
+        "ops": ops,
+        "seconds": round(seconds, 3),
+        "records_per_second": round(n / seconds),
+    }
+
+
+# -- (2) end to end --
+def end_to_end(work: Path, publishers: int, per_publisher: int, label: str) -> dict:
+    db = work / f"e2e-{label}.db"
+    daemon = Daemon(db)
+    cpu0, _ = daemon.cpu_and_rss()
+    start_at = time.time() + 1.5
+    procs = [
+        subprocess.Popen(
+            [PY, "-c", PUBLISHER, str(db), str(per_publisher), repr(start_at), str(HERE)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(publishers)
+    ]
+    reports = [json.loads(p.communicate(timeout=1800)[0]) for p in procs]
+    cpu1, peak_mb = daemon.cpu_and_rss()
+    committed = daemon_stats(db)["committed_records"]
+    daemon.stop()
+    total = publishers * per_publisher
+    first = min(r["first_call"] for r in reports)
+    last = max(r["acked"] for r in reports)
+    return {
+        "publishers": publishers,
+        "records": total,
+        "committed": committed,
+        "seconds": round(last - first, 3),
+        "records_per_second": round(total / (last - first)),
+        "daemon_cpu_seconds_per_100k": round((cpu1 - cpu0) / total * 100_000, 3),
+        "daemon_peak_rss_mb": round(peak_mb, 1),
+    }
+
+
+# -- (3) the seed's design --
+SEED_WRITER = r"""
+import json, sqlite3, sys, time
+db, n, start_at = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+locked = 0
+while time.time() < start_at:
+    time.sleep(0.001)
+began = time.time()
+for i in range(n):
+    # The seed's pattern: a connection per call, one insert, commit, close.
+    try:
+        conn = sqlite3.connect(db)
+        conn.execute("INSERT INTO events (timestamp, event_type, component, message, data) "
+                     "VALUES (?, 'CAN_RX', 'CP', 'reading', ?)",
+                     (time.time(), json.dumps({"i": i})))
+        conn.commit()
+        conn.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):
+            locked += 1
+        else:
+            raise
+print(json.dumps({"seconds": time.time() - began, "locked": locked}))
+"""
+
+SEED_READER = r"""
+import sqlite3, sys, time
+db, until = sys.argv[1], float(sys.argv[2])
+locked = 0
+while time.time() < until:
+    try:
+        conn = sqlite3.connect(db)
+        conn.execute("SELECT count(*) FROM events").fetchone()
+        conn.execute("SELECT severity, count(*) FROM anomalies GROUP BY severity").fetchall()
+        conn.close()
+    except sqlite3.OperationalError as exc:
+        locked += "locked" in str(exc)
+    time.sleep(0.1)
+print(locked)
+"""
+
+
+def seed_design(work: Path, per_process: int, with_reader: bool) -> dict:
+    db = work / f"seed-{with_reader}.db"
+    conn = sqlite3.connect(db)
+    # The seed's own schema: a rollback journal (its default), AUTOINCREMENT ids.
+    conn.executescript(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp REAL NOT NULL,"
+        " event_type TEXT NOT NULL, component TEXT NOT NULL, message TEXT, data TEXT,"
+        " created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);"
+        "CREATE TABLE anomalies (id INTEGER PRIMARY KEY AUTOINCREMENT, severity TEXT);"
+        "CREATE INDEX idx_events_timestamp ON events(timestamp);"
+        "CREATE INDEX idx_events_type ON events(event_type);"
+    )
+    conn.close()
+    start_at = time.time() + 1.0
+    writers = [
+        subprocess.Popen(
+            [PY, "-c", SEED_WRITER, str(db), str(per_process), repr(start_at)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    reader = None
+    if with_reader:
+        reader = subprocess.Popen(
+            [PY, "-c", SEED_READER, str(db), repr(start_at + 3600)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+    results = [json.loads(w.communicate(timeout=3600)[0]) for w in writers]
+    reader_locked = 0
+    if reader is not None:
+        reader.kill()
+        reader.wait()
+    seconds = max(r["seconds"] for r in results)
+    stored = sqlite3.connect(db).execute("SELECT count(*) FROM events").fetchone()[0]
+    return {
+        "processes": 4,
+        "with_reader": with_reader,
+        "records": 4 * per_process,
+        "stored": stored,
+        "database_is_locked": sum(r["locked"] for r in results) + reader_locked,
+        "seconds": round(seconds, 3),
+        "records_per_second": round(stored / seconds),
+    }
+
+
+# -- (4) publish-call latency --
+LATENCY = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[4])
+from workload import publish
+from memory_bank import Publisher
+db, seconds, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+pub = Publisher(db, close_timeout=1)
+samples = []
+period = 1.0 / rate
+next_at = time.perf_counter()
+end = next_at + seconds
+i = 0
+clock = time.perf_counter_ns
+while next_at < end:
+    while time.perf_counter() < next_at:
+        pass
+    t0 = clock()
+    publish(pub, i)
+    samples.append(clock() - t0)
+    i += 1
+    next_at += period
+print(json.dumps(samples))
+"""
+
+
+def call_latency(work: Path, seconds: float, daemon_up: bool) -> dict:
+    db = work / f"latency-{daemon_up}.db"
+    daemon = Daemon(db) if daemon_up else None
+    out = subprocess.run(
+        [PY, "-c", LATENCY, str(db), str(seconds), "10000", str(HERE)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if daemon:
+        daemon.stop()
+    samples = [ns / 1000 for ns in json.loads(out.stdout)]
+    return {
+        "daemon": "up" if daemon_up else "absent",
+        "calls": len(samples),
+        "p50_us": round(percentile(samples, 0.50), 2),
+        "p99_us": round(percentile(samples, 0.99), 2),
+        "p999_us": round(percentile(samples, 0.999), 2),
+        "max_us": round(max(samples), 1),
+    }
+
+
+# -- (5) publish -> queryable --
+QUERYABLE = r"""
+import json, sqlite3, sys, time, threading
+sys.path.insert(0, sys.argv[5])
+from workload import publish
+from memory_bank import Publisher
+db, seconds, rate, probes = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+pub = Publisher(db)
+stop = False
+def load():
+    i, period = 0, 1.0 / rate
+    next_at = time.perf_counter()
+    while not stop:
+        next_at += period * 100
+        for _ in range(100):
+            publish(pub, i)
+            i += 1
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+threading.Thread(target=load, daemon=True).start()
+conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+lat = []
+for k in range(probes):
+    marker = f"probe-{k}"
+    t0 = time.perf_counter()
+    event_id = pub.log_event("PROBE", "BENCH", marker)
+    while not conn.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone():
+        time.sleep(0.0005)
+    lat.append(time.perf_counter() - t0)
+    time.sleep(seconds / probes)
+stop = True
+print(json.dumps(lat))
+"""
+
+
+def queryable_latency(work: Path, rate: float, seconds: float, probes: int) -> dict:
+    db = work / "queryable.db"
+    daemon = Daemon(db)
+    out = subprocess.run(
+        [PY, "-c", QUERYABLE, str(db), str(seconds), str(rate), str(probes), str(HERE)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    daemon.stop()
+    lat = [v * 1000 for v in json.loads(out.stdout)]
+    return {
+        "rate_per_second": round(rate),
+        "probes": len(lat),
+        "p50_ms": round(percentile(lat, 0.5), 2),
+        "p99_ms": round(percentile(lat, 0.99), 2),
+        "max_ms": round(max(lat), 2),
+    }
+
+
+# -- (7) the read path --
+def read_path(work: Path, rows: int, publishers: int) -> dict:
+    db = work / "reads.db"
+    built = end_to_end_into(db, publishers, rows // publishers)
+    from memory_bank import MemoryBank
+
+    timings: dict[str, float] = {}
+    with MemoryBank(db) as memory:
+        hour_ago = time.time() - 3600
+        cases = {
+            "get_dashboard_summary": lambda: memory.get_dashboard_summary(),
+            "get_metric_statistics(last hour)": lambda: memory.get_metric_statistics(
+                "current", since=hour_ago
+            ),
+            "get_events(limit=50)": lambda: memory.get_events(limit=50),
+            "get_events(type, component, limit=50)": lambda: memory.get_events(
+                event_type="CAN_RX", component="CP", limit=50
+            ),
+            "get_anomalies(type)": lambda: memory.get_anomalies(
+                anomaly_type="CURRENT_LIMIT_FLUCTUATION"
+            ),
+        }
+        for name, call in cases.items():
+            call()  # warm the cache, as a running viewer would have it
+            samples = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                call()
+                samples.append(time.perf_counter() - t0)
+            timings[name] = round(statistics.median(samples) * 1000, 2)
+    viewer = shutil.which("memory-viewer") or str(Path(PY).with_name("memory-viewer"))
+    samples = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run([viewer, "--db", str(db), "--summary"], capture_output=True, check=True)
+        samples.append(time.perf_counter() - t0)
+    timings["memory-viewer --summary (process)"] = round(statistics.median(samples) * 1000, 1)
+    return {"rows": built, "median_ms": timings}
+
+
+def end_to_end_into(db: Path, publishers: int, per_publisher: int) -> int:
+    daemon = Daemon(db)
+    start_at = time.time() + 1.5
+    procs = [
+        subprocess.Popen(
+            [PY, "-c", PUBLISHER, str(db), str(per_publisher), repr(start_at), str(HERE)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(publishers)
+    ]
+    for p in procs:
+        p.communicate(timeout=7200)
+    committed = daemon_stats(db)["committed_records"]
+    daemon.stop()
+    return committed
+
+
+# -- the run ------------------------------------------------------------------------------------
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few seconds, for CI")
+    parser.add_argument("--json", dest="json_out", help="also write the results here")
+    parser.add_argument("--read-rows", type=int, default=10_000_000)
+    parser.add_argument("--dir", help="work folder (default: a temporary one, removed)")
+    args = parser.parse_args()
+    q = args.quick
+    work = Path(args.dir or tempfile.mkdtemp(prefix="mb-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    per_pub = 2_000 if q else 200_000
+    results: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version,
+            "quick": q,
+        }
+    }
+
+    def step(name, fn, *a):
+        print(f"... {name}", file=sys.stderr, flush=True)
+        results[name] = fn(*a)
+
+    step("ceiling", ceiling, work, 4 * per_pub)
+    for n in (1, 4, 8):
+        step(f"end_to_end_{n}", end_to_end, work, n, 4 * per_pub // n, str(n))
+    seed_n = 200 if q else 5_000
+    step("seed_design", seed_design, work, seed_n, False)
+    step("seed_design_with_reader", seed_design, work, seed_n, True)
+    step("publish_call_daemon_up", call_latency, work, 1 if q else 20, True)
+    step("publish_call_daemon_absent", call_latency, work, 1 if q else 20, False)
+    max_rate = results["end_to_end_4"]["records_per_second"]
+    step(
+        "publish_to_queryable",
+        queryable_latency,
+        work,
+        max_rate / 2,
+        2 if q else 30,
+        20 if q else 500,
+    )
+    step("read_path", read_path, work, 20_000 if q else args.read_rows, 4)
+
+    e2e4 = results["end_to_end_4"]["records_per_second"]
+    results["ratios"] = {
+        "end_to_end_4_vs_ceiling": round(e2e4 / results["ceiling"]["records_per_second"], 3),
+        "end_to_end_1_vs_ceiling": round(
+            results["end_to_end_1"]["records_per_second"]
+            / results["ceiling"]["records_per_second"],
+            3,
+        ),
+        "end_to_end_8_vs_ceiling": round(
+            results["end_to_end_8"]["records_per_second"]
+            / results["ceiling"]["records_per_second"],
+            3,
+        ),
+        "end_to_end_4_vs_seed_design": round(
+            e2e4 / max(results["seed_design"]["records_per_second"], 1), 1
+        ),
+        "end_to_end_4_vs_seed_design_with_reader": round(
+            e2e4 / max(results["seed_design_with_reader"]["records_per_second"], 1), 1
+        ),
+    }
+    print_table(results)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2))
+    if not args.dir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def print_table(r: dict) -> None:
+    rows = [
+        ("ceiling: raw executemany, 1 process", f"{r['ceiling']['records_per_second']:,} rec/s"),
+    ]
+    for n in (1, 4, 8):
+        e = r[f"end_to_end_{n}"]
+        rows.append(
+            (
+                f"end to end, {n} publisher(s)",
+                f"{e['records_per_second']:,} rec/s  "
+                f"({e['records_per_second'] / r['ceiling']['records_per_second']:.2f}x ceiling)",
+            )
+        )
+    for key, label in (
+        ("seed_design", "seed design, 4 processes"),
+        ("seed_design_with_reader", "seed design, 4 processes + reader"),
+    ):
+        s = r[key]
+        rows.append(
+            (
+                label,
+                f"{s['records_per_second']:,} rec/s, "
+                f"{s['database_is_locked']} 'database is locked'",
+            )
+        )
+    for key in ("publish_call_daemon_up", "publish_call_daemon_absent"):
+        c = r[key]
+        rows.append(
+            (
+                f"publish call @10k/s, daemon {c['daemon']}",
+                f"p50 {c['p50_us']} us, p99 {c['p99_us']} us, p99.9 {c['p999_us']} us",
+            )
+        )
+    pq = r["publish_to_queryable"]
+    rows.append(
+        (
+            f"publish -> queryable @{pq['rate_per_second']:,}/s",
+            f"p50 {pq['p50_ms']} ms, p99 {pq['p99_ms']} ms",
+        )
+    )
+    e4 = r["end_to_end_4"]
+    rows.append(
+        (
+            "daemon (4 publishers)",
+            f"peak RSS {e4['daemon_peak_rss_mb']} MB, "
+            f"{e4['daemon_cpu_seconds_per_100k']} CPU s / 100k records",
+        )
+    )
+    for name, ms in r["read_path"]["median_ms"].items():
+        rows.append((f"read {name} ({r['read_path']['rows']:,} rows)", f"{ms} ms"))
+    for name, value in r["ratios"].items():
+        rows.append((name.replace("_", " "), f"{value}x"))
+    width = max(len(a) for a, _ in rows)
+    for a, b in rows:
+        print(f"{a:<{width}}  {b}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
