@@ -14,8 +14,10 @@ import zmq
 # Messages queued in ZeroMQ per publisher before send() would block; the publisher keeps
 # further records in its own bounded queue. 1000 messages of up to 512 records is plenty.
 PUBLISHER_SNDHWM = 1000
-# The daemon's inbound queue; with many publishers bursting at once it smooths the peaks.
-DAEMON_RCVHWM = 10000
+# The daemon's inbound queue, in messages (up to 512 rows each): enough to keep the writer
+# busy through a commit, small enough that a burst waits in the publishers (which keep
+# everything until acknowledged anyway), not in the daemon's memory.
+DAEMON_RCVHWM = 64
 # The largest message the daemon accepts; larger ones are dropped by ZeroMQ before decoding.
 DAEMON_MAXMSGSIZE = 16 * 1024 * 1024
 

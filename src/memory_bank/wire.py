@@ -118,6 +118,8 @@ def _is_id(value) -> bool:
     return type(value) is int and 0 < value < (1 << 63)
 
 
+_MAX_ID = 1 << 63
+_INF = float("inf")
 _OP_ARITY = {OP_SESSION_START: 3, OP_SESSION_ANOMALY: 3, OP_SESSION_END: 7, OP_PATTERN: 6}
 
 
@@ -127,6 +129,7 @@ class Validator:
     def __init__(self, limits: Limits = DEFAULT_LIMITS):
         self.limits = limits
         self._max_chars = limits.max_text_chars
+        self._min_time = limits.min_timestamp
         self._max_time = 0.0
 
     def validate(self, body) -> Message:
@@ -199,7 +202,24 @@ class Validator:
             return what + f" (text at most {self._max_chars} characters)"
         return None
 
+    # Fast paths: one expression per kind for the common, valid row; only a row that fails
+    # it goes through _check_row to find the reason (the daemon validates every row).
     def _check_event(self, row) -> str | None:
+        if (
+            type(row) is list
+            and len(row) == EVENT_FIELDS
+            and type(row[0]) is int
+            and 0 < row[0] < _MAX_ID
+            and type(row[1]) is float
+            and self._min_time <= row[1] <= self._max_time
+            and type(row[2]) is str
+            and len(row[2]) <= self._max_chars
+            and type(row[3]) is str
+            and len(row[3]) <= self._max_chars
+            and (type(row[4]) is str and len(row[4]) <= self._max_chars or row[4] is None)
+            and (type(row[5]) is str and len(row[5]) <= self._max_chars or row[5] is None)
+        ):
+            return None
         return self._check_row(
             row,
             EVENT_FIELDS,
@@ -223,6 +243,21 @@ class Validator:
         )
 
     def _check_metric(self, row) -> str | None:
+        if (
+            type(row) is list
+            and len(row) == METRIC_FIELDS
+            and type(row[0]) is int
+            and 0 < row[0] < _MAX_ID
+            and type(row[1]) is float
+            and self._min_time <= row[1] <= self._max_time
+            and type(row[2]) is str
+            and len(row[2]) <= self._max_chars
+            and type(row[3]) is float
+            and -_INF < row[3] < _INF
+            and (type(row[4]) is str and len(row[4]) <= self._max_chars or row[4] is None)
+            and (type(row[5]) is str and len(row[5]) <= self._max_chars or row[5] is None)
+        ):
+            return None
         return self._check_row(
             row,
             METRIC_FIELDS,

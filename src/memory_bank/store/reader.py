@@ -134,6 +134,10 @@ class SqliteReader:
         )
 
     def get_anomaly_count(self, anomaly_type=None, severity=None, since=None) -> int:
+        if self._has_rollups() and anomaly_type is None and since is None:
+            name = "anomalies" if severity is None else f"anomalies:{severity}"
+            row = self._one("SELECT n FROM mb_counts WHERE name = ?", (name,))
+            return row["n"] if row else 0
         w = _Where()
         w.add("anomaly_type = ?", anomaly_type)
         w.add("severity = ?", severity)
@@ -162,7 +166,22 @@ class SqliteReader:
             [*w.params, limit],
         )
 
+    def _has_rollups(self) -> bool:
+        conn = self._conn()
+        if getattr(self._local, "rollups_checked", None) is not conn:
+            self._local.rollups = bool(
+                conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'mb_metric_minutes'"
+                ).fetchone()
+            )
+            self._local.rollups_checked = conn
+        return self._local.rollups
+
     def get_metric_statistics(self, metric_name, since=None, until=None) -> dict:
+        """{'min', 'max', 'avg', 'count'}: whole minutes from the rollup, the partial minutes
+        at either end exactly from the table."""
+        if self._has_rollups() and metric_name is not None:
+            return self._metric_statistics_rolled(metric_name, since, until)
         w = _Where()
         w.add("metric_name = ?", metric_name)
         w.add("timestamp >= ?", since)
@@ -172,6 +191,64 @@ class SqliteReader:
             f"avg(metric_value) AS avg, count(*) AS count FROM metrics{w.sql()}",
             w.params,
         )
+
+    def _metric_statistics_rolled(self, name, since, until) -> dict:
+        conn = self._conn()
+        parts = []
+        first_full = None if since is None else -(-since // 60)  # ceil to a whole minute
+        last_full = None if until is None else until // 60  # exclusive
+        w = _Where()
+        w.add("metric_name = ?", name)
+        w.add("minute >= ?", first_full)
+        w.add("minute < ?", last_full)
+        parts.append(
+            conn.execute(
+                f"SELECT sum(n) AS n, sum(total) AS t, min(min) AS lo, max(max) AS hi "
+                f"FROM mb_metric_minutes{w.sql()}",
+                w.params,
+            ).fetchone()
+        )
+        edges = []
+        if since is not None:
+            edges.append((since, first_full * 60 if until is None else min(first_full * 60, until)))
+        if until is not None and (since is None or last_full * 60 >= since):
+            edges.append((max(last_full * 60, since or last_full * 60), until))
+        for lo, hi in edges:
+            if hi > lo:
+                parts.append(
+                    conn.execute(
+                        "SELECT count(*) AS n, total(metric_value) AS t, min(metric_value) AS lo, "
+                        "max(metric_value) AS hi FROM metrics WHERE metric_name = ? "
+                        "AND timestamp >= ? AND timestamp < ?",
+                        (name, lo, hi),
+                    ).fetchone()
+                )
+        n = sum(p["n"] or 0 for p in parts)
+        if not n:
+            return {"min": None, "max": None, "avg": None, "count": 0}
+        lows = [p["lo"] for p in parts if p["n"]]
+        highs = [p["hi"] for p in parts if p["n"]]
+        return {
+            "min": min(lows),
+            "max": max(highs),
+            "avg": sum(p["t"] or 0.0 for p in parts) / n,
+            "count": n,
+        }
+
+    def _count_since(self, table: str, since: float) -> int:
+        """Rows of ``table`` at or after ``since``: whole minutes from mb_minutes, the first
+        partial minute exactly."""
+        conn = self._conn()
+        first_full = -(-since // 60)
+        whole = conn.execute(
+            "SELECT coalesce(sum(n), 0) AS n FROM mb_minutes WHERE tbl = ? AND minute >= ?",
+            (table, first_full),
+        ).fetchone()["n"]
+        edge = conn.execute(
+            f"SELECT count(*) AS n FROM {table} WHERE timestamp >= ? AND timestamp < ?",
+            (since, first_full * 60),
+        ).fetchone()["n"]
+        return whole + edge
 
     # -- patterns ---------------------------------------------------------------------
     def get_patterns(self, pattern_type=None, min_frequency=1) -> list[dict]:
@@ -186,28 +263,46 @@ class SqliteReader:
 
     # -- analytics --------------------------------------------------------------------
     def get_dashboard_summary(self) -> dict:
+        """The seed's summary, from the writer's counters (no scan of millions of rows)."""
         hour_ago = time.time() - 3600
         conn = self._conn()
 
         def scalar(sql, params=()):
             return next(iter(conn.execute(sql, params).fetchone().values()))
 
-        by_severity = {
-            r["severity"]: r["n"]
-            for r in conn.execute(
-                "SELECT severity, count(*) AS n FROM anomalies GROUP BY severity ORDER BY n DESC"
-            )
-        }
-        return {
-            "total_events": scalar("SELECT count(*) FROM events"),
-            "total_anomalies": scalar("SELECT count(*) FROM anomalies"),
-            "total_sessions": scalar("SELECT count(*) FROM sessions"),
-            "events_last_hour": scalar(
+        if self._has_rollups():
+            counts = {r["name"]: r["n"] for r in conn.execute("SELECT name, n FROM mb_counts")}
+            by_severity = {
+                k.split(":", 1)[1]: n
+                for k, n in sorted(counts.items(), key=lambda kv: -kv[1])
+                if k.startswith("anomalies:") and n > 0
+            }
+            total_events = counts.get("events", 0)
+            total_anomalies = counts.get("anomalies", 0)
+            events_last_hour = self._count_since("events", hour_ago)
+            anomalies_last_hour = self._count_since("anomalies", hour_ago)
+        else:
+            by_severity = {
+                r["severity"]: r["n"]
+                for r in conn.execute(
+                    "SELECT severity, count(*) AS n FROM anomalies GROUP BY severity "
+                    "ORDER BY n DESC"
+                )
+            }
+            total_events = scalar("SELECT count(*) FROM events")
+            total_anomalies = scalar("SELECT count(*) FROM anomalies")
+            events_last_hour = scalar(
                 "SELECT count(*) FROM events WHERE timestamp >= ?", (hour_ago,)
-            ),
-            "anomalies_last_hour": scalar(
+            )
+            anomalies_last_hour = scalar(
                 "SELECT count(*) FROM anomalies WHERE timestamp >= ?", (hour_ago,)
-            ),
+            )
+        return {
+            "total_events": total_events,
+            "total_anomalies": total_anomalies,
+            "total_sessions": scalar("SELECT count(*) FROM sessions"),
+            "events_last_hour": events_last_hour,
+            "anomalies_last_hour": anomalies_last_hour,
             "anomalies_by_severity": by_severity,
             "active_sessions": scalar("SELECT count(*) FROM sessions WHERE status = 'ACTIVE'"),
             "timestamp": dt.datetime.now().isoformat(timespec="seconds"),

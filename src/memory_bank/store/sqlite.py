@@ -172,15 +172,15 @@ class SqliteStore:
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            stored = 0
             # Plain inserts commute with everything, so they go first; the operations then
             # see every metric of the batch (end_session computes statistics from them).
-            if events:
-                stored += conn.executemany(INSERT_EVENTS, events).rowcount
-            if anomalies:
-                stored += conn.executemany(INSERT_ANOMALIES, anomalies).rowcount
-            if metrics:
-                stored += conn.executemany(INSERT_METRICS, metrics).rowcount
+            new_events = conn.executemany(INSERT_EVENTS, events).rowcount if events else 0
+            new_anomalies = (
+                conn.executemany(INSERT_ANOMALIES, anomalies).rowcount if anomalies else 0
+            )
+            new_metrics = conn.executemany(INSERT_METRICS, metrics).rowcount if metrics else 0
+            stored = new_events + new_anomalies + new_metrics
+            self._roll_up(events, new_events, anomalies, new_anomalies, metrics, new_metrics)
             refresh = self._sessions_touched_by(metrics)
             for op in operations:
                 self._apply_operation(op, refresh)
@@ -209,6 +209,132 @@ class SqliteStore:
             raise
         watermarks.update(applied)
         return stored
+
+    # -- rollups: totals and per-minute aggregates kept with every batch ------------------
+    def _roll_up(self, events, new_events, anomalies, new_anomalies, metrics, new_metrics):
+        """Add the batch to mb_counts / mb_minutes / mb_metric_minutes (same transaction).
+
+        A batch whose rows were partly ignored (a replayed id) is rare: its rollups are then
+        recounted exactly from the tables for the minutes it touched.
+        """
+        conn = self.conn
+        counts: dict[str, int] = {}
+        if new_events:
+            counts["events"] = new_events
+        if new_anomalies:
+            counts["anomalies"] = new_anomalies
+            if new_anomalies == len(anomalies):
+                for row in anomalies:
+                    key = "anomalies:" + row[3]
+                    counts[key] = counts.get(key, 0) + 1
+            else:
+                self._recount_severities()
+        if counts:
+            conn.executemany(
+                "INSERT INTO mb_counts (name, n) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET n = n + excluded.n",
+                list(counts.items()),
+            )
+        for table, rows, new in (
+            ("events", events, new_events),
+            ("anomalies", anomalies, new_anomalies),
+        ):
+            if not new:
+                continue
+            minutes: dict[int, int] = {}
+            for row in rows:
+                minute = int(row[1] // 60)
+                minutes[minute] = minutes.get(minute, 0) + 1
+            if new == len(rows):
+                conn.executemany(
+                    "INSERT INTO mb_minutes (tbl, minute, n) VALUES (?, ?, ?) "
+                    "ON CONFLICT(tbl, minute) DO UPDATE SET n = n + excluded.n",
+                    [(table, m, n) for m, n in minutes.items()],
+                )
+            else:
+                for minute in minutes:
+                    self._recount_minute(table, minute)
+        if new_metrics:
+            buckets: dict[tuple[str, int], list] = {}
+            for row in metrics:
+                key = (row[2], int(row[1] // 60))
+                value = row[3]
+                agg = buckets.get(key)
+                if agg is None:
+                    buckets[key] = [1, value, value, value]
+                else:
+                    agg[0] += 1
+                    agg[1] += value
+                    if value < agg[2]:
+                        agg[2] = value
+                    if value > agg[3]:
+                        agg[3] = value
+            if new_metrics == len(metrics):
+                conn.executemany(
+                    "INSERT INTO mb_metric_minutes (metric_name, minute, n, total, min, max) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(metric_name, minute) DO UPDATE SET "
+                    "n = n + excluded.n, total = total + excluded.total, "
+                    "min = min(min, excluded.min), max = max(max, excluded.max)",
+                    [(name, m, *agg) for (name, m), agg in buckets.items()],
+                )
+            else:
+                for name, minute in buckets:
+                    self._recount_metric_minute(name, minute)
+
+    def _recount_severities(self) -> None:
+        self.conn.execute("DELETE FROM mb_counts WHERE name LIKE 'anomalies:%'")
+        self.conn.execute(
+            "INSERT INTO mb_counts SELECT 'anomalies:' || severity, count(*) FROM anomalies "
+            "GROUP BY severity"
+        )
+
+    def _recount_minute(self, table: str, minute: int) -> None:
+        n = self.conn.execute(
+            f"SELECT count(*) FROM {table} WHERE timestamp >= ? AND timestamp < ?",
+            (minute * 60, minute * 60 + 60),
+        ).fetchone()[0]
+        if n:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO mb_minutes VALUES (?, ?, ?)", (table, minute, n)
+            )
+        else:
+            self.conn.execute(
+                "DELETE FROM mb_minutes WHERE tbl = ? AND minute = ?", (table, minute)
+            )
+
+    def _recount_metric_minute(self, name: str, minute: int) -> None:
+        n, total, low, high = self.conn.execute(
+            "SELECT count(*), total(metric_value), min(metric_value), max(metric_value) "
+            "FROM metrics WHERE metric_name = ? AND timestamp >= ? AND timestamp < ?",
+            (name, minute * 60, minute * 60 + 60),
+        ).fetchone()
+        if n:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO mb_metric_minutes VALUES (?, ?, ?, ?, ?, ?)",
+                (name, minute, n, total, low, high),
+            )
+        else:
+            self.conn.execute(
+                "DELETE FROM mb_metric_minutes WHERE metric_name = ? AND minute = ?",
+                (name, minute),
+            )
+
+    def _rollups_after_retention(self, table: str, cutoff: float) -> None:
+        """Minutes wholly before the cutoff go; the minute holding it is recounted."""
+        edge = int(cutoff // 60)
+        if table in ("events", "anomalies"):
+            self.conn.execute("DELETE FROM mb_minutes WHERE tbl = ? AND minute < ?", (table, edge))
+            self._recount_minute(table, edge)
+        elif table == "metrics":
+            names = [
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT DISTINCT metric_name FROM mb_metric_minutes WHERE minute <= ?", (edge,)
+                )
+            ]
+            self.conn.execute("DELETE FROM mb_metric_minutes WHERE minute < ?", (edge,))
+            for name in names:
+                self._recount_metric_minute(name, edge)
 
     def _rollback(self) -> None:
         """Roll back if SQLite has not already (it does so itself on SQLITE_FULL, IOERR...)."""
@@ -312,14 +438,32 @@ class SqliteStore:
         """
         for table, cutoff in cutoffs.items():
             column = RETENTION_TIME_COLUMN[table]
+            returning = " RETURNING severity" if table == "anomalies" else ""
             while True:
                 self.conn.execute("BEGIN IMMEDIATE")
                 try:
-                    deleted = self.conn.execute(
+                    gone = self.conn.execute(
                         f"DELETE FROM {table} WHERE rowid IN "
-                        f"(SELECT rowid FROM {table} WHERE {column} < ? LIMIT ?)",
+                        f"(SELECT rowid FROM {table} WHERE {column} < ? LIMIT ?){returning}",
                         (cutoff, chunk_rows),
-                    ).rowcount
+                    )
+                    if returning:
+                        severities: dict[str, int] = {}
+                        for (severity,) in gone.fetchall():
+                            severities[severity] = severities.get(severity, 0) + 1
+                        deleted = sum(severities.values())
+                        self.conn.executemany(
+                            "UPDATE mb_counts SET n = n - ? WHERE name = ?",
+                            [(n, "anomalies:" + sev) for sev, n in severities.items()],
+                        )
+                    else:
+                        deleted = gone.rowcount
+                    if table in ("events", "anomalies") and deleted:
+                        self.conn.execute(
+                            "UPDATE mb_counts SET n = n - ? WHERE name = ?", (deleted, table)
+                        )
+                    if deleted < chunk_rows:
+                        self._rollups_after_retention(table, cutoff)
                     self.conn.execute("COMMIT")
                 except BaseException:
                     self._rollback()
