@@ -272,6 +272,11 @@ end = next_at + seconds
 i = 0
 clock = time.perf_counter_ns
 while next_at < end:
+    # Paced like an I/O-bound CSMS or charge point: asleep (GIL released) between calls,
+    # spinning only for the last 100 us of each wait.
+    delay = next_at - time.perf_counter()
+    if delay > 0.0002:
+        time.sleep(delay - 0.0001)
     while time.perf_counter() < next_at:
         pass
     t0 = clock()

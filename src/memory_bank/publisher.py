@@ -42,15 +42,30 @@ OVERFLOW_POLICIES = ("drop_newest", "drop_oldest")
 ACK_TIMEOUT = 2.0
 # How long the daemon may answer without acknowledging anything new before a replay.
 STALL_SECONDS = 5.0
+# While records flow, the sender gathers them this long between messages: fewer wake-ups
+# and GIL handoffs for the caller, larger messages for the daemon.
+LINGER = 0.001
 # Largest packed message; rows beyond it go into the next message.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
+_dumps = json.dumps
+_LENIENT = json.JSONEncoder(default=str)
+_CANONICAL = json.JSONEncoder(default=str, sort_keys=True, separators=(",", ":"))
+
+
 def _json(value) -> str | None:
-    """JSON-encode a data/metadata argument on the caller's side (the seed stores JSON text)."""
+    """JSON-encode a data/metadata argument on the caller's side (the seed stores JSON text).
+
+    ``json.dumps(value)`` with no options takes the C encoder's cached fast path; only a
+    value JSON cannot encode (a datetime, a set...) pays for the lenient encoder.
+    """
     if value is None:
         return None
-    return json.dumps(value, default=str)
+    try:
+        return _dumps(value)
+    except TypeError:
+        return _LENIENT.encode(value)
 
 
 def _time(timestamp) -> float:
@@ -359,7 +374,7 @@ class Publisher:
         self._put(_OPERATIONS, [wire.OP_SESSION_END, _time(timestamp), str(session_id), *stats])
 
     def record_pattern(self, pattern_type, pattern_data, confidence=1.0, *, timestamp=None) -> None:
-        key = json.dumps(pattern_data, sort_keys=True, separators=(",", ":"), default=str)
+        key = _CANONICAL.encode(pattern_data)
         self._put(
             _OPERATIONS,
             [
@@ -403,26 +418,33 @@ class Publisher:
 
     # -- the sender thread ------------------------------------------------------------
     def _run_sender(self) -> None:
+        """While records flow, cycle every LINGER seconds (callers then make no system
+        call to wake it); when a cycle finds nothing, re-arm the wake-up and sleep."""
         try:
-            poller_fd = self._wake_fd
+            wake_fd = self._wake_fd
             while True:
-                self._pack()
+                packed = self._pack()
                 self._send()
                 self._handle_replies()
                 self._ask_for_ack()
                 if self._stop:
                     return
-                timeout = self._poll_timeout()
+                if packed:
+                    timeout = LINGER
+                else:
+                    self._wake_pending = False  # the next call wakes us...
+                    if self._queue:  # ...unless one came in just now
+                        continue
+                    timeout = self._poll_timeout()
                 items = self._transport.poll_items(self._has_unsent())
                 poller = zmq.Poller()
                 for sock, flags in items:
                     poller.register(sock, flags)
-                poller.register(poller_fd, zmq.POLLIN)
+                poller.register(wake_fd, zmq.POLLIN)
                 ready = dict(poller.poll(None if timeout is None else int(timeout * 1000) + 1))
-                if poller_fd in ready:
-                    self._wake_pending = False
+                if wake_fd in ready:
                     try:
-                        os.eventfd_read(poller_fd)
+                        os.eventfd_read(wake_fd)
                     except BlockingIOError:
                         pass
         except Exception:  # the sender must never die silently
@@ -437,12 +459,13 @@ class Publisher:
     def _has_unsent(self) -> bool:
         return self._next_send <= self._seq
 
-    def _pack(self) -> None:
-        """Turn queued rows into numbered messages held until acknowledged."""
+    def _pack(self) -> bool:
+        """Turn queued rows into numbered messages held until acknowledged; True if any."""
         queue = self._queue
+        packed = False
         while queue:
             if self._full() and self.overflow == "drop_newest":
-                return  # rows wait in the queue; past max_queue the newest are dropped
+                return packed  # rows wait in the queue; past max_queue the newest drop
             rows: list[list] = [[], [], [], []]
             count = 0
             markers = []
@@ -458,10 +481,12 @@ class Publisher:
                 count += 1
             if count:
                 self._store_message(rows, count)
+                packed = True
             for marker in markers:
                 marker.seq = self._seq
                 self._markers.append(marker)
         self._release_markers()
+        return packed
 
     def _store_message(self, rows: list[list], count: int) -> None:
         raw = wire.encode(self.publisher_id, self._seq + 1, self._base, *rows)
