@@ -312,53 +312,66 @@ def call_latency(work: Path, seconds: float, daemon_up: bool) -> dict:
 
 # -- (5) publish -> queryable --
 QUERYABLE = r"""
-import json, sqlite3, sys, time, threading
-sys.path.insert(0, sys.argv[5])
-from workload import publish
+import json, sqlite3, sys, time
 from memory_bank import Publisher
-db, seconds, rate, probes = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+db, seconds, probes = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 pub = Publisher(db)
-stop = False
-def load():
-    i, period = 0, 1.0 / rate
-    next_at = time.perf_counter()
-    while not stop:
-        next_at += period * 100
-        for _ in range(100):
-            publish(pub, i)
-            i += 1
-        delay = next_at - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-threading.Thread(target=load, daemon=True).start()
 conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
 lat = []
 for k in range(probes):
-    marker = f"probe-{k}"
     t0 = time.perf_counter()
-    event_id = pub.log_event("PROBE", "BENCH", marker)
+    event_id = pub.log_event("PROBE", "BENCH", f"probe-{k}")
     while not conn.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone():
         time.sleep(0.0005)
     lat.append(time.perf_counter() - t0)
     time.sleep(seconds / probes)
-stop = True
 print(json.dumps(lat))
+"""
+
+LOAD = r"""
+import sys, time
+sys.path.insert(0, sys.argv[4])
+from workload import publish
+from memory_bank import Publisher
+db, seconds, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+pub = Publisher(db)
+i, end = 0, time.time() + seconds
+next_at = time.perf_counter()
+while time.time() < end:
+    for _ in range(100):
+        publish(pub, i)
+        i += 1
+    next_at += 100 / rate
+    delay = next_at - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
 """
 
 
 def queryable_latency(work: Path, rate: float, seconds: float, probes: int) -> dict:
+    """A probe process writes an event and polls a read-only connection until it is
+    there, while two load processes keep the daemon at ``rate`` records/s."""
     db = work / "queryable.db"
     daemon = Daemon(db)
+    loads = [
+        subprocess.Popen([PY, "-c", LOAD, str(db), str(seconds + 3), str(rate / 2), str(HERE)])
+        for _ in range(2)
+    ]
+    time.sleep(1.0)
     out = subprocess.run(
-        [PY, "-c", QUERYABLE, str(db), str(seconds), str(rate), str(probes), str(HERE)],
+        [PY, "-c", QUERYABLE, str(db), str(seconds), str(probes)],
         capture_output=True,
         text=True,
         timeout=600,
     )
+    for load in loads:
+        load.wait(timeout=600)
+    committed = daemon_stats(db)["committed_records"]
     daemon.stop()
     lat = [v * 1000 for v in json.loads(out.stdout)]
     return {
         "rate_per_second": round(rate),
+        "load_committed": committed,
         "probes": len(lat),
         "p50_ms": round(percentile(lat, 0.5), 2),
         "p99_ms": round(percentile(lat, 0.99), 2),

@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 class Config:
     db: str = "ev_charging_memory.db"
     endpoint: str | None = None
-    batch_rows: int = 4000
+    batch_rows: int = 2000
     batch_seconds: float = 0.05
     synchronous: str = "FULL"
     max_db_bytes: int | None = None

@@ -49,7 +49,7 @@ RESTART_ONLY = (
 class DaemonSettings:
     db_path: Path
     endpoint: str | None = None  # data endpoint; the control endpoint sits beside it
-    batch_rows: int = 4000
+    batch_rows: int = 2000
     batch_seconds: float = 0.05
     synchronous: str = "FULL"
     max_db_bytes: int | None = None  # the store refuses to grow past this (then waits)

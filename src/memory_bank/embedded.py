@@ -30,7 +30,7 @@ _STOP = "stop"
 class EmbeddedWriter:
     """Runs a Writer in a background thread; is the Publisher's transport."""
 
-    def __init__(self, db_path: Path, batch_rows: int = 4000, batch_seconds: float = 0.05):
+    def __init__(self, db_path: Path, batch_rows: int = 2000, batch_seconds: float = 0.05):
         self.db_path = db_path
         self._lock = discovery.WriterLock(db_path)
         self._lock.acquire({"pid": os.getpid(), "embedded": True, "started": time.time()})

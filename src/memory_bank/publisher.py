@@ -238,6 +238,8 @@ class Publisher:
         self._ack_urgent = False
         self._last_progress = time.monotonic()
         self._stop = False
+        self._poller: zmq.Poller | None = None
+        self._poller_key: tuple = ()
         self._sender = threading.Thread(
             target=self._run_sender, name=f"memorybank-publisher-{self._block}", daemon=True
         )
@@ -436,11 +438,7 @@ class Publisher:
                     if self._queue:  # ...unless one came in just now
                         continue
                     timeout = self._poll_timeout()
-                items = self._transport.poll_items(self._has_unsent())
-                poller = zmq.Poller()
-                for sock, flags in items:
-                    poller.register(sock, flags)
-                poller.register(wake_fd, zmq.POLLIN)
+                poller = self._poller_for(self._transport.poll_items(self._has_unsent()))
                 ready = dict(poller.poll(None if timeout is None else int(timeout * 1000) + 1))
                 if wake_fd in ready:
                     try:
@@ -450,6 +448,18 @@ class Publisher:
         except Exception:  # the sender must never die silently
             log.exception("publisher %d: sender thread failed", self.publisher_id)
             raise
+
+    def _poller_for(self, items: list) -> zmq.Poller:
+        """The sender's poller, rebuilt only when the sockets or the events it waits for
+        change (building one each cycle cost the caller GIL time)."""
+        key = tuple((id(sock), flags) for sock, flags in items)
+        if key != self._poller_key:
+            self._poller = zmq.Poller()
+            for sock, flags in items:
+                self._poller.register(sock, flags)
+            self._poller.register(self._wake_fd, zmq.POLLIN)
+            self._poller_key = key
+        return self._poller
 
     def _poll_timeout(self) -> float | None:
         if self._acked >= self._seq and not self._queue:

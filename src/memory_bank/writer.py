@@ -113,6 +113,9 @@ class WriterStats:
     adopted_spools: int = 0
     spool_corrupt_bytes: int = 0
     batches: int = 0
+    commit_ms_avg: float = 0.0  # moving average over recent batches
+    commit_ms_max: float = 0.0
+    batch_rows_avg: float = 0.0
     store_errors: int = 0
     last_commit_at: float | None = None
 
@@ -127,7 +130,7 @@ class Writer:
     def __init__(
         self,
         store: SqliteStore,
-        batch_rows: int = 4000,
+        batch_rows: int = 2000,
         batch_seconds: float = 0.05,
         limits: wire.Limits = wire.DEFAULT_LIMITS,
         max_pending_rows: int | None = None,
@@ -288,6 +291,7 @@ class Writer:
 
     def commit(self) -> None:
         batch, rejects = self._pending, self._pending_rejects
+        began = time.perf_counter()
         try:
             stored = self.store.apply(batch, self.watermarks, rejects)
         except _BATCH_AT_FAULT as exc:
@@ -303,6 +307,10 @@ class Writer:
             log.warning("the store accepts writes again; resuming")
             self.store_error = None
         records = sum(m.row_count for m in batch)
+        took_ms = (time.perf_counter() - began) * 1000
+        self.stats.commit_ms_avg += (took_ms - self.stats.commit_ms_avg) * 0.05
+        self.stats.commit_ms_max = max(self.stats.commit_ms_max, took_ms)
+        self.stats.batch_rows_avg += (records - self.stats.batch_rows_avg) * 0.05
         if self.on_commit is not None and batch:
             self.on_commit(batch)
         self.stats.committed_records += stored
@@ -591,6 +599,9 @@ class Writer:
             "received_per_second": round(self.rates()[0], 1),
             "committed_per_second": round(self.rates()[1], 1),
             "batches": s.batches,
+            "batch_rows_avg": round(s.batch_rows_avg, 1),
+            "commit_ms_avg": round(s.commit_ms_avg, 2),
+            "commit_ms_max": round(s.commit_ms_max, 2),
             "queue_depth": self._pending_rows,
             "maintenance_running": self.maintenance_running,
             "last_maintenance": self._last_runs_for_status(),

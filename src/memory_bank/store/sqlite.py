@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,6 +92,34 @@ RETENTION_TIME_COLUMN = {
 }
 
 
+class Checkpointer:
+    """Copies the WAL into the database from its own connection and thread, every
+    ``interval`` seconds (PASSIVE: it never blocks the writer or readers)."""
+
+    def __init__(self, path: Path, interval: float = 0.5):
+        self.path = path
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memorybank-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(os.fspath(self.path), isolation_level=None, timeout=30.0)
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:
+                    log.warning("background checkpoint failed (retrying): %s", exc)
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
 def _share_with_group_if_umask_allows(path: Path) -> None:
     """SQLite creates files 0644 whatever the umask allows; under the service's UMask=0007
     make the database group-writable (its -wal and -shm follow), so publishing users in
@@ -119,6 +148,10 @@ class SqliteStore:
             _share_with_group_if_umask_allows(path)
         self.old_version = migrate(self.conn)
         self.set_max_db_bytes(max_db_bytes)
+        # Checkpoints move off the commit path: the writer's COMMIT no longer copies the
+        # WAL into the database now and then (the tail of publish->queryable latency).
+        self.conn.execute("PRAGMA wal_autocheckpoint=0")
+        self.checkpointer = Checkpointer(path)
         if self.old_version == 0 and self._row_count("events") + self._row_count("sessions"):
             log.info("upgraded an existing seed database in place: %s", path)
 
@@ -541,6 +574,7 @@ class SqliteStore:
         return sizes
 
     def close(self) -> None:
+        self.checkpointer.stop()
         try:
             self.conn.execute("PRAGMA optimize")
         finally:
