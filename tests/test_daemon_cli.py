@@ -95,3 +95,29 @@ def test_example_config_names_every_setting():
         for key in keys:
             assert f"{key} =" in text, f"{section}.{key} is missing from the example"
     config.load(Path(__file__).parent.parent / "config" / "memorybank.toml")
+
+
+def test_status_probes_never_stop_a_daemon_from_starting(db_path, start_daemon):
+    """daemon_running() probes with a momentary shared lock; a daemon starting at that
+    instant used to refuse with 'another writer already serves' (seen in `memorybank demo`,
+    whose wait_for_daemon probes in a loop)."""
+    import threading
+
+    from memory_bank import discovery
+
+    path = discovery.resolve_db_path(db_path)
+    stop = threading.Event()
+
+    def probe():
+        while not stop.is_set():
+            discovery.daemon_running(path)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        for _ in range(5):
+            daemon = start_daemon(db_path)
+            assert daemon.stop() == 0, daemon.log
+    finally:
+        stop.set()
+        prober.join()

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,18 +112,30 @@ class WriterLock:
         self._fd: int | None = None
 
     def acquire(self, info: dict) -> None:
+        """Take the lock or raise DaemonLockedError.
+
+        ``daemon_running`` probes with a momentary shared lock; a daemon starting at that
+        very instant would see EWOULDBLOCK, so the exclusive lock is retried for half a
+        second. A writer that really holds it is still refused at once.
+        """
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                other = read_daemon_info(self.db_path) or {}
-                raise DaemonLockedError(
-                    f"another writer (pid {other.get('pid', '?')}) already serves {self.db_path}; "
-                    "stop it first, or point this one at another database"
-                ) from None
-            raise
+        deadline = time.monotonic() + 0.5
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    other = read_daemon_info(self.db_path) or {}
+                    raise DaemonLockedError(
+                        f"another writer (pid {other.get('pid', '?')}) already serves "
+                        f"{self.db_path}; stop it first, or point this one at another database"
+                    ) from None
+                time.sleep(0.01)
         self._fd = fd
         self.update_info(info)
 
