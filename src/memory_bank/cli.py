@@ -207,20 +207,27 @@ def maintenance(db, job, days, as_json) -> None:
 
 @main.command()
 @click.option("--db", "db", default="ev_charging_memory.db", show_default=True)
-@click.option("--seconds", default=20.0, show_default=True, help="How long the lab runs.")
+@click.option("--seconds", default=24.0, show_default=True, help="How long the lab runs.")
 @click.option(
     "--cycle",
-    default=4.0,
+    default=8.0,
     show_default=True,
     help="Seconds per anomaly cycle (0 A -> 100 A -> start -> stop).",
 )
 def demo(db, seconds, cycle) -> None:
-    """Run a daemon and a simulated CSMS, charge point and charger, then show the result."""
+    """Run the lab: a daemon, an OCPP 1.6 CSMS, and a charge point driving a CAN charger.
+
+    The CSMS and the charge point are separate processes
+    (python -m memory_bank.demo.csms / memory_bank.demo.cp); Ctrl-C stops everything.
+    """
+    import tempfile
+
     from .api import MemoryBank
     from .viewer import Viewer
 
     _setup_logging("WARNING")
     path = discovery.resolve_db_path(db)
+    started: list[subprocess.Popen] = []
     daemon_proc = None
     if discovery.daemon_running(path):
         click.echo(f"using the daemon already serving {path}")
@@ -235,49 +242,58 @@ def demo(db, seconds, cycle) -> None:
                 str(path),
                 "--log-level",
                 "WARNING",
-            ],
+            ]
         )
-        try:
+        started.append(daemon_proc)
+    try:
+        if daemon_proc is not None:
             wait_for_daemon(path, timeout=15)
-        except DaemonUnavailable as exc:
-            daemon_proc.kill()
-            raise click.ClickException(f"the daemon did not start: {exc}") from None
-    click.echo(
-        f"running the simulated lab for {seconds:g}s on {path} "
-        f"(CSMS, charge point and charger in separate processes)..."
-    )
-    t0 = time.time() + 0.5
-    components = [
-        subprocess.Popen(
+        ready = Path(tempfile.mkdtemp(prefix="mb-demo-")) / "port"
+        csms = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "memory_bank.demo.sim",
-                role,
+                "memory_bank.demo.csms",
                 "--db",
                 str(path),
-                "--t0",
-                repr(t0),
-                "--seconds",
-                str(seconds),
                 "--cycle",
                 str(cycle),
+                "--ready-file",
+                str(ready),
             ]
         )
-        for role in ("csms", "cp", "charger")
-    ]
-    failed = False
-    try:
-        for proc in components:
-            failed |= proc.wait() != 0
+        started.append(csms)
+        deadline = time.monotonic() + 20
+        while not ready.exists() or not ready.read_text():
+            if csms.poll() is not None or time.monotonic() > deadline:
+                raise click.ClickException("the CSMS did not start; see its output above")
+            time.sleep(0.05)
+        url = f"ws://127.0.0.1:{ready.read_text()}/CP_1"
+        click.echo(
+            f"lab running for {seconds:g}s on {path}: CSMS on {url.rsplit('/', 1)[0]}, "
+            f"charge point CP_1 with its charger on a virtual CAN bus..."
+        )
+        cp = subprocess.Popen(
+            [sys.executable, "-m", "memory_bank.demo.cp", "--db", str(path), "--url", url]
+        )
+        started.append(cp)
+        try:
+            cp.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            pass
     except KeyboardInterrupt:
-        for proc in components:
-            proc.send_signal(signal.SIGINT)
-        for proc in components:
-            proc.wait()
-        failed = True
+        click.echo("stopping...")
+    finally:
+        # The charge point first (the CSMS then ends its cycle), the daemon last.
+        for proc in reversed(started[1:]):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     with MemoryBank(path) as memory:
-        memory.flush()  # everything the lab wrote is committed (read-your-writes)
+        memory.flush()
     if daemon_proc is not None:
         daemon_proc.send_signal(signal.SIGTERM)
         daemon_proc.wait(timeout=30)
@@ -286,8 +302,9 @@ def demo(db, seconds, cycle) -> None:
     viewer.summary()
     click.echo()
     viewer.sessions(20)
+    failed = [p for p in started[1:] if p.returncode not in (0, -signal.SIGINT)]
     if failed:
-        raise click.ClickException("a simulated component failed; see its output above")
+        raise click.ClickException("a lab process failed; see its output above")
 
 
 main.add_command(view)
