@@ -137,8 +137,10 @@ def ceiling(work: Path, n: int) -> dict:
 
 
 # -- (2) end to end --
-def end_to_end(work: Path, publishers: int, per_publisher: int, label: str) -> dict:
-    db = work / f"e2e-{label}.db"
+def end_to_end(
+    work: Path, publishers: int, per_publisher: int, label: str, db: Path | None = None
+) -> dict:
+    db = db or work / f"e2e-{label}.db"
     daemon = Daemon(db)
     cpu0, _ = daemon.cpu_and_rss()
     start_at = time.time() + 1.5
@@ -382,7 +384,7 @@ def queryable_latency(work: Path, rate: float, seconds: float, probes: int) -> d
 # -- (7) the read path --
 def read_path(work: Path, rows: int, publishers: int) -> dict:
     db = work / "reads.db"
-    built = end_to_end_into(db, publishers, rows // publishers)
+    built = end_to_end(work, publishers, rows // publishers, "reads", db)["committed"]
     from memory_bank import MemoryBank
 
     timings: dict[str, float] = {}
@@ -417,24 +419,6 @@ def read_path(work: Path, rows: int, publishers: int) -> dict:
         samples.append(time.perf_counter() - t0)
     timings["memory-viewer --summary (process)"] = round(statistics.median(samples) * 1000, 1)
     return {"rows": built, "median_ms": timings}
-
-
-def end_to_end_into(db: Path, publishers: int, per_publisher: int) -> int:
-    daemon = Daemon(db)
-    start_at = time.time() + 1.5
-    procs = [
-        subprocess.Popen(
-            [PY, "-c", PUBLISHER, str(db), str(per_publisher), repr(start_at), str(HERE)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(publishers)
-    ]
-    for p in procs:
-        p.communicate(timeout=7200)
-    committed = daemon_stats(db)["committed_records"]
-    daemon.stop()
-    return committed
 
 
 # -- the run ------------------------------------------------------------------------------------

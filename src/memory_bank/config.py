@@ -53,22 +53,20 @@ class Config:
         }
 
 
+_DAY_KEYS = (
+    "retention_days",
+    "events_days",
+    "anomalies_days",
+    "metrics_days",
+    "sessions_days",
+    "patterns_days",
+)
 # TOML layout: [daemon] ..., [limits] ..., [security] ..., [logging] level
 _SECTIONS = {
     "daemon": {"db", "endpoint", "batch_rows", "batch_seconds", "synchronous", "max_db_bytes"},
     "limits": {"max_text_chars", "max_future_seconds"},
     "security": {"curve_secret_key_file", "curve_authorized_keys_dir"},
-    "maintenance": {
-        "retention_schedule",
-        "vacuum_schedule",
-        "retention_days",
-        "events_days",
-        "anomalies_days",
-        "metrics_days",
-        "sessions_days",
-        "patterns_days",
-        "chunk_rows",
-    },
+    "maintenance": {"retention_schedule", "vacuum_schedule", "chunk_rows", *_DAY_KEYS},
     "logging": {"level"},
 }
 _PATH_KEYS = ("db", "curve_secret_key_file", "curve_authorized_keys_dir")
@@ -118,14 +116,7 @@ def _check(config: Config) -> Config:
         raise ConfigError(
             f"limits.max_future_seconds: expected seconds >= 0, got {config.max_future_seconds!r}"
         )
-    for key in (
-        "retention_days",
-        "events_days",
-        "anomalies_days",
-        "metrics_days",
-        "sessions_days",
-        "patterns_days",
-    ):
+    for key in _DAY_KEYS:
         value = getattr(config, key)
         if value is None and key != "retention_days":
             continue
