@@ -409,15 +409,6 @@ class Publisher:
             return False
         return True
 
-    @property
-    def unacknowledged(self) -> int:
-        """Records handed to the sender but not yet acknowledged (approximate, lock-free)."""
-        return (
-            len(self._queue)
-            + sum(n for _, _, n in list(self._mem))
-            + sum(n for _, n in list(self._spooled))
-        )
-
     # -- the sender thread ------------------------------------------------------------
     def _run_sender(self) -> None:
         """While records flow, cycle every LINGER seconds (callers then make no system

@@ -127,10 +127,6 @@ class Spool:
             path.unlink()
             del self._segments[number]
 
-    @property
-    def empty(self) -> bool:
-        return not self._segments
-
     def close(self, keep: bool) -> None:
         """Keep the folder for the daemon to adopt (``keep``), or remove it."""
         if self._current_fh is not None:

@@ -111,27 +111,26 @@ class SqliteReader:
         return self._conn().execute(sql, params).fetchone()
 
     # -- events / anomalies -----------------------------------------------------------
-    def get_events(self, event_type=None, component=None, since=None, limit=100, until=None):
+    def _timeline(
+        self, table: str, filters: list[tuple[str, object]], limit=None, newest_first: bool = True
+    ) -> Iterator[dict]:
+        """Rows of events, anomalies or metrics matching ``filters`` (clause, value; a None
+        value is no filter), in time order, streamed."""
         w = _Where()
-        w.add("event_type = ?", event_type)
-        w.add("component = ?", component)
-        w.add("timestamp >= ?", since)
-        w.add("timestamp < ?", until)
-        return self._all(
-            f"SELECT {EVENT_COLUMNS} FROM events{w.sql()} ORDER BY timestamp DESC LIMIT ?",
-            [*w.params, limit],
-        )
+        for clause, value in filters:
+            w.add(clause, value)
+        order = "DESC" if newest_first else "ASC"
+        sql = f"SELECT {TABLE_COLUMNS[table]} FROM {table}{w.sql()} ORDER BY timestamp {order}"
+        params = w.params
+        if limit is not None:
+            sql, params = sql + " LIMIT ?", [*params, limit]
+        yield from self._conn().execute(sql, params)
+
+    def get_events(self, event_type=None, component=None, since=None, limit=100, until=None):
+        return list(self.iter_events(limit, since, until, event_type, component))
 
     def get_anomalies(self, anomaly_type=None, severity=None, since=None, limit=100, until=None):
-        w = _Where()
-        w.add("anomaly_type = ?", anomaly_type)
-        w.add("severity = ?", severity)
-        w.add("timestamp >= ?", since)
-        w.add("timestamp < ?", until)
-        return self._all(
-            f"SELECT {ANOMALY_COLUMNS} FROM anomalies{w.sql()} ORDER BY timestamp DESC LIMIT ?",
-            [*w.params, limit],
-        )
+        return list(self.iter_anomalies(limit, since, until, anomaly_type, severity))
 
     def get_anomaly_count(self, anomaly_type=None, severity=None, since=None) -> int:
         if self._has_rollups() and anomaly_type is None and since is None:
@@ -157,14 +156,12 @@ class SqliteReader:
 
     # -- metrics ----------------------------------------------------------------------
     def get_metrics(self, metric_name=None, since=None, limit=1000, until=None) -> list[dict]:
-        w = _Where()
-        w.add("metric_name = ?", metric_name)
-        w.add("timestamp >= ?", since)
-        w.add("timestamp < ?", until)
-        return self._all(
-            f"SELECT {METRIC_COLUMNS} FROM metrics{w.sql()} ORDER BY timestamp DESC LIMIT ?",
-            [*w.params, limit],
-        )
+        filters = [
+            ("metric_name = ?", metric_name),
+            ("timestamp >= ?", since),
+            ("timestamp < ?", until),
+        ]
+        return list(self._timeline("metrics", filters, limit))
 
     def _has_rollups(self) -> bool:
         conn = self._conn()
@@ -326,17 +323,13 @@ class SqliteReader:
         self, limit=None, since=None, until=None, event_type=None, component=None, newest_first=True
     ) -> Iterator[dict]:
         """Events with filters, streamed (never all in memory)."""
-        w = _Where()
-        w.add("event_type = ?", event_type)
-        w.add("component = ?", component)
-        w.add("timestamp >= ?", since)
-        w.add("timestamp < ?", until)
-        order = "DESC" if newest_first else "ASC"
-        sql = f"SELECT {EVENT_COLUMNS} FROM events{w.sql()} ORDER BY timestamp {order}"
-        params = w.params
-        if limit is not None:
-            sql, params = sql + " LIMIT ?", [*params, limit]
-        yield from self._conn().execute(sql, params)
+        filters = [
+            ("event_type = ?", event_type),
+            ("component = ?", component),
+            ("timestamp >= ?", since),
+            ("timestamp < ?", until),
+        ]
+        return self._timeline("events", filters, limit, newest_first)
 
     def iter_anomalies(
         self,
@@ -347,30 +340,13 @@ class SqliteReader:
         severity=None,
         newest_first=True,
     ) -> Iterator[dict]:
-        w = _Where()
-        w.add("anomaly_type = ?", anomaly_type)
-        w.add("severity = ?", severity)
-        w.add("timestamp >= ?", since)
-        w.add("timestamp < ?", until)
-        order = "DESC" if newest_first else "ASC"
-        sql = f"SELECT {ANOMALY_COLUMNS} FROM anomalies{w.sql()} ORDER BY timestamp {order}"
-        params = w.params
-        if limit is not None:
-            sql, params = sql + " LIMIT ?", [*params, limit]
-        yield from self._conn().execute(sql, params)
-
-    def iter_metric_points(self, metric_name: str, since=None, until=None) -> Iterator[tuple]:
-        """(timestamp, value) of one metric in time order."""
-        w = _Where()
-        w.add("metric_name = ?", metric_name)
-        w.add("timestamp >= ?", since)
-        w.add("timestamp < ?", until)
-        cursor = self._conn().execute(
-            f"SELECT timestamp AS t, metric_value AS v FROM metrics{w.sql()} ORDER BY timestamp",
-            w.params,
-        )
-        for row in cursor:
-            yield row["t"], row["v"]
+        filters = [
+            ("anomaly_type = ?", anomaly_type),
+            ("severity = ?", severity),
+            ("timestamp >= ?", since),
+            ("timestamp < ?", until),
+        ]
+        return self._timeline("anomalies", filters, limit, newest_first)
 
     def metric_buckets(
         self, metric_name: str, since: float, until: float, buckets: int
@@ -386,14 +362,6 @@ class SqliteReader:
             "GROUP BY bucket ORDER BY bucket",
             (since, width, metric_name, until),
         )
-
-    def metric_names(self) -> list[str]:
-        return [
-            r["metric_name"]
-            for r in self._conn().execute(
-                "SELECT DISTINCT metric_name FROM metrics ORDER BY metric_name"
-            )
-        ]
 
     def count(self, table: str, since=None, until=None) -> int:
         if table not in TABLE_COLUMNS:
