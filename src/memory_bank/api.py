@@ -12,9 +12,10 @@ import logging
 import os
 
 from . import discovery
-from .control import ControlClient, DaemonUnavailable
+from .control import ControlClient, DaemonUnavailable, locate_control
 from .publisher import Publisher
-from .store.reader import TABLE_COLUMNS, SqliteReader
+from .store import open_reader
+from .store.base import TABLE_COLUMNS
 from .timeutil import to_timestamp
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,9 @@ class MemoryBank:
     """Persistent memory of events, anomalies, sessions, metrics and patterns.
 
     ``MemoryBank(db_path)`` writes through the daemon that serves ``db_path``
-    (start one with ``memorybank daemon --db PATH``). ``embedded=True`` runs the writer in
-    a thread of this process instead, for one-process scripts and tests.
+    (start one with ``memorybank daemon --db PATH``). ``db_path`` may be a
+    ``postgresql://`` URL; ``endpoint`` then picks one of its daemons. ``embedded=True``
+    runs the writer in a thread of this process instead, for one-process scripts and tests.
     """
 
     def __init__(
@@ -39,18 +41,19 @@ class MemoryBank:
         sync_timeout: float = 10.0,
     ):
         self.db_path = os.fspath(db_path)
-        self._path = discovery.resolve_db_path(db_path)
+        self._path = discovery.location_key(self.db_path, endpoint)
+        self._endpoint = endpoint
         self.sync_timeout = sync_timeout
         self._embedded = None
         self._warned_unsynced = False
         if embedded:
             from .embedded import EmbeddedWriter
 
-            self._embedded = EmbeddedWriter(self._path)
-            self._publisher = Publisher(self._path, transport=self._embedded)
+            self._embedded = EmbeddedWriter(self.db_path)
+            self._publisher = Publisher(self.db_path, transport=self._embedded)
         else:
-            self._publisher = Publisher(self._path, endpoint=endpoint)
-        self._reader = SqliteReader(self._path)
+            self._publisher = Publisher(self.db_path, endpoint=endpoint)
+        self._reader = open_reader(self.db_path)
 
     @property
     def publisher(self) -> Publisher:
@@ -61,20 +64,20 @@ class MemoryBank:
         """Wait until this instance's writes are committed (free when none are pending)."""
         if not self._publisher._dirty:
             return
-        if self._embedded is None and not discovery.daemon_running(self._path):
+        if self._embedded is None and not self._daemon_reachable():
             if not self._warned_unsynced:
                 self._warned_unsynced = True
                 log.warning(
                     "no daemon serves %s: reads miss this process's unsent writes; start one "
                     "with 'memorybank daemon --db %s'",
-                    self._path,
-                    self.db_path,
+                    self._display,
+                    self._display,
                 )
             return
         if not self._publisher.flush(self.sync_timeout):
             log.warning(
                 "the daemon of %s did not confirm pending writes within %gs; reading without them",
-                self._path,
+                self._display,
                 self.sync_timeout,
             )
 
@@ -213,13 +216,19 @@ class MemoryBank:
         deleted.update(run["deleted"] or {})
         return deleted
 
+    def _daemon_reachable(self) -> bool:
+        """A local daemon holds the lock; one named by endpoint may be on another host."""
+        return self._endpoint is not None or discovery.daemon_running(self._path)
+
     def _control(self, op: str, **fields) -> dict:
-        if not discovery.daemon_running(self._path):
+        try:
+            control = locate_control(self.db_path, self._endpoint)
+        except DaemonUnavailable:
             raise DaemonUnavailable(
-                f"no daemon serves {self._path} — start one with "
-                f"'memorybank daemon --db {self.db_path}'"
-            )
-        client = ControlClient(discovery.find_endpoints(self._path).control)
+                f"no daemon serves {self._display} — start one with "
+                f"'memorybank daemon --db {self._display}'"
+            ) from None
+        client = ControlClient(control)
         try:
             reply = client.request(op, timeout=3600, **fields)
         finally:
@@ -244,4 +253,8 @@ class MemoryBank:
 
     def __repr__(self) -> str:
         mode = "embedded" if self._embedded is not None else "daemon"
-        return f"MemoryBank({self.db_path!r}, {mode})"
+        return f"MemoryBank({self._display!r}, {mode})"
+
+    @property
+    def _display(self) -> str:
+        return discovery.redact_url(self.db_path)

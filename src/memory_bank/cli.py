@@ -27,6 +27,13 @@ def _setup_logging(level: str) -> None:
     )
 
 
+ENDPOINT_OPTION = click.option(
+    "--endpoint",
+    default=None,
+    help="The daemon's data endpoint, when several serve one PostgreSQL database.",
+)
+
+
 @click.group()
 @click.version_option(__version__, prog_name="memorybank")
 def main() -> None:
@@ -34,7 +41,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--db", "db", help="SQLite database this daemon owns.")
+@click.option("--db", "db", help="SQLite database path, or a postgresql:// URL, to serve.")
 @click.option(
     "--config",
     "config_path",
@@ -146,10 +153,11 @@ def _describe_run(run: dict | None) -> str:
 @main.command()
 @click.option("--db", "db", default="ev_charging_memory.db", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def status(db, as_json) -> None:
+@ENDPOINT_OPTION
+def status(db, as_json, endpoint) -> None:
     """Show the figures of the daemon serving a database (exit 1 when none does)."""
     try:
-        figures = daemon_stats(db)
+        figures = daemon_stats(db, endpoint=endpoint)
     except DaemonUnavailable as exc:
         click.echo(f"memorybank status: {exc}", err=True)
         sys.exit(1)
@@ -178,19 +186,20 @@ def status(db, as_json) -> None:
     "(default: the configured per-table policy).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
-def maintenance(db, job, days, as_json) -> None:
+@ENDPOINT_OPTION
+def maintenance(db, job, days, as_json, endpoint) -> None:
     """Ask the daemon to run retention or VACUUM now, and wait for the result."""
-    from .control import ControlClient
+    from .control import ControlClient, locate_control
 
-    path = discovery.resolve_db_path(db)
-    if not discovery.daemon_running(path):
+    try:
+        control = locate_control(db, endpoint)
+    except DaemonUnavailable as exc:
         click.echo(
-            f"memorybank maintenance: no daemon serves {path} — start one with "
-            f"'memorybank daemon --db {db}'",
+            f"memorybank maintenance: {exc} — start one with 'memorybank daemon --db {db}'",
             err=True,
         )
         sys.exit(1)
-    client = ControlClient(discovery.find_endpoints(path).control)
+    client = ControlClient(control)
     try:
         fields = {"days": days} if days is not None else {}
         reply = client.request(job, timeout=24 * 3600, **fields)

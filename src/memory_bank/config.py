@@ -191,7 +191,12 @@ def load(path: str | os.PathLike | None = None, **overrides) -> Config:
                 setattr(config, "log_level" if section == "logging" else key, value)
         for key in _PATH_KEYS:  # paths in the file are relative to the file
             value = getattr(config, key)
-            if isinstance(value, str) and value and not os.path.isabs(value):
+            if (
+                isinstance(value, str)
+                and value
+                and not os.path.isabs(value)
+                and "://" not in value  # a postgresql:// URL is not a path
+            ):
                 setattr(config, key, str(Path(path).resolve().parent / value))
     for env, attr in _ENV.items():
         if os.environ.get(env):

@@ -6,6 +6,7 @@ Standard library, pyzmq and msgpack only: publishers use it for their sync barri
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 
@@ -55,16 +56,32 @@ class ControlClient:
                 self._sock = None
 
 
-def wait_for_daemon(db_path, timeout: float = 10.0) -> dict:
-    """Wait until the daemon of ``db_path`` answers a ping; returns its answer."""
+def locate_control(db, endpoint: str | None = None) -> str:
+    """The control endpoint of the daemon serving ``db`` (a path or URL) at ``endpoint``.
+
+    A daemon on this host is found through its lock file (which also gives its local ipc
+    endpoint when the network one needs CURVE); a named endpoint elsewhere is used as is.
+    """
     from . import discovery
 
-    path = discovery.resolve_db_path(db_path)
+    key = discovery.location_key(db, endpoint)
+    if discovery.daemon_running(key):
+        return discovery.find_endpoints(key).control
+    if endpoint is not None:
+        return sockets.control_endpoint_for(endpoint)
+    raise DaemonUnavailable(f"no daemon serves {discovery.redact_url(os.fspath(db))}")
+
+
+def wait_for_daemon(db_path, timeout: float = 10.0, endpoint: str | None = None) -> dict:
+    """Wait until the daemon of ``db_path`` answers a ping; returns its answer."""
     deadline = time.monotonic() + timeout
     while True:
-        info = discovery.read_daemon_info(path) or {}
-        if discovery.daemon_running(path) and info.get("control_endpoint"):
-            client = ControlClient(info["control_endpoint"])
+        try:
+            control = locate_control(db_path, endpoint)
+        except DaemonUnavailable:
+            control = None
+        if control is not None:
+            client = ControlClient(control)
             try:
                 return client.request("ping", timeout=0.5)
             except DaemonUnavailable:
@@ -72,18 +89,13 @@ def wait_for_daemon(db_path, timeout: float = 10.0) -> dict:
             finally:
                 client.close()
         if time.monotonic() >= deadline:
-            raise DaemonUnavailable(f"no daemon serves {path} after {timeout:g}s")
+            raise DaemonUnavailable(f"no daemon answered for {db_path} within {timeout:g}s")
         time.sleep(0.05)
 
 
-def daemon_stats(db_path, timeout: float = 5.0) -> dict:
+def daemon_stats(db_path, timeout: float = 5.0, endpoint: str | None = None) -> dict:
     """The figures of the daemon serving ``db_path``; DaemonUnavailable when none does."""
-    from . import discovery
-
-    path = discovery.resolve_db_path(db_path)
-    if not discovery.daemon_running(path):
-        raise DaemonUnavailable(f"no daemon serves {path}")
-    client = ControlClient(discovery.find_endpoints(path).control)
+    client = ControlClient(locate_control(db_path, endpoint))
     try:
         return client.request("stats", timeout=timeout)["stats"]
     finally:

@@ -24,7 +24,7 @@ import zmq
 from . import __version__, discovery, sockets, wire
 from .jobs import MaintenanceSchedule
 from .sdnotify import Notifier
-from .store.sqlite import SqliteStore
+from .store import open_store
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ RESTART_ONLY = (
 
 @dataclass
 class DaemonSettings:
-    db_path: Path
+    db_path: Path | str  # a SQLite file, or a postgresql:// URL
     endpoint: str | None = None  # data endpoint; the control endpoint sits beside it
     batch_rows: int = 2000
     batch_seconds: float = 0.05
@@ -65,7 +65,7 @@ class DaemonSettings:
     @classmethod
     def from_config(cls, cfg) -> DaemonSettings:
         return cls(
-            db_path=Path(cfg.db),
+            db_path=cfg.db if discovery.is_url(cfg.db) else Path(cfg.db),
             endpoint=cfg.endpoint,
             batch_rows=cfg.batch_rows,
             batch_seconds=cfg.batch_seconds,
@@ -120,7 +120,15 @@ class Daemon:
     def __init__(self, settings: DaemonSettings, reload=None):
         self.settings = settings
         self._reload_settings = reload  # () -> DaemonSettings, raising on a bad file
-        self.db_path = discovery.resolve_db_path(settings.db_path)
+        # The store's location (path or URL) and the local path its lock, endpoints file
+        # and publisher spools hang from (the same for SQLite).
+        self.location = settings.db_path
+        self.db_path = discovery.location_key(settings.db_path, settings.endpoint)
+        self.name = (
+            discovery.redact_url(self.location)
+            if discovery.is_url(self.location)
+            else str(self.db_path)
+        )
         if settings.endpoint:
             self.endpoints = discovery.Endpoints(
                 settings.endpoint, sockets.control_endpoint_for(settings.endpoint)
@@ -158,15 +166,31 @@ class Daemon:
             self.notifier.close()
 
     # -- start-up -----------------------------------------------------------------------
+    def _open_store(self):
+        """Open the store; a PostgreSQL server that is not up yet is waited for (backing
+        off to 30 s), since publishers keep their records meanwhile."""
+        options = {"max_db_bytes": self.settings.max_db_bytes}
+        if not discovery.is_url(self.location):
+            options["synchronous"] = self.settings.synchronous
+        delay = 1.0
+        while True:
+            try:
+                return open_store(self.location, **options)
+            except ConnectionError as exc:
+                if self._stop_requested:
+                    raise
+                log.error("cannot reach %s: %s; retrying in %gs", self.name, exc, delay)
+                self.notifier.notify(f"STATUS=waiting for {self.name}: {exc}")
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
     def _open_writer(self) -> Writer:
-        store = SqliteStore(
-            self.db_path,
-            synchronous=self.settings.synchronous,
-            max_db_bytes=self.settings.max_db_bytes,
-        )
-        discovery.reserve_id_blocks(self.db_path, store.first_free_id_block())
         writer = Writer(
-            store, self.settings.batch_rows, self.settings.batch_seconds, self.settings.limits
+            self._open_store(),
+            self.settings.batch_rows,
+            self.settings.batch_seconds,
+            self.settings.limits,
+            spool_key=self.db_path,
         )
         self._apply_maintenance_policy(writer)
         return writer
@@ -248,14 +272,12 @@ class Daemon:
             schedule.start()
             log.info(
                 "serving %s on %s (control %s), pid %d",
-                self.db_path,
+                self.name,
                 self.endpoints.data,
                 self.endpoints.control,
                 os.getpid(),
             )
-            self.notifier.notify(
-                "READY=1", f"STATUS=serving {self.db_path}", f"MAINPID={os.getpid()}"
-            )
+            self.notifier.notify("READY=1", f"STATUS=serving {self.name}", f"MAINPID={os.getpid()}")
             self._loop(writer, pull, router, wake_r, schedule)
             self.notifier.notify("STOPPING=1", "STATUS=committing what was received")
             schedule.shutdown()

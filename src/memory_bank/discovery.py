@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -39,6 +40,42 @@ class Endpoints:
 def resolve_db_path(db_path: str | os.PathLike) -> Path:
     """The absolute path the daemon and publishers agree on (symlinks resolved)."""
     return Path(os.path.realpath(os.fspath(db_path)))
+
+
+def is_url(location) -> bool:
+    """A PostgreSQL URL rather than a SQLite path."""
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
+def redact_url(location: str) -> str:
+    """The location with any password replaced, for logs, status and file names."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", str(location))
+
+
+def state_dir() -> Path:
+    """Where a PostgreSQL-backed daemon keeps its local files (lock, spools): persistent,
+    unlike the runtime folder, so spools outlive a reboot."""
+    explicit = os.environ.get("MEMORYBANK_STATE_DIR") or os.environ.get("STATE_DIRECTORY")
+    if explicit:
+        path = Path(explicit.split(":")[0])
+    else:
+        base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        path = Path(base) / "memorybank"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def location_key(location: str | os.PathLike, endpoint: str | None = None) -> Path:
+    """The path the daemon's lock, endpoints file and publishers' spools hang from.
+
+    A SQLite database: its own path (one writer per file, whatever the endpoint). A
+    PostgreSQL URL: a name in the state folder made from the URL (password left out) and
+    the endpoint, since several daemons may serve one PostgreSQL database, one per endpoint.
+    """
+    if not is_url(location):
+        return resolve_db_path(location)
+    digest = hashlib.sha1(f"{redact_url(location)}|{endpoint or ''}".encode()).hexdigest()[:16]
+    return state_dir() / f"pg-{digest}"
 
 
 def daemon_file(db_path: Path) -> Path:

@@ -14,12 +14,11 @@ import queue
 import threading
 import time
 from collections import deque
-from pathlib import Path
 
 import zmq
 
 from . import discovery
-from .store.sqlite import SqliteStore
+from .store import open_store
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -30,17 +29,16 @@ _STOP = "stop"
 class EmbeddedWriter:
     """Runs a Writer in a background thread; is the Publisher's transport."""
 
-    def __init__(self, db_path: Path, batch_rows: int = 2000, batch_seconds: float = 0.05):
-        self.db_path = db_path
-        self._lock = discovery.WriterLock(db_path)
+    def __init__(self, location, batch_rows: int = 2000, batch_seconds: float = 0.05):
+        self.db_path = discovery.location_key(location)
+        self._lock = discovery.WriterLock(self.db_path)
         self._lock.acquire({"pid": os.getpid(), "embedded": True, "started": time.time()})
         try:
-            store = SqliteStore(db_path)
-            discovery.reserve_id_blocks(db_path, store.first_free_id_block())
+            store = open_store(location)
         except BaseException:
             self._lock.release()
             raise
-        self.writer = Writer(store, batch_rows, batch_seconds)
+        self.writer = Writer(store, batch_rows, batch_seconds, spool_key=self.db_path)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._replies: deque = deque()
         self._reply_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -68,7 +66,8 @@ class EmbeddedWriter:
         return [(self._reply_fd, zmq.POLLIN)]
 
     def lease_block(self, timeout: float) -> int:
-        return discovery.lease_id_block(self.db_path)
+        """A new id block from the store, leased on the writer thread (its connection)."""
+        return self.call(lambda writer: writer.store.lease_id_block(), timeout)
 
     def close(self) -> None:
         """Publisher.close calls this; the writer itself stops in shutdown()."""

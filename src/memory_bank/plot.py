@@ -6,21 +6,21 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from .store.reader import SqliteReader
+from .store import Reader
 
 
-def _series(reader: SqliteReader, metric: str, since: float, until: float, points: int):
+def _series(reader: Reader, metric: str, since: float, until: float, points: int):
     rows = reader.metric_buckets(metric, since, until, points)
     xs = [r["first_t"] for r in rows]
     return xs, [r["avg"] for r in rows], [r["min"] for r in rows], [r["max"] for r in rows]
 
 
-def _anomaly_times(reader: SqliteReader, since: float, until: float) -> list[float]:
+def _anomaly_times(reader: Reader, since: float, until: float) -> list[float]:
     return [a["timestamp"] for a in reader.iter_anomalies(limit=2000, since=since, until=until)]
 
 
 def terminal_plot(
-    reader: SqliteReader,
+    reader: Reader,
     metric: str,
     since: float,
     until: float | None,
@@ -59,7 +59,7 @@ def terminal_plot(
 
 
 def png_plot(
-    reader: SqliteReader,
+    reader: Reader,
     metric: str,
     since: float,
     until: float | None,

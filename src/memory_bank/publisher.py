@@ -140,11 +140,21 @@ class ZmqTransport:
         return items
 
     def lease_block(self, timeout: float) -> int:
-        from .control import ControlClient
+        from .control import ControlClient, DaemonUnavailable
 
         client = ControlClient(self.control_endpoint, self.ctx, self.curve)
+        deadline = time.monotonic() + timeout
         try:
-            return int(client.request("lease", timeout=timeout)["block"])
+            while True:  # a daemon whose database is briefly down answers "not now"
+                reply = client.request("lease", timeout=max(deadline - time.monotonic(), 0.1))
+                if reply.get("ok"):
+                    return int(reply["block"])
+                if time.monotonic() >= deadline:
+                    raise DaemonUnavailable(
+                        f"the daemon at {self.control_endpoint} could not lease ids: "
+                        f"{reply.get('error')}"
+                    )
+                time.sleep(0.2)
         finally:
             client.close()
 
@@ -186,7 +196,10 @@ class Publisher:
             raise ValueError("Publisher needs a database path or an endpoint")
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, not {overflow!r}")
-        self.db_path = discovery.resolve_db_path(db_path) if db_path is not None else None
+        # A PostgreSQL URL has no local file to lease ids from: its daemon leases them
+        # from the database (unique across every daemon of it).
+        self._ids_from_daemon = db_path is None or discovery.is_url(db_path)
+        self.db_path = discovery.location_key(db_path, endpoint) if db_path is not None else None
         self.max_queue = max_queue
         self.batch_records = batch_records
         self.close_timeout = close_timeout
@@ -248,10 +261,10 @@ class Publisher:
 
     # -- ids --------------------------------------------------------------------------
     def _lease_block(self) -> None:
-        if self.db_path is not None:
-            block = discovery.lease_id_block(self.db_path)
-        else:
+        if self._ids_from_daemon:
             block = self._transport.lease_block(timeout=self.close_timeout)
+        else:
+            block = discovery.lease_id_block(self.db_path)
         self._block = block
         base = block << wire.ID_BLOCK_BITS
         self._id_limit = base + (1 << wire.ID_BLOCK_BITS) - 1

@@ -19,7 +19,8 @@ import click
 
 from . import discovery, formatting
 from .formatting import OUTPUTS, render
-from .store.reader import TABLE_COLUMNS, SqliteReader
+from .store import Reader, open_reader
+from .store.base import TABLE_COLUMNS
 from .timeutil import parse_when
 
 DEFAULT_DB = "ev_charging_memory.db"
@@ -43,7 +44,7 @@ class Filters:
 
     def __init__(
         self,
-        reader: SqliteReader,
+        reader: Reader,
         since=None,
         until=None,
         component=None,
@@ -59,7 +60,7 @@ class Filters:
         if session:
             found = reader.get_session(session)
             if found is None:
-                raise click.UsageError(f"no session {session!r} in {reader.path}")
+                raise click.UsageError(f"no session {session!r} in this database")
             self.since = max(self.since or found["start_time"], found["start_time"])
             if found["end_time"] is not None:
                 self.until = min(self.until or found["end_time"], found["end_time"])
@@ -70,13 +71,17 @@ class Viewer:
 
     def __init__(self, db: str, output: str = "table", color: bool | None = None):
         self.db = db
-        self.path = discovery.resolve_db_path(db)
-        if not self.path.exists():
+        self.path = discovery.location_key(db)
+        self.name = discovery.redact_url(db) if discovery.is_url(db) else str(self.path)
+        if not discovery.is_url(db) and not self.path.exists():
             raise MissingDatabase(
                 f"no database at {self.path}; start a daemon with "
                 f"'memorybank daemon --db {db}', or pass --db PATH"
             )
-        self.reader = SqliteReader(self.path)
+        try:
+            self.reader = open_reader(db)
+        except (ImportError, ConnectionError) as exc:
+            raise click.ClickException(str(exc)) from None
         self.output = output
         self.color = sys.stdout.isatty() if color is None else color
         self.width = shutil.get_terminal_size((120, 24)).columns
@@ -192,7 +197,7 @@ class Viewer:
         for kind, row in sorted(last, key=lambda kr: kr[1]["timestamp"])[-backlog:]:
             self._follow_line(kind, row)
         if not discovery.daemon_running(self.path):
-            click.echo(f"-- no daemon serves {self.path} yet; waiting for one --", err=True)
+            click.echo(f"-- no daemon serves {self.name} yet; waiting for one --", err=True)
         try:
             while True:
                 if not sub.poll(500):
@@ -261,11 +266,11 @@ class Viewer:
         from .api import MemoryBank
         from .control import DaemonUnavailable
 
-        with MemoryBank(self.path) as memory:
-            try:
+        try:
+            with MemoryBank(self.db) as memory:
                 deleted = memory.clear_old_data(days)
-            except DaemonUnavailable as exc:
-                raise click.ClickException(str(exc)) from None
+        except DaemonUnavailable as exc:
+            raise click.ClickException(str(exc)) from None
         click.echo("deleted " + ", ".join(f"{n} {t}" for t, n in deleted.items()))
 
 
@@ -445,7 +450,7 @@ def menu(viewer: Viewer) -> None:
     """The seed's interactive menu, options 1-9 and 0."""
     none = Filters(viewer.reader)
     while True:
-        click.echo(MENU.format(db=viewer.path))
+        click.echo(MENU.format(db=viewer.name))
         try:
             choice = click.prompt("Choose an option", type=str, default="0").strip()
         except (click.Abort, EOFError):

@@ -15,30 +15,25 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from . import discovery, spool, wire
-from .store.sqlite import SqliteStore
+from . import spool, wire
+from .store.base import Store
 from .wire import Message, Validator, WireError
 
 log = logging.getLogger(__name__)
 
 Reply = Callable[[dict], None]
 
-# Errors that say something in the batch itself is wrong: only then are the messages tried
-# one by one and the bad ones refused. Every other error (disk full, I/O, locked, read-only)
-# keeps the batch and retries it: the records are not at fault.
-_BATCH_AT_FAULT = (
-    sqlite3.IntegrityError,
-    sqlite3.DataError,
-    sqlite3.ProgrammingError,
-    sqlite3.InterfaceError,
-)
+# A store error that blames the batch (store.batch_errors) makes the writer try the
+# messages one by one and refuse only the bad ones. Every other store error (disk full, I/O,
+# server down) keeps the batch and retries it, backing off: the records are not at fault.
 RETRY_SECONDS = 1.0
+RETRY_MAX_SECONDS = 30.0
 ADOPT_EVERY_SECONDS = 10.0
 
 
@@ -129,13 +124,15 @@ class Writer:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: Store,
         batch_rows: int = 2000,
         batch_seconds: float = 0.05,
         limits: wire.Limits = wire.DEFAULT_LIMITS,
         max_pending_rows: int | None = None,
+        spool_key: Path | None = None,
     ):
         self.store = store
+        self.spool_key = spool_key  # where finished publishers' spools are (None: nowhere)
         self.batch_rows = batch_rows
         self.batch_seconds = batch_seconds
         self.max_pending_rows = max_pending_rows or 10 * batch_rows
@@ -156,6 +153,7 @@ class Writer:
         self._waiters: list[Waiter] = []
         self._resend_from: dict[int, int] = {}
         self._retry_at = 0.0
+        self._retry_delay = RETRY_SECONDS
         self._error_logged_at = 0.0
         self._next_adopt = 0.0
         self._refusal_log = RateLimitedLog(log, burst=10, interval=10.0)
@@ -293,10 +291,11 @@ class Writer:
         batch, rejects = self._pending, self._pending_rejects
         began = time.perf_counter()
         try:
-            stored = self.store.apply(batch, self.watermarks, rejects)
-        except _BATCH_AT_FAULT as exc:
-            stored = self._apply_one_by_one(batch, rejects, exc)
-        except sqlite3.Error as exc:
+            try:
+                stored = self.store.apply(batch, self.watermarks, rejects)
+            except self.store.batch_errors as exc:
+                stored = self._apply_one_by_one(batch, rejects, exc)
+        except self.store.unavailable_errors as exc:
             self._keep_for_retry(exc)
             return
         self._pending, self._pending_rejects = [], []
@@ -304,8 +303,9 @@ class Writer:
         self._pending_seq = {}
         self._first_pending_at = None
         if self.store_error is not None:
-            log.warning("the store accepts writes again; resuming")
+            log.warning("%s accepts writes again; resuming", self.store.name)
             self.store_error = None
+            self._retry_delay = RETRY_SECONDS
         records = sum(m.row_count for m in batch)
         took_ms = (time.perf_counter() - began) * 1000
         self.stats.commit_ms_avg += (took_ms - self.stats.commit_ms_avg) * 0.05
@@ -318,21 +318,25 @@ class Writer:
         self.stats.batches += 1
         self.stats.last_commit_at = time.time()
 
-    def _keep_for_retry(self, exc: sqlite3.Error) -> None:
-        """The store cannot write now (disk full, I/O): keep the batch, stop reading, retry."""
+    def _keep_for_retry(self, exc: Exception) -> None:
+        """The store cannot write now (disk full, I/O, server down): keep the batch, stop
+        reading, retry after 1 s, doubling up to 30 s."""
         self.stats.store_errors += 1
-        self.store_error = str(exc)
-        self._retry_at = time.monotonic() + RETRY_SECONDS
+        first = self.store_error is None
+        self.store_error = str(exc).strip() or type(exc).__name__
         now = time.monotonic()
-        if now - self._error_logged_at >= 30.0:
+        doubled = min(self._retry_delay * 2, RETRY_MAX_SECONDS)
+        self._retry_delay = RETRY_SECONDS if first else doubled
+        self._retry_at = now + self._retry_delay
+        if first or now - self._error_logged_at >= 30.0:
             self._error_logged_at = now
             log.error(
-                "cannot commit to %s: %s; keeping %d record(s) and retrying every %gs "
+                "cannot commit to %s: %s; keeping %d record(s), retrying in %gs "
                 "(publishers buffer meanwhile)",
-                self.store.path,
-                exc,
+                self.store.name,
+                self.store_error,
                 self._pending_rows,
-                RETRY_SECONDS,
+                self._retry_delay,
             )
 
     def _apply_one_by_one(self, batch: list[Message], rejects: list, exc: Exception) -> int:
@@ -343,7 +347,7 @@ class Writer:
         for msg in batch:
             try:
                 stored += self.store.apply([msg], self.watermarks, [])
-            except _BATCH_AT_FAULT as one_exc:
+            except self.store.batch_errors as one_exc:
                 self.stats.rejected_messages += 1
                 self.stats.rejected_records += msg.row_count
                 refused.append(
@@ -424,14 +428,19 @@ class Writer:
                     "rid": rid,
                     "ok": True,
                     "pid": os.getpid(),
-                    "db": str(self.store.path),
+                    "db": self.store.name,
                     "instance": self.instance,
                 }
             )
         elif op == "stats":
             reply({"rid": rid, "ok": True, "stats": self.figures()})
         elif op == "lease":
-            reply({"rid": rid, "ok": True, "block": discovery.lease_id_block(self.store.path)})
+            try:
+                block = self.store.lease_id_block()
+            except self.store.unavailable_errors as exc:
+                reply({"rid": rid, "ok": False, "error": f"cannot lease ids now: {exc}"})
+            else:
+                reply({"rid": rid, "ok": True, "block": block})
         elif op in ("retention", "vacuum"):
             days = request.get("days")
             self.start_maintenance(
@@ -452,7 +461,9 @@ class Writer:
         if not force and now < self._next_adopt:
             return
         self._next_adopt = now + ADOPT_EVERY_SECONDS
-        for folder, _publisher_id in spool.orphaned_spools(self.store.path):
+        if self.spool_key is None or self.store_error is not None:
+            return
+        for folder, _publisher_id in spool.orphaned_spools(self.spool_key):
             frames = 0
             for segment in spool.segment_paths(folder):
                 result = spool.read_segment(segment)
@@ -524,7 +535,7 @@ class Writer:
         except StopIteration:
             self._finish_task(task, None)
             return
-        except sqlite3.Error as exc:
+        except self.store.unavailable_errors as exc:
             self._finish_task(task, exc)
             return
         finally:
@@ -550,7 +561,7 @@ class Writer:
         }
         try:
             self.store.record_maintenance(run)
-        except sqlite3.Error as exc:
+        except self.store.unavailable_errors as exc:
             log.error("could not record the %s run: %s", task.job, exc)
         self.last_runs[task.job] = run
         if error is None:
@@ -583,7 +594,7 @@ class Writer:
         s = self.stats
         return {
             "pid": os.getpid(),
-            "db": str(self.store.path),
+            "db": self.store.name,
             "instance": self.instance,
             "uptime_seconds": round(time.time() - self.started_at, 3),
             "received_records": s.received_records,
@@ -609,15 +620,27 @@ class Writer:
             "store_errors": s.store_errors,
             "publishers": len(self.watermarks),
             "last_commit_at": s.last_commit_at,
-            **self.store.file_sizes(),
+            **self._size_figures(),
             **self.extra_figures(),
         }
 
     def _last_runs_for_status(self) -> dict:
-        if not self.last_runs:
-            for run in reversed(self.store.maintenance_runs(limit=20)):
-                self.last_runs[run["job"]] = run
+        if not self.last_runs and self.store_error is None:
+            try:
+                for run in reversed(self.store.maintenance_runs(limit=20)):
+                    self.last_runs[run["job"]] = run
+            except self.store.unavailable_errors as exc:
+                log.debug("maintenance history unavailable: %s", exc)
         return dict(self.last_runs)
+
+    def _size_figures(self) -> dict:
+        """The store's sizes; none while it cannot be reached (status still answers)."""
+        if self.store_error is not None:
+            return {}
+        try:
+            return self.store.size_figures()
+        except self.store.unavailable_errors:
+            return {}
 
     def close(self) -> None:
         """Commit what was received (if the store lets us), release everyone waiting."""

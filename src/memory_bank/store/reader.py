@@ -16,36 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+from .base import (
+    JSON_COLUMNS,
+    PATTERN_COLUMNS,
+    SESSION_COLUMNS,
+    TABLE_COLUMNS,
+    TIME_COLUMN,
+    Reader,
+)
 from .schema import SEED_TABLES
-
-EVENT_COLUMNS = "id, timestamp, event_type, component, message, data, created_at"
-ANOMALY_COLUMNS = (
-    "id, timestamp, anomaly_type, severity, description, pattern_data, current_value, "
-    "expected_value, deviation, created_at"
-)
-SESSION_COLUMNS = (
-    "id, session_id, start_time, end_time, total_energy, avg_current, max_current, "
-    "min_current, anomaly_count, status, created_at"
-)
-METRIC_COLUMNS = "id, timestamp, metric_name, metric_value, unit, metadata, created_at"
-PATTERN_COLUMNS = (
-    "id, pattern_type, pattern_data, frequency, last_seen, confidence, created_at, updated_at"
-)
-TABLE_COLUMNS = {
-    "events": EVENT_COLUMNS,
-    "anomalies": ANOMALY_COLUMNS,
-    "sessions": SESSION_COLUMNS,
-    "metrics": METRIC_COLUMNS,
-    "patterns": PATTERN_COLUMNS,
-}
-TIME_COLUMN = {
-    "events": "timestamp",
-    "anomalies": "timestamp",
-    "sessions": "start_time",
-    "metrics": "timestamp",
-    "patterns": "last_seen",
-}
-JSON_COLUMNS = ("data", "pattern_data", "metadata")
 
 
 def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
@@ -76,7 +55,7 @@ class _Where:
         return (" WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
 
 
-class SqliteReader:
+class SqliteReader(Reader):
     """Read queries with the seed's arguments and return shapes."""
 
     def __init__(self, path: Path):

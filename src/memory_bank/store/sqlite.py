@@ -15,8 +15,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .. import wire
+from .. import discovery, wire
 from ..wire import Message
+from .base import Store
 from .schema import REJECTED_KEEP, migrate
 
 log = logging.getLogger(__name__)
@@ -129,11 +130,20 @@ def _share_with_group_if_umask_allows(path: Path) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
-class SqliteStore:
+class SqliteStore(Store):
     """Owns the database's one write connection: schema, batch apply, maintenance."""
+
+    batch_errors = (
+        sqlite3.IntegrityError,
+        sqlite3.DataError,
+        sqlite3.ProgrammingError,
+        sqlite3.InterfaceError,
+    )
+    unavailable_errors = (sqlite3.Error,)
 
     def __init__(self, path: Path, synchronous: str = "FULL", max_db_bytes: int | None = None):
         self.path = path
+        self.name = str(path)
         self.conn = sqlite3.connect(
             os.fspath(path), isolation_level=None, check_same_thread=False, timeout=30.0
         )
@@ -154,6 +164,8 @@ class SqliteStore:
         self.checkpointer = Checkpointer(path)
         if self.old_version == 0 and self._row_count("events") + self._row_count("sessions"):
             log.info("upgraded an existing seed database in place: %s", path)
+        # Id blocks come from the <db>-ids counter; never one below a stored id.
+        discovery.reserve_id_blocks(path, self.first_free_id_block())
 
     def set_max_db_bytes(self, max_db_bytes: int | None) -> None:
         """Cap the database file (SQLite's max_page_count); None lifts the cap."""
@@ -171,6 +183,9 @@ class SqliteStore:
         for table in ("events", "anomalies", "metrics"):
             top = max(top, self.conn.execute(f"SELECT max(id) FROM {table}").fetchone()[0] or 0)
         return (top >> wire.ID_BLOCK_BITS) + 1
+
+    def lease_id_block(self) -> int:
+        return discovery.lease_id_block(self.path)
 
     def load_watermarks(self) -> dict[int, int]:
         """Per publisher, the last message sequence applied."""
@@ -564,7 +579,7 @@ class SqliteStore:
         ).fetchone()
         return float(since[0]) if since else time.time()
 
-    def file_sizes(self) -> dict[str, int]:
+    def size_figures(self) -> dict[str, int]:
         sizes = {}
         for key, suffix in (("db_bytes", ""), ("wal_bytes", "-wal")):
             try:

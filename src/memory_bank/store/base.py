@@ -1,0 +1,169 @@
+"""The store interface (huey's BaseStorage is the model): what each method promises.
+
+``Store`` is the writer's side, used by one writer process or thread at a time per
+endpoint; ``Reader`` answers the seed's queries. SQLite and PostgreSQL implement both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import ClassVar
+
+from ..discovery import is_url, redact_url
+from ..wire import Message
+
+__all__ = ["Reader", "Store", "is_url", "redact_url"]
+
+# The seed's columns, per table, in the seed's order: what every reader returns.
+EVENT_COLUMNS = "id, timestamp, event_type, component, message, data, created_at"
+ANOMALY_COLUMNS = (
+    "id, timestamp, anomaly_type, severity, description, pattern_data, current_value, "
+    "expected_value, deviation, created_at"
+)
+SESSION_COLUMNS = (
+    "id, session_id, start_time, end_time, total_energy, avg_current, max_current, "
+    "min_current, anomaly_count, status, created_at"
+)
+METRIC_COLUMNS = "id, timestamp, metric_name, metric_value, unit, metadata, created_at"
+PATTERN_COLUMNS = (
+    "id, pattern_type, pattern_data, frequency, last_seen, confidence, created_at, updated_at"
+)
+TABLE_COLUMNS = {
+    "events": EVENT_COLUMNS,
+    "anomalies": ANOMALY_COLUMNS,
+    "sessions": SESSION_COLUMNS,
+    "metrics": METRIC_COLUMNS,
+    "patterns": PATTERN_COLUMNS,
+}
+TIME_COLUMN = {
+    "events": "timestamp",
+    "anomalies": "timestamp",
+    "sessions": "start_time",
+    "metrics": "timestamp",
+    "patterns": "last_seen",
+}
+JSON_COLUMNS = ("data", "pattern_data", "metadata")
+
+
+class Store:
+    """The writer's side of one database."""
+
+    #: Errors that say the batch's own records are wrong: the writer then applies its
+    #: messages one by one and refuses only the bad ones.
+    batch_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: Errors that say the store cannot write now (disk full, server down): the writer
+    #: keeps the batch, stops reading and retries with backoff.
+    unavailable_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: A password-free name of the database, for logs, ``ping`` and ``status``.
+    name: str = ""
+
+    def load_watermarks(self) -> dict[int, int]:
+        """Per publisher, the last message sequence whose rows are committed."""
+        raise NotImplementedError
+
+    def lease_id_block(self) -> int:
+        """A block number never handed out before, durably (ids are block << 32 + n)."""
+        raise NotImplementedError
+
+    def apply(self, messages: list[Message], watermarks: dict[int, int], rejects=()) -> int:
+        """Apply messages and refused-input rows in one transaction; returns rows stored.
+
+        A message at or below its publisher's watermark is skipped (applied once);
+        ``watermarks`` is updated in place only after the commit.
+        """
+        raise NotImplementedError
+
+    def retention_steps(
+        self, cutoffs: dict[str, float], chunk_rows: int = 5000
+    ) -> Iterator[tuple[str, int]]:
+        """Remove rows older than each table's cutoff in short steps; yields (table, rows)
+        after each, so ingest runs between steps."""
+        raise NotImplementedError
+
+    def vacuum_steps(self) -> Iterator[int]:
+        """The store's housekeeping after retention, in steps; yields bytes reclaimed."""
+        raise NotImplementedError
+
+    def record_maintenance(self, run: dict) -> None:
+        """Keep what a maintenance run did (shown by ``status``)."""
+        raise NotImplementedError
+
+    def maintenance_runs(self, limit: int = 20) -> list[dict]:
+        """The newest maintenance runs, newest first."""
+        raise NotImplementedError
+
+    def last_run(self, job: str) -> float:
+        """When ``job`` last finished well (or when scheduled maintenance began)."""
+        raise NotImplementedError
+
+    def set_max_db_bytes(self, max_db_bytes: int | None) -> None:
+        """Cap the database's size where the store can (None lifts the cap)."""
+
+    def size_figures(self) -> dict[str, int]:
+        """Sizes ``status`` shows (bytes)."""
+        return {}
+
+    def close(self) -> None:
+        """Release the connection(s); nothing is pending after ``apply`` returned."""
+
+
+class Reader:
+    """The seed's read queries, with its arguments and return shapes (rows as dicts,
+    times as epoch seconds, JSON columns decoded)."""
+
+    def get_events(self, event_type=None, component=None, since=None, limit=100, until=None):
+        raise NotImplementedError
+
+    def get_anomalies(self, anomaly_type=None, severity=None, since=None, limit=100, until=None):
+        raise NotImplementedError
+
+    def get_anomaly_count(self, anomaly_type=None, severity=None, since=None) -> int:
+        raise NotImplementedError
+
+    def get_session(self, session_id: str) -> dict | None:
+        raise NotImplementedError
+
+    def get_recent_sessions(self, limit=10) -> list[dict]:
+        raise NotImplementedError
+
+    def get_metrics(self, metric_name=None, since=None, limit=1000, until=None) -> list[dict]:
+        raise NotImplementedError
+
+    def get_metric_statistics(self, metric_name, since=None, until=None) -> dict:
+        raise NotImplementedError
+
+    def get_patterns(self, pattern_type=None, min_frequency=1) -> list[dict]:
+        raise NotImplementedError
+
+    def get_dashboard_summary(self) -> dict:
+        raise NotImplementedError
+
+    def iter_table(self, table: str, since=None, until=None) -> Iterator[dict]:
+        """Every row of a table in time order, streamed (exports)."""
+        raise NotImplementedError
+
+    def iter_events(
+        self, limit=None, since=None, until=None, event_type=None, component=None, newest_first=True
+    ) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def iter_anomalies(
+        self,
+        limit=None,
+        since=None,
+        until=None,
+        anomaly_type=None,
+        severity=None,
+        newest_first=True,
+    ) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def metric_buckets(self, metric_name: str, since: float, until: float, buckets: int):
+        """The metric's avg/min/max over equal time slices, computed in the database."""
+        raise NotImplementedError
+
+    def count(self, table: str, since=None, until=None) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
