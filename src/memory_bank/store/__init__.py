@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import os
 
-from .base import Reader, Store, is_url, redact_url
+from .base import Reader, Store, StoreUnavailable, is_url, redact_url
 
-__all__ = ["Reader", "Store", "is_url", "open_reader", "open_store", "redact_url"]
+__all__ = [
+    "Reader",
+    "Store",
+    "StoreUnavailable",
+    "is_url",
+    "open_reader",
+    "open_store",
+    "redact_url",
+]
 
 
 def open_store(location: str | os.PathLike, **options) -> Store:

@@ -12,7 +12,7 @@ from typing import ClassVar
 from ..discovery import is_url, redact_url
 from ..wire import Message
 
-__all__ = ["Reader", "Store", "is_url", "redact_url"]
+__all__ = ["Reader", "Store", "StoreUnavailable", "is_url", "redact_url"]
 
 # The seed's columns, per table, in the seed's order: what every reader returns.
 EVENT_COLUMNS = "id, timestamp, event_type, component, message, data, created_at"
@@ -167,3 +167,7 @@ class Reader:
 
     def close(self) -> None:
         raise NotImplementedError
+
+
+class StoreUnavailable(ConnectionError):
+    """The database cannot be reached now (server down, refused, wrong address)."""

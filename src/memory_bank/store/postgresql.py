@@ -1,0 +1,560 @@
+"""The PostgreSQL store, writer side: COPY per batch, one transaction, daily partitions.
+
+Several daemons may write one PostgreSQL database (one per host or site). What keeps that
+correct: id blocks come from a sequence (unique across all of them); each batch locks the
+watermark rows of its publishers (``FOR UPDATE``), so a message is applied once even if two
+daemons were handed it; session and pattern upserts are taken in key order, so two
+daemons' batches cannot deadlock on them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Iterator
+from functools import partial
+
+try:
+    import psycopg
+    from psycopg import errors as pg_errors
+except ImportError:  # the optional extra; the store says how to install it when used
+    psycopg = None
+
+from .. import wire
+from ..discovery import redact_url
+from ..wire import Message
+from .base import Store, StoreUnavailable
+from .postgresql_schema import (
+    PARTITION_LOCK,
+    PARTITIONED,
+    SCHEMA,
+    SCHEMA_LOCK,
+    SCHEMA_VERSION,
+    day_bounds,
+    partition_name,
+)
+from .schema import REJECTED_KEEP
+from .sqlite import AUTO_AVG, AUTO_ENERGY, AUTO_MAX, AUTO_MIN, SESSION_METRICS
+
+log = logging.getLogger(__name__)
+
+_to_datetime = partial(dt.datetime.fromtimestamp, tz=dt.UTC)
+
+SESSION_START = """
+INSERT INTO sessions AS s (session_id, start_time, status, anomaly_count, started)
+VALUES (%(sid)s, %(ts)s, 'ACTIVE', 0, true)
+ON CONFLICT (session_id) DO UPDATE SET
+    start_time = CASE WHEN s.started THEN least(s.start_time, excluded.start_time)
+                      ELSE excluded.start_time END,
+    started = true
+RETURNING stats_auto, end_time
+"""
+SESSION_ANOMALY = """
+INSERT INTO sessions AS s (session_id, start_time, status, anomaly_count, started)
+VALUES (%(sid)s, %(ts)s, 'ACTIVE', 1, false)
+ON CONFLICT (session_id) DO UPDATE SET
+    anomaly_count = coalesce(s.anomaly_count, 0) + 1,
+    start_time = CASE WHEN s.started THEN s.start_time
+                      ELSE least(s.start_time, excluded.start_time) END
+"""
+SESSION_END = """
+INSERT INTO sessions AS s (session_id, start_time, end_time, status, anomaly_count, started,
+                           total_energy, avg_current, max_current, min_current, stats_auto)
+VALUES (%(sid)s, %(ts)s, %(ts)s, 'COMPLETED', 0, false, %(energy)s, %(avg)s, %(max)s,
+        %(min)s, %(auto)s)
+ON CONFLICT (session_id) DO UPDATE SET
+    end_time = greatest(s.end_time, excluded.end_time),
+    status = 'COMPLETED',
+    total_energy = excluded.total_energy,
+    avg_current = excluded.avg_current,
+    max_current = excluded.max_current,
+    min_current = excluded.min_current,
+    stats_auto = excluded.stats_auto
+"""
+PATTERN_UPSERT = """
+INSERT INTO patterns AS p (pattern_type, pattern_data, pattern_key, frequency, last_seen,
+                           confidence)
+VALUES (%(type)s, %(data)s::jsonb, %(key)s, 1, %(ts)s, %(confidence)s)
+ON CONFLICT (pattern_type, pattern_key) DO UPDATE SET
+    frequency = coalesce(p.frequency, 0) + 1,
+    confidence = CASE WHEN p.last_seen IS NULL OR excluded.last_seen >= p.last_seen
+                      THEN excluded.confidence ELSE p.confidence END,
+    last_seen = greatest(p.last_seen, excluded.last_seen),
+    updated_at = now()
+"""
+RETENTION_TIME_COLUMN = {"sessions": "start_time", "patterns": "last_seen"}
+
+
+def _require_driver() -> None:
+    if psycopg is None:
+        raise ImportError(
+            "the PostgreSQL store needs psycopg 3: pip install 'memory_bank[postgresql]'"
+        )
+
+
+def connect(url: str, **kwargs):
+    """A connection (autocommit; transactions are explicit), or StoreUnavailable."""
+    _require_driver()
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=10, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(f"cannot connect to {redact_url(url)}: {exc}".strip()) from exc
+
+
+def ensure_schema(conn) -> None:
+    """Create the tables (several daemons may start at once: one does it, others wait)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        conn.execute(SCHEMA)
+        conn.execute(
+            "INSERT INTO mb_meta (key, value) VALUES ('schema_version', %s), "
+            "('maintenance_since', %s) ON CONFLICT (key) DO NOTHING",
+            (str(SCHEMA_VERSION), str(time.time())),
+        )
+
+
+class PartitionKeeper:
+    """Knows which daily partitions exist and creates missing ones before a batch needs
+    them (in a short transaction of their own, under an advisory lock)."""
+
+    def __init__(self):
+        self.known: dict[str, set[int]] = {t: set() for t in PARTITIONED}
+
+    def load(self, conn) -> None:
+        self.known = {t: set() for t in PARTITIONED}
+        rows = conn.execute(
+            "SELECT parent.relname, child.relname FROM pg_inherits "
+            "JOIN pg_class parent ON parent.oid = inhparent "
+            "JOIN pg_class child ON child.oid = inhrelid "
+            "WHERE parent.relname = ANY(%s)",
+            (list(PARTITIONED),),
+        ).fetchall()
+        for parent, child in rows:
+            stamp = child.rsplit("_p", 1)[-1]
+            if stamp.isdigit():
+                day = dt.date(int(stamp[:4]), int(stamp[4:6]), int(stamp[6:])).toordinal()
+                self.known[parent].add(day - dt.date(1970, 1, 1).toordinal())
+
+    def ensure(self, conn, table: str, days) -> None:
+        missing = [d for d in days if d not in self.known[table]]
+        if not missing:
+            return
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
+            for day in sorted(missing):
+                start, end = day_bounds(day)
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {partition_name(table, day)} "
+                    f"PARTITION OF {table} FOR VALUES FROM ('{start.isoformat()}') "
+                    f"TO ('{end.isoformat()}')"
+                )
+        self.known[table].update(missing)
+
+
+class PostgresStore(Store):
+    """The writer's connection to a PostgreSQL database."""
+
+    def __init__(self, url: str, max_db_bytes: int | None = None):
+        _require_driver()
+        self.url = url
+        self.name = redact_url(url)
+        self.partitions = PartitionKeeper()
+        self.conn = None
+        self._connect()
+
+    batch_errors = (
+        (psycopg.DataError, psycopg.IntegrityError, pg_errors.UndefinedFunction) if psycopg else ()
+    )
+    # Everything else the server or the connection says: keep the batch, retry later.
+    unavailable_errors = (psycopg.Error, StoreUnavailable) if psycopg else (StoreUnavailable,)
+
+    def _connect(self) -> None:
+        if self.conn is not None and not self.conn.closed and not self.conn.broken:
+            return
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+            log.info("reconnecting to %s", self.name)
+        conn = connect(self.url, application_name="memorybank-daemon")
+        try:
+            ensure_schema(conn)
+            self.partitions.load(conn)
+            today = int(time.time() // 86400)
+            for table in PARTITIONED:
+                self.partitions.ensure(conn, table, (today, today + 1))
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+
+    # -- start-up facts -------------------------------------------------------------
+    def load_watermarks(self) -> dict[int, int]:
+        self._connect()
+        return dict(self.conn.execute("SELECT publisher_id, applied_seq FROM mb_publishers"))
+
+    def lease_id_block(self) -> int:
+        self._connect()
+        block = self.conn.execute("SELECT nextval('mb_id_blocks')").fetchone()[0]
+        if block > wire.MAX_ID_BLOCK:
+            raise RuntimeError(f"{self.name}: all id blocks are used")
+        return block
+
+    # -- the batch --------------------------------------------------------------------
+    def apply(self, messages: list[Message], watermarks: dict[int, int], rejects=()) -> int:
+        self._connect()
+        try:
+            return self._apply(messages, watermarks, list(rejects))
+        except psycopg.DataError:
+            # One bad value fails a whole COPY: set aside the rows PostgreSQL cannot hold
+            # (NUL characters, NaN in JSON...) as refused input, and try the rest again.
+            more_rejects = list(rejects)
+            if not self.conn.broken and self._scrub(messages, more_rejects):
+                return self._apply(messages, watermarks, more_rejects)
+            raise
+
+    def _apply(self, messages: list[Message], watermarks: dict[int, int], rejects: list) -> int:
+        conn = self.conn
+        publishers = sorted({m.publisher_id for m in messages})
+        days: dict[str, set[int]] = {t: set() for t in PARTITIONED}
+        for msg in messages:
+            for table, rows in (
+                ("events", msg.events),
+                ("anomalies", msg.anomalies),
+                ("metrics", msg.metrics),
+            ):
+                for row in rows:
+                    days[table].add(int(row[1] // 86400))
+        for table, needed in days.items():
+            self.partitions.ensure(conn, table, needed)
+        now = dt.datetime.now(dt.UTC)
+        with conn.transaction():
+            applied: dict[int, int] = {}
+            if publishers:
+                # The committed watermark, locked: another daemon handed the same publisher's
+                # message (a spool adopted twice) waits here, then skips it.
+                stored_marks = dict(
+                    conn.execute(
+                        "SELECT publisher_id, applied_seq FROM mb_publishers "
+                        "WHERE publisher_id = ANY(%s) ORDER BY publisher_id FOR UPDATE",
+                        (publishers,),
+                    ).fetchall()
+                )
+            else:
+                stored_marks = {}
+            events, anomalies, metrics, operations = [], [], [], []
+            for msg in messages:
+                pub = msg.publisher_id
+                last = applied.get(pub, max(watermarks.get(pub, 0), stored_marks.get(pub, 0)))
+                if msg.seq <= last:
+                    continue
+                applied[pub] = msg.seq
+                events += msg.events
+                anomalies += msg.anomalies
+                metrics += msg.metrics
+                operations += msg.operations
+            stored = self._copy(events, anomalies, metrics)
+            refresh = self._sessions_touched_by(metrics)
+            for op in sorted(operations, key=_operation_key):
+                self._apply_operation(op, refresh)
+            stored += len(operations)
+            for session_id in sorted(refresh):
+                self._fill_session_statistics(session_id)
+            if rejects:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO mb_rejected (received_at, publisher_id, reason, sample) "
+                        "VALUES (%s, %s, %s, %s)",
+                        [(_to_datetime(t), p, r, s) for t, p, r, s in rejects],
+                    )
+                conn.execute(
+                    "DELETE FROM mb_rejected WHERE id <= (SELECT max(id) FROM mb_rejected) - %s",
+                    (REJECTED_KEEP,),
+                )
+            if applied:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO mb_publishers (publisher_id, applied_seq, last_seen) "
+                        "VALUES (%s, %s, %s) ON CONFLICT (publisher_id) DO UPDATE SET "
+                        "applied_seq = excluded.applied_seq, last_seen = excluded.last_seen",
+                        [(pub, seq, now) for pub, seq in applied.items()],
+                    )
+        watermarks.update(applied)
+        return stored
+
+    def _copy(self, events: list, anomalies: list, metrics: list) -> int:
+        """COPY the plain rows (one stream per table)."""
+        with self.conn.cursor() as cur:
+            if events:
+                with cur.copy(
+                    "COPY events (id, timestamp, event_type, component, message, data) FROM STDIN"
+                ) as copy:
+                    for r in events:
+                        copy.write_row((r[0], _to_datetime(r[1]), r[2], r[3], r[4], r[5]))
+            if anomalies:
+                with cur.copy(
+                    "COPY anomalies (id, timestamp, anomaly_type, severity, description, "
+                    "pattern_data, current_value, expected_value, deviation) FROM STDIN"
+                ) as copy:
+                    for r in anomalies:
+                        cur_v, exp_v = r[6], r[7]
+                        dev = (
+                            abs(cur_v - exp_v) if cur_v is not None and exp_v is not None else None
+                        )
+                        copy.write_row(
+                            (r[0], _to_datetime(r[1]), r[2], r[3], r[4], r[5], cur_v, exp_v, dev)
+                        )
+            if metrics:
+                with cur.copy(
+                    "COPY metrics (id, timestamp, metric_name, metric_value, unit, metadata) "
+                    "FROM STDIN"
+                ) as copy:
+                    for r in metrics:
+                        copy.write_row((r[0], _to_datetime(r[1]), r[2], r[3], r[4], r[5]))
+        return len(events) + len(anomalies) + len(metrics)
+
+    def _scrub(self, messages: list[Message], rejects: list) -> bool:
+        """Move rows PostgreSQL refuses out of their messages into ``rejects``; True when
+        any moved (so the batch is worth trying again)."""
+        moved = False
+        for msg in messages:
+            for kind, rows, text_at, json_at in (
+                ("event", msg.events, (2, 3, 4), (5,)),
+                ("anomaly", msg.anomalies, (2, 3, 4), (5,)),
+                ("metric", msg.metrics, (2, 4), (5,)),
+            ):
+                keep = []
+                for row in rows:
+                    reason = _unstorable(row, text_at, json_at)
+                    if reason is None:
+                        keep.append(row)
+                    else:
+                        moved = True
+                        rejects.append(
+                            (time.time(), msg.publisher_id, f"{kind}: {reason}", repr(row)[:1000])
+                        )
+                rows[:] = keep
+        return moved
+
+    def _apply_operation(self, op: list, refresh: set[str]) -> None:
+        code = op[0]
+        ts = _to_datetime(op[1])
+        if code == wire.OP_SESSION_START:
+            row = self.conn.execute(SESSION_START, {"sid": op[2], "ts": ts}).fetchone()
+            if row and row[0] and row[1] is not None:
+                refresh.add(op[2])
+        elif code == wire.OP_SESSION_ANOMALY:
+            self.conn.execute(SESSION_ANOMALY, {"sid": op[2], "ts": ts})
+        elif code == wire.OP_SESSION_END:
+            _, _, session_id, energy, avg, mx, mn = op[:7]
+            auto = (
+                (AUTO_ENERGY if energy is None else 0)
+                | (AUTO_AVG if avg is None else 0)
+                | (AUTO_MAX if mx is None else 0)
+                | (AUTO_MIN if mn is None else 0)
+            )
+            self.conn.execute(
+                SESSION_END,
+                {
+                    "sid": session_id,
+                    "ts": ts,
+                    "energy": energy,
+                    "avg": avg,
+                    "max": mx,
+                    "min": mn,
+                    "auto": auto,
+                },
+            )
+            if auto:
+                refresh.add(session_id)
+        elif code == wire.OP_PATTERN:
+            self.conn.execute(
+                PATTERN_UPSERT,
+                {"ts": ts, "type": op[2], "data": op[3], "key": op[4], "confidence": op[5]},
+            )
+
+    def _sessions_touched_by(self, metrics: list) -> set[str]:
+        stamps = [m[1] for m in metrics if m[2] in SESSION_METRICS]
+        if not stamps:
+            return set()
+        rows = self.conn.execute(
+            "SELECT session_id FROM sessions WHERE stats_auto != 0 AND end_time >= %s "
+            "AND start_time <= %s",
+            (_to_datetime(min(stamps)), _to_datetime(max(stamps))),
+        )
+        return {r[0] for r in rows}
+
+    def _fill_session_statistics(self, session_id: str) -> None:
+        row = self.conn.execute(
+            "SELECT start_time, end_time, stats_auto FROM sessions WHERE session_id = %s",
+            (session_id,),
+        ).fetchone()
+        if row is None or row[1] is None or not row[2]:
+            return
+        start, end, auto = row
+        avg, mx, mn = self.conn.execute(
+            "SELECT avg(metric_value), max(metric_value), min(metric_value) FROM metrics "
+            "WHERE metric_name = 'current' AND timestamp BETWEEN %s AND %s",
+            (start, end),
+        ).fetchone()
+        energy = self._energy_wh(start, end)
+        self.conn.execute(
+            "UPDATE sessions SET "
+            "total_energy = CASE WHEN %(auto)s & 1 = 1 THEN %(energy)s ELSE total_energy END, "
+            "avg_current = CASE WHEN %(auto)s & 2 = 2 THEN %(avg)s ELSE avg_current END, "
+            "max_current = CASE WHEN %(auto)s & 4 = 4 THEN %(max)s ELSE max_current END, "
+            "min_current = CASE WHEN %(auto)s & 8 = 8 THEN %(min)s ELSE min_current END "
+            "WHERE session_id = %(sid)s",
+            {"auto": auto, "energy": energy, "avg": avg, "max": mx, "min": mn, "sid": session_id},
+        )
+
+    def _integral(self, metric_name: str, start, end) -> float | None:
+        """Trapezoidal integral of a metric over time (value x seconds), None under 2 points."""
+        return self.conn.execute(
+            "SELECT sum(extract(epoch FROM timestamp - prev_t)::float8 "
+            "           * (metric_value + prev_v) / 2.0) FROM ("
+            " SELECT timestamp, metric_value,"
+            "  lag(timestamp) OVER (ORDER BY timestamp) AS prev_t,"
+            "  lag(metric_value) OVER (ORDER BY timestamp) AS prev_v"
+            " FROM metrics WHERE metric_name = %s AND timestamp BETWEEN %s AND %s"
+            ") s WHERE prev_t IS NOT NULL",
+            (metric_name, start, end),
+        ).fetchone()[0]
+
+    def _energy_wh(self, start, end) -> float | None:
+        """Energy from 'power' metrics (W), else from 'current' (A) times mean 'voltage' (V)."""
+        watt_seconds = self._integral("power", start, end)
+        if watt_seconds is not None:
+            return watt_seconds / 3600.0
+        amp_seconds = self._integral("current", start, end)
+        volts = self.conn.execute(
+            "SELECT avg(metric_value) FROM metrics WHERE metric_name = 'voltage' "
+            "AND timestamp BETWEEN %s AND %s",
+            (start, end),
+        ).fetchone()[0]
+        if amp_seconds is None or volts is None:
+            return None
+        return amp_seconds * volts / 3600.0
+
+    # -- maintenance ------------------------------------------------------------------
+    def retention_steps(
+        self, cutoffs: dict[str, float], chunk_rows: int = 5000
+    ) -> Iterator[tuple[str, int]]:
+        """Days wholly before the cutoff: their partitions are detached (CONCURRENTLY, so
+        other daemons keep writing) and dropped. Rows before the cutoff within its own day
+        are deleted in chunks. sessions and patterns (not partitioned) by chunked DELETE."""
+        self._connect()
+        for table, cutoff in cutoffs.items():
+            if table in PARTITIONED:
+                yield from self._drop_old_partitions(table, cutoff)
+                column = "timestamp"
+            else:
+                column = RETENTION_TIME_COLUMN[table]
+            while True:
+                deleted = self.conn.execute(
+                    f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} "
+                    f"WHERE {column} < %s LIMIT %s))",
+                    (_to_datetime(cutoff), chunk_rows),
+                ).rowcount
+                yield table, deleted
+                if deleted < chunk_rows:
+                    break
+
+    def _drop_old_partitions(self, table: str, cutoff: float) -> Iterator[tuple[str, int]]:
+        self.partitions.load(self.conn)
+        for day in sorted(self.partitions.known[table]):
+            if day_bounds(day)[1].timestamp() > cutoff:
+                break
+            name = partition_name(table, day)
+            rows = self.conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+            self.conn.execute(f"ALTER TABLE {table} DETACH PARTITION {name} CONCURRENTLY")
+            self.conn.execute(f"DROP TABLE {name}")
+            self.partitions.known[table].discard(day)
+            log.info("retention: dropped partition %s (%d rows)", name, rows)
+            yield table, rows
+
+    def vacuum_steps(self) -> Iterator[int]:
+        """ANALYZE, table by table: dropped partitions return their space at once and
+        autovacuum cleans the rest, so what PostgreSQL needs after retention is fresh
+        planner statistics."""
+        self._connect()
+        for table in ("events", "anomalies", "metrics", "sessions", "patterns"):
+            self.conn.execute(f"ANALYZE {table}")
+            yield 0
+
+    def record_maintenance(self, run: dict) -> None:
+        self._connect()
+        self.conn.execute(
+            "INSERT INTO mb_maintenance (job, trigger, started, finished, status, deleted, "
+            "bytes_reclaimed, longest_step_ms, error) VALUES (%(job)s, %(trigger)s, "
+            "to_timestamp(%(started)s), to_timestamp(%(finished)s), %(status)s, "
+            "%(deleted)s::jsonb, %(bytes_reclaimed)s, %(longest_step_ms)s, %(error)s)",
+            {**run, "deleted": json.dumps(run.get("deleted")) if run.get("deleted") else None},
+        )
+
+    def maintenance_runs(self, limit: int = 20) -> list[dict]:
+        self._connect()
+        cur = self.conn.execute(
+            "SELECT job, trigger, extract(epoch FROM started)::float8, "
+            "extract(epoch FROM finished)::float8, status, deleted, bytes_reclaimed, "
+            "longest_step_ms, error FROM mb_maintenance ORDER BY id DESC LIMIT %s",
+            (limit,),
+        )
+        names = (
+            "job trigger started finished status deleted bytes_reclaimed longest_step_ms error"
+        ).split()
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
+    def last_run(self, job: str) -> float:
+        self._connect()
+        row = self.conn.execute(
+            "SELECT extract(epoch FROM max(started))::float8 FROM mb_maintenance "
+            "WHERE job = %s AND status = 'ok'",
+            (job,),
+        ).fetchone()
+        if row[0] is not None:
+            return row[0]
+        since = self.conn.execute(
+            "SELECT value FROM mb_meta WHERE key = 'maintenance_since'"
+        ).fetchone()
+        return float(since[0]) if since else time.time()
+
+    def size_figures(self) -> dict[str, int]:
+        self._connect()
+        return {"db_bytes": self.conn.execute("SELECT pg_database_size(current_database())")
+                .fetchone()[0]}  # fmt: skip
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def _operation_key(op: list):
+    """Sessions by id, then patterns by key: every daemon takes row locks in one order."""
+    if op[0] == wire.OP_PATTERN:
+        return (1, op[2], op[4])
+    return (0, op[2], "")
+
+
+def _unstorable(row: list, text_at: tuple, json_at: tuple) -> str | None:
+    """Why PostgreSQL would refuse this row, or None."""
+    for i in text_at:
+        if isinstance(row[i], str) and "\x00" in row[i]:
+            return "text holds a NUL character, which PostgreSQL cannot store"
+    for i in json_at:
+        text = row[i]
+        if text is None:
+            continue
+        if "\\u0000" in text:
+            return "JSON holds \\u0000, which PostgreSQL's jsonb cannot store"
+        try:
+            json.loads(text, parse_constant=_no_constant)
+        except ValueError as exc:
+            return f"JSON PostgreSQL cannot store: {exc}"
+    return None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
