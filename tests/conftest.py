@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,14 +16,24 @@ from memory_bank.control import wait_for_daemon
 
 # ipc socket paths must stay short (108 bytes): keep them out of pytest's deep tmp folders.
 os.environ["MEMORYBANK_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="mb-test-")
+# PostgreSQL-backed daemons keep their lock files and publisher spools here.
+os.environ["MEMORYBANK_STATE_DIR"] = tempfile.mkdtemp(prefix="mb-state-")
+LOG_DIR = Path(tempfile.mkdtemp(prefix="mb-logs-"))
+
+
+def _is_url(location) -> bool:
+    return isinstance(location, str) and location.startswith("postgresql://")
 
 
 class DaemonProcess:
     """A `memorybank daemon` subprocess with its stderr kept in a file."""
 
-    def __init__(self, db_path: Path, *args: str, env: dict | None = None):
+    def __init__(self, db_path, *args: str, env: dict | None = None):
         self.db_path = db_path
-        self.log_path = db_path.with_name(db_path.name + f".daemon{os.getpid()}-{id(self)}.log")
+        self.endpoint = args[args.index("--endpoint") + 1] if "--endpoint" in args else None
+        name = f"pg-{uuid.uuid4().hex[:8]}" if _is_url(db_path) else db_path.name
+        folder = LOG_DIR if _is_url(db_path) else db_path.parent
+        self.log_path = folder / f"{name}.daemon{os.getpid()}-{id(self)}.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "memory_bank", "daemon", "--db", str(db_path), *args],
@@ -32,7 +43,7 @@ class DaemonProcess:
         )
 
     def wait_ready(self, timeout: float = 20.0) -> DaemonProcess:
-        wait_for_daemon(self.db_path, timeout=timeout)
+        wait_for_daemon(self.db_path, timeout=timeout, endpoint=self.endpoint)
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
@@ -54,11 +65,39 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "ev.db"
 
 
+@pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL server for the session (each test gets its own database)."""
+    from pg_server import PgServer, bindir
+
+    if bindir() is None:
+        if os.environ.get("MEMORYBANK_REQUIRE_POSTGRESQL"):
+            pytest.fail("PostgreSQL is not installed, and this run requires it")
+        pytest.skip("PostgreSQL is not installed (pg_config/initdb not found)")
+    server = PgServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh PostgreSQL database's URL."""
+    return pg_server.create_database("t" + uuid.uuid4().hex[:12])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request, tmp_path):
+    """The database under test, for suites that run against both stores."""
+    if request.param == "sqlite":
+        return tmp_path / "ev.db"
+    return request.getfixturevalue("pg_url")
+
+
 @pytest.fixture
 def start_daemon():
     started: list[DaemonProcess] = []
 
-    def start(db_path: Path, *args: str, wait: bool = True, env=None) -> DaemonProcess:
+    def start(db_path, *args: str, wait: bool = True, env=None) -> DaemonProcess:
         daemon = DaemonProcess(db_path, *args, env=env)
         started.append(daemon)
         return daemon.wait_ready() if wait else daemon

@@ -11,6 +11,12 @@ from memory_bank import MemoryBank
 
 
 @pytest.fixture
+def db_path(location):
+    """Every test here runs against SQLite and PostgreSQL (a path, or a URL)."""
+    return location
+
+
+@pytest.fixture
 def memory(db_path, daemon):
     with MemoryBank(str(db_path)) as memory:
         yield memory

@@ -10,6 +10,12 @@ from memory_bank import MemoryBank, Publisher
 
 
 @pytest.fixture
+def db_path(location):
+    """Every test here runs against SQLite and PostgreSQL (a path, or a URL)."""
+    return location
+
+
+@pytest.fixture
 def memory(db_path, daemon):
     with MemoryBank(db_path) as memory:
         yield memory
@@ -77,7 +83,9 @@ def test_other_processes_in_any_arrival_order(db_path, daemon):
         s = memory.get_session("S")
     assert (s["avg_current"], s["min_current"], s["max_current"]) == (12.0, 8.0, 16.0)
     assert s["anomaly_count"] == 1
-    assert (s["start_time"], s["end_time"], s["status"]) == (t0, t0 + 10, "COMPLETED")
+    # PostgreSQL's timestamptz keeps microseconds: times round-trip to within 1 us.
+    assert s["status"] == "COMPLETED"
+    assert (s["start_time"], s["end_time"]) == pytest.approx((t0, t0 + 10), abs=1e-6)
     cp.close()
     charger.close()
 
@@ -92,7 +100,8 @@ def test_end_before_start_arrives(db_path, daemon):
     pub.close()
     with MemoryBank(db_path) as memory:
         s = memory.get_session("S")
-    assert (s["start_time"], s["end_time"], s["status"]) == (t0, t0 + 2, "COMPLETED")
+    assert s["status"] == "COMPLETED"
+    assert (s["start_time"], s["end_time"]) == pytest.approx((t0, t0 + 2), abs=1e-6)
     assert s["avg_current"] == 4.0
 
 
@@ -140,8 +149,9 @@ def test_order_per_publisher(memory):
     assert memory.get_session("S")["total_energy"] == 5.0
 
 
-def test_reads_without_writes_do_not_wait_on_a_daemon(db_path):
+def test_reads_without_writes_do_not_wait_on_a_daemon(tmp_path):
     """No daemon and nothing written: reads answer at once, from no database at all."""
+    db_path = tmp_path / "ev.db"
     with MemoryBank(db_path) as memory:
         assert memory.get_events() == []
         assert memory.get_dashboard_summary()["total_events"] == 0
