@@ -215,6 +215,47 @@ def maintenance(db, job, days, as_json, endpoint) -> None:
 
 
 @main.command()
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="SQLite database to copy (ours, or the seed's own).",
+)
+@click.option("--to", "target", required=True, help="postgresql:// URL to copy into.")
+@click.option("--batch-rows", default=10_000, show_default=True, type=click.IntRange(min=1))
+def migrate(source, target, batch_rows) -> None:
+    """Copy a SQLite database into PostgreSQL, in batches; rerun to resume after a stop."""
+    if not discovery.is_url(target):
+        raise click.UsageError(f"--to must be a postgresql:// URL, not {target!r}")
+    from .store import StoreUnavailable
+    from .store.migrate import TABLES, Migration
+
+    try:
+        migration = Migration(source, target, batch_rows)
+    except (FileNotFoundError, ImportError, StoreUnavailable) as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        if discovery.daemon_running(discovery.resolve_db_path(source)):
+            click.echo(
+                f"note: a daemon still writes {source}; rows it commits after each table's "
+                "copy are picked up by running migrate again",
+                err=True,
+            )
+        remaining = sum(migration.remaining().values())
+        with click.progressbar(
+            length=remaining, label="copying", file=sys.stderr, show_pos=True
+        ) as bar:
+            migration.run(lambda _table, rows: bar.update(rows))
+        before, after = migration.source_counts(), migration.target_counts()
+    finally:
+        migration.close()
+    click.echo(f"{'table':<10} {'sqlite':>12} {'postgresql':>12}")
+    for table in TABLES:
+        click.echo(f"{table:<10} {before[table]:>12} {after[table]:>12}")
+
+
+@main.command()
 @click.option("--db", "db", default="ev_charging_memory.db", show_default=True)
 @click.option("--seconds", default=24.0, show_default=True, help="How long the lab runs.")
 @click.option(
