@@ -1,0 +1,300 @@
+"""The PostgreSQL store against a real server: several daemons, an outage, migrate, retention."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+
+import psycopg
+
+from memory_bank import MemoryBank, Publisher
+from memory_bank.store.schema import SEED_TABLES
+
+PUBLISH = r"""
+import json, sys, time
+from memory_bank import Publisher
+url, endpoint, n, rate = sys.argv[1], sys.argv[2] or None, int(sys.argv[3]), float(sys.argv[4])
+pub = Publisher(url, endpoint=endpoint, close_timeout=120)
+ids, t0 = [], time.monotonic()
+for i in range(n):
+    ids.append(pub.log_event("E", "pub", str(i), {"i": i}))
+    if i % 3 == 0:
+        ids.append(pub.record_metric("current", float(i), "A"))
+    if rate and i % 50 == 0:
+        time.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+ok = pub.flush(180)
+pub.close()
+print(json.dumps({"ok": ok, "ids": ids, "publisher": pub.publisher_id, "dropped": pub.dropped}))
+"""
+
+
+VIEWER = os.path.join(os.path.dirname(sys.executable), "memory-viewer")
+
+
+def _publishers(url: str, endpoints: list[str | None], n: int, rate: float = 0.0):
+    return [
+        subprocess.Popen(
+            [sys.executable, "-c", PUBLISH, url, endpoint or "", str(n), str(rate)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for endpoint in endpoints
+    ]
+
+
+def _results(procs) -> list[dict]:
+    out = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+        out.append(json.loads(stdout))
+    return out
+
+
+def _stored_ids(url: str) -> list[int]:
+    with psycopg.connect(url) as conn:
+        return [
+            r[0] for r in conn.execute("SELECT id FROM events UNION ALL SELECT id FROM metrics")
+        ]
+
+
+def _short_ipc(name: str) -> str:
+    return f"ipc://{tempfile.mkdtemp(prefix='mb-')}/{name}"
+
+
+def test_two_daemons_one_database_every_record_once(pg_url, start_daemon):
+    """Two daemons, each on its own endpoint, four publishers split between them."""
+    endpoints = [_short_ipc("a"), _short_ipc("b")]
+    daemons = [start_daemon(pg_url, "--endpoint", ep) for ep in endpoints]
+    results = _results(_publishers(pg_url, endpoints * 2, 6000))
+    returned = [i for r in results for i in r["ids"]]
+    assert all(r["ok"] and r["dropped"] == 0 for r in results)
+    assert len({r["publisher"] for r in results}) == 4
+    assert len(set(returned)) == len(returned) == 4 * 8000
+    stored = _stored_ids(pg_url)
+    assert len(stored) == len(set(stored))
+    assert sorted(stored) == sorted(returned)
+    for daemon in daemons:
+        figures = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "memory_bank", "status", "--json", "--db", pg_url]
+                + ["--endpoint", daemon.endpoint],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        assert figures["committed_records"] == 2 * 8000
+        assert figures["data_endpoint"] == daemon.endpoint
+    for daemon in daemons:
+        assert daemon.stop() == 0
+
+
+def test_postgresql_down_for_20_seconds_loses_nothing(tmp_path, start_daemon):
+    """The server stops under load and comes back 20 s later: every record lands once."""
+    from pg_server import PgServer
+
+    server = PgServer()
+    try:
+        url = server.create_database("outage")
+        daemon = start_daemon(url)
+        procs = _publishers(url, [None, None], 6000, rate=200.0)  # ~30 s of load each
+        time.sleep(4)
+        server.stop()
+        down_at = time.monotonic()
+        status = None
+        while time.monotonic() - down_at < 15:
+            status = json.loads(
+                subprocess.run(
+                    [sys.executable, "-m", "memory_bank", "status", "--json", "--db", url],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+            )
+            if status["store_error"]:
+                break
+            time.sleep(0.5)
+        assert status["store_error"], "status never reported the server gone"
+        time.sleep(max(0.0, 20 - (time.monotonic() - down_at)))
+        server.start()
+        results = _results(procs)
+        returned = [i for r in results for i in r["ids"]]
+        assert all(r["ok"] and r["dropped"] == 0 for r in results)
+        stored = _stored_ids(url)
+        assert len(stored) == len(set(stored)) == len(returned) == 2 * 8000
+        assert sorted(stored) == sorted(returned)
+        assert "cannot commit to postgresql://" in daemon.log
+        assert "accepts writes again" in daemon.log
+        assert daemon.stop() == 0
+    finally:
+        server.close()
+
+
+def _seed_database(path, events: int) -> None:
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        SEED_TABLES.replace("id INTEGER PRIMARY KEY,", "id INTEGER PRIMARY KEY AUTOINCREMENT,")
+    )
+    now = time.time()
+    conn.executemany(
+        "INSERT INTO events (timestamp, event_type, component, message, data) "
+        "VALUES (?, 'E', 'C', ?, ?)",
+        [(now - (i % 1000) * 600, str(i), json.dumps({"i": i})) for i in range(events)],
+    )
+    conn.executemany(
+        "INSERT INTO metrics (timestamp, metric_name, metric_value, unit) "
+        "VALUES (?, 'current', ?, 'A')",
+        [(now - i, float(i)) for i in range(events // 4)],
+    )
+    conn.execute(
+        "INSERT INTO anomalies (timestamp, anomaly_type, severity, description, pattern_data) "
+        "VALUES (?, 'X', 'HIGH', 'd', 'not json')",
+        (now,),
+    )
+    conn.execute(
+        "INSERT INTO sessions (session_id, start_time, end_time, status) "
+        "VALUES ('S', ?, ?, 'COMPLETED')",
+        (now - 60, now),
+    )
+    conn.execute(
+        "INSERT INTO patterns (pattern_type, pattern_data, frequency, last_seen, confidence) "
+        "VALUES ('P', ?, 3, ?, 0.5)",
+        (json.dumps({"b": 1, "a": 2}), now),
+    )
+    conn.commit()
+    conn.close()
+
+
+def test_migrate_counts_equal_and_a_killed_copy_resumes(tmp_path, pg_url):
+    source = tmp_path / "seed.db"
+    _seed_database(source, 120_000)
+    cmd = [sys.executable, "-m", "memory_bank", "migrate", "--from", str(source), "--to", pg_url]
+    first = subprocess.Popen([*cmd, "--batch-rows", "500"], stderr=subprocess.DEVNULL)
+    copied = 0
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        while copied < 5000:
+            assert first.poll() is None, "the copy finished before it could be interrupted"
+            time.sleep(0.05)
+            try:
+                copied = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+            except psycopg.errors.UndefinedTable:
+                continue
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    lines = {line.split()[0]: line.split()[1:] for line in second.stdout.splitlines()}
+    assert lines["events"] == ["120000", "120000"]
+    assert lines["metrics"] == ["30000", "30000"]
+    for table in ("anomalies", "sessions", "patterns"):
+        assert lines[table] == ["1", "1"]
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(DISTINCT id) FROM events").fetchone()[0] == 120_000
+        assert conn.execute("SELECT pattern_data->>'a' FROM patterns").fetchone()[0] == "2"
+        assert conn.execute("SELECT pattern_data FROM anomalies").fetchone()[0] == "not json"
+    # New writes after the copy get ids that collide with none of the copied ones.
+    with MemoryBank(pg_url, embedded=True) as memory:
+        new_id = memory.log_event("AFTER", "migrate")
+        memory.start_session("S2")
+        memory.record_pattern("P", {"a": 2, "b": 1})
+        assert memory.get_events(event_type="AFTER")[0]["id"] == new_id
+        assert [p["frequency"] for p in memory.get_patterns()] == [4]
+    assert new_id > 120_000
+
+
+def test_retention_drops_whole_days_and_tables_read_from_psql(pg_url, start_daemon):
+    daemon = start_daemon(pg_url)
+    pub = Publisher(pg_url)
+    now = time.time()
+    for days_ago in (10, 9, 0):
+        for i in range(5):
+            pub.log_event("OLD" if days_ago else "NEW", "c", str(i), {"k": i},
+                          timestamp=now - days_ago * 86400 - i)  # fmt: skip
+            pub.record_metric("current", float(i), "A", timestamp=now - days_ago * 86400 - i)
+    assert pub.flush(30)
+    pub.close()
+    with psycopg.connect(pg_url) as conn:
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM events WHERE data->>'k' = '3' AND timestamp < now()"
+            ).fetchone()[0]
+            == 3
+        )
+        partitions_before = conn.execute(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass"
+        ).fetchone()[0]
+    run = subprocess.run(
+        [sys.executable, "-m", "memory_bank", "maintenance", "--db", pg_url, "--json", "retention"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    deleted = json.loads(run.stdout)["deleted"]
+    assert deleted["events"] == 10 and deleted["metrics"] == 10
+    with psycopg.connect(pg_url) as conn:
+        kinds = {r[0] for r in conn.execute("SELECT event_type FROM events")}
+        partitions_after = conn.execute(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass"
+        ).fetchone()[0]
+        types = dict(
+            conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = 'events'"
+            ).fetchall()
+        )
+    assert kinds == {"NEW"}
+    assert partitions_after <= partitions_before - 2  # the two old days are gone, not emptied
+    assert types["timestamp"] == "timestamp with time zone" and types["data"] == "jsonb"
+    vacuum = subprocess.run(
+        [sys.executable, "-m", "memory_bank", "maintenance", "--db", pg_url, "vacuum"],
+        capture_output=True,
+        text=True,
+    )
+    assert vacuum.returncode == 0, vacuum.stderr
+    assert daemon.stop() == 0
+
+
+def test_viewer_and_status_take_a_url(pg_url, start_daemon):
+    start_daemon(pg_url)
+    with MemoryBank(pg_url) as memory:
+        memory.log_event("OCPP_BOOT", "CSMS", "booted")
+        memory.record_anomaly("SPIKE", "HIGH", "a spike")
+        memory.flush()
+    env = {**os.environ, "COLUMNS": "160"}
+    summary = subprocess.run(
+        [VIEWER, "--db", pg_url, "--summary"], capture_output=True, text=True, env=env
+    )
+    assert summary.returncode == 0, summary.stderr
+    assert "OCPP_BOOT" in summary.stdout and "SPIKE" in summary.stdout
+    status = subprocess.run(
+        [sys.executable, "-m", "memory_bank", "status", "--db", pg_url],
+        capture_output=True,
+        text=True,
+    )
+    assert status.returncode == 0 and "records committed      2" in status.stdout
+    gone = subprocess.run(
+        [VIEWER, "--db", pg_url.rsplit("/", 1)[0] + "/no_such_db", "--summary"],
+        capture_output=True,
+        text=True,
+    )
+    assert gone.returncode != 0 and "no_such_db" in gone.stderr and "Traceback" not in gone.stderr
+
+
+def test_a_value_postgresql_cannot_hold_is_refused_alone(pg_url, start_daemon):
+    start_daemon(pg_url)
+    with MemoryBank(pg_url) as memory:
+        for i in range(10):
+            memory.log_event("E", "c", "nul \x00 inside" if i == 4 else f"fine {i}")
+        memory.flush()
+        assert len(memory.get_events()) == 9
+    with psycopg.connect(pg_url) as conn:
+        [reason] = [r[0] for r in conn.execute("SELECT reason FROM mb_rejected")]
+    assert "NUL" in reason
