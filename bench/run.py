@@ -11,7 +11,9 @@ design (connect/insert/commit/close per call) with 4 processes, with and without
 polling the summary; (4) publish-call latency at a paced 10,000 records/s, daemon up and
 absent; (5) publish->queryable latency at half the maximum rate; (6) the daemon's peak RSS
 and CPU seconds per 100,000 records; (7) the read path on a large database the daemon
-built. Absolute times drift on shared machines: compare the ratios.
+built; (8) PostgreSQL: raw COPY of the same records in one process (its ceiling) against
+end to end with 4 publishers through a daemon. Absolute times drift on shared machines:
+compare the ratios.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ PY = sys.executable
 
 # -- helpers ------------------------------------------------------------------------------
 class Daemon:
-    def __init__(self, db: Path):
+    def __init__(self, db: Path | str):
         self.db = db
         self.proc = subprocess.Popen(
             [PY, "-m", "memory_bank", "daemon", "--db", str(db), "--log-level", "WARNING"]
@@ -138,7 +140,7 @@ def ceiling(work: Path, n: int) -> dict:
 
 # -- (2) end to end --
 def end_to_end(
-    work: Path, publishers: int, per_publisher: int, label: str, db: Path | None = None
+    work: Path, publishers: int, per_publisher: int, label: str, db: Path | str | None = None
 ) -> dict:
     db = db or work / f"e2e-{label}.db"
     daemon = Daemon(db)
@@ -422,6 +424,80 @@ def read_path(work: Path, rows: int, publishers: int) -> dict:
 
 
 # -- the run ------------------------------------------------------------------------------------
+# -- (8) the PostgreSQL store --
+def pg_ceiling(url: str, n: int) -> dict:
+    """Raw COPY of the same records in one process, 2,000-record transactions (the
+    daemon's batch), with the same session/pattern upserts: the ceiling on that store."""
+    import datetime as dt
+
+    import psycopg
+
+    from memory_bank.store import postgresql as store_pg
+
+    store_pg.PostgresStore(url).close()  # the same schema, partitions and indexes
+    events, metrics, anomalies = raw_rows(n, 1 << 32)
+    ops = n - len(events) - len(metrics) - len(anomalies)
+    utc = dt.UTC
+
+    def stamp(rows):
+        return [(r[0], dt.datetime.fromtimestamp(r[1], utc), *r[2:]) for r in rows]
+
+    conn = psycopg.connect(url, autocommit=True)
+    batch = 2000
+    began = time.perf_counter()
+    step = int(batch * 0.6)
+    for start in range(0, max(len(events), 1), step):
+        with conn.transaction(), conn.cursor() as cur:
+            for table, columns, rows in (
+                ("events", "id, timestamp, event_type, component, message, data",
+                 events[start : start + step]),
+                ("metrics", "id, timestamp, metric_name, metric_value, unit, metadata",
+                 metrics[start // 2 : start // 2 + int(batch * 0.3)]),
+                ("anomalies", "id, timestamp, anomaly_type, severity, description, "
+                 "pattern_data, current_value, expected_value, deviation",
+                 anomalies[start * 8 // 60 : start * 8 // 60 + int(batch * 0.08)]),
+            ):  # fmt: skip
+                with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                    for row in stamp(rows):
+                        copy.write_row(row)
+            now = dt.datetime.now(utc)
+            for j in range(int(batch * 0.02)):
+                cur.execute(
+                    store_pg.PATTERN_UPSERT,
+                    {"ts": now, "type": "ANOMALY_CYCLE", "data": '{"s":1}', "key": '{"s":1}',
+                     "confidence": 0.9},
+                )  # fmt: skip
+                cur.execute(store_pg.SESSION_ANOMALY, {"sid": f"TXN_{(start + j) // 200}",
+                                                       "ts": now})  # fmt: skip
+    seconds = time.perf_counter() - began
+    conn.close()
+    return {"records": n, "ops": ops, "seconds": round(seconds, 3),
+            "records_per_second": round(n / seconds)}  # fmt: skip
+
+
+def postgresql(work: Path, per_publisher: int) -> dict:
+    """The ceiling and end to end with 4 publishers, on one PostgreSQL server started here
+    (fsync on, as a real server runs)."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from pg_server import PgServer, bindir
+
+    if bindir() is None:
+        return {"skipped": "PostgreSQL is not installed"}
+    server = PgServer(fsync=True)
+    try:
+        ceiling_url = server.create_database("ceiling")
+        e2e_url = server.create_database("e2e")
+        top = pg_ceiling(ceiling_url, 4 * per_publisher)
+        e2e = end_to_end(work, 4, per_publisher, "pg-4", e2e_url)
+    finally:
+        server.close()
+    return {
+        "ceiling": top,
+        "end_to_end_4": e2e,
+        "ratio": round(e2e["records_per_second"] / top["records_per_second"], 3),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds, for CI")
@@ -464,6 +540,7 @@ def main() -> int:
         20 if q else 500,
     )
     step("read_path", read_path, work, 20_000 if q else args.read_rows, 4)
+    step("postgresql", postgresql, work, per_pub)
 
     e2e4 = results["end_to_end_4"]["records_per_second"]
     results["ratios"] = {
@@ -545,6 +622,20 @@ def print_table(r: dict) -> None:
         rows.append((f"read {name} ({r['read_path']['rows']:,} rows)", f"{ms} ms"))
     for name, value in r["ratios"].items():
         rows.append((name.replace("_", " "), f"{value}x"))
+    pg = r.get("postgresql", {})
+    if "skipped" in pg:
+        rows.append(("postgresql", pg["skipped"]))
+    elif pg:
+        rows.append(("postgresql ceiling: raw COPY, 1 process",
+                     f"{pg['ceiling']['records_per_second']:,} rec/s"))  # fmt: skip
+        rows.append(
+            (
+                "postgresql end to end, 4 publishers",
+                f"{pg['end_to_end_4']['records_per_second']:,} rec/s  "
+                f"({pg['ratio']:.2f}x its ceiling), daemon "
+                f"{pg['end_to_end_4']['daemon_cpu_seconds_per_100k']} CPU s / 100k",
+            )
+        )
     width = max(len(a) for a, _ in rows)
     for a, b in rows:
         print(f"{a:<{width}}  {b}")
