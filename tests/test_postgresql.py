@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import psycopg
 
@@ -298,3 +299,22 @@ def test_a_value_postgresql_cannot_hold_is_refused_alone(pg_url, start_daemon):
     with psycopg.connect(pg_url) as conn:
         [reason] = [r[0] for r in conn.execute("SELECT reason FROM mb_rejected")]
     assert "NUL" in reason
+
+
+def test_a_publishers_spool_is_adopted_when_its_daemon_returns(pg_url, start_daemon):
+    """The daemon stops; a publisher keeps writing and exits; the next daemon applies its
+    spool (kept in the state folder, keyed by URL and endpoint)."""
+    daemon = start_daemon(pg_url)
+    pub = Publisher(pg_url, close_timeout=0.5)
+    ids = [pub.log_event("BEFORE", "c", str(i)) for i in range(100)]
+    assert pub.flush(10)
+    assert daemon.stop() == 0
+    ids += [pub.log_event("AFTER", "c", str(i)) for i in range(200)]
+    pub.close()
+    spools = list(Path(os.environ["MEMORYBANK_STATE_DIR"]).glob("pg-*-spool/*"))
+    assert any(folder.name == str(pub.publisher_id) for folder in spools)
+    start_daemon(pg_url)
+    deadline = time.monotonic() + 30
+    while sorted(_stored_ids(pg_url)) != sorted(ids):
+        assert time.monotonic() < deadline, f"{len(_stored_ids(pg_url))} of {len(ids)} stored"
+        time.sleep(0.2)

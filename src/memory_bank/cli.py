@@ -159,7 +159,13 @@ def status(db, as_json, endpoint) -> None:
     try:
         figures = daemon_stats(db, endpoint=endpoint)
     except DaemonUnavailable as exc:
-        click.echo(f"memorybank status: {exc}", err=True)
+        key = discovery.location_key(db, endpoint)
+        info = discovery.read_daemon_info(key) or {}
+        reason = str(exc)
+        if info.get("store_error") and discovery.daemon_running(key):
+            reason = f"the daemon (pid {info.get('pid')}) waits for its database: "
+            reason += info["store_error"]
+        click.echo(f"memorybank status: {reason}", err=True)
         sys.exit(1)
     if as_json:
         click.echo(json.dumps(figures, indent=2))
@@ -276,11 +282,13 @@ def demo(db, seconds, cycle) -> None:
     from .viewer import Viewer
 
     _setup_logging("WARNING")
-    path = discovery.resolve_db_path(db)
+    # A path is resolved (the lab's processes run elsewhere); a postgresql:// URL is kept.
+    path = db if discovery.is_url(db) else discovery.resolve_db_path(db)
+    shown = discovery.redact_url(db) if discovery.is_url(db) else path
     started: list[subprocess.Popen] = []
     daemon_proc = None
-    if discovery.daemon_running(path):
-        click.echo(f"using the daemon already serving {path}")
+    if discovery.daemon_running(discovery.location_key(path)):
+        click.echo(f"using the daemon already serving {shown}")
     else:
         daemon_proc = subprocess.Popen(
             [
@@ -320,7 +328,7 @@ def demo(db, seconds, cycle) -> None:
             time.sleep(0.05)
         url = f"ws://127.0.0.1:{ready.read_text()}/CP_1"
         click.echo(
-            f"lab running for {seconds:g}s on {path}: CSMS on {url.rsplit('/', 1)[0]}, "
+            f"lab running for {seconds:g}s on {shown}: CSMS on {url.rsplit('/', 1)[0]}, "
             f"charge point CP_1 with its charger on a virtual CAN bus..."
         )
         cp = subprocess.Popen(

@@ -137,7 +137,7 @@ class Daemon:
             self.endpoints = discovery.default_endpoints(self.db_path)
         self._stop_requested = False
         self._reload_requested = False
-        self._lock = discovery.WriterLock(self.db_path)
+        self._lock = discovery.WriterLock(self.db_path, self.name)
         self.curve = _load_curve(settings)
         if self.curve is None and not _is_loopback_endpoint(self.endpoints.data):
             raise SecurityError(
@@ -168,7 +168,7 @@ class Daemon:
     # -- start-up -----------------------------------------------------------------------
     def _open_store(self):
         """Open the store; a PostgreSQL server that is not up yet is waited for (backing
-        off to 30 s), since publishers keep their records meanwhile."""
+        off to 10 s), since publishers keep their records meanwhile."""
         options = {"max_db_bytes": self.settings.max_db_bytes}
         if not discovery.is_url(self.location):
             options["synchronous"] = self.settings.synchronous
@@ -181,8 +181,12 @@ class Daemon:
                     raise
                 log.error("cannot reach %s: %s; retrying in %gs", self.name, exc, delay)
                 self.notifier.notify(f"STATUS=waiting for {self.name}: {exc}")
+                # `memorybank status` reads this while nothing is bound yet.
+                self._lock.update_info(
+                    {"pid": os.getpid(), "starting": True, "store_error": str(exc)}
+                )
                 time.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, 10.0)
 
     def _open_writer(self) -> Writer:
         writer = Writer(

@@ -143,8 +143,9 @@ def daemon_running(db_path: Path) -> bool:
 class WriterLock:
     """The one-writer lock: held for the life of a daemon or an embedded writer."""
 
-    def __init__(self, db_path: Path):
+    def __init__(self, db_path: Path, name: str | None = None):
         self.db_path = db_path
+        self.name = name or str(db_path)  # what the refusal names (a URL for PostgreSQL)
         self.path = daemon_file(db_path)
         self._fd: int | None = None
 
@@ -170,7 +171,8 @@ class WriterLock:
                     other = read_daemon_info(self.db_path) or {}
                     raise DaemonLockedError(
                         f"another writer (pid {other.get('pid', '?')}) already serves "
-                        f"{self.db_path}; stop it first, or point this one at another database"
+                        f"{self.name}; stop it first, or point this one at another database"
+                        + (" or endpoint" if self.name != str(self.db_path) else "")
                     ) from None
                 time.sleep(0.01)
         self._fd = fd

@@ -262,7 +262,15 @@ class Publisher:
     # -- ids --------------------------------------------------------------------------
     def _lease_block(self) -> None:
         if self._ids_from_daemon:
-            block = self._transport.lease_block(timeout=self.close_timeout)
+            from .control import DaemonUnavailable
+
+            try:
+                block = self._transport.lease_block(timeout=self.close_timeout)
+            except DaemonUnavailable as exc:
+                raise DaemonUnavailable(
+                    f"{exc}. Ids for a PostgreSQL database or a named endpoint come from its "
+                    "daemon, so one must be running: memorybank daemon --db URL [--endpoint ...]"
+                ) from None
         else:
             block = discovery.lease_id_block(self.db_path)
         self._block = block

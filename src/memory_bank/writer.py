@@ -33,7 +33,7 @@ Reply = Callable[[dict], None]
 # messages one by one and refuse only the bad ones. Every other store error (disk full, I/O,
 # server down) keeps the batch and retries it, backing off: the records are not at fault.
 RETRY_SECONDS = 1.0
-RETRY_MAX_SECONDS = 30.0
+RETRY_MAX_SECONDS = 10.0
 ADOPT_EVERY_SECONDS = 10.0
 
 
@@ -320,7 +320,7 @@ class Writer:
 
     def _keep_for_retry(self, exc: Exception) -> None:
         """The store cannot write now (disk full, I/O, server down): keep the batch, stop
-        reading, retry after 1 s, doubling up to 30 s."""
+        reading, retry after 1 s, doubling up to 10 s."""
         self.stats.store_errors += 1
         first = self.store_error is None
         self.store_error = str(exc).strip() or type(exc).__name__

@@ -100,7 +100,9 @@ def connect(url: str, **kwargs):
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=10, **kwargs)
     except psycopg.OperationalError as exc:
-        raise StoreUnavailable(f"cannot connect to {redact_url(url)}: {exc}".strip()) from exc
+        # libpq's message names host and port; its hint lines go to the log only.
+        reason = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
+        raise StoreUnavailable(reason or f"cannot connect to {redact_url(url)}") from exc
 
 
 def ensure_schema(conn) -> None:
