@@ -112,6 +112,28 @@ class PgServer:
             time.sleep(0.1)
         raise RuntimeError(f"PostgreSQL did not start: {self.log.read_text()[-2000:]}")
 
+    def cpu_seconds(self) -> float:
+        """CPU used by the server so far: the postmaster, the backends it has reaped, and
+        its live processes (from /proc)."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        pids = [self.proc.pid]
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+            pids += [int(p) for p in children.split()]
+        except OSError:
+            pass
+        for i, pid in enumerate(pids):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            used = int(fields[11]) + int(fields[12])
+            if i == 0:
+                used += int(fields[13]) + int(fields[14])  # reaped children
+            total += used / ticks
+        return total
+
     def stop(self) -> None:
         """Fast shutdown (SIGINT): sessions are cut, as when a server restarts."""
         if self.proc is not None and self.proc.poll() is None:

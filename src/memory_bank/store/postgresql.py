@@ -86,6 +86,49 @@ ON CONFLICT (pattern_type, pattern_key) DO UPDATE SET
 """
 RETENTION_TIME_COLUMN = {"sessions": "start_time", "patterns": "last_seen"}
 
+COPY_EVENTS = (
+    "COPY events (id, timestamp, event_type, component, message, data) FROM STDIN (FORMAT BINARY)"
+)
+EVENT_TYPES = ["int8", "timestamptz", "text", "text", "text", "jsonb"]
+COPY_ANOMALIES = (
+    "COPY anomalies (id, timestamp, anomaly_type, severity, description, pattern_data, "
+    "current_value, expected_value, deviation) FROM STDIN (FORMAT BINARY)"
+)
+ANOMALY_TYPES = [
+    "int8", "timestamptz", "text", "text", "text", "jsonb", "float8", "float8", "float8",
+]  # fmt: skip
+COPY_METRICS = (
+    "COPY metrics (id, timestamp, metric_name, metric_value, unit, metadata) "
+    "FROM STDIN (FORMAT BINARY)"
+)
+METRIC_TYPES = ["int8", "timestamptz", "text", "float8", "text", "jsonb"]
+
+
+class JsonText(str):
+    """JSON the publisher already encoded: sent to a jsonb column as is."""
+
+
+def _json_or_none(text):
+    return None if text is None else JsonText(text)
+
+
+if psycopg is not None:
+    from psycopg.adapt import Dumper
+
+    class JsonTextBinaryDumper(Dumper):
+        """Binary jsonb is a version byte and the JSON text: no second encoding."""
+
+        format = psycopg.pq.Format.BINARY
+
+        def dump(self, obj):
+            return b"\x01" + obj.encode()
+
+
+def _register_json_text(conn) -> None:
+    """Let this connection write JsonText into binary jsonb (the COPY streams)."""
+    JsonTextBinaryDumper.oid = conn.adapters.types["jsonb"].oid
+    conn.adapters.register_dumper(JsonText, JsonTextBinaryDumper)
+
 
 def _require_driver() -> None:
     if psycopg is None:
@@ -180,6 +223,7 @@ class PostgresStore(Store):
             self.conn = None
             log.info("reconnecting to %s", self.name)
         conn = connect(self.url, application_name="memorybank-daemon")
+        _register_json_text(conn)
         try:
             ensure_schema(conn)
             self.partitions.load(conn)
@@ -258,8 +302,16 @@ class PostgresStore(Store):
                 operations += msg.operations
             stored = self._copy(events, anomalies, metrics)
             refresh = self._sessions_touched_by(metrics)
-            for op in sorted(operations, key=_operation_key):
-                self._apply_operation(op, refresh)
+            started = []  # (session id, cursor): read once the pipeline has synced
+            with conn.pipeline():  # upserts go out back to back, not one round trip each
+                for op in sorted(operations, key=_operation_key):
+                    cursor = self._apply_operation(op, refresh)
+                    if cursor is not None:
+                        started.append((op[2], cursor))
+            for session_id, cursor in started:
+                row = cursor.fetchone()
+                if row and row[0] and row[1] is not None:  # ended before it started
+                    refresh.add(session_id)
             stored += len(operations)
             for session_id in sorted(refresh):
                 self._fill_session_statistics(session_id)
@@ -286,34 +338,42 @@ class PostgresStore(Store):
         return stored
 
     def _copy(self, events: list, anomalies: list, metrics: list) -> int:
-        """COPY the plain rows (one stream per table)."""
+        """COPY the plain rows, binary (no text parsing on the server), one stream per
+        table."""
         with self.conn.cursor() as cur:
             if events:
-                with cur.copy(
-                    "COPY events (id, timestamp, event_type, component, message, data) FROM STDIN"
-                ) as copy:
+                with cur.copy(COPY_EVENTS) as copy:
+                    copy.set_types(EVENT_TYPES)
                     for r in events:
-                        copy.write_row((r[0], _to_datetime(r[1]), r[2], r[3], r[4], r[5]))
+                        copy.write_row(
+                            (r[0], _to_datetime(r[1]), r[2], r[3], r[4], _json_or_none(r[5]))
+                        )
             if anomalies:
-                with cur.copy(
-                    "COPY anomalies (id, timestamp, anomaly_type, severity, description, "
-                    "pattern_data, current_value, expected_value, deviation) FROM STDIN"
-                ) as copy:
+                with cur.copy(COPY_ANOMALIES) as copy:
+                    copy.set_types(ANOMALY_TYPES)
                     for r in anomalies:
                         cur_v, exp_v = r[6], r[7]
-                        dev = (
-                            abs(cur_v - exp_v) if cur_v is not None and exp_v is not None else None
-                        )
+                        known = cur_v is not None and exp_v is not None
                         copy.write_row(
-                            (r[0], _to_datetime(r[1]), r[2], r[3], r[4], r[5], cur_v, exp_v, dev)
+                            (
+                                r[0],
+                                _to_datetime(r[1]),
+                                r[2],
+                                r[3],
+                                r[4],
+                                _json_or_none(r[5]),
+                                cur_v,
+                                exp_v,
+                                abs(cur_v - exp_v) if known else None,
+                            )
                         )
             if metrics:
-                with cur.copy(
-                    "COPY metrics (id, timestamp, metric_name, metric_value, unit, metadata) "
-                    "FROM STDIN"
-                ) as copy:
+                with cur.copy(COPY_METRICS) as copy:
+                    copy.set_types(METRIC_TYPES)
                     for r in metrics:
-                        copy.write_row((r[0], _to_datetime(r[1]), r[2], r[3], r[4], r[5]))
+                        copy.write_row(
+                            (r[0], _to_datetime(r[1]), r[2], r[3], r[4], _json_or_none(r[5]))
+                        )
         return len(events) + len(anomalies) + len(metrics)
 
     def _scrub(self, messages: list[Message], rejects: list) -> bool:
@@ -339,14 +399,14 @@ class PostgresStore(Store):
                 rows[:] = keep
         return moved
 
-    def _apply_operation(self, op: list, refresh: set[str]) -> None:
+    def _apply_operation(self, op: list, refresh: set[str]):
+        """Send one session or pattern upsert; a session start returns its cursor (its
+        RETURNING row says whether the session's statistics need computing)."""
         code = op[0]
         ts = _to_datetime(op[1])
         if code == wire.OP_SESSION_START:
-            row = self.conn.execute(SESSION_START, {"sid": op[2], "ts": ts}).fetchone()
-            if row and row[0] and row[1] is not None:
-                refresh.add(op[2])
-        elif code == wire.OP_SESSION_ANOMALY:
+            return self.conn.execute(SESSION_START, {"sid": op[2], "ts": ts})
+        if code == wire.OP_SESSION_ANOMALY:
             self.conn.execute(SESSION_ANOMALY, {"sid": op[2], "ts": ts})
         elif code == wire.OP_SESSION_END:
             _, _, session_id, energy, avg, mx, mn = op[:7]
