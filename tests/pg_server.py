@@ -145,47 +145,24 @@ class PgServer:
                 self.proc.wait()
         self.proc = None
 
-    def create_database(self, name: str) -> str:
-        """A fresh database in this cluster; returns its URL."""
-        subprocess.run(
-            [
-                str(self.bin / "createdb"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                "postgres",
-                name,
-            ],
-            check=True,
-            capture_output=True,
-        )
-        return self.url(name)
-
-    def psql(self, dbname: str, sql: str) -> str:
-        """Run SQL with psql (unaligned, tuples only) and return its output."""
+    def _client(self, program: str, *args: str) -> str:
+        """Run one of the server's client programs against it; returns its output."""
+        connection = ["-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"]
         return subprocess.run(
-            [
-                str(self.bin / "psql"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                "postgres",
-                "-d",
-                dbname,
-                "-AtX",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ],
+            [str(self.bin / program), *connection, *args],
             check=True,
             capture_output=True,
             text=True,
         ).stdout.strip()
+
+    def create_database(self, name: str) -> str:
+        """A fresh database in this cluster; returns its URL."""
+        self._client("createdb", name)
+        return self.url(name)
+
+    def psql(self, dbname: str, sql: str) -> str:
+        """Run SQL with psql (unaligned, tuples only) and return its output."""
+        return self._client("psql", "-d", dbname, "-AtX", "-v", "ON_ERROR_STOP=1", "-c", sql)
 
     def close(self) -> None:
         self.stop()

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from memory_bank import MemoryBank, Publisher
 from memory_bank.store.schema import SEED_TABLES
@@ -318,3 +319,43 @@ def test_a_publishers_spool_is_adopted_when_its_daemon_returns(pg_url, start_dae
     while sorted(_stored_ids(pg_url)) != sorted(ids):
         assert time.monotonic() < deadline, f"{len(_stored_ids(pg_url))} of {len(ids)} stored"
         time.sleep(0.2)
+
+
+def test_a_day_whose_detach_was_cut_off_is_finished_by_the_next_run(pg_url):
+    """DETACH ... CONCURRENTLY has two steps; one cut off between them (a server restart,
+    a cancel) leaves the partition 'pending detach'. The next retention run finishes it."""
+    import threading
+
+    from memory_bank import wire
+    from memory_bank.store.postgresql import PostgresStore
+    from memory_bank.store.postgresql_schema import partition_name
+
+    store = PostgresStore(pg_url)
+    old = time.time() - 10 * 86400
+    store.apply(
+        [wire.Message(1 << 32, 1, 0, events=[[(1 << 32) + 1, old, "E", "c", "m", None]])], {}
+    )
+    name = partition_name("events", int(old // 86400))
+    with psycopg.connect(pg_url) as reader, psycopg.connect(pg_url, autocommit=True) as ddl:
+        reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        reader.execute("SELECT count(*) FROM events")  # holds a snapshot: the detach waits
+        pid = ddl.info.backend_pid
+
+        def cancel():
+            time.sleep(1)
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_cancel_backend(%s)", (pid,))
+
+        threading.Thread(target=cancel).start()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            ddl.execute(f"ALTER TABLE events DETACH PARTITION {name} CONCURRENTLY")
+        reader.rollback()
+        pending = ddl.execute(
+            "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = %s::regclass", (name,)
+        ).fetchone()
+        assert pending == (True,)
+    deleted = sum(n for _, n in store.retention_steps({"events": time.time() - 7 * 86400}))
+    assert deleted == 1
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT to_regclass(%s)", (name,)).fetchone() == (None,)
+    store.close()

@@ -106,16 +106,105 @@ class Store:
     def close(self) -> None:
         """Release the connection(s); nothing is pending after ``apply`` returned."""
 
+    # -- end_session without figures: the rule both stores share, their SQL apart ------
+    def _integral(self, metric_name: str, start, end) -> float | None:
+        """Trapezoidal integral of a metric over [start, end] (value x seconds); None
+        under two points."""
+        raise NotImplementedError
+
+    def _mean(self, metric_name: str, start, end) -> float | None:
+        raise NotImplementedError
+
+    def _energy_wh(self, start, end) -> float | None:
+        """Energy from 'power' metrics (W), else from 'current' (A) times mean 'voltage' (V)."""
+        watt_seconds = self._integral("power", start, end)
+        if watt_seconds is not None:
+            return watt_seconds / 3600.0
+        amp_seconds = self._integral("current", start, end)
+        volts = self._mean("voltage", start, end)
+        if amp_seconds is None or volts is None:
+            return None
+        return amp_seconds * volts / 3600.0
+
+
+class Where:
+    """A parameterized WHERE clause from optional filters (a None value is no filter)."""
+
+    def __init__(self):
+        self.clauses: list[str] = []
+        self.params: list = []
+
+    def add(self, clause: str, value) -> None:
+        if value is not None:
+            self.clauses.append(clause)
+            self.params.append(value)
+
+    def sql(self) -> str:
+        return (" WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
+
 
 class Reader:
     """The seed's read queries, with its arguments and return shapes (rows as dicts,
-    times as epoch seconds, JSON columns decoded)."""
+    times as epoch seconds, JSON columns decoded). The filters are shared here; each
+    store writes its SQL (``_timeline`` and the rest) in its own dialect."""
+
+    #: The driver's parameter marker.
+    placeholder = "?"
+
+    def _when(self, epoch_seconds):
+        """A time as this store's query parameter."""
+        return epoch_seconds
+
+    def _timeline(self, table: str, filters, limit=None, newest_first=True) -> Iterator[dict]:
+        """Rows of events, anomalies or metrics matching ``filters`` ((clause, value); a
+        None value is no filter), in time order, streamed."""
+        raise NotImplementedError
 
     def get_events(self, event_type=None, component=None, since=None, limit=100, until=None):
-        raise NotImplementedError
+        return list(self.iter_events(limit, since, until, event_type, component))
 
     def get_anomalies(self, anomaly_type=None, severity=None, since=None, limit=100, until=None):
-        raise NotImplementedError
+        return list(self.iter_anomalies(limit, since, until, anomaly_type, severity))
+
+    def get_metrics(self, metric_name=None, since=None, limit=1000, until=None) -> list[dict]:
+        p = self.placeholder
+        filters = [
+            (f"metric_name = {p}", metric_name),
+            (f"timestamp >= {p}", self._when(since)),
+            (f"timestamp < {p}", self._when(until)),
+        ]
+        return list(self._timeline("metrics", filters, limit))
+
+    def iter_events(
+        self, limit=None, since=None, until=None, event_type=None, component=None, newest_first=True
+    ) -> Iterator[dict]:
+        """Events with filters, streamed (never all in memory)."""
+        p = self.placeholder
+        filters = [
+            (f"event_type = {p}", event_type),
+            (f"component = {p}", component),
+            (f"timestamp >= {p}", self._when(since)),
+            (f"timestamp < {p}", self._when(until)),
+        ]
+        return self._timeline("events", filters, limit, newest_first)
+
+    def iter_anomalies(
+        self,
+        limit=None,
+        since=None,
+        until=None,
+        anomaly_type=None,
+        severity=None,
+        newest_first=True,
+    ) -> Iterator[dict]:
+        p = self.placeholder
+        filters = [
+            (f"anomaly_type = {p}", anomaly_type),
+            (f"severity = {p}", severity),
+            (f"timestamp >= {p}", self._when(since)),
+            (f"timestamp < {p}", self._when(until)),
+        ]
+        return self._timeline("anomalies", filters, limit, newest_first)
 
     def get_anomaly_count(self, anomaly_type=None, severity=None, since=None) -> int:
         raise NotImplementedError
@@ -126,10 +215,8 @@ class Reader:
     def get_recent_sessions(self, limit=10) -> list[dict]:
         raise NotImplementedError
 
-    def get_metrics(self, metric_name=None, since=None, limit=1000, until=None) -> list[dict]:
-        raise NotImplementedError
-
     def get_metric_statistics(self, metric_name, since=None, until=None) -> dict:
+        """{'min', 'max', 'avg', 'count'} of a metric in a time window."""
         raise NotImplementedError
 
     def get_patterns(self, pattern_type=None, min_frequency=1) -> list[dict]:
@@ -142,27 +229,19 @@ class Reader:
         """Every row of a table in time order, streamed (exports)."""
         raise NotImplementedError
 
-    def iter_events(
-        self, limit=None, since=None, until=None, event_type=None, component=None, newest_first=True
-    ) -> Iterator[dict]:
-        raise NotImplementedError
-
-    def iter_anomalies(
-        self,
-        limit=None,
-        since=None,
-        until=None,
-        anomaly_type=None,
-        severity=None,
-        newest_first=True,
-    ) -> Iterator[dict]:
-        raise NotImplementedError
-
     def metric_buckets(self, metric_name: str, since: float, until: float, buckets: int):
         """The metric's avg/min/max over equal time slices, computed in the database."""
         raise NotImplementedError
 
     def count(self, table: str, since=None, until=None) -> int:
+        if table not in TABLE_COLUMNS:
+            raise ValueError(f"unknown table {table!r}")
+        w = Where()
+        w.add(f"{TIME_COLUMN[table]} >= {self.placeholder}", self._when(since))
+        w.add(f"{TIME_COLUMN[table]} < {self.placeholder}", self._when(until))
+        return self._one(f"SELECT count(*) AS n FROM {table}{w.sql()}", w.params)["n"]
+
+    def _one(self, sql: str, params=()) -> dict | None:
         raise NotImplementedError
 
     def close(self) -> None:

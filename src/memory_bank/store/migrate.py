@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .. import wire
+from .base import TABLE_COLUMNS
 from .postgresql import PartitionKeeper, connect, ensure_schema
 from .schema import pattern_key
 
@@ -28,53 +29,7 @@ log = logging.getLogger(__name__)
 TABLES = ("events", "anomalies", "metrics", "sessions", "patterns")
 PARTITIONED_TABLES = ("events", "anomalies", "metrics")
 # Columns copied per table (the seed's), and which hold times or JSON.
-COLUMNS = {
-    "events": ("id", "timestamp", "event_type", "component", "message", "data", "created_at"),
-    "anomalies": (
-        "id",
-        "timestamp",
-        "anomaly_type",
-        "severity",
-        "description",
-        "pattern_data",
-        "current_value",
-        "expected_value",
-        "deviation",
-        "created_at",
-    ),
-    "metrics": (
-        "id",
-        "timestamp",
-        "metric_name",
-        "metric_value",
-        "unit",
-        "metadata",
-        "created_at",
-    ),
-    "sessions": (
-        "id",
-        "session_id",
-        "start_time",
-        "end_time",
-        "total_energy",
-        "avg_current",
-        "max_current",
-        "min_current",
-        "anomaly_count",
-        "status",
-        "created_at",
-    ),
-    "patterns": (
-        "id",
-        "pattern_type",
-        "pattern_data",
-        "frequency",
-        "last_seen",
-        "confidence",
-        "created_at",
-        "updated_at",
-    ),
-}
+COLUMNS = {t: tuple(c.strip() for c in TABLE_COLUMNS[t].split(",")) for t in TABLES}
 EPOCH_COLUMNS = {"timestamp", "start_time", "end_time", "last_seen"}
 TEXT_TIME_COLUMNS = {"created_at", "updated_at"}
 JSON_COLUMNS = {"data", "pattern_data", "metadata"}

@@ -112,6 +112,18 @@ def _json_or_none(text):
     return None if text is None else JsonText(text)
 
 
+def _copy_row(r: list) -> tuple:
+    """An event or metric as COPY takes it: [id, ts, text, text|float, text, json]."""
+    return (r[0], _to_datetime(r[1]), r[2], r[3], r[4], _json_or_none(r[5]))
+
+
+def _anomaly_copy_row(r: list) -> tuple:
+    current, expected = r[6], r[7]
+    known = current is not None and expected is not None
+    deviation = abs(current - expected) if known else None
+    return (r[0], _to_datetime(r[1]), *r[2:5], _json_or_none(r[5]), current, expected, deviation)
+
+
 if psycopg is not None:
     from psycopg.adapt import Dumper
 
@@ -341,39 +353,16 @@ class PostgresStore(Store):
         """COPY the plain rows, binary (no text parsing on the server), one stream per
         table."""
         with self.conn.cursor() as cur:
-            if events:
-                with cur.copy(COPY_EVENTS) as copy:
-                    copy.set_types(EVENT_TYPES)
-                    for r in events:
-                        copy.write_row(
-                            (r[0], _to_datetime(r[1]), r[2], r[3], r[4], _json_or_none(r[5]))
-                        )
-            if anomalies:
-                with cur.copy(COPY_ANOMALIES) as copy:
-                    copy.set_types(ANOMALY_TYPES)
-                    for r in anomalies:
-                        cur_v, exp_v = r[6], r[7]
-                        known = cur_v is not None and exp_v is not None
-                        copy.write_row(
-                            (
-                                r[0],
-                                _to_datetime(r[1]),
-                                r[2],
-                                r[3],
-                                r[4],
-                                _json_or_none(r[5]),
-                                cur_v,
-                                exp_v,
-                                abs(cur_v - exp_v) if known else None,
-                            )
-                        )
-            if metrics:
-                with cur.copy(COPY_METRICS) as copy:
-                    copy.set_types(METRIC_TYPES)
-                    for r in metrics:
-                        copy.write_row(
-                            (r[0], _to_datetime(r[1]), r[2], r[3], r[4], _json_or_none(r[5]))
-                        )
+            for sql, types, rows, convert in (
+                (COPY_EVENTS, EVENT_TYPES, events, _copy_row),
+                (COPY_ANOMALIES, ANOMALY_TYPES, anomalies, _anomaly_copy_row),
+                (COPY_METRICS, METRIC_TYPES, metrics, _copy_row),
+            ):
+                if rows:
+                    with cur.copy(sql) as copy:
+                        copy.set_types(types)
+                        for row in rows:
+                            copy.write_row(convert(row))
         return len(events) + len(anomalies) + len(metrics)
 
     def _scrub(self, messages: list[Message], rejects: list) -> bool:
@@ -484,20 +473,12 @@ class PostgresStore(Store):
             (metric_name, start, end),
         ).fetchone()[0]
 
-    def _energy_wh(self, start, end) -> float | None:
-        """Energy from 'power' metrics (W), else from 'current' (A) times mean 'voltage' (V)."""
-        watt_seconds = self._integral("power", start, end)
-        if watt_seconds is not None:
-            return watt_seconds / 3600.0
-        amp_seconds = self._integral("current", start, end)
-        volts = self.conn.execute(
-            "SELECT avg(metric_value) FROM metrics WHERE metric_name = 'voltage' "
+    def _mean(self, metric_name: str, start, end) -> float | None:
+        return self.conn.execute(
+            "SELECT avg(metric_value) FROM metrics WHERE metric_name = %s "
             "AND timestamp BETWEEN %s AND %s",
-            (start, end),
+            (metric_name, start, end),
         ).fetchone()[0]
-        if amp_seconds is None or volts is None:
-            return None
-        return amp_seconds * volts / 3600.0
 
     # -- maintenance ------------------------------------------------------------------
     def retention_steps(
@@ -530,7 +511,11 @@ class PostgresStore(Store):
                 break
             name = partition_name(table, day)
             rows = self.conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
-            self.conn.execute(f"ALTER TABLE {table} DETACH PARTITION {name} CONCURRENTLY")
+            try:
+                self.conn.execute(f"ALTER TABLE {table} DETACH PARTITION {name} CONCURRENTLY")
+            except pg_errors.ObjectNotInPrerequisiteState:
+                # An earlier run was cut off between the two steps of a concurrent detach.
+                self.conn.execute(f"ALTER TABLE {table} DETACH PARTITION {name} FINALIZE")
             self.conn.execute(f"DROP TABLE {name}")
             self.partitions.known[table].discard(day)
             log.info("retention: dropped partition %s (%d rows)", name, rows)

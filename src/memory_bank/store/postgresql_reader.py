@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from .base import TABLE_COLUMNS, TIME_COLUMN, Reader
+from .base import TABLE_COLUMNS, TIME_COLUMN, Reader, Where
 from .postgresql import connect
 
 # The columns as SQLite returns them, as SQL over the PostgreSQL types.
@@ -41,22 +41,10 @@ def _ts(value):
     return None if value is None else dt.datetime.fromtimestamp(value, tz=dt.UTC)
 
 
-class _Where:
-    def __init__(self):
-        self.clauses: list[str] = []
-        self.params: list = []
-
-    def add(self, clause: str, value) -> None:
-        if value is not None:
-            self.clauses.append(clause)
-            self.params.append(value)
-
-    def sql(self) -> str:
-        return (" WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
-
-
 class PostgresReader(Reader):
     """Read queries with the seed's arguments and return shapes."""
+
+    placeholder = "%s"
 
     def __init__(self, url: str):
         from psycopg.rows import dict_row
@@ -81,8 +69,11 @@ class PostgresReader(Reader):
     def _one(self, sql: str, params=()) -> dict | None:
         return self._conn().execute(sql, params).fetchone()
 
+    def _when(self, epoch_seconds):
+        return _ts(epoch_seconds)
+
     def _timeline(self, table, filters, limit=None, newest_first=True) -> Iterator[dict]:
-        w = _Where()
+        w = Where()
         for clause, value in filters:
             w.add(clause, value)
         order = "DESC" if newest_first else "ASC"
@@ -104,14 +95,8 @@ class PostgresReader(Reader):
             cur.execute(sql, params)
             yield from cur
 
-    def get_events(self, event_type=None, component=None, since=None, limit=100, until=None):
-        return list(self.iter_events(limit, since, until, event_type, component))
-
-    def get_anomalies(self, anomaly_type=None, severity=None, since=None, limit=100, until=None):
-        return list(self.iter_anomalies(limit, since, until, anomaly_type, severity))
-
     def get_anomaly_count(self, anomaly_type=None, severity=None, since=None) -> int:
-        w = _Where()
+        w = Where()
         w.add("anomaly_type = %s", anomaly_type)
         w.add("severity = %s", severity)
         w.add("timestamp >= %s", _ts(since))
@@ -128,16 +113,8 @@ class PostgresReader(Reader):
             (limit,),
         )
 
-    def get_metrics(self, metric_name=None, since=None, limit=1000, until=None) -> list[dict]:
-        filters = [
-            ("metric_name = %s", metric_name),
-            ("timestamp >= %s", _ts(since)),
-            ("timestamp < %s", _ts(until)),
-        ]
-        return list(self._timeline("metrics", filters, limit))
-
     def get_metric_statistics(self, metric_name, since=None, until=None) -> dict:
-        w = _Where()
+        w = Where()
         w.add("metric_name = %s", metric_name)
         w.add("timestamp >= %s", _ts(since))
         w.add("timestamp < %s", _ts(until))
@@ -148,7 +125,7 @@ class PostgresReader(Reader):
         )
 
     def get_patterns(self, pattern_type=None, min_frequency=1) -> list[dict]:
-        w = _Where()
+        w = Where()
         w.add("pattern_type = %s", pattern_type)
         w.add("frequency >= %s", min_frequency)
         return self._all(
@@ -191,40 +168,12 @@ class PostgresReader(Reader):
         if table not in TABLE_COLUMNS:
             raise ValueError(f"unknown table {table!r}; expected one of {sorted(TABLE_COLUMNS)}")
         column = f"{table}.{TIME_COLUMN[table]}"
-        w = _Where()
+        w = Where()
         w.add(f"{column} >= %s", _ts(since))
         w.add(f"{column} < %s", _ts(until))
         yield from self._stream(
             f"SELECT {SELECT[table]} FROM {table}{w.sql()} ORDER BY {column}", w.params
         )
-
-    def iter_events(
-        self, limit=None, since=None, until=None, event_type=None, component=None, newest_first=True
-    ) -> Iterator[dict]:
-        filters = [
-            ("event_type = %s", event_type),
-            ("component = %s", component),
-            ("timestamp >= %s", _ts(since)),
-            ("timestamp < %s", _ts(until)),
-        ]
-        return self._timeline("events", filters, limit, newest_first)
-
-    def iter_anomalies(
-        self,
-        limit=None,
-        since=None,
-        until=None,
-        anomaly_type=None,
-        severity=None,
-        newest_first=True,
-    ) -> Iterator[dict]:
-        filters = [
-            ("anomaly_type = %s", anomaly_type),
-            ("severity = %s", severity),
-            ("timestamp >= %s", _ts(since)),
-            ("timestamp < %s", _ts(until)),
-        ]
-        return self._timeline("anomalies", filters, limit, newest_first)
 
     def metric_buckets(self, metric_name: str, since: float, until: float, buckets: int):
         width = max((until - since) / max(buckets, 1), 1e-6)
@@ -242,14 +191,6 @@ class PostgresReader(Reader):
                 "hi": _ts(until),
             },
         )
-
-    def count(self, table: str, since=None, until=None) -> int:
-        if table not in TABLE_COLUMNS:
-            raise ValueError(f"unknown table {table!r}")
-        w = _Where()
-        w.add(f"{TIME_COLUMN[table]} >= %s", _ts(since))
-        w.add(f"{TIME_COLUMN[table]} < %s", _ts(until))
-        return self._one(f"SELECT count(*) AS n FROM {table}{w.sql()}", w.params)["n"]
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

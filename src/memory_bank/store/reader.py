@@ -23,6 +23,7 @@ from .base import (
     TABLE_COLUMNS,
     TIME_COLUMN,
     Reader,
+    Where,
 )
 from .schema import SEED_TABLES
 
@@ -37,22 +38,6 @@ def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
                 pass
         out[name] = value
     return out
-
-
-class _Where:
-    """Builds a parameterized WHERE clause from optional filters."""
-
-    def __init__(self):
-        self.clauses: list[str] = []
-        self.params: list = []
-
-    def add(self, clause: str, value) -> None:
-        if value is not None:
-            self.clauses.append(clause)
-            self.params.append(value)
-
-    def sql(self) -> str:
-        return (" WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
 
 
 class SqliteReader(Reader):
@@ -95,7 +80,7 @@ class SqliteReader(Reader):
     ) -> Iterator[dict]:
         """Rows of events, anomalies or metrics matching ``filters`` (clause, value; a None
         value is no filter), in time order, streamed."""
-        w = _Where()
+        w = Where()
         for clause, value in filters:
             w.add(clause, value)
         order = "DESC" if newest_first else "ASC"
@@ -105,18 +90,12 @@ class SqliteReader(Reader):
             sql, params = sql + " LIMIT ?", [*params, limit]
         yield from self._conn().execute(sql, params)
 
-    def get_events(self, event_type=None, component=None, since=None, limit=100, until=None):
-        return list(self.iter_events(limit, since, until, event_type, component))
-
-    def get_anomalies(self, anomaly_type=None, severity=None, since=None, limit=100, until=None):
-        return list(self.iter_anomalies(limit, since, until, anomaly_type, severity))
-
     def get_anomaly_count(self, anomaly_type=None, severity=None, since=None) -> int:
         if self._has_rollups() and anomaly_type is None and since is None:
             name = "anomalies" if severity is None else f"anomalies:{severity}"
             row = self._one("SELECT n FROM mb_counts WHERE name = ?", (name,))
             return row["n"] if row else 0
-        w = _Where()
+        w = Where()
         w.add("anomaly_type = ?", anomaly_type)
         w.add("severity = ?", severity)
         w.add("timestamp >= ?", since)
@@ -134,14 +113,6 @@ class SqliteReader(Reader):
         )
 
     # -- metrics ----------------------------------------------------------------------
-    def get_metrics(self, metric_name=None, since=None, limit=1000, until=None) -> list[dict]:
-        filters = [
-            ("metric_name = ?", metric_name),
-            ("timestamp >= ?", since),
-            ("timestamp < ?", until),
-        ]
-        return list(self._timeline("metrics", filters, limit))
-
     def _has_rollups(self) -> bool:
         conn = self._conn()
         if getattr(self._local, "rollups_checked", None) is not conn:
@@ -158,7 +129,7 @@ class SqliteReader(Reader):
         at either end exactly from the table."""
         if self._has_rollups() and metric_name is not None:
             return self._metric_statistics_rolled(metric_name, since, until)
-        w = _Where()
+        w = Where()
         w.add("metric_name = ?", metric_name)
         w.add("timestamp >= ?", since)
         w.add("timestamp < ?", until)
@@ -173,7 +144,7 @@ class SqliteReader(Reader):
         parts = []
         first_full = None if since is None else -(-since // 60)  # ceil to a whole minute
         last_full = None if until is None else until // 60  # exclusive
-        w = _Where()
+        w = Where()
         w.add("metric_name = ?", name)
         w.add("minute >= ?", first_full)
         w.add("minute < ?", last_full)
@@ -228,7 +199,7 @@ class SqliteReader(Reader):
 
     # -- patterns ---------------------------------------------------------------------
     def get_patterns(self, pattern_type=None, min_frequency=1) -> list[dict]:
-        w = _Where()
+        w = Where()
         w.add("pattern_type = ?", pattern_type)
         w.add("frequency >= ?", min_frequency)
         return self._all(
@@ -288,7 +259,7 @@ class SqliteReader(Reader):
         """Every row of a table in time order, streamed."""
         if table not in TABLE_COLUMNS:
             raise ValueError(f"unknown table {table!r}; expected one of {sorted(TABLE_COLUMNS)}")
-        w = _Where()
+        w = Where()
         w.add(f"{TIME_COLUMN[table]} >= ?", since)
         w.add(f"{TIME_COLUMN[table]} < ?", until)
         cursor = self._conn().execute(
@@ -298,35 +269,6 @@ class SqliteReader(Reader):
         yield from cursor
 
     # -- streaming views for the viewer -------------------------------------------------
-    def iter_events(
-        self, limit=None, since=None, until=None, event_type=None, component=None, newest_first=True
-    ) -> Iterator[dict]:
-        """Events with filters, streamed (never all in memory)."""
-        filters = [
-            ("event_type = ?", event_type),
-            ("component = ?", component),
-            ("timestamp >= ?", since),
-            ("timestamp < ?", until),
-        ]
-        return self._timeline("events", filters, limit, newest_first)
-
-    def iter_anomalies(
-        self,
-        limit=None,
-        since=None,
-        until=None,
-        anomaly_type=None,
-        severity=None,
-        newest_first=True,
-    ) -> Iterator[dict]:
-        filters = [
-            ("anomaly_type = ?", anomaly_type),
-            ("severity = ?", severity),
-            ("timestamp >= ?", since),
-            ("timestamp < ?", until),
-        ]
-        return self._timeline("anomalies", filters, limit, newest_first)
-
     def metric_buckets(
         self, metric_name: str, since: float, until: float, buckets: int
     ) -> list[dict]:
@@ -341,14 +283,6 @@ class SqliteReader(Reader):
             "GROUP BY bucket ORDER BY bucket",
             (since, width, metric_name, until),
         )
-
-    def count(self, table: str, since=None, until=None) -> int:
-        if table not in TABLE_COLUMNS:
-            raise ValueError(f"unknown table {table!r}")
-        w = _Where()
-        w.add(f"{TIME_COLUMN[table]} >= ?", since)
-        w.add(f"{TIME_COLUMN[table]} < ?", until)
-        return self._one(f"SELECT count(*) AS n FROM {table}{w.sql()}", w.params)["n"]
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -459,20 +459,12 @@ class SqliteStore(Store):
             (metric_name, start, end),
         ).fetchone()[0]
 
-    def _energy_wh(self, start: float, end: float) -> float | None:
-        """Energy from 'power' metrics (W), else from 'current' (A) times mean 'voltage' (V)."""
-        watt_seconds = self._integral("power", start, end)
-        if watt_seconds is not None:
-            return watt_seconds / 3600.0
-        amp_seconds = self._integral("current", start, end)
-        volts = self.conn.execute(
-            "SELECT avg(metric_value) FROM metrics WHERE metric_name = 'voltage' "
+    def _mean(self, metric_name: str, start, end) -> float | None:
+        return self.conn.execute(
+            "SELECT avg(metric_value) FROM metrics WHERE metric_name = ? "
             "AND timestamp BETWEEN ? AND ?",
-            (start, end),
+            (metric_name, start, end),
         ).fetchone()[0]
-        if amp_seconds is None or volts is None:
-            return None
-        return amp_seconds * volts / 3600.0
 
     # -- maintenance ------------------------------------------------------------------
     def retention_steps(
