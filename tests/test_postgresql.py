@@ -359,3 +359,21 @@ def test_a_day_whose_detach_was_cut_off_is_finished_by_the_next_run(pg_url):
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT to_regclass(%s)", (name,)).fetchone() == (None,)
     store.close()
+
+
+def test_a_publisher_to_postgresql_stays_light(pg_url, start_daemon):
+    """Publishers never import the PostgreSQL driver: the daemon talks to the server."""
+    start_daemon(pg_url)
+    code = (
+        "import sys\nfrom memory_bank import Publisher\n"
+        "pub = Publisher(sys.argv[1])\n"
+        "event_id = pub.log_event('E', 'c', 'm')\n"
+        "assert pub.flush(10)\npub.close()\n"
+        "print([m for m in ('psycopg', 'sqlite3', 'memory_bank.store') if m in sys.modules])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, pg_url], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert len(_stored_ids(pg_url)) == 1
