@@ -377,3 +377,40 @@ def test_a_publisher_to_postgresql_stays_light(pg_url, start_daemon):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
     assert len(_stored_ids(pg_url)) == 1
+
+
+def test_a_daemon_started_before_its_server_waits_for_it(tmp_path, start_daemon):
+    """The server is down when the daemon starts: it says why in status and to systemd
+    (more start-up time, not a kill), then serves once the server is up."""
+    import socket
+
+    from pg_server import PgServer
+
+    server = PgServer()
+    try:
+        url = server.create_database("late")
+        server.stop()
+        address = str(tmp_path / "notify.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        listener.bind(address)
+        listener.settimeout(20)
+        start_daemon(url, wait=False, env={"NOTIFY_SOCKET": address})
+        seen: list[str] = []
+        while not any(f.startswith("EXTEND_TIMEOUT_USEC=") for f in seen):
+            seen += listener.recv(4096).decode().split("\n")
+        assert any(f.startswith("STATUS=waiting for postgresql://") for f in seen)
+        status = subprocess.run(
+            [sys.executable, "-m", "memory_bank", "status", "--db", url],
+            capture_output=True,
+            text=True,
+        )
+        assert status.returncode == 1 and "waits for its database" in status.stderr
+        server.start()
+        while "READY=1" not in seen:
+            seen += listener.recv(4096).decode().split("\n")
+        listener.close()
+        with MemoryBank(url) as memory:
+            memory.log_event("LATE", "c")
+            assert memory.get_events()[0]["event_type"] == "LATE"
+    finally:
+        server.close()

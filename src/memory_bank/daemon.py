@@ -180,7 +180,11 @@ class Daemon:
                 if self._stop_requested:
                     raise
                 log.error("cannot reach %s: %s; retrying in %gs", self.name, exc, delay)
-                self.notifier.notify(f"STATUS=waiting for {self.name}: {exc}")
+                # systemd would kill a start-up longer than TimeoutStartSec: ask for more.
+                self.notifier.notify(
+                    f"STATUS=waiting for {self.name}: {exc}",
+                    f"EXTEND_TIMEOUT_USEC={int((delay + 10) * 1_000_000)}",
+                )
                 # `memorybank status` reads this while nothing is bound yet.
                 self._lock.update_info(
                     {"pid": os.getpid(), "starting": True, "store_error": str(exc)}
