@@ -414,3 +414,24 @@ def test_a_daemon_started_before_its_server_waits_for_it(tmp_path, start_daemon)
             assert memory.get_events()[0]["event_type"] == "LATE"
     finally:
         server.close()
+
+
+def test_a_day_another_daemon_dropped_is_made_again_for_a_late_row(pg_url):
+    """Daemon B's retention drops a day daemon A still knows of; a late row for that day
+    reaching A lands in the day made again, rather than being refused."""
+    from memory_bank import wire
+    from memory_bank.store.postgresql import PostgresStore
+
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    old = time.time() - 3 * 86400
+    marks: dict[int, int] = {}
+    a.apply(
+        [wire.Message(1 << 32, 1, 0, events=[[(1 << 32) + 1, old, "E", "c", "1", None]])], marks
+    )
+    assert sum(n for _, n in b.retention_steps({"events": time.time() - 86400})) == 1
+    a.apply(
+        [wire.Message(1 << 32, 2, 0, events=[[(1 << 32) + 2, old, "E", "c", "2", None]])], marks
+    )
+    assert [i for i in _stored_ids(pg_url)] == [(1 << 32) + 2]
+    a.close()
+    b.close()

@@ -262,14 +262,20 @@ class PostgresStore(Store):
     # -- the batch --------------------------------------------------------------------
     def apply(self, messages: list[Message], watermarks: dict[int, int], rejects=()) -> int:
         self._connect()
+        # The batch's own list when there is one, so rows set aside below stay with the
+        # batch if it has to be retried later.
+        rejects = rejects if isinstance(rejects, list) else list(rejects)
         try:
-            return self._apply(messages, watermarks, list(rejects))
+            return self._apply(messages, watermarks, rejects)
+        except pg_errors.CheckViolation:
+            # "No partition for row": another daemon dropped a day we still knew of.
+            self.partitions.load(self.conn)
+            return self._apply(messages, watermarks, rejects)
         except psycopg.DataError:
             # One bad value fails a whole COPY: set aside the rows PostgreSQL cannot hold
             # (NUL characters, NaN in JSON...) as refused input, and try the rest again.
-            more_rejects = list(rejects)
-            if not self.conn.broken and self._scrub(messages, more_rejects):
-                return self._apply(messages, watermarks, more_rejects)
+            if not self.conn.broken and self._scrub(messages, rejects):
+                return self._apply(messages, watermarks, rejects)
             raise
 
     def _apply(self, messages: list[Message], watermarks: dict[int, int], rejects: list) -> int:
