@@ -387,35 +387,41 @@ def queryable_latency(work: Path, rate: float, seconds: float, probes: int) -> d
 
 
 # -- (7) the read path --
+def read_timings(memory) -> dict[str, float]:
+    """Median ms of the seed's reads on ``memory`` (a MemoryBank or a store Reader)."""
+    timings: dict[str, float] = {}
+    hour_ago = time.time() - 3600
+    cases = {
+        "get_dashboard_summary": lambda: memory.get_dashboard_summary(),
+        "get_metric_statistics(last hour)": lambda: memory.get_metric_statistics(
+            "current", since=hour_ago
+        ),
+        "get_events(limit=50)": lambda: memory.get_events(limit=50),
+        "get_events(type, component, limit=50)": lambda: memory.get_events(
+            event_type="CAN_RX", component="CP", limit=50
+        ),
+        "get_anomalies(type)": lambda: memory.get_anomalies(
+            anomaly_type="CURRENT_LIMIT_FLUCTUATION"
+        ),
+    }
+    for name, call in cases.items():
+        call()  # warm the cache, as a running viewer would have it
+        samples = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            call()
+            samples.append(time.perf_counter() - t0)
+        timings[name] = round(statistics.median(samples) * 1000, 2)
+    return timings
+
+
 def read_path(work: Path, rows: int, publishers: int) -> dict:
     db = work / "reads.db"
     built = end_to_end(work, publishers, rows // publishers, "reads", db)["committed"]
     from memory_bank import MemoryBank
 
-    timings: dict[str, float] = {}
     with MemoryBank(db) as memory:
-        hour_ago = time.time() - 3600
-        cases = {
-            "get_dashboard_summary": lambda: memory.get_dashboard_summary(),
-            "get_metric_statistics(last hour)": lambda: memory.get_metric_statistics(
-                "current", since=hour_ago
-            ),
-            "get_events(limit=50)": lambda: memory.get_events(limit=50),
-            "get_events(type, component, limit=50)": lambda: memory.get_events(
-                event_type="CAN_RX", component="CP", limit=50
-            ),
-            "get_anomalies(type)": lambda: memory.get_anomalies(
-                anomaly_type="CURRENT_LIMIT_FLUCTUATION"
-            ),
-        }
-        for name, call in cases.items():
-            call()  # warm the cache, as a running viewer would have it
-            samples = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                call()
-                samples.append(time.perf_counter() - t0)
-            timings[name] = round(statistics.median(samples) * 1000, 2)
+        timings = read_timings(memory)
     viewer = shutil.which("memory-viewer") or str(Path(PY).with_name("memory-viewer"))
     samples = []
     for _ in range(3):
@@ -484,7 +490,45 @@ def pg_ceiling(url: str, n: int) -> dict:
             "cpu_seconds": time.process_time() - cpu_began}  # fmt: skip
 
 
-def postgresql(work: Path, per_publisher: int) -> dict:
+def pg_read_path(url: str, rows: int) -> dict:
+    """The seed's reads on a PostgreSQL database of ``rows`` rows over ten days (60% events,
+    30% metrics, 8% anomalies), loaded in SQL: this measures reading, not writing."""
+    import psycopg
+
+    from memory_bank.store import open_reader
+    from memory_bank.store import postgresql as store_pg
+
+    store = store_pg.PostgresStore(url)
+    today = int(time.time() // 86400)
+    for table in ("events", "metrics", "anomalies"):
+        store.partitions.ensure(store.conn, table, range(today - 11, today + 2))
+    store.close()
+    now, span = time.time(), 10 * 86400
+    with psycopg.connect(url, autocommit=True) as conn:
+        for sql, share in (
+            ("INSERT INTO events (id, timestamp, event_type, component, message, data) "
+             "SELECT g, to_timestamp(%(now)s - g %% %(span)s), 'CAN_RX', 'CP', "
+             "'Current reading: 32A', jsonb_build_object('i', g) "
+             "FROM generate_series(1, %(n)s) g", 0.6),
+            ("INSERT INTO metrics (id, timestamp, metric_name, metric_value, unit) "
+             "SELECT g, to_timestamp(%(now)s - g %% %(span)s), 'current', 32 + g %% 7, 'A' "
+             "FROM generate_series(1, %(n)s) g", 0.3),
+            ("INSERT INTO anomalies (id, timestamp, anomaly_type, severity, description, "
+             "current_value, expected_value, deviation) "
+             "SELECT g, to_timestamp(%(now)s - g %% %(span)s), 'CURRENT_LIMIT_FLUCTUATION', "
+             "'HIGH', '0A -> 100A', 100, 32, 68 FROM generate_series(1, %(n)s) g", 0.08),
+        ):  # fmt: skip
+            conn.execute(sql, {"now": now, "span": span, "n": int(rows * share)})
+        conn.execute("VACUUM ANALYZE")
+    reader = open_reader(url)
+    try:
+        timings = read_timings(reader)
+    finally:
+        reader.close()
+    return {"rows": int(rows * 0.98), "median_ms": timings}
+
+
+def postgresql(work: Path, per_publisher: int, read_rows: int) -> dict:
     """The ceiling and end to end with 4 publishers, on one PostgreSQL server started here
     (fsync on, as a real server runs)."""
     sys.path.insert(0, str(HERE.parent / "tests"))
@@ -501,6 +545,7 @@ def postgresql(work: Path, per_publisher: int) -> dict:
         cpu1 = server.cpu_seconds()
         e2e = end_to_end(work, 4, per_publisher, "pg-4", e2e_url)
         cpu2 = server.cpu_seconds()
+        reads = pg_read_path(server.create_database("reads"), read_rows)
     finally:
         server.close()
     per_100k = 100_000 / (4 * per_publisher)
@@ -511,6 +556,7 @@ def postgresql(work: Path, per_publisher: int) -> dict:
         "ceiling": top,
         "end_to_end_4": e2e,
         "ratio": round(e2e["records_per_second"] / top["records_per_second"], 3),
+        "read_path": reads,
     }
 
 
@@ -556,7 +602,7 @@ def main() -> int:
         20 if q else 500,
     )
     step("read_path", read_path, work, 20_000 if q else args.read_rows, 4)
-    step("postgresql", postgresql, work, per_pub)
+    step("postgresql", postgresql, work, per_pub, 20_000 if q else args.read_rows)
 
     e2e4 = results["end_to_end_4"]["records_per_second"]
     results["ratios"] = {
@@ -661,6 +707,8 @@ def print_table(r: dict) -> None:
                 f"{e['daemon_cpu_seconds_per_100k']} + server {e['server_cpu_seconds_per_100k']}",
             )
         )
+        for name, ms in pg["read_path"]["median_ms"].items():
+            rows.append((f"postgresql read {name} ({pg['read_path']['rows']:,} rows)", f"{ms} ms"))
     width = max(len(a) for a, _ in rows)
     for a, b in rows:
         print(f"{a:<{width}}  {b}")
