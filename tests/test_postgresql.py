@@ -83,6 +83,8 @@ def test_two_daemons_one_database_every_record_once(pg_url, start_daemon):
     stored = _stored_ids(pg_url)
     assert len(stored) == len(set(stored))
     assert sorted(stored) == sorted(returned)
+    with MemoryBank(pg_url, endpoint=endpoints[0]) as memory:
+        assert memory.get_dashboard_summary()["total_events"] == 4 * 6000
     for daemon in daemons:
         figures = json.loads(
             subprocess.run(
@@ -209,6 +211,9 @@ def test_migrate_counts_equal_and_a_killed_copy_resumes(tmp_path, pg_url):
         memory.record_pattern("P", {"a": 2, "b": 1})
         assert memory.get_events(event_type="AFTER")[0]["id"] == new_id
         assert [p["frequency"] for p in memory.get_patterns()] == [4]
+        summary = memory.get_dashboard_summary()
+        assert (summary["total_events"], summary["total_anomalies"]) == (120_001, 1)
+        assert summary["anomalies_by_severity"] == {"HIGH": 1}
     assert new_id > 120_000
 
 
@@ -435,3 +440,34 @@ def test_a_day_another_daemon_dropped_is_made_again_for_a_late_row(pg_url):
     assert [i for i in _stored_ids(pg_url)] == [(1 << 32) + 2]
     a.close()
     b.close()
+
+
+def test_retention_inside_a_day_takes_only_rows_before_the_cutoff(pg_url, start_daemon):
+    """The cutoff's own day loses only its older rows; newer days (whose rows may sit at
+    the same physical positions in their partitions) keep every row, and the summary's
+    counts follow."""
+    start_daemon(pg_url)
+    now = time.time()
+    cutoff = (now - 7 * 86400) // 86400 * 86400 + 12 * 3600  # noon, seven days ago
+    pub = Publisher(pg_url)
+    for offset in (-3600, 3600, now - cutoff):  # before, after (same day), today
+        for i in range(5):
+            pub.log_event("E", "c", str(i), timestamp=cutoff + offset - i)
+            pub.record_anomaly("A", "LOW" if i % 2 else "HIGH", timestamp=cutoff + offset - i)
+    assert pub.flush(30)
+    pub.close()
+    with MemoryBank(pg_url) as memory:
+        deleted = memory.clear_old_data(days=(now - cutoff) / 86400)
+        summary = memory.get_dashboard_summary()
+    assert deleted["events"] == deleted["anomalies"] == 5
+    stamps = [t - cutoff for t in _stored_times(pg_url, "events")]
+    assert len(stamps) == 10 and min(stamps) > 0
+    assert summary["total_events"] == summary["total_anomalies"] == 10
+    assert summary["anomalies_by_severity"] == {"HIGH": 6, "LOW": 4}
+
+
+def _stored_times(url: str, table: str) -> list[float]:
+    with psycopg.connect(url) as conn:
+        return [
+            r[0] for r in conn.execute(f"SELECT extract(epoch FROM timestamp)::float8 FROM {table}")
+        ]

@@ -170,7 +170,10 @@ class Daemon:
         """Open the store; a PostgreSQL server that is not up yet is waited for (backing
         off to 10 s), since publishers keep their records meanwhile."""
         options = {"max_db_bytes": self.settings.max_db_bytes}
-        if not discovery.is_url(self.location):
+        if discovery.is_url(self.location):
+            # Its rows in the shared counters: this host and endpoint, stable over restarts.
+            options["writer"] = f"{socket.gethostname()}/{self.db_path.name}"
+        else:
             options["synchronous"] = self.settings.synchronous
         delay = 1.0
         while True:

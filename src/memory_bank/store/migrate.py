@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from .. import wire
 from .base import TABLE_COLUMNS
-from .postgresql import PartitionKeeper, connect, ensure_schema
+from .postgresql import PartitionKeeper, add_day_counts, connect, day_counts, ensure_schema
 from .schema import pattern_key
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,16 @@ class Migration:
             with self.pg.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
+            # The summary's per-day counts, in the batch's transaction (exact on resume).
+            add_day_counts(
+                self.pg,
+                day_counts(
+                    rows if table == "events" else (),
+                    rows if table == "anomalies" else (),
+                    day_of=lambda row: int(row[1].timestamp() // 86400),
+                ),
+                "migrate",
+            )
             return
         # sessions and patterns may already hold rows a daemon wrote: the existing row wins.
         if table == "sessions":

@@ -12,7 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
+import socket
 import time
+from collections import Counter
 from collections.abc import Iterator
 from functools import partial
 
@@ -136,6 +139,33 @@ if psycopg is not None:
             return b"\x01" + obj.encode()
 
 
+ADD_DAY_COUNTS = (
+    "INSERT INTO mb_day_counts (name, day, writer, n) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (name, day, writer) DO UPDATE SET n = mb_day_counts.n + excluded.n"
+)
+
+
+def day_counts(events, anomalies, day_of=lambda row: int(row[1] // 86400)) -> Counter:
+    """(name, day) -> rows, for mb_day_counts: events, anomalies, anomalies per severity."""
+    counts: Counter = Counter()
+    for row in events:
+        counts["events", day_of(row)] += 1
+    for row in anomalies:
+        day = day_of(row)
+        counts["anomalies", day] += 1
+        counts["anomalies:" + row[3], day] += 1
+    return counts
+
+
+def add_day_counts(conn, counts: Counter, writer: str) -> None:
+    """Add (or, negative, take away) counted rows, in the caller's transaction."""
+    if counts:
+        with conn.cursor() as cur:
+            cur.executemany(
+                ADD_DAY_COUNTS, [(name, day, writer, n) for (name, day), n in counts.items()]
+            )
+
+
 def _register_json_text(conn) -> None:
     """Let this connection write JsonText into binary jsonb (the COPY streams)."""
     JsonTextBinaryDumper.oid = conn.adapters.types["jsonb"].oid
@@ -213,9 +243,11 @@ class PartitionKeeper:
 class PostgresStore(Store):
     """The writer's connection to a PostgreSQL database."""
 
-    def __init__(self, url: str, max_db_bytes: int | None = None):
+    def __init__(self, url: str, max_db_bytes: int | None = None, writer: str | None = None):
         _require_driver()
         self.url = url
+        # Names this writer's rows in mb_day_counts (the daemon passes host and endpoint).
+        self.writer = writer or f"{socket.gethostname()}/{os.getpid()}"
         self.name = redact_url(url)
         self.partitions = PartitionKeeper()
         self.conn = None
@@ -319,6 +351,7 @@ class PostgresStore(Store):
                 metrics += msg.metrics
                 operations += msg.operations
             stored = self._copy(events, anomalies, metrics)
+            add_day_counts(conn, day_counts(events, anomalies), self.writer)
             refresh = self._sessions_touched_by(metrics)
             started = []  # (session id, cursor): read once the pipeline has synced
             with conn.pipeline():  # upserts go out back to back, not one round trip each
@@ -500,12 +533,27 @@ class PostgresStore(Store):
                 column = "timestamp"
             else:
                 column = RETENTION_TIME_COLUMN[table]
+            returning = {"events": " RETURNING timestamp", "anomalies": " RETURNING timestamp, "
+                         "severity"}.get(table, "")  # fmt: skip
             while True:
-                deleted = self.conn.execute(
-                    f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} "
-                    f"WHERE {column} < %s LIMIT %s))",
-                    (_to_datetime(cutoff), chunk_rows),
-                ).rowcount
+                with self.conn.transaction():
+                    # ctids repeat across partitions: the time condition keeps the match
+                    # to rows older than the cutoff.
+                    cur = self.conn.execute(
+                        f"DELETE FROM {table} WHERE {column} < %(cutoff)s AND ctid = ANY(ARRAY("
+                        f"SELECT ctid FROM {table} WHERE {column} < %(cutoff)s LIMIT %(n)s))"
+                        f"{returning}",
+                        {"cutoff": _to_datetime(cutoff), "n": chunk_rows},
+                    )
+                    deleted = cur.rowcount
+                    if returning and deleted:  # the day counts lose what was deleted
+                        gone: Counter = Counter()
+                        for row in cur.fetchall():
+                            day = int(row[0].timestamp() // 86400)
+                            gone[table, day] -= 1
+                            if table == "anomalies":
+                                gone["anomalies:" + row[1], day] -= 1
+                        add_day_counts(self.conn, gone, self.writer)
                 yield table, deleted
                 if deleted < chunk_rows:
                     break
@@ -522,10 +570,33 @@ class PostgresStore(Store):
             except pg_errors.ObjectNotInPrerequisiteState:
                 # An earlier run was cut off between the two steps of a concurrent detach.
                 self.conn.execute(f"ALTER TABLE {table} DETACH PARTITION {name} FINALIZE")
-            self.conn.execute(f"DROP TABLE {name}")
-            self.partitions.known[table].discard(day)
+            self._drop_day(table, day)
             log.info("retention: dropped partition %s (%d rows)", name, rows)
             yield table, rows
+        # A day detached by a run that died before dropping it is no partition any more.
+        for (orphan,) in self.conn.execute(
+            "SELECT relname FROM pg_class WHERE relkind = 'r' AND NOT relispartition "
+            "AND relname ~ %s",
+            (f"^{table}_p[0-9]{{8}}$",),
+        ).fetchall():
+            stamp = orphan.rsplit("_p", 1)[1]
+            day = dt.date(int(stamp[:4]), int(stamp[4:6]), int(stamp[6:])).toordinal()
+            day -= dt.date(1970, 1, 1).toordinal()
+            if day_bounds(day)[1].timestamp() <= cutoff:
+                rows = self.conn.execute(f"SELECT count(*) FROM {orphan}").fetchone()[0]
+                self._drop_day(table, day)
+                log.info("retention: dropped the detached day %s (%d rows)", orphan, rows)
+                yield table, rows
+
+    def _drop_day(self, table: str, day: int) -> None:
+        """Drop a detached day and its counts, together."""
+        with self.conn.transaction():
+            self.conn.execute(f"DROP TABLE {partition_name(table, day)}")
+            self.conn.execute(
+                "DELETE FROM mb_day_counts WHERE day = %s AND (name = %s OR name LIKE %s)",
+                (day, table, table + ":%"),
+            )
+        self.partitions.known[table].discard(day)
 
     def vacuum_steps(self) -> Iterator[int]:
         """ANALYZE, table by table: dropped partitions return their space at once and

@@ -135,31 +135,34 @@ class PostgresReader(Reader):
         )
 
     def get_dashboard_summary(self) -> dict:
-        """The seed's summary. PostgreSQL counts in parallel; an hour touches one or two
-        day partitions through the time index."""
+        """The seed's summary: totals from the writers' per-day counts (a few rows, not
+        millions), the last hour from the one or two day partitions it touches."""
         hour_ago = _ts(time.time() - 3600)
+        totals = {
+            r["name"]: r["n"]
+            for r in self._all(
+                "SELECT name, sum(n)::bigint AS n FROM mb_day_counts GROUP BY name "
+                "ORDER BY n DESC, name"
+            )
+        }
         counts = self._one(
-            "SELECT (SELECT count(*) FROM events) AS total_events, "
-            "(SELECT count(*) FROM anomalies) AS total_anomalies, "
-            "(SELECT count(*) FROM sessions) AS total_sessions, "
+            "SELECT (SELECT count(*) FROM sessions) AS total_sessions, "
             "(SELECT count(*) FROM events WHERE timestamp >= %(h)s) AS events_last_hour, "
             "(SELECT count(*) FROM anomalies WHERE timestamp >= %(h)s) AS anomalies_last_hour, "
             "(SELECT count(*) FROM sessions WHERE status = 'ACTIVE') AS active_sessions",
             {"h": hour_ago},
         )
-        by_severity = {
-            r["severity"]: r["n"]
-            for r in self._all(
-                "SELECT severity, count(*) AS n FROM anomalies GROUP BY severity ORDER BY n DESC"
-            )
-        }
         return {
-            "total_events": counts["total_events"],
-            "total_anomalies": counts["total_anomalies"],
+            "total_events": totals.get("events", 0),
+            "total_anomalies": totals.get("anomalies", 0),
             "total_sessions": counts["total_sessions"],
             "events_last_hour": counts["events_last_hour"],
             "anomalies_last_hour": counts["anomalies_last_hour"],
-            "anomalies_by_severity": by_severity,
+            "anomalies_by_severity": {
+                name.split(":", 1)[1]: n
+                for name, n in totals.items()
+                if name.startswith("anomalies:") and n > 0
+            },
             "active_sessions": counts["active_sessions"],
             "timestamp": dt.datetime.now().isoformat(timespec="seconds"),
         }

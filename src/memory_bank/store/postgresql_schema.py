@@ -4,6 +4,8 @@
 - ``data``, ``metadata`` and ``pattern_data`` are ``jsonb``: queryable from psql and Grafana.
 - events, anomalies and metrics are partitioned by day (UTC): retention detaches and drops
   whole days instead of deleting rows, so no table bloat and no long DELETE.
+- The summary's totals come from ``mb_day_counts`` (per day and writer), kept in the
+  same transactions as the rows, and dropped with their day.
 - Their ids come from the writer's id blocks (a PostgreSQL sequence hands out blocks, so
   every daemon and publisher of the database draws unique ids); the primary key holds the
   partition key too, as PostgreSQL requires. sessions and patterns use identity ids.
@@ -119,6 +121,16 @@ CREATE TABLE IF NOT EXISTS mb_maintenance (
     error text
 );
 CREATE TABLE IF NOT EXISTS mb_meta (key text PRIMARY KEY, value text NOT NULL);
+-- Rows per UTC day of events and anomalies (and anomalies per severity), kept with every
+-- batch and every retention step: the summary sums a few rows instead of counting
+-- millions. One row per writer, so daemons never wait on each other's counter rows.
+CREATE TABLE IF NOT EXISTS mb_day_counts (
+    name text NOT NULL,
+    day integer NOT NULL,
+    writer text NOT NULL,
+    n bigint NOT NULL,
+    PRIMARY KEY (name, day, writer)
+);
 -- Id blocks: block n owns ids n * 2^32 + 1 ... (n + 1) * 2^32 - 1.
 CREATE SEQUENCE IF NOT EXISTS mb_id_blocks START 1;
 """
