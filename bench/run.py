@@ -519,9 +519,18 @@ def pg_read_path(url: str, rows: int) -> dict:
              "'HIGH', '0A -> 100A', 100, 32, 68 FROM generate_series(1, %(n)s) g", 0.08),
         ):  # fmt: skip
             conn.execute(sql, {"now": now, "span": span, "n": int(rows * share)})
+        # The per-day counts a writer keeps with its batches (the summary reads them).
+        day = "floor(extract(epoch FROM timestamp) / 86400)::int"
+        for name, table in (("'events'", "events"), ("'anomalies'", "anomalies"),
+                            ("'anomalies:' || severity", "anomalies")):  # fmt: skip
+            conn.execute(
+                f"INSERT INTO mb_day_counts (name, day, writer, n) SELECT {name}, {day}, "
+                f"'bench', count(*) FROM {table} GROUP BY 1, 2"
+            )
         conn.execute("VACUUM ANALYZE")
     reader = open_reader(url)
     try:
+        assert reader.get_dashboard_summary()["total_events"] == int(rows * 0.6)
         timings = read_timings(reader)
     finally:
         reader.close()
