@@ -455,7 +455,7 @@ def pg_ceiling(url: str, n: int) -> dict:
         ]
 
     conn = psycopg.connect(url, autocommit=True)
-    store_pg._register_json_text(conn)
+    store_pg.register_json_text(conn)
     batch = 2000
     began = time.perf_counter()
     cpu_began = time.process_time()

@@ -4,7 +4,8 @@ Several daemons may write one PostgreSQL database (one per host or site). What k
 correct: id blocks come from a sequence (unique across all of them); each batch locks the
 watermark rows of its publishers (``FOR UPDATE``), so a message is applied once even if two
 daemons were handed it; session and pattern upserts are taken in key order, so two
-daemons' batches cannot deadlock on them.
+daemons' batches cannot deadlock on them; the summary's day counters have a row per writer,
+so daemons never wait on each other's.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def add_day_counts(conn, counts: Counter, writer: str) -> None:
             )
 
 
-def _register_json_text(conn) -> None:
+def register_json_text(conn) -> None:
     """Let this connection write JsonText into binary jsonb (the COPY streams)."""
     JsonTextBinaryDumper.oid = conn.adapters.types["jsonb"].oid
     conn.adapters.register_dumper(JsonText, JsonTextBinaryDumper)
@@ -185,7 +186,7 @@ def connect(url: str, **kwargs):
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=10, **kwargs)
     except psycopg.OperationalError as exc:
-        # libpq's message names host and port; its hint lines go to the log only.
+        # libpq's first two lines say what failed and where; its hints are left out.
         reason = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
         raise StoreUnavailable(reason or f"cannot connect to {redact_url(url)}") from exc
 
@@ -267,7 +268,7 @@ class PostgresStore(Store):
             self.conn = None
             log.info("reconnecting to %s", self.name)
         conn = connect(self.url, application_name="memorybank-daemon")
-        _register_json_text(conn)
+        register_json_text(conn)
         try:
             ensure_schema(conn)
             self.partitions.load(conn)
