@@ -120,6 +120,28 @@ def run_python(code: str, *args: str, timeout: float = 120.0) -> subprocess.Comp
     )
 
 
+def curve_site(folder: Path) -> tuple[Path, Path]:
+    """Keys made with `memorybank keygen` (daemon, lab, stranger), only lab's authorized,
+    and a config naming them: returns (keys folder, config file)."""
+    from click.testing import CliRunner
+
+    from memory_bank.cli import main
+
+    keys, authorized = folder / "keys", folder / "authorized"
+    for name in ("daemon", "lab", "stranger"):
+        result = CliRunner().invoke(main, ["keygen", "--dir", str(keys), "--name", name])
+        assert result.exit_code == 0, result.output
+    authorized.mkdir()
+    (authorized / "lab.key").write_bytes((keys / "lab.key").read_bytes())
+    cfg = folder / "secure.toml"
+    cfg.write_text(
+        "[security]\n"
+        f'curve_secret_key_file = "{keys / "daemon.key_secret"}"\n'
+        f'curve_authorized_keys_dir = "{authorized}"\n'
+    )
+    return keys, cfg
+
+
 def free_port_pair() -> int:
     """A port free for the daemon's data socket, with the next one free for control."""
     import socket

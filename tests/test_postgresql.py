@@ -478,26 +478,11 @@ def test_tcp_with_curve_lets_only_authorized_publishers_lease_and_write(
 ):
     """A site's daemon on tcp with CURVE: a known key leases ids and writes; a stranger's
     publisher is refused at the handshake, so it never even gets an id block."""
-    from click.testing import CliRunner
-
-    from conftest import free_port_pair
-    from memory_bank.cli import main
+    from conftest import curve_site, free_port_pair
     from memory_bank.control import DaemonUnavailable
     from memory_bank.keys import client_curve
 
-    keys, authorized = tmp_path / "keys", tmp_path / "authorized"
-    for name in ("daemon", "lab", "stranger"):
-        assert (
-            CliRunner().invoke(main, ["keygen", "--dir", str(keys), "--name", name]).exit_code == 0
-        )
-    authorized.mkdir()
-    (authorized / "lab.key").write_bytes((keys / "lab.key").read_bytes())
-    cfg = tmp_path / "site.toml"
-    cfg.write_text(
-        "[security]\n"
-        f'curve_secret_key_file = "{keys / "daemon.key_secret"}"\n'
-        f'curve_authorized_keys_dir = "{authorized}"\n'
-    )
+    keys, cfg = curve_site(tmp_path)
     endpoint = f"tcp://127.0.0.1:{free_port_pair()}"
     start_daemon(pg_url, "--config", str(cfg), "--endpoint", endpoint)
     with pytest.raises(DaemonUnavailable):

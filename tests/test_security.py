@@ -9,11 +9,8 @@ import subprocess
 import sys
 import time
 
-from click.testing import CliRunner
-
-from conftest import free_port_pair, run_python
+from conftest import curve_site, free_port_pair, run_python
 from memory_bank import Publisher, discovery
-from memory_bank.cli import main
 from memory_bank.keys import client_curve
 
 
@@ -47,21 +44,8 @@ def test_default_runtime_folder_is_private(db_path, daemon):
 
 
 def test_curve_lets_only_authorized_publishers_write(db_path, start_daemon, tmp_path):
-    runner = CliRunner()
-    keys = tmp_path / "keys"
-    authorized = tmp_path / "authorized"
-    for name in ("daemon", "lab", "stranger"):
-        result = runner.invoke(main, ["keygen", "--dir", str(keys), "--name", name])
-        assert result.exit_code == 0, result.output
+    keys, cfg = curve_site(tmp_path)
     assert stat.S_IMODE(os.stat(keys / "lab.key_secret").st_mode) == 0o600
-    authorized.mkdir()
-    (authorized / "lab.key").write_bytes((keys / "lab.key").read_bytes())
-    cfg = tmp_path / "secure.toml"
-    cfg.write_text(
-        "[security]\n"
-        f'curve_secret_key_file = "{keys / "daemon.key_secret"}"\n'
-        f'curve_authorized_keys_dir = "{authorized}"\n'
-    )
     endpoint = f"tcp://127.0.0.1:{free_port_pair()}"
     start_daemon(db_path, "--config", str(cfg), "--endpoint", endpoint)
 
