@@ -6,6 +6,7 @@ endpoint; ``Reader`` answers the seed's queries. SQLite and PostgreSQL implement
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -145,20 +146,56 @@ class Where:
 
 class Reader:
     """The seed's read queries, with its arguments and return shapes (rows as dicts,
-    times as epoch seconds, JSON columns decoded). The filters are shared here; each
-    store writes its SQL (``_timeline`` and the rest) in its own dialect."""
+    times as epoch seconds, JSON columns decoded). The queries the two stores share are
+    written here once; each store gives its connection, its parameter marker, how a time
+    and a row are written in its SQL, and the queries where it differs (summary, buckets,
+    and on SQLite the rollups)."""
 
     #: The driver's parameter marker.
     placeholder = "?"
+    #: How many rows a limited query reads at once rather than streaming.
+    FETCH_ALL_UP_TO = 10_000
+
+    _local: threading.local  # one connection per thread, in ``conn``
+
+    def _conn(self):
+        """This thread's connection (opened on first use)."""
+        raise NotImplementedError
 
     def _when(self, epoch_seconds):
         """A time as this store's query parameter."""
         return epoch_seconds
 
+    def _select(self, table: str) -> str:
+        """The table's seed columns as this store's SQL returns them in the seed's shape."""
+        return TABLE_COLUMNS[table]
+
+    def _all(self, sql: str, params=()) -> list[dict]:
+        return self._conn().execute(sql, params).fetchall()
+
+    def _one(self, sql: str, params=()) -> dict | None:
+        return self._conn().execute(sql, params).fetchone()
+
+    def _stream(self, sql: str, params) -> Iterator[dict]:
+        """Rows of a query without holding them all in memory."""
+        yield from self._conn().execute(sql, params)
+
     def _timeline(self, table: str, filters, limit=None, newest_first=True) -> Iterator[dict]:
         """Rows of events, anomalies or metrics matching ``filters`` ((clause, value); a
         None value is no filter), in time order, streamed."""
-        raise NotImplementedError
+        w = Where()
+        for clause, value in filters:
+            w.add(clause, value)
+        order = "DESC" if newest_first else "ASC"
+        sql = f"SELECT {self._select(table)} FROM {table}{w.sql()} "
+        sql += f"ORDER BY {table}.timestamp {order}"
+        params = w.params
+        if limit is not None:
+            sql, params = f"{sql} LIMIT {self.placeholder}", [*params, limit]
+            if limit <= self.FETCH_ALL_UP_TO:
+                yield from self._all(sql, params)
+                return
+        yield from self._stream(sql, params)
 
     def get_events(self, event_type=None, component=None, since=None, limit=100, until=None):
         return list(self.iter_events(limit, since, until, event_type, component))
@@ -207,27 +244,65 @@ class Reader:
         return self._timeline("anomalies", filters, limit, newest_first)
 
     def get_anomaly_count(self, anomaly_type=None, severity=None, since=None) -> int:
-        raise NotImplementedError
+        p = self.placeholder
+        w = Where()
+        w.add(f"anomaly_type = {p}", anomaly_type)
+        w.add(f"severity = {p}", severity)
+        w.add(f"timestamp >= {p}", self._when(since))
+        return self._one(f"SELECT count(*) AS n FROM anomalies{w.sql()}", w.params)["n"]
 
     def get_session(self, session_id: str) -> dict | None:
-        raise NotImplementedError
+        return self._one(
+            f"SELECT {self._select('sessions')} FROM sessions "
+            f"WHERE session_id = {self.placeholder}",
+            (session_id,),
+        )
 
     def get_recent_sessions(self, limit=10) -> list[dict]:
-        raise NotImplementedError
+        return self._all(
+            f"SELECT {self._select('sessions')} FROM sessions "
+            f"ORDER BY sessions.start_time DESC LIMIT {self.placeholder}",
+            (limit,),
+        )
 
     def get_metric_statistics(self, metric_name, since=None, until=None) -> dict:
         """{'min', 'max', 'avg', 'count'} of a metric in a time window."""
-        raise NotImplementedError
+        p = self.placeholder
+        w = Where()
+        w.add(f"metric_name = {p}", metric_name)
+        w.add(f"timestamp >= {p}", self._when(since))
+        w.add(f"timestamp < {p}", self._when(until))
+        return self._one(
+            "SELECT min(metric_value) AS min, max(metric_value) AS max, "
+            f"avg(metric_value) AS avg, count(*) AS count FROM metrics{w.sql()}",
+            w.params,
+        )
 
     def get_patterns(self, pattern_type=None, min_frequency=1) -> list[dict]:
-        raise NotImplementedError
+        p = self.placeholder
+        w = Where()
+        w.add(f"pattern_type = {p}", pattern_type)
+        w.add(f"frequency >= {p}", min_frequency)
+        return self._all(
+            f"SELECT {self._select('patterns')} FROM patterns{w.sql()} "
+            "ORDER BY frequency DESC, patterns.last_seen DESC",
+            w.params,
+        )
 
     def get_dashboard_summary(self) -> dict:
         raise NotImplementedError
 
     def iter_table(self, table: str, since=None, until=None) -> Iterator[dict]:
         """Every row of a table in time order, streamed (exports)."""
-        raise NotImplementedError
+        if table not in TABLE_COLUMNS:
+            raise ValueError(f"unknown table {table!r}; expected one of {sorted(TABLE_COLUMNS)}")
+        column = f"{table}.{TIME_COLUMN[table]}"
+        w = Where()
+        w.add(f"{column} >= {self.placeholder}", self._when(since))
+        w.add(f"{column} < {self.placeholder}", self._when(until))
+        yield from self._stream(
+            f"SELECT {self._select(table)} FROM {table}{w.sql()} ORDER BY {column}", w.params
+        )
 
     def metric_buckets(self, metric_name: str, since: float, until: float, buckets: int):
         """The metric's avg/min/max over equal time slices, computed in the database."""
@@ -241,11 +316,12 @@ class Reader:
         w.add(f"{TIME_COLUMN[table]} < {self.placeholder}", self._when(until))
         return self._one(f"SELECT count(*) AS n FROM {table}{w.sql()}", w.params)["n"]
 
-    def _one(self, sql: str, params=()) -> dict | None:
-        raise NotImplementedError
-
     def close(self) -> None:
-        raise NotImplementedError
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
 
 
 class StoreUnavailable(ConnectionError):

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from .base import TABLE_COLUMNS, TIME_COLUMN, Reader, Where
+from .base import TABLE_COLUMNS, Reader
 from .postgresql import connect
 
 # The columns as SQLite returns them, as SQL over the PostgreSQL types.
@@ -63,28 +63,11 @@ class PostgresReader(Reader):
             self._local.conn = conn
         return conn
 
-    def _all(self, sql: str, params=()) -> list[dict]:
-        return self._conn().execute(sql, params).fetchall()
-
-    def _one(self, sql: str, params=()) -> dict | None:
-        return self._conn().execute(sql, params).fetchone()
-
     def _when(self, epoch_seconds):
         return _ts(epoch_seconds)
 
-    def _timeline(self, table, filters, limit=None, newest_first=True) -> Iterator[dict]:
-        w = Where()
-        for clause, value in filters:
-            w.add(clause, value)
-        order = "DESC" if newest_first else "ASC"
-        sql = f"SELECT {SELECT[table]} FROM {table}{w.sql()} ORDER BY {table}.timestamp {order}"
-        params = w.params
-        if limit is not None:
-            sql, params = sql + " LIMIT %s", [*params, limit]
-            if limit <= 10_000:
-                yield from self._all(sql, params)
-                return
-        yield from self._stream(sql, params)
+    def _select(self, table: str) -> str:
+        return SELECT[table]
 
     def _stream(self, sql: str, params) -> Iterator[dict]:
         """Rows through a server-side cursor: millions never sit in memory at once."""
@@ -94,45 +77,6 @@ class PostgresReader(Reader):
             cur.itersize = 2000
             cur.execute(sql, params)
             yield from cur
-
-    def get_anomaly_count(self, anomaly_type=None, severity=None, since=None) -> int:
-        w = Where()
-        w.add("anomaly_type = %s", anomaly_type)
-        w.add("severity = %s", severity)
-        w.add("timestamp >= %s", _ts(since))
-        return self._one(f"SELECT count(*) AS n FROM anomalies{w.sql()}", w.params)["n"]
-
-    def get_session(self, session_id: str) -> dict | None:
-        return self._one(
-            f"SELECT {SELECT['sessions']} FROM sessions WHERE session_id = %s", (session_id,)
-        )
-
-    def get_recent_sessions(self, limit=10) -> list[dict]:
-        return self._all(
-            f"SELECT {SELECT['sessions']} FROM sessions ORDER BY sessions.start_time DESC LIMIT %s",
-            (limit,),
-        )
-
-    def get_metric_statistics(self, metric_name, since=None, until=None) -> dict:
-        w = Where()
-        w.add("metric_name = %s", metric_name)
-        w.add("timestamp >= %s", _ts(since))
-        w.add("timestamp < %s", _ts(until))
-        return self._one(
-            "SELECT min(metric_value) AS min, max(metric_value) AS max, "
-            f"avg(metric_value) AS avg, count(*) AS count FROM metrics{w.sql()}",
-            w.params,
-        )
-
-    def get_patterns(self, pattern_type=None, min_frequency=1) -> list[dict]:
-        w = Where()
-        w.add("pattern_type = %s", pattern_type)
-        w.add("frequency >= %s", min_frequency)
-        return self._all(
-            f"SELECT {SELECT['patterns']} FROM patterns{w.sql()} "
-            "ORDER BY frequency DESC, patterns.last_seen DESC",
-            w.params,
-        )
 
     def get_dashboard_summary(self) -> dict:
         """The seed's summary: totals from the writers' per-day counts (a few rows, not
@@ -167,17 +111,6 @@ class PostgresReader(Reader):
             "timestamp": dt.datetime.now().isoformat(timespec="seconds"),
         }
 
-    def iter_table(self, table: str, since=None, until=None) -> Iterator[dict]:
-        if table not in TABLE_COLUMNS:
-            raise ValueError(f"unknown table {table!r}; expected one of {sorted(TABLE_COLUMNS)}")
-        column = f"{table}.{TIME_COLUMN[table]}"
-        w = Where()
-        w.add(f"{column} >= %s", _ts(since))
-        w.add(f"{column} < %s", _ts(until))
-        yield from self._stream(
-            f"SELECT {SELECT[table]} FROM {table}{w.sql()} ORDER BY {column}", w.params
-        )
-
     def metric_buckets(self, metric_name: str, since: float, until: float, buckets: int):
         width = max((until - since) / max(buckets, 1), 1e-6)
         return self._all(
@@ -194,9 +127,3 @@ class PostgresReader(Reader):
                 "hi": _ts(until),
             },
         )
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None

@@ -12,19 +12,10 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-from .base import (
-    JSON_COLUMNS,
-    PATTERN_COLUMNS,
-    SESSION_COLUMNS,
-    TABLE_COLUMNS,
-    TIME_COLUMN,
-    Reader,
-    Where,
-)
+from .base import JSON_COLUMNS, Reader, Where
 from .schema import SEED_TABLES
 
 
@@ -68,51 +59,14 @@ class SqliteReader(Reader):
         self._local.conn = conn
         return conn
 
-    def _all(self, sql: str, params=()) -> list[dict]:
-        return self._conn().execute(sql, params).fetchall()
-
-    def _one(self, sql: str, params=()) -> dict | None:
-        return self._conn().execute(sql, params).fetchone()
-
-    # -- events / anomalies -----------------------------------------------------------
-    def _timeline(
-        self, table: str, filters: list[tuple[str, object]], limit=None, newest_first: bool = True
-    ) -> Iterator[dict]:
-        """Rows of events, anomalies or metrics matching ``filters`` (clause, value; a None
-        value is no filter), in time order, streamed."""
-        w = Where()
-        for clause, value in filters:
-            w.add(clause, value)
-        order = "DESC" if newest_first else "ASC"
-        sql = f"SELECT {TABLE_COLUMNS[table]} FROM {table}{w.sql()} ORDER BY timestamp {order}"
-        params = w.params
-        if limit is not None:
-            sql, params = sql + " LIMIT ?", [*params, limit]
-        yield from self._conn().execute(sql, params)
-
+    # -- where the writer's rollups answer faster than the shared queries -------------
     def get_anomaly_count(self, anomaly_type=None, severity=None, since=None) -> int:
         if self._has_rollups() and anomaly_type is None and since is None:
             name = "anomalies" if severity is None else f"anomalies:{severity}"
             row = self._one("SELECT n FROM mb_counts WHERE name = ?", (name,))
             return row["n"] if row else 0
-        w = Where()
-        w.add("anomaly_type = ?", anomaly_type)
-        w.add("severity = ?", severity)
-        w.add("timestamp >= ?", since)
-        return self._one(f"SELECT count(*) AS n FROM anomalies{w.sql()}", w.params)["n"]
+        return super().get_anomaly_count(anomaly_type, severity, since)
 
-    # -- sessions ---------------------------------------------------------------------
-    def get_session(self, session_id: str) -> dict | None:
-        return self._one(
-            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)
-        )
-
-    def get_recent_sessions(self, limit=10) -> list[dict]:
-        return self._all(
-            f"SELECT {SESSION_COLUMNS} FROM sessions ORDER BY start_time DESC LIMIT ?", (limit,)
-        )
-
-    # -- metrics ----------------------------------------------------------------------
     def _has_rollups(self) -> bool:
         conn = self._conn()
         if getattr(self._local, "rollups_checked", None) is not conn:
@@ -129,15 +83,7 @@ class SqliteReader(Reader):
         at either end exactly from the table."""
         if self._has_rollups() and metric_name is not None:
             return self._metric_statistics_rolled(metric_name, since, until)
-        w = Where()
-        w.add("metric_name = ?", metric_name)
-        w.add("timestamp >= ?", since)
-        w.add("timestamp < ?", until)
-        return self._one(
-            "SELECT min(metric_value) AS min, max(metric_value) AS max, "
-            f"avg(metric_value) AS avg, count(*) AS count FROM metrics{w.sql()}",
-            w.params,
-        )
+        return super().get_metric_statistics(metric_name, since, until)
 
     def _metric_statistics_rolled(self, name, since, until) -> dict:
         conn = self._conn()
@@ -198,16 +144,6 @@ class SqliteReader(Reader):
         return whole + edge
 
     # -- patterns ---------------------------------------------------------------------
-    def get_patterns(self, pattern_type=None, min_frequency=1) -> list[dict]:
-        w = Where()
-        w.add("pattern_type = ?", pattern_type)
-        w.add("frequency >= ?", min_frequency)
-        return self._all(
-            f"SELECT {PATTERN_COLUMNS} FROM patterns{w.sql()} "
-            "ORDER BY frequency DESC, last_seen DESC",
-            w.params,
-        )
-
     # -- analytics --------------------------------------------------------------------
     def get_dashboard_summary(self) -> dict:
         """The seed's summary, from the writer's counters (no scan of millions of rows)."""
@@ -255,20 +191,6 @@ class SqliteReader(Reader):
             "timestamp": dt.datetime.now().isoformat(timespec="seconds"),
         }
 
-    def iter_table(self, table: str, since=None, until=None) -> Iterator[dict]:
-        """Every row of a table in time order, streamed."""
-        if table not in TABLE_COLUMNS:
-            raise ValueError(f"unknown table {table!r}; expected one of {sorted(TABLE_COLUMNS)}")
-        w = Where()
-        w.add(f"{TIME_COLUMN[table]} >= ?", since)
-        w.add(f"{TIME_COLUMN[table]} < ?", until)
-        cursor = self._conn().execute(
-            f"SELECT {TABLE_COLUMNS[table]} FROM {table}{w.sql()} ORDER BY {TIME_COLUMN[table]}",
-            w.params,
-        )
-        yield from cursor
-
-    # -- streaming views for the viewer -------------------------------------------------
     def metric_buckets(
         self, metric_name: str, since: float, until: float, buckets: int
     ) -> list[dict]:
@@ -283,9 +205,3 @@ class SqliteReader(Reader):
             "GROUP BY bucket ORDER BY bucket",
             (since, width, metric_name, until),
         )
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
