@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from memory_bank.control import wait_for_daemon
+from memory_bank.discovery import is_url
 
 # ipc socket paths must stay short (108 bytes): keep them out of pytest's deep tmp folders.
 os.environ["MEMORYBANK_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="mb-test-")
@@ -21,18 +22,14 @@ os.environ["MEMORYBANK_STATE_DIR"] = tempfile.mkdtemp(prefix="mb-state-")
 LOG_DIR = Path(tempfile.mkdtemp(prefix="mb-logs-"))
 
 
-def _is_url(location) -> bool:
-    return isinstance(location, str) and location.startswith("postgresql://")
-
-
 class DaemonProcess:
     """A `memorybank daemon` subprocess with its stderr kept in a file."""
 
     def __init__(self, db_path, *args: str, env: dict | None = None):
         self.db_path = db_path
         self.endpoint = args[args.index("--endpoint") + 1] if "--endpoint" in args else None
-        name = f"pg-{uuid.uuid4().hex[:8]}" if _is_url(db_path) else db_path.name
-        folder = LOG_DIR if _is_url(db_path) else db_path.parent
+        name = f"pg-{uuid.uuid4().hex[:8]}" if is_url(db_path) else db_path.name
+        folder = LOG_DIR if is_url(db_path) else db_path.parent
         self.log_path = folder / f"{name}.daemon{os.getpid()}-{id(self)}.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(

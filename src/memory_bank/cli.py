@@ -284,7 +284,7 @@ def demo(db, seconds, cycle) -> None:
     _setup_logging("WARNING")
     # A path is resolved (the lab's processes run elsewhere); a postgresql:// URL is kept.
     path = db if discovery.is_url(db) else discovery.resolve_db_path(db)
-    shown = discovery.redact_url(db) if discovery.is_url(db) else path
+    shown = discovery.display_name(db)
     started: list[subprocess.Popen] = []
     daemon_proc = None
     if discovery.daemon_running(discovery.location_key(path)):

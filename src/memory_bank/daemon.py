@@ -124,11 +124,7 @@ class Daemon:
         # and publisher spools hang from (the same for SQLite).
         self.location = settings.db_path
         self.db_path = discovery.location_key(settings.db_path, settings.endpoint)
-        self.name = (
-            discovery.redact_url(self.location)
-            if discovery.is_url(self.location)
-            else str(self.db_path)
-        )
+        self.name = discovery.display_name(self.location)
         if settings.endpoint:
             self.endpoints = discovery.Endpoints(
                 settings.endpoint, sockets.control_endpoint_for(settings.endpoint)

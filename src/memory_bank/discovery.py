@@ -52,6 +52,11 @@ def redact_url(location: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", str(location))
 
 
+def display_name(location) -> str:
+    """How logs and messages name a database: a URL without its password, a resolved path."""
+    return redact_url(location) if is_url(location) else str(resolve_db_path(location))
+
+
 def state_dir() -> Path:
     """Where a PostgreSQL-backed daemon keeps its local files (lock, spools): persistent,
     unlike the runtime folder, so spools outlive a reboot."""

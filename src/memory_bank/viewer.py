@@ -72,7 +72,7 @@ class Viewer:
     def __init__(self, db: str, output: str = "table", color: bool | None = None):
         self.db = db
         self.path = discovery.location_key(db)
-        self.name = discovery.redact_url(db) if discovery.is_url(db) else str(self.path)
+        self.name = discovery.display_name(db)
         if not discovery.is_url(db) and not self.path.exists():
             raise MissingDatabase(
                 f"no database at {self.path}; start a daemon with "

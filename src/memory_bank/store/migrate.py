@@ -21,7 +21,14 @@ from urllib.parse import quote
 
 from .. import wire
 from .base import TABLE_COLUMNS
-from .postgresql import PartitionKeeper, add_day_counts, connect, day_counts, ensure_schema
+from .postgresql import (
+    PartitionKeeper,
+    add_day_counts,
+    connect,
+    day_counts,
+    ensure_schema,
+    to_datetime,
+)
 from .schema import pattern_key
 
 log = logging.getLogger(__name__)
@@ -37,16 +44,12 @@ JSON_COLUMNS = {"data", "pattern_data", "metadata"}
 Progress = Callable[[str, int], None]  # (table, rows just copied)
 
 
-def _epoch(value):
-    return None if value is None else dt.datetime.fromtimestamp(float(value), tz=dt.UTC)
-
-
 def _sqlite_time(value):
     """SQLite's CURRENT_TIMESTAMP text (UTC), as a datetime PostgreSQL takes."""
     if value is None:
         return dt.datetime.now(dt.UTC)
     if isinstance(value, int | float):
-        return _epoch(value)
+        return to_datetime(value)
     try:
         parsed = dt.datetime.fromisoformat(str(value))
     except ValueError:
@@ -159,7 +162,7 @@ class Migration:
         out = []
         for name, value in zip(columns, row, strict=True):
             if name in EPOCH_COLUMNS:
-                value = _epoch(value)
+                value = to_datetime(value)
             elif name in TEXT_TIME_COLUMNS:
                 value = _sqlite_time(value)
             elif name in JSON_COLUMNS:

@@ -37,6 +37,7 @@ from .postgresql_schema import (
     SCHEMA_LOCK,
     SCHEMA_VERSION,
     day_bounds,
+    partition_day,
     partition_name,
 )
 from .schema import REJECTED_KEEP
@@ -45,6 +46,12 @@ from .sqlite import AUTO_AVG, AUTO_ENERGY, AUTO_MAX, AUTO_MIN, SESSION_METRICS
 log = logging.getLogger(__name__)
 
 _to_datetime = partial(dt.datetime.fromtimestamp, tz=dt.UTC)
+
+
+def to_datetime(epoch_seconds: float | None) -> dt.datetime | None:
+    """Epoch seconds as the timestamptz value psycopg sends (None stays None)."""
+    return None if epoch_seconds is None else _to_datetime(float(epoch_seconds))
+
 
 SESSION_START = """
 INSERT INTO sessions AS s (session_id, start_time, status, anomaly_count, started)
@@ -220,10 +227,9 @@ class PartitionKeeper:
             (list(PARTITIONED),),
         ).fetchall()
         for parent, child in rows:
-            stamp = child.rsplit("_p", 1)[-1]
-            if stamp.isdigit():
-                day = dt.date(int(stamp[:4]), int(stamp[4:6]), int(stamp[6:])).toordinal()
-                self.known[parent].add(day - dt.date(1970, 1, 1).toordinal())
+            day = partition_day(child)
+            if day is not None:
+                self.known[parent].add(day)
 
     def ensure(self, conn, table: str, days) -> None:
         missing = [d for d in days if d not in self.known[table]]
@@ -580,9 +586,7 @@ class PostgresStore(Store):
             "AND relname ~ %s",
             (f"^{table}_p[0-9]{{8}}$",),
         ).fetchall():
-            stamp = orphan.rsplit("_p", 1)[1]
-            day = dt.date(int(stamp[:4]), int(stamp[4:6]), int(stamp[6:])).toordinal()
-            day -= dt.date(1970, 1, 1).toordinal()
+            day = partition_day(orphan)
             if day_bounds(day)[1].timestamp() <= cutoff:
                 rows = self.conn.execute(f"SELECT count(*) FROM {orphan}").fetchone()[0]
                 self._drop_day(table, day)

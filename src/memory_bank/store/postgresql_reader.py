@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 
 from .base import TABLE_COLUMNS, Reader
-from .postgresql import connect
+from .postgresql import connect, to_datetime
 
 # The columns as SQLite returns them, as SQL over the PostgreSQL types.
 _TIME_COLUMNS = ("timestamp", "start_time", "end_time", "last_seen")
@@ -35,10 +35,6 @@ def _select_list(table: str) -> str:
 
 SELECT = {table: _select_list(table) for table in TABLE_COLUMNS}
 _cursor_numbers = itertools.count(1)
-
-
-def _ts(value):
-    return None if value is None else dt.datetime.fromtimestamp(value, tz=dt.UTC)
 
 
 class PostgresReader(Reader):
@@ -64,7 +60,7 @@ class PostgresReader(Reader):
         return conn
 
     def _when(self, epoch_seconds):
-        return _ts(epoch_seconds)
+        return to_datetime(epoch_seconds)
 
     def _select(self, table: str) -> str:
         return SELECT[table]
@@ -81,7 +77,7 @@ class PostgresReader(Reader):
     def get_dashboard_summary(self) -> dict:
         """The seed's summary: totals from the writers' per-day counts (a few rows, not
         millions), the last hour from the one or two day partitions it touches."""
-        hour_ago = _ts(time.time() - 3600)
+        hour_ago = to_datetime(time.time() - 3600)
         totals = {
             r["name"]: r["n"]
             for r in self._all(
@@ -123,7 +119,7 @@ class PostgresReader(Reader):
                 "since": since,
                 "width": width,
                 "name": metric_name,
-                "lo": _ts(since),
-                "hi": _ts(until),
+                "lo": to_datetime(since),
+                "hi": to_datetime(until),
             },
         )

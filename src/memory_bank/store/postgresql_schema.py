@@ -141,6 +141,14 @@ def partition_name(table: str, day: int) -> str:
     return f"{table}_p{dt.date.fromordinal(EPOCH_ORDINAL + day):%Y%m%d}"
 
 
+def partition_day(name: str) -> int | None:
+    """The day a partition named by ``partition_name`` holds, or None for another name."""
+    stamp = name.rsplit("_p", 1)[-1]
+    if len(stamp) != 8 or not stamp.isdigit():
+        return None
+    return dt.date(int(stamp[:4]), int(stamp[4:6]), int(stamp[6:])).toordinal() - EPOCH_ORDINAL
+
+
 def day_bounds(day: int) -> tuple[dt.datetime, dt.datetime]:
     start = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(days=day)
     return start, start + dt.timedelta(days=1)
