@@ -15,6 +15,11 @@ from ..wire import Message
 
 __all__ = ["Reader", "Store", "StoreUnavailable", "is_url", "redact_url"]
 
+# Which statistics end_session computes when the caller gave none (sessions.stats_auto
+# bits), and the metrics a session's computed statistics come from.
+AUTO_ENERGY, AUTO_AVG, AUTO_MAX, AUTO_MIN = 1, 2, 4, 8
+SESSION_METRICS = ("current", "power", "voltage")
+
 # The seed's columns, per table, in the seed's order: what every reader returns.
 EVENT_COLUMNS = "id, timestamp, event_type, component, message, data, created_at"
 ANOMALY_COLUMNS = (
@@ -107,14 +112,64 @@ class Store:
     def close(self) -> None:
         """Release the connection(s); nothing is pending after ``apply`` returned."""
 
-    # -- end_session without figures: the rule both stores share, their SQL apart ------
+    # -- end_session without figures: the rule both stores share ------------------------
+    #: The driver's parameter marker; ``_when`` turns epoch seconds into this store's time.
+    placeholder = "?"
+
+    def _when(self, epoch_seconds):
+        return epoch_seconds
+
+    def _sessions_touched_by(self, metrics: list) -> set[str]:
+        """Ended sessions whose computed statistics a late-arriving metric changes."""
+        stamps = [m[1] for m in metrics if m[2] in SESSION_METRICS]
+        if not stamps:
+            return set()
+        p = self.placeholder
+        rows = self.conn.execute(
+            f"SELECT session_id FROM sessions WHERE stats_auto != 0 AND end_time >= {p} "
+            f"AND start_time <= {p}",
+            (self._when(min(stamps)), self._when(max(stamps))),
+        )
+        return {r[0] for r in rows}
+
+    def _fill_session_statistics(self, session_id: str) -> None:
+        """Fill the figures end_session left out from the session's window of metrics."""
+        p = self.placeholder
+        row = self.conn.execute(
+            f"SELECT start_time, end_time, stats_auto FROM sessions WHERE session_id = {p}",
+            (session_id,),
+        ).fetchone()
+        if row is None or row[1] is None or not row[2]:
+            return
+        start, end, auto = row
+        avg, mx, mn = self.conn.execute(
+            "SELECT avg(metric_value), max(metric_value), min(metric_value) FROM metrics "
+            f"WHERE metric_name = 'current' AND timestamp BETWEEN {p} AND {p}",
+            (start, end),
+        ).fetchone()
+        energy = self._energy_wh(start, end)
+        self.conn.execute(
+            "UPDATE sessions SET "
+            f"total_energy = CASE WHEN {p} & 1 = 1 THEN {p} ELSE total_energy END, "
+            f"avg_current = CASE WHEN {p} & 2 = 2 THEN {p} ELSE avg_current END, "
+            f"max_current = CASE WHEN {p} & 4 = 4 THEN {p} ELSE max_current END, "
+            f"min_current = CASE WHEN {p} & 8 = 8 THEN {p} ELSE min_current END "
+            f"WHERE session_id = {p}",
+            (auto, energy, auto, avg, auto, mx, auto, mn, session_id),
+        )
+
     def _integral(self, metric_name: str, start, end) -> float | None:
         """Trapezoidal integral of a metric over [start, end] (value x seconds); None
         under two points."""
         raise NotImplementedError
 
     def _mean(self, metric_name: str, start, end) -> float | None:
-        raise NotImplementedError
+        p = self.placeholder
+        return self.conn.execute(
+            f"SELECT avg(metric_value) FROM metrics WHERE metric_name = {p} "
+            f"AND timestamp BETWEEN {p} AND {p}",
+            (metric_name, start, end),
+        ).fetchone()[0]
 
     def _energy_wh(self, start, end) -> float | None:
         """Energy from 'power' metrics (W), else from 'current' (A) times mean 'voltage' (V)."""
@@ -126,6 +181,16 @@ class Store:
         if amp_seconds is None or volts is None:
             return None
         return amp_seconds * volts / 3600.0
+
+
+def statistics_to_compute(energy, avg, mx, mn) -> int:
+    """The stats_auto bits of an end_session: which figures the caller left out."""
+    return (
+        (AUTO_ENERGY if energy is None else 0)
+        | (AUTO_AVG if avg is None else 0)
+        | (AUTO_MAX if mx is None else 0)
+        | (AUTO_MIN if mn is None else 0)
+    )
 
 
 class Where:

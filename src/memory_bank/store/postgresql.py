@@ -29,7 +29,7 @@ except ImportError:  # the optional extra; the store says how to install it when
 from .. import wire
 from ..discovery import redact_url
 from ..wire import Message
-from .base import Store, StoreUnavailable
+from .base import Store, StoreUnavailable, statistics_to_compute
 from .postgresql_schema import (
     PARTITION_LOCK,
     PARTITIONED,
@@ -41,7 +41,6 @@ from .postgresql_schema import (
     partition_name,
 )
 from .schema import REJECTED_KEEP
-from .sqlite import AUTO_AVG, AUTO_ENERGY, AUTO_MAX, AUTO_MIN, SESSION_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -263,8 +262,12 @@ class PostgresStore(Store):
     batch_errors = (
         (psycopg.DataError, psycopg.IntegrityError, pg_errors.UndefinedFunction) if psycopg else ()
     )
+    placeholder = "%s"
     # Everything else the server or the connection says: keep the batch, retry later.
     unavailable_errors = (psycopg.Error, StoreUnavailable) if psycopg else (StoreUnavailable,)
+
+    def _when(self, epoch_seconds):
+        return to_datetime(epoch_seconds)
 
     def _connect(self) -> None:
         if self.conn is not None and not self.conn.closed and not self.conn.broken:
@@ -445,12 +448,7 @@ class PostgresStore(Store):
             self.conn.execute(SESSION_ANOMALY, {"sid": op[2], "ts": ts})
         elif code == wire.OP_SESSION_END:
             _, _, session_id, energy, avg, mx, mn = op[:7]
-            auto = (
-                (AUTO_ENERGY if energy is None else 0)
-                | (AUTO_AVG if avg is None else 0)
-                | (AUTO_MAX if mx is None else 0)
-                | (AUTO_MIN if mn is None else 0)
-            )
+            auto = statistics_to_compute(energy, avg, mx, mn)
             self.conn.execute(
                 SESSION_END,
                 {
@@ -471,41 +469,6 @@ class PostgresStore(Store):
                 {"ts": ts, "type": op[2], "data": op[3], "key": op[4], "confidence": op[5]},
             )
 
-    def _sessions_touched_by(self, metrics: list) -> set[str]:
-        stamps = [m[1] for m in metrics if m[2] in SESSION_METRICS]
-        if not stamps:
-            return set()
-        rows = self.conn.execute(
-            "SELECT session_id FROM sessions WHERE stats_auto != 0 AND end_time >= %s "
-            "AND start_time <= %s",
-            (_to_datetime(min(stamps)), _to_datetime(max(stamps))),
-        )
-        return {r[0] for r in rows}
-
-    def _fill_session_statistics(self, session_id: str) -> None:
-        row = self.conn.execute(
-            "SELECT start_time, end_time, stats_auto FROM sessions WHERE session_id = %s",
-            (session_id,),
-        ).fetchone()
-        if row is None or row[1] is None or not row[2]:
-            return
-        start, end, auto = row
-        avg, mx, mn = self.conn.execute(
-            "SELECT avg(metric_value), max(metric_value), min(metric_value) FROM metrics "
-            "WHERE metric_name = 'current' AND timestamp BETWEEN %s AND %s",
-            (start, end),
-        ).fetchone()
-        energy = self._energy_wh(start, end)
-        self.conn.execute(
-            "UPDATE sessions SET "
-            "total_energy = CASE WHEN %(auto)s & 1 = 1 THEN %(energy)s ELSE total_energy END, "
-            "avg_current = CASE WHEN %(auto)s & 2 = 2 THEN %(avg)s ELSE avg_current END, "
-            "max_current = CASE WHEN %(auto)s & 4 = 4 THEN %(max)s ELSE max_current END, "
-            "min_current = CASE WHEN %(auto)s & 8 = 8 THEN %(min)s ELSE min_current END "
-            "WHERE session_id = %(sid)s",
-            {"auto": auto, "energy": energy, "avg": avg, "max": mx, "min": mn, "sid": session_id},
-        )
-
     def _integral(self, metric_name: str, start, end) -> float | None:
         """Trapezoidal integral of a metric over time (value x seconds), None under 2 points."""
         return self.conn.execute(
@@ -516,13 +479,6 @@ class PostgresStore(Store):
             "  lag(metric_value) OVER (ORDER BY timestamp) AS prev_v"
             " FROM metrics WHERE metric_name = %s AND timestamp BETWEEN %s AND %s"
             ") s WHERE prev_t IS NOT NULL",
-            (metric_name, start, end),
-        ).fetchone()[0]
-
-    def _mean(self, metric_name: str, start, end) -> float | None:
-        return self.conn.execute(
-            "SELECT avg(metric_value) FROM metrics WHERE metric_name = %s "
-            "AND timestamp BETWEEN %s AND %s",
             (metric_name, start, end),
         ).fetchone()[0]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import discovery, wire
 from ..wire import Message
-from .base import Store
+from .base import Store, statistics_to_compute
 from .schema import REJECTED_KEEP, migrate
 
 log = logging.getLogger(__name__)
@@ -80,9 +80,6 @@ ON CONFLICT(pattern_type, pattern_key) DO UPDATE SET
     updated_at = CURRENT_TIMESTAMP
 """
 
-# Which statistics end_session computes when the caller gave none (stats_auto bits).
-AUTO_ENERGY, AUTO_AVG, AUTO_MAX, AUTO_MIN = 1, 2, 4, 8
-SESSION_METRICS = ("current", "power", "voltage")
 
 RETENTION_TIME_COLUMN = {
     "events": "timestamp",
@@ -399,53 +396,12 @@ class SqliteStore(Store):
             self.conn.execute(SESSION_ANOMALY, op[1:3])
         elif code == wire.OP_SESSION_END:
             ts, session_id, energy, avg, mx, mn = op[1:7]
-            auto = (
-                (AUTO_ENERGY if energy is None else 0)
-                | (AUTO_AVG if avg is None else 0)
-                | (AUTO_MAX if mx is None else 0)
-                | (AUTO_MIN if mn is None else 0)
-            )
+            auto = statistics_to_compute(energy, avg, mx, mn)
             self.conn.execute(SESSION_END, (ts, session_id, energy, avg, mx, mn, auto))
             if auto:
                 refresh.add(session_id)
         elif code == wire.OP_PATTERN:
             self.conn.execute(PATTERN_UPSERT, op[1:6])
-
-    def _sessions_touched_by(self, metrics: list) -> set[str]:
-        """Ended sessions whose computed statistics a late-arriving metric changes."""
-        stamps = [m[1] for m in metrics if m[2] in SESSION_METRICS]
-        if not stamps:
-            return set()
-        rows = self.conn.execute(
-            "SELECT session_id FROM sessions WHERE stats_auto != 0 AND end_time >= ? "
-            "AND start_time <= ?",
-            (min(stamps), max(stamps)),
-        )
-        return {r[0] for r in rows}
-
-    def _fill_session_statistics(self, session_id: str) -> None:
-        row = self.conn.execute(
-            "SELECT start_time, end_time, stats_auto FROM sessions WHERE session_id = ?",
-            (session_id,),
-        ).fetchone()
-        if row is None or row[1] is None or not row[2]:
-            return
-        start, end, auto = row
-        avg, mx, mn = self.conn.execute(
-            "SELECT avg(metric_value), max(metric_value), min(metric_value) FROM metrics "
-            "WHERE metric_name = 'current' AND timestamp BETWEEN ? AND ?",
-            (start, end),
-        ).fetchone()
-        energy = self._energy_wh(start, end)
-        self.conn.execute(
-            "UPDATE sessions SET "
-            "total_energy = CASE WHEN ?1 & 1 THEN ?2 ELSE total_energy END, "
-            "avg_current = CASE WHEN ?1 & 2 THEN ?3 ELSE avg_current END, "
-            "max_current = CASE WHEN ?1 & 4 THEN ?4 ELSE max_current END, "
-            "min_current = CASE WHEN ?1 & 8 THEN ?5 ELSE min_current END "
-            "WHERE session_id = ?6",
-            (auto, energy, avg, mx, mn, session_id),
-        )
 
     def _integral(self, metric_name: str, start: float, end: float) -> float | None:
         """Trapezoidal integral of a metric over time (value x seconds), None under 2 points."""
@@ -456,13 +412,6 @@ class SqliteStore(Store):
             "  lag(metric_value) OVER (ORDER BY timestamp) AS prev_v"
             " FROM metrics WHERE metric_name = ? AND timestamp BETWEEN ? AND ?"
             ") WHERE prev_t IS NOT NULL",
-            (metric_name, start, end),
-        ).fetchone()[0]
-
-    def _mean(self, metric_name: str, start, end) -> float | None:
-        return self.conn.execute(
-            "SELECT avg(metric_value) FROM metrics WHERE metric_name = ? "
-            "AND timestamp BETWEEN ? AND ?",
             (metric_name, start, end),
         ).fetchone()[0]
 
