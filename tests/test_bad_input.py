@@ -94,6 +94,54 @@ def test_bad_messages_are_refused_and_good_rows_kept(db_path, daemon):
         assert memory.get_events()[0]["message"] == "after the storm"
 
 
+def test_non_standard_json_from_any_publisher_is_refused(db_path, daemon):
+    """NaN, Infinity and lone surrogate escapes (what Python's json writes unless told not
+    to) are refused by the daemon, whoever sent them; standard JSON beside them is kept."""
+    now = time.time()
+    body = [
+        1,
+        PUB,
+        1,
+        0,
+        [
+            _event(1, now, "nan")[:5] + ['{"v": NaN}'],
+            _event(2, now, "lone")[:5] + ['{"k": "\\ud800"}'],
+            _event(3, now, "pair")[:5] + ['{"k": "NaN \\ud83d\\ude00"}'],
+        ],
+        [[PUB + 4, now, "A", "HIGH", "inf", "[Infinity]", 1.0, None]],
+        [[PUB + 5, now, "current", 1.0, "A", '{"v": -Infinity}']],
+        [[4, now, "P", '{"x": NaN}', '{"x":NaN}', 1.0]],
+    ]
+    ctx, push = _push(db_path)
+    push.send(msgpack.packb(body))
+    push.close(linger=2000)
+    ctx.term()
+    deadline = time.time() + 20
+    while (stats := daemon_stats(db_path))["rejected_records"] < 5 or stats["batches"] < 1:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT message FROM events").fetchall() == [("pair",)]
+    reasons = sorted(r[0] for r in conn.execute("SELECT reason FROM mb_rejected"))
+    conn.close()
+    assert len(reasons) == 5 and all("is not standard JSON" in r for r in reasons), reasons
+
+
+def test_nan_in_json_is_refused_at_the_call(tmp_path):
+    """The publisher refuses NaN in data with a clear error, as metric values NaN are
+    refused: a record is never stored with a token strict JSON readers reject."""
+    with MemoryBank(tmp_path / "e.db", embedded=True) as memory:
+        for call in (
+            lambda: memory.log_event("E", "C", "m", {"v": float("nan")}),
+            lambda: memory.record_metric("current", 1.0, "A", {"v": [float("inf")]}),
+            lambda: memory.record_anomaly("A", "LOW", "d", {"v": float("-inf")}),
+            lambda: memory.record_pattern("P", {"v": float("nan")}),
+        ):
+            with pytest.raises(ValueError, match="NaN and infinities cannot be stored"):
+                call()
+        assert memory.get_events() == [] and memory.get_patterns() == []
+
+
 _scalars = (
     st.none()
     | st.booleans()

@@ -45,31 +45,101 @@ STALL_SECONDS = 5.0
 # While records flow, the sender gathers them this long between messages: fewer wake-ups
 # and GIL handoffs for the caller, larger messages for the daemon.
 LINGER = 0.001
-# Largest packed message; rows beyond it go into the next message.
+# Largest packed message; rows beyond it go into the next message. One record alone may
+# take up to the daemon's limit (sockets.DAEMON_MAXMSGSIZE); a larger one is refused.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Why a record was dropped (Publisher.dropped_by_reason); each reason is logged at most
+# once per DROP_LOG_SECONDS.
+DROP_REASONS = {
+    "overflow": "memory and spool full, or the spool cannot be written",
+    "unencodable": "msgpack cannot pack the record",
+    "oversized": "the record packs to more than the daemon's message limit "
+    f"({sockets.DAEMON_MAXMSGSIZE // 2**20} MiB)",
+    "unspooled": "not confirmed at close and the spool could not take it",
+}
+DROP_LOG_SECONDS = 10.0
 
 
-_dumps = json.dumps
-_LENIENT = json.JSONEncoder(default=str)
-_CANONICAL = json.JSONEncoder(default=str, sort_keys=True, separators=(",", ":"))
+# allow_nan=False: NaN and infinities are not JSON (jq, browsers and PostgreSQL's jsonb
+# refuse the tokens Python would write), so a record holding one is refused at the call.
+_STRICT = json.JSONEncoder(allow_nan=False)
+_LENIENT = json.JSONEncoder(default=str, allow_nan=False)
+_CANONICAL = json.JSONEncoder(default=str, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def _json(value) -> str | None:
     """JSON-encode a data/metadata argument on the caller's side (the seed stores JSON text).
 
-    ``json.dumps(value)`` with no options takes the C encoder's cached fast path; only a
-    value JSON cannot encode (a datetime, a set...) pays for the lenient encoder.
+    A pre-built encoder with no ``default`` takes the C encoder's fast path (what
+    ``json.dumps(value)`` uses); only a value JSON cannot encode (a datetime, a set...) pays
+    for the lenient one. A value that cannot be stored is refused here, with the reason.
     """
     if value is None:
         return None
     try:
-        return _dumps(value)
-    except TypeError:
-        return _LENIENT.encode(value)
+        try:
+            text = _STRICT.encode(value)
+        except TypeError:
+            text = _LENIENT.encode(value)
+    except ValueError as exc:
+        if "Out of range float" not in str(exc):
+            raise
+        raise ValueError(
+            "NaN and infinities cannot be stored in data, metadata or pattern_data: they are "
+            "not JSON (use None for a missing value)"
+        ) from None
+    if "\\ud" in text:  # an escaped surrogate: fine in pairs (emoji), refused alone
+        _check_text(json.loads(text), "JSON")
+    return text
+
+
+def _sendable(*texts) -> None:
+    """Refuse at the call a text field the sender could not encode (a lone surrogate, a
+    value msgpack cannot pack): one such record must never cost the records around it."""
+    try:
+        for text in texts:
+            if not (text is None or text.isascii()):
+                break
+        else:
+            return  # the common case: ASCII text
+    except AttributeError:
+        pass
+    for text in texts:
+        _check_text(text, "text")
+
+
+def _check_text(value, what: str) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"{what} {value[max(exc.start - 20, 0) : exc.end + 20]!r} holds a lone "
+                f"surrogate at position {exc.start} and cannot be stored as UTF-8 (decode "
+                "bytes with errors='replace', not 'surrogateescape')"
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, what)
+            _check_text(item, what)
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item, what)
+    elif value is not None and what == "text":
+        try:
+            msgpack.packb(value)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise TypeError(f"{value!r} cannot be sent: {exc}") from None
 
 
 def _time(timestamp) -> float:
     return time.time() if timestamp is None else float(timestamp)
+
+
+def _session(session_id) -> str:
+    text = str(session_id)
+    _sendable(text)
+    return text
 
 
 class _Marker:
@@ -231,8 +301,10 @@ class Publisher:
         self._closed = False
         self._forked = False
         self.dropped = 0
-        self._dropped_logged = 0
-        self._dropped_logged_at = 0.0
+        self.dropped_by_reason: dict[str, int] = {}  # reason (see DROP_REASONS) -> records
+        self._drop_logged: dict[str, tuple[float, int]] = {}  # reason -> (when, count)
+        self.sender_errors = 0
+        self._sender_error_logged_at = -DROP_LOG_SECONDS
         # The sender thread's own state.
         self._seq = 0  # last message packed
         self._base = 0  # no message at or below this will be sent again
@@ -311,11 +383,18 @@ class Publisher:
             self._wake_pending = True
             os.eventfd_write(self._wake_fd, 1)
 
-    def _count_drop(self, records: int) -> None:
-        """Count dropped records; log the count at most once per 10 s (never silent)."""
+    def _count_drop(self, records: int, reason: str = "overflow", detail: str = "") -> None:
+        """Count dropped records by reason; log each reason at most once per 10 s with the
+        count since its last line (never silent)."""
         self.dropped += records
+        self.dropped_by_reason[reason] = self.dropped_by_reason.get(reason, 0) + records
         now = time.monotonic()
-        if now - self._dropped_logged_at >= 10.0:
+        logged_at, logged = self._drop_logged.get(reason, (-DROP_LOG_SECONDS, 0))
+        if now - logged_at < DROP_LOG_SECONDS:
+            return
+        total = self.dropped_by_reason[reason]
+        self._drop_logged[reason] = (now, total)
+        if reason == "overflow":
             log.error(
                 "publisher %d: buffers full (memory %d bytes, spool %d bytes, policy %s): "
                 "dropped %d record(s) since the last report, %d in all; is the daemon of %s "
@@ -324,19 +403,28 @@ class Publisher:
                 self.memory_bytes,
                 self.spool_bytes,
                 self.overflow,
-                self.dropped - self._dropped_logged,
+                total - logged,
                 self.dropped,
                 self.db_path or "this endpoint",
             )
-            self._dropped_logged_at = now
-            self._dropped_logged = self.dropped
+        else:
+            log.error(
+                "publisher %d: refused %d record(s) since the last report (%s: %s%s); "
+                "%d dropped in all",
+                self.publisher_id,
+                total - logged,
+                reason,
+                DROP_REASONS.get(reason, reason),
+                f"; last: {detail}" if detail else "",
+                self.dropped,
+            )
 
     # -- the seed's write calls -------------------------------------------------------
     def log_event(self, event_type, component, message="", data=None, *, timestamp=None) -> int:
+        _sendable(event_type, component, message)
+        data_json = _json(data)
         event_id = self._new_id()
-        self._put(
-            _EVENTS, [event_id, _time(timestamp), event_type, component, message, _json(data)]
-        )
+        self._put(_EVENTS, [event_id, _time(timestamp), event_type, component, message, data_json])
         return event_id
 
     def record_anomaly(
@@ -350,6 +438,8 @@ class Publisher:
         *,
         timestamp=None,
     ) -> int:
+        _sendable(anomaly_type, severity, description)
+        pattern_json = _json(pattern_data)
         anomaly_id = self._new_id()
         self._put(
             _ANOMALIES,
@@ -359,7 +449,7 @@ class Publisher:
                 anomaly_type,
                 severity,
                 description,
-                _json(pattern_data),
+                pattern_json,
                 None if current_value is None else float(current_value),
                 None if expected_value is None else float(expected_value),
             ],
@@ -367,18 +457,20 @@ class Publisher:
         return anomaly_id
 
     def record_metric(self, metric_name, metric_value, unit=None, metadata=None, *, timestamp=None):
+        _sendable(metric_name, unit)
+        metadata_json = _json(metadata)
         metric_id = self._new_id()
         self._put(
             _METRICS,
-            [metric_id, _time(timestamp), metric_name, float(metric_value), unit, _json(metadata)],
+            [metric_id, _time(timestamp), metric_name, float(metric_value), unit, metadata_json],
         )
         return metric_id
 
     def start_session(self, session_id, *, timestamp=None) -> None:
-        self._put(_OPERATIONS, [wire.OP_SESSION_START, _time(timestamp), str(session_id)])
+        self._put(_OPERATIONS, [wire.OP_SESSION_START, _time(timestamp), _session(session_id)])
 
     def increment_session_anomaly_count(self, session_id, *, timestamp=None) -> None:
-        self._put(_OPERATIONS, [wire.OP_SESSION_ANOMALY, _time(timestamp), str(session_id)])
+        self._put(_OPERATIONS, [wire.OP_SESSION_ANOMALY, _time(timestamp), _session(session_id)])
 
     def end_session(
         self,
@@ -394,9 +486,13 @@ class Publisher:
             None if v is None else float(v)
             for v in (total_energy, avg_current, max_current, min_current)
         ]
-        self._put(_OPERATIONS, [wire.OP_SESSION_END, _time(timestamp), str(session_id), *stats])
+        self._put(
+            _OPERATIONS, [wire.OP_SESSION_END, _time(timestamp), _session(session_id), *stats]
+        )
 
     def record_pattern(self, pattern_type, pattern_data, confidence=1.0, *, timestamp=None) -> None:
+        _sendable(pattern_type)
+        pattern_json = _json(pattern_data)
         key = _CANONICAL.encode(pattern_data)
         self._put(
             _OPERATIONS,
@@ -404,7 +500,7 @@ class Publisher:
                 wire.OP_PATTERN,
                 _time(timestamp),
                 pattern_type,
-                _json(pattern_data),
+                pattern_json,
                 key,
                 float(confidence),
             ],
@@ -433,10 +529,14 @@ class Publisher:
     # -- the sender thread ------------------------------------------------------------
     def _run_sender(self) -> None:
         """While records flow, cycle every LINGER seconds (callers then make no system
-        call to wake it); when a cycle finds nothing, re-arm the wake-up and sleep."""
-        try:
-            wake_fd = self._wake_fd
-            while True:
+        call to wake it); when a cycle finds nothing, re-arm the wake-up and sleep.
+
+        The thread never dies of what it handles: a record that cannot be packed is refused
+        alone (``_store_message``), and any other error in a cycle is counted
+        (``sender_errors``), logged, and the next cycle goes on after a pause."""
+        wake_fd = self._wake_fd
+        while True:
+            try:
                 packed = self._pack()
                 self._send()
                 self._handle_replies()
@@ -457,9 +557,24 @@ class Publisher:
                         os.eventfd_read(wake_fd)
                     except BlockingIOError:
                         pass
-        except Exception:  # the sender must never die silently
-            log.exception("publisher %d: sender thread failed", self.publisher_id)
-            raise
+            except Exception:
+                self._sender_failed()
+                if self._stop:
+                    return
+
+    def _sender_failed(self) -> None:
+        """An unexpected error in a sender cycle: counted, logged with its traceback (at
+        most once per DROP_LOG_SECONDS), then a pause so a lasting fault cannot spin."""
+        self.sender_errors += 1
+        now = time.monotonic()
+        if now - self._sender_error_logged_at >= DROP_LOG_SECONDS:
+            self._sender_error_logged_at = now
+            log.exception(
+                "publisher %d: error in the sender thread (%d so far); it goes on",
+                self.publisher_id,
+                self.sender_errors,
+            )
+        time.sleep(0.05)
 
     def _poller_for(self, items: list) -> zmq.Poller:
         """The sender's poller, rebuilt only when the sockets or the events it waits for
@@ -511,7 +626,18 @@ class Publisher:
         return packed
 
     def _store_message(self, rows: list[list], count: int) -> None:
-        raw = wire.encode(self.publisher_id, self._seq + 1, self._base, *rows)
+        try:
+            raw = wire.encode(self.publisher_id, self._seq + 1, self._base, *rows)
+        except Exception:  # msgpack raises several unrelated types
+            count = self._refuse_unencodable(rows)
+            if not count:
+                return
+            raw = wire.encode(self.publisher_id, self._seq + 1, self._base, *rows)
+        if count == 1 and len(raw) > sockets.DAEMON_MAXMSGSIZE:
+            # ZeroMQ on the daemon's side would drop it without a trace, and this
+            # publisher would resend it forever: refuse it alone.
+            self._count_drop(1, "oversized", f"{len(raw):,} bytes packed")
+            return
         if len(raw) > MAX_MESSAGE_BYTES and count > 1:
             half = [[], [], [], []]
             moved = 0
@@ -528,6 +654,23 @@ class Publisher:
         while self._mem_bytes > self.memory_bytes and self._mem:
             if not self._spill_oldest():
                 self._drop_oldest_message()
+
+    def _refuse_unencodable(self, rows: list[list]) -> int:
+        """Set aside (counted, logged) each row msgpack cannot pack, in place; the rows
+        left. Only runs when a whole message failed to pack, so the call path stays free."""
+        left = 0
+        for kind_rows in rows:
+            kept = []
+            for row in kind_rows:
+                try:
+                    msgpack.packb(row, use_bin_type=True)
+                except Exception as exc:
+                    self._count_drop(1, "unencodable", f"{type(exc).__name__}: {exc}")
+                else:
+                    kept.append(row)
+            kind_rows[:] = kept
+            left += len(kept)
+        return left
 
     def _full(self) -> bool:
         spool_full = self._spool_folder is None or (
@@ -730,13 +873,7 @@ class Publisher:
                 self._spool_folder,
             )
         if lost:
-            self._count_drop(lost)
-            log.error(
-                "publisher %d: %d record(s) were not confirmed and could not be spooled; "
-                "they are lost",
-                self.publisher_id,
-                lost,
-            )
+            self._count_drop(lost, "unspooled")
 
     def _pack_remaining(self) -> None:
         self._markers = []

@@ -19,6 +19,7 @@ Imports nothing but the standard library and msgpack: publishers load this modul
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -118,6 +119,27 @@ def _is_id(value) -> bool:
     return type(value) is int and 0 < value < (1 << 63)
 
 
+def _is_standard_json(text: str) -> bool:
+    """False for the tokens strict JSON readers refuse (NaN, Infinity, a lone surrogate
+    escape), which Python's json writes by default. A substring scan for the common case; a
+    parse only when one of them appears (it may sit inside a string). Not a full parse of
+    every column: that would cost the daemon a fifth of its time."""
+    if not ("NaN" in text or "Infinity" in text or "\\ud" in text or "\\uD" in text):
+        return True
+    try:
+        value = _STRICT_JSON.decode(text)
+        json.dumps(value, ensure_ascii=False).encode()  # a lone surrogate fails here
+    except ValueError:  # UnicodeEncodeError included
+        return False
+    return True
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
+_NOT_JSON = "is not standard JSON (NaN, Infinity or a lone surrogate)"
 _MAX_ID = 1 << 63
 _INF = float("inf")
 _OP_ARITY = {OP_SESSION_START: 3, OP_SESSION_ANOMALY: 3, OP_SESSION_END: 7, OP_PATTERN: 6}
@@ -185,8 +207,9 @@ class Validator:
             f"({self.limits.min_timestamp:.0f} .. now + {self.limits.max_future_seconds:.0f}s)"
         )
 
-    def _check_row(self, row, width, text, opt_text, real, opt_real, what) -> str | None:
-        """Shared check of a plain-insert row: [id, timestamp, ...] with typed columns."""
+    def _check_row(self, row, width, text, opt_text, real, opt_real, what, json_name) -> str | None:
+        """Shared check of a plain-insert row: [id, timestamp, ...] with typed columns;
+        column 5 is JSON text (data, pattern_data or metadata)."""
         if type(row) is not list or len(row) != width:
             return f"expected {width} fields"
         if not _is_id(row[0]):
@@ -200,6 +223,8 @@ class Validator:
             and all(_is_opt_real(row[i]) for i in opt_real)
         ):
             return what + f" (text at most {self._max_chars} characters)"
+        if row[5] is not None and not _is_standard_json(row[5]):
+            return f"{json_name} {_NOT_JSON}"
         return None
 
     # Fast paths: one expression per kind for the common, valid row; only a row that fails
@@ -217,7 +242,12 @@ class Validator:
             and type(row[3]) is str
             and len(row[3]) <= self._max_chars
             and (type(row[4]) is str and len(row[4]) <= self._max_chars or row[4] is None)
-            and (type(row[5]) is str and len(row[5]) <= self._max_chars or row[5] is None)
+            and (
+                type(row[5]) is str
+                and len(row[5]) <= self._max_chars
+                and _is_standard_json(row[5])
+                or row[5] is None
+            )
         ):
             return None
         return self._check_row(
@@ -228,6 +258,7 @@ class Validator:
             (),
             (),
             "event_type and component must be text; message and data text or null",
+            "data",
         )
 
     def _check_anomaly(self, row) -> str | None:
@@ -240,6 +271,7 @@ class Validator:
             (6, 7),
             "anomaly_type and severity must be text; description and pattern_data text or "
             "null; current and expected values finite numbers or null",
+            "pattern_data",
         )
 
     def _check_metric(self, row) -> str | None:
@@ -255,7 +287,12 @@ class Validator:
             and type(row[3]) is float
             and -_INF < row[3] < _INF
             and (type(row[4]) is str and len(row[4]) <= self._max_chars or row[4] is None)
-            and (type(row[5]) is str and len(row[5]) <= self._max_chars or row[5] is None)
+            and (
+                type(row[5]) is str
+                and len(row[5]) <= self._max_chars
+                and _is_standard_json(row[5])
+                or row[5] is None
+            )
         ):
             return None
         return self._check_row(
@@ -267,6 +304,7 @@ class Validator:
             (),
             "metric_name must be text, metric_value a finite number; unit and metadata "
             "text or null",
+            "metadata",
         )
 
     def _check_operation(self, row) -> str | None:
@@ -292,4 +330,6 @@ class Validator:
             and _is_real(row[5])
         ):
             return "pattern_type, pattern_data and key must be text, confidence a number"
+        if not _is_standard_json(row[3]):
+            return f"pattern_data {_NOT_JSON}"
         return None
