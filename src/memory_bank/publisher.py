@@ -58,6 +58,8 @@ DROP_REASONS = {
     "unspooled": "not confirmed at close and the spool could not take it",
 }
 DROP_LOG_SECONDS = 10.0
+# After a spool write fails (disk full...), the spool counts as full for this long.
+SPOOL_RETRY_SECONDS = 1.0
 
 
 # allow_nan=False: NaN and infinities are not JSON (jq, browsers and PostgreSQL's jsonb
@@ -261,6 +263,7 @@ class Publisher:
         spool_dir: str | os.PathLike | None = None,
         spool_bytes: int = 1024 * 1024 * 1024,
         overflow: str = "drop_newest",
+        spool_mode: int = spool.DIR_MODE,
     ):
         if db_path is None and endpoint is None and transport is None:
             raise ValueError("Publisher needs a database path or an endpoint")
@@ -276,6 +279,7 @@ class Publisher:
         self.memory_bytes = memory_bytes
         self.spool_bytes = spool_bytes
         self.overflow = overflow
+        self.spool_mode = spool_mode
         if transport is None:
             if endpoint is not None:
                 data_ep, control_ep = endpoint, sockets.control_endpoint_for(endpoint)
@@ -312,6 +316,8 @@ class Publisher:
         self._mem: deque = deque()  # (seq, raw, records), unacknowledged, newest part
         self._mem_bytes = 0
         self._spool: spool.Spool | None = None
+        self._spool_retry_at = 0.0  # monotonic; before it, the spool counts as full
+        self._spool_error: str | None = None  # the last write failure, until one succeeds
         self._spooled: deque = deque()  # (seq, records) of spooled messages, oldest first
         self._next_send = 1  # next message to hand to ZeroMQ
         self._replay_iter = None  # spool reader during a replay
@@ -673,34 +679,65 @@ class Publisher:
         return left
 
     def _full(self) -> bool:
-        spool_full = self._spool_folder is None or (
-            self._spool is not None and self._spool.bytes >= self.spool_bytes
+        spool_full = (
+            self._spool_folder is None
+            or time.monotonic() < self._spool_retry_at
+            or (self._spool is not None and self._spool.bytes >= self.spool_bytes)
         )
         return self._mem_bytes >= self.memory_bytes and spool_full
 
     def _spill_oldest(self) -> bool:
-        """Move the oldest message in memory to the disk spool; False if it cannot go there."""
-        if self._spool_folder is None:
+        """Move the oldest message in memory to the disk spool; False if it cannot go there
+        (no spool, spool full, or a write that failed: then the spool counts as full)."""
+        if not self._open_spool() or self._spool.bytes >= self.spool_bytes:
+            return False
+        seq, raw, count = self._mem[0]
+        try:
+            self._spool.append(seq, raw)
+        except OSError as exc:
+            self._spool_failed(exc)
+            return False
+        self._mem.popleft()
+        self._mem_bytes -= len(raw)
+        self._spooled.append((seq, count))
+        return True
+
+    def _open_spool(self) -> bool:
+        """The spool, made on first use; False while there is none or a failed write's
+        pause (SPOOL_RETRY_SECONDS) runs."""
+        if self._spool_folder is None or time.monotonic() < self._spool_retry_at:
             return False
         if self._spool is None:
             try:
-                self._spool = spool.Spool(Path(self._spool_folder))
+                self._spool = spool.Spool(Path(self._spool_folder), self.spool_mode)
             except OSError as exc:
-                log.error(
-                    "publisher %d: cannot spool to %s: %s",
-                    self.publisher_id,
-                    self._spool_folder,
-                    exc,
-                )
-                self._spool_folder = None
+                self._spool_failed(exc)
                 return False
-        if self._spool.bytes >= self.spool_bytes:
-            return False
-        seq, raw, count = self._mem.popleft()
-        self._mem_bytes -= len(raw)
-        self._spool.append(seq, raw)
-        self._spooled.append((seq, count))
+        if self._spool_error is not None:
+            log.warning(
+                "publisher %d: its spool %s is usable again (it failed: %s)",
+                self.publisher_id,
+                self._spool_folder,
+                self._spool_error,
+            )
+            self._spool_error = None
         return True
+
+    def _spool_failed(self, exc: OSError) -> None:
+        """A spool that cannot be written (disk full, a size limit, an I/O error) counts as
+        full: the overflow policy applies, and it is tried again after a pause."""
+        self._spool_retry_at = time.monotonic() + SPOOL_RETRY_SECONDS
+        if self._spool_error is None:
+            log.error(
+                "publisher %d: cannot write its spool %s (%s); it counts as full, so the "
+                "overflow policy (%s) applies, and it is tried again every %gs",
+                self.publisher_id,
+                self._spool_folder,
+                exc,
+                self.overflow,
+                SPOOL_RETRY_SECONDS,
+            )
+        self._spool_error = str(exc)
 
     def _drop_oldest_message(self) -> None:
         """Both bounds are full: give up the oldest message in memory (counted, logged)."""
@@ -856,6 +893,7 @@ class Publisher:
         self._pack_remaining()
         pending = self._queue and sum(1 for kind, _ in self._queue if kind != _MARKER)
         if self._spool_folder is not None:
+            self._spool_retry_at = 0.0  # one more try, whatever failed before
             while self._mem:
                 if not self._spill_oldest():
                     break

@@ -60,51 +60,111 @@ def read_segment(path: Path) -> ReadResult:
     return ReadResult(frames, len(data) - pos)
 
 
-class Spool:
-    """The live publisher's side: append frames, drop segments once acknowledged."""
+DIR_MODE = 0o750  # group = who may read a spool (the daemon's group); others nothing
 
-    def __init__(self, folder: Path):
+
+def make_dirs(folder: Path, mode: int = DIR_MODE) -> None:
+    """Create ``folder`` and any missing parents with ``mode``, whatever the umask."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode)
+        except FileExistsError:
+            continue  # another publisher made it meanwhile
+        os.chmod(path, mode)
+
+
+def _open_file(path: Path, flags: int, mode: int) -> int:
+    """Open (creating with ``mode`` whatever the umask) and return the descriptor."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, mode)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != mode:
+            os.fchmod(fd, mode)
+    except OSError:
+        pass  # someone else's file (the daemon's lock on an adopted spool): leave it
+    return fd
+
+
+class Spool:
+    """The live publisher's side: append frames, drop segments once acknowledged.
+
+    A write that fails (no space, a file size limit, an I/O error) raises OSError and leaves
+    the segment as it was before the frame: no torn frame ends a segment that later frames
+    follow, so the spool is usable again as soon as there is room.
+    """
+
+    def __init__(self, folder: Path, mode: int = DIR_MODE):
         self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # segment number -> highest message seq it holds
-        self._segments: dict[int, int] = {}
+        self.file_mode = mode & 0o666
+        make_dirs(folder, mode)
+        self._lock_fd = _open_file(folder / "lock", os.O_RDWR, self.file_mode)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock_fd)
+            raise
+        # segment number -> [highest message seq it holds, its size in bytes]
+        self._segments: dict[int, list[int]] = {}
         self._current: int | None = None
-        self._current_fh = None
-        self._current_bytes = 0
+        self._current_fd: int | None = None
+        self._unsynced = False
         self.bytes = 0
 
     def _segment_path(self, number: int) -> Path:
         return self.folder / f"{number:08d}.seg"
 
     def append(self, seq: int, raw: bytes) -> None:
-        """Write one message (whole frame, then fsync'd by ``sync``)."""
-        if self._current_fh is None or self._current_bytes >= SEGMENT_BYTES:
+        """Write one message as one frame (made durable by ``sync``)."""
+        if self._current_fd is None or self._segments[self._current][1] >= SEGMENT_BYTES:
             self._roll()
         frame = _HEADER.pack(len(raw), zlib.crc32(raw), seq) + raw
-        self._current_fh.write(frame)
-        self._current_bytes += len(frame)
+        segment = self._segments[self._current]
+        try:
+            written = 0
+            while written < len(frame):
+                written += os.write(self._current_fd, memoryview(frame)[written:])
+        except OSError:
+            # Cut the partial frame off, so the segment ends on a whole frame; if even that
+            # fails, later frames go to a new segment (the torn tail is reported on reading).
+            try:
+                os.ftruncate(self._current_fd, segment[1])
+            except OSError:
+                os.close(self._current_fd)
+                self._current_fd = None
+            raise
+        segment[0] = seq
+        segment[1] += len(frame)
         self.bytes += len(frame)
-        self._segments[self._current] = seq
+        self._unsynced = True
 
     def sync(self) -> None:
-        if self._current_fh is not None:
-            self._current_fh.flush()
-            os.fsync(self._current_fh.fileno())
+        if self._current_fd is not None and self._unsynced:
+            os.fsync(self._current_fd)
+            self._unsynced = False
 
     def _roll(self) -> None:
-        if self._current_fh is not None:
-            self.sync()
-            self._current_fh.close()
-        self._current = (self._current or 0) + 1
-        self._current_fh = open(self._segment_path(self._current), "ab")
-        self._current_bytes = 0
+        number = (self._current or 0) + 1
+        fd = _open_file(self._segment_path(number), os.O_WRONLY | os.O_APPEND, self.file_mode)
+        self._close_current()
+        self._current, self._current_fd = number, fd
+        self._segments[number] = [0, 0]
+
+    def _close_current(self) -> None:
+        if self._current_fd is not None:
+            try:
+                self.sync()
+            finally:
+                os.close(self._current_fd)
+                self._current_fd = None
 
     def read_all(self) -> Iterator[tuple[int, bytes]]:
         """The spooled (seq, message) pairs, oldest first (for a replay)."""
-        self.sync()
         for number in sorted(self._segments):
+            if not self._segments[number][1]:
+                continue
             result = read_segment(self._segment_path(number))
             if result.corrupt_bytes:
                 log.error(
@@ -116,23 +176,24 @@ class Spool:
 
     def release_through(self, acked_seq: int) -> None:
         """Delete segments whose every message is acknowledged."""
-        for number, top in sorted(self._segments.items()):
-            if top > acked_seq:
+        for number, (top, size) in sorted(self._segments.items()):
+            if top > acked_seq or not size:
                 break
             if number == self._current:
-                self._current_fh.close()
-                self._current_fh = None
-            path = self._segment_path(number)
-            self.bytes -= path.stat().st_size
-            path.unlink()
+                self._close_current()
+            try:
+                self._segment_path(number).unlink()
+            except FileNotFoundError:
+                pass
+            self.bytes -= size
             del self._segments[number]
 
     def close(self, keep: bool) -> None:
         """Keep the folder for the daemon to adopt (``keep``), or remove it."""
-        if self._current_fh is not None:
-            self.sync()
-            self._current_fh.close()
-            self._current_fh = None
+        try:
+            self._close_current()
+        except OSError as exc:
+            log.error("spool %s: cannot sync its last segment: %s", self.folder, exc)
         if not keep:
             shutil.rmtree(self.folder, ignore_errors=True)
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -149,7 +210,7 @@ def orphaned_spools(db_path: Path) -> Iterator[tuple[Path, int]]:
         if not folder.is_dir() or not folder.name.isdigit():
             continue
         try:
-            fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fd = _open_file(folder / "lock", os.O_RDWR, DIR_MODE & 0o666)
         except OSError:
             continue
         try:
