@@ -79,3 +79,39 @@ def test_curve_lets_only_authorized_publishers_write(db_path, start_daemon, tmp_
     conn = sqlite3.connect(db_path)
     rows = conn.execute("SELECT id, message FROM events").fetchall()
     assert rows == [(lab_id, "authorized")]
+
+
+SPOOLING_PUBLISHER = """
+import os, sys
+os.umask(int(sys.argv[2], 8))
+from memory_bank import Publisher
+options = {} if sys.argv[3] == "-" else {"spool_mode": int(sys.argv[3], 8)}
+pub = Publisher(sys.argv[1], memory_bytes=0, close_timeout=0.2, **options)
+pub.log_event("E", "C", "kept in the spool: no daemon runs")
+pub.close()
+"""
+
+
+def test_spools_are_group_readable_whatever_the_umask(tmp_path):
+    """Spool folders 0750 and files 0640 (group = who may read) under any umask, unless
+    the publisher is told another mode."""
+    for umask, option, folder_mode in (
+        ("000", "-", 0o750),
+        ("077", "-", 0o750),
+        ("022", "700", 0o700),
+    ):
+        db = tmp_path / f"u{umask}-{option}.db"
+        result = run_python(SPOOLING_PUBLISHER, str(db), umask, option)
+        assert result.returncode == 0, result.stderr
+        root = db.with_name(db.name + "-spool")
+        (folder,) = root.iterdir()
+        files = list(folder.iterdir())
+        assert {f.name for f in files} == {"lock", "00000001.seg"}
+        modes = {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in (root, folder, *files)}
+        file_mode = folder_mode & 0o666
+        assert modes == {
+            root.name: folder_mode,
+            folder.name: folder_mode,
+            "lock": file_mode,
+            "00000001.seg": file_mode,
+        }, (umask, option, {k: oct(v) for k, v in modes.items()})
