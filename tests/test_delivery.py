@@ -149,3 +149,56 @@ def test_sigterm_during_burst_commits_everything_received(db_path, daemon, tmp_p
     # What was committed is the publisher's first records, in order: a prefix of its ids.
     base = min(stored) - 1
     assert max(stored) - base == len(stored)
+
+
+SIGTERM_DISPOSITION = r"""
+import signal, sys, threading
+from memory_bank import Publisher
+case, db = sys.argv[1], sys.argv[2]
+own = lambda signum, frame: None
+if case == "own":
+    signal.signal(signal.SIGTERM, own)
+if case == "ignored":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if case == "thread":
+    threading.Thread(target=lambda: Publisher(db, close_timeout=0.1)).start()
+else:
+    Publisher(db, close_timeout=0.1, handle_sigterm=case != "opt-out")
+handler = signal.getsignal(signal.SIGTERM)
+print({own: "own", signal.SIG_DFL: "default", signal.SIG_IGN: "ignored"}.get(handler, "ours"))
+"""
+
+
+def test_sigterm_handler_only_where_sigterm_is_default(tmp_path):
+    """The publisher's SIGTERM handler (spool what memory holds, then die of SIGTERM) is
+    installed only from the main thread over the default disposition, and not at all with
+    handle_sigterm=False: a process's own handling of SIGTERM is never replaced."""
+    outcomes = {}
+    for case in ("default", "own", "ignored", "thread", "opt-out"):
+        result = run_python(SIGTERM_DISPOSITION, case, str(tmp_path / f"{case}.db"))
+        assert result.returncode == 0, result.stderr
+        outcomes[case] = result.stdout.strip()
+    assert outcomes == {
+        "default": "ours",
+        "own": "own",
+        "ignored": "ignored",
+        "thread": "default",
+        "opt-out": "default",
+    }
+
+
+def test_disk_durability_with_a_live_daemon(db_path, daemon):
+    """durability="disk" writes each message to the spool before sending it; with the daemon
+    up every record lands once, acknowledged segments are deleted, and close removes it."""
+    from memory_bank import Publisher
+
+    pub = Publisher(db_path, durability="disk")
+    ids = [pub.log_event("E", "C", f"m {i}", {"i": i}) for i in range(20_000)]
+    assert pub.flush(30)
+    spool_folder = db_path.with_name(db_path.name + "-spool") / str(pub.publisher_id)
+    assert (spool_folder / "lock").exists()
+    assert pub._written_seq == pub._seq > 0  # every message went to disk
+    assert pub._spool.bytes == 0  # ...and was released once acknowledged
+    assert pub.close()
+    assert not spool_folder.exists()
+    assert sorted(_ids(db_path)) == sorted(ids)

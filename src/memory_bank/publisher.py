@@ -23,6 +23,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import threading
 import time
 import weakref
@@ -60,6 +61,12 @@ DROP_REASONS = {
 DROP_LOG_SECONDS = 10.0
 # After a spool write fails (disk full...), the spool counts as full for this long.
 SPOOL_RETRY_SECONDS = 1.0
+# "memory": messages go to the spool only when memory is full (fast; a killed process loses
+# what memory held). "disk": every message is written to the spool before it is sent, and
+# fsync'd in groups every DISK_SYNC_SECONDS (Vector's disk buffers): a SIGKILLed process
+# loses only what it had not yet packed, a power loss at most the last few milliseconds.
+DURABILITY_MODES = ("memory", "disk")
+DISK_SYNC_SECONDS = 0.005
 
 
 # allow_nan=False: NaN and infinities are not JSON (jq, browsers and PostgreSQL's jsonb
@@ -264,11 +271,15 @@ class Publisher:
         spool_bytes: int = 1024 * 1024 * 1024,
         overflow: str = "drop_newest",
         spool_mode: int = spool.DIR_MODE,
+        durability: str = "memory",
+        handle_sigterm: bool = True,
     ):
         if db_path is None and endpoint is None and transport is None:
             raise ValueError("Publisher needs a database path or an endpoint")
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, not {overflow!r}")
+        if durability not in DURABILITY_MODES:
+            raise ValueError(f"durability must be one of {DURABILITY_MODES}, not {durability!r}")
         # A PostgreSQL URL has no local file to lease ids from: its daemon leases them
         # from the database (unique across every daemon of it).
         self._ids_from_daemon = db_path is None or discovery.is_url(db_path)
@@ -280,6 +291,7 @@ class Publisher:
         self.spool_bytes = spool_bytes
         self.overflow = overflow
         self.spool_mode = spool_mode
+        self.durability = durability
         if transport is None:
             if endpoint is not None:
                 data_ep, control_ep = endpoint, sockets.control_endpoint_for(endpoint)
@@ -297,6 +309,8 @@ class Publisher:
             self._spool_folder = os.fspath(spool.spool_root(self.db_path) / str(self.publisher_id))
         else:
             self._spool_folder = None
+            if durability == "disk":
+                raise ValueError('durability="disk" needs a spool: give db_path or spool_dir')
         # Shared with callers.
         self._queue: deque = deque()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -318,6 +332,8 @@ class Publisher:
         self._spool: spool.Spool | None = None
         self._spool_retry_at = 0.0  # monotonic; before it, the spool counts as full
         self._spool_error: str | None = None  # the last write failure, until one succeeds
+        self._written_seq = 0  # every message up to here is in the spool (or acknowledged)
+        self._synced_at = 0.0
         self._spooled: deque = deque()  # (seq, records) of spooled messages, oldest first
         self._next_send = 1  # next message to hand to ZeroMQ
         self._replay_iter = None  # spool reader during a replay
@@ -336,6 +352,8 @@ class Publisher:
         )
         self._sender.start()
         _live_publishers.add(self)
+        if handle_sigterm:
+            _spool_on_sigterm()
 
     # -- ids --------------------------------------------------------------------------
     def _lease_block(self) -> None:
@@ -544,6 +562,10 @@ class Publisher:
         while True:
             try:
                 packed = self._pack()
+                if self.durability == "disk":
+                    self._write_ahead()  # what a failed write left behind
+                    if self._spool is not None and self._spool.unsynced:
+                        self._sync_spool()
                 self._send()
                 self._handle_replies()
                 self._ask_for_ack()
@@ -595,6 +617,8 @@ class Publisher:
         return self._poller
 
     def _poll_timeout(self) -> float | None:
+        if self.durability == "disk" and self._spool is not None and self._spool.unsynced:
+            return DISK_SYNC_SECONDS
         if self._acked >= self._seq and not self._queue:
             return None  # idle: sleep until a call or a reply wakes us
         return 0.05 if self._has_unsent() else 0.25
@@ -657,6 +681,8 @@ class Publisher:
         self._seq += 1
         self._mem.append((self._seq, raw, count))
         self._mem_bytes += len(raw)
+        if self.durability == "disk":
+            self._write_ahead()
         while self._mem_bytes > self.memory_bytes and self._mem:
             if not self._spill_oldest():
                 self._drop_oldest_message()
@@ -689,18 +715,49 @@ class Publisher:
     def _spill_oldest(self) -> bool:
         """Move the oldest message in memory to the disk spool; False if it cannot go there
         (no spool, spool full, or a write that failed: then the spool counts as full)."""
-        if not self._open_spool() or self._spool.bytes >= self.spool_bytes:
-            return False
         seq, raw, count = self._mem[0]
-        try:
-            self._spool.append(seq, raw)
-        except OSError as exc:
-            self._spool_failed(exc)
+        if seq > self._written_seq and not self._write_to_spool(seq, raw):
             return False
         self._mem.popleft()
         self._mem_bytes -= len(raw)
         self._spooled.append((seq, count))
         return True
+
+    def _write_ahead(self) -> None:
+        """durability="disk": write every message not yet on disk to the spool, in order,
+        before it is sent. One that cannot be written (spool full or failing) is sent from
+        memory all the same, and written when the spool takes writes again."""
+        if not self._mem or self._written_seq >= self._seq:
+            return
+        first = self._mem[0][0]
+        for index in range(max(self._written_seq + 1 - first, 0), len(self._mem)):
+            seq, raw, _ = self._mem[index]
+            if not self._write_to_spool(seq, raw):
+                return
+
+    def _write_to_spool(self, seq: int, raw: bytes) -> bool:
+        """Append one message to the spool (messages go there in order, each once)."""
+        if not self._open_spool() or self._spool.bytes >= self.spool_bytes:
+            return False
+        try:
+            self._spool.append(seq, raw)
+        except OSError as exc:
+            self._spool_failed(exc)
+            return False
+        self._written_seq = seq
+        return True
+
+    def _sync_spool(self) -> None:
+        """durability="disk": fsync what was written, at most every DISK_SYNC_SECONDS (one
+        fsync covers every message written since the last)."""
+        now = time.monotonic()
+        if now - self._synced_at < DISK_SYNC_SECONDS:
+            return
+        self._synced_at = now
+        try:
+            self._spool.sync()
+        except OSError as exc:
+            self._spool_failed(exc)
 
     def _open_spool(self) -> bool:
         """The spool, made on first use; False while there is none or a failed write's
@@ -936,6 +993,36 @@ def _close_live_publishers() -> None:
             publisher.close()
         except Exception:  # exit must go on whatever one publisher does
             log.exception("closing a publisher at exit failed")
+
+
+_sigterm_handled = False
+
+
+def _spool_on_sigterm() -> None:
+    """Make SIGTERM keep what a normal exit keeps: hand every publisher's records over (to
+    the daemon, else the spool, as at exit), then die of SIGTERM as before.
+
+    Installed once, from the main thread, and only where SIGTERM still has its default
+    disposition: a process that handles SIGTERM itself (or ignores it) is left alone, and
+    its own shutdown path reaches the exit handler above. ``handle_sigterm=False`` opts out.
+    """
+    global _sigterm_handled
+    if _sigterm_handled or threading.current_thread() is not threading.main_thread():
+        return
+    _sigterm_handled = True
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum, _frame) -> None:
+    try:
+        if _live_publishers:
+            log.warning("SIGTERM: handing over what %d publisher(s) hold", len(_live_publishers))
+            _close_live_publishers()
+    finally:
+        # Then the default action, so the process still ends with SIGTERM's status.
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
 
 
 def _forget_after_fork() -> None:

@@ -140,6 +140,11 @@ class Spool:
         self.bytes += len(frame)
         self._unsynced = True
 
+    @property
+    def unsynced(self) -> bool:
+        """Frames were written since the last fsync."""
+        return self._unsynced
+
     def sync(self) -> None:
         if self._current_fd is not None and self._unsynced:
             os.fsync(self._current_fd)
