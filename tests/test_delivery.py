@@ -190,9 +190,9 @@ def test_sigterm_handler_only_where_sigterm_is_default(tmp_path):
 def test_disk_durability_with_a_live_daemon(db_path, daemon):
     """durability="disk" writes each message to the spool before sending it; with the daemon
     up every record lands once, acknowledged segments are deleted, and close removes it."""
-    from memory_bank import Publisher
+    from memory_bank import MemoryBank
 
-    pub = Publisher(db_path, durability="disk")
+    pub = MemoryBank(db_path, durability="disk").publisher  # passed through to it
     ids = [pub.log_event("E", "C", f"m {i}", {"i": i}) for i in range(20_000)]
     assert pub.flush(30)
     spool_folder = db_path.with_name(db_path.name + "-spool") / str(pub.publisher_id)

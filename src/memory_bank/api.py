@@ -30,6 +30,8 @@ class MemoryBank:
     (start one with ``memorybank daemon --db PATH``). ``db_path`` may be a
     ``postgresql://`` URL; ``endpoint`` then picks one of its daemons. ``embedded=True``
     runs the writer in a thread of this process instead, for one-process scripts and tests.
+    Other keyword arguments go to its Publisher (``durability="disk"``, ``overflow``,
+    ``memory_bytes``, ``spool_bytes``, ``spool_mode``, ``handle_sigterm``...).
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class MemoryBank:
         embedded: bool = False,
         endpoint: str | None = None,
         sync_timeout: float = 10.0,
+        **publisher_options,
     ):
         self.db_path = os.fspath(db_path)
         self._path = discovery.location_key(self.db_path, endpoint)
@@ -50,9 +53,9 @@ class MemoryBank:
             from .embedded import EmbeddedWriter
 
             self._embedded = EmbeddedWriter(self.db_path)
-            self._publisher = Publisher(self.db_path, transport=self._embedded)
+            self._publisher = Publisher(self.db_path, transport=self._embedded, **publisher_options)
         else:
-            self._publisher = Publisher(self.db_path, endpoint=endpoint)
+            self._publisher = Publisher(self.db_path, endpoint=endpoint, **publisher_options)
         self._reader = open_reader(self.db_path)
 
     @property
