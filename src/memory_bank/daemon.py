@@ -24,6 +24,7 @@ import zmq
 from . import __version__, discovery, sockets, wire
 from .jobs import MaintenanceSchedule
 from .sdnotify import Notifier
+from .spool_auth import SpoolAuth
 from .store import open_store
 from .writer import Writer
 
@@ -200,6 +201,10 @@ class Daemon:
             spool_key=self.db_path,
         )
         self._apply_maintenance_policy(writer)
+        if self.curve is not None:
+            writer.spool_auth = SpoolAuth(
+                self.curve["secret_key"], self.settings.curve_authorized_keys_dir
+            )
         return writer
 
     def _apply_maintenance_policy(self, writer: Writer) -> None:

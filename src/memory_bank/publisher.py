@@ -33,7 +33,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
-from . import discovery, sockets, spool, wire
+from . import discovery, sockets, spool, spool_auth, wire
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +292,7 @@ class Publisher:
         self.overflow = overflow
         self.spool_mode = spool_mode
         self.durability = durability
+        self._curve = curve
         if transport is None:
             if endpoint is not None:
                 data_ep, control_ep = endpoint, sockets.control_endpoint_for(endpoint)
@@ -766,7 +767,8 @@ class Publisher:
             return False
         if self._spool is None:
             try:
-                self._spool = spool.Spool(Path(self._spool_folder), self.spool_mode)
+                folder = Path(self._spool_folder)
+                self._spool = spool.Spool(folder, self.spool_mode, **self._spool_key())
             except OSError as exc:
                 self._spool_failed(exc)
                 return False
@@ -779,6 +781,18 @@ class Publisher:
             )
             self._spool_error = None
         return True
+
+    def _spool_key(self) -> dict:
+        """With CURVE, the spool carries this publisher's public key and MACs its frames,
+        so a daemon with CURVE applies it only for an authorized key (spool_auth)."""
+        if not self._curve:
+            return {}
+        return {
+            "public_key": self._curve["public_key"],
+            "mac_key": spool_auth.mac_key(
+                self._curve["secret_key"], self._curve["server_key"], self.publisher_id
+            ),
+        }
 
     def _spool_failed(self, exc: OSError) -> None:
         """A spool that cannot be written (disk full, a size limit, an I/O error) counts as

@@ -9,13 +9,14 @@ A frame whose length or checksum does not hold ends the readable part of a segme
 torn write at power loss): the frames before it are replayed, the rest is reported. The
 daemon adopts the folders of publishers that are gone and applies what they hold.
 
-Standard library only: publishers import this module.
+Standard library (and spool_auth) only: publishers import this module.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import hmac
 import logging
 import os
 import shutil
@@ -24,6 +25,8 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from . import spool_auth
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +43,22 @@ def spool_root(db_path: Path) -> Path:
 class ReadResult:
     frames: list[tuple[int, bytes]]  # (message seq, packed message)
     corrupt_bytes: int  # bytes after the last good frame, not replayable
+    forged_frames: int = 0  # intact frames whose MAC does not hold (skipped)
 
 
-def read_segment(path: Path) -> ReadResult:
-    """Every intact frame of a segment, in order, and how many bytes past them were bad."""
+def is_keyed(folder: Path) -> bool:
+    """Whether the spool was written with a CURVE key (its frames then carry a MAC)."""
+    return (folder / spool_auth.KEY_FILE).exists()
+
+
+def read_segment(path: Path, keyed: bool = False, mac_key: bytes | None = None) -> ReadResult:
+    """Every intact frame of a segment, in order, and how many bytes past them were bad.
+
+    A keyed spool's frames start with a MAC: checked when ``mac_key`` is given (a frame that
+    fails is counted and skipped), stripped in any case."""
     data = path.read_bytes()
     frames = []
+    forged = 0
     pos = 0
     while pos + _HEADER.size <= len(data):
         length, crc, seq = _HEADER.unpack_from(data, pos)
@@ -55,9 +68,16 @@ def read_segment(path: Path) -> ReadResult:
         payload = data[pos + _HEADER.size : end]
         if zlib.crc32(payload) != crc:
             break
-        frames.append((seq, payload))
         pos = end
-    return ReadResult(frames, len(data) - pos)
+        if keyed:
+            mac, payload = payload[: spool_auth.MAC_BYTES], payload[spool_auth.MAC_BYTES :]
+            if mac_key is not None and not hmac.compare_digest(
+                mac, spool_auth.frame_mac(mac_key, seq, payload)
+            ):
+                forged += 1
+                continue
+        frames.append((seq, payload))
+    return ReadResult(frames, len(data) - pos, forged)
 
 
 DIR_MODE = 0o750  # group = who may read a spool (the daemon's group); others nothing
@@ -96,9 +116,18 @@ class Spool:
     follow, so the spool is usable again as soon as there is room.
     """
 
-    def __init__(self, folder: Path, mode: int = DIR_MODE):
+    def __init__(
+        self,
+        folder: Path,
+        mode: int = DIR_MODE,
+        public_key: str | None = None,
+        mac_key: bytes | None = None,
+    ):
+        """``public_key`` and ``mac_key`` (spool_auth.mac_key) make a keyed spool, which
+        a daemon with CURVE applies only if that key is authorized."""
         self.folder = folder
         self.file_mode = mode & 0o666
+        self.mac_key = mac_key
         make_dirs(folder, mode)
         self._lock_fd = _open_file(folder / "lock", os.O_RDWR, self.file_mode)
         try:
@@ -106,6 +135,10 @@ class Spool:
         except OSError:
             os.close(self._lock_fd)
             raise
+        if public_key is not None:
+            fd = _open_file(folder / spool_auth.KEY_FILE, os.O_WRONLY | os.O_TRUNC, self.file_mode)
+            with open(fd, "w") as fh:
+                fh.write(public_key + "\n")
         # segment number -> [highest message seq it holds, its size in bytes]
         self._segments: dict[int, list[int]] = {}
         self._current: int | None = None
@@ -120,6 +153,8 @@ class Spool:
         """Write one message as one frame (made durable by ``sync``)."""
         if self._current_fd is None or self._segments[self._current][1] >= SEGMENT_BYTES:
             self._roll()
+        if self.mac_key is not None:
+            raw = spool_auth.frame_mac(self.mac_key, seq, raw) + raw
         frame = _HEADER.pack(len(raw), zlib.crc32(raw), seq) + raw
         segment = self._segments[self._current]
         try:
@@ -170,7 +205,7 @@ class Spool:
         for number in sorted(self._segments):
             if not self._segments[number][1]:
                 continue
-            result = read_segment(self._segment_path(number))
+            result = read_segment(self._segment_path(number), self.mac_key is not None)
             if result.corrupt_bytes:
                 log.error(
                     "spool segment %s: %d unreadable bytes skipped",

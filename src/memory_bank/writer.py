@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import spool, wire
+from .spool_auth import SpoolAuth, SpoolRefused
 from .store.base import Store
 from .wire import Message, Validator, WireError
 
@@ -107,6 +108,7 @@ class WriterStats:
     skipped_records: int = 0
     adopted_spools: int = 0
     spool_corrupt_bytes: int = 0
+    spool_forged_frames: int = 0
     batches: int = 0
     commit_ms_avg: float = 0.0  # moving average over recent batches
     commit_ms_max: float = 0.0
@@ -133,6 +135,8 @@ class Writer:
     ):
         self.store = store
         self.spool_key = spool_key  # where finished publishers' spools are (None: nowhere)
+        self.spool_auth: SpoolAuth | None = None  # under CURVE: whose spools may be applied
+        self.refused_spools: dict[Path, str] = {}  # folder -> why it is not applied
         self.batch_rows = batch_rows
         self.batch_seconds = batch_seconds
         self.max_pending_rows = max_pending_rows or 10 * batch_rows
@@ -463,10 +467,20 @@ class Writer:
         self._next_adopt = now + ADOPT_EVERY_SECONDS
         if self.spool_key is None or self.store_error is not None:
             return
-        for folder, _publisher_id in spool.orphaned_spools(self.spool_key):
-            frames = 0
+        for folder, publisher_id in spool.orphaned_spools(self.spool_key):
+            mac_key = None
+            if self.spool_auth is not None:
+                try:
+                    mac_key = self.spool_auth.key_for(folder, publisher_id)
+                except SpoolRefused as exc:
+                    self._refuse_spool(folder, str(exc))
+                    continue
+                self.refused_spools.pop(folder, None)
+            frames = forged = 0
+            keyed = spool.is_keyed(folder)
             for segment in spool.segment_paths(folder):
-                result = spool.read_segment(segment)
+                result = spool.read_segment(segment, keyed, mac_key)
+                forged += result.forged_frames
                 if result.corrupt_bytes:
                     self.stats.spool_corrupt_bytes += result.corrupt_bytes
                     log.error(
@@ -481,11 +495,24 @@ class Writer:
             self.tick(force=True)
             if self.store_error is not None:
                 return  # keep the spool; try again later
+            if forged:
+                if folder not in self.refused_spools:
+                    self.stats.spool_forged_frames += forged
+                reason = f"{forged} message(s) carry no valid MAC for the key it names"
+                self._refuse_spool(folder, reason)
+                continue
             log.info(
                 "adopted %d message(s) from the spool of a finished publisher: %s", frames, folder
             )
             self.stats.adopted_spools += 1
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _refuse_spool(self, folder: Path, reason: str) -> None:
+        """Under CURVE, a spool no authorized key wrote is left alone and reported (logged
+        once per folder, counted in status as refused_spools)."""
+        if folder not in self.refused_spools:
+            log.warning("spool %s is not applied: %s; it is left in place", folder, reason)
+        self.refused_spools[folder] = reason
 
     # -- maintenance: run in steps between batches, so ingest keeps flowing ----------------
     def start_maintenance(
@@ -607,6 +634,8 @@ class Writer:
             "dropped_by_publishers": sum(self.publisher_dropped.values()),
             "adopted_spools": s.adopted_spools,
             "spool_corrupt_bytes": s.spool_corrupt_bytes,
+            "refused_spools": len(self.refused_spools),
+            "spool_forged_frames": s.spool_forged_frames,
             "received_per_second": round(self.rates()[0], 1),
             "committed_per_second": round(self.rates()[1], 1),
             "batches": s.batches,
