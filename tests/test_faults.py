@@ -178,10 +178,12 @@ def test_overflow_policy_counts_every_drop(db_path, start_daemon, policy, caplog
     conn = sqlite3.connect(db_path)
     stored = sorted(r[0] for r in conn.execute("SELECT id FROM events"))
     assert dropped > 0 and len(stored) + dropped == len(ids)
+    # Which records go depends on how the sender and the calls interleave (the bounded
+    # queue drops at the call while the sender is behind); which end is kept does not.
     if policy == "drop_newest":
-        assert stored == ids[: len(stored)]
+        assert stored[0] == ids[0] and ids[-1] not in stored
     else:
-        assert stored[-1] == ids[-1]
+        assert stored[-1] == ids[-1] and ids[0] not in stored
     assert any("dropped" in r.message for r in caplog.records)
     assert daemon_stats(db_path)["dropped_by_publishers"] == dropped
 

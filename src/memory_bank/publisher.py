@@ -686,6 +686,8 @@ class Publisher:
             self._write_ahead()
         while self._mem_bytes > self.memory_bytes and self._mem:
             if not self._spill_oldest():
+                if self.overflow == "drop_newest":
+                    break  # memory is full: _pack stops, and the newest rows wait or drop
                 self._drop_oldest_message()
 
     def _refuse_unencodable(self, rows: list[list]) -> int:
