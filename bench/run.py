@@ -6,11 +6,12 @@
     python bench/run.py --json out.json
 
 Measures: (1) the ceiling: raw executemany of the same records into the same schema in one
-process; (2) MemoryBank end to end with 1, 4 and 8 publisher processes; (3) the seed's
-design (connect/insert/commit/close per call) with 4 processes, with and without a reader
-polling the summary; (4) publish-call latency at a paced 10,000 records/s, daemon up and
-absent; (5) publish->queryable latency at half the maximum rate; (6) the daemon's peak RSS
-and CPU seconds per 100,000 records; (7) the read path on a large database the daemon
+process; (2) MemoryBank end to end with 1, 4 and 8 publisher processes, and with 1 publisher
+at durability="disk"; (3) the seed's design (connect/insert/commit/close per call) with 4
+processes, with and without a reader polling the summary; (4) publish-call latency at a
+paced 10,000 records/s, daemon up and absent, and daemon up at durability="disk"; (5)
+publish->queryable latency at half the maximum rate; (6) the daemon's peak RSS and CPU
+seconds per 100,000 records; (7) the read path on a large database the daemon
 built; (8) PostgreSQL: raw COPY of the same records in one process (its ceiling) against
 end to end with 4 publishers through a daemon. Absolute times drift on shared machines:
 compare the ratios.
@@ -78,8 +79,8 @@ import json, sys, time
 sys.path.insert(0, sys.argv[4])
 from workload import publish
 from memory_bank import Publisher
-db, n, start_at = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-pub = Publisher(db, close_timeout=300)
+db, n, start_at, durability = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[5]
+pub = Publisher(db, close_timeout=300, durability=durability)
 while time.time() < start_at:
     time.sleep(0.001)
 first = time.time()
@@ -140,7 +141,12 @@ def ceiling(work: Path, n: int) -> dict:
 
 # -- (2) end to end --
 def end_to_end(
-    work: Path, publishers: int, per_publisher: int, label: str, db: Path | str | None = None
+    work: Path,
+    publishers: int,
+    per_publisher: int,
+    label: str,
+    db: Path | str | None = None,
+    durability: str = "memory",
 ) -> dict:
     db = db or work / f"e2e-{label}.db"
     daemon = Daemon(db)
@@ -148,7 +154,16 @@ def end_to_end(
     start_at = time.time() + 1.5
     procs = [
         subprocess.Popen(
-            [PY, "-c", PUBLISHER, str(db), str(per_publisher), repr(start_at), str(HERE)],
+            [
+                PY,
+                "-c",
+                PUBLISHER,
+                str(db),
+                str(per_publisher),
+                repr(start_at),
+                str(HERE),
+                durability,
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -271,7 +286,7 @@ sys.path.insert(0, sys.argv[4])
 from workload import publish
 from memory_bank import Publisher
 db, seconds, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-pub = Publisher(db, close_timeout=1)
+pub = Publisher(db, close_timeout=1, durability=sys.argv[5])
 samples = []
 period = 1.0 / rate
 next_at = time.perf_counter()
@@ -295,11 +310,11 @@ print(json.dumps(samples))
 """
 
 
-def call_latency(work: Path, seconds: float, daemon_up: bool) -> dict:
-    db = work / f"latency-{daemon_up}.db"
+def call_latency(work: Path, seconds: float, daemon_up: bool, durability: str = "memory") -> dict:
+    db = work / f"latency-{daemon_up}-{durability}.db"
     daemon = Daemon(db) if daemon_up else None
     out = subprocess.run(
-        [PY, "-c", LATENCY, str(db), str(seconds), "10000", str(HERE)],
+        [PY, "-c", LATENCY, str(db), str(seconds), "10000", str(HERE), durability],
         capture_output=True,
         text=True,
         timeout=600,
@@ -309,6 +324,7 @@ def call_latency(work: Path, seconds: float, daemon_up: bool) -> dict:
     samples = [ns / 1000 for ns in json.loads(out.stdout)]
     return {
         "daemon": "up" if daemon_up else "absent",
+        "durability": durability,
         "calls": len(samples),
         "p50_us": round(percentile(samples, 0.50), 2),
         "p99_us": round(percentile(samples, 0.99), 2),
@@ -601,6 +617,10 @@ def main() -> int:
     step("seed_design_with_reader", seed_design, work, seed_n, True)
     step("publish_call_daemon_up", call_latency, work, 1 if q else 20, True)
     step("publish_call_daemon_absent", call_latency, work, 1 if q else 20, False)
+    # durability="disk": every message written to the spool before it is sent, fsync'd
+    # every 5 ms. Same workload and pacing as the lines above; only the setting differs.
+    step("publish_call_durability_disk", call_latency, work, 1 if q else 20, True, "disk")
+    step("end_to_end_1_durability_disk", end_to_end, work, 1, 4 * per_pub, "1-disk", None, "disk")
     max_rate = results["end_to_end_4"]["records_per_second"]
     step(
         "publish_to_queryable",
@@ -624,6 +644,11 @@ def main() -> int:
         "end_to_end_8_vs_ceiling": round(
             results["end_to_end_8"]["records_per_second"]
             / results["ceiling"]["records_per_second"],
+            3,
+        ),
+        "end_to_end_1_durability_disk_vs_memory": round(
+            results["end_to_end_1_durability_disk"]["records_per_second"]
+            / results["end_to_end_1"]["records_per_second"],
             3,
         ),
         "end_to_end_4_vs_seed_design": round(
@@ -666,11 +691,24 @@ def print_table(r: dict) -> None:
                 f"{s['database_is_locked']} 'database is locked'",
             )
         )
-    for key in ("publish_call_daemon_up", "publish_call_daemon_absent"):
+    e = r["end_to_end_1_durability_disk"]
+    rows.append(
+        (
+            "end to end, 1 publisher, durability=disk",
+            f"{e['records_per_second']:,} rec/s  "
+            f"({e['records_per_second'] / r['end_to_end_1']['records_per_second']:.2f}x "
+            "durability=memory)",
+        )
+    )
+    for key in (
+        "publish_call_daemon_up",
+        "publish_call_daemon_absent",
+        "publish_call_durability_disk",
+    ):
         c = r[key]
         rows.append(
             (
-                f"publish call @10k/s, daemon {c['daemon']}",
+                f"publish call @10k/s, daemon {c['daemon']}, durability={c['durability']}",
                 f"p50 {c['p50_us']} us, p99 {c['p99_us']} us, p99.9 {c['p999_us']} us",
             )
         )

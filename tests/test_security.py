@@ -115,3 +115,23 @@ def test_spools_are_group_readable_whatever_the_umask(tmp_path):
             "lock": file_mode,
             "00000001.seg": file_mode,
         }, (umask, option, {k: oct(v) for k, v in modes.items()})
+
+
+def test_spool_mac_key_is_curve25519_shared_by_both_sides():
+    """The spool's MAC key: X25519 per RFC 7748 (its test vector), consistent with libzmq's
+    own key pairs, the same from the publisher's and the daemon's side."""
+    import zmq
+    from zmq.utils import z85
+
+    from memory_bank.spool_auth import mac_key, x25519
+
+    scalar = bytes.fromhex("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4")
+    point = bytes.fromhex("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c")
+    expected = "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552"
+    assert x25519(scalar, point).hex() == expected
+    daemon_public, daemon_secret = zmq.curve_keypair()
+    lab_public, lab_secret = zmq.curve_keypair()
+    assert z85.encode(x25519(z85.decode(lab_secret), (9).to_bytes(32, "little"))) == lab_public
+    ours = mac_key(lab_secret.decode(), daemon_public.decode(), 7)
+    assert ours == mac_key(daemon_secret.decode(), lab_public.decode(), 7)
+    assert ours != mac_key(daemon_secret.decode(), lab_public.decode(), 8)
