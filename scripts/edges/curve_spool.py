@@ -7,7 +7,6 @@ in place, at start and at every adoption pass after it."""
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -34,19 +33,6 @@ print(json.dumps({"ids": ids, "publisher": pub.publisher_id}))
 """
 
 
-def _free_port_pair() -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-
-
 def _keys(work: Path) -> tuple[Path, Path]:
     from memory_bank.keys import create_key_pair
 
@@ -68,7 +54,8 @@ def run(work: Path, long: bool) -> str:
     env = isolate(work)
     db = work / "curve.db"
     keys, config = _keys(work)
-    endpoint = f"tcp://127.0.0.1:{_free_port_pair()}"
+    # CURVE on an ipc endpoint of its own (the private default ones stay NULL): no port race.
+    endpoint = f"ipc://{work}/curve.data"
     n = 50_000 if long else 500
     daemon_args = ("--config", str(config), "--endpoint", endpoint)
 
