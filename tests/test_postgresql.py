@@ -499,3 +499,26 @@ def test_tcp_with_curve_lets_only_authorized_publishers_lease_and_write(
     assert pub.flush(10)
     pub.close()
     assert _stored_ids(pg_url) == [lab_id]
+
+
+def _reader_in_transaction(url: str) -> psycopg.Connection:
+    """A reader whose transaction stays open, idle, after one query: as a psql session
+    left in BEGIN."""
+    reader = psycopg.connect(url)  # not autocommit: the SELECT opens a transaction
+    reader.execute("SELECT count(*) FROM events")
+    return reader
+
+
+def test_a_new_day_is_made_while_a_reader_holds_a_transaction(pg_url, start_daemon):
+    """A row for a day with no partition yet needs one made; a reader's open transaction
+    on the table must not hold that (and with it the whole batch) back."""
+    start_daemon(pg_url)
+    reader = _reader_in_transaction(pg_url)
+    pub = Publisher(pg_url)
+    pub.log_event("LATE", "c", "three days late", timestamp=time.time() - 3 * 86400)
+    try:
+        assert pub.flush(30), "the batch waited for the reader's transaction"
+    finally:
+        reader.close()
+        pub.close()
+    assert len(_stored_ids(pg_url)) == 1

@@ -237,13 +237,23 @@ class PartitionKeeper:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
             for day in sorted(missing):
-                start, end = day_bounds(day)
-                conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {partition_name(table, day)} "
-                    f"PARTITION OF {table} FOR VALUES FROM ('{start.isoformat()}') "
-                    f"TO ('{end.isoformat()}')"
-                )
-        self.known[table].update(missing)
+                # CREATE TABLE ... PARTITION OF would lock the whole table (ACCESS
+                # EXCLUSIVE), so a reader's open transaction would hold ingest; ATTACH
+                # takes SHARE UPDATE EXCLUSIVE, which readers and writers never hold.
+                # A day being retired right now (detached, not yet dropped) is left
+                # alone: its rows are past retention, and the next batch tries again.
+                name = partition_name(table, day)
+                if conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is None:
+                    start, end = day_bounds(day)
+                    conn.execute(
+                        f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS "
+                        "INCLUDING CONSTRAINTS)"
+                    )
+                    conn.execute(
+                        f"ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM "
+                        f"('{start.isoformat()}') TO ('{end.isoformat()}')"
+                    )
+        self.load(conn)
 
 
 class PostgresStore(Store):
