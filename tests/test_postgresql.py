@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -65,6 +66,18 @@ def _stored_ids(url: str) -> list[int]:
         return [
             r[0] for r in conn.execute("SELECT id FROM events UNION ALL SELECT id FROM metrics")
         ]
+
+
+def _retention(store, cutoffs: dict) -> dict:
+    """Drive a store's retention steps as the writer does; returns rows deleted per table."""
+    deleted: dict[str, int] = {}
+    for step in store.retention_steps(cutoffs):
+        if step is None:  # its work runs on the maintenance connection
+            time.sleep(0.01)
+            continue
+        table, rows = step
+        deleted[table] = deleted.get(table, 0) + rows
+    return deleted
 
 
 def _short_ipc(name: str) -> str:
@@ -359,7 +372,7 @@ def test_a_day_whose_detach_was_cut_off_is_finished_by_the_next_run(pg_url):
             "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = %s::regclass", (name,)
         ).fetchone()
         assert pending == (True,)
-    deleted = sum(n for _, n in store.retention_steps({"events": time.time() - 7 * 86400}))
+    deleted = _retention(store, {"events": time.time() - 7 * 86400})["events"]
     assert deleted == 1
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT to_regclass(%s)", (name,)).fetchone() == (None,)
@@ -433,7 +446,7 @@ def test_a_day_another_daemon_dropped_is_made_again_for_a_late_row(pg_url):
     a.apply(
         [wire.Message(1 << 32, 1, 0, events=[[(1 << 32) + 1, old, "E", "c", "1", None]])], marks
     )
-    assert sum(n for _, n in b.retention_steps({"events": time.time() - 86400})) == 1
+    assert _retention(b, {"events": time.time() - 86400}) == {"events": 1}
     a.apply(
         [wire.Message(1 << 32, 2, 0, events=[[(1 << 32) + 2, old, "E", "c", "2", None]])], marks
     )
@@ -501,12 +514,163 @@ def test_tcp_with_curve_lets_only_authorized_publishers_lease_and_write(
     assert _stored_ids(pg_url) == [lab_id]
 
 
+def _status(url: str) -> dict:
+    return json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "memory_bank", "status", "--json", "--db", url],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+    )
+
+
+def _wait_for_detach_waiting(url: str) -> None:
+    """Until a DETACH PARTITION sits waiting for other transactions on the server."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        deadline = time.monotonic() + 60
+        while not conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE 'ALTER TABLE % DETACH PARTITION %'"
+        ).fetchone():
+            assert time.monotonic() < deadline, "retention never began detaching a day"
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def _retention_running(url: str, *options: str):
+    """`memorybank maintenance ... retention --days 1` in the background (killed at exit
+    if a failed test leaves it waiting)."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "memory_bank", "maintenance", "--db", url, *options]
+        + ["retention", "--days", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield run
+    finally:
+        run.kill()
+        run.communicate()
+
+
 def _reader_in_transaction(url: str) -> psycopg.Connection:
     """A reader whose transaction stays open, idle, after one query: as a psql session
     left in BEGIN."""
     reader = psycopg.connect(url)  # not autocommit: the SELECT opens a transaction
     reader.execute("SELECT count(*) FROM events")
     return reader
+
+
+def test_retention_waiting_on_a_readers_transaction_never_stalls_ingest(pg_url, start_daemon):
+    """DETACH ... CONCURRENTLY waits for every older transaction. The daemon runs it on a
+    connection of its own: records keep committing, status answers and names the wait,
+    and the run finishes once the reader's transaction ends."""
+    start_daemon(pg_url)
+    pub = Publisher(pg_url)
+    old = time.time() - 10 * 86400
+    for i in range(5):  # a day for retention to retire
+        pub.log_event("OLD", "c", str(i), timestamp=old - i)
+    assert pub.flush(30)
+    reader = _reader_in_transaction(pg_url)
+    with _retention_running(pg_url, "--json") as run:
+        _wait_for_detach_waiting(pg_url)
+        for batch in range(5):  # each flush returns once its records are committed
+            for i in range(200):
+                pub.log_event("NEW", "c", f"{batch}/{i}")
+            assert pub.flush(30), f"nothing committed while the detach waited (batch {batch})"
+        pub.close()
+        deadline = time.monotonic() + 30
+        while not (figures := _status(pg_url))["maintenance_waiting"]:  # said after 1 s
+            assert time.monotonic() < deadline, figures
+            time.sleep(0.2)
+        assert figures["maintenance_running"] == "retention"
+        assert "DETACH" in figures["maintenance_waiting"]
+        waiting_for = f"pid {reader.info.backend_pid} (idle in transaction"
+        assert waiting_for in figures["maintenance_waiting"]
+        assert run.poll() is None  # still waiting: the reader still holds its transaction
+        with psycopg.connect(pg_url) as conn:
+            new = conn.execute("SELECT count(*) FROM events WHERE event_type = 'NEW'")
+            assert new.fetchone()[0] == 1000
+        reader.rollback()
+        reader.close()
+        out, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    assert json.loads(out)["deleted"]["events"] == 5
+
+
+def test_a_detach_that_waits_too_long_gives_up_and_the_next_run_finishes_it(pg_url):
+    """Past its bound, a waiting detach ends the run with a reason (the day stays, pending),
+    and the next run, once the reader is gone, finishes it."""
+    from memory_bank import wire
+    from memory_bank.store import StoreUnavailable
+    from memory_bank.store.postgresql import PostgresStore
+
+    store = PostgresStore(pg_url)
+    store.lock_wait_seconds = 1.0
+    old, block = time.time() - 10 * 86400, 1 << 32
+    rows = [[block + i, old - i, "E", "c", "m", None] for i in range(1, 6)]
+    store.apply([wire.Message(block, 1, 0, events=rows)], {})
+    reader = _reader_in_transaction(pg_url)
+    with pytest.raises(StoreUnavailable, match="next retention run finishes it"):
+        _retention(store, {"events": time.time() - 86400})
+    reader.rollback()
+    reader.close()
+    assert _retention(store, {"events": time.time() - 86400}) == {"events": 5}
+    store.close()
+
+
+def test_two_daemons_retiring_the_same_days_at_once_agree(pg_url):
+    """Two daemons' retention runs start at the same moment over the same old days: one
+    retires each day, the other counts it done; neither fails, nothing is counted twice."""
+    import threading
+
+    from memory_bank import wire
+    from memory_bank.store.postgresql import PostgresStore
+    from memory_bank.store.postgresql_schema import partition_name
+
+    stores = [PostgresStore(pg_url), PostgresStore(pg_url)]
+    now, block = time.time(), 1 << 32
+    events, metrics = [], []
+    for n, days_ago in enumerate((12, 11, 10, 9), start=1):
+        for i in range(25):
+            t = now - days_ago * 86400 - i
+            events.append([block + n * 100 + i, t, "E", "c", "m", None])
+            metrics.append([block + 10_000 + n * 100 + i, t, "current", 1.0, "A", None])
+    stores[0].apply([wire.Message(block, 1, 0, events=events, metrics=metrics)], {})
+    cutoffs = {"events": now - 7 * 86400, "metrics": now - 7 * 86400}
+    start = threading.Barrier(2)
+    deleted: list[dict] = [{}, {}]
+    errors: list[Exception] = []
+
+    def retire(k: int) -> None:
+        try:
+            start.wait()
+            deleted[k] = _retention(stores[k], cutoffs)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=retire, args=(k,)) for k in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    for table in cutoffs:
+        assert deleted[0][table] + deleted[1][table] == 100
+    retired = [
+        partition_name(table, int((now - days_ago * 86400) // 86400))
+        for table in cutoffs
+        for days_ago in (12, 11, 10, 9)
+    ]
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+        left = conn.execute("SELECT relname FROM pg_class WHERE relname = ANY(%s)", (retired,))
+        assert left.fetchall() == []
+    for store in stores:
+        store.close()
 
 
 def test_a_new_day_is_made_while_a_reader_holds_a_transaction(pg_url, start_daemon):

@@ -125,6 +125,7 @@ _STATUS_ROWS = [
     ("publishers", "publishers seen"),
     ("store_error", "store error"),
     ("maintenance_running", "maintenance running"),
+    ("maintenance_waiting", "maintenance waiting"),
     ("db_bytes", "database bytes"),
     ("wal_bytes", "WAL bytes"),
     ("data_endpoint", "data endpoint"),

@@ -36,6 +36,9 @@ Reply = Callable[[dict], None]
 RETRY_SECONDS = 1.0
 RETRY_MAX_SECONDS = 10.0
 ADOPT_EVERY_SECONDS = 10.0
+# How often a maintenance step whose work runs elsewhere (a PostgreSQL detach on its own
+# connection) is asked whether it is done.
+MAINTENANCE_POLL_SECONDS = 0.05
 
 
 class RateLimitedLog:
@@ -172,6 +175,7 @@ class Writer:
         self.maintenance_chunk_rows = 5000
         self.last_runs: dict[str, dict] = {}
         self._tasks: deque[MaintenanceTask] = deque()
+        self._maintenance_paused_until = 0.0
         self._rate_samples: deque = deque(maxlen=11)
 
     # -- input ------------------------------------------------------------------------
@@ -260,7 +264,8 @@ class Writer:
         now = time.monotonic()
         waits = [idle]
         if self._tasks and self.store_error is None:
-            return 0.0  # a maintenance run is in progress: take its next step soon
+            # A run in progress takes its next step at once, or soon when it waits.
+            waits.append(self._maintenance_paused_until - now)
         if self.store_error is not None:
             waits.append(self._retry_at - now)
         elif self._pending or self._pending_rejects:
@@ -544,7 +549,7 @@ class Writer:
     def maintenance_step(self) -> None:
         """Run one bounded step of the current maintenance run (a chunk of deletes, a few
         thousand pages of incremental vacuum)."""
-        if not self._tasks:
+        if not self._tasks or time.monotonic() < self._maintenance_paused_until:
             return
         task = self._tasks[0]
         if task.steps is None:
@@ -567,6 +572,9 @@ class Writer:
             return
         finally:
             task.longest_step = max(task.longest_step, time.perf_counter() - began)
+        if step is None:  # its work runs elsewhere and is not done: look again shortly
+            self._maintenance_paused_until = time.monotonic() + MAINTENANCE_POLL_SECONDS
+            return
         if task.job == "retention":
             table, rows = step
             task.deleted[table] = task.deleted.get(table, 0) + rows
@@ -614,6 +622,7 @@ class Writer:
         self.start_maintenance(job, trigger, box.update, None, days)
         while "run" not in box:
             self.maintenance_step()
+            time.sleep(max(0.0, self._maintenance_paused_until - time.monotonic()))
         return box["run"]
 
     def figures(self) -> dict:
@@ -644,6 +653,7 @@ class Writer:
             "commit_ms_max": round(s.commit_ms_max, 2),
             "queue_depth": self._pending_rows,
             "maintenance_running": self.maintenance_running,
+            "maintenance_waiting": self._maintenance_waiting(),
             "last_maintenance": self._last_runs_for_status(),
             "store_error": self.store_error,
             "store_errors": s.store_errors,
@@ -652,6 +662,15 @@ class Writer:
             **self._size_figures(),
             **self.extra_figures(),
         }
+
+    def _maintenance_waiting(self) -> str | None:
+        if not self._tasks or self.store_error is not None:
+            return None
+        try:
+            return self.store.maintenance_waiting()
+        except self.store.unavailable_errors as exc:
+            log.debug("maintenance state unavailable: %s", exc)
+            return None
 
     def _last_runs_for_status(self) -> dict:
         if not self.last_runs and self.store_error is None:

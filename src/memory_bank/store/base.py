@@ -83,12 +83,19 @@ class Store:
         self, cutoffs: dict[str, float], chunk_rows: int = 5000
     ) -> Iterator[tuple[str, int]]:
         """Remove rows older than each table's cutoff in short steps; yields (table, rows)
-        after each, so ingest runs between steps."""
+        after each, so ingest runs between steps. A step may yield None instead: work
+        running elsewhere (another connection) is not finished; ask again shortly."""
         raise NotImplementedError
 
     def vacuum_steps(self) -> Iterator[int]:
-        """The store's housekeeping after retention, in steps; yields bytes reclaimed."""
+        """The store's housekeeping after retention, in steps; yields bytes reclaimed
+        (or None, as retention_steps does)."""
         raise NotImplementedError
+
+    def maintenance_waiting(self) -> str | None:
+        """What a running maintenance step has been waiting for, if long enough to tell
+        (``status`` shows it), else None."""
+        return None
 
     def record_maintenance(self, run: dict) -> None:
         """Keep what a maintenance run did (shown by ``status``)."""

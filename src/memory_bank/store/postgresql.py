@@ -30,6 +30,15 @@ from .. import wire
 from ..discovery import redact_url
 from ..wire import Message
 from .base import Store, StoreUnavailable, statistics_to_compute
+from .postgresql_maintenance import (
+    LOCK_WAIT_SECONDS,
+    MaintenanceWorker,
+    analyze,
+    delete_before,
+    describe_wait,
+    retire_day,
+    wait_for,
+)
 from .postgresql_schema import (
     PARTITION_LOCK,
     PARTITIONED,
@@ -267,12 +276,16 @@ class PostgresStore(Store):
         self.name = redact_url(url)
         self.partitions = PartitionKeeper()
         self.conn = None
+        self._maintenance: MaintenanceWorker | None = None
         self._connect()
 
     batch_errors = (
         (psycopg.DataError, psycopg.IntegrityError, pg_errors.UndefinedFunction) if psycopg else ()
     )
     placeholder = "%s"
+    # How long a maintenance step may wait for a lock (older transactions) before the run
+    # gives up and says why; the next run finishes the job.
+    lock_wait_seconds = LOCK_WAIT_SECONDS
     # Everything else the server or the connection says: keep the batch, retry later.
     unavailable_errors = (psycopg.Error, StoreUnavailable) if psycopg else (StoreUnavailable,)
 
@@ -492,61 +505,49 @@ class PostgresStore(Store):
             (metric_name, start, end),
         ).fetchone()[0]
 
-    # -- maintenance ------------------------------------------------------------------
+    # -- maintenance: on the worker's connection (postgresql_maintenance.py) -----------
+    def _worker(self) -> MaintenanceWorker:
+        if self._maintenance is None:
+            self._maintenance = MaintenanceWorker(
+                partial(connect, self.url, application_name="memorybank-maintenance"),
+                self.lock_wait_seconds,
+            )
+        return self._maintenance
+
+    def _on_worker(self, what: str, fn, *args) -> Iterator[None]:
+        """Run ``fn`` on the maintenance connection; yields None while it runs."""
+        return (yield from wait_for(self._worker().submit(what, fn, *args)))
+
     def retention_steps(
         self, cutoffs: dict[str, float], chunk_rows: int = 5000
-    ) -> Iterator[tuple[str, int]]:
+    ) -> Iterator[tuple[str, int] | None]:
         """Days wholly before the cutoff: their partitions are detached (CONCURRENTLY, so
         other daemons keep writing) and dropped. Rows before the cutoff within its own day
-        are deleted in chunks. sessions and patterns (not partitioned) by chunked DELETE."""
+        are deleted in chunks. sessions and patterns (not partitioned) by chunked DELETE.
+        All of it on the maintenance connection: a step yields None while that works."""
         self._connect()
         for table, cutoff in cutoffs.items():
             if table in PARTITIONED:
-                yield from self._drop_old_partitions(table, cutoff)
+                yield from self._retire_days(table, cutoff)
                 column = "timestamp"
             else:
                 column = RETENTION_TIME_COLUMN[table]
-            returning = {"events": " RETURNING timestamp", "anomalies": " RETURNING timestamp, "
-                         "severity"}.get(table, "")  # fmt: skip
-            while True:
-                with self.conn.transaction():
-                    # ctids repeat across partitions: the time condition keeps the match
-                    # to rows older than the cutoff.
-                    cur = self.conn.execute(
-                        f"DELETE FROM {table} WHERE {column} < %(cutoff)s AND ctid = ANY(ARRAY("
-                        f"SELECT ctid FROM {table} WHERE {column} < %(cutoff)s LIMIT %(n)s))"
-                        f"{returning}",
-                        {"cutoff": _to_datetime(cutoff), "n": chunk_rows},
-                    )
-                    deleted = cur.rowcount
-                    if returning and deleted:  # the day counts lose what was deleted
-                        gone: Counter = Counter()
-                        for row in cur.fetchall():
-                            day = int(row[0].timestamp() // 86400)
-                            gone[table, day] -= 1
-                            if table == "anomalies":
-                                gone["anomalies:" + row[1], day] -= 1
-                        add_day_counts(self.conn, gone, self.writer)
-                yield table, deleted
-                if deleted < chunk_rows:
-                    break
+            deleted = yield from self._on_worker(
+                f"deleting {table} rows older than the cutoff",
+                delete_before,
+                table,
+                column,
+                _to_datetime(cutoff),
+                chunk_rows,
+                self.writer,
+            )
+            yield table, deleted
 
-    def _drop_old_partitions(self, table: str, cutoff: float) -> Iterator[tuple[str, int]]:
+    def _retire_days(self, table: str, cutoff: float) -> Iterator[tuple[str, int] | None]:
+        """Every day of ``table`` that ends before the cutoff, attached or left detached by
+        a run that stopped half-way, is retired."""
         self.partitions.load(self.conn)
-        for day in sorted(self.partitions.known[table]):
-            if day_bounds(day)[1].timestamp() > cutoff:
-                break
-            name = partition_name(table, day)
-            rows = self.conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
-            try:
-                self.conn.execute(f"ALTER TABLE {table} DETACH PARTITION {name} CONCURRENTLY")
-            except pg_errors.ObjectNotInPrerequisiteState:
-                # An earlier run was cut off between the two steps of a concurrent detach.
-                self.conn.execute(f"ALTER TABLE {table} DETACH PARTITION {name} FINALIZE")
-            self._drop_day(table, day)
-            log.info("retention: dropped partition %s (%d rows)", name, rows)
-            yield table, rows
-        # A day detached by a run that died before dropping it is no partition any more.
+        days = {d for d in self.partitions.known[table] if day_bounds(d)[1].timestamp() <= cutoff}
         for (orphan,) in self.conn.execute(
             "SELECT relname FROM pg_class WHERE relkind = 'r' AND NOT relispartition "
             "AND relname ~ %s",
@@ -554,29 +555,30 @@ class PostgresStore(Store):
         ).fetchall():
             day = partition_day(orphan)
             if day_bounds(day)[1].timestamp() <= cutoff:
-                rows = self.conn.execute(f"SELECT count(*) FROM {orphan}").fetchone()[0]
-                self._drop_day(table, day)
-                log.info("retention: dropped the detached day %s (%d rows)", orphan, rows)
-                yield table, rows
-
-    def _drop_day(self, table: str, day: int) -> None:
-        """Drop a detached day and its counts, together."""
-        with self.conn.transaction():
-            self.conn.execute(f"DROP TABLE {partition_name(table, day)}")
-            self.conn.execute(
-                "DELETE FROM mb_day_counts WHERE day = %s AND (name = %s OR name LIKE %s)",
-                (day, table, table + ":%"),
+                days.add(day)
+        for day in sorted(days):
+            rows = yield from self._on_worker(
+                f"retiring {partition_name(table, day)} (DETACH CONCURRENTLY, DROP)",
+                retire_day,
+                table,
+                day,
+                self.lock_wait_seconds,
             )
-        self.partitions.known[table].discard(day)
+            self.partitions.known[table].discard(day)
+            yield table, rows
 
-    def vacuum_steps(self) -> Iterator[int]:
+    def vacuum_steps(self) -> Iterator[int | None]:
         """ANALYZE, table by table: dropped partitions return their space at once and
         autovacuum cleans the rest, so what PostgreSQL needs after retention is fresh
         planner statistics."""
-        self._connect()
         for table in ("events", "anomalies", "metrics", "sessions", "patterns"):
-            self.conn.execute(f"ANALYZE {table}")
-            yield 0
+            yield (yield from self._on_worker(f"ANALYZE {table}", analyze, table))
+
+    def maintenance_waiting(self) -> str | None:
+        if self._maintenance is None:
+            return None
+        self._connect()
+        return describe_wait(self.conn, self._maintenance.current)
 
     def record_maintenance(self, run: dict) -> None:
         self._connect()
@@ -621,6 +623,9 @@ class PostgresStore(Store):
                 .fetchone()[0]}  # fmt: skip
 
     def close(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.close()
+            self._maintenance = None
         if self.conn is not None:
             self.conn.close()
             self.conn = None
