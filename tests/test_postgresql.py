@@ -673,6 +673,25 @@ def test_two_daemons_retiring_the_same_days_at_once_agree(pg_url):
         store.close()
 
 
+def test_maintenance_says_so_when_its_daemon_dies_mid_run(pg_url, start_daemon):
+    """`memorybank maintenance` waits as long as the run takes, but not for a daemon that
+    is gone: killed mid-run, the command exits 1 saying so."""
+    daemon = start_daemon(pg_url)
+    pub = Publisher(pg_url)
+    pub.log_event("OLD", "c", "m", timestamp=time.time() - 10 * 86400)
+    assert pub.flush(30)
+    pub.close()
+    reader = _reader_in_transaction(pg_url)  # holds the run in its detach
+    with _retention_running(pg_url) as run:
+        _wait_for_detach_waiting(pg_url)
+        daemon.stop(signal.SIGKILL)
+        out, err = run.communicate(timeout=60)
+    reader.close()
+    assert run.returncode == 1
+    assert f"the daemon (pid {daemon.proc.pid}) stopped before 'retention' finished" in err
+    assert "Traceback" not in err
+
+
 def test_a_new_day_is_made_while_a_reader_holds_a_transaction(pg_url, start_daemon):
     """A row for a day with no partition yet needs one made; a reader's open transaction
     on the table must not hold that (and with it the whole batch) back."""

@@ -233,7 +233,7 @@ class MemoryBank:
             ) from None
         client = ControlClient(control)
         try:
-            reply = client.request(op, timeout=3600, **fields)
+            reply = client.request_until_done(op, **fields)
         finally:
             client.close()
         if not reply.get("ok") and "run" not in reply:

@@ -196,22 +196,19 @@ def status(db, as_json, endpoint) -> None:
 @ENDPOINT_OPTION
 def maintenance(db, job, days, as_json, endpoint) -> None:
     """Ask the daemon to run retention or VACUUM now, and wait for the result."""
-    from .control import ControlClient, locate_control
+    from .control import DaemonLost, run_maintenance
 
     try:
-        control = locate_control(db, endpoint)
+        reply = run_maintenance(db, job, days, endpoint)
+    except DaemonLost as exc:
+        click.echo(f"memorybank maintenance: {exc}", err=True)
+        sys.exit(1)
     except DaemonUnavailable as exc:
         click.echo(
             f"memorybank maintenance: {exc} — start one with 'memorybank daemon --db {db}'",
             err=True,
         )
         sys.exit(1)
-    client = ControlClient(control)
-    try:
-        fields = {"days": days} if days is not None else {}
-        reply = client.request(job, timeout=24 * 3600, **fields)
-    finally:
-        client.close()
     run = reply.get("run")
     if run is None:
         click.echo(f"memorybank maintenance: {reply.get('error')}", err=True)

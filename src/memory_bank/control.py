@@ -9,15 +9,26 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import msgpack
 import zmq
 
 from . import sockets
 
+# While a long request (a maintenance run) is outstanding, the daemon is pinged this often;
+# an answer from another instance, a lock no longer held, or no answer at all for
+# SILENCE_SECONDS means the daemon that took the request is gone and will never answer.
+LIVENESS_SECONDS = 2.0
+SILENCE_SECONDS = 30.0
+
 
 class DaemonUnavailable(RuntimeError):
     """No daemon answered on the control endpoint in time."""
+
+
+class DaemonLost(DaemonUnavailable):
+    """The daemon stopped, or was replaced by another, before answering a request."""
 
 
 class ControlClient:
@@ -48,6 +59,52 @@ class ControlClient:
                 reply = msgpack.unpackb(self._sock.recv(), raw=False)
                 if reply.get("rid") == rid:  # replies to requests we gave up on are dropped
                     return reply
+
+    def request_until_done(
+        self,
+        op: str,
+        alive: Callable[[], bool] | None = None,
+        check_every: float = LIVENESS_SECONDS,
+        silence: float = SILENCE_SECONDS,
+        **fields,
+    ) -> dict:
+        """Send ``op`` and wait for its reply however long the work takes, as long as the
+        daemon that took it lives: raises DaemonLost when ``alive()`` (the local writer
+        lock, say) turns false, when a ping is answered by another instance, or when
+        nothing is heard for ``silence`` seconds."""
+        hello = self.request("ping", timeout=silence)
+        pid, instance = hello.get("pid"), hello.get("instance")
+        with self._lock:
+            rid = next(self._ids)
+            self._sock.send(msgpack.packb({"op": op, "rid": rid, **fields}))
+            heard = time.monotonic()
+            ping_rid = None
+            while True:
+                if self._sock.poll(int(check_every * 1000)):
+                    reply = msgpack.unpackb(self._sock.recv(), raw=False)
+                    if reply.get("rid") == rid:
+                        return reply
+                    if reply.get("rid") == ping_rid:
+                        if reply.get("instance") != instance:
+                            raise DaemonLost(
+                                f"the daemon restarted (pid {pid}, now pid {reply.get('pid')}) "
+                                f"before {op!r} finished, so no result will come; run it again"
+                            )
+                        heard, ping_rid = time.monotonic(), None
+                    continue
+                if alive is not None and not alive():
+                    raise DaemonLost(
+                        f"the daemon (pid {pid}) stopped before {op!r} finished, so no "
+                        "result will come; run it again once a daemon serves the database"
+                    )
+                if time.monotonic() - heard > silence:
+                    raise DaemonLost(
+                        f"no answer from the daemon (pid {pid}) at {self.endpoint} for "
+                        f"{silence:g}s while {op!r} ran; it is stopped or unreachable"
+                    )
+                if ping_rid is None:
+                    ping_rid = next(self._ids)
+                    self._sock.send(msgpack.packb({"op": "ping", "rid": ping_rid}))
 
     def close(self) -> None:
         with self._lock:
@@ -91,6 +148,24 @@ def wait_for_daemon(db_path, timeout: float = 10.0, endpoint: str | None = None)
         if time.monotonic() >= deadline:
             raise DaemonUnavailable(f"no daemon answered for {db_path} within {timeout:g}s")
         time.sleep(0.05)
+
+
+def run_maintenance(db, job: str, days: float | None = None, endpoint: str | None = None) -> dict:
+    """Ask the daemon serving ``db`` to run ``job`` (retention or vacuum) now; returns its
+    reply (``run``: what the run did). DaemonUnavailable when no daemon serves ``db``,
+    DaemonLost when it stops or restarts before the run ends."""
+    from . import discovery
+
+    key = discovery.location_key(db, endpoint)
+    local = discovery.daemon_running(key)
+    client = ControlClient(locate_control(db, endpoint))
+    try:
+        fields = {"days": days} if days is not None else {}
+        return client.request_until_done(
+            job, alive=(lambda: discovery.daemon_running(key)) if local else None, **fields
+        )
+    finally:
+        client.close()
 
 
 def daemon_stats(db_path, timeout: float = 5.0, endpoint: str | None = None) -> dict:
