@@ -190,6 +190,15 @@ def _seed_database(path, events: int) -> None:
     conn.close()
 
 
+def _migrate_report(stdout: str) -> dict[str, list[int]]:
+    """migrate's table: per table [sqlite, postgresql, copied, missing]."""
+    return {
+        fields[0]: [int(n) for n in fields[1:]]
+        for fields in (line.split() for line in stdout.splitlines())
+        if len(fields) == 5 and fields[1].isdigit()
+    }
+
+
 def test_migrate_counts_equal_and_a_killed_copy_resumes(tmp_path, pg_url):
     source = tmp_path / "seed.db"
     _seed_database(source, 120_000)
@@ -208,11 +217,13 @@ def test_migrate_counts_equal_and_a_killed_copy_resumes(tmp_path, pg_url):
     first.wait()
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
-    lines = {line.split()[0]: line.split()[1:] for line in second.stdout.splitlines()}
-    assert lines["events"] == ["120000", "120000"]
-    assert lines["metrics"] == ["30000", "30000"]
+    report = _migrate_report(second.stdout)
+    assert report["events"][:2] == [120_000, 120_000]
+    assert report["metrics"][:2] == [30_000, 30_000]
     for table in ("anomalies", "sessions", "patterns"):
-        assert lines[table] == ["1", "1"]
+        assert report[table][:2] == [1, 1]
+    assert all(counts[3] == 0 for counts in report.values())
+    assert "complete: every row of" in second.stdout
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(DISTINCT id) FROM events").fetchone()[0] == 120_000
         assert conn.execute("SELECT pattern_data->>'a' FROM patterns").fetchone()[0] == "2"
@@ -705,3 +716,119 @@ def test_a_new_day_is_made_while_a_reader_holds_a_transaction(pg_url, start_daem
         reader.close()
         pub.close()
     assert len(_stored_ids(pg_url)) == 1
+
+
+WRITE_UNTIL_STOPPED = r"""
+import sys, time
+from pathlib import Path
+from memory_bank import Publisher
+db, stop, rate = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+pub = Publisher(db)
+t0, i = time.monotonic(), 0
+while not stop.exists():
+    pub.log_event("E", "pub", str(i))
+    if i % 3 == 0:
+        pub.record_metric("current", float(i), "A")
+    i += 1
+    time.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+assert pub.flush(60)
+pub.close()
+"""
+
+
+def _sqlite_ids(path, table: str) -> set[int]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        return {r[0] for r in conn.execute(f"SELECT id FROM {table}")}
+
+
+def _pg_ids(url: str, table: str) -> set[int]:
+    with psycopg.connect(url) as conn:
+        return {r[0] for r in conn.execute(f"SELECT id FROM {table}")}
+
+
+def test_migrating_a_database_a_daemon_still_writes_catches_up(tmp_path, pg_url, start_daemon):
+    """Two publishers write (each into its own id block) while migrate runs; a rerun
+    after they stop copies every row committed meanwhile, in whichever block, and the
+    sessions and patterns that changed since the first copy."""
+    source = tmp_path / "src.db"
+    start_daemon(source)
+    stop = tmp_path / "stop"
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITE_UNTIL_STOPPED, str(source), str(stop), "300"])
+        for _ in range(2)
+    ]
+    memory = MemoryBank(source)
+    memory.start_session("S1")
+    memory.record_pattern("P", {"k": 1})
+    memory.flush()
+    cmd = [sys.executable, "-m", "memory_bank", "migrate", "--from", str(source), "--to", pg_url]
+    try:
+        while len(_sqlite_ids(source, "events")) < 1000:
+            time.sleep(0.1)
+        first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert first.returncode == 0, first.stderr
+        assert "snapshot: a daemon serves" in first.stdout
+        copied_then = len(_pg_ids(pg_url, "events"))
+        while len(_sqlite_ids(source, "events")) < copied_then + 1000:  # both keep writing
+            assert all(w.poll() is None for w in writers)
+            time.sleep(0.1)
+        memory.end_session("S1", total_energy=5.0)
+        memory.record_pattern("P", {"k": 1})
+        memory.flush()
+    finally:
+        stop.touch()
+        for writer in writers:
+            assert writer.wait(timeout=120) == 0
+        memory.close()
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    report = _migrate_report(second.stdout)
+    for table in ("events", "metrics"):
+        assert _pg_ids(pg_url, table) == _sqlite_ids(source, table)
+        assert report[table][0] == report[table][1] and report[table][3] == 0
+    assert "complete: every row of" in second.stdout
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute(
+            "SELECT status, total_energy FROM sessions WHERE session_id = 'S1'"
+        ).fetchone() == ("COMPLETED", 5.0)
+        assert conn.execute("SELECT frequency FROM patterns").fetchone() == (2,)
+    third = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert all(counts[2] == 0 for counts in _migrate_report(third.stdout).values())
+
+
+def test_migrate_verifies_each_block_and_copies_a_row_committed_late_below_its_mark(
+    tmp_path, pg_url
+):
+    """A row committed after a higher id of its own block (a publisher shared by threads
+    can take an id and queue it a moment after a later one) is below that block's mark:
+    the rerun's verification finds it and copies it."""
+    from memory_bank import wire
+    from memory_bank.store.migrate import Migration
+    from memory_bank.store.sqlite import SqliteStore
+
+    source = tmp_path / "src.db"
+    store = SqliteStore(source)
+    block = 3 << 32
+    now = time.time()
+    marks: dict[int, int] = {}
+    store.apply(
+        [
+            wire.Message(
+                block, 1, 0, events=[[block + i, now, "E", "c", str(i), None] for i in (1, 3)]
+            )
+        ],
+        marks,
+    )
+    migration = Migration(source, pg_url)
+    assert migration.run().complete
+    migration.close()
+    store.apply([wire.Message(block, 2, 0, events=[[block + 2, now, "E", "c", "2", None]])], marks)
+    store.close()
+    migration = Migration(source, pg_url)
+    report = migration.run()
+    migration.close()
+    assert report.complete
+    assert [(t.source, t.target, t.copied) for t in report.tables if t.table == "events"] == [
+        (3, 3, 1)
+    ]
+    assert _pg_ids(pg_url, "events") == {block + 1, block + 2, block + 3}

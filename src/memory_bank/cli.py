@@ -229,34 +229,42 @@ def maintenance(db, job, days, as_json, endpoint) -> None:
 @click.option("--to", "target", required=True, help="postgresql:// URL to copy into.")
 @click.option("--batch-rows", default=10_000, show_default=True, type=click.IntRange(min=1))
 def migrate(source, target, batch_rows) -> None:
-    """Copy a SQLite database into PostgreSQL, in batches; rerun to resume after a stop."""
+    """Copy a SQLite database into PostgreSQL, in batches, and verify the copy; rerun to
+    resume after a stop, or to catch up with what a daemon wrote to it meanwhile."""
     if not discovery.is_url(target):
         raise click.UsageError(f"--to must be a postgresql:// URL, not {target!r}")
     from .store import StoreUnavailable
-    from .store.migrate import TABLES, Migration
+    from .store.migrate import Migration
 
     try:
         migration = Migration(source, target, batch_rows)
     except (FileNotFoundError, ImportError, StoreUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        if discovery.daemon_running(discovery.resolve_db_path(source)):
-            click.echo(
-                f"note: a daemon still writes {source}; rows it commits after each table's "
-                "copy are picked up by running migrate again",
-                err=True,
-            )
         remaining = sum(migration.remaining().values())
         with click.progressbar(
             length=remaining, label="copying", file=sys.stderr, show_pos=True
         ) as bar:
-            migration.run(lambda _table, rows: bar.update(rows))
-        before, after = migration.source_counts(), migration.target_counts()
+            report = migration.run(lambda _table, rows: bar.update(rows))
     finally:
         migration.close()
-    click.echo(f"{'table':<10} {'sqlite':>12} {'postgresql':>12}")
-    for table in TABLES:
-        click.echo(f"{table:<10} {before[table]:>12} {after[table]:>12}")
+    click.echo(f"{'table':<10} {'sqlite':>12} {'postgresql':>12} {'copied':>10} {'missing':>8}")
+    for t in report.tables:
+        click.echo(f"{t.table:<10} {t.source:>12} {t.target:>12} {t.copied:>10} {t.missing:>8}")
+    shown = discovery.redact_url(target)
+    if report.complete:
+        click.echo(f"complete: every row of {migration.source} is in {shown}")
+    else:
+        missing = sum(t.missing for t in report.tables)
+        click.echo(f"INCOMPLETE: {missing} row(s) of {migration.source} are not in {shown}")
+    if report.live:
+        click.echo(
+            f"snapshot: a daemon serves {migration.source}; this run copied it as it "
+            "was when the run began. Run migrate again to copy what it commits meanwhile "
+            "(after stopping it, for the final copy)."
+        )
+    if not report.complete:
+        sys.exit(1)
 
 
 @main.command()
