@@ -139,17 +139,24 @@ def curve_site(folder: Path) -> tuple[Path, Path]:
     return keys, cfg
 
 
-def free_port_pair() -> int:
-    """A port free for the daemon's data socket, with the next one free for control."""
+def free_ports(count: int) -> int:
+    """A port P with P .. P+count-1 all free on loopback."""
     import socket
 
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
+        try:
+            for offset in range(1, count):
+                with socket.socket() as other:
+                    other.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
         return port
+
+
+def free_port_pair() -> int:
+    """A port free for the daemon's data socket, with the next two free for control and
+    the live tail."""
+    return free_ports(3)

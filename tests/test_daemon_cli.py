@@ -121,3 +121,46 @@ def test_status_probes_never_stop_a_daemon_from_starting(db_path, start_daemon):
     finally:
         stop.set()
         prober.join()
+
+
+def test_a_tcp_endpoint_whose_ports_collide_is_refused_in_one_line(tmp_path, start_daemon):
+    """tcp://H:P takes P, P+1 and P+2. A second daemon whose three ports overlap the
+    first's in any way binds none of them and says which port, held by whom; the first
+    keeps serving."""
+    import socket
+
+    from conftest import free_ports
+
+    base = free_ports(8) + 2  # the first daemon on base..base+2; base-2..base+5 free
+    first = start_daemon(tmp_path / "a.db", "--endpoint", f"tcp://127.0.0.1:{base}")
+    roles = {-2: ("tail", 0), -1: ("control", 0), 1: ("data", 1), 2: ("data", 2)}
+    for offset, (role, taken) in roles.items():
+        endpoint = f"tcp://127.0.0.1:{base + offset}"
+        second = subprocess.run(
+            [sys.executable, "-m", "memory_bank", "daemon", "--db", str(tmp_path / "b.db")]
+            + ["--endpoint", endpoint],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        [line] = second.stderr.splitlines()
+        assert f"the {role} endpoint tcp://127.0.0.1:{base + taken}: already in use" in line
+        assert f"by pid {first.proc.pid} (memorybank daemon --db {tmp_path / 'a.db'}" in line
+        assert "PORT+1 (control) and PORT+2 (live tail)" in line
+    with socket.socket() as squatter:  # not a daemon: the port and the holder still named
+        squatter.bind(("127.0.0.1", base + 5))
+        squatter.listen()
+        second = subprocess.run(
+            [sys.executable, "-m", "memory_bank", "daemon", "--db", str(tmp_path / "b.db")]
+            + ["--endpoint", f"tcp://127.0.0.1:{base + 4}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert second.returncode == 1
+    assert f"control endpoint tcp://127.0.0.1:{base + 5}: already in use by pid " in second.stderr
+    assert "Traceback" not in second.stderr
+    with MemoryBank(tmp_path / "a.db") as memory:  # the first one is untouched
+        memory.log_event("E", "C", "still served")
+        assert memory.get_events()[0]["message"] == "still served"

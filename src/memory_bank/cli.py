@@ -30,7 +30,8 @@ def _setup_logging(level: str) -> None:
 ENDPOINT_OPTION = click.option(
     "--endpoint",
     default=None,
-    help="The daemon's data endpoint, when several serve one PostgreSQL database.",
+    help="The daemon's data endpoint, when several serve one PostgreSQL database "
+    "(tcp://HOST:PORT: its control port is PORT+1).",
 )
 
 
@@ -48,13 +49,19 @@ def main() -> None:
     type=click.Path(dir_okay=False),
     help="TOML configuration file (default: $MEMORYBANK_CONFIG).",
 )
-@click.option("--endpoint", help="Data endpoint to bind (ipc://PATH or tcp://HOST:PORT).")
+@click.option(
+    "--endpoint",
+    help="Data endpoint to bind: ipc://PATH, or tcp://HOST:PORT, which takes three ports: "
+    "PORT (records), PORT+1 (control) and PORT+2 (live tail; with CURVE keys the tail "
+    "stays on the local ipc folder).",
+)
 @click.option(
     "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
 )
 def daemon(db, config_path, endpoint, log_level) -> None:
     """Run the single writer for a database in the foreground."""
     from .daemon import Daemon, DaemonSettings, SecurityError
+    from .ports import EndpointInUse
 
     try:
         cfg = config_mod.load(config_path, db=db, endpoint=endpoint, log_level=log_level)
@@ -74,7 +81,7 @@ def daemon(db, config_path, endpoint, log_level) -> None:
     except SecurityError as exc:
         click.echo(f"memorybank daemon: {exc}", err=True)
         sys.exit(2)
-    except discovery.DaemonLockedError as exc:
+    except (discovery.DaemonLockedError, EndpointInUse) as exc:
         click.echo(f"memorybank daemon: {exc}", err=True)
         sys.exit(1)
     sys.exit(status)

@@ -8,6 +8,7 @@ everything it received, and exits 0.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
-from . import __version__, discovery, sockets, wire
+from . import __version__, discovery, ports, sockets, wire
 from .jobs import MaintenanceSchedule
 from .sdnotify import Notifier
 from .spool_auth import SpoolAuth
@@ -212,27 +213,44 @@ class Daemon:
             writer.retention_days = dict(self.settings.retention_days)
         writer.maintenance_chunk_rows = self.settings.chunk_rows
 
+    def _addresses(self) -> dict[str, str]:
+        """Every endpoint this daemon binds, by role (checked free before binding any).
+        With CURVE on the network endpoint, local processes (publishers on this host,
+        `memorybank status`) use the default ipc endpoints in the private runtime folder,
+        and the tail is bound there only."""
+        addresses = {"data": self.endpoints.data, "control": self.endpoints.control}
+        if self.curve is not None:
+            local = discovery.default_endpoints(self.db_path)
+            addresses.update({"local data": local.data, "local control": local.control})
+        addresses["tail"] = sockets.tail_endpoint_for(
+            addresses.get("local data", addresses["data"])
+        )
+        return addresses
+
     def _bind(self, ctx: zmq.Context) -> tuple[zmq.Socket, zmq.Socket]:
-        # With CURVE on the network endpoint, local processes (publishers on this host,
-        # `memorybank status`) use the default ipc endpoints in the private runtime folder.
-        local = discovery.default_endpoints(self.db_path) if self.curve is not None else None
-        pull = sockets.daemon_pull(
-            ctx, self.endpoints.data, self.curve, local.data if local else None
-        )
-        router = sockets.daemon_router(
-            ctx, self.endpoints.control, self.curve, local.control if local else None
-        )
+        try:
+            return self._bind_sockets(ctx)
+        except zmq.ZMQError as exc:  # taken between the check and the bind
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            ports.check_free(self._addresses())
+            raise ports.EndpointInUse(f"cannot bind: {exc}") from None
+
+    def _bind_sockets(self, ctx: zmq.Context) -> tuple[zmq.Socket, zmq.Socket]:
+        at = self._addresses()
+        local = "local data" in at
+        pull = sockets.daemon_pull(ctx, at["data"], self.curve, at.get("local data"))
+        router = sockets.daemon_router(ctx, at["control"], self.curve, at.get("local control"))
         router.bind(self._inproc_control)  # the scheduler's jobs come in here
-        found_at = local or self.endpoints
-        self.tail_endpoint = sockets.tail_endpoint_for(found_at.data)
+        self.tail_endpoint = at["tail"]
         self.tail = sockets.daemon_tail(ctx, self.tail_endpoint)
         self._lock.update_info(
             {
                 "pid": os.getpid(),
                 "started": time.time(),
-                "data_endpoint": found_at.data,
-                "control_endpoint": found_at.control,
-                "network_endpoint": self.endpoints.data if local else None,
+                "data_endpoint": at["local data" if local else "data"],
+                "control_endpoint": at["local control" if local else "control"],
+                "network_endpoint": at["data"] if local else None,
                 "tail_endpoint": self.tail_endpoint,
                 "version": __version__,
             }
@@ -244,6 +262,7 @@ class Daemon:
         return f"inproc://memorybank-control-{id(self)}"
 
     def _serve(self, started: float) -> int:
+        ports.check_free(self._addresses())  # all of them, before the store or any bind
         writer = self._open_writer()
         ctx = zmq.Context()
         authenticator = None
