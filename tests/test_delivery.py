@@ -202,3 +202,85 @@ def test_disk_durability_with_a_live_daemon(db_path, daemon):
     assert pub.close()
     assert not spool_folder.exists()
     assert sorted(_ids(db_path)) == sorted(ids)
+
+
+def test_messages_out_of_order_are_summed_up_not_logged_one_by_one(db_path, daemon):
+    """After a restart a publisher's old in-flight messages interleave with its replay:
+    each one ahead of its turn makes the daemon ask for a resend. The daemon logs the
+    first, then one line with counts per interval, not a line per message."""
+    import zmq
+
+    from memory_bank import discovery, sockets, wire
+    from memory_bank.control import daemon_stats
+
+    block = discovery.lease_id_block(db_path)
+    base = block << wire.ID_BLOCK_BITS
+
+    def message(seq: int) -> bytes:
+        return wire.encode(
+            block, seq, 0, [[base + seq, time.time(), "E", "c", "m", None]], [], [], []
+        )
+
+    ctx = zmq.Context()
+    push = sockets.publisher_push(ctx, discovery.find_endpoints(db_path).data)
+    push.send(message(1))
+    for seq in range(2, 52):  # seq+1 ahead of its turn, then seq: 50 arrive out of order
+        push.send(message(seq + 1))
+        push.send(message(seq))
+    deadline = time.monotonic() + 30
+    while (figures := daemon_stats(db_path))["committed_records"] < 51:
+        assert time.monotonic() < deadline, figures
+        time.sleep(0.1)
+    push.close(0)
+    ctx.term()
+    assert figures["out_of_order_messages"] == 50
+    assert len(_ids(db_path)) == 51
+    assert daemon.log.count("expected; asking for a resend") == 1
+    while "49 more message(s) from 1 publisher(s) arrived out of order" not in daemon.log:
+        assert time.monotonic() < deadline + 15, daemon.log[-2000:]
+        time.sleep(0.2)
+
+
+STALLED = r"""
+import logging, sys
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+from memory_bank import Publisher, publisher
+publisher.STALL_SECONDS, publisher.STALL_SUMMARY_SECONDS = 1.0, 3.0  # a short stall
+pub = Publisher(sys.argv[1])
+for i in range(100):
+    pub.log_event("E", "c", str(i))
+print("flushed", pub.flush(120), file=sys.stderr, flush=True)
+pub.close()
+"""
+
+
+def test_a_publisher_sums_up_its_resends_while_the_daemon_cannot_commit(
+    tmp_path, db_path, start_daemon
+):
+    """The daemon answers but cannot commit (its database is at max_db_bytes): the
+    publisher resends every STALL_SECONDS; it says so once, then once per summary
+    interval, then once when acknowledgements resume, not once per resend."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "cap.toml"
+    config.write_text("[daemon]\nmax_db_bytes = 4096\n")
+    daemon = start_daemon(db_path, "--config", str(config))
+    writer = subprocess.Popen(
+        [sys.executable, "-c", STALLED, str(db_path)], stderr=subprocess.PIPE, text=True
+    )
+    lines = []
+    while not any("no acknowledgement" in line for line in lines):
+        lines.append(writer.stderr.readline())
+        assert lines[-1], "".join(lines)
+    while not any("still no acknowledgement" in line for line in lines):
+        lines.append(writer.stderr.readline())  # about 3 s (the summary interval) later
+        assert lines[-1], "".join(lines)
+    config.write_text("[daemon]\n")  # no cap: the daemon commits again
+    daemon.proc.send_signal(signal.SIGHUP)
+    out = "".join(lines) + writer.communicate(timeout=120)[1]
+    assert writer.returncode == 0 and "flushed True" in out, out
+    assert out.count("no acknowledgement for") == 1, out
+    assert out.count("still no acknowledgement") == 1, out
+    assert out.count("the daemon acknowledges again after") == 1, out
+    assert "replaying messages" not in out

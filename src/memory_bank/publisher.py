@@ -43,6 +43,8 @@ OVERFLOW_POLICIES = ("drop_newest", "drop_oldest")
 ACK_TIMEOUT = 2.0
 # How long the daemon may answer without acknowledging anything new before a replay.
 STALL_SECONDS = 5.0
+# While it keeps not acknowledging, the replays that follow are summed up this often.
+STALL_SUMMARY_SECONDS = 60.0
 # While records flow, the sender gathers them this long between messages: fewer wake-ups
 # and GIL handoffs for the caller, larger messages for the daemon.
 LINGER = 0.001
@@ -159,6 +161,17 @@ class _Marker:
     def __init__(self):
         self.event = threading.Event()
         self.seq = -1  # set by the sender when it reaches the marker
+
+
+class _Stall:
+    """A spell of replies that acknowledge nothing new, for its log lines."""
+
+    __slots__ = ("since", "resends", "resends_logged", "logged_at")
+
+    def __init__(self, since: float, now: float):
+        self.since = since  # the last acknowledgement before it
+        self.resends = self.resends_logged = 0
+        self.logged_at = now
 
 
 class ZmqTransport:
@@ -345,6 +358,7 @@ class Publisher:
         self._ack_sent_at: float | None = None
         self._ack_urgent = False
         self._last_progress = time.monotonic()
+        self._stall: _Stall | None = None
         self._stop = False
         self._poller: zmq.Poller | None = None
         self._poller_key: tuple = ()
@@ -894,17 +908,48 @@ class Publisher:
             elif self._acked < self._next_send - 1 and (
                 time.monotonic() - self._last_progress > STALL_SECONDS
             ):
-                log.warning(
-                    "publisher %d: no acknowledgement for %gs; resending from %d",
-                    self.publisher_id,
-                    STALL_SECONDS,
-                    self._acked + 1,
-                )
-                self._replay(self._acked + 1)
+                self._note_stall()
+                self._replay(self._acked + 1, quiet=True)
+
+    def _note_stall(self) -> None:
+        """The first replay of a stall is logged; later ones are summed up once per
+        STALL_SUMMARY_SECONDS, and the end of the stall says how long it lasted."""
+        now = time.monotonic()
+        if self._stall is None:
+            self._stall = _Stall(self._last_progress, now)
+            log.warning(
+                "publisher %d: no acknowledgement for %gs; resending from %d (repeats are "
+                "summed up every %gs)",
+                self.publisher_id,
+                STALL_SECONDS,
+                self._acked + 1,
+                STALL_SUMMARY_SECONDS,
+            )
+        stall = self._stall
+        stall.resends += 1
+        if now - stall.logged_at >= STALL_SUMMARY_SECONDS:
+            log.warning(
+                "publisher %d: still no acknowledgement after %.0fs; resent from %d %d "
+                "more time(s)",
+                self.publisher_id,
+                now - stall.since,
+                self._acked + 1,
+                stall.resends - stall.resends_logged,
+            )
+            stall.resends_logged, stall.logged_at = stall.resends, now
 
     def _acknowledge(self, committed: int) -> None:
         self._acked = committed
         self._last_progress = time.monotonic()
+        if self._stall is not None:
+            log.warning(
+                "publisher %d: the daemon acknowledges again after %.0fs (resent %d time(s) "
+                "meanwhile)",
+                self.publisher_id,
+                self._last_progress - self._stall.since,
+                self._stall.resends,
+            )
+            self._stall = None
         while self._mem and self._mem[0][0] <= committed:
             _, raw, _ = self._mem.popleft()
             self._mem_bytes -= len(raw)
@@ -926,12 +971,19 @@ class Publisher:
                 still.append(marker)
         self._markers = still
 
-    def _replay(self, from_seq: int) -> None:
-        """Send again everything from ``from_seq``, on a fresh connection."""
+    def _replay(self, from_seq: int, quiet: bool = False) -> None:
+        """Send again everything from ``from_seq``, on a fresh connection (``quiet``: the
+        caller has said so already)."""
         from_seq = max(from_seq, self._base + 1)
         if from_seq > self._seq:
             return
-        log.info("publisher %d: replaying messages %d..%d", self.publisher_id, from_seq, self._seq)
+        log.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "publisher %d: replaying messages %d..%d",
+            self.publisher_id,
+            from_seq,
+            self._seq,
+        )
         self._transport.restart_data()
         self._next_send = from_seq
         self._replay_iter = None

@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,9 @@ Reply = Callable[[dict], None]
 RETRY_SECONDS = 1.0
 RETRY_MAX_SECONDS = 10.0
 ADOPT_EVERY_SECONDS = 10.0
+# Messages arriving out of order (after a restart, every publisher's in-flight messages
+# come ahead of its replay): the first of a spell is logged, the rest summed up this often.
+OUT_OF_ORDER_SUMMARY_SECONDS = 10.0
 # How often a maintenance step whose work runs elsewhere (a PostgreSQL detach on its own
 # connection) is asked whether it is done.
 MAINTENANCE_POLL_SECONDS = 0.05
@@ -164,6 +167,8 @@ class Writer:
         self._error_logged_at = 0.0
         self._next_adopt = 0.0
         self._refusal_log = RateLimitedLog(log, burst=10, interval=10.0)
+        self._out_of_order: Counter = Counter()  # per publisher, since the last line
+        self._out_of_order_logged_at: float | None = None  # None: no spell going on
         # Maintenance policy (set from the configuration; None keeps a table forever).
         self.retention_days: dict[str, float | None] = {
             "events": 7,
@@ -199,13 +204,18 @@ class Writer:
             return
         if msg.seq > last + 1 and msg.base < msg.seq - 1 and not adopted:
             self.stats.out_of_order_messages += 1
-            if pub not in self._resend_from:
+            if self._out_of_order_logged_at is None:
+                self._out_of_order_logged_at = time.monotonic()
                 log.info(
-                    "publisher %d: message %d arrived, %d expected; asking for a resend",
+                    "publisher %d: message %d arrived, %d expected; asking for a resend "
+                    "(more are summed up every %gs)",
                     pub,
                     msg.seq,
                     last + 1,
+                    OUT_OF_ORDER_SUMMARY_SECONDS,
                 )
+            else:
+                self._out_of_order[pub] += 1
             self._resend_from[pub] = last + 1
             self._answer_waiters(pub)
             return
@@ -283,10 +293,31 @@ class Writer:
         if self._waiters:
             self._answer_waiters()
         now = time.monotonic()
+        if (
+            self._out_of_order_logged_at is not None
+            and now - self._out_of_order_logged_at >= OUT_OF_ORDER_SUMMARY_SECONDS
+        ):
+            self._summarize_out_of_order(now)
         if not self._rate_samples or now - self._rate_samples[-1][0] >= 1.0:
             self._rate_samples.append(
                 (now, self.stats.received_records, self.stats.committed_records)
             )
+
+    def _summarize_out_of_order(self, now: float) -> None:
+        """One line for the messages out of order since the last; a quiet interval ends
+        the spell (the next one is logged at once)."""
+        if not self._out_of_order:
+            self._out_of_order_logged_at = None
+            return
+        log.info(
+            "%d more message(s) from %d publisher(s) arrived out of order in the last %.0fs; "
+            "each publisher was asked to resend",
+            sum(self._out_of_order.values()),
+            len(self._out_of_order),
+            now - self._out_of_order_logged_at,
+        )
+        self._out_of_order.clear()
+        self._out_of_order_logged_at = now
 
     def rates(self) -> tuple[float, float]:
         """Records received and committed per second over the last ten seconds."""
