@@ -108,7 +108,8 @@ def holder_of(endpoint: str) -> str | None:
 
 
 def _shorten(command: str) -> str:
-    """`memorybank daemon --db X` rather than the interpreter's path and -m."""
+    """`memorybank daemon --db X` rather than the interpreter's path and -m; one line."""
+    command = " ".join(command.split())
     command = re.sub(r"^\S*python[\d.]*\s+-m\s+memory_bank\b", "memorybank", command)
     return command if len(command) <= 160 else command[:157] + "..."
 

@@ -218,7 +218,7 @@ class Migration:
         out = {}
         for table in TABLES:
             if table not in PARTITIONED_TABLES:
-                out[table] = self.source_counts()[table]
+                out[table] = sum(b.rows for b in self._source_blocks(table))
                 continue
             marks = self._marks(table)
             out[table] = sum(
