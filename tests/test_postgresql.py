@@ -571,6 +571,8 @@ def _reader_in_transaction(url: str) -> psycopg.Connection:
     """A reader whose transaction stays open, idle, after one query: as a psql session
     left in BEGIN."""
     reader = psycopg.connect(url)  # not autocommit: the SELECT opens a transaction
+    # Ended by the server after a minute, so code that waits for it cannot hang the suite.
+    reader.execute("SET idle_in_transaction_session_timeout = '60s'")
     reader.execute("SELECT count(*) FROM events")
     return reader
 
