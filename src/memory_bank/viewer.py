@@ -18,9 +18,9 @@ import time
 import click
 
 from . import discovery, formatting
+from .export import export_size, write_export
 from .formatting import OUTPUTS, render
 from .store import Reader, open_reader
-from .store.base import TABLE_COLUMNS
 from .timeutil import parse_when
 
 DEFAULT_DB = "ev_charging_memory.db"
@@ -138,39 +138,17 @@ class Viewer:
     def export(self, path: str, fmt: str | None, f: Filters) -> dict[str, int]:
         """Every table in full, streamed; a progress bar on a terminal for large exports."""
         fmt = fmt or ("jsonl" if path.endswith(".jsonl") else "json")
-        total = sum(self.reader.count(t, f.since, f.until) for t in TABLE_COLUMNS)
-        show_bar = sys.stderr.isatty() and total > 10_000
-        counts: dict[str, int] = {}
+        total = export_size(self.reader, f.since, f.until)
         with (
             open(path, "w", encoding="utf-8") as out,
             click.progressbar(
                 length=total,
                 label=f"exporting {total} rows",
                 file=sys.stderr,
-                hidden=not show_bar,
+                hidden=not (sys.stderr.isatty() and total > 10_000),
             ) as bar,
         ):
-            if fmt == "json":
-                out.write('{"exported_at": ' + json.dumps(formatting.when(time.time())))
-            for table in TABLE_COLUMNS:
-                n = 0
-                if fmt == "json":
-                    out.write(f', "{table}": [')
-                for row in self.reader.iter_table(table, f.since, f.until):
-                    if fmt == "json":
-                        out.write((",\n" if n else "\n") + json.dumps(row, default=str))
-                    else:
-                        out.write(json.dumps({"table": table, **row}, default=str) + "\n")
-                    n += 1
-                    if n % 5000 == 0:
-                        bar.update(5000)
-                bar.update(n % 5000)
-                if fmt == "json":
-                    out.write("]")
-                counts[table] = n
-            if fmt == "json":
-                out.write("}\n")
-        return counts
+            return write_export(self.reader, out, f.since, f.until, fmt, bar.update)
 
     # -- beyond the seed --------------------------------------------------------------
     def follow(self, f: Filters, backlog: int = 10) -> None:

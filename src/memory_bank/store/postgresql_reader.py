@@ -7,13 +7,12 @@ partitions they touch. One connection per thread, opened on first use.
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import threading
 import time
 from collections.abc import Iterator
 
-from .base import TABLE_COLUMNS, Reader
+from .base import TABLE_COLUMNS, Reader, dashboard_summary
 from .postgresql import connect, to_datetime
 
 # The columns as SQLite returns them, as SQL over the PostgreSQL types.
@@ -80,10 +79,7 @@ class PostgresReader(Reader):
         hour_ago = to_datetime(time.time() - 3600)
         totals = {
             r["name"]: r["n"]
-            for r in self._all(
-                "SELECT name, sum(n)::bigint AS n FROM mb_day_counts GROUP BY name "
-                "ORDER BY n DESC, name"
-            )
+            for r in self._all("SELECT name, sum(n)::bigint AS n FROM mb_day_counts GROUP BY name")
         }
         counts = self._one(
             "SELECT (SELECT count(*) FROM sessions) AS total_sessions, "
@@ -92,20 +88,19 @@ class PostgresReader(Reader):
             "(SELECT count(*) FROM sessions WHERE status = 'ACTIVE') AS active_sessions",
             {"h": hour_ago},
         )
-        return {
-            "total_events": totals.get("events", 0),
-            "total_anomalies": totals.get("anomalies", 0),
-            "total_sessions": counts["total_sessions"],
-            "events_last_hour": counts["events_last_hour"],
-            "anomalies_last_hour": counts["anomalies_last_hour"],
-            "anomalies_by_severity": {
+        return dashboard_summary(
+            totals.get("events", 0),
+            totals.get("anomalies", 0),
+            counts["total_sessions"],
+            counts["events_last_hour"],
+            counts["anomalies_last_hour"],
+            {
                 name.split(":", 1)[1]: n
                 for name, n in totals.items()
                 if name.startswith("anomalies:") and n > 0
             },
-            "active_sessions": counts["active_sessions"],
-            "timestamp": dt.datetime.now().isoformat(timespec="seconds"),
-        }
+            counts["active_sessions"],
+        )
 
     def metric_buckets(self, metric_name: str, since: float, until: float, buckets: int):
         width = max((until - since) / max(buckets, 1), 1e-6)

@@ -6,7 +6,6 @@ by mistake. One connection per thread, opened on first use.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import sqlite3
@@ -15,7 +14,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from .base import JSON_COLUMNS, Reader, Where
+from .base import JSON_COLUMNS, Reader, Where, dashboard_summary
 from .schema import SEED_TABLES
 
 
@@ -157,7 +156,7 @@ class SqliteReader(Reader):
             counts = {r["name"]: r["n"] for r in conn.execute("SELECT name, n FROM mb_counts")}
             by_severity = {
                 k.split(":", 1)[1]: n
-                for k, n in sorted(counts.items(), key=lambda kv: -kv[1])
+                for k, n in counts.items()
                 if k.startswith("anomalies:") and n > 0
             }
             total_events = counts.get("events", 0)
@@ -168,8 +167,7 @@ class SqliteReader(Reader):
             by_severity = {
                 r["severity"]: r["n"]
                 for r in conn.execute(
-                    "SELECT severity, count(*) AS n FROM anomalies GROUP BY severity "
-                    "ORDER BY n DESC"
+                    "SELECT severity, count(*) AS n FROM anomalies GROUP BY severity"
                 )
             }
             total_events = scalar("SELECT count(*) FROM events")
@@ -180,16 +178,15 @@ class SqliteReader(Reader):
             anomalies_last_hour = scalar(
                 "SELECT count(*) FROM anomalies WHERE timestamp >= ?", (hour_ago,)
             )
-        return {
-            "total_events": total_events,
-            "total_anomalies": total_anomalies,
-            "total_sessions": scalar("SELECT count(*) FROM sessions"),
-            "events_last_hour": events_last_hour,
-            "anomalies_last_hour": anomalies_last_hour,
-            "anomalies_by_severity": by_severity,
-            "active_sessions": scalar("SELECT count(*) FROM sessions WHERE status = 'ACTIVE'"),
-            "timestamp": dt.datetime.now().isoformat(timespec="seconds"),
-        }
+        return dashboard_summary(
+            total_events,
+            total_anomalies,
+            scalar("SELECT count(*) FROM sessions"),
+            events_last_hour,
+            anomalies_last_hour,
+            by_severity,
+            scalar("SELECT count(*) FROM sessions WHERE status = 'ACTIVE'"),
+        )
 
     def metric_buckets(
         self, metric_name: str, since: float, until: float, buckets: int
