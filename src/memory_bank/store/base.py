@@ -14,7 +14,7 @@ from typing import ClassVar
 from ..discovery import is_url, redact_url
 from ..wire import Message
 
-__all__ = ["Reader", "Store", "StoreUnavailable", "is_url", "redact_url"]
+__all__ = ["InvalidDatabase", "Reader", "Store", "StoreUnavailable", "is_url", "redact_url"]
 
 # Which statistics end_session computes when the caller gave none (sessions.stats_auto
 # bits), and the metrics a session's computed statistics come from.
@@ -263,6 +263,13 @@ class Reader:
         """This thread's connection (opened on first use)."""
         raise NotImplementedError
 
+    def check(self) -> Reader:
+        """Open this thread's connection now, so that a location holding no MemoryBank
+        database (InvalidDatabase) or a server that cannot be reached (StoreUnavailable)
+        fails here rather than at the first query."""
+        self._conn()
+        return self
+
     def _when(self, epoch_seconds):
         """A time as this store's query parameter."""
         return epoch_seconds
@@ -438,3 +445,8 @@ class Reader:
 
 class StoreUnavailable(ConnectionError):
     """The database cannot be reached now (server down, refused, wrong address)."""
+
+
+class InvalidDatabase(ValueError):
+    """The location holds no MemoryBank database: a file that is not SQLite, another
+    application's database, or one that cannot be opened."""

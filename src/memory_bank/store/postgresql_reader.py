@@ -13,6 +13,11 @@ import time
 from collections.abc import Iterator
 
 from .base import TABLE_COLUMNS, Reader, dashboard_summary
+
+try:
+    from psycopg.rows import dict_row
+except ImportError:  # connect() names the extra to install
+    dict_row = None
 from .postgresql import connect, to_datetime
 
 # The columns as SQLite returns them, as SQL over the PostgreSQL types.
@@ -42,19 +47,14 @@ class PostgresReader(Reader):
     placeholder = "%s"
 
     def __init__(self, url: str):
-        from psycopg.rows import dict_row
-
         self.url = url
-        self._row_factory = dict_row
         self._local = threading.local()
-        self._conn()  # fail now (clearly) when the server cannot be reached
+        self._conn()  # fail now (clearly) when psycopg is missing or the server is down
 
     def _conn(self):
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.broken:
-            conn = connect(
-                self.url, row_factory=self._row_factory, application_name="memorybank-reader"
-            )
+            conn = connect(self.url, row_factory=dict_row, application_name="memorybank-reader")
             self._local.conn = conn
         return conn
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from .base import JSON_COLUMNS, Reader, Where, dashboard_summary
+from .base import JSON_COLUMNS, TABLE_COLUMNS, InvalidDatabase, Reader, Where, dashboard_summary
 from .schema import SEED_TABLES
 
 
@@ -45,17 +45,38 @@ class SqliteReader(Reader):
             return conn
         if conn is not None:
             conn.close()
-        if os.path.exists(self.path):
-            conn = sqlite3.connect(f"file:{quote(os.fspath(self.path))}?mode=ro", uri=True)
-            conn.execute("PRAGMA query_only=1")
-            self._local.placeholder = False
-        else:
-            # No database yet (no daemon has run): answer from an empty schema, create nothing.
+        conn = self._open() if os.path.exists(self.path) else None
+        self._local.placeholder = conn is None
+        if conn is None:
+            # No database yet (no daemon has run, or its schema is not made yet): answer
+            # from an empty schema, create nothing, and look again at the next query.
             conn = sqlite3.connect(":memory:")
             conn.executescript(SEED_TABLES)
-            self._local.placeholder = True
         conn.row_factory = _row_dict
         self._local.conn = conn
+        return conn
+
+    def _open(self) -> sqlite3.Connection | None:
+        """A read-only connection to the file, once it is seen to hold MemoryBank's tables;
+        None while it holds no table at all. Anything else is an InvalidDatabase."""
+        try:
+            conn = sqlite3.connect(f"file:{quote(os.fspath(self.path))}?mode=ro", uri=True)
+            conn.execute("PRAGMA query_only=1")
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.DatabaseError as exc:
+            raise InvalidDatabase(
+                f"{self.path} is not a MemoryBank database: SQLite says {exc}"
+            ) from None
+        missing = [t for t in TABLE_COLUMNS if t not in tables]
+        if missing and tables:
+            conn.close()
+            raise InvalidDatabase(
+                f"{self.path} is not a MemoryBank database: it has no "
+                f"{', '.join(missing)} table{'s' if len(missing) > 1 else ''}"
+            )
+        if missing:
+            conn.close()
+            return None
         return conn
 
     # -- where the writer's rollups answer faster than the shared queries -------------
