@@ -135,16 +135,12 @@ class Viewer:
         """Every table in full, streamed; a progress bar on a terminal for large exports."""
         fmt = fmt or ("jsonl" if path.endswith(".jsonl") else "json")
         total = export_size(self.reader, f.since, f.until)
-        with (
-            open(path, "w", encoding="utf-8") as out,
-            click.progressbar(
-                length=total,
-                label=f"exporting {total} rows",
-                file=sys.stderr,
-                hidden=not (sys.stderr.isatty() and total > 10_000),
-            ) as bar,
-        ):
-            return write_export(self.reader, out, f.since, f.until, fmt, bar.update)
+        with open(path, "w", encoding="utf-8") as out:
+            if not (sys.stderr.isatty() and total > 10_000):
+                return write_export(self.reader, out, f.since, f.until, fmt)
+            label = f"exporting {total} rows"
+            with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+                return write_export(self.reader, out, f.since, f.until, fmt, bar.update)
 
     # -- beyond the seed --------------------------------------------------------------
     def follow(self, f: Filters, backlog: int = 10) -> None:
