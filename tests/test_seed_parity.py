@@ -16,7 +16,7 @@ import json
 import re
 import sqlite3
 import time
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -516,3 +516,24 @@ def test_session_operations_from_an_older_publisher_still_apply(tmp_path):
     assert (row["anomaly_count"], row["status"], row["avg_current"]) == (1, "COMPLETED", 2.0)
     bad = wire.decode(wire.encode(7, 2, 1, [], [], [], [[wire.OP_SESSION_START, now, "S", -5]]))
     assert bad.operations == [] and "row id" in bad.rejected[0][0]
+
+
+def test_beyond_the_seed_arguments(seed, memory):
+    """get_metrics without a name, anomaly counts by type or severity, `since` as a date,
+    Unix seconds or ISO text: what MemoryBank accepts beyond the seed's arguments."""
+    seed.record_metric("current", 1.0, "A")
+    assert seed.get_metrics(None) == []
+    memory.record_metric("current", 1.0, "A")
+    memory.record_metric("voltage", 230.0, "V")
+    memory.record_anomaly("SPIKE", "HIGH")
+    memory.record_anomaly("DROP", "LOW")
+    assert {m["metric_name"] for m in memory.get_metrics(None)} == {"current", "voltage"}
+    assert memory.get_anomaly_count(anomaly_type="SPIKE") == 1
+    assert memory.get_anomaly_count("DROP") == 1  # a text first argument is the type
+    assert memory.get_anomaly_count(severity="HIGH") == 1
+    hour_ago = time.time() - 3600
+    for since in (hour_ago, datetime.fromtimestamp(hour_ago).isoformat(), date.today()):
+        assert len(memory.get_metrics("current", since=since)) == 1
+        assert len(memory.get_anomalies(since=since)) == 2
+    assert memory.get_anomaly_count(since=hour_ago) == 2
+    assert memory.get_events(since=time.time() + 3600) == []
