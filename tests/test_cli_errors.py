@@ -158,6 +158,12 @@ def test_migrate_from_a_file_that_is_not_a_database(f, pg_url):
     assert_one_line_failure(result.exit_code, result.output, 2, "notdb.db cannot be used")
 
 
+def test_a_postgresql_database_without_memorybank_tables(pg_url):
+    result = CliRunner().invoke(main, ["view", "--db", pg_url, "--summary"])
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert_one_line_failure(result.exit_code, result.output, 2, "has no MemoryBank tables")
+
+
 def run_without(packages: list[str], *argv: str, module: str = "memory_bank.cli:main"):
     """A command in a fresh interpreter where ``packages`` cannot be imported."""
     mod, func = module.split(":")

@@ -102,12 +102,10 @@ def _import_failure(exc: ImportError) -> click.ClickException:
 
 def as_click_exception(exc: Exception, db: str | None = None) -> click.ClickException:
     """The one line (and exit status) a command fails with for ``exc``."""
-    from .store.base import InvalidDatabase
-
     shown = redact_url(db) if db else "the database"
     sqlite3 = sys.modules.get("sqlite3")  # a sqlite3 error means sqlite3 is loaded
     psycopg = sys.modules.get("psycopg")
-    if isinstance(exc, InvalidDatabase | ValueError):
+    if isinstance(exc, ValueError):  # InvalidDatabase, a bad configuration, a bad time...
         return InputError(str(exc))
     if sqlite3 is not None and isinstance(exc, sqlite3.Error):
         return _sqlite_failure(exc, shown)
