@@ -13,12 +13,12 @@ import time
 from collections.abc import Iterator
 
 from .base import TABLE_COLUMNS, Reader, dashboard_summary
+from .postgresql import connect, to_datetime
 
 try:
     from psycopg.rows import dict_row
-except ImportError:  # connect() names the extra to install
+except ImportError:  # connect() raises the ImportError that names the extra to install
     dict_row = None
-from .postgresql import connect, to_datetime
 
 # The columns as SQLite returns them, as SQL over the PostgreSQL types.
 _TIME_COLUMNS = ("timestamp", "start_time", "end_time", "last_seen")

@@ -64,6 +64,8 @@ class SqliteReader(Reader):
             conn.execute("PRAGMA query_only=1")
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
         except sqlite3.DatabaseError as exc:
+            if (exc.sqlite_errorname or "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+                raise  # a writer holds it for now (a migration at start): not the file's fault
             raise InvalidDatabase(
                 f"{self.path} is not a MemoryBank database: SQLite says {exc}"
             ) from None
