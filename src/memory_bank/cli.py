@@ -80,7 +80,7 @@ def check_db_to_serve(db: str) -> None:
 )
 def daemon(db, config_path, endpoint, log_level) -> None:
     """Run the single writer for a database in the foreground."""
-    from .daemon import Daemon, DaemonSettings, SecurityError
+    from .daemon import Daemon, DaemonSettings
 
     try:
         cfg = config_mod.load(config_path, db=db, endpoint=endpoint, log_level=log_level)
@@ -96,11 +96,7 @@ def daemon(db, config_path, endpoint, log_level) -> None:
             config_mod.load(config_path, db=db, endpoint=endpoint, log_level=log_level)
         )
 
-    try:
-        status = Daemon(settings, reload=reload).run()
-    except SecurityError as exc:
-        raise InputError(str(exc)) from None
-    sys.exit(status)
+    sys.exit(Daemon(settings, reload=reload).run())
 
 
 @main.command()
