@@ -196,7 +196,8 @@ def test_export_every_table_in_full_streaming(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     lines = out.read_text().splitlines()
-    assert len(lines) == 300_000 and json.loads(lines[-1])["table"] == "metrics"
+    assert len(lines) == 300_001 and json.loads(lines[-2])["table"] == "metrics"
+    assert json.loads(lines[-1])["table"] == "summary"
     peak_mb = int(result.stderr.split("PEAK_KB")[1].split()[0]) / 1024
     assert peak_mb < 100, f"export peaked at {peak_mb:.0f} MB"
     as_json = tmp_path / "all.json"

@@ -6,21 +6,33 @@ read-only after a sync barrier, so an instance always reads its own writes.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import os
 
 from . import discovery
 from .control import ControlClient, DaemonUnavailable, locate_control
+from .export import write_export
 from .publisher import Publisher
 from .store import open_reader
-from .store.base import TABLE_COLUMNS
 from .timeutil import to_timestamp
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DB = "ev_charging_memory.db"
+
+
+def _seed_json(value):
+    """The seed stored a data/metadata/pattern_data argument only when it was truthy; an
+    empty dict or list came back as None, so it does here. Other falsy values (0, False,
+    "") the seed lost; they are kept."""
+    if isinstance(value, dict | list | tuple) and not value:
+        return None
+    return value
+
+
+def _filter(value):
+    """The seed filtered on a text argument only when it was truthy: "" means any."""
+    return value or None
 
 
 class MemoryBank:
@@ -91,12 +103,14 @@ class MemoryBank:
     # -- events -----------------------------------------------------------------------
     def log_event(self, event_type: str, component: str, message: str = "", data=None) -> int:
         """Record a system event; returns its id at once."""
-        return self._publisher.log_event(event_type, component, message, data)
+        return self._publisher.log_event(event_type, component, message, _seed_json(data))
 
     def get_events(self, event_type=None, component=None, since=None, limit: int = 100):
-        """Most recent first."""
+        """Most recent first; a negative or None ``limit`` means no limit."""
         self._sync()
-        return self._reader.get_events(event_type, component, to_timestamp(since), limit)
+        return self._reader.get_events(
+            _filter(event_type), _filter(component), to_timestamp(since), limit
+        )
 
     # -- anomalies --------------------------------------------------------------------
     def record_anomaly(
@@ -110,12 +124,19 @@ class MemoryBank:
     ) -> int:
         """Record an anomaly (deviation = |current - expected|); returns its id at once."""
         return self._publisher.record_anomaly(
-            anomaly_type, severity, description, pattern_data, current_value, expected_value
+            anomaly_type,
+            severity,
+            description,
+            _seed_json(pattern_data),
+            current_value,
+            expected_value,
         )
 
     def get_anomalies(self, anomaly_type=None, severity=None, since=None, limit: int = 100):
         self._sync()
-        return self._reader.get_anomalies(anomaly_type, severity, to_timestamp(since), limit)
+        return self._reader.get_anomalies(
+            _filter(anomaly_type), _filter(severity), to_timestamp(since), limit
+        )
 
     def get_anomaly_count(self, since=None, anomaly_type=None, severity=None) -> int:
         """Number of anomalies, optionally since a time and of one type or severity.
@@ -125,12 +146,18 @@ class MemoryBank:
         if isinstance(since, str) and anomaly_type is None:
             since, anomaly_type = None, since
         self._sync()
-        return self._reader.get_anomaly_count(anomaly_type, severity, to_timestamp(since))
+        return self._reader.get_anomaly_count(
+            _filter(anomaly_type), _filter(severity), to_timestamp(since)
+        )
 
     # -- sessions ---------------------------------------------------------------------
-    def start_session(self, session_id: str) -> None:
-        """Start a session; starting one that exists keeps the earlier record."""
-        self._publisher.start_session(session_id)
+    def start_session(self, session_id: str) -> int:
+        """Start a session; returns its row's id at once.
+
+        Starting a session that exists keeps the earlier record and its id (the seed
+        raised IntegrityError); the id returned then is one no row has.
+        """
+        return self._publisher.start_session(session_id)
 
     def increment_session_anomaly_count(self, session_id: str) -> None:
         """Count an anomaly against a session (counts even if it arrives before the start)."""
@@ -156,18 +183,20 @@ class MemoryBank:
         return self._reader.get_recent_sessions(limit)
 
     # -- metrics ----------------------------------------------------------------------
-    def record_metric(self, metric_name: str, metric_value: float, unit=None, metadata=None) -> int:
-        """Record a measurement; returns its id at once."""
-        return self._publisher.record_metric(metric_name, metric_value, unit, metadata)
+    def record_metric(self, metric_name: str, metric_value: float, unit="", metadata=None) -> int:
+        """Record a measurement; returns its id at once (the seed returned None)."""
+        return self._publisher.record_metric(metric_name, metric_value, unit, _seed_json(metadata))
 
     def get_metrics(self, metric_name=None, since=None, limit: int = 1000) -> list[dict]:
         self._sync()
         return self._reader.get_metrics(metric_name, to_timestamp(since), limit)
 
     def get_metric_statistics(self, metric_name: str, since=None) -> dict:
-        """{'min', 'max', 'avg', 'count'} of a metric."""
+        """{'min', 'max', 'avg', 'count'} of a metric; 0 for each when no row matches (the
+        seed's ``row['min_value'] or 0``)."""
         self._sync()
-        return self._reader.get_metric_statistics(metric_name, to_timestamp(since))
+        stats = self._reader.get_metric_statistics(metric_name, to_timestamp(since))
+        return {key: stats[key] or 0 for key in ("min", "max", "avg", "count")}
 
     # -- patterns ---------------------------------------------------------------------
     def record_pattern(self, pattern_type: str, pattern_data, confidence: float = 1.0) -> None:
@@ -176,7 +205,7 @@ class MemoryBank:
 
     def get_patterns(self, pattern_type=None, min_frequency: int = 1) -> list[dict]:
         self._sync()
-        return self._reader.get_patterns(pattern_type, min_frequency)
+        return self._reader.get_patterns(_filter(pattern_type), min_frequency)
 
     # -- analytics and data management --------------------------------------------------
     def get_dashboard_summary(self) -> dict:
@@ -184,22 +213,15 @@ class MemoryBank:
         return self._reader.get_dashboard_summary()
 
     def export_to_json(self, filepath, since=None) -> dict[str, int]:
-        """Write every table (rows since ``since``) to a JSON file, streamed; returns counts."""
+        """Write the seed's export (events, anomalies, sessions, patterns, summary; and
+        metrics) to a JSON file, every row, streamed; returns the rows written per table.
+
+        ``since`` bounds events, anomalies and metrics; sessions and patterns are written
+        whole, as the seed wrote them.
+        """
         self._sync()
-        since_ts = to_timestamp(since)
-        counts: dict[str, int] = {}
         with open(filepath, "w", encoding="utf-8") as out:
-            out.write('{"exported_at": ' + json.dumps(dt.datetime.now().isoformat()))
-            for table in TABLE_COLUMNS:
-                out.write(f', "{table}": [')
-                n = 0
-                for row in self._reader.iter_table(table, since=since_ts):
-                    out.write((",\n" if n else "\n") + json.dumps(row, default=str))
-                    n += 1
-                out.write("]")
-                counts[table] = n
-            out.write("}\n")
-        return counts
+            return write_export(self._reader, out, since=to_timestamp(since))
 
     def clear_old_data(self, days: float = 7) -> dict[str, int]:
         """Delete events, anomalies and metrics older than ``days``, through the writer.

@@ -1,8 +1,11 @@
-"""The `memorybank` command: daemon, status, demo. Parses, calls the library, formats."""
+"""The `memorybank` command: daemon, status, demo. Parses, calls the library, formats.
+
+Every command runs inside one error boundary (cli_common.ErrorBoundary): a failure is one
+line and an exit status, never a traceback; --db and -o are the shared options.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -15,7 +18,10 @@ import click
 
 from . import __version__, discovery
 from . import config as config_mod
+from .cli_common import ErrorBoundary, InputError, db_option, output_option, remember_db
 from .control import DaemonUnavailable, daemon_stats, wait_for_daemon
+from .formatting import Column, record_lines, render
+from .store import open_reader
 from .viewer import view
 
 
@@ -35,14 +41,36 @@ ENDPOINT_OPTION = click.option(
 )
 
 
-@click.group()
+MIGRATE_COLUMNS = [
+    Column("table", "TABLE"),
+    Column("sqlite", "SQLITE", align_right=True),
+    Column("postgresql", "POSTGRESQL", align_right=True),
+    Column("copied", "COPIED", align_right=True),
+    Column("missing", "MISSING", align_right=True),
+]
+JSON_ALIAS = click.option("--json", "as_json", is_flag=True, help="Same as -o json.")
+
+
+@click.group(cls=ErrorBoundary)
 @click.version_option(__version__, prog_name="memorybank")
 def main() -> None:
     """MemoryBank: persistent telemetry memory for an EV-charging lab."""
 
 
+def check_db_to_serve(db: str) -> None:
+    """Refuse, before anything starts, a SQLite path in a missing folder or a file that is
+    not a MemoryBank database (a daemon would write its tables into it)."""
+    if discovery.is_url(db):
+        return
+    path = discovery.resolve_db_path(db)
+    if not path.parent.is_dir():
+        raise InputError(f"--db {db}: the folder {path.parent} does not exist; create it first")
+    if path.exists():
+        open_reader(path).check().close()
+
+
 @main.command()
-@click.option("--db", "db", help="SQLite database path, or a postgresql:// URL, to serve.")
+@db_option(None, "SQLite database path, or a postgresql:// URL, to serve.")
 @click.option(
     "--config",
     "config_path",
@@ -60,13 +88,13 @@ def main() -> None:
 )
 def daemon(db, config_path, endpoint, log_level) -> None:
     """Run the single writer for a database in the foreground."""
-    from .daemon import Daemon, DaemonSettings, SecurityError
-    from .ports import EndpointInUse
+    from .daemon import Daemon, DaemonSettings
 
     try:
         cfg = config_mod.load(config_path, db=db, endpoint=endpoint, log_level=log_level)
     except config_mod.ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    check_db_to_serve(cfg.db)
     _setup_logging(cfg.log_level)
     settings = DaemonSettings.from_config(cfg)
 
@@ -76,15 +104,7 @@ def daemon(db, config_path, endpoint, log_level) -> None:
             config_mod.load(config_path, db=db, endpoint=endpoint, log_level=log_level)
         )
 
-    try:
-        status = Daemon(settings, reload=reload).run()
-    except SecurityError as exc:
-        click.echo(f"memorybank daemon: {exc}", err=True)
-        sys.exit(2)
-    except (discovery.DaemonLockedError, EndpointInUse) as exc:
-        click.echo(f"memorybank daemon: {exc}", err=True)
-        sys.exit(1)
-    sys.exit(status)
+    sys.exit(Daemon(settings, reload=reload).run())
 
 
 @main.command()
@@ -159,10 +179,11 @@ def _describe_run(run: dict | None) -> str:
 
 
 @main.command()
-@click.option("--db", "db", default="ev_charging_memory.db", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@db_option()
+@output_option
+@JSON_ALIAS
 @ENDPOINT_OPTION
-def status(db, as_json, endpoint) -> None:
+def status(db, output, as_json, endpoint) -> None:
     """Show the figures of the daemon serving a database (exit 1 when none does)."""
     try:
         figures = daemon_stats(db, endpoint=endpoint)
@@ -173,10 +194,11 @@ def status(db, as_json, endpoint) -> None:
         if info.get("store_error") and discovery.daemon_running(key):
             reason = f"the daemon (pid {info.get('pid')}) waits for its database: "
             reason += info["store_error"]
-        click.echo(f"memorybank status: {reason}", err=True)
-        sys.exit(1)
-    if as_json:
-        click.echo(json.dumps(figures, indent=2))
+        raise click.ClickException(reason) from None
+    output = "json" if as_json else output
+    if output != "table":
+        for line in record_lines(figures, output):
+            click.echo(line)
         return
     width = max(len(label) for _, label in _STATUS_ROWS)
     for key, label in _STATUS_ROWS:
@@ -190,7 +212,7 @@ def status(db, as_json, endpoint) -> None:
 
 
 @main.command()
-@click.option("--db", "db", default="ev_charging_memory.db", show_default=True)
+@db_option()
 @click.argument("job", type=click.Choice(["retention", "vacuum"]))
 @click.option(
     "--days",
@@ -199,28 +221,30 @@ def status(db, as_json, endpoint) -> None:
     help="retention: delete events, anomalies and metrics older than this "
     "(default: the configured per-table policy).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
+@output_option
+@JSON_ALIAS
 @ENDPOINT_OPTION
-def maintenance(db, job, days, as_json, endpoint) -> None:
+def maintenance(db, job, days, output, as_json, endpoint) -> None:
     """Ask the daemon to run retention or VACUUM now, and wait for the result."""
     from .control import DaemonLost, run_maintenance
 
     try:
         reply = run_maintenance(db, job, days, endpoint)
     except DaemonLost as exc:
-        click.echo(f"memorybank maintenance: {exc}", err=True)
-        sys.exit(1)
+        raise click.ClickException(str(exc)) from None
     except DaemonUnavailable as exc:
-        click.echo(
-            f"memorybank maintenance: {exc} — start one with 'memorybank daemon --db {db}'",
-            err=True,
-        )
-        sys.exit(1)
+        raise click.ClickException(
+            f"{exc} — start one with 'memorybank daemon --db {db}'"
+        ) from None
     run = reply.get("run")
     if run is None:
-        click.echo(f"memorybank maintenance: {reply.get('error')}", err=True)
-        sys.exit(1)
-    click.echo(json.dumps(run, indent=2) if as_json else f"{job}: {_describe_run(run)}")
+        raise click.ClickException(f"the daemon refused {job}: {reply.get('error')}")
+    output = "json" if as_json else output
+    if output == "table":
+        click.echo(f"{job}: {_describe_run(run)}")
+    else:
+        for line in record_lines(run, output):
+            click.echo(line)
     if run["status"] != "ok":
         sys.exit(1)
 
@@ -231,22 +255,20 @@ def maintenance(db, job, days, as_json, endpoint) -> None:
     "source",
     required=True,
     type=click.Path(dir_okay=False),
+    callback=remember_db,
     help="SQLite database to copy (ours, or the seed's own).",
 )
 @click.option("--to", "target", required=True, help="postgresql:// URL to copy into.")
 @click.option("--batch-rows", default=10_000, show_default=True, type=click.IntRange(min=1))
-def migrate(source, target, batch_rows) -> None:
+@output_option
+def migrate(source, target, batch_rows, output) -> None:
     """Copy a SQLite database into PostgreSQL, in batches, and verify the copy; rerun to
     resume after a stop, or to catch up with what a daemon wrote to it meanwhile."""
     if not discovery.is_url(target):
         raise click.UsageError(f"--to must be a postgresql:// URL, not {target!r}")
-    from .store import StoreUnavailable
     from .store.migrate import Migration
 
-    try:
-        migration = Migration(source, target, batch_rows)
-    except (FileNotFoundError, ImportError, StoreUnavailable) as exc:
-        raise click.ClickException(str(exc)) from None
+    migration = Migration(source, target, batch_rows)
     try:
         remaining = sum(migration.remaining().values())
         with click.progressbar(
@@ -255,27 +277,41 @@ def migrate(source, target, batch_rows) -> None:
             report = migration.run(lambda _table, rows: bar.update(rows))
     finally:
         migration.close()
-    click.echo(f"{'table':<10} {'sqlite':>12} {'postgresql':>12} {'copied':>10} {'missing':>8}")
-    for t in report.tables:
-        click.echo(f"{t.table:<10} {t.source:>12} {t.target:>12} {t.copied:>10} {t.missing:>8}")
+    rows = [
+        {
+            "table": t.table,
+            "sqlite": t.source,
+            "postgresql": t.target,
+            "copied": t.copied,
+            "missing": t.missing,
+        }
+        for t in report.tables
+    ]
+    for line in render(rows, MIGRATE_COLUMNS, output):
+        click.echo(line)
+    # The verdict: after the table for people, on stderr beside machine-readable output.
+    verdict = output != "table"
     shown = discovery.redact_url(target)
     if report.complete:
-        click.echo(f"complete: every row of {migration.source} is in {shown}")
+        click.echo(f"complete: every row of {migration.source} is in {shown}", err=verdict)
     else:
         missing = sum(t.missing for t in report.tables)
-        click.echo(f"INCOMPLETE: {missing} row(s) of {migration.source} are not in {shown}")
+        click.echo(
+            f"INCOMPLETE: {missing} row(s) of {migration.source} are not in {shown}", err=verdict
+        )
     if report.live:
         click.echo(
             f"snapshot: a daemon serves {migration.source}; this run copied it as it "
             "was when the run began. Run migrate again to copy what it commits meanwhile "
-            "(after stopping it, for the final copy)."
+            "(after stopping it, for the final copy).",
+            err=verdict,
         )
     if not report.complete:
         sys.exit(1)
 
 
 @main.command()
-@click.option("--db", "db", default="ev_charging_memory.db", show_default=True)
+@db_option()
 @click.option("--seconds", default=24.0, show_default=True, help="How long the lab runs.")
 @click.option(
     "--cycle",
@@ -291,9 +327,11 @@ def demo(db, seconds, cycle) -> None:
     """
     import tempfile
 
+    from . import demo as _lab  # noqa: F401  (without the extra: says what to install)
     from .api import MemoryBank
     from .viewer import Viewer
 
+    check_db_to_serve(db)
     _setup_logging("WARNING")
     # A path is resolved (the lab's processes run elsewhere); a postgresql:// URL is kept.
     path = db if discovery.is_url(db) else discovery.resolve_db_path(db)

@@ -212,6 +212,23 @@ def render(
         raise ValueError(f"unknown output {output!r}; expected one of {OUTPUTS}")
 
 
+def record_lines(record: dict, output: str) -> Iterator[str]:
+    """One record (a summary, a daemon's figures, a maintenance run) for scripts: a JSON
+    object (json), one line of it (jsonl), or key,value rows (csv)."""
+    if output == "json":
+        yield json.dumps(record, indent=2, default=str)
+    elif output == "jsonl":
+        yield json.dumps(record, default=str)
+    elif output == "csv":
+        rows = (
+            {"key": k, "value": compact_json(v) if isinstance(v, dict | list) else v}
+            for k, v in record.items()
+        )
+        yield from render(rows, [Column("key", "key"), Column("value", "value")], "csv")
+    else:
+        raise ValueError(f"a record is printed as json, jsonl or csv, not {output!r}")
+
+
 def summary_lines(summary: dict, color: bool = False) -> Iterator[str]:
     yield click.style("MemoryBank summary", bold=True) if color else "MemoryBank summary"
     yield "=" * 40

@@ -70,7 +70,7 @@ def png_plot(
     try:
         import matplotlib
     except ImportError:
-        raise RuntimeError("--png needs matplotlib: pip install 'memory_bank[png]'") from None
+        raise ImportError('--png needs matplotlib: pip install "memory_bank[png]"') from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -92,7 +92,8 @@ def png_plot(
     ax.set_title(f"{metric}: {_hm(since)} → {_hm(until)}")
     ax.set_ylabel(f"{metric} ({unit})" if unit else metric)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right")
+    if ax.get_legend_handles_labels()[0]:  # nothing in the window: no legend to show
+        ax.legend(loc="upper right")
     fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path)

@@ -505,11 +505,20 @@ class Publisher:
         )
         return metric_id
 
-    def start_session(self, session_id, *, timestamp=None) -> None:
-        self._put(_OPERATIONS, [wire.OP_SESSION_START, _time(timestamp), _session(session_id)])
+    def start_session(self, session_id, *, timestamp=None) -> int:
+        """Returns the id of the session's row (unless the session was already started:
+        that row keeps the id its first start returned)."""
+        row_id = self._new_id()
+        self._put(
+            _OPERATIONS, [wire.OP_SESSION_START, _time(timestamp), _session(session_id), row_id]
+        )
+        return row_id
 
     def increment_session_anomaly_count(self, session_id, *, timestamp=None) -> None:
-        self._put(_OPERATIONS, [wire.OP_SESSION_ANOMALY, _time(timestamp), _session(session_id)])
+        self._put(
+            _OPERATIONS,
+            [wire.OP_SESSION_ANOMALY, _time(timestamp), _session(session_id), self._new_id()],
+        )
 
     def end_session(
         self,
@@ -526,7 +535,8 @@ class Publisher:
             for v in (total_energy, avg_current, max_current, min_current)
         ]
         self._put(
-            _OPERATIONS, [wire.OP_SESSION_END, _time(timestamp), _session(session_id), *stats]
+            _OPERATIONS,
+            [wire.OP_SESSION_END, _time(timestamp), _session(session_id), *stats, self._new_id()],
         )
 
     def record_pattern(self, pattern_type, pattern_data, confidence=1.0, *, timestamp=None) -> None:
@@ -539,7 +549,7 @@ class Publisher:
                 wire.OP_PATTERN,
                 _time(timestamp),
                 pattern_type,
-                pattern_json,
+                pattern_json or "null",  # as the seed: json.dumps(None) included
                 key,
                 float(confidence),
             ],

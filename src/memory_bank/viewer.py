@@ -18,12 +18,19 @@ import time
 import click
 
 from . import discovery, formatting
-from .formatting import OUTPUTS, render
+from .cli_common import (
+    ErrorBoundary,
+    InputError,
+    db_option,
+    output_option,
+    remember_db,
+    report,
+)
+from .export import export_size, write_export
+from .formatting import record_lines, render
 from .store import Reader, open_reader
-from .store.base import TABLE_COLUMNS
 from .timeutil import parse_when
 
-DEFAULT_DB = "ev_charging_memory.db"
 STATS_WINDOWS = [
     ("last minute", 60),
     ("last 10 minutes", 600),
@@ -31,12 +38,6 @@ STATS_WINDOWS = [
     ("last 24 hours", 86400),
     ("all time", None),
 ]
-
-
-class MissingDatabase(click.ClickException):
-    """The database does not exist: exit status 2, and nothing is created."""
-
-    exit_code = 2
 
 
 class Filters:
@@ -74,14 +75,12 @@ class Viewer:
         self.path = discovery.location_key(db)
         self.name = discovery.display_name(db)
         if not discovery.is_url(db) and not self.path.exists():
-            raise MissingDatabase(
+            # Exit status 2, and nothing is created.
+            raise InputError(
                 f"no database at {self.path}; start a daemon with "
                 f"'memorybank daemon --db {db}', or pass --db PATH"
             )
-        try:
-            self.reader = open_reader(db)
-        except (ImportError, ConnectionError) as exc:
-            raise click.ClickException(str(exc)) from None
+        self.reader = open_reader(db).check()
         self.output = output
         self.color = sys.stdout.isatty() if color is None else color
         self.width = shutil.get_terminal_size((120, 24)).columns
@@ -96,11 +95,8 @@ class Viewer:
     def summary(self) -> None:
         summary = self.reader.get_dashboard_summary()
         if self.output != "table":
-            click.echo(
-                json.dumps(summary)
-                if self.output in ("json", "jsonl")
-                else "\n".join(f"{k},{json.dumps(v)}" for k, v in summary.items())
-            )
+            for line in record_lines(summary, self.output):
+                click.echo(line)
             return
         for line in formatting.summary_lines(summary, self.color):
             click.echo(line, color=self.color)
@@ -138,39 +134,13 @@ class Viewer:
     def export(self, path: str, fmt: str | None, f: Filters) -> dict[str, int]:
         """Every table in full, streamed; a progress bar on a terminal for large exports."""
         fmt = fmt or ("jsonl" if path.endswith(".jsonl") else "json")
-        total = sum(self.reader.count(t, f.since, f.until) for t in TABLE_COLUMNS)
-        show_bar = sys.stderr.isatty() and total > 10_000
-        counts: dict[str, int] = {}
-        with (
-            open(path, "w", encoding="utf-8") as out,
-            click.progressbar(
-                length=total,
-                label=f"exporting {total} rows",
-                file=sys.stderr,
-                hidden=not show_bar,
-            ) as bar,
-        ):
-            if fmt == "json":
-                out.write('{"exported_at": ' + json.dumps(formatting.when(time.time())))
-            for table in TABLE_COLUMNS:
-                n = 0
-                if fmt == "json":
-                    out.write(f', "{table}": [')
-                for row in self.reader.iter_table(table, f.since, f.until):
-                    if fmt == "json":
-                        out.write((",\n" if n else "\n") + json.dumps(row, default=str))
-                    else:
-                        out.write(json.dumps({"table": table, **row}, default=str) + "\n")
-                    n += 1
-                    if n % 5000 == 0:
-                        bar.update(5000)
-                bar.update(n % 5000)
-                if fmt == "json":
-                    out.write("]")
-                counts[table] = n
-            if fmt == "json":
-                out.write("}\n")
-        return counts
+        total = export_size(self.reader, f.since, f.until)
+        with open(path, "w", encoding="utf-8") as out:
+            if not (sys.stderr.isatty() and total > 10_000):
+                return write_export(self.reader, out, f.since, f.until, fmt)
+            label = f"exporting {total} rows"
+            with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+                return write_export(self.reader, out, f.since, f.until, fmt, bar.update)
 
     # -- beyond the seed --------------------------------------------------------------
     def follow(self, f: Filters, backlog: int = 10) -> None:
@@ -264,13 +234,9 @@ class Viewer:
     def clean(self, days: float) -> None:
         """Through the daemon, never as a second writer."""
         from .api import MemoryBank
-        from .control import DaemonUnavailable
 
-        try:
-            with MemoryBank(self.db) as memory:
-                deleted = memory.clear_old_data(days)
-        except DaemonUnavailable as exc:
-            raise click.ClickException(str(exc)) from None
+        with MemoryBank(self.db) as memory:
+            deleted = memory.clear_old_data(days)
         click.echo("deleted " + ", ".join(f"{n} {t}" for t, n in deleted.items()))
 
 
@@ -281,8 +247,12 @@ def _filters(reader, since, until, component, event_type, anomaly_type, severity
         raise click.BadParameter(str(exc)) from None
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", "db", default=DEFAULT_DB, show_default=True, help="Database to view.")
+@click.group(
+    cls=ErrorBoundary,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@db_option()
 @click.option("--summary", is_flag=True, help="Overall statistics and recent activity.")
 @click.option("--events", type=click.IntRange(min=1), metavar="N", help="Last N events.")
 @click.option("--anomalies", type=click.IntRange(min=1), metavar="N", help="Last N anomalies.")
@@ -308,14 +278,7 @@ def _filters(reader, since, until, component, event_type, anomaly_type, severity
 @click.option("--session", help="Only during this session's time window.")
 @click.option("--metric", default="current", show_default=True, help="Metric for --stats.")
 @click.option("--follow", "-f", is_flag=True, help="Live tail of events and anomalies.")
-@click.option(
-    "--output",
-    "-o",
-    type=click.Choice(OUTPUTS),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@output_option
 @click.pass_context
 def view(
     ctx,
@@ -401,7 +364,13 @@ def view(
 @click.option("--since", default="10m", show_default=True, help="Start of the plot.")
 @click.option("--until", help="End of the plot (default: now).")
 @click.option("--png", "png_path", metavar="FILE", help="Write the plot as a PNG image.")
-@click.option("--db", "db_override", help="Database (also accepted before 'plot').")
+@click.option(
+    "--db",
+    "db_override",
+    metavar="PATH|URL",
+    callback=remember_db,
+    help="Database (also accepted before 'plot').",
+)
 @click.pass_context
 def plot(ctx, metric, since, until, png_path, db_override) -> None:
     """Draw METRIC over time in the terminal, anomalies marked (or --png FILE)."""
@@ -447,8 +416,43 @@ MemoryBank Viewer — {db}
 
 
 def menu(viewer: Viewer) -> None:
-    """The seed's interactive menu, options 1-9 and 0."""
+    """The seed's interactive menu, options 1-9 and 0. A failing option is reported as the
+    command line reports failures (one line), and the menu goes on."""
     none = Filters(viewer.reader)
+
+    def search() -> None:
+        component = click.prompt("Component (blank: any)", default="", show_default=False)
+        event_type = click.prompt("Event type (blank: any)", default="", show_default=False)
+        f = Filters(viewer.reader, component=component or None, event_type=event_type or None)
+        viewer.events(click.prompt("How many", default=50, type=int), f)
+
+    def export() -> None:
+        path = click.prompt("Export to file", default="memory_export.json")
+        counts = viewer.export(path, None, none)
+        click.echo(f"exported {sum(counts.values())} rows to {path}")
+
+    def clean() -> None:
+        days = click.prompt("Delete data older than how many days", default=7, type=float)
+        if click.confirm(
+            f"Delete events, anomalies and metrics older than {days:g} days?", default=False
+        ):
+            viewer.clean(days)
+        else:
+            click.echo("nothing deleted")
+
+    options = {
+        "1": viewer.summary,
+        "2": lambda: viewer.events(click.prompt("How many events", default=20, type=int), none),
+        "3": lambda: viewer.anomalies(
+            click.prompt("How many anomalies", default=20, type=int), none
+        ),
+        "4": lambda: viewer.sessions(click.prompt("How many sessions", default=10, type=int)),
+        "5": viewer.patterns,
+        "6": lambda: viewer.stats("current", none),
+        "7": search,
+        "8": export,
+        "9": clean,
+    }
     while True:
         click.echo(MENU.format(db=viewer.name))
         try:
@@ -458,40 +462,16 @@ def menu(viewer: Viewer) -> None:
             return
         if choice == "0":
             return
-        if choice == "1":
-            viewer.summary()
-        elif choice == "2":
-            viewer.events(click.prompt("How many events", default=20, type=int), none)
-        elif choice == "3":
-            viewer.anomalies(click.prompt("How many anomalies", default=20, type=int), none)
-        elif choice == "4":
-            viewer.sessions(click.prompt("How many sessions", default=10, type=int))
-        elif choice == "5":
-            viewer.patterns()
-        elif choice == "6":
-            viewer.stats("current", none)
-        elif choice == "7":
-            component = click.prompt("Component (blank: any)", default="", show_default=False)
-            event_type = click.prompt("Event type (blank: any)", default="", show_default=False)
-            f = Filters(viewer.reader, component=component or None, event_type=event_type or None)
-            viewer.events(click.prompt("How many", default=50, type=int), f)
-        elif choice == "8":
-            path = click.prompt("Export to file", default="memory_export.json")
-            counts = viewer.export(path, None, none)
-            click.echo(f"exported {sum(counts.values())} rows to {path}")
-        elif choice == "9":
-            days = click.prompt("Delete data older than how many days", default=7, type=float)
-            if click.confirm(
-                f"Delete events, anomalies and metrics older than {days:g} days?", default=False
-            ):
-                try:
-                    viewer.clean(days)
-                except click.ClickException as exc:
-                    click.echo(exc.format_message(), err=True)
-            else:
-                click.echo("nothing deleted")
-        else:
+        if choice not in options:
             click.echo(f"unknown option {choice!r}; choose 0-9")
+            continue
+        try:
+            options[choice]()
+        except (click.Abort, EOFError):
+            click.echo()
+            return
+        except Exception as exc:
+            report(exc, click.get_current_context(silent=True))
 
 
 def memory_viewer() -> None:

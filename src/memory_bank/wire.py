@@ -38,10 +38,15 @@ ANOMALY_FIELDS = 8
 METRIC_FIELDS = 6
 
 # Operations: [op_code, timestamp, ...]
-OP_SESSION_START = 1  # [1, ts, session_id]
-OP_SESSION_ANOMALY = 2  # [2, ts, session_id]
-OP_SESSION_END = 3  # [3, ts, session_id, total_energy, avg_current, max_current, min_current]
+OP_SESSION_START = 1  # [1, ts, session_id, row_id]
+OP_SESSION_ANOMALY = 2  # [2, ts, session_id, row_id]
+OP_SESSION_END = 3  # [3, ts, session_id, total_energy, avg_current, max_current, min_current,
+#                      row_id]
 OP_PATTERN = 4  # [4, ts, pattern_type, pattern_json, pattern_key, confidence]
+# A session operation's row_id is the id the session's row takes if the operation creates it;
+# a start also gives its id to a row that an earlier anomaly count or end created, so the
+# row's id is the one start_session returned. Publishers before row ids sent none: the
+# validator appends None to their session operations, and the store picks the id.
 
 OP_NAMES = {
     OP_SESSION_START: "session_start",
@@ -142,7 +147,8 @@ _STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
 _NOT_JSON = "is not standard JSON (NaN, Infinity or a lone surrogate)"
 _MAX_ID = 1 << 63
 _INF = float("inf")
-_OP_ARITY = {OP_SESSION_START: 3, OP_SESSION_ANOMALY: 3, OP_SESSION_END: 7, OP_PATTERN: 6}
+_OP_ARITY = {OP_SESSION_START: 4, OP_SESSION_ANOMALY: 4, OP_SESSION_END: 8, OP_PATTERN: 6}
+_SESSION_OPS = (OP_SESSION_START, OP_SESSION_ANOMALY, OP_SESSION_END)
 
 
 class Validator:
@@ -310,8 +316,12 @@ class Validator:
     def _check_operation(self, row) -> str | None:
         if type(row) is not list or not row or type(row[0]) is not int or row[0] not in _OP_ARITY:
             return "unknown operation"
+        if row[0] in _SESSION_OPS and len(row) == _OP_ARITY[row[0]] - 1:
+            row.append(None)  # from a publisher that sent no row id
         if len(row) != _OP_ARITY[row[0]]:
             return f"{OP_NAMES[row[0]]} expects {_OP_ARITY[row[0]]} fields"
+        if row[0] in _SESSION_OPS and not (row[-1] is None or _is_id(row[-1])):
+            return "a session's row id must be a positive 64-bit integer or null"
         if not self._is_time(row[1]):
             return self._time_reason(row[1])
         op = row[0]
@@ -320,7 +330,7 @@ class Validator:
         if op == OP_SESSION_END:
             if not self._is_text(row[2]):
                 return "session_id must be text"
-            if not all(_is_opt_real(v) for v in row[3:]):
+            if not all(_is_opt_real(v) for v in row[3:7]):
                 return "session statistics must be finite numbers or null"
             return None
         if not (

@@ -22,9 +22,11 @@ from datetime import UTC, datetime
 import can
 import websockets
 from ocpp.routing import on
-from ocpp.v16 import ChargePoint, call, call_result
+from ocpp.v16 import ChargePoint
 
 from memory_bank import MemoryBank
+
+from .ocpp_compat import call, call_result
 
 log = logging.getLogger("memory_bank.demo.cp")
 

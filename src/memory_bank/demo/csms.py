@@ -18,10 +18,12 @@ from datetime import UTC, datetime
 
 import websockets
 from ocpp.routing import on
-from ocpp.v16 import ChargePoint, call, call_result
+from ocpp.v16 import ChargePoint
 from ocpp.v16.enums import RegistrationStatus
 
 from memory_bank import MemoryBank
+
+from .ocpp_compat import call, call_result, request_path
 
 log = logging.getLogger("memory_bank.demo.csms")
 
@@ -166,7 +168,7 @@ async def serve(db: str, port: int, cycle: float, ready_file: str | None) -> Non
     memory = MemoryBank(db)
 
     async def on_connect(connection):
-        cp_id = connection.request.path.strip("/") or "CP"
+        cp_id = request_path(connection).strip("/") or "CP"
         session = ChargePointSession(cp_id, connection, memory, cycle)
         try:
             await session.start()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 
-from .base import Reader, Store, StoreUnavailable, is_url, redact_url
+from .base import InvalidDatabase, Reader, Store, StoreUnavailable, is_url, redact_url
 
 __all__ = [
+    "InvalidDatabase",
     "Reader",
     "Store",
     "StoreUnavailable",

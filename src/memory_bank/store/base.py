@@ -6,6 +6,7 @@ endpoint; ``Reader`` answers the seed's queries. SQLite and PostgreSQL implement
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Iterator
 from typing import ClassVar
@@ -13,7 +14,7 @@ from typing import ClassVar
 from ..discovery import is_url, redact_url
 from ..wire import Message
 
-__all__ = ["Reader", "Store", "StoreUnavailable", "is_url", "redact_url"]
+__all__ = ["InvalidDatabase", "Reader", "Store", "StoreUnavailable", "is_url", "redact_url"]
 
 # Which statistics end_session computes when the caller gave none (sessions.stats_auto
 # bits), and the metrics a session's computed statistics come from.
@@ -216,6 +217,41 @@ class Where:
         return (" WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
 
 
+# The largest LIMIT both engines bind (a signed 64-bit integer).
+_MAX_LIMIT = (1 << 63) - 1
+
+
+def row_limit(limit) -> int | None:
+    """A ``limit`` argument as a LIMIT to bind: None (no limit) for None, a negative number
+    (SQLite's own meaning, which the seed relied on) or one too large to bind."""
+    if limit is None or limit < 0 or limit > _MAX_LIMIT:
+        return None
+    return int(limit)
+
+
+def dashboard_summary(
+    total_events: int,
+    total_anomalies: int,
+    total_sessions: int,
+    events_last_hour: int,
+    anomalies_last_hour: int,
+    anomalies_by_severity: dict[str, int],
+    active_sessions: int,
+) -> dict:
+    """get_dashboard_summary's dict in the seed's shape: its keys in its order, severities
+    in the order of the seed's GROUP BY (by name), the time as ``datetime.now().isoformat()``."""
+    return {
+        "total_events": total_events,
+        "total_anomalies": total_anomalies,
+        "total_sessions": total_sessions,
+        "events_last_hour": events_last_hour,
+        "anomalies_last_hour": anomalies_last_hour,
+        "anomalies_by_severity": dict(sorted(anomalies_by_severity.items())),
+        "active_sessions": active_sessions,
+        "timestamp": dt.datetime.now().isoformat(),
+    }
+
+
 class Reader:
     """The seed's read queries, with its arguments and return shapes (rows as dicts,
     times as epoch seconds, JSON columns decoded). The queries the two stores share are
@@ -233,6 +269,13 @@ class Reader:
     def _conn(self):
         """This thread's connection (opened on first use)."""
         raise NotImplementedError
+
+    def check(self) -> Reader:
+        """Open this thread's connection now, so that a location holding no MemoryBank
+        database (InvalidDatabase) or a server that cannot be reached (StoreUnavailable)
+        fails here rather than at the first query."""
+        self._conn()
+        return self
 
     def _when(self, epoch_seconds):
         """A time as this store's query parameter."""
@@ -262,6 +305,7 @@ class Reader:
         sql = f"SELECT {self._select(table)} FROM {table}{w.sql()} "
         sql += f"ORDER BY {table}.timestamp {order}"
         params = w.params
+        limit = row_limit(limit)
         if limit is not None:
             sql, params = f"{sql} LIMIT {self.placeholder}", [*params, limit]
             if limit <= self.FETCH_ALL_UP_TO:
@@ -276,13 +320,19 @@ class Reader:
         return list(self.iter_anomalies(limit, since, until, anomaly_type, severity))
 
     def get_metrics(self, metric_name=None, since=None, limit=1000, until=None) -> list[dict]:
+        return list(self.iter_metrics(limit, since, until, metric_name))
+
+    def iter_metrics(
+        self, limit=None, since=None, until=None, metric_name=None, newest_first=True
+    ) -> Iterator[dict]:
+        """Metrics with filters, streamed."""
         p = self.placeholder
         filters = [
             (f"metric_name = {p}", metric_name),
             (f"timestamp >= {p}", self._when(since)),
             (f"timestamp < {p}", self._when(until)),
         ]
-        return list(self._timeline("metrics", filters, limit))
+        return self._timeline("metrics", filters, limit, newest_first)
 
     def iter_events(
         self, limit=None, since=None, until=None, event_type=None, component=None, newest_first=True
@@ -331,11 +381,11 @@ class Reader:
         )
 
     def get_recent_sessions(self, limit=10) -> list[dict]:
-        return self._all(
-            f"SELECT {self._select('sessions')} FROM sessions "
-            f"ORDER BY sessions.start_time DESC LIMIT {self.placeholder}",
-            (limit,),
-        )
+        sql = f"SELECT {self._select('sessions')} FROM sessions ORDER BY sessions.start_time DESC"
+        limit = row_limit(limit)
+        if limit is None:
+            return self._all(sql)
+        return self._all(f"{sql} LIMIT {self.placeholder}", (limit,))
 
     def get_metric_statistics(self, metric_name, since=None, until=None) -> dict:
         """{'min', 'max', 'avg', 'count'} of a metric in a time window."""
@@ -364,7 +414,9 @@ class Reader:
     def get_dashboard_summary(self) -> dict:
         raise NotImplementedError
 
-    def iter_table(self, table: str, since=None, until=None) -> Iterator[dict]:
+    def iter_table(
+        self, table: str, since=None, until=None, newest_first: bool = False
+    ) -> Iterator[dict]:
         """Every row of a table in time order, streamed (exports)."""
         if table not in TABLE_COLUMNS:
             raise ValueError(f"unknown table {table!r}; expected one of {sorted(TABLE_COLUMNS)}")
@@ -372,8 +424,10 @@ class Reader:
         w = Where()
         w.add(f"{column} >= {self.placeholder}", self._when(since))
         w.add(f"{column} < {self.placeholder}", self._when(until))
+        order = "DESC" if newest_first else "ASC"
         yield from self._stream(
-            f"SELECT {self._select(table)} FROM {table}{w.sql()} ORDER BY {column}", w.params
+            f"SELECT {self._select(table)} FROM {table}{w.sql()} ORDER BY {column} {order}",
+            w.params,
         )
 
     def metric_buckets(self, metric_name: str, since: float, until: float, buckets: int):
@@ -398,3 +452,8 @@ class Reader:
 
 class StoreUnavailable(ConnectionError):
     """The database cannot be reached now (server down, refused, wrong address)."""
+
+
+class InvalidDatabase(ValueError):
+    """The location holds no MemoryBank database: a file that is not SQLite, another
+    application's database, or one that cannot be opened."""

@@ -62,27 +62,32 @@ def to_datetime(epoch_seconds: float | None) -> dt.datetime | None:
 
 
 SESSION_START = """
-INSERT INTO sessions AS s (session_id, start_time, status, anomaly_count, started)
-VALUES (%(sid)s, %(ts)s, 'ACTIVE', 0, true)
+INSERT INTO sessions AS s (id, session_id, start_time, status, anomaly_count, started)
+VALUES (coalesce(%(id)s::bigint, nextval(pg_get_serial_sequence('sessions', 'id'))),
+        %(sid)s, %(ts)s, 'ACTIVE', 0, true)
 ON CONFLICT (session_id) DO UPDATE SET
+    id = CASE WHEN s.started OR %(id)s::bigint IS NULL THEN s.id ELSE %(id)s::bigint END,
     start_time = CASE WHEN s.started THEN least(s.start_time, excluded.start_time)
                       ELSE excluded.start_time END,
     started = true
 RETURNING stats_auto, end_time
 """
 SESSION_ANOMALY = """
-INSERT INTO sessions AS s (session_id, start_time, status, anomaly_count, started)
-VALUES (%(sid)s, %(ts)s, 'ACTIVE', 1, false)
+INSERT INTO sessions AS s (id, session_id, start_time, status, anomaly_count, started)
+VALUES (coalesce(%(id)s::bigint, nextval(pg_get_serial_sequence('sessions', 'id'))),
+        %(sid)s, %(ts)s, 'ACTIVE', 1, false)
 ON CONFLICT (session_id) DO UPDATE SET
     anomaly_count = coalesce(s.anomaly_count, 0) + 1,
     start_time = CASE WHEN s.started THEN s.start_time
                       ELSE least(s.start_time, excluded.start_time) END
 """
 SESSION_END = """
-INSERT INTO sessions AS s (session_id, start_time, end_time, status, anomaly_count, started,
-                           total_energy, avg_current, max_current, min_current, stats_auto)
-VALUES (%(sid)s, %(ts)s, %(ts)s, 'COMPLETED', 0, false, %(energy)s, %(avg)s, %(max)s,
-        %(min)s, %(auto)s)
+INSERT INTO sessions AS s (id, session_id, start_time, end_time, status, anomaly_count,
+                           started, total_energy, avg_current, max_current, min_current,
+                           stats_auto)
+VALUES (coalesce(%(id)s::bigint, nextval(pg_get_serial_sequence('sessions', 'id'))),
+        %(sid)s, %(ts)s, %(ts)s, 'COMPLETED', 0, false, %(energy)s, %(avg)s, %(max)s, %(min)s,
+        %(auto)s)
 ON CONFLICT (session_id) DO UPDATE SET
     end_time = greatest(s.end_time, excluded.end_time),
     status = 'COMPLETED',
@@ -191,7 +196,7 @@ def register_json_text(conn) -> None:
 def _require_driver() -> None:
     if psycopg is None:
         raise ImportError(
-            "the PostgreSQL store needs psycopg 3: pip install 'memory_bank[postgresql]'"
+            'the PostgreSQL store needs psycopg 3: pip install "memory_bank[postgresql]"'
         )
 
 
@@ -466,11 +471,11 @@ class PostgresStore(Store):
         code = op[0]
         ts = _to_datetime(op[1])
         if code == wire.OP_SESSION_START:
-            return self.conn.execute(SESSION_START, {"sid": op[2], "ts": ts})
+            return self.conn.execute(SESSION_START, {"sid": op[2], "ts": ts, "id": op[3]})
         if code == wire.OP_SESSION_ANOMALY:
-            self.conn.execute(SESSION_ANOMALY, {"sid": op[2], "ts": ts})
+            self.conn.execute(SESSION_ANOMALY, {"sid": op[2], "ts": ts, "id": op[3]})
         elif code == wire.OP_SESSION_END:
-            _, _, session_id, energy, avg, mx, mn = op[:7]
+            _, _, session_id, energy, avg, mx, mn, row_id = op[:8]
             auto = statistics_to_compute(energy, avg, mx, mn)
             self.conn.execute(
                 SESSION_END,
@@ -482,6 +487,7 @@ class PostgresStore(Store):
                     "max": mx,
                     "min": mn,
                     "auto": auto,
+                    "id": row_id,
                 },
             )
             if auto:

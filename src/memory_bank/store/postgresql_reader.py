@@ -7,14 +7,18 @@ partitions they touch. One connection per thread, opened on first use.
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import threading
 import time
 from collections.abc import Iterator
 
-from .base import TABLE_COLUMNS, Reader
+from .base import TABLE_COLUMNS, Reader, dashboard_summary
 from .postgresql import connect, to_datetime
+
+try:
+    from psycopg.rows import dict_row
+except ImportError:  # connect() raises the ImportError that names the extra to install
+    dict_row = None
 
 # The columns as SQLite returns them, as SQL over the PostgreSQL types.
 _TIME_COLUMNS = ("timestamp", "start_time", "end_time", "last_seen")
@@ -43,19 +47,14 @@ class PostgresReader(Reader):
     placeholder = "%s"
 
     def __init__(self, url: str):
-        from psycopg.rows import dict_row
-
         self.url = url
-        self._row_factory = dict_row
         self._local = threading.local()
-        self._conn()  # fail now (clearly) when the server cannot be reached
+        self._conn()  # fail now (clearly) when psycopg is missing or the server is down
 
     def _conn(self):
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.broken:
-            conn = connect(
-                self.url, row_factory=self._row_factory, application_name="memorybank-reader"
-            )
+            conn = connect(self.url, row_factory=dict_row, application_name="memorybank-reader")
             self._local.conn = conn
         return conn
 
@@ -80,10 +79,7 @@ class PostgresReader(Reader):
         hour_ago = to_datetime(time.time() - 3600)
         totals = {
             r["name"]: r["n"]
-            for r in self._all(
-                "SELECT name, sum(n)::bigint AS n FROM mb_day_counts GROUP BY name "
-                "ORDER BY n DESC, name"
-            )
+            for r in self._all("SELECT name, sum(n)::bigint AS n FROM mb_day_counts GROUP BY name")
         }
         counts = self._one(
             "SELECT (SELECT count(*) FROM sessions) AS total_sessions, "
@@ -92,20 +88,19 @@ class PostgresReader(Reader):
             "(SELECT count(*) FROM sessions WHERE status = 'ACTIVE') AS active_sessions",
             {"h": hour_ago},
         )
-        return {
-            "total_events": totals.get("events", 0),
-            "total_anomalies": totals.get("anomalies", 0),
-            "total_sessions": counts["total_sessions"],
-            "events_last_hour": counts["events_last_hour"],
-            "anomalies_last_hour": counts["anomalies_last_hour"],
-            "anomalies_by_severity": {
+        return dashboard_summary(
+            totals.get("events", 0),
+            totals.get("anomalies", 0),
+            counts["total_sessions"],
+            counts["events_last_hour"],
+            counts["anomalies_last_hour"],
+            {
                 name.split(":", 1)[1]: n
                 for name, n in totals.items()
                 if name.startswith("anomalies:") and n > 0
             },
-            "active_sessions": counts["active_sessions"],
-            "timestamp": dt.datetime.now().isoformat(timespec="seconds"),
-        }
+            counts["active_sessions"],
+        )
 
     def metric_buckets(self, metric_name: str, since: float, until: float, buckets: int):
         width = max((until - since) / max(buckets, 1), 1e-6)

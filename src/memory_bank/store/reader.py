@@ -6,7 +6,6 @@ by mistake. One connection per thread, opened on first use.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import sqlite3
@@ -15,7 +14,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from .base import JSON_COLUMNS, Reader, Where
+from .base import JSON_COLUMNS, TABLE_COLUMNS, InvalidDatabase, Reader, Where, dashboard_summary
 from .schema import SEED_TABLES
 
 
@@ -46,17 +45,40 @@ class SqliteReader(Reader):
             return conn
         if conn is not None:
             conn.close()
-        if os.path.exists(self.path):
-            conn = sqlite3.connect(f"file:{quote(os.fspath(self.path))}?mode=ro", uri=True)
-            conn.execute("PRAGMA query_only=1")
-            self._local.placeholder = False
-        else:
-            # No database yet (no daemon has run): answer from an empty schema, create nothing.
+        conn = self._open() if os.path.exists(self.path) else None
+        self._local.placeholder = conn is None
+        if conn is None:
+            # No database yet (no daemon has run, or its schema is not made yet): answer
+            # from an empty schema, create nothing, and look again at the next query.
             conn = sqlite3.connect(":memory:")
             conn.executescript(SEED_TABLES)
-            self._local.placeholder = True
         conn.row_factory = _row_dict
         self._local.conn = conn
+        return conn
+
+    def _open(self) -> sqlite3.Connection | None:
+        """A read-only connection to the file, once it is seen to hold MemoryBank's tables;
+        None while it holds no table at all. Anything else is an InvalidDatabase."""
+        try:
+            conn = sqlite3.connect(f"file:{quote(os.fspath(self.path))}?mode=ro", uri=True)
+            conn.execute("PRAGMA query_only=1")
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.DatabaseError as exc:
+            if (exc.sqlite_errorname or "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+                raise  # a writer holds it for now (a migration at start): not the file's fault
+            raise InvalidDatabase(
+                f"{self.path} is not a MemoryBank database: SQLite says {exc}"
+            ) from None
+        missing = [t for t in TABLE_COLUMNS if t not in tables]
+        if missing and tables:
+            conn.close()
+            raise InvalidDatabase(
+                f"{self.path} is not a MemoryBank database: it has no "
+                f"{', '.join(missing)} table{'s' if len(missing) > 1 else ''}"
+            )
+        if missing:
+            conn.close()
+            return None
         return conn
 
     # -- where the writer's rollups answer faster than the shared queries -------------
@@ -157,7 +179,7 @@ class SqliteReader(Reader):
             counts = {r["name"]: r["n"] for r in conn.execute("SELECT name, n FROM mb_counts")}
             by_severity = {
                 k.split(":", 1)[1]: n
-                for k, n in sorted(counts.items(), key=lambda kv: -kv[1])
+                for k, n in counts.items()
                 if k.startswith("anomalies:") and n > 0
             }
             total_events = counts.get("events", 0)
@@ -168,8 +190,7 @@ class SqliteReader(Reader):
             by_severity = {
                 r["severity"]: r["n"]
                 for r in conn.execute(
-                    "SELECT severity, count(*) AS n FROM anomalies GROUP BY severity "
-                    "ORDER BY n DESC"
+                    "SELECT severity, count(*) AS n FROM anomalies GROUP BY severity"
                 )
             }
             total_events = scalar("SELECT count(*) FROM events")
@@ -180,16 +201,15 @@ class SqliteReader(Reader):
             anomalies_last_hour = scalar(
                 "SELECT count(*) FROM anomalies WHERE timestamp >= ?", (hour_ago,)
             )
-        return {
-            "total_events": total_events,
-            "total_anomalies": total_anomalies,
-            "total_sessions": scalar("SELECT count(*) FROM sessions"),
-            "events_last_hour": events_last_hour,
-            "anomalies_last_hour": anomalies_last_hour,
-            "anomalies_by_severity": by_severity,
-            "active_sessions": scalar("SELECT count(*) FROM sessions WHERE status = 'ACTIVE'"),
-            "timestamp": dt.datetime.now().isoformat(timespec="seconds"),
-        }
+        return dashboard_summary(
+            total_events,
+            total_anomalies,
+            scalar("SELECT count(*) FROM sessions"),
+            events_last_hour,
+            anomalies_last_hour,
+            by_severity,
+            scalar("SELECT count(*) FROM sessions WHERE status = 'ACTIVE'"),
+        )
 
     def metric_buckets(
         self, metric_name: str, since: float, until: float, buckets: int

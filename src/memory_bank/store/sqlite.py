@@ -39,26 +39,27 @@ INSERT_METRICS = (
 # Session operations are upserts written so that the result does not depend on the order in
 # which a CP's start/end and a CSMS's anomaly counts arrive.
 SESSION_START = """
-INSERT INTO sessions (session_id, start_time, status, anomaly_count, started)
-VALUES (?2, ?1, 'ACTIVE', 0, 1)
+INSERT INTO sessions (id, session_id, start_time, status, anomaly_count, started)
+VALUES (?3, ?2, ?1, 'ACTIVE', 0, 1)
 ON CONFLICT(session_id) DO UPDATE SET
+    id = CASE WHEN started OR ?3 IS NULL THEN id ELSE ?3 END,
     start_time = CASE WHEN started THEN min(start_time, excluded.start_time)
                       ELSE excluded.start_time END,
     started = 1
 RETURNING stats_auto, end_time
 """
 SESSION_ANOMALY = """
-INSERT INTO sessions (session_id, start_time, status, anomaly_count, started)
-VALUES (?2, ?1, 'ACTIVE', 1, 0)
+INSERT INTO sessions (id, session_id, start_time, status, anomaly_count, started)
+VALUES (?3, ?2, ?1, 'ACTIVE', 1, 0)
 ON CONFLICT(session_id) DO UPDATE SET
     anomaly_count = coalesce(anomaly_count, 0) + 1,
     start_time = CASE WHEN started THEN start_time
                       ELSE min(start_time, excluded.start_time) END
 """
 SESSION_END = """
-INSERT INTO sessions (session_id, start_time, end_time, status, anomaly_count, started,
+INSERT INTO sessions (id, session_id, start_time, end_time, status, anomaly_count, started,
                       total_energy, avg_current, max_current, min_current, stats_auto)
-VALUES (?2, ?1, ?1, 'COMPLETED', 0, 0, ?3, ?4, ?5, ?6, ?7)
+VALUES (?8, ?2, ?1, ?1, 'COMPLETED', 0, 0, ?3, ?4, ?5, ?6, ?7)
 ON CONFLICT(session_id) DO UPDATE SET
     end_time = CASE WHEN end_time IS NULL THEN excluded.end_time
                     ELSE max(end_time, excluded.end_time) END,
@@ -389,15 +390,15 @@ class SqliteStore(Store):
     def _apply_operation(self, op: list, refresh: set[str]) -> None:
         code = op[0]
         if code == wire.OP_SESSION_START:
-            rows = self.conn.execute(SESSION_START, op[1:3]).fetchall()
+            rows = self.conn.execute(SESSION_START, op[1:4]).fetchall()
             if rows and rows[0][0] and rows[0][1] is not None:
                 refresh.add(op[2])
         elif code == wire.OP_SESSION_ANOMALY:
-            self.conn.execute(SESSION_ANOMALY, op[1:3])
+            self.conn.execute(SESSION_ANOMALY, op[1:4])
         elif code == wire.OP_SESSION_END:
-            ts, session_id, energy, avg, mx, mn = op[1:7]
+            ts, session_id, energy, avg, mx, mn, row_id = op[1:8]
             auto = statistics_to_compute(energy, avg, mx, mn)
-            self.conn.execute(SESSION_END, (ts, session_id, energy, avg, mx, mn, auto))
+            self.conn.execute(SESSION_END, (ts, session_id, energy, avg, mx, mn, auto, row_id))
             if auto:
                 refresh.add(session_id)
         elif code == wire.OP_PATTERN:
