@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 
-from .base import Reader, Store, StoreUnavailable, is_url, redact_url
+from .base import Reader, Store, StoreGone, StoreRefused, StoreUnavailable, is_url, redact_url
 
 __all__ = [
     "Reader",
     "Store",
+    "StoreGone",
+    "StoreRefused",
     "StoreUnavailable",
     "is_url",
     "open_reader",
