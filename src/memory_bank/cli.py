@@ -54,7 +54,8 @@ def main() -> None:
 )
 def daemon(db, config_path, endpoint, log_level) -> None:
     """Run the single writer for a database in the foreground."""
-    from .daemon import Daemon, DaemonSettings, SecurityError
+    from .daemon import EXIT_REFUSED, Daemon, DaemonSettings, SecurityError
+    from .store import StoreRefused
 
     try:
         cfg = config_mod.load(config_path, db=db, endpoint=endpoint, log_level=log_level)
@@ -77,6 +78,9 @@ def daemon(db, config_path, endpoint, log_level) -> None:
     except discovery.DaemonLockedError as exc:
         click.echo(f"memorybank daemon: {exc}", err=True)
         sys.exit(1)
+    except StoreRefused as exc:
+        click.echo(f"memorybank daemon: {exc}", err=True)
+        sys.exit(EXIT_REFUSED)
     sys.exit(status)
 
 
@@ -124,6 +128,8 @@ _STATUS_ROWS = [
     ("batches", "batches"),
     ("publishers", "publishers seen"),
     ("store_error", "store error"),
+    ("endpoint_problem", "endpoint problem"),
+    ("refused_handshakes", "refused handshakes"),
     ("maintenance_running", "maintenance running"),
     ("db_bytes", "database bytes"),
     ("wal_bytes", "WAL bytes"),
