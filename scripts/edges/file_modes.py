@@ -4,9 +4,9 @@ Before: the database, its WAL and -shm, the id counter and the lock/endpoint fil
 created as the umask allowed: world-readable. Now MemoryBank creates files 0640 and
 folders 0750 (the owner writes, the group reads), the id counter 0660 (publishers lease
 their ids from it) and ipc sockets 0660 in the runtime folder (whose group decides who
-may connect, and so write); a stricter umask narrows them, and a file's existing mode is
-never changed. As root the scenario runs it for real: the daemon as one user, a member of
-its group who publishes and reads, and an outsider, in a folder everyone may enter.
+may connect, and so write), whatever the umask; a file's existing mode is never changed.
+As root the scenario runs it for real: the daemon as one user, a member of its group who
+publishes and reads, and an outsider, in a folder everyone may enter.
 """
 
 from __future__ import annotations

@@ -13,8 +13,7 @@ same database by another path. So the writer also holds an exclusive ``flock`` o
 database file itself, which every name shares (the kernel keys it on device and inode).
 
 New files get FILE_MODE (0640: the owner writes, the group reads) and new folders
-DIR_MODE (0750), whatever the umask would allow; a umask that denies the group reading
-(077) keeps them private to the owner.
+DIR_MODE (0750), whatever the umask; what exists keeps the mode it has.
 
 Standard library only: publishers import this module.
 """
@@ -39,45 +38,38 @@ class DaemonLockedError(RuntimeError):
     """Another daemon (or embedded writer) already serves this database."""
 
 
-# Modes of what MemoryBank creates: the group reads (and reaches the sockets), others
-# nothing. The id counter is group-writable, since publishers lease their blocks from it.
+# Modes of what MemoryBank creates (spools too): the group reads (and reaches the
+# sockets), others nothing. The id counter is group-writable: publishers lease from it.
 FILE_MODE = 0o640
 DIR_MODE = 0o750
 COUNTER_MODE = 0o660
 
 
-def _masked(mode: int) -> int:
-    """``mode``, less the group's or others' access where the umask denies them reading
-    (077 keeps everything private). A umask that only denies writing (022, 027) changes
-    nothing: publishers must write the id counter and reach the sockets."""
-    umask = os.umask(0)
-    os.umask(umask)
-    if umask & 0o040:
-        mode &= ~0o070
-    if umask & 0o004:
-        mode &= ~0o007
-    return mode
-
-
 def create_file(path: Path, flags: int, mode: int = FILE_MODE) -> int:
-    """Open ``path`` (O_CREAT), giving a file this call creates ``mode`` (see _masked);
-    an existing file keeps the mode its owner chose."""
+    """Open ``path``, creating it with ``mode`` whatever the umask; a file that exists
+    keeps the mode it has (its owner may have chosen another)."""
     try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
         return os.open(path, flags & ~os.O_CREAT)
-    except FileNotFoundError:
-        pass
-    fd = os.open(path, flags | os.O_CREAT, mode)
-    os.fchmod(fd, _masked(mode))
+    os.fchmod(fd, mode)
     return fd
 
 
-def make_dir(path: Path, mode: int = DIR_MODE) -> Path:
-    """Create a folder (and its parents) with ``mode`` (see _masked); an existing one
-    keeps its mode."""
-    if not path.is_dir():
-        path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, _masked(mode))
-    return path
+def make_dir(folder: Path, mode: int = DIR_MODE) -> Path:
+    """Create ``folder`` and any missing parents with ``mode``, whatever the umask; a
+    folder that exists keeps its mode."""
+    missing, parent = [], folder
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode)
+        except FileExistsError:
+            continue  # another process made it meanwhile
+        os.chmod(path, mode)
+    return folder
 
 
 def file_identity(path: str | os.PathLike) -> tuple[int, int] | None:
