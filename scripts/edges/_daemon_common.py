@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import signal
 import sqlite3
@@ -15,8 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+from edges._common import check_exactly as _check_rows
+from edges._common import finish as finish  # re-exported for the scenarios
+from edges._common import stored_ids as stored_ids
+from edges._common import wait_until as wait_until
+
 PY = sys.executable
-TABLES = ("events", "anomalies", "metrics")
 _started: list[subprocess.Popen] = []  # processes to kill if a scenario fails half-way
 
 # A publisher process: argv = db, count, name [, endpoint, server key, secret key].
@@ -223,23 +226,6 @@ def start_stream(env: dict, db: Path, stop: Path) -> subprocess.Popen:
     )
 
 
-def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[dict, str]:
-    """Wait for a publisher: its JSON line and its stderr."""
-    out, err = proc.communicate(timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(f"publisher exited {proc.returncode}:\n{err[-3000:]}")
-    return json.loads(out.strip().splitlines()[-1]), err
-
-
-def stored_ids(db: Path) -> list[int]:
-    """Every event, anomaly and metric id in the database (duplicates kept, to be seen)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return [r[0] for t in TABLES for r in conn.execute(f"SELECT id FROM {t}")]
-    finally:
-        conn.close()
-
-
 def integrity(db: Path) -> str:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
@@ -250,25 +236,45 @@ def integrity(db: Path) -> str:
 
 def check_exactly(db: Path, expected: set[int], what: str) -> None:
     """Every expected id landed once, nothing else did, and the file is sound."""
-    ids = stored_ids(db)
-    duplicates = len(ids) - len(set(ids))
-    missing, extra = expected - set(ids), set(ids) - expected
-    if duplicates or missing or extra:
-        raise AssertionError(
-            f"{what}: {len(missing)} missing, {len(extra)} unexpected, {duplicates} "
-            f"duplicated (of {len(expected)} expected)"
-        )
+    _check_rows(db, expected, what)
     if integrity(db) != "ok":
         raise AssertionError(f"{what}: integrity_check says {integrity(db)}")
 
 
-def wait_until(condition, timeout: float, what: str, every: float = 0.1):
-    """Poll ``condition`` until it returns a true value; AssertionError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(every)
+def streaming(
+    work: Path, db: Path, streams: int, committed: int = 2_000, daemon_args=(), **options
+):
+    """The start of a scenario that breaks something under a live flow: a daemon on ``db``
+    (``daemon_args``, Daemon ``options``) and ``streams`` STREAM publishers, once
+    ``committed`` records are in. Returns the environment, the daemon, and a function that
+    ends the streams and returns their reports."""
+    env = scenario_env(work)
+    stop = work / "stop"
+    daemon = Daemon(db, env, *daemon_args, **options)
+    procs = [start_stream(env, db, stop) for _ in range(streams)]
+    wait_until(lambda: daemon.stats()["committed_records"] >= committed, 60, "records committed")
+
+    def end() -> list[dict]:
+        stop.touch()
+        return [finish(proc)[0] for proc in procs]
+
+    return env, daemon, end
+
+
+def curve_site(work: Path) -> tuple[Path, Path]:
+    """Keys for a daemon, an authorized publisher (lab) and a stranger, only lab's
+    authorized, and a configuration naming them: returns (keys folder, config file)."""
+    from memory_bank.keys import create_key_pair
+
+    keys, authorized = work / "keys", work / "authorized"
+    for name in ("daemon", "lab", "stranger"):
+        create_key_pair(keys, name)
+    authorized.mkdir()
+    (authorized / "lab.key").write_bytes((keys / "lab.key").read_bytes())
+    config = work / "curve.toml"
+    config.write_text(
+        "[security]\n"
+        f'curve_secret_key_file = "{keys / "daemon.key_secret"}"\n'
+        f'curve_authorized_keys_dir = "{authorized}"\n'
+    )
+    return keys, config

@@ -17,6 +17,7 @@ from edges._daemon_common import (
     Daemon,
     check_exactly,
     cleans_up,
+    curve_site,
     finish,
     folders_of,
     scenario_env,
@@ -41,23 +42,6 @@ else:
 """
 
 
-def _keys(work: Path) -> tuple[Path, Path]:
-    from memory_bank.keys import create_key_pair
-
-    keys, authorized = work / "keys", work / "authorized"
-    for name in ("daemon", "lab", "stranger"):
-        create_key_pair(keys, name)
-    authorized.mkdir()
-    (authorized / "lab.key").write_bytes((keys / "lab.key").read_bytes())
-    config = work / "curve.toml"
-    config.write_text(
-        "[security]\n"
-        f'curve_secret_key_file = "{keys / "daemon.key_secret"}"\n'
-        f'curve_authorized_keys_dir = "{authorized}"\n'
-    )
-    return keys, config
-
-
 def _told(endpoint: str, keys: Path, server: str, secret: str, env: dict) -> str:
     args = [PY, "-c", INTRUDER, endpoint, keys / f"{server}.key", secret]
     proc = spawn(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -72,7 +56,7 @@ def run(work: Path, long: bool) -> str:
 
     env = scenario_env(work)
     db = work / "lab.db"
-    keys, config = _keys(work)
+    keys, config = curve_site(work)
     # CURVE on an ipc endpoint of its own (no port to race for); local ones stay NULL.
     endpoint = f"ipc://{work}/curve.data"
     daemon = Daemon(db, env, "--config", str(config), "--endpoint", endpoint)

@@ -25,21 +25,17 @@ from edges._daemon_common import (
     finish,
     folders_of,
     integrity,
-    scenario_env,
     start_publisher,
-    start_stream,
     stored_ids,
+    streaming,
     wait_until,
 )
 
 
 @cleans_up
 def run(work: Path, long: bool) -> str:
-    env = scenario_env(work)
-    db, stop = work / "lab.db", work / "stop"
-    daemon = Daemon(db, env)
-    streams = [start_stream(env, db, stop) for _ in range(3 if long else 1)]
-    wait_until(lambda: daemon.stats()["committed_records"] >= 2_000, 60, "records committed")
+    db = work / "lab.db"
+    env, daemon, end_streams = streaming(work, db, 3 if long else 1)
     time.sleep(20 if long else 1)
 
     removed_at = time.time()
@@ -66,8 +62,7 @@ def run(work: Path, long: bool) -> str:
     assert probe.flush(60), "the probe's record did not land after the restart"
     probe.close()
     newcomer, _ = finish(start_publisher(env, db, 100, "newcomer"))
-    stop.touch()
-    reports = [finish(stream)[0] for stream in streams]
+    reports = end_streams()
     assert all(r["confirmed"] for r in reports) and newcomer["confirmed"]
     blocks = [r["publisher"] for r in reports]
     assert newcomer["publisher"] not in blocks, "a new publisher was handed a live block"

@@ -14,24 +14,19 @@ import time
 from pathlib import Path
 
 from edges._daemon_common import (
-    Daemon,
     check_exactly,
     cleans_up,
     finish,
-    scenario_env,
     start_publisher,
-    start_stream,
+    streaming,
     wait_until,
 )
 
 
 @cleans_up
 def run(work: Path, long: bool) -> str:
-    env = scenario_env(work)
-    db, stop = work / "lab.db", work / "stop"
-    daemon = Daemon(db, env)
-    stream = start_stream(env, db, stop)
-    wait_until(lambda: daemon.stats()["committed_records"] >= 1_000, 60, "records committed")
+    db = work / "lab.db"
+    env, daemon, end_stream = streaming(work, db, 1)
     rounds = 5 if long else 1
     newcomers = []
     for _ in range(rounds):
@@ -44,8 +39,7 @@ def run(work: Path, long: bool) -> str:
         time.sleep(3 if long else 0)
     reports = [finish(p)[0] for p in newcomers]
     assert all(r["confirmed"] for r in reports), "a publisher started after the rm failed"
-    stop.touch()
-    streamed, _ = finish(stream)
+    (streamed,) = end_stream()
     assert streamed["confirmed"], "the publisher connected before the rm was cut off"
     stats = daemon.stats()
     assert stats["endpoint_repairs"] >= rounds and stats["endpoint_problem"] is None, stats

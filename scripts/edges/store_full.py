@@ -21,16 +21,13 @@ from edges._daemon_common import (
     Daemon,
     check_exactly,
     cleans_up,
-    finish,
-    scenario_env,
-    start_stream,
+    streaming,
     wait_until,
 )
 
 
 @cleans_up
 def run(work: Path, long: bool) -> str:
-    env = scenario_env(work)
     disk = work / "disk"
     disk.mkdir()
     real_disk = os.geteuid() == 0
@@ -42,16 +39,16 @@ def run(work: Path, long: bool) -> str:
         config.write_text("[daemon]\nmax_db_bytes = 2097152\n")
         args = ("--config", str(config))
     try:
-        return _scenario(work, disk, env, args, real_disk, long)
+        return _scenario(work, disk, args, real_disk, long)
     finally:
         if real_disk:
             subprocess.run(["umount", "-l", disk], check=False)
 
 
-def _scenario(work: Path, disk: Path, env: dict, args, real_disk: bool, long: bool) -> str:
-    db, stop = disk / "lab.db", work / "stop"
-    daemon = Daemon(db, env, *args, log_dir=work)  # its log is not on the full disk
-    stream = start_stream(env, db, stop)
+def _scenario(work: Path, disk: Path, args, real_disk: bool, long: bool) -> str:
+    db = disk / "lab.db"
+    # Its log is not on the full disk.
+    env, daemon, end_stream = streaming(work, db, 1, committed=0, daemon_args=args, log_dir=work)
     problem = wait_until(lambda: daemon.stats()["store_error"], 120, "the store to fill")
     assert "full" in problem, problem
     full_at = time.monotonic()
@@ -76,8 +73,7 @@ def _scenario(work: Path, disk: Path, env: dict, args, real_disk: bool, long: bo
     if real_disk:
         subprocess.run(["mount", "-o", "remount,size=256m", disk], check=True)
     daemon = Daemon(db, env, log_dir=work)
-    stop.touch()
-    report, _ = finish(stream)
+    (report,) = end_stream()
     assert report["confirmed"], "the stream was not confirmed once there was room"
     daemon.stop()
     called = {i for i, _ in report["calls"]}

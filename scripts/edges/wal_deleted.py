@@ -19,20 +19,15 @@ from edges._daemon_common import (
     Daemon,
     check_exactly,
     cleans_up,
-    finish,
-    scenario_env,
-    start_stream,
+    streaming,
     wait_until,
 )
 
 
 @cleans_up
 def run(work: Path, long: bool) -> str:
-    env = scenario_env(work)
-    db, stop = work / "lab.db", work / "stop"
-    daemon = Daemon(db, env)
-    streams = [start_stream(env, db, stop) for _ in range(3 if long else 1)]
-    wait_until(lambda: daemon.stats()["committed_records"] >= 2_000, 60, "records committed")
+    db = work / "lab.db"
+    env, daemon, end_streams = streaming(work, db, 3 if long else 1)
     time.sleep(20 if long else 1)
     for suffix in ("-wal", "-shm"):
         os.unlink(f"{db}{suffix}")
@@ -41,8 +36,7 @@ def run(work: Path, long: bool) -> str:
     time.sleep(20 if long else 1)  # the streams go on meanwhile, unacknowledged
     daemon.stop()
     daemon = Daemon(db, env)
-    stop.touch()
-    reports = [finish(stream)[0] for stream in streams]
+    reports = end_streams()
     assert all(r["confirmed"] for r in reports), "a stream was not confirmed after the restart"
     daemon.stop()
     called = {i for r in reports for i, _ in r["calls"]}
