@@ -101,7 +101,7 @@ def test_non_standard_json_from_any_publisher_is_refused(db_path, daemon):
     now = time.time()
     body = [
         1,
-        PUB,
+        PUBLISHER,
         1,
         0,
         [
