@@ -55,8 +55,6 @@ class ControlClient:
 
     def _likely_cause(self) -> str:
         """Why the daemon may not have answered, as its handshakes told this client."""
-        if self._monitor is None:
-            return ""
         failures, succeeded = sockets.handshake_failures(self._monitor, server=False)
         self._handshakes += succeeded
         if failures:

@@ -262,7 +262,7 @@ class WriterLock:
 
     def acquire(self, info: dict) -> None:
         """Take the lock(s) or raise DaemonLockedError."""
-        fd = create_file(self.path, os.O_RDWR | os.O_CLOEXEC)
+        fd = create_file(self.path, os.O_RDWR)
         if not _flock_exclusive(fd):
             os.close(fd)
             other = read_daemon_info(self.db_path) or {}
@@ -282,9 +282,9 @@ class WriterLock:
 
     def _lock_database_file(self) -> int:
         try:
-            fd = create_file(self.db_path, os.O_RDWR | os.O_CLOEXEC)
+            fd = create_file(self.db_path, os.O_RDWR)
         except PermissionError:  # the store then says it cannot write; the lock still holds
-            fd = os.open(self.db_path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.db_path, os.O_RDONLY)
         if _flock_exclusive(fd):
             return fd
         st = os.fstat(fd)
@@ -299,13 +299,6 @@ class WriterLock:
             "stop it first"
         )
 
-    def database_status(self) -> tuple[tuple[int, int], int] | None:
-        """The locked database file's (device, inode) and link count (0 once deleted)."""
-        if self._db_fd is None:
-            return None
-        st = os.fstat(self._db_fd)
-        return (st.st_dev, st.st_ino), st.st_nlink
-
     def still_held(self) -> bool:
         """True while ``<db>-daemon`` is still the file this writer locked (a deleted or
         replaced one no longer tells publishers and ``status`` about it)."""
@@ -314,7 +307,7 @@ class WriterLock:
     def relock(self, info: dict) -> bool:
         """Lock a ``<db>-daemon`` made anew at the path and write ``info`` into it; False
         when another writer holds the new file."""
-        fd = create_file(self.path, os.O_RDWR | os.O_CLOEXEC)
+        fd = create_file(self.path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -349,7 +342,7 @@ def _fd_identity(fd: int) -> tuple[int, int]:
 
 def lease_id_block(db_path: Path) -> int:
     """Take the next unused id block of this database (durably, under flock)."""
-    fd = create_file(ids_file(db_path), os.O_RDWR | os.O_CLOEXEC, COUNTER_MODE)
+    fd = create_file(ids_file(db_path), os.O_RDWR, COUNTER_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         raw = os.pread(fd, 32, 0).strip()
@@ -375,7 +368,7 @@ def next_id_block(db_path: Path) -> int:
 
 def reserve_id_blocks(db_path: Path, first_free: int) -> None:
     """Make sure the counter never hands out a block below ``first_free`` (used at start-up)."""
-    fd = create_file(ids_file(db_path), os.O_RDWR | os.O_CLOEXEC, COUNTER_MODE)
+    fd = create_file(ids_file(db_path), os.O_RDWR, COUNTER_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         raw = os.pread(fd, 32, 0).strip()

@@ -171,7 +171,7 @@ class ZmqTransport:
         self.ctx = zmq.Context()
         self._push: zmq.Socket | None = None
         self._dealer: zmq.Socket | None = None
-        self._monitor: zmq.Socket | None = None  # the dealer's CURVE handshakes
+        self._monitor: zmq.Socket | None = None  # the dealer's handshakes: why no answer
 
     def _sockets(self) -> tuple[zmq.Socket, zmq.Socket]:
         if self._push is None:

@@ -222,7 +222,7 @@ class SqliteStore(Store):
         # The file this store writes, held open until close: it tells when the path no
         # longer names it (deleted, replaced), and a new database gets FILE_MODE here.
         try:
-            self._db_fd = discovery.create_file(path, os.O_RDONLY | os.O_CLOEXEC)
+            self._db_fd = discovery.create_file(path, os.O_RDONLY)
         except OSError as exc:
             raise StoreUnavailable(f"cannot open {path}: {exc.strerror}") from None
         try:
