@@ -37,14 +37,15 @@ def check(raw: bytes) -> None:
 
 def seeds() -> list[bytes]:
     now = time.time()
-    pub = 9 << 32
+    publisher = 9  # the id block its rows' ids lie in
+    pub = publisher << 32
     bad = [[pub + 9, "t", 1, None, b"x", []], [pub + 10, float("nan"), "E", "C", None, None]]
     return [
-        msgpack.packb([1, pub, 2, 1, bad, bad, bad, [[9, now], [1, now]]]),
+        msgpack.packb([1, publisher, 2, 1, bad, bad, bad, [[9, now], [1, now]]]),
         msgpack.packb(
             [
                 1,
-                pub,
+                publisher,
                 1,
                 0,
                 [[pub + 1, now, "E", "C", "m", '{"a": 1}']],

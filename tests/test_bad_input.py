@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from memory_bank import MemoryBank, discovery, wire
 from memory_bank.control import daemon_stats
 
-PUB = 9 << 32
+PUBLISHER = 9  # a publisher's id is its id block; its rows' ids lie in it
+PUB = PUBLISHER << 32
 
 
 def _push(db_path):
@@ -42,10 +43,10 @@ def test_bad_messages_are_refused_and_good_rows_kept(db_path, daemon):
         [PUB + 7, now, "E", "C"],
         "not a row",
     ]
-    good = [1, PUB, 1, 0, [_event(1, now, "first")], [], [], []]
+    good = [1, PUBLISHER, 1, 0, [_event(1, now, "first")], [], [], []]
     mixed = [
         1,
-        PUB,
+        PUBLISHER,
         2,
         1,
         [*bad_rows, _event(8, now, "fine")],
@@ -60,7 +61,7 @@ def test_bad_messages_are_refused_and_good_rows_kept(db_path, daemon):
         msgpack.packb({"a": 1}),
         msgpack.packb(good),
         msgpack.packb(mixed),
-        msgpack.packb([1, PUB, 3, 2, [_event(11, now)] * 50, [], [], []])[:300],  # truncated
+        msgpack.packb([1, PUBLISHER, 3, 2, [_event(11, now)] * 50, [], [], []])[:300],  # truncated
         b"\x91" * 100_000 + b"\xc0",  # nested 100,000 deep
         b"\x00" * (17 * 1024 * 1024),  # over ZMQ_MAXMSGSIZE: ZeroMQ drops the connection
     ):
@@ -100,7 +101,7 @@ def test_non_standard_json_from_any_publisher_is_refused(db_path, daemon):
     now = time.time()
     body = [
         1,
-        PUB,
+        PUBLISHER,
         1,
         0,
         [
@@ -245,7 +246,7 @@ def test_fuzz_live_socket(db_path, daemon, seed):
         else:
             body = [
                 1,
-                PUB + seed + 1,
+                PUBLISHER,
                 rng.randrange(-2, 50),
                 rng.randrange(-2, 50),
                 [
@@ -276,3 +277,47 @@ def test_fuzz_live_socket(db_path, daemon, seed):
     stats = daemon_stats(db_path)
     assert stats["received_messages"] + stats["rejected_messages"] >= 1
     assert daemon.proc.poll() is None
+
+
+def test_rows_outside_their_publishers_block_and_taken_ids_are_refused(db_path, daemon):
+    """A publisher's id is its id block: a row outside it (below it, or in another known
+    publisher's block) is refused with the reason, as is a row whose id another row already
+    has; a row in a later block (the next one a publisher leases when its own runs out)
+    lands. Nothing of this is counted as a duplicate."""
+    now = time.time()
+    other = 12
+
+    def event(block: int, n: int, message: str) -> list:
+        return [(block << 32) + n, now, "E", "C", message, None]
+
+    ctx, push = _push(db_path)
+    push.send(msgpack.packb([1, other, 1, 0, [event(other, 1, "other's own")], [], [], []]))
+    conn = sqlite3.connect(db_path)
+    deadline = time.time() + 20
+    while not conn.execute("SELECT count(*) FROM mb_publishers").fetchone()[0]:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    rows = [
+        event(PUBLISHER, 1, "own"),
+        event(3, 1, "below its block"),
+        event(other, 2, "in another publisher's block"),
+        event(PUBLISHER + 31, 1, "in a later block"),
+    ]
+    push.send(msgpack.packb([1, PUBLISHER, 1, 0, rows, [], [], []]))
+    push.send(
+        msgpack.packb([1, PUBLISHER, 2, 1, [event(PUBLISHER, 1, "its id again")], [], [], []])
+    )
+    push.close(linger=2000)
+    ctx.term()
+    deadline = time.time() + 20
+    while conn.execute("SELECT count(*) FROM mb_rejected").fetchone()[0] < 3:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    landed = sorted(r[0] for r in conn.execute("SELECT message FROM events"))
+    assert landed == ["in a later block", "other's own", "own"]
+    reasons = [r[0] for r in conn.execute("SELECT reason FROM mb_rejected ORDER BY id")]
+    assert "lies in id block 3, not in one leased to publisher 9" in reasons[0]
+    assert f"lies in id block {other}, not in one leased to publisher 9" in reasons[1]
+    assert f"id {PUB + 1} is already another row's" in reasons[2]
+    stats = daemon_stats(db_path)
+    assert stats["rejected_records"] == 3 and stats["duplicate_records"] == 0

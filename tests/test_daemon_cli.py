@@ -164,3 +164,33 @@ def test_a_tcp_endpoint_whose_ports_collide_is_refused_in_one_line(tmp_path, sta
     with MemoryBank(tmp_path / "a.db") as memory:  # the first one is untouched
         memory.log_event("E", "C", "still served")
         assert memory.get_events()[0]["message"] == "still served"
+
+
+def test_a_moved_database_is_served_under_its_new_name_keeping_its_id_blocks(
+    tmp_path, start_daemon
+):
+    """A database records the path it is served as; moved (renamed, its old name gone), it
+    is served under the new name, and id blocks handed out under the old one stay taken."""
+    from memory_bank import Publisher
+
+    old, new = tmp_path / "old" / "lab.db", tmp_path / "new" / "lab.db"
+    old.parent.mkdir()
+    new.parent.mkdir()
+    daemon = start_daemon(old)
+    with Publisher(old) as pub:
+        pub.log_event("E", "C", "before the move")
+    # Blocks leased, nothing stored from them yet (their records could wait in a spool).
+    blocks = []
+    for _ in range(3):
+        with Publisher(old) as idle:
+            blocks.append(idle.publisher_id)
+    assert daemon.stop() == 0
+    old.rename(new)
+    daemon = start_daemon(new)
+    assert "was served as" in daemon.log and str(old) in daemon.log
+    with Publisher(new) as pub:
+        assert pub.publisher_id > max(blocks)
+        pub.log_event("E", "C", "after the move")
+        assert pub.flush(10)
+    with MemoryBank(new) as memory:
+        assert len(memory.get_events()) == 2

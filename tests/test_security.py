@@ -34,7 +34,16 @@ def test_non_loopback_tcp_without_keys_is_refused(db_path):
         )
         assert result.returncode == 2
         assert "without CURVE keys" in result.stderr
+        # It does not send the user to loopback TCP as if that were private.
+        assert "tcp://127.0.0.1 lets every user of this host write" in result.stderr
+        assert "ipc://" in result.stderr and "group" in result.stderr
     assert not db_path.exists()
+
+
+def test_loopback_tcp_without_keys_warns_that_every_local_user_can_write(db_path, start_daemon):
+    endpoint = f"tcp://127.0.0.1:{free_port_pair()}"
+    daemon = start_daemon(db_path, "--endpoint", endpoint)
+    assert f"{endpoint} has no CURVE keys: every user of this host can write to it" in daemon.log
 
 
 def test_default_runtime_folder_is_private(db_path, daemon):

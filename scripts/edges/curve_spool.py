@@ -6,7 +6,6 @@ in place, at start and at every adoption pass after it."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from edges._common import (
     stored_ids,
     wait_until,
 )
+from edges._daemon_common import curve_site
 
 PUBLISHER = r"""
 import json, sys
@@ -33,27 +33,10 @@ print(json.dumps({"ids": ids, "publisher": pub.publisher_id}))
 """
 
 
-def _keys(work: Path) -> tuple[Path, Path]:
-    from memory_bank.keys import create_key_pair
-
-    keys, authorized = work / "keys", work / "authorized"
-    for name in ("daemon", "lab", "stranger"):
-        create_key_pair(keys, name)
-    authorized.mkdir()
-    shutil.copy(keys / "lab.key", authorized / "lab.key")
-    config = work / "curve.toml"
-    config.write_text(
-        "[security]\n"
-        f'curve_secret_key_file = "{keys / "daemon.key_secret"}"\n'
-        f'curve_authorized_keys_dir = "{authorized}"\n'
-    )
-    return keys, config
-
-
 def run(work: Path, long: bool) -> str:
     env = isolate(work)
     db = work / "curve.db"
-    keys, config = _keys(work)
+    keys, config = curve_site(work)
     # CURVE on an ipc endpoint of its own (the private default ones stay NULL): no port race.
     endpoint = f"ipc://{work}/curve.data"
     n = 50_000 if long else 500

@@ -89,6 +89,7 @@ def check_db_to_serve(db: str) -> None:
 def daemon(db, config_path, endpoint, log_level) -> None:
     """Run the single writer for a database in the foreground."""
     from .daemon import Daemon, DaemonSettings
+    from .store import StoreRefused
 
     try:
         cfg = config_mod.load(config_path, db=db, endpoint=endpoint, log_level=log_level)
@@ -104,7 +105,11 @@ def daemon(db, config_path, endpoint, log_level) -> None:
             config_mod.load(config_path, db=db, endpoint=endpoint, log_level=log_level)
         )
 
-    sys.exit(Daemon(settings, reload=reload).run())
+    try:
+        status = Daemon(settings, reload=reload).run()
+    except StoreRefused as exc:  # corrupt, a second name, too new: the input's fault
+        raise InputError(str(exc)) from None
+    sys.exit(status)
 
 
 @main.command()
@@ -151,6 +156,8 @@ _STATUS_ROWS = [
     ("batches", "batches"),
     ("publishers", "publishers seen"),
     ("store_error", "store error"),
+    ("endpoint_problem", "endpoint problem"),
+    ("refused_handshakes", "refused handshakes"),
     ("maintenance_running", "maintenance running"),
     ("maintenance_waiting", "maintenance waiting"),
     ("db_bytes", "database bytes"),

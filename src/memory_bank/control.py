@@ -39,6 +39,8 @@ class ControlClient:
         self.curve = curve
         self._ctx = ctx or zmq.Context.instance()
         self._sock: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None  # its handshakes: why it was not answered
+        self._handshakes = 0  # that succeeded
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
 
@@ -47,6 +49,7 @@ class ControlClient:
         with self._lock:
             if self._sock is None:
                 self._sock = sockets.control_dealer(self._ctx, self.endpoint, self.curve)
+                self._monitor = self._sock.get_monitor_socket(sockets.HANDSHAKE_EVENTS)
             rid = next(self._ids)
             self._sock.send(msgpack.packb({"op": op, "rid": rid, **fields}))
             deadline = time.monotonic() + timeout
@@ -55,6 +58,7 @@ class ControlClient:
                 if left <= 0 or not self._sock.poll(int(left * 1000) + 1):
                     raise DaemonUnavailable(
                         f"no answer to {op!r} from {self.endpoint} within {timeout:g}s"
+                        + self._likely_cause()
                     )
                 reply = msgpack.unpackb(self._sock.recv(), raw=False)
                 if reply.get("rid") == rid:  # replies to requests we gave up on are dropped
@@ -106,8 +110,22 @@ class ControlClient:
                     ping_rid = next(self._ids)
                     self._sock.send(msgpack.packb({"op": "ping", "rid": ping_rid}))
 
+    def _likely_cause(self) -> str:
+        """Why the daemon may not have answered, as its handshakes told this client."""
+        failures, succeeded = sockets.handshake_failures(self._monitor, server=False)
+        self._handshakes += succeeded
+        if failures:
+            return ": " + failures[-1][1]
+        if self._handshakes:
+            return ""
+        return " (no handshake with a daemon there: is one listening?)"
+
     def close(self) -> None:
         with self._lock:
+            if self._monitor is not None:
+                self._sock.disable_monitor()
+                self._monitor.close(0)
+                self._monitor = None
             if self._sock is not None:
                 self._sock.close(0)
                 self._sock = None

@@ -23,6 +23,7 @@ import msgpack
 import zmq
 
 from . import __version__, discovery, ports, sockets, wire
+from .bindings import Bindings
 from .jobs import MaintenanceSchedule
 from .sdnotify import Notifier
 from .spool_auth import SpoolAuth
@@ -90,6 +91,14 @@ class SecurityError(ValueError):
     """An endpoint that would let anyone on the network write, without CURVE."""
 
 
+# What binding TCP without CURVE means, said wherever it is refused or warned about.
+LOCAL_ALTERNATIVE = (
+    "ipc:// endpoints (the default) let the group of their folder decide who may write; "
+    "CURVE keys (curve_secret_key_file, curve_authorized_keys_dir: memorybank keygen) let "
+    "the daemon decide"
+)
+
+
 def _is_loopback_endpoint(endpoint: str) -> bool:
     match = re.fullmatch(r"tcp://(.+):(\d+)", endpoint)
     if match is None:
@@ -135,13 +144,15 @@ class Daemon:
             self.endpoints = discovery.default_endpoints(self.db_path)
         self._stop_requested = False
         self._reload_requested = False
-        self._lock = discovery.WriterLock(self.db_path, self.name)
+        self._lock = discovery.WriterLock(
+            self.db_path, self.name, database_file=not discovery.is_url(self.location)
+        )
         self.curve = _load_curve(settings)
         if self.curve is None and not _is_loopback_endpoint(self.endpoints.data):
             raise SecurityError(
-                f"refusing to bind {self.endpoints.data} without CURVE keys: anyone on the "
-                "network could write. Bind 127.0.0.1 or ipc://, or configure "
-                "curve_secret_key_file and curve_authorized_keys_dir (memorybank keygen)"
+                f"refusing to bind {self.endpoints.data} without CURVE keys: anyone who can "
+                f"reach it could write (and tcp://127.0.0.1 lets every user of this host "
+                f"write). {LOCAL_ALTERNATIVE}"
             )
         self.notifier = Notifier()
 
@@ -239,22 +250,24 @@ class Daemon:
     def _bind_sockets(self, ctx: zmq.Context) -> tuple[zmq.Socket, zmq.Socket]:
         at = self._addresses()
         local = "local data" in at
-        pull = sockets.daemon_pull(ctx, at["data"], self.curve, at.get("local data"))
-        router = sockets.daemon_router(ctx, at["control"], self.curve, at.get("local control"))
+        bind = self.bindings.bind
+        pull = sockets.daemon_pull(ctx, at["data"], self.curve, at.get("local data"), bind)
+        router = sockets.daemon_router(
+            ctx, at["control"], self.curve, at.get("local control"), bind
+        )
         router.bind(self._inproc_control)  # the scheduler's jobs come in here
         self.tail_endpoint = at["tail"]
-        self.tail = sockets.daemon_tail(ctx, self.tail_endpoint)
-        self._lock.update_info(
-            {
-                "pid": os.getpid(),
-                "started": time.time(),
-                "data_endpoint": at["local data" if local else "data"],
-                "control_endpoint": at["local control" if local else "control"],
-                "network_endpoint": at["data"] if local else None,
-                "tail_endpoint": self.tail_endpoint,
-                "version": __version__,
-            }
-        )
+        self.tail = sockets.daemon_tail(ctx, self.tail_endpoint, bind)
+        self._info = {
+            "pid": os.getpid(),
+            "started": time.time(),
+            "data_endpoint": at["local data" if local else "data"],
+            "control_endpoint": at["local control" if local else "control"],
+            "network_endpoint": at["data"] if local else None,
+            "tail_endpoint": self.tail_endpoint,
+            "version": __version__,
+        }
+        self._lock.update_info(self._info)
         return pull, router
 
     @property
@@ -265,15 +278,18 @@ class Daemon:
         ports.check_free(self._addresses())  # all of them, before the store or any bind
         writer = self._open_writer()
         ctx = zmq.Context()
-        authenticator = None
+        self.handshakes = None
         if self.curve is not None:
-            from zmq.auth.thread import ThreadAuthenticator
+            from .handshakes import HandshakeWatch
 
-            authenticator = ThreadAuthenticator(ctx)
-            authenticator.start()
-            authenticator.configure_curve(
-                domain="*", location=self.settings.curve_authorized_keys_dir
+            self.handshakes = HandshakeWatch(ctx, self.settings.curve_authorized_keys_dir)
+        elif not self.endpoints.data.startswith("ipc://"):
+            log.warning(
+                "%s has no CURVE keys: every user of this host can write to it. %s",
+                self.endpoints.data,
+                LOCAL_ALTERNATIVE,
             )
+        self.bindings = Bindings(self._lock, lambda: self._info)
         pull, router = self._bind(ctx)
         self.followers = 0
         writer.on_commit = self._publish_to_followers
@@ -282,6 +298,9 @@ class Daemon:
         writer.extra_figures = lambda: {
             "data_endpoint": self.endpoints.data,
             "control_endpoint": self.endpoints.control,
+            "endpoint_problem": self.bindings.problem,
+            "endpoint_repairs": self.bindings.repairs,
+            **(self.handshakes.figures() if self.handshakes else {}),
             "next_maintenance": schedule.next_runs(),
             "version": __version__,
         }
@@ -325,11 +344,11 @@ class Daemon:
             return 0
         finally:
             writer.close()
+            if self.handshakes is not None:
+                self.handshakes.stop()
             pull.close(0)
             router.close(0)
             self.tail.close(0)
-            if authenticator is not None:
-                authenticator.stop()
             ctx.term()
             signal.set_wakeup_fd(old_wakeup)
             for sig, handler in old_handlers.items():
@@ -344,6 +363,11 @@ class Daemon:
         poller.register(router, zmq.POLLIN)
         poller.register(wake_r, zmq.POLLIN)
         poller.register(self.tail, zmq.POLLIN)
+        monitors = (
+            [self.handshakes.watch(sock) for sock in (pull, router)] if self.handshakes else []
+        )
+        for monitor in monitors:
+            poller.register(monitor, zmq.POLLIN)
         reading = True
         next_status = next_watchdog = time.monotonic()
         watchdog = self.notifier.watchdog_interval
@@ -363,6 +387,10 @@ class Daemon:
                 self._answer_control(router, writer)
             if self.tail in ready:
                 self._count_followers()
+            for monitor in monitors:
+                if monitor in ready:
+                    self.handshakes.read(monitor)
+            self.bindings.check()
             writer.tick()
             writer.maintenance_step()
             writer.adopt_spools()
@@ -376,7 +404,7 @@ class Daemon:
                 self.notifier.notify("WATCHDOG=1")
                 next_watchdog = now + watchdog
             if self.notifier.enabled and now >= next_status:
-                self.notifier.notify("STATUS=" + _status_line(writer))
+                self.notifier.notify("STATUS=" + _status_line(writer, self.bindings.problem))
                 next_status = now + STATUS_SECONDS
 
     def _count_followers(self) -> None:
@@ -421,7 +449,7 @@ class Daemon:
                 setattr(new, key, getattr(self.settings, key))
         self.settings = new
         writer.batch_rows, writer.batch_seconds = new.batch_rows, new.batch_seconds
-        writer.validator = wire.Validator(new.limits)
+        writer.set_limits(new.limits)
         self._apply_maintenance_policy(writer)
         writer.store.set_max_db_bytes(new.max_db_bytes)
         logging.getLogger().setLevel(new.log_level)
@@ -482,13 +510,15 @@ class Daemon:
                 reply({"ok": False, "error": str(exc)})
 
 
-def _status_line(writer: Writer) -> str:
+def _status_line(writer: Writer, unreachable: str | None) -> str:
     received, committed = writer.rates()
     line = f"{received:.0f} rec/s in, {committed:.0f} rec/s committed, queue {writer.pending_rows}"
     if writer.maintenance_running:
         line += f", running {writer.maintenance_running}"
     if writer.store_error:
         line += f", STORE ERROR: {writer.store_error}"
+    if unreachable:
+        line += f", UNREACHABLE: {unreachable}"
     return line
 
 

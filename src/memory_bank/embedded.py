@@ -31,7 +31,9 @@ class EmbeddedWriter:
 
     def __init__(self, location, batch_rows: int = 2000, batch_seconds: float = 0.05):
         self.db_path = discovery.location_key(location)
-        self._lock = discovery.WriterLock(self.db_path)
+        self._lock = discovery.WriterLock(
+            self.db_path, database_file=not discovery.is_url(location)
+        )
         self._lock.acquire({"pid": os.getpid(), "embedded": True, "started": time.time()})
         try:
             store = open_store(location)

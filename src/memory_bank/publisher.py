@@ -184,13 +184,22 @@ class ZmqTransport:
         self.ctx = zmq.Context()
         self._push: zmq.Socket | None = None
         self._dealer: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None  # the dealer's handshakes: why no answer
 
     def _sockets(self) -> tuple[zmq.Socket, zmq.Socket]:
         if self._push is None:
             self._push = sockets.publisher_push(self.ctx, self.data_endpoint, self.curve)
         if self._dealer is None:
             self._dealer = sockets.control_dealer(self.ctx, self.control_endpoint, self.curve)
+            self._monitor = self._dealer.get_monitor_socket(sockets.HANDSHAKE_EVENTS)
         return self._push, self._dealer
+
+    def likely_cause(self) -> str:
+        """Why the daemon may not answer, when its CURVE handshakes said (else "")."""
+        if self._monitor is None:
+            return ""
+        failures, _ = sockets.handshake_failures(self._monitor, server=False)
+        return f" ({failures[-1][1]})" if failures else ""
 
     def try_send(self, raw: bytes) -> bool:
         push, _ = self._sockets()
@@ -251,10 +260,10 @@ class ZmqTransport:
             client.close()
 
     def close(self) -> None:
-        for sock in (self._push, self._dealer):
+        for sock in (self._push, self._dealer, self._monitor):
             if sock is not None:
                 sock.close(0)
-        self._push = self._dealer = None
+        self._push = self._dealer = self._monitor = None
         self.ctx.term()
 
 
@@ -337,6 +346,7 @@ class Publisher:
         self._drop_logged: dict[str, tuple[float, int]] = {}  # reason -> (when, count)
         self.sender_errors = 0
         self._sender_error_logged_at = -DROP_LOG_SECONDS
+        self._refusal_logged_at = -60.0
         # The sender thread's own state.
         self._seq = 0  # last message packed
         self._base = 0  # no message at or below this will be sent again
@@ -888,6 +898,8 @@ class Publisher:
             and (self._ack_urgent or not urgent)
         ):
             return
+        if self._ack_sent_at is not None:  # the last request went unanswered
+            self._report_refusal(now)
         self._ack_rid += 1
         self._ack_sent_at = now
         self._ack_urgent = urgent
@@ -900,8 +912,22 @@ class Publisher:
                 "wait": ACK_TIMEOUT / 2,
                 "urgent": urgent,
                 "dropped": self.dropped,
+                "base": self._base,
             }
         )
+
+    def _report_refusal(self, now: float) -> None:
+        """A daemon that refuses this publisher's CURVE handshake never answers; say why
+        (at most once a minute), since nothing else would."""
+        cause = getattr(self._transport, "likely_cause", str)()
+        if cause and now - self._refusal_logged_at >= 60.0:
+            self._refusal_logged_at = now
+            log.error(
+                "publisher %d: the daemon does not answer%s; records wait (memory, then "
+                "spool) until it does",
+                self.publisher_id,
+                cause,
+            )
 
     def _handle_replies(self) -> None:
         for reply in self._transport.replies():

@@ -7,9 +7,11 @@ lets the daemon hold a sync request open until the batch it waits for is committ
 
 from __future__ import annotations
 
+import os
 import re
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 # Messages queued in ZeroMQ per publisher before send() would block; the publisher keeps
 # further records in its own bounded queue. 1000 messages of up to 512 records is plenty.
@@ -20,6 +22,17 @@ PUBLISHER_SNDHWM = 1000
 DAEMON_RCVHWM = 64
 # The largest message the daemon accepts; larger ones are dropped by ZeroMQ before decoding.
 DAEMON_MAXMSGSIZE = 16 * 1024 * 1024
+# An ipc socket file: connecting needs write permission on it, so the group may connect
+# and the folder holding it decides who reaches it (see discovery.runtime_dir).
+IPC_SOCKET_MODE = 0o660
+# Handshake outcomes a CURVE socket reports to its monitor (ZeroMQ says nothing otherwise:
+# a refused peer just never gets an answer).
+HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+)
 
 
 def control_endpoint_for(data_endpoint: str) -> str:
@@ -82,44 +95,105 @@ def control_dealer(ctx: zmq.Context, endpoint: str, curve: dict | None = None) -
     return sock
 
 
-def _bind(sock: zmq.Socket, endpoint: str, curve: dict | None, local: str | None) -> None:
-    """Bind the private local endpoint first (NULL mechanism: the 0700 folder guards it),
-    then the CURVE endpoint: security options apply to the binds that follow them."""
-    if local is not None:
-        sock.bind(local)
-    _server_curve(sock, curve)
+def ipc_path(endpoint: str) -> str | None:
+    """The socket file of an ipc:// endpoint (None for any other transport)."""
+    return endpoint[len("ipc://") :] if endpoint.startswith("ipc://") else None
+
+
+def bind(sock: zmq.Socket, endpoint: str) -> None:
+    """Bind, giving an ipc socket file IPC_SOCKET_MODE whatever the umask made it."""
     sock.bind(endpoint)
+    path = ipc_path(endpoint)
+    if path is not None:
+        os.chmod(path, IPC_SOCKET_MODE)
+
+
+def _bind(sock: zmq.Socket, endpoint: str, curve: dict | None, local: str | None, binder) -> None:
+    """Bind the local endpoint first (NULL mechanism: its folder guards it), then the CURVE
+    endpoint: security options apply to the binds that follow them."""
+    if local is not None:
+        binder(sock, local)
+    _server_curve(sock, curve)
+    binder(sock, endpoint)
+
+
+def handshake_failures(monitor: zmq.Socket, server: bool) -> tuple[list[tuple[int, str]], int]:
+    """Drain a socket monitor (``sock.get_monitor_socket(HANDSHAKE_EVENTS)``): each failed
+    handshake's event and what it most likely means, from the ``server`` or the client
+    side; and how many handshakes succeeded."""
+    found = []
+    succeeded = 0
+    while monitor.poll(0):
+        event = recv_monitor_message(monitor)
+        kind, value = event["event"], event["value"]
+        if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            succeeded += 1
+            continue
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            meaning = (
+                f"a public key not in curve_authorized_keys_dir (status {value})"
+                if server
+                else f"the daemon refused this publisher's public key (status {value}): put "
+                "its .key file into the daemon's curve_authorized_keys_dir"
+            )
+        elif value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            meaning = (
+                "a peer without CURVE keys"
+                if server
+                else "the daemon and this publisher disagree on CURVE (one has keys, the other not)"
+            )
+        else:
+            meaning = (
+                "a failed CURVE handshake (the peer's server key is not this daemon's public key?)"
+                if server
+                else "the CURVE handshake failed, most likely because server_key is not the "
+                "daemon's public key"
+            )
+        found.append((kind, meaning))
+    return found, succeeded
+
+
+# The daemon's sockets take a ``binder(sock, endpoint)``: ``bind``, or one that also
+# keeps the binds there while the daemon runs (bindings.Bindings.bind).
 
 
 def daemon_pull(
-    ctx: zmq.Context, endpoint: str, curve: dict | None = None, local: str | None = None
+    ctx: zmq.Context,
+    endpoint: str,
+    curve: dict | None = None,
+    local: str | None = None,
+    binder=bind,
 ) -> zmq.Socket:
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.RCVHWM, DAEMON_RCVHWM)
     sock.setsockopt(zmq.MAXMSGSIZE, DAEMON_MAXMSGSIZE)
     sock.setsockopt(zmq.LINGER, 0)
-    _bind(sock, endpoint, curve, local)
+    _bind(sock, endpoint, curve, local, binder)
     return sock
 
 
 def daemon_router(
-    ctx: zmq.Context, endpoint: str, curve: dict | None = None, local: str | None = None
+    ctx: zmq.Context,
+    endpoint: str,
+    curve: dict | None = None,
+    local: str | None = None,
+    binder=bind,
 ) -> zmq.Socket:
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.MAXMSGSIZE, 1024 * 1024)
     sock.setsockopt(zmq.LINGER, 0)
-    _bind(sock, endpoint, curve, local)
+    _bind(sock, endpoint, curve, local, binder)
     return sock
 
 
-def daemon_tail(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def daemon_tail(ctx: zmq.Context, endpoint: str, binder=bind) -> zmq.Socket:
     sock = ctx.socket(zmq.XPUB)
     # Every (un)subscription reaches the daemon, which publishes only while someone follows.
     sock.setsockopt(zmq.XPUB_VERBOSER, 1)
     # A slow follower misses lines rather than holding memory: the database has them all.
     sock.setsockopt(zmq.SNDHWM, 10000)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.bind(endpoint)
+    binder(sock, endpoint)
     return sock
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import spool_auth
+from .discovery import DIR_MODE, create_file, make_dir
 
 log = logging.getLogger(__name__)
 
@@ -80,34 +81,6 @@ def read_segment(path: Path, keyed: bool = False, mac_key: bytes | None = None) 
     return ReadResult(frames, len(data) - pos, forged)
 
 
-DIR_MODE = 0o750  # group = who may read a spool (the daemon's group); others nothing
-
-
-def make_dirs(folder: Path, mode: int = DIR_MODE) -> None:
-    """Create ``folder`` and any missing parents with ``mode``, whatever the umask."""
-    missing = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    for path in reversed(missing):
-        try:
-            path.mkdir(mode)
-        except FileExistsError:
-            continue  # another publisher made it meanwhile
-        os.chmod(path, mode)
-
-
-def _open_file(path: Path, flags: int, mode: int) -> int:
-    """Open (creating with ``mode`` whatever the umask) and return the descriptor."""
-    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, mode)
-    try:
-        if os.fstat(fd).st_mode & 0o777 != mode:
-            os.fchmod(fd, mode)
-    except OSError:
-        pass  # someone else's file (the daemon's lock on an adopted spool): leave it
-    return fd
-
-
 class Spool:
     """The live publisher's side: append frames, drop segments once acknowledged.
 
@@ -128,15 +101,15 @@ class Spool:
         self.folder = folder
         self.file_mode = mode & 0o666
         self.mac_key = mac_key
-        make_dirs(folder, mode)
-        self._lock_fd = _open_file(folder / "lock", os.O_RDWR, self.file_mode)
+        make_dir(folder, mode)
+        self._lock_fd = create_file(folder / "lock", os.O_RDWR, self.file_mode)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(self._lock_fd)
             raise
         if public_key is not None:
-            fd = _open_file(folder / spool_auth.KEY_FILE, os.O_WRONLY | os.O_TRUNC, self.file_mode)
+            fd = create_file(folder / spool_auth.KEY_FILE, os.O_WRONLY | os.O_TRUNC, self.file_mode)
             with open(fd, "w") as fh:
                 fh.write(public_key + "\n")
         # segment number -> [highest message seq it holds, its size in bytes]
@@ -187,7 +160,7 @@ class Spool:
 
     def _roll(self) -> None:
         number = (self._current or 0) + 1
-        fd = _open_file(self._segment_path(number), os.O_WRONLY | os.O_APPEND, self.file_mode)
+        fd = create_file(self._segment_path(number), os.O_WRONLY | os.O_APPEND, self.file_mode)
         self._close_current()
         self._current, self._current_fd = number, fd
         self._segments[number] = [0, 0]
@@ -250,7 +223,7 @@ def orphaned_spools(db_path: Path) -> Iterator[tuple[Path, int]]:
         if not folder.is_dir() or not folder.name.isdigit():
             continue
         try:
-            fd = _open_file(folder / "lock", os.O_RDWR, DIR_MODE & 0o666)
+            fd = create_file(folder / "lock", os.O_RDWR, DIR_MODE & 0o666)
         except OSError:
             continue
         try:

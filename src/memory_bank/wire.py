@@ -145,20 +145,28 @@ def _refuse_constant(name: str):
 
 _STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
 _NOT_JSON = "is not standard JSON (NaN, Infinity or a lone surrogate)"
-_MAX_ID = 1 << 63
 _INF = float("inf")
 _OP_ARITY = {OP_SESSION_START: 4, OP_SESSION_ANOMALY: 4, OP_SESSION_END: 8, OP_PATTERN: 6}
 _SESSION_OPS = (OP_SESSION_START, OP_SESSION_ANOMALY, OP_SESSION_END)
 
 
 class Validator:
-    """Checks messages against one set of Limits; bad rows are set aside with a reason."""
+    """Checks messages against one set of Limits; bad rows are set aside with a reason.
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS):
+    A row's id must lie in its publisher's id block (the publisher id is the block it
+    leased first), or in a later block that is no known publisher's own: a publisher that
+    used up its block leases the next free one, always above its first.
+    ``known_publishers`` is the writer's live view of the publisher ids it has applied.
+    """
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, known_publishers=()):
         self.limits = limits
+        self.known_publishers = known_publishers
         self._max_chars = limits.max_text_chars
         self._min_time = limits.min_timestamp
         self._max_time = 0.0
+        self._block = 0
+        self._id_low = self._id_high = 0  # the open interval of this message's block
 
     def validate(self, body) -> Message:
         """Check a message's header and each row; bad rows are set aside, good rows kept."""
@@ -176,6 +184,9 @@ class Validator:
         if not (_is_id(publisher_id) and _is_id(seq) and type(base) is int and 0 <= base < seq):
             raise WireError("publisher id, sequence and base must be integers, 0 <= base < seq")
         self._max_time = time.time() + self.limits.max_future_seconds
+        self._block = publisher_id
+        self._id_low = publisher_id << ID_BLOCK_BITS
+        self._id_high = self._id_low + (1 << ID_BLOCK_BITS)
         msg = Message(publisher_id, seq, base)
         for name, rows, check, out in (
             ("event", events, self._check_event, msg.events),
@@ -220,6 +231,12 @@ class Validator:
             return f"expected {width} fields"
         if not _is_id(row[0]):
             return "id must be a positive integer"
+        block = row[0] >> ID_BLOCK_BITS
+        if block != self._block and (block < self._block or block in self.known_publishers):
+            return (
+                f"id {row[0]} lies in id block {block}, not in one leased to publisher "
+                f"{self._block} (two publishers given the same ids?)"
+            )
         if not self._is_time(row[1]):
             return self._time_reason(row[1])
         if not (
@@ -240,7 +257,7 @@ class Validator:
             type(row) is list
             and len(row) == EVENT_FIELDS
             and type(row[0]) is int
-            and 0 < row[0] < _MAX_ID
+            and self._id_low < row[0] < self._id_high
             and type(row[1]) is float
             and self._min_time <= row[1] <= self._max_time
             and type(row[2]) is str
@@ -285,7 +302,7 @@ class Validator:
             type(row) is list
             and len(row) == METRIC_FIELDS
             and type(row[0]) is int
-            and 0 < row[0] < _MAX_ID
+            and self._id_low < row[0] < self._id_high
             and type(row[1]) is float
             and self._min_time <= row[1] <= self._max_time
             and type(row[2]) is str

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import spool, wire
 from .spool_auth import SpoolAuth, SpoolRefused
-from .store.base import Store
+from .store.base import Store, StoreGone
 from .wire import Message, Validator, WireError
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,11 @@ OUT_OF_ORDER_SUMMARY_SECONDS = 10.0
 # How often a maintenance step whose work runs elsewhere (a PostgreSQL detach on its own
 # connection) is asked whether it is done.
 MAINTENANCE_POLL_SECONDS = 0.05
+
+
+# How often an idle writer checks that the database at its path is still the file it
+# writes (every commit checks it too, before anything is acknowledged).
+CHECK_FILES_SECONDS = 1.0
 
 
 class RateLimitedLog:
@@ -146,8 +151,8 @@ class Writer:
         self.batch_rows = batch_rows
         self.batch_seconds = batch_seconds
         self.max_pending_rows = max_pending_rows or 10 * batch_rows
-        self.validator = Validator(limits)
         self.watermarks: dict[int, int] = store.load_watermarks()
+        self.validator = Validator(limits, self.watermarks)
         self.stats = WriterStats()
         self.started_at = time.time()
         self.instance = os.urandom(8).hex()  # publishers replay when this changes
@@ -162,10 +167,14 @@ class Writer:
         self._first_pending_at: float | None = None
         self._waiters: list[Waiter] = []
         self._resend_from: dict[int, int] = {}
+        # Per publisher, the message at or below which it sends nothing again (its sync
+        # requests say so): after a new database, what it replays carries an older base.
+        self._settled: dict[int, int] = {}
         self._retry_at = 0.0
         self._retry_delay = RETRY_SECONDS
         self._error_logged_at = 0.0
         self._next_adopt = 0.0
+        self._next_file_check = 0.0
         self._refusal_log = RateLimitedLog(log, burst=10, interval=10.0)
         self._out_of_order: Counter = Counter()  # per publisher, since the last line
         self._out_of_order_logged_at: float | None = None  # None: no spell going on
@@ -194,15 +203,23 @@ class Writer:
             return
         self.accept(msg, adopted)
 
+    def set_limits(self, limits: wire.Limits) -> None:
+        """New limits for what is accepted from now on (a reload)."""
+        self.validator = Validator(limits, self.watermarks)
+
     def accept(self, msg: Message, adopted: bool = False) -> None:
         """Queue a message for the next batch, in publisher order (see the module docstring)."""
         pub = msg.publisher_id
         last = self._pending_seq.get(pub, self.watermarks.get(pub, 0))
         self.stats.received_messages += 1
         if msg.seq <= last:
-            self.stats.duplicate_records += msg.row_count
+            # Already committed: a replay skipped. Received again while it waits in the
+            # batch: it is applied once, from the batch.
+            if msg.seq <= self.watermarks.get(pub, 0):
+                self.stats.duplicate_records += msg.row_count
             return
-        if msg.seq > last + 1 and msg.base < msg.seq - 1 and not adopted:
+        base = max(msg.base, self._settled.get(pub, 0))
+        if msg.seq > last + 1 and base < msg.seq - 1 and not adopted:
             self.stats.out_of_order_messages += 1
             if self._out_of_order_logged_at is None:
                 self._out_of_order_logged_at = time.monotonic()
@@ -221,7 +238,8 @@ class Writer:
             return
         if msg.seq > last + 1:
             log.warning(
-                "publisher %d gave up messages %d..%d; continuing from %d",
+                "publisher %d sends messages %d..%d no more (given up, or acknowledged by a "
+                "database since replaced); continuing from %d",
                 pub,
                 last + 1,
                 msg.seq - 1,
@@ -298,6 +316,13 @@ class Writer:
             and now - self._out_of_order_logged_at >= OUT_OF_ORDER_SUMMARY_SECONDS
         ):
             self._summarize_out_of_order(now)
+
+        if now >= self._next_file_check and self.store_error is None:
+            self._next_file_check = now + CHECK_FILES_SECONDS
+            try:
+                self.store.check_files()
+            except StoreGone as exc:
+                self._keep_for_retry(exc)
         if not self._rate_samples or now - self._rate_samples[-1][0] >= 1.0:
             self._rate_samples.append(
                 (now, self.stats.received_records, self.stats.committed_records)
@@ -330,11 +355,12 @@ class Writer:
     def commit(self) -> None:
         batch, rejects = self._pending, self._pending_rejects
         began = time.perf_counter()
+        refused = 0
         try:
             try:
                 stored = self.store.apply(batch, self.watermarks, rejects)
             except self.store.batch_errors as exc:
-                stored = self._apply_one_by_one(batch, rejects, exc)
+                stored, refused = self._apply_one_by_one(batch, rejects, exc)
         except self.store.unavailable_errors as exc:
             self._keep_for_retry(exc)
             return
@@ -354,7 +380,9 @@ class Writer:
         if self.on_commit is not None and batch:
             self.on_commit(batch)
         self.stats.committed_records += stored
-        self.stats.duplicate_records += records - stored
+        # Rows a store refused inside the batch (an id another row already has: SQLite
+        # keeps them in mb_rejected with the reason).
+        self.stats.rejected_records += records - stored - refused
         self.stats.batches += 1
         self.stats.last_commit_at = time.time()
 
@@ -368,6 +396,11 @@ class Writer:
         doubled = min(self._retry_delay * 2, RETRY_MAX_SECONDS)
         self._retry_delay = RETRY_SECONDS if first else doubled
         self._retry_at = now + self._retry_delay
+        if isinstance(exc, StoreGone):  # no retry helps: say what to do, now and then
+            if first or now - self._error_logged_at >= 300.0:
+                self._error_logged_at = now
+                log.critical("%s (%d record(s) held)", self.store_error, self._pending_rows)
+            return
         if first or now - self._error_logged_at >= 30.0:
             self._error_logged_at = now
             log.error(
@@ -379,10 +412,13 @@ class Writer:
                 self._retry_delay,
             )
 
-    def _apply_one_by_one(self, batch: list[Message], rejects: list, exc: Exception) -> int:
-        """A batch the store refused: apply each message alone, refuse only the bad ones."""
+    def _apply_one_by_one(
+        self, batch: list[Message], rejects: list, exc: Exception
+    ) -> tuple[int, int]:
+        """A batch the store refused: apply each message alone, refuse only the bad ones.
+        Returns rows stored and rows refused."""
         log.error("a batch failed (%s); applying its messages one by one", exc)
-        stored = 0
+        stored = refused_rows = 0
         refused: list[tuple] = list(rejects)
         for msg in batch:
             try:
@@ -390,6 +426,7 @@ class Writer:
             except self.store.batch_errors as one_exc:
                 self.stats.rejected_messages += 1
                 self.stats.rejected_records += msg.row_count
+                refused_rows += msg.row_count
                 refused.append(
                     (
                         time.time(),
@@ -404,7 +441,7 @@ class Writer:
                 )
         if refused:
             self.store.apply([], self.watermarks, refused)
-        return stored
+        return stored, refused_rows
 
     # -- acknowledgements -------------------------------------------------------------
     def committed_seq(self, publisher_id: int) -> int:
@@ -448,6 +485,8 @@ class Writer:
             pub, seq = int(request["pub"]), int(request["seq"])
             if "dropped" in request:
                 self.publisher_dropped[pub] = int(request["dropped"])
+            if "base" in request:
+                self._settled[pub] = max(self._settled.get(pub, 0), int(request["base"]))
             wait = min(float(request.get("wait", 10.0)), 600.0)
             if self.committed_seq(pub) >= seq or pub in self._resend_from or wait <= 0:
                 reply(self._ack_body(rid, pub, seq))

@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import os
 
-from .base import InvalidDatabase, Reader, Store, StoreUnavailable, is_url, redact_url
+from .base import (
+    InvalidDatabase,
+    Reader,
+    Store,
+    StoreGone,
+    StoreRefused,
+    StoreUnavailable,
+    is_url,
+    redact_url,
+)
 
 __all__ = [
     "InvalidDatabase",
     "Reader",
     "Store",
+    "StoreGone",
+    "StoreRefused",
     "StoreUnavailable",
     "is_url",
     "open_reader",

@@ -14,7 +14,16 @@ from typing import ClassVar
 from ..discovery import is_url, redact_url
 from ..wire import Message
 
-__all__ = ["InvalidDatabase", "Reader", "Store", "StoreUnavailable", "is_url", "redact_url"]
+__all__ = [
+    "InvalidDatabase",
+    "Reader",
+    "Store",
+    "StoreGone",
+    "StoreRefused",
+    "StoreUnavailable",
+    "is_url",
+    "redact_url",
+]
 
 # Which statistics end_session computes when the caller gave none (sessions.stats_auto
 # bits), and the metrics a session's computed statistics come from.
@@ -112,6 +121,10 @@ class Store:
 
     def set_max_db_bytes(self, max_db_bytes: int | None) -> None:
         """Cap the database's size where the store can (None lifts the cap)."""
+
+    def check_files(self) -> None:
+        """Raise StoreGone when the files the store writes are no longer the database its
+        location names (a SQLite file deleted or replaced); a server has none to check."""
 
     def size_figures(self) -> dict[str, int]:
         """Sizes ``status`` shows (bytes)."""
@@ -457,3 +470,14 @@ class StoreUnavailable(ConnectionError):
 class InvalidDatabase(ValueError):
     """The location holds no MemoryBank database: a file that is not SQLite, another
     application's database, or one that cannot be opened."""
+
+
+class StoreGone(StoreUnavailable):
+    """The files the writer writes are no longer the database at its path (deleted,
+    renamed or replaced): nothing more is acknowledged until an operator acts."""
+
+
+class StoreRefused(RuntimeError):
+    """A database the writer will not serve as it is (corrupt, a second name of a database
+    served under another, a schema from a newer MemoryBank): restarting does not help
+    until an operator acts."""

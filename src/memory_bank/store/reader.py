@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .base import JSON_COLUMNS, TABLE_COLUMNS, InvalidDatabase, Reader, Where, dashboard_summary
-from .schema import SEED_TABLES
+from .schema import SEED_TABLES, damaged_database
 
 
 def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
@@ -67,7 +67,8 @@ class SqliteReader(Reader):
             if (exc.sqlite_errorname or "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
                 raise  # a writer holds it for now (a migration at start): not the file's fault
             raise InvalidDatabase(
-                f"{self.path} is not a MemoryBank database: SQLite says {exc}"
+                damaged_database(self.path, exc)
+                or f"{self.path} is not a MemoryBank database: SQLite says {exc}"
             ) from None
         missing = [t for t in TABLE_COLUMNS if t not in tables]
         if missing and tables:

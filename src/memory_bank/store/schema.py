@@ -81,6 +81,23 @@ CREATE INDEX IF NOT EXISTS idx_metrics_timestamp ON metrics(timestamp);
 """
 
 
+# SQLite's result codes for a file that is damaged or not a database at all.
+SQLITE_CORRUPT = 11
+SQLITE_NOTADB = 26
+
+
+def damaged_database(path, exc: sqlite3.DatabaseError) -> str | None:
+    """What to tell an operator when SQLite finds ``path`` damaged or no database at all
+    (None for any other error): the reader and the writer refuse it in the same words."""
+    if exc.sqlite_errorcode not in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        return None
+    return (
+        f"{path} is not a MemoryBank database: it is damaged or not a SQLite database "
+        f"({exc}); recover what it holds with: sqlite3 {path} .recover | sqlite3 "
+        "recovered.db — then use recovered.db, or move the damaged file away to start afresh"
+    )
+
+
 def pattern_key(pattern_data) -> str:
     """Patterns are the same when their data is, key order aside."""
     return json.dumps(pattern_data, sort_keys=True, separators=(",", ":"))

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from .. import discovery, wire
 from ..wire import Message
-from .base import Store, statistics_to_compute
-from .schema import REJECTED_KEEP, migrate
+from .base import Store, StoreGone, StoreRefused, StoreUnavailable, statistics_to_compute
+from .schema import REJECTED_KEEP, damaged_database, migrate
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,10 @@ RETENTION_TIME_COLUMN = {
 }
 
 
+# While checkpoints keep failing (a full or read-only disk), how often that is logged again.
+CHECKPOINT_LOG_SECONDS = 60.0
+
+
 class Checkpointer:
     """Copies the WAL into the database from its own connection and thread, every
     ``interval`` seconds (PASSIVE: it never blocks the writer or readers)."""
@@ -99,6 +103,9 @@ class Checkpointer:
         self.path = path
         self.interval = interval
         self._stop = threading.Event()
+        self._failures = 0  # since the last line logged about them
+        self._failing_since: float | None = None
+        self._logged_at = 0.0
         self._thread = threading.Thread(target=self._run, name="memorybank-checkpoint", daemon=True)
         self._thread.start()
 
@@ -106,26 +113,88 @@ class Checkpointer:
         conn = sqlite3.connect(os.fspath(self.path), isolation_level=None, timeout=30.0)
         try:
             while not self._stop.wait(self.interval):
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error as exc:
-                    log.warning("background checkpoint failed (retrying): %s", exc)
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self._checkpoint(conn)
+            self._checkpoint(conn)
         finally:
             conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """One PASSIVE checkpoint. Failures are logged when they start, then at most once
+        a minute with their count, and once more when checkpoints work again."""
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            now = time.monotonic()
+            self._failures += 1
+            if self._failing_since is None or now - self._logged_at >= CHECKPOINT_LOG_SECONDS:
+                log.warning(
+                    "background checkpoint failed %d time(s)%s: %s; retrying every %gs",
+                    self._failures,
+                    "" if self._failing_since is None else " in the last minute",
+                    exc,
+                    self.interval,
+                )
+                self._failing_since = self._failing_since or now
+                self._logged_at, self._failures = now, 0
+            return
+        if self._failing_since is not None:
+            log.info(
+                "background checkpoints work again (failed for %.0fs)",
+                time.monotonic() - self._failing_since,
+            )
+            self._failing_since, self._failures = None, 0
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
 
 
-def _share_with_group_if_umask_allows(path: Path) -> None:
-    """SQLite creates files 0644 whatever the umask allows; under the service's UMask=0007
-    make the database group-writable (its -wal and -shm follow), so publishing users in
-    the daemon's group can read it."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+class _IdsTaken(sqlite3.IntegrityError):
+    """A batch row's id is already stored (the transaction was rolled back)."""
+
+
+def _in_wal_mode(path: Path) -> bool:
+    """The database header says WAL (bytes 18 and 19 are 2)."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(20)
+    except OSError:
+        return False
+    return header[18:20] == b"\x02\x02"
+
+
+def _refuse_if_wal_open_elsewhere(path: Path) -> None:
+    """Refuse a database another process has open in WAL mode through another name.
+
+    SQLite names the WAL and its index (-shm) after the path it was given, so a process
+    that opened the same file by a hard link or another mount writes a WAL of its own; two
+    WALs on one database corrupt it. Every WAL connection holds a lock on the database
+    file and one on its -shm: a process locking the first but not our -shm uses another.
+    """
+    identity = discovery.file_identity(path)
+    if identity is None or not _in_wal_mode(path):
+        return
+    me = os.getpid()
+    on_db = {p for kind, _, p in discovery.lock_holders(identity) if kind == "POSIX" and p != me}
+    if not on_db:
+        return
+    shm = discovery.file_identity(f"{path}-shm")
+    on_shm = {p for _, _, p in discovery.lock_holders(shm)} if shm else set()
+    elsewhere = sorted(on_db - on_shm)
+    if elsewhere:
+        raise discovery.DaemonLockedError(
+            f"pid {', '.join(map(str, elsewhere))} has {path} open in WAL mode under another "
+            "name (a hard link, or another mount of its folder), with a WAL of its own; two "
+            "WALs on one database corrupt it: stop that process first"
+        )
+
+
+def _same_entry(a: Path, b: Path) -> bool:
+    """The same name in the same folder, reached by two paths (a bind mount)."""
+    try:
+        return a.name == b.name and os.path.samefile(a.parent, b.parent)
+    except OSError:
+        return False
 
 
 class SqliteStore(Store):
@@ -137,11 +206,37 @@ class SqliteStore(Store):
         sqlite3.ProgrammingError,
         sqlite3.InterfaceError,
     )
-    unavailable_errors = (sqlite3.Error,)
+    unavailable_errors = (sqlite3.Error, StoreGone)
 
     def __init__(self, path: Path, synchronous: str = "FULL", max_db_bytes: int | None = None):
         self.path = path
         self.name = str(path)
+        self.lost: str | None = None  # what happened to the files, once they are not ours
+        self.conn: sqlite3.Connection | None = None
+        self.checkpointer: Checkpointer | None = None
+        _refuse_if_wal_open_elsewhere(path)
+        # The file this store writes, held open until close: it tells when the path no
+        # longer names it (deleted, replaced), and a new database gets FILE_MODE here.
+        try:
+            self._db_fd = discovery.create_file(path, os.O_RDONLY)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot open {path}: {exc.strerror}") from None
+        try:
+            self._open(synchronous, max_db_bytes)
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            damaged = damaged_database(path, exc)
+            if damaged:
+                raise StoreRefused(damaged) from None
+            raise StoreUnavailable(f"cannot open {path}: {exc}") from None
+        except BaseException:
+            self.close()
+            raise
+        # Files SQLite keeps open beside the database; each must stay the one at its path.
+        self._beside = {s: discovery.file_identity(f"{path}{s}") for s in ("-wal", "-shm")}
+
+    def _open(self, synchronous: str, max_db_bytes: int | None) -> None:
+        path = self.path
         self.conn = sqlite3.connect(
             os.fspath(path), isolation_level=None, check_same_thread=False, timeout=30.0
         )
@@ -153,8 +248,11 @@ class SqliteStore(Store):
             # A new database: free pages can then be returned in small incremental steps,
             # so the nightly VACUUM never stops ingest for long (see vacuum_steps).
             self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            _share_with_group_if_umask_allows(path)
-        self.old_version = migrate(self.conn)
+        try:
+            self.old_version = migrate(self.conn)
+        except RuntimeError as exc:  # a schema from a newer MemoryBank
+            raise StoreRefused(f"{path}: {exc}") from None
+        self._check_name()
         self.set_max_db_bytes(max_db_bytes)
         # Checkpoints move off the commit path: the writer's COMMIT no longer copies the
         # WAL into the database now and then (the tail of publish->queryable latency).
@@ -164,6 +262,35 @@ class SqliteStore(Store):
             log.info("upgraded an existing seed database in place: %s", path)
         # Id blocks come from the <db>-ids counter; never one below a stored id.
         discovery.reserve_id_blocks(path, self.first_free_id_block())
+
+    def _check_name(self) -> None:
+        """One database, one name. Its id counter and its publishers' spools hang from the
+        path it is served as (recorded in mb_meta); serving it under a second name (a hard
+        link) would start a second counter whose blocks collide with the first's."""
+        row = self.conn.execute("SELECT value FROM mb_meta WHERE key = 'served_as'").fetchone()
+        before = Path(row[0]) if row else None
+        if before == self.path or (before is not None and _same_entry(before, self.path)):
+            return
+        if before is not None:
+            if discovery.file_identity(before) == discovery.file_identity(self.path):
+                raise StoreRefused(
+                    f"{self.path} is a second name (a hard link) of {before}, which this "
+                    f"database is served as; its id counter and publishers' spools are "
+                    f"{before}-ids and {before}-spool. Serve it as {before} (memorybank "
+                    f"daemon --db {before}), or remove one of the names"
+                )
+            log.warning(
+                "%s was served as %s before (moved or copied); it is served as %s from now on",
+                self.path,
+                before,
+                self.path,
+            )
+            # Blocks handed out under the old name stay taken under the new one.
+            discovery.reserve_id_blocks(self.path, discovery.next_id_block(before))
+        self.conn.execute(
+            "INSERT OR REPLACE INTO mb_meta (key, value) VALUES ('served_as', ?)",
+            (str(self.path),),
+        )
 
     def set_max_db_bytes(self, max_db_bytes: int | None) -> None:
         """Cap the database file (SQLite's max_page_count); None lifts the cap."""
@@ -213,20 +340,39 @@ class SqliteStore(Store):
             operations += msg.operations
         if not applied and not rejects:
             return 0
+        if self.lost is not None:
+            raise StoreGone(self.lost)
+        try:
+            stored = self._write(events, anomalies, metrics, operations, rejects, applied)
+        except _IdsTaken:
+            # A row whose id another row already has (replays were skipped above, so it is
+            # not this row again): two publishers were handed the same block. Refuse those
+            # rows with the reason, keep the rest.
+            kept, taken = self._split_taken(
+                {"events": events, "anomalies": anomalies, "metrics": metrics}
+            )
+            stored = self._write(*kept, operations, [*rejects, *taken], applied)
+        # Committed into the file at the path, or into one deleted meanwhile: only the
+        # first may be acknowledged (watermarks advance only then).
+        self.check_files()
+        watermarks.update(applied)
+        return stored
 
+    def _write(self, events, anomalies, metrics, operations, rejects, applied) -> int:
+        """One batch in one transaction; raises _IdsTaken (rolled back) when a row's id is
+        already stored."""
         conn = self.conn
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Plain inserts commute with everything, so they go first; the operations then
             # see every metric of the batch (end_session computes statistics from them).
-            new_events = conn.executemany(INSERT_EVENTS, events).rowcount if events else 0
-            new_anomalies = (
-                conn.executemany(INSERT_ANOMALIES, anomalies).rowcount if anomalies else 0
-            )
-            new_metrics = conn.executemany(INSERT_METRICS, metrics).rowcount if metrics else 0
-            stored = new_events + new_anomalies + new_metrics
-            self._roll_up(events, new_events, anomalies, new_anomalies, metrics, new_metrics)
+            stored = conn.executemany(INSERT_EVENTS, events).rowcount if events else 0
+            stored += conn.executemany(INSERT_ANOMALIES, anomalies).rowcount if anomalies else 0
+            stored += conn.executemany(INSERT_METRICS, metrics).rowcount if metrics else 0
+            if stored < len(events) + len(anomalies) + len(metrics):
+                raise _IdsTaken
+            self._roll_up(events, anomalies, metrics)
             refresh = self._sessions_touched_by(metrics)
             for op in operations:
                 self._apply_operation(op, refresh)
@@ -253,54 +399,120 @@ class SqliteStore(Store):
         except BaseException:
             self._rollback()
             raise
-        watermarks.update(applied)
         return stored
 
-    # -- rollups: totals and per-minute aggregates kept with every batch ------------------
-    def _roll_up(self, events, new_events, anomalies, new_anomalies, metrics, new_metrics):
-        """Add the batch to mb_counts / mb_minutes / mb_metric_minutes (same transaction).
+    def _split_taken(self, rows_by_table: dict[str, list]) -> tuple[list[list], list[tuple]]:
+        """Each table's rows without those whose id is stored already (or repeated in the
+        batch), and a refusal row for each of those."""
+        now = time.time()
+        kept_by_table, refusals = [], []
+        for table, rows in rows_by_table.items():
+            ids = [row[0] for row in rows]
+            stored: set[int] = set()
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                stored.update(
+                    r[0]
+                    for r in self.conn.execute(
+                        f"SELECT id FROM {table} WHERE id IN ({marks})", chunk
+                    )
+                )
+            kept = []
+            for row in rows:
+                if row[0] in stored:
+                    refusals.append(
+                        (
+                            now,
+                            row[0] >> wire.ID_BLOCK_BITS,
+                            f"{table}: id {row[0]} is already another row's (two publishers "
+                            "handed the same id block?)",
+                            repr(row)[:1000],
+                        )
+                    )
+                else:
+                    stored.add(row[0])
+                    kept.append(row)
+            kept_by_table.append(kept)
+        return kept_by_table, refusals
 
-        A batch whose rows were partly ignored (a replayed id) is rare: its rollups are then
-        recounted exactly from the tables for the minutes it touched.
-        """
+    # -- the files under the database's name ----------------------------------------------
+    def _files_changed(self) -> str | None:
+        """What happened to the files under the database's name, or None while they are
+        the ones this store writes."""
+        st = os.fstat(self._db_fd)
+        if st.st_nlink == 0:
+            return (
+                f"{self.path} was deleted; the database it was can be copied from "
+                f"/proc/{os.getpid()}/fd/{self._db_fd} until the daemon stops"
+            )
+        if discovery.file_identity(self.path) != (st.st_dev, st.st_ino):
+            return f"{self.path} was renamed or replaced; the file written so far lives on"
+        for suffix, identity in self._beside.items():
+            if identity is not None and discovery.file_identity(f"{self.path}{suffix}") != identity:
+                return (
+                    f"{self.path}{suffix} was deleted or replaced; what was acknowledged is "
+                    f"copied from the WAL into {self.path}"
+                )
+        return None
+
+    def check_files(self) -> None:
+        """Raise StoreGone once the database or its WAL at the path is no longer the file
+        this store writes. It stays gone: a restart opens what the path names then."""
+        if self.lost is None:
+            change = self._files_changed()
+            if change is None:
+                return
+            self._keep_what_was_written()
+            self.lost = (
+                f"{change}. Nothing more is acknowledged: publishers keep their records "
+                f"until a daemon serves {self.path} again (restart it to start a new "
+                "database there)"
+            )
+        raise StoreGone(self.lost)
+
+    def _keep_what_was_written(self) -> None:
+        """Once the files changed under us: copy the WAL into the database file (which then
+        holds every acknowledged record), and keep the id counter past every block a
+        known publisher holds, in case it was deleted too."""
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            top = self.conn.execute("SELECT max(publisher_id) FROM mb_publishers").fetchone()[0]
+            discovery.reserve_id_blocks(self.path, max(self.first_free_id_block(), (top or 0) + 1))
+        except (sqlite3.Error, OSError) as exc:
+            log.error("keeping what %s holds: %s", self.path, exc)
+
+    # -- rollups: totals and per-minute aggregates kept with every batch ------------------
+    def _roll_up(self, events, anomalies, metrics):
+        """Add the batch's rows (every one of them inserted) to mb_counts / mb_minutes /
+        mb_metric_minutes, in the same transaction."""
         conn = self.conn
         counts: dict[str, int] = {}
-        if new_events:
-            counts["events"] = new_events
-        if new_anomalies:
-            counts["anomalies"] = new_anomalies
-            if new_anomalies == len(anomalies):
-                for row in anomalies:
-                    key = "anomalies:" + row[3]
-                    counts[key] = counts.get(key, 0) + 1
-            else:
-                self._recount_severities()
+        if events:
+            counts["events"] = len(events)
+        if anomalies:
+            counts["anomalies"] = len(anomalies)
+            for row in anomalies:
+                key = "anomalies:" + row[3]
+                counts[key] = counts.get(key, 0) + 1
         if counts:
             conn.executemany(
                 "INSERT INTO mb_counts (name, n) VALUES (?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET n = n + excluded.n",
                 list(counts.items()),
             )
-        for table, rows, new in (
-            ("events", events, new_events),
-            ("anomalies", anomalies, new_anomalies),
-        ):
-            if not new:
-                continue
+        for table, rows in (("events", events), ("anomalies", anomalies)):
             minutes: dict[int, int] = {}
             for row in rows:
                 minute = int(row[1] // 60)
                 minutes[minute] = minutes.get(minute, 0) + 1
-            if new == len(rows):
+            if minutes:
                 conn.executemany(
                     "INSERT INTO mb_minutes (tbl, minute, n) VALUES (?, ?, ?) "
                     "ON CONFLICT(tbl, minute) DO UPDATE SET n = n + excluded.n",
                     [(table, m, n) for m, n in minutes.items()],
                 )
-            else:
-                for minute in minutes:
-                    self._recount_minute(table, minute)
-        if new_metrics:
+        if metrics:
             buckets: dict[tuple[str, int], list] = {}
             for row in metrics:
                 key = (row[2], int(row[1] // 60))
@@ -315,24 +527,13 @@ class SqliteStore(Store):
                         agg[2] = value
                     if value > agg[3]:
                         agg[3] = value
-            if new_metrics == len(metrics):
-                conn.executemany(
-                    "INSERT INTO mb_metric_minutes (metric_name, minute, n, total, min, max) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(metric_name, minute) DO UPDATE SET "
-                    "n = n + excluded.n, total = total + excluded.total, "
-                    "min = min(min, excluded.min), max = max(max, excluded.max)",
-                    [(name, m, *agg) for (name, m), agg in buckets.items()],
-                )
-            else:
-                for name, minute in buckets:
-                    self._recount_metric_minute(name, minute)
-
-    def _recount_severities(self) -> None:
-        self.conn.execute("DELETE FROM mb_counts WHERE name LIKE 'anomalies:%'")
-        self.conn.execute(
-            "INSERT INTO mb_counts SELECT 'anomalies:' || severity, count(*) FROM anomalies "
-            "GROUP BY severity"
-        )
+            conn.executemany(
+                "INSERT INTO mb_metric_minutes (metric_name, minute, n, total, min, max) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(metric_name, minute) DO UPDATE SET "
+                "n = n + excluded.n, total = total + excluded.total, "
+                "min = min(min, excluded.min), max = max(max, excluded.max)",
+                [(name, m, *agg) for (name, m), agg in buckets.items()],
+            )
 
     def _recount_minute(self, table: str, minute: int) -> None:
         n = self.conn.execute(
@@ -531,8 +732,16 @@ class SqliteStore(Store):
         return sizes
 
     def close(self) -> None:
-        self.checkpointer.stop()
-        try:
-            self.conn.execute("PRAGMA optimize")
-        finally:
-            self.conn.close()
+        """Close the connections (skipping what a full or read-only store cannot do)."""
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+        if self.conn is not None:
+            try:
+                if self.checkpointer is not None:  # opened to the end
+                    self.conn.execute("PRAGMA optimize")
+            except sqlite3.Error as exc:
+                log.info("PRAGMA optimize skipped at close: %s", exc)
+            finally:
+                self.conn.close()
+        # Only now: closing a descriptor of the file drops SQLite's locks on it.
+        os.close(self._db_fd)
