@@ -365,6 +365,8 @@ class Publisher:
         self._markers: list[_Marker] = []
         self._instance: str | None = None
         self._ack_rid = 0
+        self._ack_dropped = 0  # the drop count the outstanding request carries
+        self._dropped_reported = 0  # the drop count the daemon has acknowledged hearing
         self._ack_sent_at: float | None = None
         self._ack_urgent = False
         self._last_progress = time.monotonic()
@@ -654,7 +656,7 @@ class Publisher:
     def _poll_timeout(self) -> float | None:
         if self.durability == "disk" and self._spool is not None and self._spool.unsynced:
             return DISK_SYNC_SECONDS
-        if self._acked >= self._seq and not self._queue:
+        if self._acked >= self._seq and not self._queue and self.dropped == self._dropped_reported:
             return None  # idle: sleep until a call or a reply wakes us
         return 0.05 if self._has_unsent() else 0.25
 
@@ -887,8 +889,10 @@ class Publisher:
 
         A flush makes it urgent (the daemon commits at once instead of at the end of its
         batch window); an urgent need does not wait behind an outstanding ordinary request.
+        A drop count the daemon has not heard yet is a reason to ask too (for `status`).
         """
-        if self._acked >= self._seq or self._next_send == 1:
+        settled = self._acked >= self._seq or self._next_send == 1
+        if settled and self.dropped == self._dropped_reported:
             return
         urgent = bool(self._markers)
         now = time.monotonic()
@@ -903,6 +907,7 @@ class Publisher:
         self._ack_rid += 1
         self._ack_sent_at = now
         self._ack_urgent = urgent
+        self._ack_dropped = self.dropped
         self._transport.request(
             {
                 "op": "sync",
@@ -911,7 +916,7 @@ class Publisher:
                 "seq": self._next_send - 1,
                 "wait": ACK_TIMEOUT / 2,
                 "urgent": urgent,
-                "dropped": self.dropped,
+                "dropped": self._ack_dropped,
                 "base": self._base,
             }
         )
@@ -933,6 +938,7 @@ class Publisher:
         for reply in self._transport.replies():
             if reply.get("rid") == self._ack_rid:
                 self._ack_sent_at = None
+                self._dropped_reported = self._ack_dropped
             committed = int(reply.get("committed", 0))
             instance = reply.get("instance")
             restarted = self._instance is not None and instance != self._instance
