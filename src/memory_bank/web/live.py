@@ -1,0 +1,261 @@
+"""The live feed: one subscription to the daemon's tail, fanned out to every browser.
+
+The daemon publishes each committed batch's events and anomalies on its tail socket
+(the one `memorybank view --follow` reads) only while someone subscribes. This process
+subscribes once and copies each batch to every Server-Sent Events stream: twenty
+browsers cost the daemon what one follower does.
+Batches are numbered per process and the last ones kept, so a browser that reconnects
+with ``Last-Event-ID`` gets what it missed, or a ``reset`` when that is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import zmq
+import zmq.asyncio
+
+from .. import discovery, sockets, wire
+from ..store.base import JSON_COLUMNS
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 15.0  # a comment line keeps proxies and the browser from timing out
+PROBE_SECONDS = 1.0  # how often the daemon's presence (and endpoint) is checked
+KEEP_BATCHES = 1000  # batches kept for reconnecting browsers
+QUEUE_BATCHES = 1000  # batches a slow browser may fall behind before it is told to reset
+RETRY_MS = 2000  # how soon a browser reconnects after losing the stream
+
+
+@dataclass
+class StreamFilter:
+    """The viewer's --follow filters: events by type and component, anomalies by type
+    and severity."""
+
+    type: str | None = None
+    component: str | None = None
+    severity: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.type is None and self.component is None and self.severity is None
+
+    def apply(self, batch: dict) -> dict:
+        return {
+            "events": [
+                e
+                for e in batch["events"]
+                if self.type in (None, e["event_type"]) and self.component in (None, e["component"])
+            ],
+            "anomalies": [
+                a
+                for a in batch["anomalies"]
+                if self.type in (None, a["anomaly_type"]) and self.severity in (None, a["severity"])
+            ],
+        }
+
+
+@dataclass(eq=False)
+class Subscriber:
+    wanted: StreamFilter
+    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE_BATCHES))
+    lagged: bool = False
+
+
+def _as_rows(raw: bytes) -> dict:
+    """A tail message as the API's rows: JSON columns decoded, deviation computed."""
+    events, anomalies = wire.decode_tail(raw)
+    for row in (*events, *anomalies):
+        for key in JSON_COLUMNS:
+            if isinstance(row.get(key), str):
+                with contextlib.suppress(ValueError):
+                    row[key] = json.loads(row[key])
+    for a in anomalies:
+        current, expected = a["current_value"], a["expected_value"]
+        a["deviation"] = None if current is None or expected is None else abs(current - expected)
+    return {"events": events, "anomalies": anomalies}
+
+
+class LiveFeed:
+    """The tail subscription and its fan-out (runs as one task in the server's loop)."""
+
+    def __init__(self, location: str):
+        self.key = discovery.location_key(location)
+        self.name = discovery.display_name(location)
+        self.boot = secrets.token_hex(4)  # a reconnect to another process cannot replay
+        self.seq = 0
+        self.kept: deque[tuple[int, dict, str]] = deque(maxlen=KEEP_BATCHES)
+        self.subscribers: set[Subscriber] = set()
+        self.live = False
+        self.closing = False
+        self._wake = asyncio.Event()
+
+    # -- what the streams see ---------------------------------------------------------
+    def status(self) -> dict:
+        if self.live:
+            return {"live": True, "message": f"live: following the daemon of {self.name}"}
+        return {"live": False, "message": "live feed unavailable: no daemon serves this database"}
+
+    def subscribe(self, wanted: StreamFilter) -> Subscriber:
+        subscriber = Subscriber(wanted)
+        self.subscribers.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self.subscribers.discard(subscriber)
+
+    def close(self) -> None:
+        """Server shutdown: end every stream so the server need not wait for them."""
+        self.closing = True
+        for subscriber in self.subscribers:
+            _offer(subscriber, None)
+        self._wake.set()
+
+    def missed_since(self, last_event_id: str | None) -> list[tuple[int, dict, str]] | None:
+        """Batches after ``last_event_id`` still kept; None when they cannot be told."""
+        if not last_event_id:
+            return []
+        boot, _, seq = last_event_id.partition("-")
+        if boot != self.boot or not seq.isdigit():
+            return None
+        after = int(seq)
+        if after > self.seq or (self.kept and after < self.kept[0][0] - 1):
+            return None
+        if not self.kept and after < self.seq:
+            return None
+        return [item for item in self.kept if item[0] > after]
+
+    def event_id(self, seq: int) -> str:
+        return f"{self.boot}-{seq}"
+
+    # -- the subscription ---------------------------------------------------------------
+    def _publish(self, raw: bytes) -> None:
+        try:
+            batch = _as_rows(raw)
+        except Exception as exc:  # a message we cannot read is skipped, not fatal
+            log.warning("unreadable tail message skipped: %s", exc)
+            return
+        self.seq += 1
+        text = json.dumps(batch, default=str)
+        self.kept.append((self.seq, batch, text))
+        for subscriber in self.subscribers:
+            _offer(subscriber, (self.seq, batch, text))
+
+    def _set_live(self, live: bool) -> None:
+        if live != self.live:
+            self.live = live
+            log.info("%s", self.status()["message"])
+            for subscriber in self.subscribers:
+                _offer(subscriber, "status")
+
+    def _tail_endpoint(self) -> str:
+        info = discovery.read_daemon_info(self.key) or {}
+        return info.get("tail_endpoint") or sockets.tail_endpoint_for(
+            discovery.find_endpoints(self.key).data
+        )
+
+    async def run(self) -> None:
+        """Follow the daemon whenever one serves the database; notice it come and go.
+
+        The subscription stays open while the daemon lives, browsers or not, so a page that
+        loads its backlog and then follows misses nothing committed in between."""
+        ctx = zmq.asyncio.Context()
+        sub = None
+        endpoint = None
+        loop = asyncio.get_running_loop()
+        try:
+            while not self.closing:
+                running = discovery.daemon_running(self.key)
+                if running and (sub is None or self._tail_endpoint() != endpoint):
+                    if sub is not None:
+                        sub.close(0)  # the daemon came back on another endpoint
+                    endpoint = self._tail_endpoint()
+                    sub = sockets.follower_sub(ctx, endpoint)
+                elif not running and sub is not None:
+                    sub.close(0)
+                    sub = None
+                self._set_live(running)
+                if sub is None:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), PROBE_SECONDS)
+                    continue
+                until = loop.time() + PROBE_SECONDS
+                while not self.closing and loop.time() < until:
+                    if not await sub.poll(int(max(until - loop.time(), 0) * 1000) + 1):
+                        continue
+                    while True:
+                        try:
+                            raw = await sub.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._publish(raw)
+        finally:
+            if sub is not None:
+                sub.close(0)
+            ctx.term()
+
+
+def _offer(subscriber: Subscriber, item) -> None:
+    """Queue an item for one stream; a stream that fell too far behind is reset."""
+    try:
+        subscriber.queue.put_nowait(item)
+    except asyncio.QueueFull:
+        subscriber.lagged = True
+
+
+def sse(event: str, data: str, event_id: str | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {event}\ndata: {data}\n\n"
+
+
+async def stream(feed: LiveFeed, wanted: StreamFilter, last_event_id: str | None) -> AsyncIterator[str]:
+    """One browser's Server-Sent Events: status, then each committed batch (``records``),
+    heartbeats between; ``reset`` when batches were lost to it (it reloads from the API)."""
+    subscriber = feed.subscribe(wanted)
+    try:
+        yield f"retry: {RETRY_MS}\n\n"
+        yield sse("status", json.dumps(feed.status()))
+        missed = feed.missed_since(last_event_id)
+        if missed is None:
+            yield sse("reset", "{}", feed.event_id(feed.seq))
+        else:
+            for item in missed:
+                yield _records(feed, wanted, item)
+        while True:
+            try:
+                item = await asyncio.wait_for(subscriber.queue.get(), HEARTBEAT_SECONDS)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            if item is None:
+                return
+            if item == "status":
+                yield sse("status", json.dumps(feed.status()))
+                continue
+            if subscriber.lagged and subscriber.queue.empty():
+                subscriber.lagged = False
+                yield sse("reset", "{}", feed.event_id(item[0]))
+                continue
+            frame = _records(feed, wanted, item)
+            if frame:
+                yield frame
+    finally:
+        feed.unsubscribe(subscriber)
+
+
+def _records(feed: LiveFeed, wanted: StreamFilter, item: tuple[int, dict, str]) -> str:
+    seq, batch, text = item
+    if not wanted.empty:
+        batch = wanted.apply(batch)
+        if not batch["events"] and not batch["anomalies"]:
+            return ""
+        text = json.dumps(batch, default=str)
+    return sse("records", text, feed.event_id(seq))

@@ -1,0 +1,91 @@
+"""Serving the dashboard with uvicorn: the loopback rule, then the server until a signal."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+
+import uvicorn
+
+from ..store import open_reader
+from .app import create_app
+
+log = logging.getLogger(__name__)
+
+
+class TokenRequired(ValueError):
+    """Listening beyond this machine without a token."""
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` names is on this machine alone."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    if token is None and not is_loopback(host):
+        raise TokenRequired(
+            f"--host {host} would serve the dashboard beyond this machine; give it a token "
+            "(--token TOKEN, MEMORYBANK_WEB_TOKEN, or web.token in the configuration), "
+            "or listen on 127.0.0.1"
+        )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, ending the live streams first when asked to stop (they never end alone)."""
+
+    def __init__(self, config: uvicorn.Config, app):
+        super().__init__(config)
+        self.dashboard = app
+
+    def handle_exit(self, sig, frame) -> None:
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
+            loop.call_soon_threadsafe(self.dashboard.state.feed.close)
+        super().handle_exit(sig, frame)
+
+    async def startup(self, sockets=None) -> None:
+        import asyncio
+
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+
+def serve(location: str, host: str, port: int, token: str | None, on_ready=None) -> None:
+    """Serve until SIGINT/SIGTERM. ``on_ready(url)`` is called once the port is bound."""
+    check_exposure(host, token)
+    reader = open_reader(location)
+    app = create_app(location, reader, token)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=3,
+        lifespan="on",
+    )
+    server = _Server(config, app)
+    if on_ready is not None:
+        original = server.startup
+
+        async def startup(sockets=None):
+            await original(sockets)
+            if server.started:
+                bound = server.servers[0].sockets[0].getsockname()
+                shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+                on_ready(f"http://{shown}:{bound[1]}/")
+
+        server.startup = startup
+    server.run()
+    if not server.started:
+        raise OSError(f"could not listen on {host}:{port} (see the message above)")
