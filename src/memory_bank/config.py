@@ -135,10 +135,12 @@ def _check(config: Config) -> Config:
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"maintenance.{key}: expected days >= 0, got {value!r}")
     _whole(config.chunk_rows, "maintenance.chunk_rows", 1, 1_000_000)
-    _whole(config.web_port, "web.port", 1, 65535)
+    _whole(config.web_port, "web.port", 0, 65535)  # 0: any free port
     if not isinstance(config.web_host, str) or not config.web_host:
         raise ConfigError(f"web.host: expected a host name or address, got {config.web_host!r}")
-    if config.web_token is not None and (not isinstance(config.web_token, str) or not config.web_token):
+    if config.web_token is not None and (
+        not isinstance(config.web_token, str) or not config.web_token
+    ):
         raise ConfigError("web.token: expected a non-empty string")
     from .jobs import parse_schedule
 

@@ -122,7 +122,9 @@ def session(request: Request) -> Response:
     if row is None:
         raise ApiError(404, f"no session {session_id!r} in this database")
     start, end = row["start_time"], row["end_time"]
-    window_end = end if end is not None else time.time()
+    # Its window includes its end, as end_session's own statistics do (a microsecond is
+    # the finest time either store keeps).
+    window_end = (end if end is not None else time.time()) + 1e-6
     return json_response(
         {
             "session": formatting.with_duration(row),

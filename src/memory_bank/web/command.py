@@ -41,6 +41,9 @@ def web(db, host, port, token, config_path) -> None:
         cfg = config_mod.load(config_path, db=db, web_host=host, web_port=port, web_token=token)
     except config_mod.ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    from ..cli import _setup_logging
+
+    _setup_logging(cfg.log_level)
     location = cfg.db
     if not discovery.is_url(location) and not discovery.resolve_db_path(location).exists():
         raise MissingDatabase(

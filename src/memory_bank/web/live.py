@@ -216,7 +216,9 @@ def sse(event: str, data: str, event_id: str | None = None) -> str:
     return f"{head}event: {event}\ndata: {data}\n\n"
 
 
-async def stream(feed: LiveFeed, wanted: StreamFilter, last_event_id: str | None) -> AsyncIterator[str]:
+async def stream(
+    feed: LiveFeed, wanted: StreamFilter, last_event_id: str | None
+) -> AsyncIterator[str]:
     """One browser's Server-Sent Events: status, then each committed batch (``records``),
     heartbeats between; ``reset`` when batches were lost to it (it reloads from the API)."""
     subscriber = feed.subscribe(wanted)

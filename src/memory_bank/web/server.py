@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
+import signal
 import socket
 
 import uvicorn
@@ -12,6 +15,7 @@ from ..store import open_reader
 from .app import create_app
 
 log = logging.getLogger(__name__)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TokenRequired(ValueError):
@@ -41,21 +45,30 @@ def check_exposure(host: str, token: str | None) -> None:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn, ending the live streams first when asked to stop (they never end alone)."""
+    """uvicorn, ending the live streams first when asked to stop (they never end alone),
+    and exiting normally after a SIGINT or SIGTERM (uvicorn re-raises the signal once it
+    has stopped, which turns a requested stop into a failure)."""
 
     def __init__(self, config: uvicorn.Config, app):
         super().__init__(config)
         self.dashboard = app
+        self._loop = None
 
     def handle_exit(self, sig, frame) -> None:
-        loop = getattr(self, "_loop", None)
-        if loop is not None:
-            loop.call_soon_threadsafe(self.dashboard.state.feed.close)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.dashboard.state.feed.close)
         super().handle_exit(sig, frame)
 
-    async def startup(self, sockets=None) -> None:
-        import asyncio
+    @contextlib.contextmanager
+    def capture_signals(self):
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
 
+    async def startup(self, sockets=None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
 
