@@ -12,10 +12,10 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from click.testing import CliRunner
-from conftest import DaemonProcess
 from playwright.sync_api import expect, sync_playwright
 from web_server import WebServer, launch_chromium
 
+from conftest import DaemonProcess
 from memory_bank import MemoryBank, Publisher
 from memory_bank.store import open_reader
 from memory_bank.viewer import view
