@@ -64,6 +64,7 @@ async def _status(request: Request) -> Response:
             "version": __version__,
             **feed.status(),
             "streams": len(feed.subscribers),
+            "last_event_id": feed.event_id(feed.seq),
         }
     )
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from .. import discovery, sockets, wire
 from ..store.base import JSON_COLUMNS
@@ -165,42 +166,79 @@ class LiveFeed:
         """Follow the daemon whenever one serves the database; notice it come and go.
 
         The subscription stays open while the daemon lives, browsers or not, so a page that
-        loads its backlog and then follows misses nothing committed in between."""
+        loads its backlog and then follows misses nothing committed in between. The feed
+        is "live" once the subscription's handshake with the daemon's tail succeeded: from
+        then on every commit reaches it."""
         ctx = zmq.asyncio.Context()
-        sub = None
-        endpoint = None
+        follower: _Follower | None = None
         loop = asyncio.get_running_loop()
         try:
             while not self.closing:
                 running = discovery.daemon_running(self.key)
-                if running and (sub is None or self._tail_endpoint() != endpoint):
-                    if sub is not None:
-                        sub.close(0)  # the daemon came back on another endpoint
-                    endpoint = self._tail_endpoint()
-                    sub = sockets.follower_sub(ctx, endpoint)
-                elif not running and sub is not None:
-                    sub.close(0)
-                    sub = None
-                self._set_live(running)
-                if sub is None:
+                if running and (follower is None or self._tail_endpoint() != follower.endpoint):
+                    if follower is not None:
+                        follower.close()  # the daemon came back on another endpoint
+                    follower = _Follower(ctx, self._tail_endpoint())
+                elif not running and follower is not None:
+                    follower.close()
+                    follower = None
+                self._set_live(follower is not None and follower.connected)
+                if follower is None:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), PROBE_SECONDS)
                     continue
                 until = loop.time() + PROBE_SECONDS
                 while not self.closing and loop.time() < until:
-                    if not await sub.poll(int(max(until - loop.time(), 0) * 1000) + 1):
-                        continue
-                    while True:
-                        try:
-                            raw = await sub.recv(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
+                    timeout_ms = int(max(until - loop.time(), 0) * 1000) + 1
+                    for raw in await follower.receive(timeout_ms):
                         self._publish(raw)
+                    if follower.connected != self.live:
+                        break  # say so at once
         finally:
-            if sub is not None:
-                sub.close(0)
+            if follower is not None:
+                follower.close()
             ctx.term()
+
+
+class _Follower:
+    """A SUB socket on the daemon's tail, with a monitor telling when it is connected."""
+
+    WATCHED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str):
+        self.endpoint = endpoint
+        self.sub = sockets.follower_sub(ctx, endpoint, connect=False)
+        self.monitor = self.sub.get_monitor_socket(self.WATCHED)
+        self.sub.connect(endpoint)
+        self.connected = False
+        self.poller = zmq.asyncio.Poller()
+        self.poller.register(self.sub, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
+
+    async def receive(self, timeout_ms: int) -> list[bytes]:
+        """Tail messages that arrived within ``timeout_ms`` (connection news applied)."""
+        ready = dict(await self.poller.poll(timeout_ms))
+        if self.monitor in ready:
+            while True:
+                try:
+                    event = parse_monitor_message(await self.monitor.recv_multipart(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                self.connected = event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+        messages = []
+        if self.sub in ready:
+            while True:
+                try:
+                    messages.append(await self.sub.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+        return messages
+
+    def close(self) -> None:
+        self.sub.disable_monitor()
+        self.monitor.close(0)
+        self.sub.close(0)
 
 
 def _offer(subscriber: Subscriber, item) -> None:
