@@ -139,6 +139,24 @@ def test_stream_filters_like_view_follow(served):
     client.close()
 
 
+def test_a_burst_is_sent_capped_with_the_rest_counted(served):
+    web, location, _ = served
+    client = SseClient(web.url)
+    assert client.next_event()["event"] == "status"
+    with Publisher(location) as pub:
+        for i in range(500):
+            pub.log_event("CAN_RX", "CHARGER", f"reading {i}")
+        assert pub.flush(20)
+    shown, total = [], 0
+    while total < 500:
+        _, batch = client.next_records()
+        assert len(batch["events"]) <= 200
+        shown += [e["message"] for e in batch["events"]]
+        total += len(batch["events"]) + batch["skipped"]["events"]
+    assert total == 500 and shown[-1] == "reading 499"  # the newest are the ones shown
+    client.close()
+
+
 @pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as playwright:

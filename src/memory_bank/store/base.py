@@ -447,6 +447,11 @@ class Reader:
         """The metric's avg/min/max over equal time slices, computed in the database."""
         raise NotImplementedError
 
+    def estimate_metric_rows(self, metric_name: str, since: float, until: float) -> int | None:
+        """About how many rows of the metric lie in the window (an upper bound, read
+        cheaply), or None where the store cannot tell without counting them."""
+        return None
+
     def metric_names(self) -> list[str]:
         """The names of the recorded metrics, sorted: one index probe per name (a loose
         index scan), not a pass over every row."""

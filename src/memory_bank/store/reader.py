@@ -212,6 +212,16 @@ class SqliteReader(Reader):
             scalar("SELECT count(*) FROM sessions WHERE status = 'ACTIVE'"),
         )
 
+    def estimate_metric_rows(self, metric_name: str, since: float, until: float) -> int | None:
+        """From the per-minute rollup: the rows of every minute the window touches."""
+        if not self._has_rollups():
+            return None
+        return self._one(
+            "SELECT coalesce(sum(n), 0) AS n FROM mb_metric_minutes "
+            "WHERE metric_name = ? AND minute >= ? AND minute <= ?",
+            (metric_name, since // 60, until // 60),
+        )["n"]
+
     def metric_names(self) -> list[str]:
         """From the per-minute rollup's key (metrics has no name index here)."""
         table = "mb_metric_minutes" if self._has_rollups() else "metrics"

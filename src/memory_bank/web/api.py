@@ -20,6 +20,7 @@ from ..viewer import Filters
 SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 MAX_ROWS = 10_000  # one page of a list; exports are the viewer's job
 MAX_POINTS = 5_000  # buckets of a chart: a screen is narrower than this
+ROW_BUDGET = 200_000  # rows a chart query may scan (about 50 ms here); above it, minutes
 ANOMALY_MARKERS = 2_000  # anomalies shown on one chart, as the terminal plot draws them
 
 
@@ -150,11 +151,14 @@ def metric_names(request: Request) -> Response:
     return json_response(_reader(request).metric_names())
 
 
-def bucket_grid(since: float, until: float, points: int) -> tuple[float, float, int]:
-    """(origin, width, count): at most ``points`` buckets covering [since, until). Buckets of
-    a minute or more are whole minutes on a grid of their width, so a chart refreshed a few
-    seconds later keeps its buckets, and the store can answer from per-minute rollups."""
-    width = (until - since) / points
+def bucket_grid(
+    since: float, until: float, points: int, minimum: float = 0.0
+) -> tuple[float, float, int]:
+    """(origin, width, count): at most ``points`` buckets, ``minimum`` seconds wide or more,
+    covering [since, until). Buckets of a minute or more are whole minutes on a grid of
+    their width, so a chart refreshed a few seconds later keeps its buckets, and the store
+    can answer from per-minute rollups."""
+    width = max((until - since) / points, minimum)
     if width < 60:
         return since, width, points
     width = math.ceil(width / 60) * 60
@@ -181,7 +185,10 @@ def metric(request: Request) -> Response:
     if until <= since:
         raise ApiError(400, "until must be later than since")
     points = _whole(request, "points", 1000, 1, MAX_POINTS)
-    origin, width, count = bucket_grid(since, until, points)
+    # Finer than a minute only where the window holds few enough rows to scan quickly;
+    # denser windows are drawn from whole minutes (the store's rollup where it has one).
+    rows = reader.estimate_metric_rows(name, since, until)
+    origin, width, count = bucket_grid(since, until, points, 60 if (rows or 0) > ROW_BUDGET else 0)
     buckets = reader.metric_buckets(name, origin, origin + count * width, count)
     latest = reader.get_metrics(name, since, 1, until)
     return json_response(

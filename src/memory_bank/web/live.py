@@ -33,6 +33,7 @@ PROBE_SECONDS = 1.0  # how often the daemon's presence (and endpoint) is checked
 KEEP_BATCHES = 1000  # batches kept for reconnecting browsers
 QUEUE_BATCHES = 1000  # batches a slow browser may fall behind before it is told to reset
 RETRY_MS = 2000  # how soon a browser reconnects after losing the stream
+MAX_ROWS = 200  # events (and anomalies) of one batch sent to a page; the rest are counted
 
 
 @dataclass
@@ -48,19 +49,19 @@ class StreamFilter:
     def empty(self) -> bool:
         return self.type is None and self.component is None and self.severity is None
 
-    def apply(self, batch: dict) -> dict:
-        return {
-            "events": [
+    def apply(self, events: list[dict], anomalies: list[dict]) -> tuple[list, list]:
+        return (
+            [
                 e
-                for e in batch["events"]
+                for e in events
                 if self.type in (None, e["event_type"]) and self.component in (None, e["component"])
             ],
-            "anomalies": [
+            [
                 a
-                for a in batch["anomalies"]
+                for a in anomalies
                 if self.type in (None, a["anomaly_type"]) and self.severity in (None, a["severity"])
             ],
-        }
+        )
 
 
 @dataclass(eq=False)
@@ -70,18 +71,53 @@ class Subscriber:
     lagged: bool = False
 
 
-def _as_rows(raw: bytes) -> dict:
-    """A tail message as the API's rows: JSON columns decoded, deviation computed."""
-    events, anomalies = wire.decode_tail(raw)
-    for row in (*events, *anomalies):
-        for key in JSON_COLUMNS:
-            if isinstance(row.get(key), str):
-                with contextlib.suppress(ValueError):
-                    row[key] = json.loads(row[key])
-    for a in anomalies:
-        current, expected = a["current_value"], a["expected_value"]
-        a["deviation"] = None if current is None or expected is None else abs(current - expected)
-    return {"events": events, "anomalies": anomalies}
+def _shown(row: dict) -> dict:
+    """A tail row as the API returns it: JSON columns decoded (and an anomaly's deviation)."""
+    row = dict(row)  # the batch's rows are shared by every stream
+    for key in JSON_COLUMNS:
+        if isinstance(row.get(key), str):
+            with contextlib.suppress(ValueError):
+                row[key] = json.loads(row[key])
+    if "expected_value" in row:
+        current, expected = row["current_value"], row["expected_value"]
+        row["deviation"] = None if current is None or expected is None else abs(current - expected)
+    return row
+
+
+def _frame_data(events: list[dict], anomalies: list[dict]) -> str:
+    """A ``records`` event's data: the newest MAX_ROWS of each kind, and how many more
+    there were (a page keeps a few hundred lines; the database keeps them all)."""
+    shown_events, shown_anomalies = events[-MAX_ROWS:], anomalies[-MAX_ROWS:]
+    return json.dumps(
+        {
+            "events": [_shown(e) for e in shown_events],
+            "anomalies": [_shown(a) for a in shown_anomalies],
+            "skipped": {
+                "events": len(events) - len(shown_events),
+                "anomalies": len(anomalies) - len(shown_anomalies),
+            },
+        },
+        default=str,
+    )
+
+
+class Batch:
+    """One committed batch from the tail, numbered; its JSON made once for every stream
+    that takes it unfiltered."""
+
+    def __init__(self, seq: int, raw: bytes):
+        self.seq = seq
+        self.events, self.anomalies = wire.decode_tail(raw)
+        self._unfiltered: str | None = None
+
+    def data(self, wanted: StreamFilter) -> str | None:
+        """The event's data for a stream with these filters; None when nothing is left."""
+        if wanted.empty:
+            if self._unfiltered is None:
+                self._unfiltered = _frame_data(self.events, self.anomalies)
+            return self._unfiltered
+        events, anomalies = wanted.apply(self.events, self.anomalies)
+        return _frame_data(events, anomalies) if events or anomalies else None
 
 
 class LiveFeed:
@@ -92,7 +128,7 @@ class LiveFeed:
         self.name = discovery.display_name(location)
         self.boot = secrets.token_hex(4)  # a reconnect to another process cannot replay
         self.seq = 0
-        self.kept: deque[tuple[int, dict, str]] = deque(maxlen=KEEP_BATCHES)
+        self.kept: deque[Batch] = deque(maxlen=KEEP_BATCHES)
         self.subscribers: set[Subscriber] = set()
         self.live = False
         self.closing = False
@@ -119,19 +155,18 @@ class LiveFeed:
             _offer(subscriber, None)
         self._wake.set()
 
-    def missed_since(self, last_event_id: str | None) -> list[tuple[int, dict, str]] | None:
+    def missed_since(self, last_event_id: str | None) -> list[Batch] | None:
         """Batches after ``last_event_id`` still kept; None when they cannot be told."""
         if not last_event_id:
             return []
         boot, _, seq = last_event_id.partition("-")
-        if boot != self.boot or not seq.isdigit():
+        if boot != self.boot or not seq.isdigit() or int(seq) > self.seq:
             return None
         after = int(seq)
-        if after > self.seq or (self.kept and after < self.kept[0][0] - 1):
-            return None
-        if not self.kept and after < self.seq:
-            return None
-        return [item for item in self.kept if item[0] > after]
+        oldest = self.kept[0].seq if self.kept else self.seq + 1
+        if after + 1 < oldest and after < self.seq:
+            return None  # some of what it missed is no longer kept
+        return [batch for batch in self.kept if batch.seq > after]
 
     def event_id(self, seq: int) -> str:
         return f"{self.boot}-{seq}"
@@ -139,15 +174,14 @@ class LiveFeed:
     # -- the subscription ---------------------------------------------------------------
     def _publish(self, raw: bytes) -> None:
         try:
-            batch = _as_rows(raw)
+            batch = Batch(self.seq + 1, raw)
         except Exception as exc:  # a message we cannot read is skipped, not fatal
             log.warning("unreadable tail message skipped: %s", exc)
             return
-        self.seq += 1
-        text = json.dumps(batch, default=str)
-        self.kept.append((self.seq, batch, text))
+        self.seq = batch.seq
+        self.kept.append(batch)
         for subscriber in self.subscribers:
-            _offer(subscriber, (self.seq, batch, text))
+            _offer(subscriber, batch)
 
     def _set_live(self, live: bool) -> None:
         if live != self.live:
@@ -267,8 +301,9 @@ async def stream(
         if missed is None:
             yield sse("reset", "{}", feed.event_id(feed.seq))
         else:
-            for item in missed:
-                yield _records(feed, wanted, item)
+            for frame in (_records(feed, wanted, batch) for batch in missed):
+                if frame:
+                    yield frame
         while True:
             try:
                 item = await asyncio.wait_for(subscriber.queue.get(), HEARTBEAT_SECONDS)
@@ -279,23 +314,15 @@ async def stream(
                 return
             if item == "status":
                 yield sse("status", json.dumps(feed.status()))
-                continue
-            if subscriber.lagged and subscriber.queue.empty():
+            elif subscriber.lagged and subscriber.queue.empty():
                 subscriber.lagged = False
-                yield sse("reset", "{}", feed.event_id(item[0]))
-                continue
-            frame = _records(feed, wanted, item)
-            if frame:
+                yield sse("reset", "{}", feed.event_id(item.seq))
+            elif frame := _records(feed, wanted, item):
                 yield frame
     finally:
         feed.unsubscribe(subscriber)
 
 
-def _records(feed: LiveFeed, wanted: StreamFilter, item: tuple[int, dict, str]) -> str:
-    seq, batch, text = item
-    if not wanted.empty:
-        batch = wanted.apply(batch)
-        if not batch["events"] and not batch["anomalies"]:
-            return ""
-        text = json.dumps(batch, default=str)
-    return sse("records", text, feed.event_id(seq))
+def _records(feed: LiveFeed, wanted: StreamFilter, batch: Batch) -> str:
+    data = batch.data(wanted)
+    return "" if data is None else sse("records", data, feed.event_id(batch.seq))

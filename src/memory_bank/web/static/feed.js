@@ -18,6 +18,8 @@ export class Feed {
     this.seen = new Set();
     this.paused = false;
     this.held = [];
+    this.skipped = 0; // rows committed faster than a page can show (the API has them)
+    this.renderTimer = null;
     this.list = $("feed");
     for (const id of ["feed-kind", "feed-component", "feed-type", "feed-severity"]) {
       $(id).addEventListener("change", () => this.render());
@@ -35,6 +37,8 @@ export class Feed {
     this.source.addEventListener("records", (ev) => {
       const batch = JSON.parse(ev.data);
       this.add(batch.events.map(asEvent).concat(batch.anomalies.map(asAnomaly)), true);
+      const skipped = batch.skipped.events + batch.skipped.anomalies;
+      if (skipped) this.skipped += skipped;
       this.onRecords(batch);
     });
     this.source.addEventListener("error", () => {
@@ -69,7 +73,10 @@ export class Feed {
     this.rows = this.rows.concat(rows).sort((a, b) => b.time - a.time);
     for (const gone of this.rows.splice(KEEP)) this.seen.delete(gone.key);
     this.remember(rows);
-    this.render();
+    // At high rates batches come every few tens of ms: draw at most ten times a second.
+    if (!this.renderTimer) {
+      this.renderTimer = setTimeout(() => { this.renderTimer = null; this.render(); }, 100);
+    }
   }
 
   togglePause() {
@@ -133,6 +140,10 @@ export class Feed {
       return li;
     });
     this.list.replaceChildren(...items);
+    if (this.skipped && !this.paused) {
+      $("feed-note").textContent = `${this.skipped.toLocaleString()} more rows committed ` +
+        "too fast to list here (all are in the database)";
+    }
     if (!items.length) {
       const li = document.createElement("li");
       li.className = "empty";
