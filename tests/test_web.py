@@ -210,7 +210,7 @@ def test_a_record_published_now_appears_in_the_live_feed(lab, page):
     web, db = lab
     page.goto(web.url)
     expect(page.locator("#live-status")).to_have_text(re.compile("^live: following"))
-    expect(page.locator("#feed li").first).to_contain_text("command")  # the backlog
+    expect(page.locator("#feed")).to_contain_text("command 714")  # the backlog
     marker = uuid.uuid4().hex[:8]
     with Publisher(db) as pub:
         pub.log_event("OCPP_BOOT", "CP_7", f"boot {marker}")

@@ -13,8 +13,6 @@ import time
 import urllib.error
 import urllib.request
 
-import pytest
-
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -28,6 +26,8 @@ CHROMIUM_ARGS = [
 
 def launch_chromium(playwright):
     """Headless Chromium from the machine (Playwright cannot download its own here)."""
+    import pytest
+
     if not os.path.exists(CHROMIUM):
         if os.environ.get("MEMORYBANK_REQUIRE_CHROMIUM"):
             pytest.fail(f"{CHROMIUM} is not installed, and this run requires it")

@@ -79,7 +79,7 @@ async def _not_found(request: Request, exc: HTTPException) -> Response:
 
 def create_app(location: str, reader: Reader, token: str | None = None) -> Starlette:
     """The dashboard over ``reader`` (read queries on ``location``), guarded by ``token``."""
-    feed = LiveFeed(location)
+    feed = LiveFeed(location, summarize=reader.get_dashboard_summary)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):

@@ -33,7 +33,7 @@ PROBE_SECONDS = 1.0  # how often the daemon's presence (and endpoint) is checked
 KEEP_BATCHES = 1000  # batches kept for reconnecting browsers
 QUEUE_BATCHES = 1000  # batches a slow browser may fall behind before it is told to reset
 RETRY_MS = 2000  # how soon a browser reconnects after losing the stream
-MAX_ROWS = 200  # events (and anomalies) of one batch sent to a page; the rest are counted
+MAX_ROWS = 100  # events (and anomalies) of one batch sent to a page; the rest are counted
 
 
 @dataclass
@@ -123,8 +123,11 @@ class Batch:
 class LiveFeed:
     """The tail subscription and its fan-out (runs as one task in the server's loop)."""
 
-    def __init__(self, location: str):
+    def __init__(self, location: str, summarize=None):
         self.key = discovery.location_key(location)
+        self.summarize = summarize  # the reader's summary (blocking: run in a thread)
+        self.summary: str | None = None  # its latest JSON, pushed to every stream
+        self._summary_due = False
         self.name = discovery.display_name(location)
         self.boot = secrets.token_hex(4)  # a reconnect to another process cannot replay
         self.seq = 0
@@ -180,8 +183,24 @@ class LiveFeed:
             return
         self.seq = batch.seq
         self.kept.append(batch)
+        self._summary_due = True
         for subscriber in self.subscribers:
             _offer(subscriber, batch)
+
+    async def _push_summary(self) -> None:
+        """After commits, at most once a PROBE_SECONDS: one summary query for every page
+        (the cards follow the data without each browser asking)."""
+        if not (self._summary_due and self.subscribers and self.summarize):
+            return
+        self._summary_due = False
+        try:
+            summary = await asyncio.to_thread(self.summarize)
+        except Exception as exc:  # the next commit tries again
+            log.warning("summary for the live pages failed: %s", exc)
+            return
+        self.summary = json.dumps(summary, default=str)
+        for subscriber in self.subscribers:
+            _offer(subscriber, "summary")
 
     def _set_live(self, live: bool) -> None:
         if live != self.live:
@@ -222,6 +241,7 @@ class LiveFeed:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), PROBE_SECONDS)
                     continue
+                await self._push_summary()
                 until = loop.time() + PROBE_SECONDS
                 while not self.closing and loop.time() < until:
                     timeout_ms = int(max(until - loop.time(), 0) * 1000) + 1
@@ -314,6 +334,8 @@ async def stream(
                 return
             if item == "status":
                 yield sse("status", json.dumps(feed.status()))
+            elif item == "summary":
+                yield sse("summary", feed.summary)
             elif subscriber.lagged and subscriber.queue.empty():
                 subscriber.lagged = False
                 yield sse("reset", "{}", feed.event_id(item.seq))

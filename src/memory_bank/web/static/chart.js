@@ -53,45 +53,64 @@ function align(responses) {
 }
 
 // Anomaly markers: one element per anomaly over the plot, placed at its time, with its
-// description in a tooltip. DOM rather than canvas so hovering and tests can find them.
+// description in a tooltip (DOM rather than canvas, so hovering and tests can find them).
+// Anomalies closer than a few pixels share one marker, which counts them.
+const MARKER_PX = 6;
+
+function tooltipFor(group, tooltip, ev) {
+  const a = group[0];
+  tooltip.textContent = "";
+  const head = document.createElement("b");
+  head.textContent = `${a.anomaly_type} · ${a.severity}`;
+  const when = document.createElement("div");
+  when.textContent = formatTime(a.timestamp);
+  const text = document.createElement("div");
+  text.textContent = a.description || "";
+  const values = document.createElement("div");
+  values.textContent = `current ${fmt(a.current_value)} · expected ${fmt(a.expected_value)}`;
+  tooltip.append(head, when, text, values);
+  if (group.length > 1) {
+    const more = document.createElement("div");
+    more.textContent = `and ${group.length - 1} more anomalies here`;
+    tooltip.appendChild(more);
+  }
+  tooltip.hidden = false;
+  tooltip.style.left = `${ev.clientX + 12}px`;
+  tooltip.style.top = `${ev.clientY + 12}px`;
+}
+
 function markersPlugin(anomalies, tooltip) {
   let layer;
   function place(u) {
-    layer.textContent = "";
     const [lo, hi] = [u.scales.x.min, u.scales.x.max];
     const firstY = u.series.findIndex((s, i) => i > 0 && s.scale !== "x");
+    const height = u.over.clientHeight; // read once: no layout per marker
+    const groups = new Map();
     for (const a of anomalies) {
       if (a.timestamp < lo || a.timestamp > hi) continue;
+      const x = u.valToPos(a.timestamp, "x");
+      const slot = Math.round(x / MARKER_PX);
+      if (!groups.has(slot)) groups.set(slot, { x, members: [] });
+      groups.get(slot).members.push(a);
+    }
+    const fragment = document.createDocumentFragment();
+    for (const { x, members } of groups.values()) {
+      const a = members[0];
       const m = document.createElement("div");
       m.className = `marker ${a.severity || ""}`;
-      m.style.left = `${u.valToPos(a.timestamp, "x")}px`;
+      m.style.left = `${x}px`;
       const dot = document.createElement("div");
       dot.className = "dot";
-      const idx = u.valToIdx(a.timestamp);
-      const y = firstY > 0 ? u.data[firstY][idx] : null;
+      const y = firstY > 0 ? u.data[firstY][u.valToIdx(a.timestamp)] : null;
       const top = y == null ? 6 : u.valToPos(y, u.series[firstY].scale);
-      dot.style.top = `${Math.max(4, Math.min(top, u.over.clientHeight - 4))}px`;
+      dot.style.top = `${Math.max(4, Math.min(top, height - 4))}px`;
       m.appendChild(dot);
-      m.dataset.description = a.description || "";
-      m.addEventListener("mouseenter", (ev) => {
-        tooltip.innerHTML = "";
-        const head = document.createElement("b");
-        head.textContent = `${a.anomaly_type} · ${a.severity}`;
-        const when = document.createElement("div");
-        when.textContent = formatTime(a.timestamp);
-        const text = document.createElement("div");
-        text.textContent = a.description || "";
-        const values = document.createElement("div");
-        values.textContent = `current ${fmt(a.current_value)} · expected ${fmt(a.expected_value)}`;
-        tooltip.append(head, when, text, values);
-        tooltip.hidden = false;
-        tooltip.style.left = `${ev.clientX + 12}px`;
-        tooltip.style.top = `${ev.clientY + 12}px`;
-      });
+      m.dataset.count = members.length;
+      m.addEventListener("mouseenter", (ev) => tooltipFor(members, tooltip, ev));
       m.addEventListener("mouseleave", () => { tooltip.hidden = true; });
-      layer.appendChild(m);
+      fragment.appendChild(m);
     }
-    layer.dataset.count = layer.childElementCount;
+    layer.replaceChildren(fragment);
   }
   return {
     hooks: {

@@ -11,14 +11,16 @@ const KEEP = 500; // rows kept in the list
 const BACKLOG = 50;
 
 export class Feed {
-  constructor({ onStatus, onRecords }) {
+  constructor({ onStatus, onSummary, onRecords }) {
     this.onStatus = onStatus;
+    this.onSummary = onSummary;
     this.onRecords = onRecords;
     this.rows = []; // newest first: {key, kind, time, component, type, severity, text}
     this.seen = new Set();
     this.paused = false;
     this.held = [];
     this.skipped = 0; // rows committed faster than a page can show (the API has them)
+    this.pending = []; // rows waiting to go on top of the list (null: redraw it whole)
     this.renderTimer = null;
     this.list = $("feed");
     for (const id of ["feed-kind", "feed-component", "feed-type", "feed-severity"]) {
@@ -34,6 +36,7 @@ export class Feed {
       if (!this.loaded) this.loadBacklog();
     });
     this.source.addEventListener("reset", () => this.loadBacklog());
+    this.source.addEventListener("summary", (ev) => this.onSummary(JSON.parse(ev.data)));
     this.source.addEventListener("records", (ev) => {
       const batch = JSON.parse(ev.data);
       this.add(batch.events.map(asEvent).concat(batch.anomalies.map(asAnomaly)), true);
@@ -70,13 +73,31 @@ export class Feed {
   }
 
   merge(rows) {
+    const newest = this.rows.length ? this.rows[0].time : -Infinity;
     this.rows = this.rows.concat(rows).sort((a, b) => b.time - a.time);
     for (const gone of this.rows.splice(KEEP)) this.seen.delete(gone.key);
     this.remember(rows);
-    // At high rates batches come every few tens of ms: draw at most ten times a second.
+    // Lines newer than every line shown go on top; anything else redraws the list. At high
+    // rates batches come every few tens of ms: the page is updated four times a second.
+    const onTop = rows.every((r) => r.time >= newest);
+    this.pending = onTop && this.pending !== null ? this.pending.concat(rows) : null;
     if (!this.renderTimer) {
-      this.renderTimer = setTimeout(() => { this.renderTimer = null; this.render(); }, 100);
+      this.renderTimer = setTimeout(() => {
+        this.renderTimer = null;
+        const pending = this.pending;
+        this.pending = [];
+        if (pending === null || this.list.querySelector(".empty")) this.render();
+        else this.prepend(pending);
+      }, 250);
     }
+  }
+
+  prepend(rows) {
+    const items = rows.filter((r) => this.wanted(r)).sort((a, b) => a.time - b.time)
+      .map((r) => this.item(r));
+    for (const li of items) this.list.prepend(li);
+    while (this.list.childElementCount > KEEP) this.list.lastElementChild.remove();
+    this.note();
   }
 
   togglePause() {
@@ -113,42 +134,48 @@ export class Feed {
       (!type || r.type === type) && (!severity || r.severity === severity);
   }
 
-  render() {
-    const shown = this.rows.filter((r) => this.wanted(r));
-    const items = shown.map((r) => {
-      const li = document.createElement("li");
-      li.className = r.kind + (r.fresh ? " fresh" : "");
-      r.fresh = false;
-      li.dataset.key = r.key;
-      const when = document.createElement("span");
-      when.className = "when";
-      when.textContent = formatTime(r.time);
-      const who = document.createElement("span");
-      if (r.kind === "anomaly") {
-        who.className = `sev ${r.severity}`;
-        who.textContent = r.severity;
-      } else {
-        who.textContent = r.component;
-      }
-      const type = document.createElement("span");
-      type.textContent = r.type;
-      const what = document.createElement("span");
-      what.className = "what";
-      what.textContent = r.text;
-      what.title = r.text;
-      li.append(when, who, type, what);
-      return li;
-    });
-    this.list.replaceChildren(...items);
-    if (this.skipped && !this.paused) {
-      $("feed-note").textContent = `${this.skipped.toLocaleString()} more rows committed ` +
-        "too fast to list here (all are in the database)";
+  item(r) {
+    const li = document.createElement("li");
+    li.className = r.kind + (r.fresh ? " fresh" : "");
+    r.fresh = false;
+    li.dataset.key = r.key;
+    const when = document.createElement("span");
+    when.className = "when";
+    when.textContent = formatTime(r.time);
+    const who = document.createElement("span");
+    if (r.kind === "anomaly") {
+      who.className = `sev ${r.severity}`;
+      who.textContent = r.severity;
+    } else {
+      who.textContent = r.component;
     }
+    const type = document.createElement("span");
+    type.textContent = r.type;
+    const what = document.createElement("span");
+    what.className = "what";
+    what.textContent = r.text;
+    what.title = r.text;
+    li.append(when, who, type, what);
+    return li;
+  }
+
+  render() {
+    this.pending = [];
+    const items = this.rows.filter((r) => this.wanted(r)).map((r) => this.item(r));
+    this.list.replaceChildren(...items);
     if (!items.length) {
       const li = document.createElement("li");
       li.className = "empty";
       li.textContent = this.rows.length ? "nothing matches these filters" : "nothing yet";
       this.list.appendChild(li);
+    }
+    this.note();
+  }
+
+  note() {
+    if (this.skipped && !this.paused) {
+      $("feed-note").textContent = `${this.skipped.toLocaleString()} more rows committed ` +
+        "too fast to list here (all are in the database)";
     }
   }
 }
