@@ -21,6 +21,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -218,7 +219,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a small database, for CI")
     parser.add_argument("--json", dest="json_out", help="also write the results here")
     parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--dir", help="work folder (default: a temporary one)")
+    parser.add_argument("--dir", help="work folder, kept (default: a temporary one, removed)")
     args = parser.parse_args()
     q = args.quick
     work = Path(args.dir or tempfile.mkdtemp(prefix="mb-bench-web-"))
@@ -249,6 +250,8 @@ def main() -> int:
     finally:
         assert web.stop() == 0, "".join(web.output)
         daemon.stop()
+        if not args.dir:
+            shutil.rmtree(work, ignore_errors=True)
     print_table(results)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))

@@ -12,8 +12,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from click.testing import CliRunner
-from playwright.sync_api import expect, sync_playwright
-from web_server import WebServer, launch_chromium
+from playwright.sync_api import expect
+from web_server import WebServer, chromium_session
 
 from conftest import DaemonProcess
 from memory_bank import MemoryBank, Publisher
@@ -73,10 +73,7 @@ def lab(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
+    yield from chromium_session()
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import uuid
 from urllib.parse import urlparse
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
-from web_server import WebServer, launch_chromium
+from playwright.sync_api import expect
+from web_server import WebServer, chromium_session
 
 from memory_bank import Publisher
 
@@ -160,10 +160,7 @@ def test_a_burst_is_sent_capped_with_the_rest_counted(served):
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
+    yield from chromium_session()
 
 
 def test_many_browsers_share_one_subscription_and_leave_cleanly(served, browser):

@@ -8,8 +8,8 @@ import sys
 import uuid
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
-from web_server import WebServer, launch_chromium
+from playwright.sync_api import expect
+from web_server import WebServer, chromium_session
 
 TOKEN = "lab-" + uuid.uuid4().hex
 
@@ -66,26 +66,29 @@ def test_without_the_token_every_request_gets_401(guarded, path):
         assert status == 200
 
 
-def test_a_browser_signs_in_once_with_an_httponly_cookie(guarded):
+@pytest.fixture(scope="module")
+def browser():
+    yield from chromium_session()
+
+
+def test_a_browser_signs_in_once_with_an_httponly_cookie(guarded, browser):
     status, _, page_text = guarded.get("/", {"Accept": "text/html"})
     assert status == 401 and 'name="token"' in page_text  # the login page, still a 401
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        context = browser.new_context()
-        page = context.new_page()
-        response = page.goto(guarded.url)
-        assert response.status == 401
-        page.locator("#token").fill("wrong")
-        page.locator("button[type=submit]").click()
-        expect(page.locator(".error")).to_have_text("Wrong token.")
-        page.locator("#token").fill(TOKEN)
-        page.locator("button[type=submit]").click()
-        expect(page.locator("#total-events")).to_have_text("1")
-        expect(page.locator("#live-status")).to_contain_text("live: following")
-        (cookie,) = context.cookies()
-        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
-        assert TOKEN not in cookie["value"]  # the cookie does not reveal the token
-        browser.close()
+    context = browser.new_context()
+    page = context.new_page()
+    response = page.goto(guarded.url)
+    assert response.status == 401
+    page.locator("#token").fill("wrong")
+    page.locator("button[type=submit]").click()
+    expect(page.locator(".error")).to_have_text("Wrong token.")
+    page.locator("#token").fill(TOKEN)
+    page.locator("button[type=submit]").click()
+    expect(page.locator("#total-events")).to_have_text("1")
+    expect(page.locator("#live-status")).to_contain_text("live: following")
+    (cookie,) = context.cookies()
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert TOKEN not in cookie["value"]  # the cookie does not reveal the token
+    context.close()
 
 
 def test_the_token_may_come_from_the_configuration(lab_db, tmp_path):
@@ -121,3 +124,11 @@ def test_a_missing_database_is_an_error_and_nothing_is_created(tmp_path):
     result = run_web("--db", str(missing))
     assert result.returncode == 2 and "no database at" in result.stderr
     assert not missing.exists()
+
+
+def test_a_bad_web_setting_is_refused_with_its_name(lab_db, tmp_path):
+    config = tmp_path / "memorybank.toml"
+    config.write_text("[web]\nport = 70000\n")
+    result = run_web("--db", str(lab_db), "--config", str(config))
+    assert result.returncode == 2
+    assert "web.port: expected a whole number from 0 to 65535, got 70000" in result.stderr

@@ -24,6 +24,16 @@ CHROMIUM_ARGS = [
 ]
 
 
+def chromium_session():
+    """Headless Chromium for the life of a fixture (``yield from chromium_session()``)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
+
+
 def launch_chromium(playwright):
     """Headless Chromium from the machine (Playwright cannot download its own here)."""
     import pytest
