@@ -17,7 +17,7 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import __version__, discovery
+from .. import __version__
 from ..store import Reader, StoreUnavailable
 from . import api
 from .auth import TokenGate
@@ -39,6 +39,9 @@ def _endpoint(handler):
             return api.error_response(exc.status, str(exc))
         except StoreUnavailable as exc:
             return api.error_response(503, str(exc))
+        except Exception as exc:  # still JSON, and logged with its traceback
+            log.exception("%s failed", request.url.path)
+            return api.error_response(500, f"{type(exc).__name__}: {exc}")
 
     return endpoint
 
@@ -115,5 +118,4 @@ def create_app(location: str, reader: Reader, token: str | None = None) -> Starl
     )
     app.state.reader = reader
     app.state.feed = feed
-    app.state.name = discovery.display_name(location)
     return app

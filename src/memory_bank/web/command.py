@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from .. import config as config_mod
@@ -60,4 +58,3 @@ def web(db, host, port, token, config_path) -> None:
         raise click.UsageError(str(exc)) from None
     except (ImportError, StoreUnavailable, OSError) as exc:
         raise click.ClickException(str(exc)) from None
-    sys.exit(0)

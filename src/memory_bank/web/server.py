@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import logging
 import signal
 import socket
 
@@ -14,7 +13,6 @@ import uvicorn
 from ..store import open_reader
 from .app import create_app
 
-log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -46,12 +44,13 @@ def check_exposure(host: str, token: str | None) -> None:
 
 class _Server(uvicorn.Server):
     """uvicorn, ending the live streams first when asked to stop (they never end alone),
-    and exiting normally after a SIGINT or SIGTERM (uvicorn re-raises the signal once it
-    has stopped, which turns a requested stop into a failure)."""
+    exiting normally after SIGINT or SIGTERM (uvicorn re-raises the signal once stopped,
+    which turns a requested stop into a failure), and saying where it listens."""
 
-    def __init__(self, config: uvicorn.Config, app):
+    def __init__(self, config: uvicorn.Config, app, on_ready=None):
         super().__init__(config)
         self.dashboard = app
+        self.on_ready = on_ready
         self._loop = None
 
     def handle_exit(self, sig, frame) -> None:
@@ -71,13 +70,15 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets=None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
+        if self.started and self.on_ready is not None:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            self.on_ready(f"http://{f'[{host}]' if ':' in host else host}:{port}/")
 
 
 def serve(location: str, host: str, port: int, token: str | None, on_ready=None) -> None:
     """Serve until SIGINT/SIGTERM. ``on_ready(url)`` is called once the port is bound."""
     check_exposure(host, token)
-    reader = open_reader(location)
-    app = create_app(location, reader, token)
+    app = create_app(location, open_reader(location), token)
     config = uvicorn.Config(
         app,
         host=host,
@@ -87,18 +88,7 @@ def serve(location: str, host: str, port: int, token: str | None, on_ready=None)
         timeout_graceful_shutdown=3,
         lifespan="on",
     )
-    server = _Server(config, app)
-    if on_ready is not None:
-        original = server.startup
-
-        async def startup(sockets=None):
-            await original(sockets)
-            if server.started:
-                bound = server.servers[0].sockets[0].getsockname()
-                shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-                on_ready(f"http://{shown}:{bound[1]}/")
-
-        server.startup = startup
+    server = _Server(config, app, on_ready)
     server.run()
     if not server.started:
         raise OSError(f"could not listen on {host}:{port} (see the message above)")
