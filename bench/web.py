@@ -46,8 +46,10 @@ def build(work: Path, rows: int, week_points: int) -> tuple[Path, Daemon]:
     A database this run built before in ``work`` (--dir) is used again."""
     db = work / "web.db"
     done = work / "web.db-built"
-    if done.exists() and done.read_text() == f"{rows} {week_points}":
+    if done.exists() and done.read_text().split() == [str(rows), str(week_points)]:
+        print(f"... using {db}, built before", file=sys.stderr)
         return db, Daemon(db)
+    print(f"... building {rows:,} rows and a week of {week_points:,} points", file=sys.stderr)
     end_to_end(work, 4, rows // 4, "web", db)
     daemon = Daemon(db)
     now = time.time()
@@ -233,7 +235,6 @@ def main() -> int:
     rows, week_points = (20_000, 20_000) if q else (args.rows, 1_000_000)
     from playwright.sync_api import sync_playwright
 
-    print(f"... building {rows:,} rows and a week of {week_points:,} points", file=sys.stderr)
     db, daemon = build(work, rows, week_points)
     web = WebServer(db)
     results: dict = {"quick": q, "rows": rows, "week_points": week_points}
