@@ -11,8 +11,9 @@ a 7-day series of 1M 'voltage' points, serves it with `memorybank web`, and meas
 in a fresh browser context; (2) every API call the page makes, p50/p99 over repeated calls;
 (3) the 7-day chart of 1M points: buckets drawn and rows behind them; (4) a record published
 with the page open until its line shows in the live feed (publish -> commit -> tail -> SSE ->
-page), p50/p99; (5) ingest with no browser against ingest with 20 browsers following live,
-alternated in the same run, as a ratio.
+page), p50/p99; (5) ingest with nobody following, with 20 plain SSE streams (remote browsers: the
+daemon's tail and this machine's fan-out only) and with 20 headless Chromium pages
+following live (their rendering on the same two cores), alternated round by round.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -197,27 +199,72 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# 20 followers without a browser: what remote browsers cost this machine (the daemon's tail,
+# the web process's fan-out and the streams), without 20 renderers sharing its cores.
+STREAM_READERS = r"""
+import http.client, sys, threading
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def follow():
+    conn = http.client.HTTPConnection(host, port)
+    conn.request("GET", "/api/stream", headers={"Accept": "text/event-stream"})
+    response = conn.getresponse()
+    while response.read1(65536):
+        pass
+threads = [threading.Thread(target=follow, daemon=True) for _ in range(n)]
+for t in threads:
+    t.start()
+print("following", flush=True)
+sys.stdin.read()  # until the benchmark closes our stdin
+"""
+
+
+def start_followers(web: WebServer, label: str, browser) -> tuple[list, object]:
+    if label == "20_browsers":
+        return open_following(browser, web.url, 20), None
+    if label == "20_streams":
+        parts = urlparse(web.url)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", STREAM_READERS, parts.hostname, str(parts.port), "20"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout.readline().strip() == "following"
+        return [], proc
+    return [], None
+
+
 def ingest_cost(work, db, daemon, web, browser, per_publisher: int, rounds: int) -> dict:
-    """Ingest (4 publishers) with no browser open, then with 20 following, alternated."""
-    runs = {"no_browser": [], "20_browsers": []}
-    web_cpu = {"no_browser": 0.0, "20_browsers": 0.0}
+    """Ingest (4 publishers) with no follower, 20 plain SSE streams, and 20 browsers
+    following live, alternated round by round."""
+    labels = ("no_browser", "20_streams", "20_browsers")
+    runs = {label: [] for label in labels}
+    web_cpu = dict.fromkeys(labels, 0.0)
     for _ in range(rounds):
-        for label in ("no_browser", "20_browsers"):
-            pages = open_following(browser, web.url, 20) if label == "20_browsers" else []
+        for label in labels:
+            pages, readers = start_followers(web, label, browser)
+            expected = 0 if label == "no_browser" else 20
+            while web.get("/api/status")[2]["streams"] != expected:
+                time.sleep(0.05)  # the readers' streams are being accepted
             cpu0 = cpu_seconds(web.proc.pid)
             result = end_to_end(work, 4, per_publisher, "web", db, daemon=daemon)
             web_cpu[label] += cpu_seconds(web.proc.pid) - cpu0
             streams = web.get("/api/status")[2]["streams"]
-            assert streams == len(pages), f"{streams} streams open for {len(pages)} pages"
+            assert streams == expected, f"{streams} streams open, {expected} expected"
             print(f"    {label}: {result['records_per_second']:,} rec/s", file=sys.stderr)
             for page in pages:
                 page.context.close()
+            if readers is not None:
+                readers.stdin.close()
+                readers.wait(timeout=60)
             runs[label].append(result["records_per_second"])
-    base, loaded = statistics.mean(runs["no_browser"]), statistics.mean(runs["20_browsers"])
+    base = statistics.mean(runs["no_browser"])
     return {
         "records_per_second": runs,
-        "ratio_20_browsers_vs_none": round(loaded / base, 3),
-        "ingest_cost_percent": round((1 - loaded / base) * 100, 1),
+        **{
+            f"ratio_{label}_vs_none": round(statistics.mean(runs[label]) / base, 3)
+            for label in labels[1:]
+        },
         "web_process_cpu_seconds": {k: round(v, 2) for k, v in web_cpu.items()},
     }
 
@@ -284,11 +331,11 @@ def print_table(r: dict) -> None:
     c = r["commit_to_page"]
     rows.append(("publish -> shown on an open page",
                  f"p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms ({c['probes']} probes)"))  # fmt: skip
-    rows.append(("ingest, no browser / 20 following",
-                 f"{ing['records_per_second']['no_browser']} / "
-                 f"{ing['records_per_second']['20_browsers']} rec/s: "
-                 f"{ing['ratio_20_browsers_vs_none']}x "
-                 f"({ing['ingest_cost_percent']}% cost)"))  # fmt: skip
+    for label in ("no_browser", "20_streams", "20_browsers"):
+        rate = ", ".join(f"{v:,}" for v in ing["records_per_second"][label])
+        ratio = ing.get(f"ratio_{label}_vs_none")
+        rows.append((f"ingest, {label.replace('_', ' ')}",
+                     f"{rate} rec/s" + (f": {ratio}x of none" if ratio else "")))  # fmt: skip
     rows.append(("web process CPU s during ingest", str(ing["web_process_cpu_seconds"])))
     width = max(len(a) for a, _ in rows)
     for a, b in rows:

@@ -20,14 +20,17 @@ from memory_bank import MemoryBank, Publisher
 from memory_bank.store import open_reader
 from memory_bank.viewer import view
 
-NOW = time.time()
-ANOMALY_TIMES = [NOW - 3000 + i * 600 for i in range(5)]  # five anomalies in the last hour
+NOW = time.time()  # when the lab under test was filled (set again by fill)
+ANOMALY_TIMES: list[float] = []  # five anomalies in the last hour
 SEVERITIES = ["LOW", "MEDIUM", "HIGH", "CRITICAL", "HIGH"]
 
 
 def fill(db) -> None:
-    """Two hours of a small lab: current and voltage every 10 s, events every minute,
-    five anomalies, a finished and a running session, a pattern seen three times."""
+    """Two hours of a small lab up to now: current and voltage every 10 s, events every
+    minute, five anomalies, a finished and a running session, a pattern seen three times."""
+    global NOW, ANOMALY_TIMES
+    NOW = time.time()
+    ANOMALY_TIMES = [NOW - 3000 + i * 600 for i in range(5)]
     with MemoryBank(db) as memory:
         pub = memory.publisher
         for i in range(720):
@@ -77,14 +80,21 @@ def browser():
 
 
 @pytest.fixture
-def page(browser):
+def page(browser, lab):
+    """A page with no script error and no request beyond the dashboard (no CDN: offline)."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     errors: list[str] = []
+    elsewhere: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(
+        "request",
+        lambda r: None if r.url.startswith((lab[0].url, "data:")) else elsewhere.append(r.url),
+    )
     yield page
     context.close()
     assert not errors, errors
+    assert not elsewhere, elsewhere
 
 
 def viewer_json(db, *args) -> object:

@@ -21,7 +21,7 @@ SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 MAX_ROWS = 10_000  # one page of a list; exports are the viewer's job
 MAX_POINTS = 5_000  # buckets of a chart: a screen is narrower than this
 ROW_BUDGET = 200_000  # rows a chart query may scan (about 50 ms here); above it, minutes
-ANOMALY_MARKERS = 2_000  # anomalies shown on one chart, as the terminal plot draws them
+ANOMALY_MARKERS = 1_000  # the newest anomalies of a chart's window, drawn as markers
 
 
 class ApiError(Exception):
@@ -151,6 +151,16 @@ def metric_names(request: Request) -> Response:
     return json_response(_reader(request).metric_names())
 
 
+def _unit(reader: Reader, name: str, buckets: list[dict], origin: float, width: float):
+    """The unit of a row in the first bucket with data: one bucket to look through, where
+    a search of the whole window would pass every row of denser metrics (no name index)."""
+    if not buckets:
+        return None
+    start = origin + buckets[0]["bucket"] * width
+    rows = reader.get_metrics(name, start, 1, start + width)
+    return rows[0]["unit"] if rows else None
+
+
 def bucket_grid(
     since: float, until: float, points: int, minimum: float = 0.0
 ) -> tuple[float, float, int]:
@@ -190,11 +200,10 @@ def metric(request: Request) -> Response:
     rows = reader.estimate_metric_rows(name, since, until)
     origin, width, count = bucket_grid(since, until, points, 60 if (rows or 0) > ROW_BUDGET else 0)
     buckets = reader.metric_buckets(name, origin, origin + count * width, count)
-    latest = reader.get_metrics(name, since, 1, until)
     return json_response(
         {
             "metric": name,
-            "unit": latest[0]["unit"] if latest else None,
+            "unit": _unit(reader, name, buckets, origin, width),
             "since": since,
             "until": until,
             "points": points,
