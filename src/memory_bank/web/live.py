@@ -33,7 +33,7 @@ PROBE_SECONDS = 1.0  # how often the daemon's presence (and endpoint) is checked
 KEEP_BATCHES = 1000  # batches kept for reconnecting browsers
 QUEUE_BATCHES = 1000  # batches a slow browser may fall behind before it is told to reset
 RETRY_MS = 2000  # how soon a browser reconnects after losing the stream
-MAX_ROWS = 100  # events (and anomalies) of one batch sent to a page; the rest are counted
+MAX_ROWS = 25  # events (and anomalies) of one batch sent to a page; the rest are counted
 
 
 @dataclass
@@ -102,21 +102,25 @@ def _frame_data(events: list[dict], anomalies: list[dict]) -> str:
 
 
 class Batch:
-    """One committed batch from the tail, numbered; its JSON made once for every stream
+    """One committed batch from the tail, numbered. Read only when a stream takes it (with
+    nobody watching, a batch costs its receipt), and its JSON made once for every stream
     that takes it unfiltered."""
 
     def __init__(self, seq: int, raw: bytes):
         self.seq = seq
-        self.events, self.anomalies = wire.decode_tail(raw)
+        self.raw = raw
+        self._rows: tuple[list[dict], list[dict]] | None = None
         self._unfiltered: str | None = None
 
     def data(self, wanted: StreamFilter) -> str | None:
         """The event's data for a stream with these filters; None when nothing is left."""
+        if self._rows is None:
+            self._rows = wire.decode_tail(self.raw)
         if wanted.empty:
             if self._unfiltered is None:
-                self._unfiltered = _frame_data(self.events, self.anomalies)
+                self._unfiltered = _frame_data(*self._rows)
             return self._unfiltered
-        events, anomalies = wanted.apply(self.events, self.anomalies)
+        events, anomalies = wanted.apply(*self._rows)
         return _frame_data(events, anomalies) if events or anomalies else None
 
 
@@ -176,11 +180,7 @@ class LiveFeed:
 
     # -- the subscription ---------------------------------------------------------------
     def _publish(self, raw: bytes) -> None:
-        try:
-            batch = Batch(self.seq + 1, raw)
-        except Exception as exc:  # a message we cannot read is skipped, not fatal
-            log.warning("unreadable tail message skipped: %s", exc)
-            return
+        batch = Batch(self.seq + 1, raw)
         self.seq = batch.seq
         self.kept.append(batch)
         self._summary_due = True
@@ -346,5 +346,9 @@ async def stream(
 
 
 def _records(feed: LiveFeed, wanted: StreamFilter, batch: Batch) -> str:
-    data = batch.data(wanted)
+    try:
+        data = batch.data(wanted)
+    except Exception as exc:  # a message we cannot read is skipped, not fatal
+        log.warning("unreadable tail message %d skipped: %s", batch.seq, exc)
+        return ""
     return "" if data is None else sse("records", data, feed.event_id(batch.seq))
