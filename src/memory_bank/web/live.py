@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 15.0  # a comment line keeps proxies and the browser from timing out
 PROBE_SECONDS = 1.0  # how often the daemon's presence (and endpoint) is checked
-KEEP_BATCHES = 1000  # batches kept for reconnecting browsers
+KEEP_BATCHES = 1000  # batches kept for reconnecting browsers...
+KEEP_BYTES = 32 << 20  # ...within this much memory (a busy second is a few MB)
 QUEUE_BATCHES = 1000  # batches a slow browser may fall behind before it is told to reset
 RETRY_MS = 2000  # how soon a browser reconnects after losing the stream
 MAX_ROWS = 25  # events (and anomalies) of one batch sent to a page; the rest are counted
@@ -108,19 +109,16 @@ class Batch:
 
     def __init__(self, seq: int, raw: bytes):
         self.seq = seq
-        self.raw = raw
-        self._rows: tuple[list[dict], list[dict]] | None = None
+        self.raw = raw  # kept as received: the smallest form of the batch
         self._unfiltered: str | None = None
 
     def data(self, wanted: StreamFilter) -> str | None:
         """The event's data for a stream with these filters; None when nothing is left."""
-        if self._rows is None:
-            self._rows = wire.decode_tail(self.raw)
         if wanted.empty:
             if self._unfiltered is None:
-                self._unfiltered = _frame_data(*self._rows)
+                self._unfiltered = _frame_data(*wire.decode_tail(self.raw))
             return self._unfiltered
-        events, anomalies = wanted.apply(*self._rows)
+        events, anomalies = wanted.apply(*wire.decode_tail(self.raw))
         return _frame_data(events, anomalies) if events or anomalies else None
 
 
@@ -135,7 +133,8 @@ class LiveFeed:
         self.name = discovery.display_name(location)
         self.boot = secrets.token_hex(4)  # a reconnect to another process cannot replay
         self.seq = 0
-        self.kept: deque[Batch] = deque(maxlen=KEEP_BATCHES)
+        self.kept: deque[Batch] = deque()
+        self.kept_bytes = 0
         self.subscribers: set[Subscriber] = set()
         self.live = False
         self.closing = False
@@ -183,6 +182,9 @@ class LiveFeed:
         batch = Batch(self.seq + 1, raw)
         self.seq = batch.seq
         self.kept.append(batch)
+        self.kept_bytes += len(raw)
+        while self.kept_bytes > KEEP_BYTES or len(self.kept) > KEEP_BATCHES:
+            self.kept_bytes -= len(self.kept.popleft().raw)
         self._summary_due = True
         for subscriber in self.subscribers:
             _offer(subscriber, batch)
