@@ -78,7 +78,7 @@ export class Feed {
     for (const gone of this.rows.splice(KEEP)) this.seen.delete(gone.key);
     this.remember(rows);
     // Lines newer than every line shown go on top; anything else redraws the list. At high
-    // rates batches come every few tens of ms: the page is updated four times a second.
+    // rates batches come every few tens of ms: the page is updated ten times a second.
     const onTop = rows.every((r) => r.time >= newest);
     this.pending = onTop && this.pending !== null ? this.pending.concat(rows) : null;
     if (!this.renderTimer) {
@@ -88,7 +88,7 @@ export class Feed {
         this.pending = [];
         if (pending === null || this.list.querySelector(".empty")) this.render();
         else this.prepend(pending);
-      }, 250);
+      }, 100);
     }
   }
 
