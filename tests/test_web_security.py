@@ -106,7 +106,7 @@ def test_without_the_web_extra_the_command_says_what_to_install(lab_db):
     hide = "sys.modules['starlette'] = None\nsys.modules['uvicorn'] = None\n"
     result = run_web("--db", str(lab_db), code=hide)
     assert result.returncode == 1
-    assert "pip install 'memory_bank[web]'" in result.stderr
+    assert 'is not installed: pip install "memory_bank[web]"' in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 

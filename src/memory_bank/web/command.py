@@ -1,4 +1,8 @@
-"""The `memorybank web` command (click only: the web stack is imported when it runs)."""
+"""The `memorybank web` command (click only: the web stack is imported when it runs).
+
+Failures go through the CLI's error boundary: a missing extra, a bad setting, listening
+beyond loopback without a token and a missing database are one line each.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,11 @@ import click
 
 from .. import config as config_mod
 from .. import discovery
+from ..cli_common import InputError, db_option
 
 
 @click.command()
-@click.option("--db", "db", help="SQLite database path, or a postgresql:// URL, to show.")
+@db_option(default=None, help="SQLite database path, or a postgresql:// URL, to show.")
 @click.option("--host", help="Address to listen on (default 127.0.0.1; others need --token).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port (default 8080; 0: any free).")
 @click.option(
@@ -25,26 +30,14 @@ from .. import discovery
 )
 def web(db, host, port, token, config_path) -> None:
     """Serve the dashboard: summary, charts, live feed, sessions, patterns, JSON API."""
-    try:
-        from .server import TokenRequired, serve
-    except ImportError as exc:
-        raise click.ClickException(
-            f"memorybank web needs the web extra ({exc.name} is missing): "
-            "pip install 'memory_bank[web]'"
-        ) from None
-    from ..store import StoreUnavailable
-    from ..viewer import MissingDatabase
-
-    try:
-        cfg = config_mod.load(config_path, db=db, web_host=host, web_port=port, web_token=token)
-    except config_mod.ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
     from ..cli import _setup_logging
+    from .server import serve  # ImportError without the extra: the boundary names it
 
+    cfg = config_mod.load(config_path, db=db, web_host=host, web_port=port, web_token=token)
     _setup_logging(cfg.log_level)
     location = cfg.db
     if not discovery.is_url(location) and not discovery.resolve_db_path(location).exists():
-        raise MissingDatabase(
+        raise InputError(
             f"no database at {discovery.resolve_db_path(location)}; start a daemon with "
             f"'memorybank daemon --db {location}', or pass --db PATH"
         )
@@ -52,9 +45,4 @@ def web(db, host, port, token, config_path) -> None:
     def ready(url: str) -> None:
         click.echo(f"serving {discovery.display_name(location)} on {url}", err=True)
 
-    try:
-        serve(location, cfg.web_host, cfg.web_port, cfg.web_token, on_ready=ready)
-    except TokenRequired as exc:
-        raise click.UsageError(str(exc)) from None
-    except (ImportError, StoreUnavailable, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
+    serve(location, cfg.web_host, cfg.web_port, cfg.web_token, on_ready=ready)
