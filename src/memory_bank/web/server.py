@@ -78,7 +78,7 @@ class _Server(uvicorn.Server):
 def serve(location: str, host: str, port: int, token: str | None, on_ready=None) -> None:
     """Serve until SIGINT/SIGTERM. ``on_ready(url)`` is called once the port is bound."""
     check_exposure(host, token)
-    app = create_app(location, open_reader(location), token)
+    app = create_app(location, open_reader(location).check(), token)  # not a database: fail now
     config = uvicorn.Config(
         app,
         host=host,
