@@ -147,9 +147,12 @@ def end_to_end(
     label: str,
     db: Path | str | None = None,
     durability: str = "memory",
+    daemon: Daemon | None = None,
 ) -> dict:
+    """Publishers -> daemon -> committed; a daemon given is left running."""
     db = db or work / f"e2e-{label}.db"
-    daemon = Daemon(db)
+    own_daemon = daemon is None
+    daemon = daemon or Daemon(db)
     cpu0, _ = daemon.cpu_and_rss()
     start_at = time.time() + 1.5
     procs = [
@@ -172,7 +175,8 @@ def end_to_end(
     reports = [json.loads(p.communicate(timeout=1800)[0]) for p in procs]
     cpu1, peak_mb = daemon.cpu_and_rss()
     committed = daemon_stats(db)["committed_records"]
-    daemon.stop()
+    if own_daemon:
+        daemon.stop()
     total = publishers * per_publisher
     first = min(r["first_call"] for r in reports)
     last = max(r["acked"] for r in reports)

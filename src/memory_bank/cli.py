@@ -23,6 +23,7 @@ from .control import DaemonUnavailable, daemon_stats, wait_for_daemon
 from .formatting import Column, record_lines, render
 from .store import open_reader
 from .viewer import view
+from .web.command import web
 
 
 def _setup_logging(level: str) -> None:
@@ -424,6 +425,7 @@ def demo(db, seconds, cycle) -> None:
 
 
 main.add_command(view)
+main.add_command(web)
 
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

@@ -33,6 +33,8 @@ EXTRA_FOR = {
     "ocpp": "demo",
     "websockets": "demo",
     "can": "demo",
+    "starlette": "web",
+    "uvicorn": "web",
 }
 
 # OSError numbers that mean "the path you gave cannot be used" (input) rather than "the

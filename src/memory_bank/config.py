@@ -38,6 +38,9 @@ class Config:
     patterns_days: float | None = None
     chunk_rows: int = 5000
     log_level: str = "INFO"
+    web_host: str = "127.0.0.1"
+    web_port: int = 8080
+    web_token: str | None = None
 
     def table_retention_days(self) -> dict[str, float | None]:
         """Days kept per table: events, anomalies and metrics default to retention_days;
@@ -68,12 +71,21 @@ _SECTIONS = {
     "security": {"curve_secret_key_file", "curve_authorized_keys_dir"},
     "maintenance": {"retention_schedule", "vacuum_schedule", "chunk_rows", *_DAY_KEYS},
     "logging": {"level"},
+    "web": {"host", "port", "token"},
+}
+# Keys whose attribute is named for their section (the file says [web] port).
+_ATTRIBUTE = {
+    ("logging", "level"): "log_level",
+    ("web", "host"): "web_host",
+    ("web", "port"): "web_port",
+    ("web", "token"): "web_token",
 }
 _PATH_KEYS = ("db", "curve_secret_key_file", "curve_authorized_keys_dir")
 _ENV = {
     "MEMORYBANK_DB": "db",
     "MEMORYBANK_ENDPOINT": "endpoint",
     "MEMORYBANK_LOG_LEVEL": "log_level",
+    "MEMORYBANK_WEB_TOKEN": "web_token",
 }
 
 
@@ -123,6 +135,13 @@ def _check(config: Config) -> Config:
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"maintenance.{key}: expected days >= 0, got {value!r}")
     _whole(config.chunk_rows, "maintenance.chunk_rows", 1, 1_000_000)
+    _whole(config.web_port, "web.port", 0, 65535)  # 0: any free port
+    if not isinstance(config.web_host, str) or not config.web_host:
+        raise ConfigError(f"web.host: expected a host name or address, got {config.web_host!r}")
+    if config.web_token is not None and (
+        not isinstance(config.web_token, str) or not config.web_token
+    ):
+        raise ConfigError("web.token: expected a non-empty string")
     from .jobs import parse_schedule
 
     try:
@@ -188,7 +207,7 @@ def load(path: str | os.PathLike | None = None, **overrides) -> Config:
                         f"{path}: unknown key {section}.{key}; expected one of "
                         f"{', '.join(sorted(_SECTIONS[section]))}"
                     )
-                setattr(config, "log_level" if section == "logging" else key, value)
+                setattr(config, _ATTRIBUTE.get((section, key), key), value)
         for key in _PATH_KEYS:  # paths in the file are relative to the file
             value = getattr(config, key)
             if (

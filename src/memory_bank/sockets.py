@@ -197,9 +197,11 @@ def daemon_tail(ctx: zmq.Context, endpoint: str, binder=bind) -> zmq.Socket:
     return sock
 
 
-def follower_sub(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def follower_sub(ctx: zmq.Context, endpoint: str, connect: bool = True) -> zmq.Socket:
+    """``connect=False`` leaves the connect to the caller (to attach a monitor first)."""
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SUBSCRIBE, b"")
-    sock.connect(endpoint)
+    if connect:
+        sock.connect(endpoint)
     return sock

@@ -145,10 +145,9 @@ class Viewer:
     # -- beyond the seed --------------------------------------------------------------
     def follow(self, f: Filters, backlog: int = 10) -> None:
         """Print the last lines, then events and anomalies as they are committed."""
-        import msgpack
         import zmq
 
-        from . import sockets
+        from . import sockets, wire
 
         info = discovery.read_daemon_info(self.path) or {}
         endpoint = info.get("tail_endpoint") or sockets.tail_endpoint_for(
@@ -172,34 +171,11 @@ class Viewer:
             while True:
                 if not sub.poll(500):
                     continue
-                events, anomalies = msgpack.unpackb(sub.recv(), raw=False)
-                for row in events:
-                    e = dict(
-                        zip(
-                            ("id", "timestamp", "event_type", "component", "message", "data"),
-                            row,
-                            strict=False,
-                        )
-                    )
+                events, anomalies = wire.decode_tail(sub.recv())
+                for e in events:
                     if self._wanted_event(e, f):
                         self._follow_line("event", e)
-                for row in anomalies:
-                    a = dict(
-                        zip(
-                            (
-                                "id",
-                                "timestamp",
-                                "anomaly_type",
-                                "severity",
-                                "description",
-                                "pattern_data",
-                                "current_value",
-                                "expected_value",
-                            ),
-                            row,
-                            strict=False,
-                        )
-                    )
+                for a in anomalies:
                     if f.anomaly_type in (None, a["anomaly_type"]) and f.severity in (
                         None,
                         a["severity"],

@@ -360,3 +360,27 @@ class Validator:
         if not _is_standard_json(row[3]):
             return f"pattern_data {_NOT_JSON}"
         return None
+
+
+# -- the tail: what the daemon publishes to followers after each commit ------------------
+# One msgpack array per committed batch: [event rows, anomaly rows], each row as above.
+TAIL_EVENT_KEYS = ("id", "timestamp", "event_type", "component", "message", "data")
+TAIL_ANOMALY_KEYS = (
+    "id",
+    "timestamp",
+    "anomaly_type",
+    "severity",
+    "description",
+    "pattern_data",
+    "current_value",
+    "expected_value",
+)
+
+
+def decode_tail(raw: bytes) -> tuple[list[dict], list[dict]]:
+    """A tail message as (events, anomalies), rows keyed by column (JSON columns as text)."""
+    events, anomalies = msgpack.unpackb(raw, raw=False)
+    return (
+        [dict(zip(TAIL_EVENT_KEYS, row, strict=False)) for row in events],
+        [dict(zip(TAIL_ANOMALY_KEYS, row, strict=False)) for row in anomalies],
+    )

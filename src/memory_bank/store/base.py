@@ -447,6 +447,23 @@ class Reader:
         """The metric's avg/min/max over equal time slices, computed in the database."""
         raise NotImplementedError
 
+    def estimate_metric_rows(self, metric_name: str, since: float, until: float) -> int | None:
+        """About how many rows of the metric lie in the window (an upper bound, read
+        cheaply), or None where the store cannot tell without counting them."""
+        return None
+
+    def metric_names(self) -> list[str]:
+        """The names of the recorded metrics, sorted: one index probe per name (a loose
+        index scan), not a pass over every row."""
+        rows = self._all(
+            "WITH RECURSIVE names(name) AS ("
+            " (SELECT metric_name FROM metrics ORDER BY metric_name LIMIT 1)"
+            " UNION ALL SELECT (SELECT metric_name FROM metrics WHERE metric_name > names.name"
+            " ORDER BY metric_name LIMIT 1) FROM names WHERE names.name IS NOT NULL)"
+            " SELECT name FROM names WHERE name IS NOT NULL"
+        )
+        return [r["name"] for r in rows]
+
     def count(self, table: str, since=None, until=None) -> int:
         if table not in TABLE_COLUMNS:
             raise ValueError(f"unknown table {table!r}")

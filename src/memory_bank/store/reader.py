@@ -212,12 +212,40 @@ class SqliteReader(Reader):
             scalar("SELECT count(*) FROM sessions WHERE status = 'ACTIVE'"),
         )
 
+    def estimate_metric_rows(self, metric_name: str, since: float, until: float) -> int | None:
+        """From the per-minute rollup: the rows of every minute the window touches."""
+        if not self._has_rollups():
+            return None
+        return self._one(
+            "SELECT coalesce(sum(n), 0) AS n FROM mb_metric_minutes "
+            "WHERE metric_name = ? AND minute >= ? AND minute <= ?",
+            (metric_name, since // 60, until // 60),
+        )["n"]
+
+    def metric_names(self) -> list[str]:
+        """From the per-minute rollup's key (metrics has no name index here)."""
+        table = "mb_metric_minutes" if self._has_rollups() else "metrics"
+        rows = self._all(f"SELECT DISTINCT metric_name FROM {table} ORDER BY metric_name")
+        return [r["metric_name"] for r in rows]
+
     def metric_buckets(
         self, metric_name: str, since: float, until: float, buckets: int
     ) -> list[dict]:
         """The metric averaged (with min and max) over ``buckets`` equal time slices: what
-        a plot needs, computed in SQL so millions of points never leave the database."""
+        a plot needs, computed in SQL so millions of points never leave the database.
+        Slices of whole minutes on a minute boundary come from the per-minute rollup (a
+        7-day chart reads 10,080 rows, not millions); their ``first_t`` is then the start
+        of their first minute with data."""
         width = max((until - since) / max(buckets, 1), 1e-6)
+        if since % 60 == 0 and until % 60 == 0 and width % 60 == 0 and self._has_rollups():
+            return self._all(
+                "SELECT CAST((minute * 60 - ?1) / ?2 AS INTEGER) AS bucket, "
+                "sum(total) / sum(n) AS avg, min(min) AS min, max(max) AS max, "
+                "min(minute) * 60.0 AS first_t, sum(n) AS n FROM mb_metric_minutes "
+                "WHERE metric_name = ?3 AND minute >= ?1 / 60 AND minute < ?4 / 60 "
+                "GROUP BY bucket ORDER BY bucket",
+                (since, width, metric_name, until),
+            )
         return self._all(
             "SELECT CAST((timestamp - ?1) / ?2 AS INTEGER) AS bucket, "
             "avg(metric_value) AS avg, min(metric_value) AS min, max(metric_value) AS max, "

@@ -1,0 +1,121 @@
+"""The ASGI application: the page, its static files, the JSON API and the live stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .. import __version__
+from ..store import Reader, StoreUnavailable
+from . import api
+from .auth import TokenGate
+from .live import LiveFeed, StreamFilter, stream
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).with_name("static")
+# Reader threads: each holds one read-only connection; a page makes a handful of calls.
+READER_THREADS = 8
+
+
+def _endpoint(handler):
+    """A reader call in a worker thread (the store is synchronous), errors as JSON."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await run_in_threadpool(handler, request)
+        except api.ApiError as exc:
+            return api.error_response(exc.status, str(exc))
+        except StoreUnavailable as exc:
+            return api.error_response(503, str(exc))
+        except Exception as exc:  # still JSON, and logged with its traceback
+            log.exception("%s failed", request.url.path)
+            return api.error_response(500, f"{type(exc).__name__}: {exc}")
+
+    return endpoint
+
+
+async def _stream(request: Request) -> Response:
+    q = request.query_params
+    wanted = StreamFilter(
+        q.get("type") or None, q.get("component") or None, (q.get("severity") or "").upper() or None
+    )
+    feed: LiveFeed = request.app.state.feed
+    return StreamingResponse(
+        stream(feed, wanted, request.headers.get("last-event-id")),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _status(request: Request) -> Response:
+    feed: LiveFeed = request.app.state.feed
+    return api.json_response(
+        {
+            "database": feed.name,
+            "version": __version__,
+            **feed.status(),
+            "streams": len(feed.subscribers),
+            "last_event_id": feed.event_id(feed.seq),
+        }
+    )
+
+
+async def _page(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def _not_found(request: Request, exc: HTTPException) -> Response:
+    return api.error_response(exc.status_code, exc.detail)
+
+
+def create_app(location: str, reader: Reader, token: str | None = None) -> Starlette:
+    """The dashboard over ``reader`` (read queries on ``location``), guarded by ``token``."""
+    feed = LiveFeed(location, summarize=reader.get_dashboard_summary)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        anyio.to_thread.current_default_thread_limiter().total_tokens = READER_THREADS
+        follower = asyncio.create_task(feed.run())
+        try:
+            yield
+        finally:
+            feed.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(follower, 5)
+            reader.close()
+
+    routes = [
+        Route("/", _page),
+        Route("/api/summary", _endpoint(api.summary)),
+        Route("/api/events", _endpoint(api.events)),
+        Route("/api/anomalies", _endpoint(api.anomalies)),
+        Route("/api/sessions", _endpoint(api.sessions)),
+        Route("/api/sessions/{session_id:path}", _endpoint(api.session)),
+        Route("/api/patterns", _endpoint(api.patterns)),
+        Route("/api/metrics", _endpoint(api.metric_names)),
+        Route("/api/metrics/{name:path}", _endpoint(api.metric)),
+        Route("/api/stream", _stream),
+        Route("/api/status", _status),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(TokenGate, token=token)],
+        exception_handlers={HTTPException: _not_found},
+        lifespan=lifespan,
+    )
+    app.state.reader = reader
+    app.state.feed = feed
+    return app

@@ -1,0 +1,200 @@
+"""The dashboard's live feed: Server-Sent Events from the daemon's tail, one subscription
+for every browser, reconnection with Last-Event-ID, and life without a daemon."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import time
+import uuid
+from urllib.parse import urlparse
+
+import pytest
+from playwright.sync_api import expect
+from web_server import WebServer, chromium_session
+
+from memory_bank import Publisher
+
+
+class SseClient:
+    """A plain HTTP client reading /api/stream event by event (as EventSource does)."""
+
+    def __init__(self, url: str, last_event_id: str | None = None, query: str = ""):
+        parts = urlparse(url)
+        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=20)
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        self.conn.request("GET", "/api/stream" + query, headers=headers)
+        self.response = self.conn.getresponse()
+        assert self.response.status == 200
+        assert self.response.headers["content-type"].startswith("text/event-stream")
+
+    def next_event(self) -> dict:
+        """The next event with a name (comments and retry lines skipped)."""
+        fields: dict = {}
+        while True:
+            line = self.response.readline().decode()
+            if line == "":
+                raise EOFError("the stream ended")
+            line = line.rstrip("\n")
+            if line == "":
+                if "event" in fields:
+                    return fields
+                fields = {}
+                continue
+            name, _, value = line.partition(":")
+            if name:
+                fields[name] = value.lstrip(" ")
+
+    def next_records(self) -> tuple[str, dict]:
+        while True:
+            event = self.next_event()
+            if event["event"] == "records":
+                return event["id"], json.loads(event["data"])
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def status(web: WebServer) -> dict:
+    return web.get("/api/status")[2]
+
+
+def wait_for(condition, what: str, timeout: float = 20.0):
+    """Poll a condition (each check is a real request) until it holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def publish_event(location, message: str) -> None:
+    with Publisher(location) as pub:
+        pub.log_event("OCPP_BOOT", "CP_9", message)
+        assert pub.flush(20)
+
+
+@pytest.fixture
+def served(location, start_daemon):
+    """A daemon serving an empty database, and `memorybank web` over it."""
+    daemon = start_daemon(location)
+    web = WebServer(location)
+    wait_for(lambda: status(web)["live"], "the web to follow the daemon")
+    yield web, location, daemon
+    assert web.stop() == 0, "".join(web.output)
+
+
+def test_stream_sends_committed_records_and_replays_what_a_reconnect_missed(served):
+    web, location, _ = served
+    client = SseClient(web.url)
+    first = client.next_event()
+    assert first["event"] == "status" and json.loads(first["data"])["live"] is True
+    publish_event(location, "first")
+    seen_id, batch = client.next_records()
+    assert [e["message"] for e in batch["events"]] == ["first"]
+    assert batch["events"][0]["component"] == "CP_9" and batch["anomalies"] == []
+    client.close()
+    wait_for(lambda: status(web)["streams"] == 0, "the closed stream to be dropped")
+
+    # Committed while this browser was away: replayed on reconnection.
+    publish_event(location, "while away")
+    wait_for(lambda: status(web)["last_event_id"] != seen_id, "the web to receive the batch")
+    again = SseClient(web.url, last_event_id=seen_id)
+    assert again.next_event()["event"] == "status"
+    replay_id, missed = again.next_records()
+    assert [e["message"] for e in missed["events"]] == ["while away"]
+    assert replay_id == status(web)["last_event_id"]
+    again.close()
+
+    # An id from another server process cannot be replayed: the browser is told to reload.
+    other = SseClient(web.url, last_event_id="0badf00d-3")
+    assert other.next_event()["event"] == "status"
+    assert other.next_event()["event"] == "reset"
+    other.close()
+
+
+def test_stream_filters_like_view_follow(served):
+    web, location, _ = served
+    client = SseClient(web.url, query="?severity=CRITICAL&component=CP_1")
+    assert client.next_event()["event"] == "status"
+    with Publisher(location) as pub:
+        pub.log_event("OCPP_BOOT", "CP_2", "other charge point")
+        pub.record_anomaly("VOLTAGE_DROP", "LOW", "minor", None, 225.0, 230.0)
+        assert pub.flush(20)
+    with Publisher(location) as pub:
+        pub.log_event("OCPP_BOOT", "CP_1", "this charge point")
+        pub.record_anomaly("VOLTAGE_DROP", "CRITICAL", "collapse", None, 0.0, 230.0)
+        assert pub.flush(20)
+    _, batch = client.next_records()
+    if not batch["events"] or not batch["anomalies"]:  # the two may commit apart
+        _, more = client.next_records()
+        batch = {k: batch[k] + more[k] for k in batch}
+    assert [e["message"] for e in batch["events"]] == ["this charge point"]
+    assert [a["description"] for a in batch["anomalies"]] == ["collapse"]
+    assert batch["anomalies"][0]["deviation"] == 230.0
+    client.close()
+
+
+def test_a_burst_is_sent_capped_with_the_rest_counted(served):
+    web, location, _ = served
+    client = SseClient(web.url)
+    assert client.next_event()["event"] == "status"
+    with Publisher(location) as pub:
+        for i in range(500):
+            pub.log_event("CAN_RX", "CHARGER", f"reading {i}")
+        assert pub.flush(20)
+    shown, total = [], 0
+    while total < 500:
+        _, batch = client.next_records()
+        assert len(batch["events"]) <= 25
+        shown += [e["message"] for e in batch["events"]]
+        total += len(batch["events"]) + batch["skipped"]["events"]
+    assert total == 500 and shown[-1] == "reading 499"  # the newest are the ones shown
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    yield from chromium_session()
+
+
+def test_many_browsers_share_one_subscription_and_leave_cleanly(served, browser):
+    web, location, _ = served
+    pages = [browser.new_page() for _ in range(3)]
+    for page in pages:
+        page.goto(web.url)
+        expect(page.locator("#live-status")).to_have_text(re.compile("^live: following"))
+    assert status(web)["streams"] == 3
+    marker = uuid.uuid4().hex[:8]
+    publish_event(location, f"to all {marker}")
+    for page in pages:
+        expect(page.locator("#feed")).to_contain_text(f"to all {marker}")
+    for page in pages:
+        page.close()
+    wait_for(lambda: status(web)["streams"] == 0, "every stream to end with its page")
+
+
+def test_without_a_daemon_the_page_says_so_and_picks_one_up(location, start_daemon, browser):
+    first = start_daemon(location)  # makes the database
+    publish_event(location, "before")
+    first.stop()
+    web = WebServer(location)
+    try:
+        page = browser.new_page()
+        page.goto(web.url)
+        live = page.locator("#live-status")
+        expect(live).to_have_text("live feed unavailable: no daemon serves this database")
+        expect(page.locator("#total-events")).to_have_text("1")  # the database still reads
+        start_daemon(location)
+        expect(live).to_have_text(re.compile("^live: following"))
+        marker = uuid.uuid4().hex[:8]
+        publish_event(location, f"after {marker}")
+        expect(page.locator("#feed")).to_contain_text(f"after {marker}")
+        page.close()
+    finally:
+        assert web.stop() == 0, "".join(web.output)
