@@ -38,6 +38,14 @@ class Config:
     patterns_days: float | None = None
     chunk_rows: int = 5000
     log_level: str = "INFO"
+    # [detect]: `memorybank detect` (see memory_bank.detect.runner.DetectSettings)
+    detect_instance: str = "detect"
+    detect_sensitivity: float = 1.0
+    detect_warmup_readings: int = 240
+    detect_metrics: list[str] | None = None
+    detect_poll_seconds: float = 1.0
+    detect_checkpoint_seconds: float = 60.0
+    detect_cycle_min_period_s: float = 2.0
 
     def table_retention_days(self) -> dict[str, float | None]:
         """Days kept per table: events, anomalies and metrics default to retention_days;
@@ -68,6 +76,15 @@ _SECTIONS = {
     "security": {"curve_secret_key_file", "curve_authorized_keys_dir"},
     "maintenance": {"retention_schedule", "vacuum_schedule", "chunk_rows", *_DAY_KEYS},
     "logging": {"level"},
+    "detect": {
+        "instance",
+        "sensitivity",
+        "warmup_readings",
+        "metrics",
+        "poll_seconds",
+        "checkpoint_seconds",
+        "cycle_min_period_s",
+    },
 }
 _PATH_KEYS = ("db", "curve_secret_key_file", "curve_authorized_keys_dir")
 _ENV = {
@@ -123,6 +140,7 @@ def _check(config: Config) -> Config:
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"maintenance.{key}: expected days >= 0, got {value!r}")
     _whole(config.chunk_rows, "maintenance.chunk_rows", 1, 1_000_000)
+    _check_detect(config)
     from .jobs import parse_schedule
 
     try:
@@ -139,6 +157,38 @@ def _check(config: Config) -> Config:
             f"daemon.endpoint: expected ipc://PATH or tcp://HOST:PORT, got {config.endpoint!r}"
         )
     return config
+
+
+def _check_detect(config: Config) -> None:
+    for key, low, high in (
+        ("sensitivity", 0.1, 10.0),
+        ("poll_seconds", 0.01, 3600.0),
+        ("checkpoint_seconds", 1.0, 86400.0),
+        ("cycle_min_period_s", 0.01, 86400.0),
+    ):
+        value = getattr(config, f"detect_{key}")
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not low <= value <= high
+        ):
+            raise ConfigError(
+                f"detect.{key}: expected a number from {low:g} to {high:g}, got {value!r}"
+            )
+    _whole(config.detect_warmup_readings, "detect.warmup_readings", 10, 10_000_000)
+    if (
+        not isinstance(config.detect_instance, str)
+        or not config.detect_instance.replace("-", "").replace("_", "").isalnum()
+    ):
+        raise ConfigError(
+            f"detect.instance: expected a name of letters, digits, - and _, "
+            f"got {config.detect_instance!r}"
+        )
+    metrics = config.detect_metrics
+    if metrics is not None and (
+        not isinstance(metrics, list) or not all(isinstance(m, str) and m for m in metrics)
+    ):
+        raise ConfigError(f"detect.metrics: expected a list of metric names, got {metrics!r}")
 
 
 def standard_locations() -> list[Path]:
@@ -188,7 +238,11 @@ def load(path: str | os.PathLike | None = None, **overrides) -> Config:
                         f"{path}: unknown key {section}.{key}; expected one of "
                         f"{', '.join(sorted(_SECTIONS[section]))}"
                     )
-                setattr(config, "log_level" if section == "logging" else key, value)
+                if section == "logging":
+                    key = "log_level"
+                elif section == "detect":
+                    key = f"detect_{key}"
+                setattr(config, key, value)
         for key in _PATH_KEYS:  # paths in the file are relative to the file
             value = getattr(config, key)
             if (

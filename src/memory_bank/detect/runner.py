@@ -1,0 +1,371 @@
+"""`memorybank detect`: read committed rows, run the detectors, publish what they find.
+
+Detection is a component like the CSMS: it reads through the store's read-only reader and
+writes through a Publisher, nothing else. Its position and its learned models are kept in
+the database as a ``DETECT_CHECKPOINT`` event, written only after every finding before it
+is confirmed committed (a flush), so a checkpoint never runs ahead of its findings. After
+a crash the detector resumes from the newest checkpoint and finds again what came after
+it; findings (kind, stream, reading) and pattern recurrences already stored are not
+published again, so nothing is reported twice and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+
+from .. import discovery
+from ..publisher import Publisher
+from ..store import open_reader
+from .cycles import ANOMALY_PREFIX, PATTERN_TYPE, CycleLearner
+from .findings import KINDS, Finding, finding_key
+from .position import EVENT, METRIC, CommittedRows, Position, advance
+from .streams import Settings, StreamDetector
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_EVENT = "DETECT_CHECKPOINT"
+COMPONENT = "detect"
+STATE_VERSION = 1
+DROPOUT_CHECK_S = 0.25  # how often (in data time) silent streams are looked at
+MAX_STATE_CHARS = 900_000  # under the daemon's default max_text_chars
+DEDUPE_LOOKBACK_S = 86400.0
+
+
+class DetectorBusy(RuntimeError):
+    """Another `memorybank detect` with the same instance name serves this database."""
+
+
+@dataclass
+class DetectSettings:
+    """The [detect] table of the configuration."""
+
+    instance: str = "detect"
+    sensitivity: float = 1.0
+    warmup_readings: int = 240
+    metrics: list[str] = field(default_factory=list)  # empty: every metric
+    poll_seconds: float = 1.0
+    checkpoint_seconds: float = 60.0
+    checkpoint_rows: int = 1_000_000
+    cycle_min_period_s: float = 2.0
+    confirm_timeout: float = 30.0
+
+
+@dataclass
+class Progress:
+    readings: int = 0
+    events: int = 0
+    findings: int = 0
+    patterns: int = 0
+    skipped_duplicates: int = 0
+    late_readings: int = 0
+    checkpoints: int = 0
+    by_kind: dict = field(default_factory=dict)
+
+
+def _encode_state(state: dict) -> str:
+    raw = json.dumps(state, separators=(",", ":")).encode()
+    return base64.b64encode(zlib.compress(raw, 6)).decode()
+
+
+def _decode_state(text: str) -> dict:
+    return json.loads(zlib.decompress(base64.b64decode(text)))
+
+
+class Detection:
+    """One detector instance over one database."""
+
+    def __init__(self, location: str, settings: DetectSettings, endpoint: str | None = None):
+        self.location = os.fspath(location)
+        self.settings = settings
+        self.stream_settings = Settings(settings.sensitivity, settings.warmup_readings)
+        self.watched = set(settings.metrics)
+        self.reader = open_reader(self.location)
+        self.rows = CommittedRows(self.reader)
+        self._lock_fd = self._take_lock(discovery.location_key(self.location, endpoint))
+        self.publisher = Publisher(self.location, endpoint=endpoint, spool_bytes=0)
+        self.position = Position()
+        self.clock = 0.0
+        self.detectors: dict[str, StreamDetector] = {}
+        self.learner = CycleLearner(min_period_s=settings.cycle_min_period_s)
+        self.progress = Progress()
+        self.checkpoint_seq = 0
+        self._stream_of: dict[tuple, StreamDetector | None] = {}
+        self._reported: set[tuple] = set()
+        self._pattern_seen: dict[str, float] = {}
+        self._next_dropout_check = 0.0
+        self._resume()
+
+    # -- one instance per database ------------------------------------------------------
+    def _take_lock(self, key) -> int:
+        path = key.with_name(f"{key.name}-detect-{self.settings.instance}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DetectorBusy(
+                f"another 'memorybank detect' (instance {self.settings.instance!r}) already "
+                f"reads {discovery.redact_url(self.location)}; stop it, or give this one "
+                "another instance name ([detect] instance)"
+            ) from None
+        return fd
+
+    # -- resume -------------------------------------------------------------------------
+    def _resume(self) -> None:
+        checkpoint = self._newest_checkpoint()
+        since = None
+        if checkpoint is not None:
+            self.checkpoint_seq = checkpoint["seq"]
+            self.position = Position.from_state(checkpoint["position"])
+            self.clock = checkpoint["clock"]
+            state = checkpoint.get("state")
+            if state:
+                self._load_models(_decode_state(state))
+            since = self.clock - DEDUPE_LOOKBACK_S
+            log.info(
+                "resuming from checkpoint %d (data time %s)",
+                self.checkpoint_seq,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.clock)),
+            )
+        for row in self.reader.iter_anomalies(since=since, newest_first=False):
+            data = row.get("pattern_data")
+            if (
+                isinstance(data, dict)
+                and data.get("instance") == self.settings.instance
+                and row["anomaly_type"] in KINDS
+            ):
+                stream = data.get("stream") or {}
+                self._reported.add(finding_key(row["anomaly_type"], stream, row["timestamp"]))
+        for row in self.reader.get_patterns(pattern_type=PATTERN_TYPE):
+            self._pattern_seen[_pattern_key(row["pattern_data"])] = row["last_seen"] or 0.0
+
+    def _newest_checkpoint(self) -> dict | None:
+        for row in self.reader.iter_events(
+            limit=50, event_type=CHECKPOINT_EVENT, component=COMPONENT
+        ):
+            data = row.get("data")
+            if (
+                isinstance(data, dict)
+                and data.get("instance") == self.settings.instance
+                and data.get("version") == STATE_VERSION
+            ):
+                return data
+        return None
+
+    def _load_models(self, state: dict) -> None:
+        for key, det_state in state.get("streams", {}).items():
+            stream = json.loads(key)
+            self.detectors[key] = StreamDetector.from_state(stream, self.stream_settings, det_state)
+        if "cycles" in state:
+            self.learner.load_state(state["cycles"])
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self, once: bool = False, stop: threading.Event | None = None) -> Progress:
+        """Process what is committed; with ``once``, then stop, else follow new commits
+        until ``stop`` is set."""
+        stop = stop or threading.Event()
+        last_checkpoint = time.monotonic()
+        rows_at_checkpoint = self._rows_done()
+        while not stop.is_set():
+            processed = self._process(stop, self.settings.checkpoint_rows)
+            due = (
+                time.monotonic() - last_checkpoint >= self.settings.checkpoint_seconds
+                or self._rows_done() - rows_at_checkpoint >= self.settings.checkpoint_rows
+            )
+            if processed and (due or once):
+                if self.checkpoint():
+                    last_checkpoint = time.monotonic()
+                    rows_at_checkpoint = self._rows_done()
+            if once and processed < self.settings.checkpoint_rows:
+                break
+            if not processed:
+                stop.wait(self.settings.poll_seconds)
+        if self._rows_done() != rows_at_checkpoint:
+            self.checkpoint()
+        return self.progress
+
+    def _rows_done(self) -> int:
+        return self.progress.readings + self.progress.events
+
+    def _process(self, stop: threading.Event, limit: int) -> int:
+        """Up to ``limit`` new rows through the detectors; returns how many."""
+        position = self.position
+        count = 0
+        for row in self.rows.timeline(position):
+            ts, code = row[0], row[1]
+            if ts > self.clock:
+                self.clock = ts
+            if code == METRIC:
+                self._reading(row)
+            elif code == EVENT:
+                self._event(row)
+            else:
+                self._anomaly(row)
+            advance(position, row)
+            if self.clock >= self._next_dropout_check:
+                self._check_dropouts()
+            count += 1
+            if count >= limit or (count % 10000 == 0 and stop.is_set()):
+                break
+        return count
+
+    def _reading(self, row: tuple) -> None:
+        cache_key = (row[3], row[5])
+        det = self._stream_of.get(cache_key, False)
+        if det is False:
+            det = self._stream_for(row[3], row[5])
+            if len(self._stream_of) > 100_000:
+                self._stream_of.clear()
+            self._stream_of[cache_key] = det
+        if det is None:
+            return
+        self.progress.readings += 1
+        found = det.feed(row[0], row[4])
+        if found:
+            for finding in found:
+                self._report(finding)
+
+    def _stream_for(self, name: str, metadata_text: str | None) -> StreamDetector | None:
+        if self.watched and name not in self.watched:
+            return None
+        stream = {"metric": name}
+        if metadata_text:
+            try:
+                metadata = json.loads(metadata_text)
+            except ValueError:
+                metadata = None
+            if isinstance(metadata, dict):
+                for field_name in ("cp_id", "connector_id"):
+                    if metadata.get(field_name) is not None:
+                        stream[field_name] = metadata[field_name]
+        key = json.dumps(stream, sort_keys=True)
+        det = self.detectors.get(key)
+        if det is None:
+            det = self.detectors[key] = StreamDetector(stream, self.stream_settings)
+        return det
+
+    def _check_dropouts(self) -> None:
+        self._next_dropout_check = self.clock + DROPOUT_CHECK_S
+        clock = self.clock
+        for det in self.detectors.values():
+            finding = det.overdue(clock)
+            if finding is not None:
+                self._report(finding)
+
+    def _event(self, row: tuple) -> None:
+        if row[4] == COMPONENT:
+            return  # this detector's own checkpoints
+        self.progress.events += 1
+        self._observe(row[0], row[3], _json(row[5]))
+
+    def _anomaly(self, row: tuple) -> None:
+        data = _json(row[5])
+        if isinstance(data, dict) and data.get("instance") == self.settings.instance:
+            return  # our own finding: the learner saw it when it was found
+        self.progress.events += 1
+        self._observe(row[0], ANOMALY_PREFIX + row[3], data)
+
+    def _observe(self, ts: float, kind: str, data) -> None:
+        symbol = self.learner.symbol(kind, data)
+        for record in self.learner.observe(ts, symbol):
+            key = _pattern_key(record.data)
+            if record.timestamp <= self._pattern_seen.get(key, 0.0):
+                continue  # recorded before a restart
+            self._pattern_seen[key] = record.timestamp
+            self.publisher.record_pattern(
+                PATTERN_TYPE, record.data, record.confidence, timestamp=record.timestamp
+            )
+            self.progress.patterns += 1
+
+    def _report(self, finding: Finding) -> None:
+        key = finding.key()
+        if key in self._reported:
+            self.progress.skipped_duplicates += 1
+            return
+        self._reported.add(key)
+        self.publisher.record_anomaly(
+            finding.kind,
+            finding.severity,
+            finding.description(),
+            finding.data(self.settings.instance),
+            finding.current_value,
+            finding.expected_value,
+            timestamp=finding.timestamp,
+        )
+        self.progress.findings += 1
+        self.progress.by_kind[finding.kind] = self.progress.by_kind.get(finding.kind, 0) + 1
+        self._observe(
+            finding.timestamp,
+            ANOMALY_PREFIX + finding.kind,
+            {"detector": finding.detector, "stream": finding.stream},
+        )
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def checkpoint(self) -> bool:
+        """Once every finding so far is committed, record the position and the models."""
+        if not self.publisher.flush(self.settings.confirm_timeout):
+            log.warning(
+                "the daemon of %s has not confirmed the findings within %gs; "
+                "the checkpoint waits (a restart would find them again)",
+                discovery.redact_url(self.location),
+                self.settings.confirm_timeout,
+            )
+            return False
+        self.checkpoint_seq += 1
+        models = {
+            "streams": {k: d.to_state() for k, d in self.detectors.items()},
+            "cycles": self.learner.to_state(),
+        }
+        state = _encode_state(models)
+        if len(state) > MAX_STATE_CHARS:
+            log.warning(
+                "the detector's models (%d characters) are too large for a checkpoint; "
+                "keeping the position only (streams warm up again after a restart)",
+                len(state),
+            )
+            state = None
+        self.progress.late_readings = sum(d.late for d in self.detectors.values())
+        self.publisher.log_event(
+            CHECKPOINT_EVENT,
+            COMPONENT,
+            f"detect checkpoint {self.checkpoint_seq}: {self.progress.readings} readings, "
+            f"{self.progress.findings} findings",
+            {
+                "instance": self.settings.instance,
+                "version": STATE_VERSION,
+                "seq": self.checkpoint_seq,
+                "clock": self.clock,
+                "position": self.position.to_state(),
+                "state": state,
+            },
+        )
+        self.progress.checkpoints += 1
+        return self.publisher.flush(self.settings.confirm_timeout)
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.reader.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _json(text):
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _pattern_key(data) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
