@@ -140,6 +140,8 @@ class StreamDetector:
         self.out: list[tuple[float, float, float]] = []
         self.spike: tuple | None = None
         self.spike_after = 0
+        self.spike_wait = 0
+        self.local = 0.0  # the level of the last few ordinary readings (spikes jump from it)
         # CUSUM (both sides) and the recent deviations it is judged on
         self.sp = self.sn = 0.0
         self.sp_start = self.sn_start = 0.0
@@ -161,7 +163,7 @@ class StreamDetector:
     # -- persistence (the checkpoint keeps the model, so a restart needs no new warm-up) --
     _SCALARS = (
         "n late cur floor prev visit_len visit_start visit_x last_x run_len run_start "
-        "stuck_open spike spike_after sp sn sp_start sn_start drift_open calm zz osc_open "
+        "stuck_open spike spike_after spike_wait local sp sn sp_start sn_start drift_open calm zz osc_open "
         "last_ts interval gap_bins gaps dropout_factor in_dropout"
     ).split()
 
@@ -266,11 +268,28 @@ class StreamDetector:
         self._runs(ts, x, r, learning=True)
 
     def _end_warmup(self) -> None:
-        """Keep the regimes the stream really sat in (a warm-up spike is no regime)."""
+        """Keep the regimes the stream really sat in (a warm-up spike is no regime), one
+        per level (early on, before its noise was known, one level may have made two)."""
         keep = [r for r in self.regimes if r.n >= 10] or [max(self.regimes, key=lambda r: r.n)]
         current = self.regimes[self.cur]
         self.regimes = keep
         self._update_floor()
+        merged: list[Regime] = []
+        for r in sorted(keep, key=lambda r: r.mu):
+            last = merged[-1] if merged else None
+            if last is not None and r.mu - last.mu <= 3 * max(r.sigma, last.sigma, self.floor):
+                total = last.n + r.n
+                last.mu = (last.mu * last.n + r.mu * r.n) / total
+                last.sigma = (last.sigma * last.n + r.sigma * r.n) / total
+                last.pairs += r.pairs
+                last.repeats += r.repeats
+                last.visits += r.visits
+                last.n = total
+                if current is r:
+                    current = last
+            else:
+                merged.append(r)
+        keep = self.regimes = merged
         self.cur = keep.index(current) if current in keep else self._nearest(current.mu)[0]
         self.prev = -1
         for r in keep:
@@ -289,6 +308,7 @@ class StreamDetector:
         self.prev, self.cur = self.cur, i
         self.visit_len = 0
         self.visit_start, self.visit_x = ts, x
+        self.local = self.regimes[i].mu
         self._reset_shape()
 
     def _reset_shape(self) -> None:
@@ -361,34 +381,46 @@ class StreamDetector:
 
     def _in_band(self, ts, x, z, r: Regime, sigma, found) -> None:
         s = self.s
+        settled = -2.5 < z < 2.5
         if self.out:
             out = self.out
             self.out = []
-            if len(out) <= s.spike_max and max(abs(o[2]) for o in out) >= s.z_spike:
-                self.spike = (out[0][0], out[-1][0], max(out, key=lambda o: abs(o[2])), len(out))
-                self.spike_after = 1  # this reading is the first one back
+            peak = max(out, key=lambda o: abs(o[2]))
+            jump = abs(peak[1] - self.local) / sigma
+            if len(out) <= s.spike_max and abs(peak[2]) >= s.z_spike and jump >= s.z_spike:
+                self.spike = (out[0][0], out[-1][0], peak, len(out))
+                self.spike_after, self.spike_wait = (1 if settled else 0), 1
         elif self.spike is not None:
-            self.spike_after += 1
-            if self.spike_after >= s.spike_confirm:
+            # Back for good (settled twice), or swinging to the other side (an oscillation),
+            # or lingering out there (not a spike).
+            self.spike_wait += 1
+            if settled:
+                self.spike_after += 1
+            elif (z > 0) != (self.spike[2][2] > 0) or self.spike_wait > 4:
+                self.spike = None
+            if self.spike is not None and self.spike_after >= s.spike_confirm:
                 first, last, (_, peak_x, peak_z), count = self.spike
                 self.spike = None
-                found.append(
-                    Finding(
-                        "SPIKE",
-                        first,
-                        self.stream,
-                        "regime-zscore",
-                        abs(peak_z),
-                        s.z_spike,
-                        peak_x,
-                        r.mu,
-                        first,
-                        ts,
-                        count,
+                if not self.drift_open:
+                    found.append(
+                        Finding(
+                            "SPIKE",
+                            first,
+                            self.stream,
+                            "regime-zscore",
+                            abs(peak_z),
+                            s.z_spike,
+                            peak_x,
+                            r.mu,
+                            first,
+                            ts,
+                            count,
+                        )
                     )
-                )
         if self.regimes[self.cur].novel and self.visit_len == s.shift_run:
             self._novel_level(ts, found)
+        if settled:
+            self.local += 0.25 * (x - self.local)
         # Learn the regime from ordinary readings only (not while a change is building,
         # nor from a run of repeated values).
         quiet = self.sp < s.cusum_h / 4 and self.sn < s.cusum_h / 4 and not self.drift_open
@@ -462,12 +494,14 @@ class StreamDetector:
         if out and (out[-1][2] > 0) != (z > 0):
             out.clear()
         out.append((ts, x, z))
-        if len(out) < s.shift_run:
-            return
+        if len(out) < s.shift_run or self.drift_open:
+            return  # during a drift, the departure is the drift's
         values = [o[1] for o in out[-s.shift_run :]]
         level = sum(values) / len(values)
-        if max(values) - min(values) > 5 * sigma:
-            return  # not a new level (yet): an oscillation or a ramp
+        spread = (sum((v - level) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        flat = max(values) - min(values) <= 4 * sigma and spread <= 1.5 * sigma
+        if not flat or abs(level - self.local) < s.z_shift * sigma:
+            return  # not a new level (yet): an oscillation, or a ramp from where it was
         first = out[-s.shift_run][0]
         score = abs(level - r.mu) / sigma
         found.append(
@@ -537,7 +571,9 @@ class StreamDetector:
                     )
         elif self.osc_open and self.flips and n - self.flips[-1][0] > 2 * s.osc_window:
             self.osc_open = False
-        # drift: two-sided CUSUM of the clipped deviation
+        # drift: two-sided CUSUM of the clipped deviation (a repeated value says nothing)
+        if self.run_len >= s.stuck_min:
+            return
         c = s.cusum_clip
         zc = c if z > c else (-c if z < -c else z)
         sp = self.sp + zc - s.cusum_k
@@ -578,7 +614,12 @@ class StreamDetector:
         slope = sum((t - mean_t) * (v - mean_v) for t, v in window) / stt if stt > 0 else 0.0
         rise = slope * (window[-1][0] - window[0][0])
         level = mean_v
-        trend = abs(rise) >= 0.5 * abs(level - r.mu) and m >= 8
+        # A step is off from its first readings on; a drift grows (first third near 0).
+        sign = 1.0 if level >= r.mu else -1.0
+        third = max(m // 3, 1)
+        early = sum((v - r.mu) * sign for _, v in window[:third]) / third
+        late = sum((v - r.mu) * sign for _, v in window[-third:]) / third
+        trend = not (early >= 1.5 * sigma and early >= 0.6 * late)
         kind = "DRIFT" if trend else "LEVEL_SHIFT"
         current = level + rise / 2 if trend else level
         onset = window[0][0]

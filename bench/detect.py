@@ -1,0 +1,532 @@
+"""How well `memorybank detect` finds anomalies, measured on scenarios with ground truth.
+
+Each scenario: several charge points reporting current (32 A +- 0.5 A Gaussian noise while
+charging, exactly 0 A between sessions) and voltage at 2 Hz, with one fault injected in most
+sessions (spike, level shift, drift, stuck value, dropout, oscillation; kind in rotation, time
+at random), plus a charge point running the demo's own anomaly cycle (events, anomaly and
+current exactly as `memorybank demo` writes them, every 8 s). The ground truth stays in this
+process: the detector only sees what a real daemon committed. The records are published
+through a real `memorybank daemon` (one Publisher per charge point, explicit timestamps), then
+`memorybank detect --once` runs as a subprocess and its anomalies and patterns are scored:
+
+- per kind: recall (faults with a finding of that kind inside the fault +- 2 s), precision
+  (findings of that kind that fall in a fault of that kind), median and p95 delay (from the
+  fault's first reading to the reading at which the detector decided: window.end);
+- false alarms per hour of normal data (findings inside no fault), per stream-hour;
+- the demo cycle: learned period against 8 s, and the forecast of the next anomaly;
+- throughput (readings / wall time of the detect process) and its peak RSS.
+
+The anchor is the original simulator's approach: a RandomForest on windowed features of the
+last 10 readings (moving average, standard deviation, range, value) trained on labels from a
+threshold rule (|current - 32| > 4 A while charging), on the first half of each stream, and
+scored on the second half the same way (its positives merged into episodes). It names no
+kind, so its episodes count for whichever fault they fall in.
+
+    python bench/detect.py                 # evaluation seeds (the README's table)
+    python bench/detect.py --quick         # a small scenario, as CI runs it
+    python bench/detect.py --readings 10000000 --no-anchor   # throughput and memory
+    python bench/detect.py --seeds 1 2 3   # development seeds (tune here, never on 101+)
+
+Needs numpy; the anchor needs scikit-learn (bench/requirements-detect.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+KINDS = ("SPIKE", "LEVEL_SHIFT", "DRIFT", "STUCK", "DROPOUT", "OSCILLATION")
+HZ = 2.0
+LEVEL, NOISE = 32.0, 0.5
+WARM_S = 600.0  # no fault in a charge point's first 10 minutes
+TOLERANCE_S = 2.0
+DEMO_PERIOD = 8.0
+EVAL_SEEDS = (101, 102, 103)
+
+
+@dataclass
+class Truth:
+    kind: str
+    cp: str
+    metric: str
+    start: float
+    end: float
+
+
+@dataclass
+class Scenario:
+    start: float
+    end: float
+    metrics: dict = field(default_factory=dict)  # (cp, metric) -> (ts array, value array)
+    events: list = field(default_factory=list)  # (ts, type, component, message, data)
+    anomalies: list = field(default_factory=list)  # demo cycle anomalies (ts)
+    truth: list = field(default_factory=list)
+    next_demo_anomaly: float = 0.0
+
+    @property
+    def readings(self) -> int:
+        return sum(len(ts) for ts, _ in self.metrics.values())
+
+
+def generate(seed: int, cps: int, hours: float, demo: bool = True) -> Scenario:
+    rng = np.random.default_rng(seed)
+    duration = hours * 3600
+    t0 = time.time() - duration - 3600
+    sc = Scenario(start=t0, end=t0 + duration)
+    kinds = list(KINDS)
+    turn = int(rng.integers(len(kinds)))
+    for c in range(cps):
+        cp = f"CP_{c + 1}"
+        ts = t0 + np.arange(int(duration * HZ)) / HZ + rng.uniform(-0.01, 0.01, int(duration * HZ))
+        current = np.zeros(len(ts))
+        keep = np.ones(len(ts), bool)
+        t = t0 + rng.uniform(30, 120)
+        txn = 1000 * (c + 1)
+        while t < sc.end:
+            length = rng.uniform(300, 900)
+            a, b = np.searchsorted(ts, [t, min(t + length, sc.end)])
+            current[a:b] = LEVEL + rng.normal(0, NOISE, b - a)
+            if rng.random() < 0.5 and a > 0:
+                current[a] = LEVEL * rng.uniform(0.3, 0.7)  # a ramping first reading
+            txn += 1
+            data = {"cp_id": cp, "connector_id": 1, "transaction_id": txn}
+            sc.events.append((ts[a], "OCPP_REMOTE_START", "CSMS", "RemoteStartTransaction", data))
+            if b < len(ts):
+                sc.events.append((ts[b], "OCPP_REMOTE_STOP", "CSMS", "RemoteStopTransaction", data))
+            if t > t0 + WARM_S and b - a > 2 * 200 and rng.random() < 0.85:
+                kind = kinds[turn % len(kinds)]
+                turn += 1
+                _inject(rng, kind, cp, ts, current, keep, a + 40, b - 40, sc.truth)
+            t += length + rng.uniform(60, 240)
+        current = np.round(np.clip(current, 0, None), 2)
+        volts = np.round(230 + rng.normal(0, 1.0, len(ts)), 1)
+        sc.metrics[(cp, "current")] = (ts[keep], current[keep])
+        sc.metrics[(cp, "voltage")] = (ts[keep], volts[keep])
+    if demo:
+        _demo_cycle(rng, sc)
+    sc.events.sort(key=lambda e: e[0])
+    return sc
+
+
+def _inject(rng, kind, cp, ts, current, keep, lo, hi, truth) -> None:
+    """One fault of ``kind`` somewhere in readings [lo, hi) of a session."""
+    span = {"SPIKE": 1, "LEVEL_SHIFT": 120, "DRIFT": 300, "STUCK": 90, "DROPOUT": 60}
+    span["OSCILLATION"] = 90
+    width = {
+        "SPIKE": 1,
+        "LEVEL_SHIFT": int(rng.uniform(30, 120) * HZ),
+        "DRIFT": int(rng.uniform(90, 300) * HZ),
+        "STUCK": int(rng.uniform(15, 90) * HZ),
+        "DROPOUT": int(rng.uniform(10, 60) * HZ),
+        "OSCILLATION": int(rng.uniform(30, 90) * HZ),
+    }[kind]
+    if hi - lo <= width + 2:
+        return
+    a = int(rng.integers(lo, hi - width))
+    b = a + width
+    sign = 1 if rng.random() < 0.5 else -1
+    n = b - a
+    if kind == "SPIKE":
+        current[a] = max(0.0, LEVEL + sign * rng.uniform(6, 30))
+    elif kind == "LEVEL_SHIFT":
+        current[a:b] = LEVEL + sign * rng.uniform(3, 12) + rng.normal(0, NOISE, n)
+    elif kind == "DRIFT":
+        total = sign * rng.uniform(3, 8)
+        current[a:b] = LEVEL + total * np.arange(n) / n + rng.normal(0, NOISE, n)
+    elif kind == "STUCK":
+        current[a:b] = round(current[a - 1], 2)
+        current[a - 1] = round(current[a - 1], 2)
+    elif kind == "DROPOUT":
+        keep[a:b] = False
+    elif kind == "OSCILLATION":
+        amp, period = rng.uniform(3, 10), rng.uniform(1.5, 6)
+        phase = rng.uniform(0, 2 * math.pi)
+        tt = ts[a:b] - ts[a]
+        current[a:b] = LEVEL + amp * np.sin(2 * math.pi * tt / period + phase)
+        current[a:b] += rng.normal(0, NOISE, n)
+    metrics = ("current", "voltage") if kind == "DROPOUT" else ("current",)
+    for metric in metrics:
+        truth.append(Truth(kind, cp, metric, float(ts[a]), float(ts[b - 1])))
+
+
+def _demo_cycle(rng, sc: Scenario) -> None:
+    """The demo's cycle (memory_bank/demo/csms.py and cp.py) on CP_DEMO, every 8 s."""
+    cp = "CP_DEMO"
+    ts_all, cur_all = [], []
+    start = sc.start + 5
+    cycle = 0
+    t_txn = 50000
+    while start + DEMO_PERIOD < sc.end:
+        cycle += 1
+        jitter = lambda: rng.uniform(0, 0.004)  # noqa: E731 - the event loop's lateness
+        ev = sc.events
+        ev.append((start, "ANOMALY_CYCLE_START", "CSMS", f"Anomaly cycle {cycle}",
+                   {"cycle": cycle, "cp_id": cp}))  # fmt: skip
+        for limit, at in ((0, 0.0), (100, 1.0)):
+            t = start + at + jitter()
+            data = {"limit": limit, "cp_id": cp}
+            ev.append((t, "OCPP_COMMAND", "CSMS", f"SetChargingProfile {limit}A", data))
+            ev.append((t, "OCPP_SET_PROFILE", "CSMS", f"SetChargingProfile {limit}A", data))
+            ev.append((t + 0.01, "CAN_TX", "CP", f"Limit {limit}A sent to charger",
+                       {"can_id": "0x200", "data": [1, limit]}))  # fmt: skip
+        sc.anomalies.append(start + 1.0 + 0.002)
+        t_txn += 1
+        t = start + 2.0 + jitter()
+        ev.append((t, "OCPP_COMMAND", "CSMS", "RemoteStartTransaction sent",
+                   {"connector_id": 1, "cp_id": cp}))  # fmt: skip
+        ev.append((t, "OCPP_REMOTE_START", "CSMS", "RemoteStartTransaction sent",
+                   {"connector_id": 1, "cp_id": cp}))  # fmt: skip
+        t = start + 6.0 + jitter()
+        stop = {"transaction_id": t_txn, "cp_id": cp}
+        ev.append((t, "OCPP_COMMAND", "CSMS", "RemoteStopTransaction sent", stop))
+        ev.append((t, "OCPP_REMOTE_STOP", "CSMS", "RemoteStopTransaction sent", stop))
+        for k in range(int(DEMO_PERIOD * HZ)):
+            t = start + k / HZ + 0.2
+            charging = 2.0 < k / HZ + 0.2 < 6.0
+            value = round(max(0.0, LEVEL + rng.uniform(-1.5, 1.5)), 2) if charging else 0.0
+            ts_all.append(t)
+            cur_all.append(value)
+            ev.append((t, "CAN_RX", "CP", f"Current reading: {value}A",
+                       {"can_id": "0x300", "current": value}))  # fmt: skip
+        start += DEMO_PERIOD + rng.uniform(-0.002, 0.002)
+    sc.metrics[(cp, "current")] = (np.array(ts_all), np.array(cur_all))
+    sc.next_demo_anomaly = start + 1.0
+
+
+# -- publishing through a real daemon ---------------------------------------------------
+def publish(sc: Scenario, db: Path) -> float:
+    """Every record through Publishers (one per charge point) to the daemon; returns s."""
+    from memory_bank import Publisher
+
+    began = time.perf_counter()
+    pubs = {}
+
+    def pub_for(cp):
+        if cp not in pubs:
+            pubs[cp] = Publisher(db, close_timeout=600)
+        return pubs[cp]
+
+    # Each charge point's records in time order, as a live component sends them.
+    events_by_cp: dict[str, list] = {}
+    for event in sc.events:
+        events_by_cp.setdefault(event[4].get("cp_id", "CP_DEMO"), []).append(event)
+    for cp in sorted({cp for cp, _ in sc.metrics}):
+        p = pub_for(cp)
+        series = [
+            (m, *sc.metrics[(cp, m)]) for m in ("current", "voltage") if (cp, m) in sc.metrics
+        ]
+        ts = np.concatenate([t for _, t, _ in series])
+        values = np.concatenate([v for _, _, v in series])
+        which = np.concatenate([np.full(len(t), i) for i, (_, t, _) in enumerate(series)])
+        order = np.argsort(ts, kind="stable")
+        meta = {"cp_id": cp, "connector_id": 1}
+        names = [m for m, _, _ in series]
+        units = ["A" if m == "current" else "V" for m in names]
+        events = events_by_cp.get(cp, [])
+        k = 0
+        for t, v, i in zip(
+            ts[order].tolist(), values[order].tolist(), which[order].tolist(), strict=True
+        ):
+            while k < len(events) and events[k][0] <= t:
+                e = events[k]
+                p.log_event(e[1], e[2], e[3], e[4], timestamp=e[0])
+                k += 1
+            p.record_metric(names[i], v, units[i], meta, timestamp=t)
+        for e in events[k:]:
+            p.log_event(e[1], e[2], e[3], e[4], timestamp=e[0])
+    demo = pub_for("CP_DEMO")
+    for t in sc.anomalies:
+        demo.record_anomaly("CURRENT_LIMIT_FLUCTUATION", "HIGH", "Rapid charging limit change: "
+                            "0A → 100A", {"cp_id": "CP_DEMO"}, 100.0, 32.0, timestamp=t)  # fmt: skip
+    for p in pubs.values():
+        if not p.close(600):
+            raise RuntimeError("the daemon did not confirm every record")
+    return time.perf_counter() - began
+
+
+def run_detect(db: Path, config: Path | None) -> dict:
+    """`memorybank detect --once` as its own process: wall time and peak RSS."""
+    cmd = [sys.executable, "-m", "memory_bank", "detect", "--db", str(db), "--once"]
+    if config:
+        cmd += ["--config", str(config)]
+    began = time.perf_counter()
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - began
+    err = proc.stderr.read()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"detect failed: {err}")
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime}
+
+
+# -- scoring ------------------------------------------------------------------------------
+def findings(db: Path) -> list[dict]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    out = []
+    for kind, ts, data in conn.execute(
+        "SELECT anomaly_type, timestamp, pattern_data FROM anomalies"
+    ):
+        d = json.loads(data) if data else {}
+        if d.get("instance") != "detect":
+            continue
+        stream = d.get("stream", {})
+        out.append({"kind": kind, "ts": ts, "cp": stream.get("cp_id"),
+                    "metric": stream.get("metric"), "decided": d["window"]["end"]})  # fmt: skip
+    conn.close()
+    return out
+
+
+def score(sc: Scenario, found: list[dict], normal_hours: float) -> dict:
+    table = {}
+    for kind in KINDS:
+        truths = [t for t in sc.truth if t.kind == kind]
+        mine = [f for f in found if f["kind"] == kind]
+        delays, hit = [], 0
+        for t in truths:
+            match = [f for f in mine if _inside(f, t)]
+            if match:
+                hit += 1
+                delays.append(min(f["decided"] for f in match) - t.start)
+        correct = sum(1 for f in mine if any(_inside(f, t) for t in truths))
+        table[kind] = _row(len(truths), hit, len(mine), correct, delays)
+    false = [f for f in found if not any(_inside(f, t) for t in sc.truth)]
+    return {"kinds": table, "false_alarms": len(false), "false_per_hour": len(false) / normal_hours,
+            "false_examples": false[:5]}  # fmt: skip
+
+
+def _inside(f: dict, t: Truth) -> bool:
+    return (
+        f["cp"] == t.cp
+        and f["metric"] == t.metric
+        and t.start - TOLERANCE_S <= f["ts"] <= t.end + TOLERANCE_S
+    )
+
+
+def _row(faults, hit, found, correct, delays) -> dict:
+    return {
+        "faults": faults,
+        "recall": hit / faults if faults else None,
+        "findings": found,
+        "precision": correct / found if found else None,
+        "delay_median_s": float(np.median(delays)) if delays else None,
+        "delay_p95_s": float(np.percentile(delays, 95)) if delays else None,
+    }
+
+
+def normal_hours(sc: Scenario) -> float:
+    total = sum((ts[-1] - ts[0]) for ts, _ in sc.metrics.values() if len(ts)) / 3600
+    faulted = sum(t.end - t.start for t in sc.truth) / 3600
+    return total - faulted
+
+
+# -- the demo cycle and the forecast ------------------------------------------------------
+def cycle_check(sc: Scenario, db: Path) -> dict:
+    from memory_bank.detect.forecast import forecast
+    from memory_bank.store import open_reader
+
+    reader = open_reader(db)
+    rows = [r for r in reader.get_patterns(pattern_type="EVENT_CYCLE")
+            if (r["pattern_data"].get("scope") or {}).get("cp_id") == "CP_DEMO"]  # fmt: skip
+    if not rows:
+        return {"learned": False}
+    best = max(rows, key=lambda r: r["frequency"])
+    period = best["pattern_data"]["period_s"]
+    now = max(sc.anomalies) + 0.5  # just after the last anomaly in the data
+    fc = forecast([best], within_s=DEMO_PERIOD, now=now)
+    return {
+        "learned": True,
+        "period_s": period,
+        "period_error": abs(period - DEMO_PERIOD) / DEMO_PERIOD,
+        "frequency": best["frequency"],
+        "cycles_in_data": len(sc.anomalies),
+        "forecast_next_at": fc["next_at"],
+        "actual_next_at": sc.next_demo_anomaly,
+        "forecast_error_of_period": (
+            abs(fc["next_at"] - sc.next_demo_anomaly) / DEMO_PERIOD if fc["next_at"] else None
+        ),
+        "probability_within_period": fc["probability"],
+    }
+
+
+# -- the anchor: the original's RandomForest ------------------------------------------------
+def anchor(sc: Scenario) -> dict:
+    from sklearn.ensemble import RandomForestClassifier
+
+    feats, labels, index = [], [], []
+    for (cp, metric), (ts, values) in sc.metrics.items():
+        if metric != "current" or cp == "CP_DEMO" or len(values) < 20:
+            continue
+        win = np.lib.stride_tricks.sliding_window_view(values, 10)
+        x = np.column_stack([win.mean(1), win.std(1), win.max(1) - win.min(1), values[9:]])
+        y = (np.abs(values[9:] - LEVEL) > 4) & (values[9:] > 1) & (win[:, :-1].mean(1) > 16)
+        feats.append(x)
+        labels.append(y)
+        index.append((cp, ts[9:]))
+    halves = [len(x) // 2 for x in feats]
+    train_x = np.vstack([x[:h] for x, h in zip(feats, halves, strict=True)])
+    train_y = np.concatenate([y[:h] for y, h in zip(labels, halves, strict=True)])
+    model = RandomForestClassifier(n_estimators=50, max_depth=12, n_jobs=1, random_state=0)
+    model.fit(train_x, train_y)
+    found = []
+    test_from = {}
+    for x, h, (cp, ts) in zip(feats, halves, index, strict=True):
+        pred = model.predict(x[h:])
+        test_from[cp] = ts[h]
+        episode = None
+        for t, p in zip(ts[h:].tolist(), pred.tolist(), strict=True):
+            if p and episode is None:
+                episode = t
+                found.append({"kind": None, "ts": t, "decided": t, "cp": cp, "metric": "current"})
+            elif not p and episode is not None and t - episode > 2:
+                episode = None
+    truths = [
+        t for t in sc.truth if t.start >= test_from.get(t.cp, math.inf) and t.metric == "current"
+    ]
+    table = {}
+    for kind in KINDS:
+        ts_ = [t for t in truths if t.kind == kind]
+        delays = []
+        for t in ts_:
+            match = [f for f in found if _inside(f, t)]
+            if match:
+                delays.append(min(f["decided"] for f in match) - t.start)
+        table[kind] = _row(len(ts_), len(delays), 0, 0, delays)
+    correct = sum(1 for f in found if any(_inside(f, t) for t in truths))
+    hours = sum(sc.end - test_from[cp] for cp in test_from) / 3600
+    return {"kinds": table, "episodes": len(found), "precision": correct / len(found) if found else None,
+            "false_per_hour": (len(found) - correct) / hours,
+            "train_positive_share": float(train_y.mean())}  # fmt: skip
+
+
+# -- the run -------------------------------------------------------------------------------
+def one_seed(seed: int, cps: int, hours: float, with_anchor: bool, work: Path) -> dict:
+    sc = generate(seed, cps, hours)
+    db = work / f"seed{seed}.db"
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "memory_bank", "daemon", "--db", str(db), "--log-level", "WARNING"]
+    )
+    try:
+        from memory_bank.control import wait_for_daemon
+
+        wait_for_daemon(db, timeout=30)
+        published_s = publish(sc, db)
+        run = run_detect(db, None)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(60)
+    found = findings(db)
+    result = {
+        "seed": seed,
+        "readings": sc.readings,
+        "events": len(sc.events),
+        "publish_s": published_s,
+        **run,
+        "readings_per_s": sc.readings / run["wall_s"],
+        "score": score(sc, found, normal_hours(sc)),
+        "normal_hours": normal_hours(sc),
+        "cycle": cycle_check(sc, db),
+    }
+    if with_anchor:
+        result["anchor"] = anchor(sc)
+    return result
+
+
+def _fmt(v, pct=False):
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if not pct else f"{v:.2f}"
+
+
+def report(results: list[dict]) -> str:
+    lines = ["| kind | faults | recall | precision | delay median s | delay p95 s | anchor recall |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for kind in KINDS:
+        faults = sum(r["score"]["kinds"][kind]["faults"] for r in results)
+        hit = sum((r["score"]["kinds"][kind]["recall"] or 0) * r["score"]["kinds"][kind]["faults"]
+                  for r in results)  # fmt: skip
+        found = sum(r["score"]["kinds"][kind]["findings"] for r in results)
+        correct = sum((r["score"]["kinds"][kind]["precision"] or 0) * r["score"]["kinds"][kind]["findings"]
+                      for r in results)  # fmt: skip
+        med = [r["score"]["kinds"][kind]["delay_median_s"] for r in results]
+        p95 = [r["score"]["kinds"][kind]["delay_p95_s"] for r in results]
+        med = [m for m in med if m is not None]
+        p95 = [m for m in p95 if m is not None]
+        anchor_recall = [r["anchor"]["kinds"][kind]["recall"] for r in results if "anchor" in r]
+        anchor_recall = [a for a in anchor_recall if a is not None]
+        lines.append(
+            f"| {kind} | {faults} | {_fmt(hit / faults if faults else None)} | "
+            f"{_fmt(correct / found if found else None)} | {_fmt(np.median(med) if med else None)} | "
+            f"{_fmt(max(p95) if p95 else None)} | "
+            f"{_fmt(np.mean(anchor_recall) if anchor_recall else None)} |"
+        )
+    hours = sum(r["normal_hours"] for r in results)
+    false = sum(r["score"]["false_alarms"] for r in results)
+    lines.append("")
+    lines.append(f"false alarms: {false} in {hours:.1f} stream-hours of normal data = "
+                 f"{false / hours:.2f} per hour")  # fmt: skip
+    if any("anchor" in r for r in results):
+        a = [r["anchor"] for r in results if "anchor" in r]
+        lines.append(
+            f"anchor (RandomForest on rule labels): precision "
+            f"{_fmt(np.mean([x['precision'] or 0 for x in a]))}, false alarms "
+            f"{np.mean([x['false_per_hour'] for x in a]):.2f} per hour"
+        )
+    for r in results:
+        c = r["cycle"]
+        lines.append(
+            f"seed {r['seed']}: {r['readings']} readings, detect {r['wall_s']:.1f} s "
+            f"({r['readings_per_s']:,.0f} readings/s incl. start-up), peak RSS "
+            f"{r['peak_rss_mb']:.0f} MB; demo cycle: "
+            + (
+                f"period {c['period_s']} s (error {c['period_error']:.2%}), frequency "
+                f"{c['frequency']} of {c['cycles_in_data']} cycles, next anomaly forecast error "
+                f"{c['forecast_error_of_period']:.2%} of the period, p(within 8 s) "
+                f"{c['probability_within_period']}"
+                if c["learned"]
+                else "NOT learned"
+            )
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="*", default=list(EVAL_SEEDS))
+    parser.add_argument("--cps", type=int, default=6)
+    parser.add_argument("--hours", type=float, default=4.0)
+    parser.add_argument("--quick", action="store_true", help="1 seed, 3 charge points, 1 h")
+    parser.add_argument("--readings", type=int, help="size the scenario to about this many")
+    parser.add_argument("--no-anchor", action="store_true")
+    parser.add_argument("--json", metavar="FILE")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.cps, args.hours = args.seeds[:1], 3, 1.0
+    if args.readings:
+        # each charge point: current + voltage at 2 Hz
+        args.cps = max(1, math.ceil(args.readings / (args.hours * 3600 * HZ * 2)))
+    with tempfile.TemporaryDirectory(prefix="mb-bench-detect-") as work:
+        results = [
+            one_seed(seed, args.cps, args.hours, not args.no_anchor, Path(work))
+            for seed in args.seeds
+        ]
+    print(report(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
