@@ -237,11 +237,13 @@ class StreamDetector:
                 self.dropout_factor = max(self.s.dropout_factor, 1.5 * quantile)
                 return
 
-    def _nearest(self, x: float, exclude: int = -1) -> tuple[int, float]:
+    def _nearest(self, x: float, exclude: int = -1, known: bool = False) -> tuple[int, float]:
+        """The regime ``x`` is closest to (in its own noise), and how far; ``known``: only
+        among learned regimes (a level seen once in a fault is not where a reading goes)."""
         best, best_z = -1, math.inf
         floor = self.floor
         for i, r in enumerate(self.regimes):
-            if i == exclude:
+            if i == exclude or (known and r.novel):
                 continue
             z = abs(x - r.mu) / (r.sigma if r.sigma > floor else floor)
             if z < best_z:
@@ -370,7 +372,7 @@ class StreamDetector:
         if -s.z_shift <= z <= s.z_shift:
             self._in_band(ts, x, z, r, sigma, found)
         else:
-            j, zj = self._nearest(x, exclude=self.cur)
+            j, zj = self._nearest(x, exclude=self.cur, known=True)
             if j >= 0 and zj <= s.z_shift:
                 self._enter(j, ts, x, found)
             else:
@@ -520,6 +522,14 @@ class StreamDetector:
             )
         )
         # The new level becomes a regime of its own (novel until visited often enough).
+        again, z_again = self._nearest(level, exclude=self.cur)
+        if again >= 0 and z_again <= s.z_shift and self.regimes[again].novel:
+            back = self.regimes[again]
+            back.visits += 1
+            back.novel = back.visits <= s.learn_visits
+            self._switch(again, first, level)
+            self.visit_len = s.shift_run
+            return
         fresh = Regime(level, r.sigma, novel=True)
         fresh.n = s.shift_run
         if len(self.regimes) >= MAX_REGIMES:
