@@ -173,22 +173,50 @@ def _demo_cycle(rng, sc: Scenario) -> None:
         cycle += 1
         jitter = lambda: rng.uniform(0, 0.004)  # noqa: E731 - the event loop's lateness
         ev = sc.events
-        ev.append((start, "ANOMALY_CYCLE_START", "CSMS", f"Anomaly cycle {cycle}",
-                   {"cycle": cycle, "cp_id": cp}))  # fmt: skip
+        ev.append(
+            (
+                start,
+                "ANOMALY_CYCLE_START",
+                "CSMS",
+                f"Anomaly cycle {cycle}",
+                {"cycle": cycle, "cp_id": cp},
+            )
+        )
         for limit, at in ((0, 0.0), (100, 1.0)):
             t = start + at + jitter()
             data = {"limit": limit, "cp_id": cp}
             ev.append((t, "OCPP_COMMAND", "CSMS", f"SetChargingProfile {limit}A", data))
             ev.append((t, "OCPP_SET_PROFILE", "CSMS", f"SetChargingProfile {limit}A", data))
-            ev.append((t + 0.01, "CAN_TX", "CP", f"Limit {limit}A sent to charger",
-                       {"can_id": "0x200", "data": [1, limit]}))  # fmt: skip
+            ev.append(
+                (
+                    t + 0.01,
+                    "CAN_TX",
+                    "CP",
+                    f"Limit {limit}A sent to charger",
+                    {"can_id": "0x200", "data": [1, limit]},
+                )
+            )
         sc.anomalies.append(start + 1.0 + 0.002)
         t_txn += 1
         t = start + 2.0 + jitter()
-        ev.append((t, "OCPP_COMMAND", "CSMS", "RemoteStartTransaction sent",
-                   {"connector_id": 1, "cp_id": cp}))  # fmt: skip
-        ev.append((t, "OCPP_REMOTE_START", "CSMS", "RemoteStartTransaction sent",
-                   {"connector_id": 1, "cp_id": cp}))  # fmt: skip
+        ev.append(
+            (
+                t,
+                "OCPP_COMMAND",
+                "CSMS",
+                "RemoteStartTransaction sent",
+                {"connector_id": 1, "cp_id": cp},
+            )
+        )
+        ev.append(
+            (
+                t,
+                "OCPP_REMOTE_START",
+                "CSMS",
+                "RemoteStartTransaction sent",
+                {"connector_id": 1, "cp_id": cp},
+            )
+        )
         t = start + 6.0 + jitter()
         stop = {"transaction_id": t_txn, "cp_id": cp}
         ev.append((t, "OCPP_COMMAND", "CSMS", "RemoteStopTransaction sent", stop))
@@ -199,8 +227,15 @@ def _demo_cycle(rng, sc: Scenario) -> None:
             value = round(max(0.0, LEVEL + rng.uniform(-1.5, 1.5)), 2) if charging else 0.0
             ts_all.append(t)
             cur_all.append(value)
-            ev.append((t, "CAN_RX", "CP", f"Current reading: {value}A",
-                       {"can_id": "0x300", "current": value}))  # fmt: skip
+            ev.append(
+                (
+                    t,
+                    "CAN_RX",
+                    "CP",
+                    f"Current reading: {value}A",
+                    {"can_id": "0x300", "current": value},
+                )
+            )
         start += DEMO_PERIOD + rng.uniform(-0.002, 0.002)
     sc.metrics[(cp, "current")] = (np.array(ts_all), np.array(cur_all))
     sc.next_demo_anomaly = start + 1.0
@@ -249,8 +284,15 @@ def publish(sc: Scenario, db: Path) -> float:
             p.log_event(e[1], e[2], e[3], e[4], timestamp=e[0])
     demo = pub_for("CP_DEMO")
     for t in sc.anomalies:
-        demo.record_anomaly("CURRENT_LIMIT_FLUCTUATION", "HIGH", "Rapid charging limit change: "
-                            "0A → 100A", {"cp_id": "CP_DEMO"}, 100.0, 32.0, timestamp=t)  # fmt: skip
+        demo.record_anomaly(
+            "CURRENT_LIMIT_FLUCTUATION",
+            "HIGH",
+            "Rapid charging limit change: 0A → 100A",
+            {"cp_id": "CP_DEMO"},
+            100.0,
+            32.0,
+            timestamp=t,
+        )
     for p in pubs.values():
         if not p.close(600):
             raise RuntimeError("the daemon did not confirm every record")
@@ -284,8 +326,15 @@ def findings(db: Path) -> list[dict]:
         if d.get("instance") != "detect":
             continue
         stream = d.get("stream", {})
-        out.append({"kind": kind, "ts": ts, "cp": stream.get("cp_id"),
-                    "metric": stream.get("metric"), "decided": d["window"]["end"]})  # fmt: skip
+        out.append(
+            {
+                "kind": kind,
+                "ts": ts,
+                "cp": stream.get("cp_id"),
+                "metric": stream.get("metric"),
+                "decided": d["window"]["end"],
+            }
+        )
     conn.close()
     return out
 
@@ -304,8 +353,12 @@ def score(sc: Scenario, found: list[dict], normal_hours: float) -> dict:
         correct = sum(1 for f in mine if any(_inside(f, t) for t in truths))
         table[kind] = _row(len(truths), hit, len(mine), correct, delays)
     false = [f for f in found if not any(_inside(f, t) for t in sc.truth)]
-    return {"kinds": table, "false_alarms": len(false), "false_per_hour": len(false) / normal_hours,
-            "false_examples": false[:5]}  # fmt: skip
+    return {
+        "kinds": table,
+        "false_alarms": len(false),
+        "false_per_hour": len(false) / normal_hours,
+        "false_examples": false[:5],
+    }
 
 
 def _inside(f: dict, t: Truth) -> bool:
@@ -339,8 +392,11 @@ def cycle_check(sc: Scenario, db: Path) -> dict:
     from memory_bank.store import open_reader
 
     reader = open_reader(db)
-    rows = [r for r in reader.get_patterns(pattern_type="EVENT_CYCLE")
-            if (r["pattern_data"].get("scope") or {}).get("cp_id") == "CP_DEMO"]  # fmt: skip
+    rows = [
+        r
+        for r in reader.get_patterns(pattern_type="EVENT_CYCLE")
+        if (r["pattern_data"].get("scope") or {}).get("cp_id") == "CP_DEMO"
+    ]
     if not rows:
         return {"learned": False}
     best = max(rows, key=lambda r: r["frequency"])
@@ -407,9 +463,13 @@ def anchor(sc: Scenario) -> dict:
         table[kind] = _row(len(ts_), len(delays), 0, 0, delays)
     correct = sum(1 for f in found if any(_inside(f, t) for t in truths))
     hours = sum(sc.end - test_from[cp] for cp in test_from) / 3600
-    return {"kinds": table, "episodes": len(found), "precision": correct / len(found) if found else None,
-            "false_per_hour": (len(found) - correct) / hours,
-            "train_positive_share": float(train_y.mean())}  # fmt: skip
+    return {
+        "kinds": table,
+        "episodes": len(found),
+        "precision": correct / len(found) if found else None,
+        "false_per_hour": (len(found) - correct) / hours,
+        "train_positive_share": float(train_y.mean()),
+    }
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -452,15 +512,21 @@ def _fmt(v, pct=False):
 
 
 def report(results: list[dict]) -> str:
-    lines = ["| kind | faults | recall | precision | delay median s | delay p95 s | anchor recall |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| kind | faults | recall | precision | delay median s | delay p95 s | anchor recall |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for kind in KINDS:
         faults = sum(r["score"]["kinds"][kind]["faults"] for r in results)
-        hit = sum((r["score"]["kinds"][kind]["recall"] or 0) * r["score"]["kinds"][kind]["faults"]
-                  for r in results)  # fmt: skip
+        hit = sum(
+            (r["score"]["kinds"][kind]["recall"] or 0) * r["score"]["kinds"][kind]["faults"]
+            for r in results
+        )
         found = sum(r["score"]["kinds"][kind]["findings"] for r in results)
-        correct = sum((r["score"]["kinds"][kind]["precision"] or 0) * r["score"]["kinds"][kind]["findings"]
-                      for r in results)  # fmt: skip
+        correct = sum(
+            (r["score"]["kinds"][kind]["precision"] or 0) * r["score"]["kinds"][kind]["findings"]
+            for r in results
+        )
         med = [r["score"]["kinds"][kind]["delay_median_s"] for r in results]
         p95 = [r["score"]["kinds"][kind]["delay_p95_s"] for r in results]
         med = [m for m in med if m is not None]
@@ -469,15 +535,18 @@ def report(results: list[dict]) -> str:
         anchor_recall = [a for a in anchor_recall if a is not None]
         lines.append(
             f"| {kind} | {faults} | {_fmt(hit / faults if faults else None)} | "
-            f"{_fmt(correct / found if found else None)} | {_fmt(np.median(med) if med else None)} | "
+            f"{_fmt(correct / found if found else None)} | "
+            f"{_fmt(np.median(med) if med else None)} | "
             f"{_fmt(max(p95) if p95 else None)} | "
             f"{_fmt(np.mean(anchor_recall) if anchor_recall else None)} |"
         )
     hours = sum(r["normal_hours"] for r in results)
     false = sum(r["score"]["false_alarms"] for r in results)
     lines.append("")
-    lines.append(f"false alarms: {false} in {hours:.1f} stream-hours of normal data = "
-                 f"{false / hours:.2f} per hour")  # fmt: skip
+    lines.append(
+        f"false alarms: {false} in {hours:.1f} stream-hours of normal data = "
+        f"{false / hours:.2f} per hour"
+    )
     if any("anchor" in r for r in results):
         a = [r["anchor"] for r in results if "anchor" in r]
         lines.append(

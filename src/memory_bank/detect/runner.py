@@ -180,7 +180,7 @@ class Detection:
                 time.monotonic() - last_checkpoint >= self.settings.checkpoint_seconds
                 or self._rows_done() - rows_at_checkpoint >= self.settings.checkpoint_rows
             )
-            if processed and (due or once):
+            if self._rows_done() != rows_at_checkpoint and (due or once):
                 if self.checkpoint():
                     last_checkpoint = time.monotonic()
                     rows_at_checkpoint = self._rows_done()

@@ -163,8 +163,8 @@ class StreamDetector:
     # -- persistence (the checkpoint keeps the model, so a restart needs no new warm-up) --
     _SCALARS = (
         "n late cur floor prev visit_len visit_start visit_x last_x run_len run_start "
-        "stuck_open spike spike_after spike_wait local sp sn sp_start sn_start drift_open calm zz osc_open "
-        "last_ts interval gap_bins gaps dropout_factor in_dropout"
+        "stuck_open spike spike_after spike_wait local sp sn sp_start sn_start drift_open calm "
+        "zz osc_open last_ts interval gap_bins gaps dropout_factor in_dropout"
     ).split()
 
     def to_state(self) -> dict:
