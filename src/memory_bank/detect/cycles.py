@@ -48,7 +48,7 @@ class CycleLearner:
         self.times: dict[str, deque] = {}  # symbol -> recent occurrence times
         self.scopes: dict[str, str] = {}  # symbol -> its scope (JSON text)
         self.periodic: dict[str, float] = {}  # symbol -> period
-        self.first_seen: dict[str, float] = {}  # symbol -> first occurrence
+        self.first_seen: dict[str, float] = {}  # event type -> its first occurrence
         self.pending: dict[str, float] = {}  # candidate cycle (its steps) -> when to learn it
         self.cycles: list[dict] = []  # learned cycles (identity fixed when learned)
         self.anchors: dict[str, int] = {}  # first step symbol -> index in cycles
@@ -115,7 +115,7 @@ class CycleLearner:
             if len(self.times) >= MAX_SYMBOLS:
                 self._forget_oldest()
             times = self.times[symbol] = deque(maxlen=self.history + 1)
-            self.first_seen.setdefault(symbol, ts)
+            self.first_seen.setdefault(symbol.split("(")[0], ts)  # per kind: fields settle later
         if times and ts < times[-1]:
             return []  # behind this symbol's time (a late publisher): not a recurrence
         times.append(ts)
@@ -157,7 +157,6 @@ class CycleLearner:
             self.times.pop(symbol, None)
             self.periodic.pop(symbol, None)
             self.scopes.pop(symbol, None)
-            self.first_seen.pop(symbol, None)
 
     # -- cycles -----------------------------------------------------------------------
     def _groups(self) -> list[tuple[str | None, list[str]]]:
@@ -203,7 +202,8 @@ class CycleLearner:
             phase = {m: (self.times[m][-1] - ref) % period for m in members}
             order = sorted(members, key=phase.get)
             # The cycle starts at the step seen first (the data's own beginning).
-            start = order.index(min(order, key=lambda m: (self.first_seen.get(m, 0), phase[m])))
+            first = self.first_seen
+            start = order.index(min(order, key=lambda m: (first.get(m.split("(")[0], 0), phase[m])))
             order = order[start:] + order[:start]
             base = phase[order[0]]
             offsets = [round((phase[m] - base) % period, 3) for m in order]

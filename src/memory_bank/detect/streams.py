@@ -403,7 +403,7 @@ class StreamDetector:
             if self.spike is not None and self.spike_after >= s.spike_confirm:
                 first, last, (_, peak_x, peak_z), count = self.spike
                 self.spike = None
-                if not self.drift_open:
+                if not (self.drift_open or self.osc_open):
                     found.append(
                         Finding(
                             "SPIKE",
