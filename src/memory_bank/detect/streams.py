@@ -1,13 +1,17 @@
 """Online anomaly detection for one metric stream, learned from the stream itself.
 
 A stream is modelled as a few *regimes*: levels it sits at with their own noise (a charging
-current: 0 A between sessions, 32 A during them). Each reading is placed in the regime it
-fits; moving between learned regimes is normal, departing from all of them is not:
+current: 0 A between sessions, 32 A during them). Warm-up learns them, and goes on while
+the stream has not yet shown its noise (an idle 0 A that is always exactly 0). Each reading
+is placed in the regime it fits; moving between learned regimes is normal, departing from
+all of them is not:
 
 - SPIKE: one or two readings far out (robust z >= z_spike), then back in the same regime;
   also a visit of one or two readings to another regime (0 A for one reading mid-session).
 - LEVEL_SHIFT: ``shift_run`` readings in a row outside every regime, flat (a new level), or
   entering a level first seen after warm-up (until it was visited ``learn_visits`` times).
+  The new level becomes a regime. A flat run soon after as large a swing the other way is
+  the top of a slow oscillation, not a new level, unless it lasts.
 - DRIFT: a two-sided CUSUM (Page) of the clipped z-scores crosses ``cusum_h``; the window
   since it left zero is tested for a trend (a step found this way is a LEVEL_SHIFT).
 - STUCK: the same value repeated longer than the regime makes likely (from how often it
@@ -15,7 +19,11 @@ fits; moving between learned regimes is normal, departing from all of them is no
 - DROPOUT: no reading for ``dropout_factor`` times the usual interval (or more, where the
   stream has shown longer gaps), judged against the data clock of every stream.
 - OSCILLATION: ``osc_flips`` alternations of the deviation between above +osc_h and below
-  -osc_h within ``osc_window`` readings.
+  -osc_h within ``osc_window`` readings, or two that both reach a spike's size.
+
+One departure, one kind: a DRIFT or an OSCILLATION opens an *episode* during which no
+other kind (spike, level shift, drift) is reported, until the stream has been calm for
+``rearm`` readings (or a drift has come to rest at a new level, which becomes a regime).
 
 Everything here is plain Python over floats: one reading costs a few microseconds, which is
 what the throughput target needs (see bench/detect.py); numpy would cost more per call
@@ -32,6 +40,8 @@ from .findings import Finding
 
 LATE_TOLERANCE_S = 0.5  # readings this much older than the last are taken as simultaneous
 MAX_REGIMES = 8
+MAX_WARMUPS = 10  # a stream whose values never vary stops warming up after this many
+PLATEAU = 120  # readings: a drift that has been flat this long has stopped
 RATIO_BINS = 64  # gap/interval histogram: bins of 0.25 up to 16x, then one overflow bin
 
 
@@ -122,6 +132,7 @@ class StreamDetector:
         self.stream = stream
         self.s = settings
         self.n = 0
+        self.warm = settings.warmup_readings  # readings learned before anything is reported
         self.late = 0
         self.regimes: list[Regime] = []
         self.cur = -1
@@ -146,12 +157,15 @@ class StreamDetector:
         self.sp = self.sn = 0.0
         self.sp_start = self.sn_start = 0.0
         self.recent: deque = deque(maxlen=600)
-        self.drift_open = False
-        self.calm = 0
-        # oscillation: alternations above/below the band
+        # oscillation: alternations above/below the band, and when each side was last seen
         self.zz = 0
         self.flips: deque = deque(maxlen=settings.osc_flips)
-        self.osc_open = False
+        self.above_n = self.below_n = -(1 << 30)
+        self.above_z = self.below_z = 0.0  # how far that last excursion went
+        # The departure being reported (DRIFT or OSCILLATION): no other kind is reported for
+        # it until the stream has been calm for ``rearm`` readings.
+        self.episode: str | None = None
+        self.calm = 0
         # arrivals
         self.last_ts: float | None = None
         self.interval: float | None = None
@@ -162,9 +176,10 @@ class StreamDetector:
 
     # -- persistence (the checkpoint keeps the model, so a restart needs no new warm-up) --
     _SCALARS = (
-        "n late cur floor prev visit_len visit_start visit_x last_x run_len run_start "
-        "stuck_open spike spike_after spike_wait local sp sn sp_start sn_start drift_open calm "
-        "zz osc_open last_ts interval gap_bins gaps dropout_factor in_dropout"
+        "n warm late cur floor prev visit_len visit_start visit_x last_x run_len run_start "
+        "stuck_open spike spike_after spike_wait local sp sn sp_start sn_start episode calm "
+        "zz above_n below_n above_z below_z last_ts interval gap_bins gaps dropout_factor "
+        "in_dropout"
     ).split()
 
     def to_state(self) -> dict:
@@ -202,12 +217,20 @@ class StreamDetector:
         if last_ts is None or ts > last_ts:
             self.last_ts = ts
         self.n += 1
-        if self.n <= self.s.warmup_readings:
+        if self.n <= self.warm:
             self._learn(ts, x)
-            if self.n == self.s.warmup_readings:
-                self._end_warmup()
+            if self.n == self.warm:
+                if self._noise_known() or self.n >= MAX_WARMUPS * self.s.warmup_readings:
+                    self._end_warmup()
+                else:
+                    self.warm += self.s.warmup_readings
             return None
         return self._detect(ts, x)
+
+    def _noise_known(self) -> bool:
+        """Has the stream shown its noise? A warm-up that saw only an idle 0 A (always
+        exactly 0) cannot tell how far a charging current may wander: it goes on."""
+        return any(r.n >= 10 and r.pairs - r.repeats >= 10 for r in self.regimes)
 
     def _arrival(self, gap: float) -> None:
         interval = self.interval
@@ -403,7 +426,7 @@ class StreamDetector:
             if self.spike is not None and self.spike_after >= s.spike_confirm:
                 first, last, (_, peak_x, peak_z), count = self.spike
                 self.spike = None
-                if not (self.drift_open or self.osc_open):
+                if self.episode is None:
                     found.append(
                         Finding(
                             "SPIKE",
@@ -419,13 +442,13 @@ class StreamDetector:
                             count,
                         )
                     )
-        if self.regimes[self.cur].novel and self.visit_len == s.shift_run:
+        if self.regimes[self.cur].novel and self.visit_len == s.shift_run and not self.episode:
             self._novel_level(ts, found)
         if settled:
             self.local += 0.25 * (x - self.local)
         # Learn the regime from ordinary readings only (not while a change is building,
         # nor from a run of repeated values).
-        quiet = self.sp < s.cusum_h / 4 and self.sn < s.cusum_h / 4 and not self.drift_open
+        quiet = self.sp < s.cusum_h / 4 and self.sn < s.cusum_h / 4 and self.episode is None
         if -3.0 < z < 3.0 and quiet and self.run_len < s.stuck_min:
             r.n += 1
             d = x - r.mu
@@ -440,7 +463,12 @@ class StreamDetector:
         """The reading fits another regime: a change of regime, or the end of a short visit
         (one or two readings away and back: a spike)."""
         s = self.s
-        if self.visit_len - 1 <= s.spike_max and j == self.prev and self.prev >= 0:
+        if (
+            self.visit_len - 1 <= s.spike_max
+            and j == self.prev
+            and self.prev >= 0
+            and self.episode is None
+        ):
             back = self.regimes[j]
             sigma = back.sigma if back.sigma > self.floor else self.floor
             score = abs(self.visit_x - back.mu) / sigma
@@ -496,23 +524,31 @@ class StreamDetector:
         if out and (out[-1][2] > 0) != (z > 0):
             out.clear()
         out.append((ts, x, z))
-        if len(out) < s.shift_run or self.drift_open:
-            return  # during a drift, the departure is the drift's
+        if len(out) < s.shift_run or self.episode:
+            return  # during a drift or an oscillation, the departure is theirs
         values = [o[1] for o in out[-s.shift_run :]]
         level = sum(values) / len(values)
         spread = (sum((v - level) ** 2 for v in values) / (len(values) - 1)) ** 0.5
         flat = max(values) - min(values) <= 4 * sigma and spread <= 1.5 * sigma
         if not flat or abs(level - self.local) < s.z_shift * sigma:
             return  # not a new level (yet): an oscillation, or a ramp from where it was
+        # The other side as far out lately: the flat top of a slow swing, not a new level,
+        # unless it stays longer than half the slowest swing the oscillation test looks for.
+        other_n, other_z = (self.below_n, self.below_z) if z > 0 else (self.above_n, self.above_z)
+        if (
+            self.n - other_n <= s.osc_window
+            and other_z >= 0.5 * abs(level - r.mu) / sigma
+            and len(out) < s.osc_window // 2
+        ):
+            return
         first = out[-s.shift_run][0]
-        score = abs(level - r.mu) / sigma
         found.append(
             Finding(
                 "LEVEL_SHIFT",
                 first,
                 self.stream,
                 "regime-zscore",
-                score,
+                abs(level - r.mu) / sigma,
                 s.z_shift,
                 level,
                 r.mu,
@@ -521,17 +557,22 @@ class StreamDetector:
                 s.shift_run,
             )
         )
-        # The new level becomes a regime of its own (novel until visited often enough).
+        self._adopt(level, r.sigma, first, s.shift_run)
+
+    def _adopt(self, level: float, sigma: float, since: float, readings: int) -> None:
+        """A new level becomes a regime of its own (novel until visited often enough)."""
+        s = self.s
         again, z_again = self._nearest(level, exclude=self.cur)
         if again >= 0 and z_again <= s.z_shift and self.regimes[again].novel:
-            back = self.regimes[again]
+            back = self.regimes[again]  # not yet trusted: its level starts afresh
+            back.mu, back.n = level, readings
             back.visits += 1
             back.novel = back.visits <= s.learn_visits
-            self._switch(again, first, level)
-            self.visit_len = s.shift_run
+            self._switch(again, since, level)
+            self.visit_len = readings
             return
-        fresh = Regime(level, r.sigma, novel=True)
-        fresh.n = s.shift_run
+        fresh = Regime(level, sigma, novel=True)
+        fresh.n = readings
         if len(self.regimes) >= MAX_REGIMES:
             evict = min(
                 (i for i in range(len(self.regimes)) if i != self.cur),
@@ -541,8 +582,8 @@ class StreamDetector:
             if self.cur > evict:
                 self.cur -= 1
         self.regimes.append(fresh)
-        self._switch(len(self.regimes) - 1, first, level)
-        self.visit_len = s.shift_run
+        self._switch(len(self.regimes) - 1, since, level)
+        self.visit_len = readings
 
     def _shape(self, ts, x, z, r: Regime, sigma, found) -> None:
         """CUSUM for drift, alternations for oscillation (both on the clipped z-score)."""
@@ -551,38 +592,47 @@ class StreamDetector:
         # oscillation
         if z > s.osc_h or z < -s.osc_h:
             side = 1 if z > 0 else -1
+            if side > 0:
+                self.above_z = max(z, self.above_z) if self.above_n == n - 1 else z
+                self.above_n = n
+            else:
+                self.below_z = max(-z, self.below_z) if self.below_n == n - 1 else -z
+                self.below_n = n
             if side != self.zz:
                 self.zz = side
                 flips = self.flips
                 flips.append((n, ts, x))
-                if (
-                    len(flips) == s.osc_flips
-                    and n - flips[0][0] <= s.osc_window
-                    and not self.osc_open
-                ):
-                    self.osc_open = True
-                    self.out = []
-                    swing = max(abs(f[2] - r.mu) for f in flips)
-                    found.append(
-                        Finding(
-                            "OSCILLATION",
-                            flips[0][1],
-                            self.stream,
-                            "zigzag",
-                            swing / sigma,
-                            s.osc_h,
-                            max((f[2] for f in flips), key=lambda v: abs(v - r.mu)),
-                            r.mu,
-                            flips[0][1],
-                            ts,
-                            n - flips[0][0] + 1,
-                            {"alternations": len(flips)},
+                if self.episode != "OSCILLATION":
+                    swings = self._swings(n, z, side)
+                    if swings:
+                        self._open("OSCILLATION")
+                        self.out = []
+                        first = flips[-swings]
+                        peak = max(
+                            (f[2] for f in list(flips)[-swings:]), key=lambda v: abs(v - r.mu)
                         )
-                    )
-        elif self.osc_open and self.flips and n - self.flips[-1][0] > 2 * s.osc_window:
-            self.osc_open = False
-        # drift: two-sided CUSUM of the clipped deviation (a repeated value says nothing)
+                        found.append(
+                            Finding(
+                                "OSCILLATION",
+                                first[1],
+                                self.stream,
+                                "zigzag",
+                                abs(peak - r.mu) / sigma,
+                                s.osc_h,
+                                peak,
+                                r.mu,
+                                first[1],
+                                ts,
+                                n - first[0] + 1,
+                                {"alternations": swings},
+                            )
+                        )
+        # drift: two-sided CUSUM of the clipped deviation (a repeated value says nothing,
+        # nor does a level just adopted, whose mean is still a rough estimate)
         if self.run_len >= s.stuck_min:
+            return
+        if r.n < s.rearm:
+            self.sp = self.sn = 0.0
             return
         c = s.cusum_clip
         zc = c if z > c else (-c if z < -c else z)
@@ -594,64 +644,97 @@ class StreamDetector:
             sn, self.sn_start = 0.0, ts
         self.recent.append((ts, x))
         h = s.cusum_h
-        if self.drift_open:
+        if self.episode:
             sp, sn = min(sp, h), min(sn, h)
             if -2.0 < z < 2.0 and sp < h / 4 and sn < h / 4:
                 self.calm += 1
                 if self.calm >= s.rearm:
-                    self.drift_open = False
+                    self.episode = None
             else:
                 self.calm = 0
-        elif (sp >= h or sn >= h) and not self.osc_open:
+                if self.episode == "DRIFT" and n % s.rearm == 0 and self._plateau(r, sigma):
+                    return  # the drift stopped at a new level, which is now a regime
+        elif sp >= h or sn >= h:
             start = self.sp_start if sp >= h else self.sn_start
-            finding = self._drift(start, ts, x, r, sigma, max(sp, sn))
-            if finding is not None:
-                found.append(finding)
-            self.drift_open = True
-            self.calm = 0
+            self.sp, self.sn = min(sp, h), min(sn, h)
+            found.append(self._drift_or_step(start, ts, r, sigma, max(sp, sn)))
+            return  # a step moved the stream to a new regime (and reset the CUSUM)
         self.sp, self.sn = sp, sn
 
-    def _drift(self, start, ts, x, r: Regime, sigma, score) -> Finding | None:
-        """Trend or step? A least-squares line over the window since the CUSUM left zero:
-        a slope that explains the rise is DRIFT, a flat window a (small) LEVEL_SHIFT."""
+    def _swings(self, n: int, z: float, side: int) -> int:
+        """How many alternations make this an oscillation (0: not yet): ``osc_flips`` within
+        ``osc_window`` readings, or two in half that window that both reach a spike's size
+        (a spike does not swing back as far; noise does not go that far twice)."""
+        s = self.s
+        flips = self.flips
+        if len(flips) >= s.osc_flips and n - flips[-s.osc_flips][0] <= s.osc_window:
+            return s.osc_flips
+        other = self.below_z if side > 0 else self.above_z
+        if (
+            len(flips) >= 2
+            and n - flips[-2][0] <= s.osc_window // 2
+            and min(abs(z), other) >= s.z_spike
+        ):
+            return 2
+        return 0
+
+    def _plateau(self, r: Regime, sigma: float) -> bool:
+        """A drift that stopped away from the regime: the last ``PLATEAU`` readings flat
+        (their halves within half a sigma) and more than a sigma off, where the CUSUM never
+        calms down. Its level becomes a regime (reported already, as the drift), so the
+        stream is watched again."""
+        if len(self.recent) < PLATEAU:
+            return False
+        tail = list(self.recent)[-PLATEAU:]
+        half = PLATEAU // 2
+        early = sum(v for _, v in tail[:half]) / half
+        late = sum(v for _, v in tail[half:]) / half
+        if abs(late - early) >= 0.5 * sigma or abs(late - r.mu) < sigma:
+            return False
+        self.episode = None
+        self._adopt(late, r.sigma, tail[half][0], half)
+        return True
+
+    def _open(self, kind: str) -> None:
+        self.episode = kind
+        self.calm = 0
+
+    def _drift_or_step(self, start, ts, r: Regime, sigma, score) -> Finding:
+        """Trend or step? A step is off from its first readings on, a drift grows (the
+        first third of the window since the CUSUM left zero still near the regime's level).
+        A drift opens an episode; a step is a LEVEL_SHIFT and its level becomes a regime.
+        Until a drift has grown, the two look alike: a small step is called a drift."""
         window = [(t, v) for t, v in self.recent if t >= start]
         if len(window) < 3:
             window = list(self.recent)[-3:]
         m = len(window)
         mean_t = sum(t for t, _ in window) / m
-        mean_v = sum(v for _, v in window) / m
+        level = sum(v for _, v in window) / m
         stt = sum((t - mean_t) ** 2 for t, _ in window)
-        slope = sum((t - mean_t) * (v - mean_v) for t, v in window) / stt if stt > 0 else 0.0
-        rise = slope * (window[-1][0] - window[0][0])
-        level = mean_v
-        # A step is off from its first readings on; a drift grows (first third near 0).
+        slope = sum((t - mean_t) * (v - level) for t, v in window) / stt if stt > 0 else 0.0
         sign = 1.0 if level >= r.mu else -1.0
         third = max(m // 3, 1)
         early = sum((v - r.mu) * sign for _, v in window[:third]) / third
         late = sum((v - r.mu) * sign for _, v in window[-third:]) / third
-        trend = not (early >= 1.5 * sigma and early >= 0.6 * late)
-        kind = "DRIFT" if trend else "LEVEL_SHIFT"
-        current = level + rise / 2 if trend else level
         onset = window[0][0]
+        if early >= 1.5 * sigma and early >= 0.6 * late:
+            finding = Finding(
+                "LEVEL_SHIFT", onset, self.stream, "cusum", score, self.s.cusum_h,
+                round(level, 6), r.mu, onset, ts, m,
+            )  # fmt: skip
+            self._adopt(level, r.sigma, onset, m)
+            return finding
+        self._open("DRIFT")
         return Finding(
-            kind,
-            onset,
-            self.stream,
-            "cusum",
-            score,
-            self.s.cusum_h,
-            round(current, 6),
-            r.mu,
-            onset,
-            ts,
-            m,
-            {"slope_per_s": round(slope, 6)} if trend else {},
-        )
+            "DRIFT", onset, self.stream, "cusum", score, self.s.cusum_h,
+            round(level + slope * (window[-1][0] - window[0][0]) / 2, 6), r.mu, onset, ts, m,
+            {"slope_per_s": round(slope, 6)},
+        )  # fmt: skip
 
     # -- dropouts ---------------------------------------------------------------------
     def overdue(self, clock: float) -> Finding | None:
         """A DROPOUT when the data clock has passed the expected next reading by far."""
-        if self.in_dropout or self.interval is None or self.n < self.s.warmup_readings:
+        if self.in_dropout or self.interval is None or self.n < self.warm:
             return None
         limit = self.last_ts + self.dropout_factor * self.interval
         if clock <= limit:
