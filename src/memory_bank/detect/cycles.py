@@ -22,6 +22,7 @@ PATTERN_TYPE = "EVENT_CYCLE"
 SCOPE_FIELDS = ("cp_id", "connector_id")  # always part of a symbol; cycles are per cp_id
 MAX_FIELD_VALUES = 16  # more distinct values than this: the field is an identifier
 MAX_SYMBOLS = 10_000
+MAX_KNOWN_TEXTS = 10_000  # event data texts whose symbol is settled, remembered
 ANOMALY_PREFIX = "anomaly:"
 
 
@@ -32,6 +33,7 @@ class PatternRecord:
     timestamp: float
     data: dict
     confidence: float
+    key: str
 
 
 class CycleLearner:
@@ -53,6 +55,7 @@ class CycleLearner:
         self.cycles: list[dict] = []  # learned cycles (identity fixed when learned)
         self.anchors: dict[str, int] = {}  # first step symbol -> index in cycles
         self._dirty = False
+        self._known: dict[tuple, str] = {}  # (kind, data text) -> its settled symbol
 
     # -- persistence ------------------------------------------------------------------
     def to_state(self) -> dict:
@@ -77,11 +80,34 @@ class CycleLearner:
         self.anchors = {c["sequence"][0]: i for i, c in enumerate(self.cycles) if c["active"]}
 
     # -- symbols ----------------------------------------------------------------------
+    def symbol_of_text(self, kind: str, data_text: str | None) -> str:
+        """``symbol`` of an event's data as stored (JSON text). Once every field value in
+        it has been seen before, the same text always makes the same symbol (until a
+        field turns out to be an identifier), so it is remembered: most events repeat."""
+        key = (kind, data_text)
+        symbol = self._known.get(key)
+        if symbol is None:
+            try:
+                data = json.loads(data_text) if data_text else None
+            except ValueError:
+                data = None
+            symbol, settled = self._symbol(kind, data)
+            if settled:
+                if len(self._known) >= MAX_KNOWN_TEXTS:
+                    self._known.clear()
+                self._known[key] = symbol
+        return symbol
+
     def symbol(self, kind: str, data) -> str:
         """The symbol of an event type (or ``anomaly:TYPE``) with its data."""
+        return self._symbol(kind, data)[0]
+
+    def _symbol(self, kind: str, data) -> tuple[str, bool]:
+        """The symbol, and whether every field value in ``data`` was seen before."""
         if not isinstance(data, dict) or not data:
-            return kind
+            return kind, True
         parts, scope = [], {}
+        settled = True
         for name in sorted(data):
             value = data[name]
             if not isinstance(value, str | int | float | bool) and value is not None:
@@ -95,18 +121,21 @@ class CycleLearner:
             counts = self.fields.setdefault(key, {})
             if counts is None:
                 continue
-            text = value if isinstance(value, str) else json.dumps(value)
+            text = value if isinstance(value, str) else repr(value)
             seen = counts.get(text, 0)
             if not seen and len(counts) >= MAX_FIELD_VALUES:
                 self.fields[key] = None  # an identifier, not a category
+                self._known.clear()  # symbols that named one of its values are stale
                 continue
             counts[text] = seen + 1
             if seen:
                 parts.append(f"{name}={value}")
+            else:
+                settled = False
         symbol = f"{kind}({','.join(parts)})" if parts else kind
         if scope and symbol not in self.scopes:
             self.scopes[symbol] = json.dumps(scope, sort_keys=True)
-        return symbol
+        return symbol, settled
 
     # -- occurrences ------------------------------------------------------------------
     def observe(self, ts: float, symbol: str) -> list[PatternRecord]:
@@ -140,6 +169,8 @@ class CycleLearner:
     def _period(self, times: deque) -> float | None:
         if len(times) <= self.history:
             return None
+        if times[-1] - times[-2] < self.min_period_s * (1 - self.tolerance):
+            return None  # too soon for any period this learner accepts (most events)
         gaps = sorted(b - a for a, b in zip(times, list(times)[1:], strict=False))
         median = gaps[len(gaps) // 2]
         if median < self.min_period_s:
@@ -266,4 +297,13 @@ class CycleLearner:
             if self.times.get(m) and any(since <= t <= ts for t in self.times[m])
         )
         cycle["last"] = ts
-        return PatternRecord(ts, cycle["data"], round(seen / len(cycle["sequence"]), 3))
+        if "key" not in cycle:  # the identity record_pattern stores it under
+            cycle["key"] = pattern_key(cycle["data"])
+        return PatternRecord(
+            ts, cycle["data"], round(seen / len(cycle["sequence"]), 3), cycle["key"]
+        )
+
+
+def pattern_key(data: dict) -> str:
+    """A pattern's data as canonical JSON: its identity among stored patterns."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
-from operator import itemgetter
 
 from ..store import Reader
 from ..wire import ID_BLOCK_BITS
@@ -32,6 +31,7 @@ _COLUMNS = {
     "anomalies": ("anomaly_type", "severity", "pattern_data"),
 }
 _JSON = {"metadata", "data", "pattern_data"}
+MIN_CHUNK, MAX_CHUNK = 500, 20_000  # rows fetched per query and block
 
 
 class Position:
@@ -64,25 +64,26 @@ class Position:
 class CommittedRows:
     """New committed rows of the three tables past a Position, as one timeline.
 
-    Rows are tuples ``(timestamp, table_code, id, a, b, json_text)``. Reads go through the
-    store's reader connection (read-only) with tuples instead of dicts, and JSON columns
-    as text (the detectors cache their parse).
+    Rows are tuples ``(timestamp, table_code, id, a, b, json_text)``, made so by the query
+    itself (no Python work per row), through the store's read-only reader connection, with
+    JSON columns as text (the detectors cache their parse). Tuples compare by timestamp,
+    then table and id, so the merge needs no key function.
     """
 
-    def __init__(self, reader: Reader, chunk_rows: int = 5000):
+    def __init__(self, reader: Reader, rows_in_memory: int = 60_000):
         self.reader = reader
-        self.chunk_rows = chunk_rows
+        self.rows_in_memory = rows_in_memory  # fetched, not yet merged: shared by the blocks
         self.postgres = reader.placeholder == "%s"
-        self._sql = {t: self._select(t) for t in TABLES}
+        self._sql = {t: self._select(t, code) for code, t in enumerate(TABLES)}
 
-    def _select(self, table: str) -> str:
+    def _select(self, table: str, code: int) -> str:
         p = self.reader.placeholder
         cols = []
         for name in _COLUMNS[table]:
             cols.append(f"{name}::text" if self.postgres and name in _JSON else name)
         when = "extract(epoch FROM timestamp)::float8" if self.postgres else "timestamp"
         return (
-            f"SELECT id, {when}, {', '.join(cols)} FROM {table} "
+            f"SELECT {when}, {code}, id, {', '.join(cols)} FROM {table} "
             f"WHERE id > {p} AND id <= {p} ORDER BY id LIMIT {p}"
         )
 
@@ -120,35 +121,30 @@ class CommittedRows:
             else:
                 after = mark  # rows up to the mark are done: look past it
 
-    def _block_rows(self, table: str, code: int, block: int, start: int) -> Iterator[tuple]:
+    def _block_rows(self, table: str, block: int, start: int, chunk: int) -> Iterator[tuple]:
         end = ((block + 1) << ID_BLOCK_BITS) - 1
         sql = self._sql[table]
         after = start
         while True:
-            rows = self._query(sql, (after, end, self.chunk_rows))
-            for row in rows:
-                yield (row[1], code, row[0], row[2], row[3], row[4])
-            if len(rows) < self.chunk_rows:
+            rows = self._query(sql, (after, end, chunk))
+            yield from rows
+            if len(rows) < chunk:
                 return
-            after = rows[-1][0]
+            after = rows[-1][2]
 
     def timeline(self, position: Position) -> Iterator[tuple]:
         """Every row past ``position``, merged by timestamp across blocks and tables.
 
-        The caller advances the position with ``advance`` for each row it has processed,
-        so stopping part-way (a checkpoint, a signal) loses nothing.
+        The caller marks each row it has processed in ``position`` (rows of a block come in
+        id order, so a block's mark only grows), so stopping part-way loses nothing.
         """
+        news = [(t, b) for t in TABLES for b in self.blocks_with_news(position, t)]
+        # Each block holds one chunk while the merge runs: memory is bounded by the total.
+        chunk = min(MAX_CHUNK, max(MIN_CHUNK, self.rows_in_memory // max(len(news), 1)))
         streams = []
-        for code, table in enumerate(TABLES):
-            marks = position.marks[table]
-            for block in self.blocks_with_news(position, table):
-                start = marks.get(block, block << ID_BLOCK_BITS)
-                streams.append(self._block_rows(table, code, block, start))
+        for table, block in news:
+            start = position.marks[table].get(block, block << ID_BLOCK_BITS)
+            streams.append(self._block_rows(table, block, start, chunk))
         if len(streams) == 1:
             return streams[0]
-        return heapq.merge(*streams, key=itemgetter(0))
-
-
-def advance(position: Position, row: tuple) -> None:
-    """Mark ``row`` processed (rows of a block come in id order, so this only grows)."""
-    position.marks[TABLES[row[1]]][row[2] >> ID_BLOCK_BITS] = row[2]
+        return heapq.merge(*streams)

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from .. import discovery
 from ..publisher import Publisher
 from ..store import open_reader
-from .cycles import ANOMALY_PREFIX, PATTERN_TYPE, CycleLearner
+from ..wire import ID_BLOCK_BITS
+from .cycles import ANOMALY_PREFIX, PATTERN_TYPE, CycleLearner, pattern_key
 from .findings import KINDS, Finding, finding_key
-from .position import EVENT, METRIC, CommittedRows, Position, advance
+from .position import EVENT, METRIC, TABLES, CommittedRows, Position
 from .streams import Settings, StreamDetector
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_EVENT = "DETECT_CHECKPOINT"
 COMPONENT = "detect"
 STATE_VERSION = 1
-DROPOUT_CHECK_S = 0.25  # how often (in data time) silent streams are looked at
+DROPOUT_RECHECK_S = 1.0  # data time between looks at silent streams, at most
+STREAM_CACHE = 100_000  # (metric, metadata text) pairs remembered
 MAX_STATE_CHARS = 900_000  # under the daemon's default max_text_chars
 DEDUPE_LOOKBACK_S = 86400.0
 
@@ -97,7 +99,7 @@ class Detection:
         self.learner = CycleLearner(min_period_s=settings.cycle_min_period_s)
         self.progress = Progress()
         self.checkpoint_seq = 0
-        self._stream_of: dict[tuple, StreamDetector | None] = {}
+        self._stream_of: dict[tuple, StreamDetector | None] = {}  # (metric, metadata text)
         self._reported: set[tuple] = set()
         self._pattern_seen: dict[str, float] = {}
         self._next_dropout_check = 0.0
@@ -145,7 +147,7 @@ class Detection:
                 stream = data.get("stream") or {}
                 self._reported.add(finding_key(row["anomaly_type"], stream, row["timestamp"]))
         for row in self.reader.get_patterns(pattern_type=PATTERN_TYPE):
-            self._pattern_seen[_pattern_key(row["pattern_data"])] = row["last_seen"] or 0.0
+            self._pattern_seen[pattern_key(row["pattern_data"])] = row["last_seen"] or 0.0
 
     def _newest_checkpoint(self) -> dict | None:
         for row in self.reader.iter_events(
@@ -196,48 +198,55 @@ class Detection:
         return self.progress.readings + self.progress.events
 
     def _process(self, stop: threading.Event, limit: int) -> int:
-        """Up to ``limit`` new rows through the detectors; returns how many."""
-        position = self.position
-        count = 0
-        for row in self.rows.timeline(position):
+        """Up to ``limit`` new rows through the detectors; returns how many. The loop runs
+        once per reading, so what it needs is held in locals."""
+        marks = [self.position.marks[table] for table in TABLES]
+        stream_of = self._stream_of
+        clock = self.clock
+        next_look = self._next_dropout_check
+        count = readings = 0
+        for row in self.rows.timeline(self.position):
             ts, code = row[0], row[1]
-            if ts > self.clock:
-                self.clock = ts
+            if ts > clock:
+                self.clock = clock = ts
             if code == METRIC:
-                self._reading(row)
+                det = stream_of.get((row[3], row[5]), False)
+                if det is False:
+                    det = self._stream_for(row[3], row[5])
+                if det is not None:
+                    readings += 1
+                    found = det.feed(ts, row[4])
+                    if found:
+                        for finding in found:
+                            self._report(finding)
             elif code == EVENT:
                 self._event(row)
             else:
                 self._anomaly(row)
-            advance(position, row)
-            if self.clock >= self._next_dropout_check:
-                self._check_dropouts()
+            marks[code][row[2] >> ID_BLOCK_BITS] = row[2]  # rows of a block come in id order
+            if clock >= next_look:
+                next_look = self._check_dropouts()
             count += 1
             if count >= limit or (count % 10000 == 0 and stop.is_set()):
                 break
+        self._next_dropout_check = next_look
+        self.progress.readings += readings
         return count
 
-    def _reading(self, row: tuple) -> None:
-        cache_key = (row[3], row[5])
-        det = self._stream_of.get(cache_key, False)
-        if det is False:
-            det = self._stream_for(row[3], row[5])
-            if len(self._stream_of) > 100_000:
-                self._stream_of.clear()
-            self._stream_of[cache_key] = det
-        if det is None:
-            return
-        self.progress.readings += 1
-        found = det.feed(row[0], row[4])
-        if found:
-            for finding in found:
-                self._report(finding)
-
     def _stream_for(self, name: str, metadata_text: str | None) -> StreamDetector | None:
+        """The detector of a reading's stream (None: not watched), remembered by the
+        reading's metric and metadata text; the text is parsed only when it names a
+        ``cp_id`` or ``connector_id``."""
+        if len(self._stream_of) >= STREAM_CACHE:
+            self._stream_of.clear()
+        det = self._stream_of[name, metadata_text] = self._detector(name, metadata_text)
+        return det
+
+    def _detector(self, name: str, metadata_text: str | None) -> StreamDetector | None:
         if self.watched and name not in self.watched:
             return None
         stream = {"metric": name}
-        if metadata_text:
+        if metadata_text and ("cp_id" in metadata_text or "connector_id" in metadata_text):
             try:
                 metadata = json.loads(metadata_text)
             except ValueError:
@@ -252,34 +261,37 @@ class Detection:
             det = self.detectors[key] = StreamDetector(stream, self.stream_settings)
         return det
 
-    def _check_dropouts(self) -> None:
-        self._next_dropout_check = self.clock + DROPOUT_CHECK_S
+    def _check_dropouts(self) -> float:
+        """Report the streams silent past their deadline; returns when to look next: at the
+        soonest deadline (reading only moves a deadline later), within DROPOUT_RECHECK_S."""
         clock = self.clock
+        soonest = clock + DROPOUT_RECHECK_S
         for det in self.detectors.values():
-            finding = det.overdue(clock)
-            if finding is not None:
-                self._report(finding)
+            deadline = det.deadline()
+            if clock > deadline:
+                self._report(det.overdue(clock))
+            elif deadline < soonest:
+                soonest = deadline
+        return soonest
 
     def _event(self, row: tuple) -> None:
         if row[4] == COMPONENT:
             return  # this detector's own checkpoints
         self.progress.events += 1
-        self._observe(row[0], row[3], _json(row[5]))
+        self._observe(row[0], self.learner.symbol_of_text(row[3], row[5]))
 
     def _anomaly(self, row: tuple) -> None:
         data = _json(row[5])
         if isinstance(data, dict) and data.get("instance") == self.settings.instance:
             return  # our own finding: the learner saw it when it was found
         self.progress.events += 1
-        self._observe(row[0], ANOMALY_PREFIX + row[3], data)
+        self._observe(row[0], self.learner.symbol(ANOMALY_PREFIX + row[3], data))
 
-    def _observe(self, ts: float, kind: str, data) -> None:
-        symbol = self.learner.symbol(kind, data)
+    def _observe(self, ts: float, symbol: str) -> None:
         for record in self.learner.observe(ts, symbol):
-            key = _pattern_key(record.data)
-            if record.timestamp <= self._pattern_seen.get(key, 0.0):
+            if record.timestamp <= self._pattern_seen.get(record.key, 0.0):
                 continue  # recorded before a restart
-            self._pattern_seen[key] = record.timestamp
+            self._pattern_seen[record.key] = record.timestamp
             self.publisher.record_pattern(
                 PATTERN_TYPE, record.data, record.confidence, timestamp=record.timestamp
             )
@@ -304,8 +316,10 @@ class Detection:
         self.progress.by_kind[finding.kind] = self.progress.by_kind.get(finding.kind, 0) + 1
         self._observe(
             finding.timestamp,
-            ANOMALY_PREFIX + finding.kind,
-            {"detector": finding.detector, "stream": finding.stream},
+            self.learner.symbol(
+                ANOMALY_PREFIX + finding.kind,
+                {"detector": finding.detector, "stream": finding.stream},
+            ),
         )
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -365,7 +379,3 @@ def _json(text):
         return json.loads(text)
     except (TypeError, ValueError):
         return None
-
-
-def _pattern_key(data) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from functools import cached_property
 
 from .findings import Finding
 
@@ -48,32 +49,38 @@ RATIO_BINS = 64  # gap/interval histogram: bins of 0.25 up to 16x, then one over
 @dataclass(frozen=True)
 class Settings:
     """Thresholds, all derived from one sensitivity knob (1.0 by default; 2.0 reports
-    roughly what is half as far from normal, 0.5 only what is twice as far)."""
+    roughly what is half as far from normal, 0.5 only what is twice as far). Derived ones
+    are computed once: the detectors read them for every reading."""
 
     sensitivity: float = 1.0
     warmup_readings: int = 240
 
-    @property
+    @cached_property
     def z_spike(self) -> float:
         return 5.5 / self.sensitivity
 
-    @property
+    @cached_property
     def z_shift(self) -> float:
         return 4.0 / self.sensitivity
 
-    @property
+    @cached_property
     def cusum_h(self) -> float:
         return 14.0 / self.sensitivity
 
-    @property
+    @cached_property
+    def cusum_quiet(self) -> float:
+        """Below this on both sides the CUSUM sees no change building: the regime learns."""
+        return self.cusum_h / 4
+
+    @cached_property
     def osc_h(self) -> float:
         return 3.5 / self.sensitivity
 
-    @property
+    @cached_property
     def stuck_alpha(self) -> float:
         return 1e-7**self.sensitivity
 
-    @property
+    @cached_property
     def dropout_factor(self) -> float:
         return max(2.0, 4.0 / self.sensitivity)
 
@@ -213,11 +220,13 @@ class StreamDetector:
                     self.late += 1  # another publisher's reading, behind this stream's time
                     return None
                 gap = 0.0
+            else:
+                self.last_ts = ts
             self._arrival(gap)
-        if last_ts is None or ts > last_ts:
+        else:
             self.last_ts = ts
-        self.n += 1
-        if self.n <= self.warm:
+        n = self.n = self.n + 1
+        if n <= self.warm:
             self._learn(ts, x)
             if self.n == self.warm:
                 if self._noise_known() or self.n >= MAX_WARMUPS * self.s.warmup_readings:
@@ -442,19 +451,26 @@ class StreamDetector:
                             count,
                         )
                     )
-        if self.regimes[self.cur].novel and self.visit_len == s.shift_run and not self.episode:
+        if self.visit_len == s.shift_run and self.regimes[self.cur].novel and not self.episode:
             self._novel_level(ts, found)
         if settled:
             self.local += 0.25 * (x - self.local)
         # Learn the regime from ordinary readings only (not while a change is building,
         # nor from a run of repeated values).
-        quiet = self.sp < s.cusum_h / 4 and self.sn < s.cusum_h / 4 and self.episode is None
-        if -3.0 < z < 3.0 and quiet and self.run_len < s.stuck_min:
-            r.n += 1
+        quiet = s.cusum_quiet
+        if (
+            -3.0 < z < 3.0
+            and self.sp < quiet
+            and self.sn < quiet
+            and self.episode is None
+            and self.run_len < s.stuck_min
+        ):
+            n = r.n = r.n + 1
+            rate = 1.0 / n
             d = x - r.mu
-            r.mu += d * max(1.0 / r.n, 0.002)
-            r.sigma += (abs(d) * 1.2533 - r.sigma) * max(1.0 / r.n, 0.01)
-            if r.n % 1024 == 0:
+            r.mu += d * (rate if rate > 0.002 else 0.002)
+            r.sigma += (abs(d) * 1.2533 - r.sigma) * (rate if rate > 0.01 else 0.01)
+            if n % 1024 == 0:
                 self._update_floor()
                 if r.novel and r.visits > s.learn_visits:
                     r.novel = False
@@ -590,7 +606,8 @@ class StreamDetector:
         s = self.s
         n = self.n
         # oscillation
-        if z > s.osc_h or z < -s.osc_h:
+        osc_h = s.osc_h
+        if z > osc_h or z < -osc_h:
             side = 1 if z > 0 else -1
             if side > 0:
                 self.above_z = max(z, self.above_z) if self.above_n == n - 1 else z
@@ -636,8 +653,9 @@ class StreamDetector:
             return
         c = s.cusum_clip
         zc = c if z > c else (-c if z < -c else z)
-        sp = self.sp + zc - s.cusum_k
-        sn = self.sn - zc - s.cusum_k
+        k = s.cusum_k
+        sp = self.sp + zc - k
+        sn = self.sn - zc - k
         if sp <= 0:
             sp, self.sp_start = 0.0, ts
         if sn <= 0:
@@ -646,7 +664,7 @@ class StreamDetector:
         h = s.cusum_h
         if self.episode:
             sp, sn = min(sp, h), min(sn, h)
-            if -2.0 < z < 2.0 and sp < h / 4 and sn < h / 4:
+            if -2.0 < z < 2.0 and sp < s.cusum_quiet and sn < s.cusum_quiet:
                 self.calm += 1
                 if self.calm >= s.rearm:
                     self.episode = None
@@ -732,12 +750,15 @@ class StreamDetector:
         )  # fmt: skip
 
     # -- dropouts ---------------------------------------------------------------------
+    def deadline(self) -> float:
+        """The data time past which this stream's silence is a dropout (inf: none due)."""
+        if self.in_dropout or self.interval is None or self.n < self.warm:
+            return math.inf
+        return self.last_ts + self.dropout_factor * self.interval
+
     def overdue(self, clock: float) -> Finding | None:
         """A DROPOUT when the data clock has passed the expected next reading by far."""
-        if self.in_dropout or self.interval is None or self.n < self.warm:
-            return None
-        limit = self.last_ts + self.dropout_factor * self.interval
-        if clock <= limit:
+        if clock <= self.deadline():
             return None
         self.in_dropout = True
         gap = clock - self.last_ts
