@@ -193,9 +193,21 @@ class StreamDetector:
         state = {name: getattr(self, name) for name in self._SCALARS}
         state["regimes"] = [r.to_state() for r in self.regimes]
         state["out"] = self.out
-        state["recent"] = list(self.recent)
+        state["recent"] = self._recent_needed()
         state["flips"] = list(self.flips)
         return state
+
+    def _recent_needed(self) -> list:
+        """Of the recent readings, what a later verdict can still look at: those since the
+        CUSUM last left zero, the last few, and during a drift the plateau window (a
+        checkpoint of hundreds of streams stays small)."""
+        recent = list(self.recent)
+        since = min(self.sp_start, self.sn_start)
+        keep = max(3, PLATEAU if self.episode == "DRIFT" else 0)
+        first = len(recent) - keep
+        while first > 0 and recent[first - 1][0] >= since:
+            first -= 1
+        return recent[max(first, 0) :]
 
     @classmethod
     def from_state(cls, stream: dict, settings: Settings, state: dict) -> StreamDetector:
