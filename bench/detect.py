@@ -11,10 +11,16 @@ through a real `memorybank daemon` (one Publisher per charge point, explicit tim
 
 - per kind: recall (faults with a finding of that kind inside the fault +- 2 s), precision
   (findings of that kind that fall in a fault of that kind), median and p95 delay (from the
-  fault's first reading to the reading at which the detector decided: window.end);
+  fault's first reading to the reading at which the detector decided: window.end), and the
+  median delay from when the fault became detectable at all: a drift once it has moved the
+  mean by one noise sigma, an oscillation once it has swung back (half a period), every
+  other kind at its first reading;
 - false alarms per hour of normal data (findings inside no fault), per stream-hour;
 - the demo cycle: learned period against 8 s, and the forecast of the next anomaly;
-- throughput (readings / wall time of the detect process) and its peak RSS.
+- throughput: readings / wall time of the detect process (start-up included) and readings
+  per CPU second (user + system: what a loaded machine does not inflate), and the peak RSS
+  of the detect process itself (its VmHWM, read as it exits: getrusage's ru_maxrss of a
+  child also counts the bench process it was forked from).
 
 The anchor is the original simulator's approach: a RandomForest on windowed features of the
 last 10 readings (moving average, standard deviation, range, value) trained on labels from a
@@ -64,6 +70,7 @@ class Truth:
     metric: str
     start: float
     end: float
+    detectable: float  # when the fault could first be told from noise (see the docstring)
 
 
 @dataclass
@@ -157,9 +164,14 @@ def _inject(rng, kind, cp, ts, current, keep, lo, hi, truth) -> None:
         tt = ts[a:b] - ts[a]
         current[a:b] = LEVEL + amp * np.sin(2 * math.pi * tt / period + phase)
         current[a:b] += rng.normal(0, NOISE, n)
+    detectable = float(ts[a])
+    if kind == "DRIFT":
+        detectable += (ts[b - 1] - ts[a]) * NOISE / abs(total)
+    elif kind == "OSCILLATION":
+        detectable += period / 2
     metrics = ("current", "voltage") if kind == "DROPOUT" else ("current",)
     for metric in metrics:
-        truth.append(Truth(kind, cp, metric, float(ts[a]), float(ts[b - 1])))
+        truth.append(Truth(kind, cp, metric, float(ts[a]), float(ts[b - 1]), detectable))
 
 
 def _demo_cycle(rng, sc: Scenario) -> None:
@@ -299,20 +311,35 @@ def publish(sc: Scenario, db: Path) -> float:
     return time.perf_counter() - began
 
 
-def run_detect(db: Path, config: Path | None) -> dict:
-    """`memorybank detect --once` as its own process: wall time and peak RSS."""
-    cmd = [sys.executable, "-m", "memory_bank", "detect", "--db", str(db), "--once"]
-    if config:
-        cmd += ["--config", str(config)]
+# `memorybank detect` with its own peak RSS written to stderr as it exits.
+DETECT_REPORTING_PEAK = """
+import atexit, runpy, sys
+def peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            sys.stderr.write("peak-rss-kb " + line.split()[1] + "\\n")
+atexit.register(peak)
+sys.argv = ["memorybank", *sys.argv[1:]]
+runpy.run_module("memory_bank", run_name="__main__")
+"""
+
+
+def run_detect(db: Path) -> dict:
+    """`memorybank detect --once` as its own process: wall and CPU time, peak RSS."""
+    cmd = [sys.executable, "-c", DETECT_REPORTING_PEAK, "detect", "--db", str(db), "--once"]
     began = time.perf_counter()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - began
-    err = proc.stderr.read()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+    if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"detect failed: {err}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime}
+    peak_kb = [int(line.split()[1]) for line in err.splitlines() if line.startswith("peak-rss-kb")]
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": peak_kb[-1] / 1024 if peak_kb else None,
+    }
 
 
 # -- scoring ------------------------------------------------------------------------------
@@ -344,14 +371,16 @@ def score(sc: Scenario, found: list[dict], normal_hours: float) -> dict:
     for kind in KINDS:
         truths = [t for t in sc.truth if t.kind == kind]
         mine = [f for f in found if f["kind"] == kind]
-        delays, hit = [], 0
+        delays, from_detectable, hit = [], [], 0
         for t in truths:
             match = [f for f in mine if _inside(f, t)]
             if match:
                 hit += 1
-                delays.append(min(f["decided"] for f in match) - t.start)
+                decided = min(f["decided"] for f in match)
+                delays.append(decided - t.start)
+                from_detectable.append(decided - t.detectable)
         correct = sum(1 for f in mine if any(_inside(f, t) for t in truths))
-        table[kind] = _row(len(truths), hit, len(mine), correct, delays)
+        table[kind] = _row(len(truths), hit, len(mine), correct, delays, from_detectable)
     false = [f for f in found if not any(_inside(f, t) for t in sc.truth)]
     return {
         "kinds": table,
@@ -369,14 +398,14 @@ def _inside(f: dict, t: Truth) -> bool:
     )
 
 
-def _row(faults, hit, found, correct, delays) -> dict:
+def _row(faults, hit, found, correct, delays, from_detectable=()) -> dict:
     return {
         "faults": faults,
         "recall": hit / faults if faults else None,
         "findings": found,
         "precision": correct / found if found else None,
-        "delay_median_s": float(np.median(delays)) if delays else None,
-        "delay_p95_s": float(np.percentile(delays, 95)) if delays else None,
+        "delays_s": delays,
+        "delays_from_detectable_s": list(from_detectable),
     }
 
 
@@ -484,7 +513,7 @@ def one_seed(seed: int, cps: int, hours: float, with_anchor: bool, work: Path) -
 
         wait_for_daemon(db, timeout=30)
         published_s = publish(sc, db)
-        run = run_detect(db, None)
+        run = run_detect(db)
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(60)
@@ -505,60 +534,63 @@ def one_seed(seed: int, cps: int, hours: float, with_anchor: bool, work: Path) -
     return result
 
 
-def _fmt(v, pct=False):
-    if v is None:
-        return "-"
-    return f"{v:.2f}" if not pct else f"{v:.2f}"
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _pooled(rows: list[dict]) -> dict:
+    """One kind's figures over every seed: counts summed, delays pooled."""
+    faults = sum(r["faults"] for r in rows)
+    found = sum(r["findings"] for r in rows)
+    hit = sum(round((r["recall"] or 0) * r["faults"]) for r in rows)
+    correct = sum(round((r["precision"] or 0) * r["findings"]) for r in rows)
+    delays = [d for r in rows for d in r["delays_s"]]
+    detectable = [d for r in rows for d in r["delays_from_detectable_s"]]
+    return {
+        "faults": faults,
+        "recall": hit / faults if faults else None,
+        "precision": correct / found if found else None,
+        "median": float(np.median(delays)) if delays else None,
+        "p95": float(np.percentile(delays, 95)) if delays else None,
+        "median_detectable": float(np.median(detectable)) if detectable else None,
+    }
 
 
 def report(results: list[dict]) -> str:
+    with_anchor = [r for r in results if "anchor" in r]
     lines = [
-        "| kind | faults | recall | precision | delay median s | delay p95 s | anchor recall |",
-        "|---|---|---|---|---|---|---|",
+        "| kind | faults | recall | precision | delay median s | delay p95 s "
+        "| median s from detectable | anchor recall |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for kind in KINDS:
-        faults = sum(r["score"]["kinds"][kind]["faults"] for r in results)
-        hit = sum(
-            (r["score"]["kinds"][kind]["recall"] or 0) * r["score"]["kinds"][kind]["faults"]
-            for r in results
-        )
-        found = sum(r["score"]["kinds"][kind]["findings"] for r in results)
-        correct = sum(
-            (r["score"]["kinds"][kind]["precision"] or 0) * r["score"]["kinds"][kind]["findings"]
-            for r in results
-        )
-        med = [r["score"]["kinds"][kind]["delay_median_s"] for r in results]
-        p95 = [r["score"]["kinds"][kind]["delay_p95_s"] for r in results]
-        med = [m for m in med if m is not None]
-        p95 = [m for m in p95 if m is not None]
-        anchor_recall = [r["anchor"]["kinds"][kind]["recall"] for r in results if "anchor" in r]
-        anchor_recall = [a for a in anchor_recall if a is not None]
+        mine = _pooled([r["score"]["kinds"][kind] for r in results])
+        anchor_recall = _pooled([r["anchor"]["kinds"][kind] for r in with_anchor])["recall"]
         lines.append(
-            f"| {kind} | {faults} | {_fmt(hit / faults if faults else None)} | "
-            f"{_fmt(correct / found if found else None)} | "
-            f"{_fmt(np.median(med) if med else None)} | "
-            f"{_fmt(max(p95) if p95 else None)} | "
-            f"{_fmt(np.mean(anchor_recall) if anchor_recall else None)} |"
+            f"| {kind} | {mine['faults']} | {_fmt(mine['recall'])} | "
+            f"{_fmt(mine['precision'])} | {_fmt(mine['median'])} | {_fmt(mine['p95'])} | "
+            f"{_fmt(mine['median_detectable'])} | {_fmt(anchor_recall)} |"
         )
     hours = sum(r["normal_hours"] for r in results)
     false = sum(r["score"]["false_alarms"] for r in results)
     lines.append("")
     lines.append(
-        f"false alarms: {false} in {hours:.1f} stream-hours of normal data = "
+        f"- false alarms: {false} in {hours:.1f} stream-hours of normal data = "
         f"{false / hours:.2f} per hour"
     )
-    if any("anchor" in r for r in results):
-        a = [r["anchor"] for r in results if "anchor" in r]
+    if with_anchor:
+        a = [r["anchor"] for r in with_anchor]
         lines.append(
-            f"anchor (RandomForest on rule labels): precision "
+            f"- anchor (RandomForest on rule labels): precision "
             f"{_fmt(np.mean([x['precision'] or 0 for x in a]))}, false alarms "
             f"{np.mean([x['false_per_hour'] for x in a]):.2f} per hour"
         )
     for r in results:
         c = r["cycle"]
         lines.append(
-            f"seed {r['seed']}: {r['readings']} readings, detect {r['wall_s']:.1f} s "
-            f"({r['readings_per_s']:,.0f} readings/s incl. start-up), peak RSS "
+            f"- seed {r['seed']}: {r['readings']:,} readings, detect {r['wall_s']:.1f} s wall "
+            f"({r['readings_per_s']:,.0f} readings/s incl. start-up), {r['cpu_s']:.1f} s CPU "
+            f"({r['readings'] / r['cpu_s']:,.0f} readings per CPU second), peak RSS "
             f"{r['peak_rss_mb']:.0f} MB; demo cycle: "
             + (
                 f"period {c['period_s']} s (error {c['period_error']:.2%}), frequency "
@@ -577,13 +609,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=list(EVAL_SEEDS))
     parser.add_argument("--cps", type=int, default=6)
     parser.add_argument("--hours", type=float, default=4.0)
-    parser.add_argument("--quick", action="store_true", help="1 seed, 3 charge points, 1 h")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 3 charge points, 30 min")
     parser.add_argument("--readings", type=int, help="size the scenario to about this many")
     parser.add_argument("--no-anchor", action="store_true")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.cps, args.hours = args.seeds[:1], 3, 1.0
+        args.seeds, args.cps, args.hours = args.seeds[:1], 3, 0.5
     if args.readings:
         # each charge point: current + voltage at 2 Hz
         args.cps = max(1, math.ceil(args.readings / (args.hours * 3600 * HZ * 2)))
