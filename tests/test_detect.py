@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from conftest import run_python
 from memory_bank import MemoryBank, Publisher
 from memory_bank.store import open_reader
 
@@ -270,3 +271,22 @@ def test_second_detector_of_the_same_instance_is_refused(db_path, start_daemon, 
     finally:
         follower.send_signal(signal.SIGTERM)
         follower.wait(30)
+
+
+def test_detect_imports_nothing_heavy(db_path, start_daemon):
+    # numpy is installed here (the benchmark's scenarios), so its absence is a choice.
+    pytest.importorskip("numpy")
+    start_daemon(db_path)
+    run = run_python(
+        "import runpy, sys\n"
+        "sys.argv = ['memorybank', 'detect', '--db', sys.argv[1], '--once']\n"
+        "try:\n"
+        "    runpy.run_module('memory_bank', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "heavy = ('numpy', 'sklearn', 'river', 'scipy', 'pandas', 'matplotlib')\n"
+        "print([m for m in heavy if m in sys.modules])\n",
+        str(db_path),
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

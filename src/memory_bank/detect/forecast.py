@@ -9,7 +9,7 @@ period_s`` for the first k that is not yet past; each such time is uncertain by 
 steps seen in its last cycle) scales the probability. A cycle that has missed three
 periods is taken as stopped (``stale``) and forecasts nothing.
 
-Standard library only: the API and the viewer call this without the [detect] extra.
+Standard library only, like all of detection: the API and the viewer call this too.
 """
 
 from __future__ import annotations
