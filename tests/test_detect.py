@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from conftest import run_python
 from memory_bank import MemoryBank, Publisher
+from memory_bank.control import daemon_stats
 from memory_bank.store import open_reader
 
 HZ = 2.0
@@ -143,36 +146,74 @@ def test_faults_found_with_kind_time_and_data_none_on_normal_streams(
     assert len(cp1) == len(FAULTS), [(f["anomaly_type"], f["timestamp"] - t0) for f in cp1]
 
 
-def test_sigkill_between_findings_and_checkpoint_reports_nothing_twice(
+class Lines:
+    """A process's stderr, line by line, as it comes (so a test can wait on what it says)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: list[str] = []
+        self._arrived = threading.Condition()
+        threading.Thread(target=self._read, args=(proc.stderr,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            with self._arrived:
+                self.lines.append(line)
+                self._arrived.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match:
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while True:
+                for line in self.lines:
+                    if found := re.search(pattern, line):
+                        return found
+                left = deadline - time.monotonic()
+                assert left > 0 and self._arrived.wait(left), f"no {pattern!r} in {self.lines}"
+
+
+def test_killed_while_its_findings_are_in_the_daemon_reports_nothing_twice(
     db_path, start_daemon, config, tmp_path
 ):
-    start_daemon(db_path)
+    # This daemon holds what it receives for 10 s unless someone asks for a commit.
+    holding = tmp_path / "daemon.toml"
+    holding.write_text("[daemon]\nbatch_seconds = 10\nbatch_rows = 1000000\n")
+    daemon = start_daemon(db_path, "--config", str(holding))
     t0 = time.time() - 3600
     records = lab_records(t0, 600, random.Random(9))
-    half = [r for r in records if r[0] < t0 + 200]
-    publish(db_path, half)
+    publish(db_path, [r for r in records if r[0] < t0 + 200])
     first = detect(db_path, config, "--once")  # ends with a checkpoint
     assert first.returncode == 0, first.stderr
-    before = len(findings(db_path))
-    publish(db_path, [r for r in records if r[0] >= t0 + 200])
-    # Follow mode, no checkpoint due for an hour: findings land, the position does not.
-    slow = tmp_path / "slow.toml"
-    slow.write_text(config.read_text() + "poll_seconds = 0.1\ncheckpoint_seconds = 3600\n")
+    later = [r for r in records if r[0] >= t0 + 200]
+    publish(db_path, later)
+    # Follow mode, no checkpoint due for an hour: it finds, sends, and nothing commits.
+    follow = tmp_path / "follow.toml"
+    follow.write_text(config.read_text() + "poll_seconds = 0.1\ncheckpoint_seconds = 3600\n")
     follower = subprocess.Popen(
         [sys.executable, "-m", "memory_bank", "detect", "--db", str(db_path)]
-        + ["--config", str(slow)],
+        + ["--config", str(follow), "--log-level", "DEBUG"],
         stderr=subprocess.PIPE,
+        text=True,
     )
-    deadline = time.monotonic() + 60
-    while len(findings(db_path)) < before + 3:
-        assert time.monotonic() < deadline, "the follower found nothing new"
-        assert follower.poll() is None, follower.stderr.read()
+    said = Lines(follower).wait_for(rf"so far {len(later)} readings, 0 events, (\d+) findings")
+    sent = int(said[1])
+    assert sent >= 3
+    deadline = time.monotonic() + 30
+    while daemon_stats(db_path)["queue_depth"] < sent:  # received, not committed
+        assert time.monotonic() < deadline, daemon_stats(db_path)
+    daemon.proc.send_signal(signal.SIGSTOP)  # nothing commits while the detector dies
     follower.send_signal(signal.SIGKILL)
     follower.wait(10)
-    checkpoints = open_reader(db_path).get_events(event_type="DETECT_CHECKPOINT", limit=10)
-    assert len(checkpoints) == 1  # only the first run's: the kill came before another
-    resumed = detect(db_path, config, "--once")
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = subprocess.Popen(
+        [sys.executable, "-m", "memory_bank", "detect", "--db", str(db_path)]
+        + ["--config", str(config), "--once", "--log-level", "INFO"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Once it waits for what the killed run sent (or, were it not to, has read what is
+    # stored), the daemon goes on and commits the killed run's findings.
+    Lines(resumed).wait_for("what the previous run sent|findings of this instance already")
+    daemon.proc.send_signal(signal.SIGCONT)
+    assert resumed.wait(120) == 0
     stored = keys(findings(db_path))
     assert len(stored) == len(set(stored)), "a finding was stored twice"
     # The same findings as one uninterrupted run over everything (another instance).

@@ -397,7 +397,8 @@ def detect(db, config_path, once, sensitivity, endpoint, log_level) -> None:
     except config_mod.ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     _setup_logging(cfg.log_level)
-    from .detect.runner import Detection, DetectorBusy, DetectSettings
+    from .detect.instance import DetectorBusy
+    from .detect.runner import Detection, DetectSettings
 
     settings = DetectSettings(
         instance=cfg.detect_instance,

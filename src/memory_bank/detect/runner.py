@@ -4,15 +4,15 @@ Detection is a component like the CSMS: it reads through the store's read-only r
 writes through a Publisher, nothing else. Its position and its learned models are kept in
 the database as a ``DETECT_CHECKPOINT`` event, written only after every finding before it
 is confirmed committed (a flush), so a checkpoint never runs ahead of its findings. After
-a crash the detector resumes from the newest checkpoint and finds again what came after
-it; findings (kind, stream, reading) and pattern recurrences already stored are not
-published again, so nothing is reported twice and nothing is lost.
+a crash the detector waits until the daemon has committed what the crashed run had sent
+(instance.py), resumes from the newest checkpoint and finds again what came after it;
+findings (kind, stream, reading) and pattern recurrences already stored are not published
+again, so nothing is reported twice and nothing is lost.
 """
 
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import logging
 import os
@@ -27,6 +27,7 @@ from ..store import open_reader
 from ..wire import ID_BLOCK_BITS
 from .cycles import ANOMALY_PREFIX, PATTERN_TYPE, CycleLearner, pattern_key
 from .findings import KINDS, Finding, finding_key
+from .instance import InstanceLock, wait_for_publisher
 from .position import EVENT, METRIC, TABLES, CommittedRows, Position
 from .streams import Settings, StreamDetector
 
@@ -39,10 +40,6 @@ DROPOUT_RECHECK_S = 1.0  # data time between looks at silent streams, at most
 STREAM_CACHE = 100_000  # (metric, metadata text) pairs remembered
 MAX_STATE_CHARS = 900_000  # under the daemon's default max_text_chars
 DEDUPE_LOOKBACK_S = 86400.0
-
-
-class DetectorBusy(RuntimeError):
-    """Another `memorybank detect` with the same instance name serves this database."""
 
 
 @dataclass
@@ -91,8 +88,10 @@ class Detection:
         self.watched = set(settings.metrics)
         self.reader = open_reader(self.location)
         self.rows = CommittedRows(self.reader)
-        self._lock_fd = self._take_lock(discovery.location_key(self.location, endpoint))
+        self.lock = InstanceLock(self.location, endpoint, settings.instance)
+        previous = self.lock.previous_publisher
         self.publisher = Publisher(self.location, endpoint=endpoint, spool_bytes=0)
+        self.lock.record_publisher(self.publisher.publisher_id)
         self.position = Position()
         self.clock = 0.0
         self.detectors: dict[str, StreamDetector] = {}
@@ -103,22 +102,9 @@ class Detection:
         self._reported: set[tuple] = set()
         self._pattern_seen: dict[str, float] = {}
         self._next_dropout_check = 0.0
+        if previous is not None:  # it crashed: what it sent must be in before we look
+            wait_for_publisher(self.location, endpoint, previous)
         self._resume()
-
-    # -- one instance per database ------------------------------------------------------
-    def _take_lock(self, key) -> int:
-        path = key.with_name(f"{key.name}-detect-{self.settings.instance}")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DetectorBusy(
-                f"another 'memorybank detect' (instance {self.settings.instance!r}) already "
-                f"reads {discovery.redact_url(self.location)}; stop it, or give this one "
-                "another instance name ([detect] instance)"
-            ) from None
-        return fd
 
     # -- resume -------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -148,6 +134,7 @@ class Detection:
                 self._reported.add(finding_key(row["anomaly_type"], stream, row["timestamp"]))
         for row in self.reader.get_patterns(pattern_type=PATTERN_TYPE):
             self._pattern_seen[pattern_key(row["pattern_data"])] = row["last_seen"] or 0.0
+        log.info("%d findings of this instance already stored", len(self._reported))
 
     def _newest_checkpoint(self) -> dict | None:
         for row in self.reader.iter_events(
@@ -178,6 +165,15 @@ class Detection:
         rows_at_checkpoint = self._rows_done()
         while not stop.is_set():
             processed = self._process(stop, self.settings.checkpoint_rows)
+            if processed:
+                p = self.progress
+                log.debug(
+                    "%d rows read; so far %d readings, %d events, %d findings",
+                    processed,
+                    p.readings,
+                    p.events,
+                    p.findings,
+                )
             due = (
                 time.monotonic() - last_checkpoint >= self.settings.checkpoint_seconds
                 or self._rows_done() - rows_at_checkpoint >= self.settings.checkpoint_rows
@@ -365,11 +361,9 @@ class Detection:
         return self.publisher.flush(self.settings.confirm_timeout)
 
     def close(self) -> None:
-        self.publisher.close()
+        confirmed = self.publisher.close(self.settings.confirm_timeout)
         self.reader.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self.lock.release(clean=confirmed)
 
 
 def _json(text):
