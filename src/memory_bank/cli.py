@@ -426,9 +426,18 @@ def detect(db, config_path, once, sensitivity, endpoint, log_level) -> None:
     finally:
         detection.close()
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(progress.by_kind.items())) or "none"
+    notes = [
+        f"{n} {what}"
+        for n, what in (
+            (progress.skipped_duplicates, "found again but already stored"),
+            (progress.late_readings, "readings behind their stream skipped"),
+        )
+        if n
+    ]
     click.echo(
         f"detect: {progress.readings} readings, {progress.events} events; "
-        f"{progress.findings} anomalies ({kinds}), {progress.patterns} pattern records",
+        f"{progress.findings} anomalies ({kinds}), {progress.patterns} pattern records"
+        + "".join(f"; {note}" for note in notes),
         err=True,
     )
 

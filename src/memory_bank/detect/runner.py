@@ -65,7 +65,6 @@ class Progress:
     patterns: int = 0
     skipped_duplicates: int = 0
     late_readings: int = 0
-    checkpoints: int = 0
     by_kind: dict = field(default_factory=dict)
 
 
@@ -357,7 +356,6 @@ class Detection:
                 "state": state,
             },
         )
-        self.progress.checkpoints += 1
         return self.publisher.flush(self.settings.confirm_timeout)
 
     def close(self) -> None:
