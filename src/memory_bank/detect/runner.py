@@ -39,6 +39,8 @@ STATE_VERSION = 1
 DROPOUT_RECHECK_S = 1.0  # data time between looks at silent streams, at most
 STREAM_CACHE = 100_000  # (metric, metadata text) pairs remembered
 MAX_STATE_CHARS = 900_000  # under the daemon's default max_text_chars
+# A finding found again after a restart starts at most this long before the checkpoint it
+# resumes from (a long stuck run, a drift's onset): older ones need no remembering.
 DEDUPE_LOOKBACK_S = 86400.0
 
 
@@ -342,6 +344,8 @@ class Detection:
             )
             state = None
         self.progress.late_readings = sum(d.late for d in self.detectors.values())
+        oldest = self.clock - DEDUPE_LOOKBACK_S  # what a restart from here can find again
+        self._reported = {key for key in self._reported if key[-1] >= oldest}
         self.publisher.log_event(
             CHECKPOINT_EVENT,
             COMPONENT,
