@@ -146,6 +146,24 @@ def test_faults_found_with_kind_time_and_data_none_on_normal_streams(
     assert len(cp1) == len(FAULTS), [(f["anomaly_type"], f["timestamp"] - t0) for f in cp1]
 
 
+def test_history_in_two_runs_has_no_dropout_at_the_end(location, start_daemon, config):
+    # The first run's checkpoint is written now, an hour after the data: the second run
+    # must not read it as an hour in which every stream fell silent.
+    start_daemon(location)
+    t0 = time.time() - 3600
+    records = lab_records(t0, 600, random.Random(5))
+    publish(location, [r for r in records if r[0] < t0 + 250])
+    assert detect(location, config, "--once").returncode == 0
+    publish(location, [r for r in records if r[0] >= t0 + 250])
+    assert detect(location, config, "--once").returncode == 0
+    dropouts = [
+        (f["pattern_data"]["stream"]["metric"], f["pattern_data"]["stream"]["cp_id"])
+        for f in findings(location)
+        if f["anomaly_type"] == "DROPOUT"
+    ]
+    assert sorted(dropouts) == [("current", "CP_1"), ("voltage", "CP_1")]  # the fault's
+
+
 class Lines:
     """A process's stderr, line by line, as it comes (so a test can wait on what it says)."""
 

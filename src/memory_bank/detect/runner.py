@@ -204,9 +204,9 @@ class Detection:
         count = readings = 0
         for row in self.rows.timeline(self.position):
             ts, code = row[0], row[1]
-            if ts > clock:
-                self.clock = clock = ts
             if code == METRIC:
+                if ts > clock:
+                    self.clock = clock = ts
                 det = stream_of.get((row[3], row[5]), False)
                 if det is False:
                     det = self._stream_for(row[3], row[5])
@@ -216,10 +216,11 @@ class Detection:
                     if found:
                         for finding in found:
                             self._report(finding)
-            elif code == EVENT:
-                self._event(row)
-            else:
-                self._anomaly(row)
+            # The data clock is the data's: this detector's own rows (a checkpoint is
+            # stamped when it is written, maybe long after the data) do not move it.
+            elif self._event(row) if code == EVENT else self._anomaly(row):
+                if ts > clock:
+                    self.clock = clock = ts
             marks[code][row[2] >> ID_BLOCK_BITS] = row[2]  # rows of a block come in id order
             if clock >= next_look:
                 next_look = self._check_dropouts()
@@ -271,18 +272,23 @@ class Detection:
                 soonest = deadline
         return soonest
 
-    def _event(self, row: tuple) -> None:
+    def _event(self, row: tuple) -> bool:
+        """Learn from an event; False for detection's own checkpoints (skipped)."""
         if row[4] == COMPONENT:
-            return  # this detector's own checkpoints
+            return False
         self.progress.events += 1
         self._observe(row[0], self.learner.symbol_of_text(row[3], row[5]))
+        return True
 
-    def _anomaly(self, row: tuple) -> None:
+    def _anomaly(self, row: tuple) -> bool:
+        """Learn from an anomaly; False for this instance's own findings (the learner saw
+        them when they were found)."""
         data = _json(row[5])
         if isinstance(data, dict) and data.get("instance") == self.settings.instance:
-            return  # our own finding: the learner saw it when it was found
+            return False
         self.progress.events += 1
         self._observe(row[0], self.learner.symbol(ANOMALY_PREFIX + row[3], data))
+        return True
 
     def _observe(self, ts: float, symbol: str) -> None:
         for record in self.learner.observe(ts, symbol):
