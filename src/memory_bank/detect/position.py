@@ -10,14 +10,18 @@ position is a high-water mark *per block and table*: it only moves forward in co
 and never skips a late row.
 
 Every poll finds the blocks with rows past their mark (two index seeks per block and
-table), then streams each such block's new rows in id order and merges the streams by
-timestamp, so the detectors see one timeline whatever the publishers' delivery order.
+table), then reads each such block's new rows in id order, a chunk at a time, and hands
+them on in batches sorted by timestamp, so the detectors see one timeline whatever the
+publishers' delivery order. A batch holds every fetched row up to the earliest time any
+block may still have rows before; the position moves once a whole batch is processed.
 """
 
 from __future__ import annotations
 
-import heapq
+import math
+from bisect import bisect_right
 from collections.abc import Iterator
+from operator import itemgetter
 
 from ..store import Reader
 from ..wire import ID_BLOCK_BITS
@@ -57,9 +61,6 @@ class Position:
             }
         )
 
-    def copy(self) -> Position:
-        return Position(self.marks)
-
 
 class CommittedRows:
     """New committed rows of the three tables past a Position, as one timeline.
@@ -67,7 +68,7 @@ class CommittedRows:
     Rows are tuples ``(timestamp, table_code, id, a, b, json_text)``, made so by the query
     itself (no Python work per row), through the store's read-only reader connection, with
     JSON columns as text (the detectors cache their parse). Tuples compare by timestamp,
-    then table and id, so the merge needs no key function.
+    then table and id, so a batch sorts as it is.
     """
 
     def __init__(self, reader: Reader, rows_in_memory: int = 60_000):
@@ -121,30 +122,55 @@ class CommittedRows:
             else:
                 after = mark  # rows up to the mark are done: look past it
 
-    def _block_rows(self, table: str, block: int, start: int, chunk: int) -> Iterator[tuple]:
-        end = ((block + 1) << ID_BLOCK_BITS) - 1
-        sql = self._sql[table]
-        after = start
-        while True:
-            rows = self._query(sql, (after, end, chunk))
-            yield from rows
-            if len(rows) < chunk:
-                return
-            after = rows[-1][2]
-
-    def timeline(self, position: Position) -> Iterator[tuple]:
-        """Every row past ``position``, merged by timestamp across blocks and tables.
-
-        The caller marks each row it has processed in ``position`` (rows of a block come in
-        id order, so a block's mark only grows), so stopping part-way loses nothing.
-        """
+    def batches(self, position: Position) -> Iterator[tuple[list[tuple], list[tuple]]]:
+        """Every row past ``position`` as ``(rows, marks)`` batches: ``rows`` sorted by
+        timestamp across blocks and tables, ``marks`` the ``(table, block, id)`` the
+        position may move to once all of ``rows`` are processed (so stopping between
+        batches loses nothing)."""
         news = [(t, b) for t in TABLES for b in self.blocks_with_news(position, t)]
-        # Each block holds one chunk while the merge runs: memory is bounded by the total.
+        # Each block holds at most one chunk: memory is bounded by the total.
         chunk = min(MAX_CHUNK, max(MIN_CHUNK, self.rows_in_memory // max(len(news), 1)))
-        streams = []
-        for table, block in news:
-            start = position.marks[table].get(block, block << ID_BLOCK_BITS)
-            streams.append(self._block_rows(table, block, start, chunk))
-        if len(streams) == 1:
-            return streams[0]
-        return heapq.merge(*streams)
+        blocks = [_Block(t, b, position.marks[t].get(b, b << ID_BLOCK_BITS)) for t, b in news]
+        while True:
+            for block in blocks:
+                if not block.rows and not block.done:
+                    block.rows = self._query(
+                        self._sql[block.table], (block.after, block.end, chunk)
+                    )
+                    block.done = len(block.rows) < chunk
+                    if block.rows:
+                        block.after = block.rows[-1][2]
+            blocks = [b for b in blocks if b.rows or not b.done]
+            if not blocks:
+                return
+            # Rows after the end of a block's chunk may still come from that block.
+            horizon = min((b.rows[-1][0] for b in blocks if not b.done), default=math.inf)
+            rows: list[tuple] = []
+            marks = []
+            for block in blocks:
+                taken = block.rows
+                if taken and taken[-1][0] > horizon:
+                    cut = bisect_right(taken, horizon, key=_TIME)
+                    taken, block.rows = taken[:cut], taken[cut:]
+                else:
+                    block.rows = []
+                if taken:
+                    rows += taken
+                    marks.append((block.table, block.number, taken[-1][2]))
+            rows.sort()  # runs already sorted: a merge, in C
+            yield rows, marks
+
+
+_TIME = itemgetter(0)
+
+
+class _Block:
+    """One block's rows of one table: what is fetched and not yet handed on."""
+
+    __slots__ = ("table", "number", "after", "end", "rows", "done")
+
+    def __init__(self, table: str, number: int, after: int):
+        self.table, self.number, self.after = table, number, after
+        self.end = ((number + 1) << ID_BLOCK_BITS) - 1
+        self.rows: list[tuple] = []
+        self.done = False

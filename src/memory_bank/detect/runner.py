@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from .. import discovery
 from ..publisher import Publisher
 from ..store import open_reader
-from ..wire import ID_BLOCK_BITS
 from .cycles import ANOMALY_PREFIX, PATTERN_TYPE, CycleLearner, pattern_key
 from .findings import KINDS, Finding, finding_key
 from .instance import InstanceLock, wait_for_publisher
-from .position import EVENT, METRIC, TABLES, CommittedRows, Position
+from .position import EVENT, METRIC, CommittedRows, Position
 from .streams import Settings, StreamDetector
 
 log = logging.getLogger(__name__)
@@ -195,37 +194,40 @@ class Detection:
         return self.progress.readings + self.progress.events
 
     def _process(self, stop: threading.Event, limit: int) -> int:
-        """Up to ``limit`` new rows through the detectors; returns how many. The loop runs
-        once per reading, so what it needs is held in locals."""
-        marks = [self.position.marks[table] for table in TABLES]
+        """New rows through the detectors, a batch at a time, until ``limit`` rows or
+        ``stop``; returns how many. The loop runs once per reading, so what it needs is
+        held in locals."""
+        marks = self.position.marks
         stream_of = self._stream_of
         clock = self.clock
         next_look = self._next_dropout_check
         count = readings = 0
-        for row in self.rows.timeline(self.position):
-            ts, code = row[0], row[1]
-            if code == METRIC:
-                if ts > clock:
-                    self.clock = clock = ts
-                det = stream_of.get((row[3], row[5]), False)
-                if det is False:
-                    det = self._stream_for(row[3], row[5])
-                if det is not None:
-                    readings += 1
-                    found = det.feed(ts, row[4])
-                    if found:
-                        for finding in found:
-                            self._report(finding)
-            # The data clock is the data's: this detector's own rows (a checkpoint is
-            # stamped when it is written, maybe long after the data) do not move it.
-            elif self._event(row) if code == EVENT else self._anomaly(row):
-                if ts > clock:
-                    self.clock = clock = ts
-            marks[code][row[2] >> ID_BLOCK_BITS] = row[2]  # rows of a block come in id order
-            if clock >= next_look:
-                next_look = self._check_dropouts()
-            count += 1
-            if count >= limit or (count % 10000 == 0 and stop.is_set()):
+        for rows, batch_marks in self.rows.batches(self.position):
+            for row in rows:
+                ts, code = row[0], row[1]
+                if code == METRIC:
+                    if ts > clock:
+                        self.clock = clock = ts
+                    det = stream_of.get((row[3], row[5]), False)
+                    if det is False:
+                        det = self._stream_for(row[3], row[5])
+                    if det is not None:
+                        readings += 1
+                        found = det.feed(ts, row[4])
+                        if found:
+                            for finding in found:
+                                self._report(finding)
+                # The data clock is the data's: this detector's own rows (a checkpoint is
+                # stamped when it is written, maybe long after the data) do not move it.
+                elif self._event(row) if code == EVENT else self._anomaly(row):
+                    if ts > clock:
+                        self.clock = clock = ts
+                if clock >= next_look:
+                    next_look = self._check_dropouts()
+            for table, block, last_id in batch_marks:
+                marks[table][block] = last_id
+            count += len(rows)
+            if count >= limit or stop.is_set():
                 break
         self._next_dropout_check = next_look
         self.progress.readings += readings
