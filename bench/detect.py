@@ -13,8 +13,7 @@ through a real `memorybank daemon` (one Publisher per charge point, explicit tim
   (findings of that kind that fall in a fault of that kind), median and p95 delay (from the
   fault's first reading to the reading at which the detector decided: window.end), and the
   median delay from when the fault became detectable at all: a drift once it has moved the
-  mean by one noise sigma, an oscillation once it has swung back (half a period), every
-  other kind at its first reading;
+  mean by one noise sigma, every other kind at its first reading;
 - false alarms per hour of normal data (findings inside no fault), per stream-hour;
 - the demo cycle: learned period against 8 s, and the forecast of the next anomaly;
 - throughput: readings / wall time of the detect process (start-up included) and readings
@@ -167,8 +166,6 @@ def _inject(rng, kind, cp, ts, current, keep, lo, hi, truth) -> None:
     detectable = float(ts[a])
     if kind == "DRIFT":
         detectable += (ts[b - 1] - ts[a]) * NOISE / abs(total)
-    elif kind == "OSCILLATION":
-        detectable += period / 2
     metrics = ("current", "voltage") if kind == "DROPOUT" else ("current",)
     for metric in metrics:
         truth.append(Truth(kind, cp, metric, float(ts[a]), float(ts[b - 1]), detectable))
