@@ -19,7 +19,9 @@ through a real `memorybank daemon` (one Publisher per charge point, explicit tim
 - throughput: readings / wall time of the detect process (start-up included) and readings
   per CPU second (user + system: what a loaded machine does not inflate), and the peak RSS
   of the detect process itself (its VmHWM, read as it exits: getrusage's ru_maxrss of a
-  child also counts the bench process it was forked from).
+  child also counts the bench process it was forked from); beside them, the per-stream
+  detectors alone, in this process, on the first half million readings in time order (no
+  database, no publishing): what the rest of the pipeline costs on top.
 
 The anchor is the original simulator's approach: a RandomForest on windowed features of the
 last 10 readings (moving average, standard deviation, range, value) trained on labels from a
@@ -339,6 +341,23 @@ def run_detect(db: Path) -> dict:
     }
 
 
+def detectors_alone(sc: Scenario, limit: int = 500_000) -> float:
+    """Readings per CPU second of the per-stream detectors alone (see the docstring)."""
+    from memory_bank.detect.streams import Settings, StreamDetector
+
+    streams = list(sc.metrics)
+    ts = np.concatenate([sc.metrics[k][0] for k in streams])
+    values = np.concatenate([sc.metrics[k][1] for k in streams])
+    which = np.concatenate([np.full(len(sc.metrics[k][0]), i) for i, k in enumerate(streams)])
+    order = np.argsort(ts, kind="stable")[:limit]
+    rows = list(zip(ts[order].tolist(), values[order].tolist(), which[order].tolist(), strict=True))
+    detectors = [StreamDetector({"metric": m, "cp_id": cp}, Settings()) for cp, m in streams]
+    began = time.process_time()
+    for t, value, i in rows:
+        detectors[i].feed(t, value)
+    return len(rows) / (time.process_time() - began)
+
+
 # -- scoring ------------------------------------------------------------------------------
 def findings(db: Path) -> list[dict]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -522,6 +541,7 @@ def one_seed(seed: int, cps: int, hours: float, with_anchor: bool, work: Path) -
         "publish_s": published_s,
         **run,
         "readings_per_s": sc.readings / run["wall_s"],
+        "detectors_alone_per_cpu_s": detectors_alone(sc),
         "score": score(sc, found, normal_hours(sc)),
         "normal_hours": normal_hours(sc),
         "cycle": cycle_check(sc, db),
@@ -587,7 +607,8 @@ def report(results: list[dict]) -> str:
         lines.append(
             f"- seed {r['seed']}: {r['readings']:,} readings, detect {r['wall_s']:.1f} s wall "
             f"({r['readings_per_s']:,.0f} readings/s incl. start-up), {r['cpu_s']:.1f} s CPU "
-            f"({r['readings'] / r['cpu_s']:,.0f} readings per CPU second), peak RSS "
+            f"({r['readings'] / r['cpu_s']:,.0f} readings per CPU second; the detectors alone "
+            f"{r['detectors_alone_per_cpu_s']:,.0f}), peak RSS "
             f"{r['peak_rss_mb']:.0f} MB; demo cycle: "
             + (
                 f"period {c['period_s']} s (error {c['period_error']:.2%}), frequency "
