@@ -35,7 +35,7 @@ _COLUMNS = {
     "anomalies": ("anomaly_type", "severity", "pattern_data"),
 }
 _JSON = {"metadata", "data", "pattern_data"}
-MIN_CHUNK, MAX_CHUNK = 500, 20_000  # rows fetched per query and block
+MIN_CHUNK, MAX_CHUNK = 200, 20_000  # rows fetched per query and block
 
 
 class Position:
@@ -128,18 +128,19 @@ class CommittedRows:
         position may move to once all of ``rows`` are processed (so stopping between
         batches loses nothing)."""
         news = [(t, b) for t in TABLES for b in self.blocks_with_news(position, t)]
-        # Each block holds at most one chunk: memory is bounded by the total.
+        # Each block holds at most one and a half chunks: memory is bounded by the total.
         chunk = min(MAX_CHUNK, max(MIN_CHUNK, self.rows_in_memory // max(len(news), 1)))
         blocks = [_Block(t, b, position.marks[t].get(b, b << ID_BLOCK_BITS)) for t, b in news]
         while True:
             for block in blocks:
-                if not block.rows and not block.done:
-                    block.rows = self._query(
-                        self._sql[block.table], (block.after, block.end, chunk)
-                    )
-                    block.done = len(block.rows) < chunk
-                    if block.rows:
-                        block.after = block.rows[-1][2]
+                # Topped up before it runs short, so that no block's end makes the next
+                # batch small: each batch is about half of what all blocks hold.
+                if len(block.rows) < chunk // 2 and not block.done:
+                    more = self._query(self._sql[block.table], (block.after, block.end, chunk))
+                    block.done = len(more) < chunk
+                    if more:
+                        block.rows += more
+                        block.after = more[-1][2]
             blocks = [b for b in blocks if b.rows or not b.done]
             if not blocks:
                 return
