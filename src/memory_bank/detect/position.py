@@ -28,7 +28,7 @@ from ..wire import ID_BLOCK_BITS
 
 TABLES = ("metrics", "events", "anomalies")
 METRIC, EVENT, ANOMALY = 0, 1, 2
-# The columns read per table: id, time, then what the detectors need (JSON as text).
+# The columns read per table after time, table code and id: what the detectors need.
 _COLUMNS = {
     "metrics": ("metric_name", "metric_value", "metadata"),
     "events": ("event_type", "component", "data"),
@@ -73,7 +73,7 @@ class CommittedRows:
 
     def __init__(self, reader: Reader, rows_in_memory: int = 60_000):
         self.reader = reader
-        self.rows_in_memory = rows_in_memory  # fetched, not yet merged: shared by the blocks
+        self.rows_in_memory = rows_in_memory  # fetched, not yet handed on: all blocks share it
         self.postgres = reader.placeholder == "%s"
         self._sql = {t: self._select(t, code) for code, t in enumerate(TABLES)}
 
