@@ -207,6 +207,15 @@ class MemoryBank:
         self._sync()
         return self._reader.get_patterns(_filter(pattern_type), min_frequency)
 
+    def forecast_anomaly(self, within_s: float = 60.0) -> dict:
+        """The probability of an anomaly within ``within_s`` seconds and when the next one
+        is due, from the learned cycles that include one (``memorybank detect``)."""
+        from .detect.cycles import PATTERN_TYPE
+        from .detect.forecast import forecast
+
+        self._sync()
+        return forecast(self._reader.get_patterns(pattern_type=PATTERN_TYPE), within_s)
+
     # -- analytics and data management --------------------------------------------------
     def get_dashboard_summary(self) -> dict:
         self._sync()

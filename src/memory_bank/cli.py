@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -422,6 +423,80 @@ def demo(db, seconds, cycle) -> None:
     failed = [p for p in started[1:] if p.returncode not in (0, -signal.SIGINT)]
     if failed:
         raise click.ClickException("a lab process failed; see its output above")
+
+
+@main.command()
+@db_option(None, "SQLite database path, or a postgresql:// URL, to read.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="TOML configuration file ([detect] table; default: $MEMORYBANK_CONFIG).",
+)
+@click.option("--once", is_flag=True, help="Process what is committed now, then exit.")
+@click.option("--sensitivity", type=float, help="Above 1 reports smaller departures.")
+@ENDPOINT_OPTION
+@click.option(
+    "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+)
+def detect(db, config_path, once, sensitivity, endpoint, log_level) -> None:
+    """Find anomalies in the metrics and cycles in the events; publish them.
+
+    Resumes after a restart where it stopped (its checkpoint is kept in the database)
+    and never reports a finding twice. Without --once it follows new data.
+    """
+    cfg = config_mod.load(
+        config_path,
+        db=db,
+        endpoint=endpoint,
+        log_level=log_level,
+        detect_sensitivity=sensitivity,
+    )
+    _setup_logging(cfg.log_level)
+    from .detect.instance import DetectorBusy
+    from .detect.runner import Detection, DetectSettings
+
+    settings = DetectSettings(
+        instance=cfg.detect_instance,
+        sensitivity=cfg.detect_sensitivity,
+        warmup_readings=cfg.detect_warmup_readings,
+        metrics=cfg.detect_metrics or [],
+        poll_seconds=cfg.detect_poll_seconds,
+        checkpoint_seconds=cfg.detect_checkpoint_seconds,
+        cycle_min_period_s=cfg.detect_cycle_min_period_s,
+    )
+    if not discovery.is_url(cfg.db) and not discovery.resolve_db_path(cfg.db).exists():
+        raise InputError(
+            f"no database at {discovery.resolve_db_path(cfg.db)}; start a daemon with "
+            f"'memorybank daemon --db {cfg.db}', or pass --db PATH"
+        )
+    open_reader(cfg.db).check().close()  # a file that is no MemoryBank database: exit 2
+    try:
+        detection = Detection(cfg.db, settings, endpoint=cfg.endpoint)
+    except DetectorBusy as exc:
+        raise click.ClickException(str(exc)) from None
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        progress = detection.run(once=once, stop=stop)
+    finally:
+        detection.close()
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(progress.by_kind.items())) or "none"
+    notes = [
+        f"{n} {what}"
+        for n, what in (
+            (progress.skipped_duplicates, "found again but already stored"),
+            (progress.late_readings, "readings behind their stream skipped"),
+        )
+        if n
+    ]
+    click.echo(
+        f"detect: {progress.readings} readings, {progress.events} events; "
+        f"{progress.findings} anomalies ({kinds}), {progress.patterns} pattern records"
+        + "".join(f"; {note}" for note in notes),
+        err=True,
+    )
 
 
 main.add_command(view)

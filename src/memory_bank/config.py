@@ -42,6 +42,15 @@ class Config:
     web_port: int = 8080
     web_token: str | None = None
 
+    # [detect]: `memorybank detect` (see memory_bank.detect.runner.DetectSettings)
+    detect_instance: str = "detect"
+    detect_sensitivity: float = 1.0
+    detect_warmup_readings: int = 240
+    detect_metrics: list[str] | None = None
+    detect_poll_seconds: float = 1.0
+    detect_checkpoint_seconds: float = 60.0
+    detect_cycle_min_period_s: float = 2.0
+
     def table_retention_days(self) -> dict[str, float | None]:
         """Days kept per table: events, anomalies and metrics default to retention_days;
         sessions and patterns are kept unless configured, as in the seed."""
@@ -72,14 +81,28 @@ _SECTIONS = {
     "maintenance": {"retention_schedule", "vacuum_schedule", "chunk_rows", *_DAY_KEYS},
     "logging": {"level"},
     "web": {"host", "port", "token"},
+    "detect": {
+        "instance",
+        "sensitivity",
+        "warmup_readings",
+        "metrics",
+        "poll_seconds",
+        "checkpoint_seconds",
+        "cycle_min_period_s",
+    },
 }
-# Keys whose attribute is named for their section (the file says [web] port).
-_ATTRIBUTE = {
-    ("logging", "level"): "log_level",
-    ("web", "host"): "web_host",
-    ("web", "port"): "web_port",
-    ("web", "token"): "web_token",
-}
+# Sections whose attributes are named for them (the file says [web] port: web_port).
+_PREFIXED_SECTIONS = ("web", "detect")
+_ATTRIBUTE = {("logging", "level"): "log_level"}
+
+
+def _attribute(section: str, key: str) -> str:
+    """The Config attribute a file's [section] key sets."""
+    if section in _PREFIXED_SECTIONS:
+        return f"{section}_{key}"
+    return _ATTRIBUTE.get((section, key), key)
+
+
 _PATH_KEYS = ("db", "curve_secret_key_file", "curve_authorized_keys_dir")
 _ENV = {
     "MEMORYBANK_DB": "db",
@@ -142,6 +165,8 @@ def _check(config: Config) -> Config:
         not isinstance(config.web_token, str) or not config.web_token
     ):
         raise ConfigError("web.token: expected a non-empty string")
+
+    _check_detect(config)
     from .jobs import parse_schedule
 
     try:
@@ -158,6 +183,38 @@ def _check(config: Config) -> Config:
             f"daemon.endpoint: expected ipc://PATH or tcp://HOST:PORT, got {config.endpoint!r}"
         )
     return config
+
+
+def _check_detect(config: Config) -> None:
+    for key, low, high in (
+        ("sensitivity", 0.1, 10.0),
+        ("poll_seconds", 0.01, 3600.0),
+        ("checkpoint_seconds", 1.0, 86400.0),
+        ("cycle_min_period_s", 0.01, 86400.0),
+    ):
+        value = getattr(config, f"detect_{key}")
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not low <= value <= high
+        ):
+            raise ConfigError(
+                f"detect.{key}: expected a number from {low:g} to {high:g}, got {value!r}"
+            )
+    _whole(config.detect_warmup_readings, "detect.warmup_readings", 10, 10_000_000)
+    if (
+        not isinstance(config.detect_instance, str)
+        or not config.detect_instance.replace("-", "").replace("_", "").isalnum()
+    ):
+        raise ConfigError(
+            f"detect.instance: expected a name of letters, digits, - and _, "
+            f"got {config.detect_instance!r}"
+        )
+    metrics = config.detect_metrics
+    if metrics is not None and (
+        not isinstance(metrics, list) or not all(isinstance(m, str) and m for m in metrics)
+    ):
+        raise ConfigError(f"detect.metrics: expected a list of metric names, got {metrics!r}")
 
 
 def standard_locations() -> list[Path]:
@@ -207,7 +264,7 @@ def load(path: str | os.PathLike | None = None, **overrides) -> Config:
                         f"{path}: unknown key {section}.{key}; expected one of "
                         f"{', '.join(sorted(_SECTIONS[section]))}"
                     )
-                setattr(config, _ATTRIBUTE.get((section, key), key), value)
+                setattr(config, _attribute(section, key), value)
         for key in _PATH_KEYS:  # paths in the file are relative to the file
             value = getattr(config, key)
             if (

@@ -122,6 +122,31 @@ class Viewer:
     def patterns(self) -> None:
         self.emit(self.reader.get_patterns(), formatting.PATTERN_COLUMNS, "Learned patterns")
 
+    def forecast(self, within_s: float) -> None:
+        """When the next anomaly is due, from the cycles `memorybank detect` learned."""
+        from .detect.cycles import PATTERN_TYPE
+        from .detect.forecast import forecast
+
+        result = forecast(self.reader.get_patterns(pattern_type=PATTERN_TYPE), within_s)
+        if self.output != "table":
+            click.echo(json.dumps(result))
+            return
+        columns = [
+            formatting.Column("anomaly_type", "ANOMALY"),
+            formatting.Column("scope", "SCOPE", formatting.compact_json),
+            formatting.Column("next_at", "NEXT AT", formatting.when),
+            formatting.Column("next_in_s", "IN S", formatting.number, align_right=True),
+            formatting.Column("probability", f"P(<{within_s:g}s)", formatting.number),
+            formatting.Column("period_s", "PERIOD S", formatting.number, align_right=True),
+            formatting.Column("confidence", "CONFIDENCE", formatting.number),
+            formatting.Column("stale", "STALE", str),
+        ]
+        self.emit(result["patterns"], columns, "Anomaly forecast (learned cycles)")
+        click.echo(
+            f"probability of an anomaly within {within_s:g}s: {result['probability']:.0%}"
+            + (f"; next due in {result['next_in_s']:.1f}s" if result["next_at"] else "")
+        )
+
     def stats(self, metric: str, f: Filters) -> None:
         now = time.time()
         rows = []
@@ -234,6 +259,10 @@ def _filters(reader, since, until, component, event_type, anomaly_type, severity
 @click.option("--anomalies", type=click.IntRange(min=1), metavar="N", help="Last N anomalies.")
 @click.option("--sessions", type=click.IntRange(min=1), metavar="N", help="Last N sessions.")
 @click.option("--patterns", is_flag=True, help="Learned patterns.")
+@click.option("--forecast", is_flag=True, help="When the next anomaly is due (learned cycles).")
+@click.option(
+    "--within", type=click.FloatRange(min=0), default=60.0, help="--forecast horizon (s)."
+)
 @click.option("--stats", is_flag=True, help="Statistics of the current (or --metric).")
 @click.option("--export", "export_path", metavar="FILE", help="Export every table to FILE.")
 @click.option(
@@ -264,6 +293,8 @@ def view(
     anomalies,
     sessions,
     patterns,
+    forecast,
+    within,
     stats,
     export_path,
     export_format,
@@ -311,6 +342,9 @@ def view(
             chosen = True
     if patterns:
         viewer.patterns()
+        chosen = True
+    if forecast:
+        viewer.forecast(within)
         chosen = True
     if stats:
         viewer.stats(metric, f)
