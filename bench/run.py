@@ -127,7 +127,10 @@ def ceiling(work: Path, n: int) -> dict:
             conn.execute(
                 store_sql.PATTERN_UPSERT, (time.time(), "ANOMALY_CYCLE", '{"s":1}', '{"s":1}', 0.9)
             )
-            conn.execute(store_sql.SESSION_ANOMALY, (time.time(), f"TXN_{(start + j) // 200}"))
+            # No row id: the store picks one (as for a publisher that sends none).
+            conn.execute(
+                store_sql.SESSION_ANOMALY, (time.time(), f"TXN_{(start + j) // 200}", None)
+            )
         conn.execute("COMMIT")
     seconds = time.perf_counter() - began
     conn.close()
@@ -498,7 +501,7 @@ def pg_ceiling(url: str, n: int) -> dict:
                          "confidence": 0.9},
                     )  # fmt: skip
                     cur.execute(store_pg.SESSION_ANOMALY, {"sid": f"TXN_{(start + j) // 200}",
-                                                           "ts": now})  # fmt: skip
+                                                           "ts": now, "id": None})  # fmt: skip
     seconds = time.perf_counter() - began
     conn.close()
     return {"records": n, "ops": ops, "seconds": round(seconds, 3),
