@@ -150,7 +150,7 @@ class Writer:
         self.spool_auth: SpoolAuth | None = None  # under CURVE: whose spools may be applied
         self.refused_spools: dict[Path, str] = {}  # folder -> why it is not applied
         # Folders refused for their MACs -> what they held then: not read again until it changes.
-        self._refused_contents: dict[Path, tuple | None] = {}
+        self._refused_contents: dict[Path, tuple] = {}
         self.batch_rows = batch_rows
         self.batch_seconds = batch_seconds
         self.max_pending_rows = max_pending_rows or 10 * batch_rows
