@@ -9,7 +9,8 @@ Measures: (1) the ceiling: raw executemany of the same records into the same sch
 process; (2) MemoryBank end to end with 1, 4 and 8 publisher processes, and with 1 publisher
 at durability="disk"; (3) the seed's design (connect/insert/commit/close per call) with 4
 processes, with and without a reader polling the summary; (4) publish-call latency at a
-paced 10,000 records/s, daemon up and absent, and daemon up at durability="disk"; (5)
+paced 10,000 records/s, daemon up and absent, and daemon up at durability="disk"; (4b)
+what a spool token (CURVE) adds to each spooled message: its MAC; (5)
 publish->queryable latency at half the maximum rate; (6) the daemon's peak RSS and CPU
 seconds per 100,000 records; (7) the read path on a large database the daemon
 built; (8) PostgreSQL: raw COPY of the same records in one process (its ceiling) against
@@ -127,7 +128,10 @@ def ceiling(work: Path, n: int) -> dict:
             conn.execute(
                 store_sql.PATTERN_UPSERT, (time.time(), "ANOMALY_CYCLE", '{"s":1}', '{"s":1}', 0.9)
             )
-            conn.execute(store_sql.SESSION_ANOMALY, (time.time(), f"TXN_{(start + j) // 200}"))
+            # No row id: the store picks one (as for a publisher that sends none).
+            conn.execute(
+                store_sql.SESSION_ANOMALY, (time.time(), f"TXN_{(start + j) // 200}", None)
+            )
         conn.execute("COMMIT")
     seconds = time.perf_counter() - began
     conn.close()
@@ -337,6 +341,44 @@ def call_latency(work: Path, seconds: float, daemon_up: bool, durability: str = 
     }
 
 
+# -- (4b) the spool's MACs under CURVE --
+def spool_mac_cost(work: Path, messages: int, rounds: int = 5) -> dict:
+    """What a spool token (CURVE) adds to each spooled message: the same packed messages
+    appended to a spool without and with a token, in alternating rounds (the best round of
+    each, the least disturbed by other load); only the HMAC differs. No fsync: the CPU cost
+    alone (durability="disk" adds its fsyncs to both). Sizes: ~10 records (a message at a
+    paced 10,000/s) and ~512 (a full message)."""
+    from memory_bank import spool, wire
+
+    out = {}
+    for records in (10, 512):
+        events, metrics, _ = raw_rows(records, 1 << 32)
+        rows = len(events) + len(metrics)
+        raw = wire.encode(1, 1, 0, [list(r) for r in events], [], [list(r) for r in metrics], [])
+        timings: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(rounds):
+            for signed in (False, True):
+                target = spool.Spool(work / f"spool-mac-{records}-{signed}")
+                if signed:
+                    target.set_token("local", os.urandom(32))
+                began = time.perf_counter()
+                for seq in range(1, messages + 1):
+                    target.append(seq, raw)
+                timings[signed].append((time.perf_counter() - began) / messages)
+                target.close(keep=False)
+        plain, signed = (min(timings[k]) * 1e6 for k in (False, True))
+        out[str(records)] = {
+            "records_per_message": rows,
+            "message_bytes": len(raw),
+            "append_us": round(plain, 2),
+            "append_with_mac_us": round(signed, 2),
+            "mac_us_per_message": round(signed - plain, 2),
+            "mac_ns_per_record": round((signed - plain) * 1000 / rows, 1),
+            "with_mac_vs_plain": round(signed / plain, 2),
+        }
+    return out
+
+
 # -- (5) publish -> queryable --
 QUERYABLE = r"""
 import json, sqlite3, sys, time
@@ -502,7 +544,7 @@ def pg_ceiling(url: str, n: int) -> dict:
                          "confidence": 0.9},
                     )  # fmt: skip
                     cur.execute(store_pg.SESSION_ANOMALY, {"sid": f"TXN_{(start + j) // 200}",
-                                                           "ts": now})  # fmt: skip
+                                                           "ts": now, "id": None})  # fmt: skip
     seconds = time.perf_counter() - began
     conn.close()
     return {"records": n, "ops": ops, "seconds": round(seconds, 3),
@@ -625,6 +667,7 @@ def main() -> int:
     # every 5 ms. Same workload and pacing as the lines above; only the setting differs.
     step("publish_call_durability_disk", call_latency, work, 1 if q else 20, True, "disk")
     step("end_to_end_1_durability_disk", end_to_end, work, 1, 4 * per_pub, "1-disk", None, "disk")
+    step("spool_mac", spool_mac_cost, work, 200 if q else 5_000)
     max_rate = results["end_to_end_4"]["records_per_second"]
     step(
         "publish_to_queryable",
@@ -714,6 +757,14 @@ def print_table(r: dict) -> None:
             (
                 f"publish call @10k/s, daemon {c['daemon']}, durability={c['durability']}",
                 f"p50 {c['p50_us']} us, p99 {c['p99_us']} us, p99.9 {c['p999_us']} us",
+            )
+        )
+    for size, m in r["spool_mac"].items():
+        rows.append(
+            (
+                f"spool append, ~{size} records/message, +MAC (CURVE)",
+                f"{m['append_us']} -> {m['append_with_mac_us']} us/message "
+                f"({m['with_mac_vs_plain']}x; +{m['mac_ns_per_record']} ns/record)",
             )
         )
     pq = r["publish_to_queryable"]

@@ -126,21 +126,51 @@ def test_spools_are_group_readable_whatever_the_umask(tmp_path):
         }, (umask, option, {k: oct(v) for k, v in modes.items()})
 
 
-def test_spool_mac_key_is_curve25519_shared_by_both_sides():
-    """The spool's MAC key: X25519 per RFC 7748 (its test vector), consistent with libzmq's
-    own key pairs, the same from the publisher's and the daemon's side."""
+def test_spool_token_binds_daemon_key_publisher_and_identity(tmp_path):
+    """A spool MAC'd with the token a daemon handed out verifies under that daemon's key
+    later (after a restart: the spool secret derives from the key) and under nothing else:
+    another daemon key, another publisher id, another identity, a message changed. Frames
+    written before the token carry no MAC; a daemon without CURVE applies every frame."""
+    import struct
+    import zlib
+
     import zmq
     from zmq.utils import z85
 
-    from memory_bank.spool_auth import mac_key, x25519
+    from memory_bank import spool, wire
+    from memory_bank.spool_auth import LOCAL, SpoolAuth, frame_mac
 
-    scalar = bytes.fromhex("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4")
-    point = bytes.fromhex("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c")
-    expected = "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552"
-    assert x25519(scalar, point).hex() == expected
-    daemon_public, daemon_secret = zmq.curve_keypair()
-    lab_public, lab_secret = zmq.curve_keypair()
-    assert z85.encode(x25519(z85.decode(lab_secret), (9).to_bytes(32, "little"))) == lab_public
-    ours = mac_key(lab_secret.decode(), daemon_public.decode(), 7)
-    assert ours == mac_key(daemon_secret.decode(), lab_public.decode(), 7)
-    assert ours != mac_key(daemon_secret.decode(), lab_public.decode(), 8)
+    def message(seq: int, text: str) -> bytes:
+        return wire.encode(7, seq, 0, [[(7 << 32) + seq, 1.7e9, "E", "C", text, None]], [], [], [])
+
+    daemon_public, daemon_secret = (k.decode() for k in zmq.curve_keypair())
+    handed = SpoolAuth(z85.decode(daemon_secret), tmp_path).token(7, LOCAL)
+    folder = tmp_path / "7"
+    written = spool.Spool(folder)
+    written.append(1, message(1, "before the token"))
+    written.set_token(LOCAL, handed)
+    written.append(2, message(2, "signed"))
+    written.append(3, message(3, "signed"))
+    written.close(keep=True)
+    (segment,) = spool.segment_paths(folder)
+    # A forger who knows a signed frame changes its message and mends the checksum.
+    mac = frame_mac(handed, 4, message(4, "signed"))
+    payload = mac + message(4, "forged")
+    with open(segment, "ab") as fh:
+        fh.write(struct.pack("<IIQ", len(payload) | spool.MAC_FLAG, zlib.crc32(payload), 4))
+        fh.write(payload)
+
+    restarted = SpoolAuth(z85.decode(daemon_secret), tmp_path)
+    checked = spool.read_segment(segment, restarted.token_for(folder, 7))
+    assert [seq for seq, _ in checked.frames] == [2, 3]
+    assert (checked.unsigned_frames, checked.forged_frames, checked.corrupt_bytes) == (1, 1, 0)
+    assert [raw for _, raw in checked.frames] == [message(2, "signed"), message(3, "signed")]
+    for other in (
+        SpoolAuth(z85.decode(zmq.curve_keypair()[1]), tmp_path).token(7, LOCAL),
+        restarted.token(8, LOCAL),
+        restarted.token(7, daemon_public),
+    ):
+        assert spool.read_segment(segment, other).forged_frames == 3
+    unchecked = spool.read_segment(segment)  # no CURVE: every intact frame, MACs stripped
+    assert [seq for seq, _ in unchecked.frames] == [1, 2, 3, 4]
+    assert unchecked.frames[0][1] == message(1, "before the token")

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import msgpack
 import zmq
+from zmq.utils import z85
 
 from . import __version__, discovery, ports, sockets, wire
 from .bindings import Bindings
 from .jobs import MaintenanceSchedule
 from .sdnotify import Notifier
-from .spool_auth import SpoolAuth
+from .spool_auth import LOCAL, SpoolAuth
 from .store import open_store
 from .writer import Writer
 
@@ -215,7 +216,8 @@ class Daemon:
         self._apply_maintenance_policy(writer)
         if self.curve is not None:
             writer.spool_auth = SpoolAuth(
-                self.curve["secret_key"], self.settings.curve_authorized_keys_dir
+                z85.decode(self.curve["secret_key"].encode()),
+                self.settings.curve_authorized_keys_dir,
             )
         return writer
 
@@ -490,24 +492,34 @@ class Daemon:
     def _answer_control(self, router: zmq.Socket, writer: Writer) -> None:
         while True:
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
+                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             if len(frames) != 2:
                 continue
-            identity, payload = frames
+            identity, payload = frames[0].bytes, frames[1]
 
             def reply(body: dict, identity=identity) -> None:
                 router.send_multipart([identity, msgpack.packb(body)])
 
             try:
-                request = msgpack.unpackb(payload, raw=False)
+                request = msgpack.unpackb(payload.bytes, raw=False)
                 if not isinstance(request, dict):
                     raise ValueError("request is not a map")
-                writer.handle_request(request, reply)
+                writer.handle_request(request, reply, _peer(payload))
             except Exception as exc:  # a bad request never stops the daemon
                 log.warning("bad control request: %s", exc)
                 reply({"ok": False, "error": str(exc)})
+
+
+def _peer(frame: zmq.Frame) -> str:
+    """Who sent a control request: the CURVE public key ZAP authenticated (the User-Id the
+    authenticator gives it, pyzmq's ``curve_user_id``: the key in z85), or LOCAL for the
+    private ipc socket and inproc, which carry no User-Id (no ZAP on the NULL mechanism)."""
+    try:
+        return frame.get("User-Id")
+    except zmq.ZMQError:
+        return LOCAL
 
 
 def _status_line(writer: Writer, unreachable: str | None) -> str:

@@ -67,9 +67,10 @@ class EmbeddedWriter:
     def poll_items(self, want_write: bool) -> list:
         return [(self._reply_fd, zmq.POLLIN)]
 
-    def lease_block(self, timeout: float) -> int:
-        """A new id block from the store, leased on the writer thread (its connection)."""
-        return self.call(lambda writer: writer.store.lease_id_block(), timeout)
+    def lease_block(self, timeout: float) -> tuple[int, None]:
+        """A new id block from the store, leased on the writer thread (its connection); no
+        spool token (this writer has no CURVE: it applies every spool)."""
+        return self.call(lambda writer: writer.store.lease_id_block(), timeout), None
 
     def close(self) -> None:
         """Publisher.close calls this; the writer itself stops in shutdown()."""

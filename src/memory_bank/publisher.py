@@ -33,7 +33,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
-from . import discovery, sockets, spool, spool_auth, wire
+from . import discovery, sockets, spool, wire
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,9 @@ class ZmqTransport:
             items.append((push, zmq.POLLOUT))
         return items
 
-    def lease_block(self, timeout: float) -> int:
+    def lease_block(self, timeout: float) -> tuple[int, dict | None]:
+        """A new id block from the daemon, and the spool token it hands with it (under
+        CURVE; see spool_auth)."""
         from .control import ControlClient, DaemonUnavailable
 
         client = ControlClient(self.control_endpoint, self.ctx, self.curve)
@@ -249,7 +251,7 @@ class ZmqTransport:
             while True:  # a daemon whose database is briefly down answers "not now"
                 reply = client.request("lease", timeout=max(deadline - time.monotonic(), 0.1))
                 if reply.get("ok"):
-                    return int(reply["block"])
+                    return int(reply["block"]), reply.get("spool_token")
                 if time.monotonic() >= deadline:
                     raise DaemonUnavailable(
                         f"the daemon at {self.control_endpoint} could not lease ids: "
@@ -265,6 +267,14 @@ class ZmqTransport:
                 sock.close(0)
         self._push = self._dealer = self._monitor = None
         self.ctx.term()
+
+
+def _token_from(field) -> tuple[str, bytes] | None:
+    """A reply's ``spool_token`` field as (identity, token); None when it has none (a daemon
+    without CURVE hands out none: it applies every spool)."""
+    if not isinstance(field, dict):
+        return None
+    return str(field["identity"]), bytes(field["token"])
 
 
 _live_publishers: weakref.WeakSet = weakref.WeakSet()
@@ -324,7 +334,10 @@ class Publisher:
             transport = ZmqTransport(data_ep, control_ep, curve)
         self._transport = transport
         self._id_lock = threading.Lock()
-        self._lease_block()
+        # Under CURVE, what lets a daemon apply this publisher's spool: (identity, token),
+        # from the lease or from the first acknowledgement exchange (spool_auth).
+        self._spool_token = _token_from(self._lease_block())
+        self._token_instance: str | None = None  # the daemon instance that last gave one
         self.publisher_id = self._block
         if spool_dir is not None:
             self._spool_folder = os.path.join(os.fspath(spool_dir), str(self.publisher_id))
@@ -383,12 +396,14 @@ class Publisher:
             _spool_on_sigterm()
 
     # -- ids --------------------------------------------------------------------------
-    def _lease_block(self) -> None:
+    def _lease_block(self) -> dict | None:
+        """Lease the next id block; returns the spool token the daemon sent with it."""
+        token = None
         if self._ids_from_daemon:
             from .control import DaemonUnavailable
 
             try:
-                block = self._transport.lease_block(timeout=self.close_timeout)
+                block, token = self._transport.lease_block(timeout=self.close_timeout)
             except DaemonUnavailable as exc:
                 raise DaemonUnavailable(
                     f"{exc}. Ids for a PostgreSQL database or a named endpoint come from its "
@@ -400,6 +415,7 @@ class Publisher:
         base = block << wire.ID_BLOCK_BITS
         self._id_limit = base + (1 << wire.ID_BLOCK_BITS) - 1
         self._ids = itertools.count(base + 1)
+        return token
 
     def _new_id(self) -> int:
         new_id = next(self._ids)
@@ -805,8 +821,13 @@ class Publisher:
             return False
         if self._spool is None:
             try:
-                folder = Path(self._spool_folder)
-                self._spool = spool.Spool(folder, self.spool_mode, **self._spool_key())
+                self._spool = spool.Spool(Path(self._spool_folder), self.spool_mode)
+            except OSError as exc:
+                self._spool_failed(exc)
+                return False
+        if self._spool_token is not None and self._spool.token != self._spool_token[1]:
+            try:
+                self._spool.set_token(*self._spool_token)
             except OSError as exc:
                 self._spool_failed(exc)
                 return False
@@ -819,18 +840,6 @@ class Publisher:
             )
             self._spool_error = None
         return True
-
-    def _spool_key(self) -> dict:
-        """With CURVE, the spool carries this publisher's public key and MACs its frames,
-        so a daemon with CURVE applies it only for an authorized key (spool_auth)."""
-        if not self._curve:
-            return {}
-        return {
-            "public_key": self._curve["public_key"],
-            "mac_key": spool_auth.mac_key(
-                self._curve["secret_key"], self._curve["server_key"], self.publisher_id
-            ),
-        }
 
     def _spool_failed(self, exc: OSError) -> None:
         """A spool that cannot be written (disk full, a size limit, an I/O error) counts as
@@ -918,6 +927,8 @@ class Publisher:
                 "urgent": urgent,
                 "dropped": self._ack_dropped,
                 "base": self._base,
+                # A spool token from each daemon instance (its key may have changed).
+                "token": self._token_instance is None or self._token_instance != self._instance,
             }
         )
 
@@ -943,6 +954,9 @@ class Publisher:
             instance = reply.get("instance")
             restarted = self._instance is not None and instance != self._instance
             self._instance = instance
+            if "spool_token" in reply:
+                self._token_instance = instance
+                self._spool_token = _token_from(reply["spool_token"]) or self._spool_token
             if committed > self._acked:
                 self._acknowledge(committed)
             if "resend_from" in reply or restarted:

@@ -9,6 +9,10 @@ A frame whose length or checksum does not hold ends the readable part of a segme
 torn write at power loss): the frames before it are replayed, the rest is reported. The
 daemon adopts the folders of publishers that are gone and applies what they hold.
 
+A publisher that holds a spool token (spool_auth: handed out by a daemon with CURVE) sets
+the length's top bit (``MAC_FLAG``) and starts the frame's bytes with a MAC; frames written
+before it had a token carry none, so one spool may hold both.
+
 Standard library (and spool_auth) only: publishers import this module.
 """
 
@@ -32,6 +36,7 @@ from .discovery import DIR_MODE, create_file, make_dir
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<IIQ")
+MAC_FLAG = 1 << 31  # in the length field: the frame starts with a spool_auth MAC
 SEGMENT_BYTES = 8 * 1024 * 1024
 MAX_FRAME = 64 * 1024 * 1024
 
@@ -44,41 +49,42 @@ def spool_root(db_path: Path) -> Path:
 class ReadResult:
     frames: list[tuple[int, bytes]]  # (message seq, packed message)
     corrupt_bytes: int  # bytes after the last good frame, not replayable
-    forged_frames: int = 0  # intact frames whose MAC does not hold (skipped)
+    forged_frames: int = 0  # intact frames whose MAC does not hold (skipped when checked)
+    unsigned_frames: int = 0  # intact frames with no MAC at all (skipped when checked)
 
 
-def is_keyed(folder: Path) -> bool:
-    """Whether the spool was written with a CURVE key (its frames then carry a MAC)."""
-    return (folder / spool_auth.KEY_FILE).exists()
-
-
-def read_segment(path: Path, keyed: bool = False, mac_key: bytes | None = None) -> ReadResult:
+def read_segment(path: Path, token: bytes | None = None) -> ReadResult:
     """Every intact frame of a segment, in order, and how many bytes past them were bad.
 
-    A keyed spool's frames start with a MAC: checked when ``mac_key`` is given (a frame that
-    fails is counted and skipped), stripped in any case."""
+    MACs are stripped; with ``token`` they are checked, and a frame whose MAC does not hold,
+    or that has none, is counted and skipped."""
     data = path.read_bytes()
     frames = []
-    forged = 0
+    forged = unsigned = 0
     pos = 0
     while pos + _HEADER.size <= len(data):
         length, crc, seq = _HEADER.unpack_from(data, pos)
+        signed = length & MAC_FLAG
+        length &= ~MAC_FLAG
         end = pos + _HEADER.size + length
-        if length > MAX_FRAME or end > len(data):
+        if length > MAX_FRAME or end > len(data) or (signed and length < spool_auth.MAC_BYTES):
             break
         payload = data[pos + _HEADER.size : end]
         if zlib.crc32(payload) != crc:
             break
         pos = end
-        if keyed:
+        if signed:
             mac, payload = payload[: spool_auth.MAC_BYTES], payload[spool_auth.MAC_BYTES :]
-            if mac_key is not None and not hmac.compare_digest(
-                mac, spool_auth.frame_mac(mac_key, seq, payload)
+            if token is not None and not hmac.compare_digest(
+                mac, spool_auth.frame_mac(token, seq, payload)
             ):
                 forged += 1
                 continue
+        elif token is not None:
+            unsigned += 1
+            continue
         frames.append((seq, payload))
-    return ReadResult(frames, len(data) - pos, forged)
+    return ReadResult(frames, len(data) - pos, forged, unsigned)
 
 
 class Spool:
@@ -89,18 +95,10 @@ class Spool:
     follow, so the spool is usable again as soon as there is room.
     """
 
-    def __init__(
-        self,
-        folder: Path,
-        mode: int = DIR_MODE,
-        public_key: str | None = None,
-        mac_key: bytes | None = None,
-    ):
-        """``public_key`` and ``mac_key`` (spool_auth.mac_key) make a keyed spool, which
-        a daemon with CURVE applies only if that key is authorized."""
+    def __init__(self, folder: Path, mode: int = DIR_MODE):
         self.folder = folder
         self.file_mode = mode & 0o666
-        self.mac_key = mac_key
+        self.token: bytes | None = None  # set_token
         make_dir(folder, mode)
         self._lock_fd = create_file(folder / "lock", os.O_RDWR, self.file_mode)
         try:
@@ -108,10 +106,6 @@ class Spool:
         except OSError:
             os.close(self._lock_fd)
             raise
-        if public_key is not None:
-            fd = create_file(folder / spool_auth.KEY_FILE, os.O_WRONLY | os.O_TRUNC, self.file_mode)
-            with open(fd, "w") as fh:
-                fh.write(public_key + "\n")
         # segment number -> [highest message seq it holds, its size in bytes]
         self._segments: dict[int, list[int]] = {}
         self._current: int | None = None
@@ -126,9 +120,11 @@ class Spool:
         """Write one message as one frame (made durable by ``sync``)."""
         if self._current_fd is None or self._segments[self._current][1] >= SEGMENT_BYTES:
             self._roll()
-        if self.mac_key is not None:
-            raw = spool_auth.frame_mac(self.mac_key, seq, raw) + raw
-        frame = _HEADER.pack(len(raw), zlib.crc32(raw), seq) + raw
+        if self.token is None:
+            frame = _HEADER.pack(len(raw), zlib.crc32(raw), seq) + raw
+        else:
+            raw = spool_auth.frame_mac(self.token, seq, raw) + raw
+            frame = _HEADER.pack(len(raw) | MAC_FLAG, zlib.crc32(raw), seq) + raw
         segment = self._segments[self._current]
         try:
             written = 0
@@ -147,6 +143,19 @@ class Spool:
         segment[1] += len(frame)
         self.bytes += len(frame)
         self._unsynced = True
+
+    def set_token(self, identity: str, token: bytes) -> None:
+        """From now on, MAC every frame with the spool token a daemon handed this publisher
+        for ``identity``; the identity goes into the folder (replaced atomically) so the
+        daemon can recompute the token."""
+        temporary = self.folder / (spool_auth.IDENTITY_FILE + ".new")
+        fd = create_file(temporary, os.O_WRONLY | os.O_TRUNC, self.file_mode)
+        with open(fd, "w") as fh:
+            fh.write(identity + "\n")
+            fh.flush()
+            os.fsync(fd)
+        os.replace(temporary, self.folder / spool_auth.IDENTITY_FILE)
+        self.token = token
 
     @property
     def unsynced(self) -> bool:
@@ -178,7 +187,7 @@ class Spool:
         for number in sorted(self._segments):
             if not self._segments[number][1]:
                 continue
-            result = read_segment(self._segment_path(number), self.mac_key is not None)
+            result = read_segment(self._segment_path(number))
             if result.corrupt_bytes:
                 log.error(
                     "spool segment %s: %d unreadable bytes skipped",

@@ -1,15 +1,16 @@
-"""Who wrote a spool: under CURVE, a spool is applied only if an authorized key wrote it.
+"""Who wrote a spool: under CURVE, a spool is applied only if its publisher had reached the
+daemon through a channel that authenticated it, and no one else wrote its messages.
 
-A publisher with a CURVE key pair writes its public key into its spool folder (``KEY_FILE``)
-and prefixes every frame with a MAC (HMAC-SHA256, truncated to ``MAC_BYTES``) keyed by the
-X25519 secret it shares with the daemon (its secret key with the daemon's public key; the
-daemon computes the same from its secret key and the publisher's public key). A public key
-alone proves nothing (it is public); a valid MAC proves the writer held the matching secret.
+The daemon derives a spool secret from its CURVE secret key (stable across restarts) and
+hands each publisher, over the channel that authenticated it, a spool token: an HMAC of the
+publisher id and the identity that channel established (the CURVE public key ZAP accepted,
+or ``LOCAL`` for the private ipc control socket, which filesystem permissions guard). The
+publisher writes that identity into its spool folder (``IDENTITY_FILE``) and a MAC keyed by
+the token on every frame. At adoption the daemon reads the identity, refuses a key that is
+no longer authorized, recomputes the token and checks every MAC: a copied identity proves
+nothing without the token, and only a daemon's secret makes tokens.
 
-X25519 (RFC 7748) is done here in Python, once per spool, because pyzmq exposes no scalar
-multiplication; it is not constant-time, which matters little for a computation run once per
-spool on keys that never leave the host. Standard library and pyzmq's z85 only: publishers
-import this module.
+Standard library only on the publisher's side (hmac, hashlib): publishers import this module.
 """
 
 from __future__ import annotations
@@ -19,50 +20,23 @@ import hmac
 import struct
 from pathlib import Path
 
-from zmq.utils import z85
-
-KEY_FILE = "curve.key"  # the writer's public key, z85 text
+IDENTITY_FILE = "identity"  # whom the token was handed to: a z85 public key, or LOCAL
+LOCAL = "local"  # a publisher on the daemon's private ipc sockets (no key)
 MAC_BYTES = 16
-
-_P = 2**255 - 19
-_A24 = 121665
+_SECRET_LABEL = b"memorybank spool v1"
 
 
-def x25519(scalar: bytes, u_point: bytes) -> bytes:
-    """RFC 7748 section 5: the Montgomery ladder on Curve25519."""
-    k = bytearray(scalar)
-    k[0] &= 248
-    k[31] &= 127
-    k[31] |= 64
-    n = int.from_bytes(k, "little")
-    x1 = int.from_bytes(u_point, "little") & ((1 << 255) - 1)
-    x2, z2, x3, z3, swap = 1, 0, x1, 1, 0
-    for t in reversed(range(255)):
-        bit = (n >> t) & 1
-        if swap ^ bit:
-            x2, x3, z2, z3 = x3, x2, z3, z2
-        swap = bit
-        a, b, c, d = x2 + z2, x2 - z2, x3 + z3, x3 - z3
-        aa, bb = a * a % _P, b * b % _P
-        e = aa - bb
-        da, cb = d * a % _P, c * b % _P
-        x3, z3 = (da + cb) ** 2 % _P, x1 * (da - cb) ** 2 % _P
-        x2, z2 = aa * bb % _P, e * (aa + _A24 * e) % _P
-    if swap:
-        x2, z2 = x3, z3
-    return (x2 * pow(z2, _P - 2, _P) % _P).to_bytes(32, "little")
+def frame_mac(token: bytes, seq: int, raw: bytes) -> bytes:
+    """The MAC a spool frame carries: HMAC-SHA256 keyed by the token, over seq and message."""
+    return hmac.new(token, struct.pack("<Q", seq) + raw, hashlib.sha256).digest()[:MAC_BYTES]
 
 
-def mac_key(own_secret_z85: str, peer_public_z85: str, publisher_id: int) -> bytes:
-    """The key a publisher's spool frames are MAC'd with; both sides derive the same one."""
-    shared = x25519(z85.decode(own_secret_z85.encode()), z85.decode(peer_public_z85.encode()))
-    if shared == bytes(32):
-        raise ValueError("degenerate CURVE public key")
-    return hmac.new(shared, b"memorybank spool %d" % publisher_id, hashlib.sha256).digest()
-
-
-def frame_mac(key: bytes, seq: int, raw: bytes) -> bytes:
-    return hmac.new(key, struct.pack("<Q", seq) + raw, hashlib.sha256).digest()[:MAC_BYTES]
+def read_identity(folder: Path) -> str | None:
+    """The identity a spool's publisher was given its token for (None: it had none)."""
+    try:
+        return (folder / IDENTITY_FILE).read_text(errors="replace").strip()
+    except FileNotFoundError:
+        return None
 
 
 class SpoolRefused(Exception):
@@ -70,11 +44,17 @@ class SpoolRefused(Exception):
 
 
 class SpoolAuth:
-    """The daemon's side: which spools it may apply, and the MAC key of each."""
+    """The daemon's side: the tokens it hands out, and which spools it may apply."""
 
-    def __init__(self, daemon_secret_z85: str, authorized_keys_dir: str | Path):
-        self.secret = daemon_secret_z85
+    def __init__(self, daemon_secret_key: bytes, authorized_keys_dir: str | Path):
+        """``daemon_secret_key``: the daemon's CURVE secret key (32 bytes)."""
+        self._secret = hmac.new(daemon_secret_key, _SECRET_LABEL, hashlib.sha256).digest()
         self.authorized_keys_dir = Path(authorized_keys_dir)
+
+    def token(self, publisher_id: int, identity: str) -> bytes:
+        """What ``publisher_id`` MACs its spool frames with, once ``identity`` reached us."""
+        subject = b"%d %s" % (publisher_id, identity.encode())
+        return hmac.new(self._secret, subject, hashlib.sha256).digest()
 
     def authorized(self) -> set[str]:
         """The authorized public keys, read afresh (the folder may change while running)."""
@@ -82,15 +62,18 @@ class SpoolAuth:
 
         return {k.decode() for k in zmq.auth.load_certificates(str(self.authorized_keys_dir))}
 
-    def key_for(self, folder: Path, publisher_id: int) -> bytes:
-        """The MAC key for the spool in ``folder``; SpoolRefused if no authorized key wrote it."""
+    def token_for(self, folder: Path, publisher_id: int) -> bytes:
+        """The token the spool in ``folder`` must be MAC'd with; SpoolRefused if its
+        publisher never had one or its key is not (or no longer) authorized."""
         try:
-            public = (folder / KEY_FILE).read_text().strip()
-        except FileNotFoundError:
-            raise SpoolRefused("it carries no CURVE key (written without one)") from None
-        if public not in self.authorized():
-            raise SpoolRefused(f"its key {public} is not in {self.authorized_keys_dir}")
-        try:
-            return mac_key(self.secret, public, publisher_id)
-        except ValueError as exc:
-            raise SpoolRefused(f"its key {public!r} is not a CURVE key: {exc}") from None
+            identity = read_identity(folder)
+        except OSError as exc:
+            raise SpoolRefused(f"its {IDENTITY_FILE} file cannot be read: {exc}") from None
+        if identity is None:
+            raise SpoolRefused(
+                "it carries no spool token: its publisher wrote it before it ever reached "
+                "this daemon (or was refused)"
+            )
+        if identity != LOCAL and identity not in self.authorized():
+            raise SpoolRefused(f"its key {identity} is not in {self.authorized_keys_dir}")
+        return self.token(publisher_id, identity)

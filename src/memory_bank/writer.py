@@ -12,6 +12,7 @@ the publisher told where to resend from; it keeps everything until acknowledged.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import spool, wire
-from .spool_auth import SpoolAuth, SpoolRefused
+from .spool_auth import LOCAL, SpoolAuth, SpoolRefused
 from .store.base import Store, StoreGone
 from .wire import Message, Validator, WireError
 
@@ -148,6 +149,8 @@ class Writer:
         self.spool_key = spool_key  # where finished publishers' spools are (None: nowhere)
         self.spool_auth: SpoolAuth | None = None  # under CURVE: whose spools may be applied
         self.refused_spools: dict[Path, str] = {}  # folder -> why it is not applied
+        # Folders refused for their MACs -> what they held then: not read again until it changes.
+        self._refused_contents: dict[Path, tuple] = {}
         self.batch_rows = batch_rows
         self.batch_seconds = batch_seconds
         self.max_pending_rows = max_pending_rows or 10 * batch_rows
@@ -477,12 +480,19 @@ class Writer:
         self._waiters = still
 
     # -- control requests -------------------------------------------------------------
-    def handle_request(self, request: dict, reply: Reply) -> None:
-        """Answer one control request (now, or once what it waits for is committed)."""
+    def handle_request(self, request: dict, reply: Reply, peer: str = LOCAL) -> None:
+        """Answer one control request (now, or once what it waits for is committed).
+
+        ``peer``: who sent it, as its channel authenticated it (a CURVE public key, or
+        spool_auth.LOCAL); a publisher's spool token is made for it (lease, and a sync
+        request that asks with ``token``)."""
         op = request.get("op")
         rid = request.get("rid")
         if op == "sync":
             pub, seq = int(request["pub"]), int(request["seq"])
+            if request.get("token"):
+                token = self._spool_token(pub, peer)
+                reply = functools.partial(_with_fields, reply, {"spool_token": token})
             if "dropped" in request:
                 self.publisher_dropped[pub] = int(request["dropped"])
             if "base" in request:
@@ -519,7 +529,14 @@ class Writer:
             except self.store.unavailable_errors as exc:
                 reply({"rid": rid, "ok": False, "error": f"cannot lease ids now: {exc}"})
             else:
-                reply({"rid": rid, "ok": True, "block": block})
+                reply(
+                    {
+                        "rid": rid,
+                        "ok": True,
+                        "block": block,
+                        "spool_token": self._spool_token(block, peer),
+                    }
+                )
         elif op in ("retention", "vacuum"):
             days = request.get("days")
             self.start_maintenance(
@@ -535,27 +552,35 @@ class Writer:
 
     # -- spools of publishers that are gone ---------------------------------------------
     def adopt_spools(self, force: bool = False) -> None:
-        """Apply what exited or crashed publishers left in their spools, then remove them."""
+        """Apply what exited or crashed publishers left in their spools, then remove them.
+
+        Under CURVE (``spool_auth``) a spool is applied only with the token its publisher was
+        handed; what fails is reported and left in place (``_refuse_spool``)."""
         now = time.monotonic()
         if not force and now < self._next_adopt:
             return
         self._next_adopt = now + ADOPT_EVERY_SECONDS
         if self.spool_key is None or self.store_error is not None:
             return
+        for folder in [f for f in self.refused_spools if not f.exists()]:
+            del self.refused_spools[folder]  # an operator removed it
+            self._refused_contents.pop(folder, None)
         for folder, publisher_id in spool.orphaned_spools(self.spool_key):
-            mac_key = None
+            token = contents = None
             if self.spool_auth is not None:
                 try:
-                    mac_key = self.spool_auth.key_for(folder, publisher_id)
+                    token = self.spool_auth.token_for(folder, publisher_id)
                 except SpoolRefused as exc:
                     self._refuse_spool(folder, str(exc))
                     continue
-                self.refused_spools.pop(folder, None)
-            frames = forged = 0
-            keyed = spool.is_keyed(folder)
+                contents = _spool_contents(folder)
+                if self._refused_contents.get(folder) == contents:
+                    continue  # what it holds with a valid MAC is applied; the rest reported
+            frames = forged = unsigned = 0
             for segment in spool.segment_paths(folder):
-                result = spool.read_segment(segment, keyed, mac_key)
+                result = spool.read_segment(segment, token)
                 forged += result.forged_frames
+                unsigned += result.unsigned_frames
                 if result.corrupt_bytes:
                     self.stats.spool_corrupt_bytes += result.corrupt_bytes
                     log.error(
@@ -570,12 +595,21 @@ class Writer:
             self.tick(force=True)
             if self.store_error is not None:
                 return  # keep the spool; try again later
-            if forged:
-                if folder not in self.refused_spools:
-                    self.stats.spool_forged_frames += forged
-                reason = f"{forged} message(s) carry no valid MAC for the key it names"
-                self._refuse_spool(folder, reason)
+            if forged or unsigned:
+                self.stats.spool_forged_frames += forged + unsigned
+                self._refused_contents[folder] = contents
+                reasons = []
+                if forged:
+                    reasons.append(f"{forged} message(s) carry no valid MAC for its identity")
+                if unsigned:
+                    reasons.append(
+                        f"{unsigned} message(s) carry no MAC (written before its publisher "
+                        "had a spool token)"
+                    )
+                self._refuse_spool(folder, "; ".join(reasons))
                 continue
+            self.refused_spools.pop(folder, None)
+            self._refused_contents.pop(folder, None)
             log.info(
                 "adopted %d message(s) from the spool of a finished publisher: %s", frames, folder
             )
@@ -583,11 +617,18 @@ class Writer:
             shutil.rmtree(folder, ignore_errors=True)
 
     def _refuse_spool(self, folder: Path, reason: str) -> None:
-        """Under CURVE, a spool no authorized key wrote is left alone and reported (logged
-        once per folder, counted in status as refused_spools)."""
-        if folder not in self.refused_spools:
+        """A spool that may not be applied is left alone and reported (logged once per
+        folder and reason, counted in status as refused_spools)."""
+        if self.refused_spools.get(folder) != reason:
             log.warning("spool %s is not applied: %s; it is left in place", folder, reason)
         self.refused_spools[folder] = reason
+
+    def _spool_token(self, publisher_id: int, peer: str) -> dict | None:
+        """Under CURVE, what lets ``publisher_id``'s spool be applied later: the identity
+        its channel authenticated (``peer``) and the token for both (spool_auth)."""
+        if self.spool_auth is None:
+            return None
+        return {"identity": peer, "token": self.spool_auth.token(publisher_id, peer)}
 
     # -- maintenance: run in steps between batches, so ingest keeps flowing ----------------
     def start_maintenance(
@@ -774,3 +815,20 @@ class Writer:
                 self.store_error,
             )
         self.store.close()
+
+
+def _with_fields(reply: Reply, fields: dict, body: dict) -> None:
+    """``reply`` with ``fields`` added to the body (a reply that may be sent later)."""
+    reply({**body, **fields})
+
+
+def _spool_contents(folder: Path) -> tuple:
+    """What a spool folder holds, cheaply: each file's name, size and modification time."""
+    found = []
+    for path in sorted(folder.iterdir()):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        found.append((path.name, st.st_size, st.st_mtime_ns))
+    return tuple(found)
