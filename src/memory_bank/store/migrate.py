@@ -38,16 +38,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .. import discovery, wire
-from .base import TABLE_COLUMNS
-from .postgresql import (
-    PartitionKeeper,
-    add_day_counts,
-    connect,
-    day_counts,
-    ensure_schema,
-    to_datetime,
-)
+from .postgresql import PartitionKeeper, add_day_counts, day_counts, ensure_schema
+from .postgresql_connection import connect, to_datetime
 from .schema import pattern_key
+from .sql import TABLE_COLUMNS
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ so daemons never wait on each other's.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
@@ -27,9 +26,10 @@ except ImportError:  # the optional extra; the store says how to install it when
     psycopg = None
 
 from .. import wire
-from ..discovery import redact_url
+from ..locations import redact_url
 from ..wire import Message
-from .base import Store, StoreUnavailable, statistics_to_compute
+from .base import StoreUnavailable
+from .postgresql_connection import connect, require_driver, to_datetime, utc_datetime
 from .postgresql_maintenance import (
     LOCK_WAIT_SECONDS,
     MaintenanceWorker,
@@ -49,17 +49,9 @@ from .postgresql_schema import (
     partition_day,
     partition_name,
 )
-from .schema import REJECTED_KEEP
+from .sql import SqlStore, gather, statistics_to_compute
 
 log = logging.getLogger(__name__)
-
-_to_datetime = partial(dt.datetime.fromtimestamp, tz=dt.UTC)
-
-
-def to_datetime(epoch_seconds: float | None) -> dt.datetime | None:
-    """Epoch seconds as the timestamptz value psycopg sends (None stays None)."""
-    return None if epoch_seconds is None else _to_datetime(float(epoch_seconds))
-
 
 SESSION_START = """
 INSERT INTO sessions AS s (id, session_id, start_time, status, anomaly_count, started)
@@ -138,14 +130,14 @@ def _json_or_none(text):
 
 def _copy_row(r: list) -> tuple:
     """An event or metric as COPY takes it: [id, ts, text, text|float, text, json]."""
-    return (r[0], _to_datetime(r[1]), r[2], r[3], r[4], _json_or_none(r[5]))
+    return (r[0], utc_datetime(r[1]), r[2], r[3], r[4], _json_or_none(r[5]))
 
 
 def _anomaly_copy_row(r: list) -> tuple:
     current, expected = r[6], r[7]
     known = current is not None and expected is not None
     deviation = abs(current - expected) if known else None
-    return (r[0], _to_datetime(r[1]), *r[2:5], _json_or_none(r[5]), current, expected, deviation)
+    return (r[0], utc_datetime(r[1]), *r[2:5], _json_or_none(r[5]), current, expected, deviation)
 
 
 if psycopg is not None:
@@ -191,24 +183,6 @@ def register_json_text(conn) -> None:
     """Let this connection write JsonText into binary jsonb (the COPY streams)."""
     JsonTextBinaryDumper.oid = conn.adapters.types["jsonb"].oid
     conn.adapters.register_dumper(JsonText, JsonTextBinaryDumper)
-
-
-def _require_driver() -> None:
-    if psycopg is None:
-        raise ImportError(
-            'the PostgreSQL store needs psycopg 3: pip install "memory_bank[postgresql]"'
-        )
-
-
-def connect(url: str, **kwargs):
-    """A connection (autocommit; transactions are explicit), or StoreUnavailable."""
-    _require_driver()
-    try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10, **kwargs)
-    except psycopg.OperationalError as exc:
-        # libpq's first two lines say what failed and where; its hints are left out.
-        reason = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
-        raise StoreUnavailable(reason or f"cannot connect to {redact_url(url)}") from exc
 
 
 def ensure_schema(conn) -> None:
@@ -270,11 +244,11 @@ class PartitionKeeper:
         self.load(conn)
 
 
-class PostgresStore(Store):
+class PostgresStore(SqlStore):
     """The writer's connection to a PostgreSQL database."""
 
     def __init__(self, url: str, max_db_bytes: int | None = None, writer: str | None = None):
-        _require_driver()
+        require_driver()
         self.url = url
         # Names this writer's rows in mb_day_counts (the daemon passes host and endpoint).
         self.writer = writer or f"{socket.gethostname()}/{os.getpid()}"
@@ -288,6 +262,7 @@ class PostgresStore(Store):
         (psycopg.DataError, psycopg.IntegrityError, pg_errors.UndefinedFunction) if psycopg else ()
     )
     placeholder = "%s"
+    json_placeholder = "%s::jsonb"
     # How long a maintenance step may wait for a lock (older transactions) before the run
     # gives up and says why; the next run finishes the job.
     lock_wait_seconds = LOCK_WAIT_SECONDS
@@ -296,6 +271,16 @@ class PostgresStore(Store):
 
     def _when(self, epoch_seconds):
         return to_datetime(epoch_seconds)
+
+    def _epoch(self, column: str) -> str:
+        return f"extract(epoch FROM {column})::float8"
+
+    def _json_text(self, column: str) -> str:
+        return f"{column}::text"
+
+    def _executemany(self, sql: str, rows: list) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(sql, rows)
 
     def _connect(self) -> None:
         if self.conn is not None and not self.conn.closed and not self.conn.broken:
@@ -318,10 +303,6 @@ class PostgresStore(Store):
         self.conn = conn
 
     # -- start-up facts -------------------------------------------------------------
-    def load_watermarks(self) -> dict[int, int]:
-        self._connect()
-        return dict(self.conn.execute("SELECT publisher_id, applied_seq FROM mb_publishers"))
-
     def lease_id_block(self) -> int:
         self._connect()
         block = self.conn.execute("SELECT nextval('mb_id_blocks')").fetchone()[0]
@@ -362,9 +343,7 @@ class PostgresStore(Store):
                     days[table].add(int(row[1] // 86400))
         for table, needed in days.items():
             self.partitions.ensure(conn, table, needed)
-        now = dt.datetime.now(dt.UTC)
         with conn.transaction():
-            applied: dict[int, int] = {}
             if publishers:
                 # The committed watermark, locked: another daemon handed the same publisher's
                 # message (a spool adopted twice) waits here, then skips it.
@@ -377,17 +356,9 @@ class PostgresStore(Store):
                 )
             else:
                 stored_marks = {}
-            events, anomalies, metrics, operations = [], [], [], []
-            for msg in messages:
-                pub = msg.publisher_id
-                last = applied.get(pub, max(watermarks.get(pub, 0), stored_marks.get(pub, 0)))
-                if msg.seq <= last:
-                    continue
-                applied[pub] = msg.seq
-                events += msg.events
-                anomalies += msg.anomalies
-                metrics += msg.metrics
-                operations += msg.operations
+            events, anomalies, metrics, operations, applied = gather(
+                messages, watermarks, stored_marks
+            )
             stored = self._copy(events, anomalies, metrics)
             add_day_counts(conn, day_counts(events, anomalies), self.writer)
             refresh = self._sessions_touched_by(metrics)
@@ -405,24 +376,8 @@ class PostgresStore(Store):
             for session_id in sorted(refresh):
                 self._fill_session_statistics(session_id)
             if rejects:
-                with conn.cursor() as cur:
-                    cur.executemany(
-                        "INSERT INTO mb_rejected (received_at, publisher_id, reason, sample) "
-                        "VALUES (%s, %s, %s, %s)",
-                        [(_to_datetime(t), p, r, s) for t, p, r, s in rejects],
-                    )
-                conn.execute(
-                    "DELETE FROM mb_rejected WHERE id <= (SELECT max(id) FROM mb_rejected) - %s",
-                    (REJECTED_KEEP,),
-                )
-            if applied:
-                with conn.cursor() as cur:
-                    cur.executemany(
-                        "INSERT INTO mb_publishers (publisher_id, applied_seq, last_seen) "
-                        "VALUES (%s, %s, %s) ON CONFLICT (publisher_id) DO UPDATE SET "
-                        "applied_seq = excluded.applied_seq, last_seen = excluded.last_seen",
-                        [(pub, seq, now) for pub, seq in applied.items()],
-                    )
+                self._record_rejects(rejects)
+            self._record_watermarks(applied)
         watermarks.update(applied)
         return stored
 
@@ -469,7 +424,7 @@ class PostgresStore(Store):
         """Send one session or pattern upsert; a session start returns its cursor (its
         RETURNING row says whether the session's statistics need computing)."""
         code = op[0]
-        ts = _to_datetime(op[1])
+        ts = utc_datetime(op[1])
         if code == wire.OP_SESSION_START:
             return self.conn.execute(SESSION_START, {"sid": op[2], "ts": ts, "id": op[3]})
         if code == wire.OP_SESSION_ANOMALY:
@@ -543,7 +498,7 @@ class PostgresStore(Store):
                 delete_before,
                 table,
                 column,
-                _to_datetime(cutoff),
+                utc_datetime(cutoff),
                 chunk_rows,
                 self.writer,
             )
@@ -585,43 +540,6 @@ class PostgresStore(Store):
             return None
         self._connect()
         return describe_wait(self.conn, self._maintenance.current)
-
-    def record_maintenance(self, run: dict) -> None:
-        self._connect()
-        self.conn.execute(
-            "INSERT INTO mb_maintenance (job, trigger, started, finished, status, deleted, "
-            "bytes_reclaimed, longest_step_ms, error) VALUES (%(job)s, %(trigger)s, "
-            "to_timestamp(%(started)s), to_timestamp(%(finished)s), %(status)s, "
-            "%(deleted)s::jsonb, %(bytes_reclaimed)s, %(longest_step_ms)s, %(error)s)",
-            {**run, "deleted": json.dumps(run.get("deleted")) if run.get("deleted") else None},
-        )
-
-    def maintenance_runs(self, limit: int = 20) -> list[dict]:
-        self._connect()
-        cur = self.conn.execute(
-            "SELECT job, trigger, extract(epoch FROM started)::float8, "
-            "extract(epoch FROM finished)::float8, status, deleted, bytes_reclaimed, "
-            "longest_step_ms, error FROM mb_maintenance ORDER BY id DESC LIMIT %s",
-            (limit,),
-        )
-        names = (
-            "job trigger started finished status deleted bytes_reclaimed longest_step_ms error"
-        ).split()
-        return [dict(zip(names, row, strict=True)) for row in cur]
-
-    def last_run(self, job: str) -> float:
-        self._connect()
-        row = self.conn.execute(
-            "SELECT extract(epoch FROM max(started))::float8 FROM mb_maintenance "
-            "WHERE job = %s AND status = 'ok'",
-            (job,),
-        ).fetchone()
-        if row[0] is not None:
-            return row[0]
-        since = self.conn.execute(
-            "SELECT value FROM mb_meta WHERE key = 'maintenance_since'"
-        ).fetchone()
-        return float(since[0]) if since else time.time()
 
     def size_figures(self) -> dict[str, int]:
         self._connect()

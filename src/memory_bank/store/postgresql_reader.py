@@ -12,8 +12,8 @@ import threading
 import time
 from collections.abc import Iterator
 
-from .base import TABLE_COLUMNS, Reader, dashboard_summary
-from .postgresql import connect, to_datetime
+from .postgresql_connection import connect, to_datetime
+from .sql import TABLE_COLUMNS, SqlReader, dashboard_summary
 
 try:
     from psycopg.rows import dict_row
@@ -41,7 +41,7 @@ SELECT = {table: _select_list(table) for table in TABLE_COLUMNS}
 _cursor_numbers = itertools.count(1)
 
 
-class PostgresReader(Reader):
+class PostgresReader(SqlReader):
     """Read queries with the seed's arguments and return shapes."""
 
     placeholder = "%s"

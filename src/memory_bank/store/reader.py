@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from .base import JSON_COLUMNS, TABLE_COLUMNS, InvalidDatabase, Reader, Where, dashboard_summary
+from .base import InvalidDatabase
 from .schema import SEED_TABLES, damaged_database
+from .sql import JSON_COLUMNS, TABLE_COLUMNS, SqlReader, Where, dashboard_summary
 
 
 def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
@@ -30,7 +31,7 @@ def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
     return out
 
 
-class SqliteReader(Reader):
+class SqliteReader(SqlReader):
     """Read queries with the seed's arguments and return shapes."""
 
     def __init__(self, path: Path):
