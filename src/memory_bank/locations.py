@@ -19,6 +19,11 @@ from pathlib import Path
 
 from .files import make_dir
 
+#: The database a ``MemoryBank()``, a daemon or a viewer uses when none is named: the file
+#: the seed document names.
+DEFAULT_DATABASE = "ev_charging_memory.db"
+
+
 def resolve_db_path(db_path: str | os.PathLike) -> Path:
     """The absolute path the daemon and publishers agree on (symlinks resolved)."""
     return Path(os.path.realpath(os.fspath(db_path)))
