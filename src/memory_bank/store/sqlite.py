@@ -649,8 +649,10 @@ class SqliteStore(SqlStore):
             before = self._logical_bytes()
             self.conn.execute(f"PRAGMA incremental_vacuum({pages_per_step})").fetchall()
             yield before - self._logical_bytes()
-        # The file shrinks at the next checkpoint; SQLite's automatic (passive) checkpoints
-        # do that between batches. A TRUNCATE checkpoint here held the writer ~0.5 s.
+        # The file shrinks at the next checkpoint that copies the whole WAL: the
+        # Checkpointer's (PASSIVE, every half second on its own connection; automatic
+        # checkpoints are off) does that between batches. A TRUNCATE checkpoint here held
+        # the writer ~0.5 s.
 
     def _logical_bytes(self) -> int:
         """The database's size in pages (WAL included), which VACUUM shrinks at once; the
