@@ -57,7 +57,16 @@ def batches(count: int, size: int, start: float) -> list[wire.Message]:
                 msg.metrics.append([row_id, ts, name, 32.0 + i % 7, "A", None])
             elif kind == "anomaly":
                 msg.anomalies.append(
-                    [row_id, ts, "CURRENT_LIMIT_FLUCTUATION", "HIGH", "0A -> 100A", None, 100.0, 32.0]
+                    [
+                        row_id,
+                        ts,
+                        "CURRENT_LIMIT_FLUCTUATION",
+                        "HIGH",
+                        "0A -> 100A",
+                        None,
+                        100.0,
+                        32.0,
+                    ]
                 )
             elif kind == "session":
                 session = f"TXN_{i // (MIX * 4)}"
