@@ -27,7 +27,17 @@ except ImportError:  # the optional extra; the store says how to install it when
 
 from .. import wire
 from ..locations import redact_url
-from ..wire import Message
+from ..wire import (
+    ROW_ID,
+    ROW_JSON,
+    ROW_TIMESTAMP,
+    AnomalyRow,
+    EventRow,
+    Message,
+    MetricRow,
+    PatternOp,
+    SessionOp,
+)
 from .base import StoreUnavailable
 from .postgresql_connection import connect, require_driver, to_datetime, utc_datetime
 from .postgresql_maintenance import (
@@ -128,16 +138,28 @@ def _json_or_none(text):
     return None if text is None else JsonText(text)
 
 
+# The columns between a plain row's time and its JSON: text, or a metric's value.
+_MIDDLE = slice(ROW_TIMESTAMP + 1, ROW_JSON)
+
+
 def _copy_row(r: list) -> tuple:
     """An event or metric as COPY takes it: [id, ts, text, text|float, text, json]."""
-    return (r[0], utc_datetime(r[1]), r[2], r[3], r[4], _json_or_none(r[5]))
+    return (r[ROW_ID], utc_datetime(r[ROW_TIMESTAMP]), *r[_MIDDLE], _json_or_none(r[ROW_JSON]))
 
 
 def _anomaly_copy_row(r: list) -> tuple:
-    current, expected = r[6], r[7]
+    current, expected = r[AnomalyRow.CURRENT_VALUE], r[AnomalyRow.EXPECTED_VALUE]
     known = current is not None and expected is not None
     deviation = abs(current - expected) if known else None
-    return (r[0], utc_datetime(r[1]), *r[2:5], _json_or_none(r[5]), current, expected, deviation)
+    return (
+        r[ROW_ID],
+        utc_datetime(r[ROW_TIMESTAMP]),
+        *r[_MIDDLE],
+        _json_or_none(r[ROW_JSON]),
+        current,
+        expected,
+        deviation,
+    )
 
 
 if psycopg is not None:
@@ -158,7 +180,7 @@ ADD_DAY_COUNTS = (
 )
 
 
-def day_counts(events, anomalies, day_of=lambda row: int(row[1] // 86400)) -> Counter:
+def day_counts(events, anomalies, day_of=lambda row: int(row[ROW_TIMESTAMP] // 86400)) -> Counter:
     """(name, day) -> rows, for mb_day_counts: events, anomalies, anomalies per severity."""
     counts: Counter = Counter()
     for row in events:
@@ -166,7 +188,7 @@ def day_counts(events, anomalies, day_of=lambda row: int(row[1] // 86400)) -> Co
     for row in anomalies:
         day = day_of(row)
         counts["anomalies", day] += 1
-        counts["anomalies:" + row[3], day] += 1
+        counts["anomalies:" + row[AnomalyRow.SEVERITY], day] += 1
     return counts
 
 
@@ -340,7 +362,7 @@ class PostgresStore(SqlStore):
                 ("metrics", msg.metrics),
             ):
                 for row in rows:
-                    days[table].add(int(row[1] // 86400))
+                    days[table].add(int(row[ROW_TIMESTAMP] // 86400))
         for table, needed in days.items():
             self.partitions.ensure(conn, table, needed)
         with conn.transaction():
@@ -367,7 +389,7 @@ class PostgresStore(SqlStore):
                 for op in sorted(operations, key=_operation_key):
                     cursor = self._apply_operation(op, refresh)
                     if cursor is not None:
-                        started.append((op[2], cursor))
+                        started.append((op[SessionOp.SESSION_ID], cursor))
             for session_id, cursor in started:
                 row = cursor.fetchone()
                 if row and row[0] and row[1] is not None:  # ended before it started
@@ -403,9 +425,9 @@ class PostgresStore(SqlStore):
         moved = False
         for msg in messages:
             for kind, rows, text_at, json_at in (
-                ("event", msg.events, (2, 3, 4), (5,)),
-                ("anomaly", msg.anomalies, (2, 3, 4), (5,)),
-                ("metric", msg.metrics, (2, 4), (5,)),
+                ("event", msg.events, _EVENT_TEXT, (ROW_JSON,)),
+                ("anomaly", msg.anomalies, _ANOMALY_TEXT, (ROW_JSON,)),
+                ("metric", msg.metrics, _METRIC_TEXT, (ROW_JSON,)),
             ):
                 keep = []
                 for row in rows:
@@ -423,14 +445,27 @@ class PostgresStore(SqlStore):
     def _apply_operation(self, op: list, refresh: set[str]):
         """Send one session or pattern upsert; a session start returns its cursor (its
         RETURNING row says whether the session's statistics need computing)."""
-        code = op[0]
-        ts = utc_datetime(op[1])
+        code = op[wire.OP_CODE]
+        ts = utc_datetime(op[wire.OP_TIMESTAMP])
+        if code == wire.OP_PATTERN:
+            self.conn.execute(
+                PATTERN_UPSERT,
+                {
+                    "ts": ts,
+                    "type": op[PatternOp.PATTERN_TYPE],
+                    "data": op[PatternOp.PATTERN_DATA],
+                    "key": op[PatternOp.KEY],
+                    "confidence": op[PatternOp.CONFIDENCE],
+                },
+            )
+            return None
+        session_id, row_id = op[SessionOp.SESSION_ID], op[SessionOp.ROW_ID]
         if code == wire.OP_SESSION_START:
-            return self.conn.execute(SESSION_START, {"sid": op[2], "ts": ts, "id": op[3]})
+            return self.conn.execute(SESSION_START, {"sid": session_id, "ts": ts, "id": row_id})
         if code == wire.OP_SESSION_ANOMALY:
-            self.conn.execute(SESSION_ANOMALY, {"sid": op[2], "ts": ts, "id": op[3]})
+            self.conn.execute(SESSION_ANOMALY, {"sid": session_id, "ts": ts, "id": row_id})
         elif code == wire.OP_SESSION_END:
-            _, _, session_id, energy, avg, mx, mn, row_id = op[:8]
+            energy, avg, mx, mn = op[SessionOp.STATS]
             auto = statistics_to_compute(energy, avg, mx, mn)
             self.conn.execute(
                 SESSION_END,
@@ -447,11 +482,7 @@ class PostgresStore(SqlStore):
             )
             if auto:
                 refresh.add(session_id)
-        elif code == wire.OP_PATTERN:
-            self.conn.execute(
-                PATTERN_UPSERT,
-                {"ts": ts, "type": op[2], "data": op[3], "key": op[4], "confidence": op[5]},
-            )
+        return None
 
     def _integral(self, metric_name: str, start, end) -> float | None:
         """Trapezoidal integral of a metric over time (value x seconds), None under 2 points."""
@@ -557,9 +588,15 @@ class PostgresStore(SqlStore):
 
 def _operation_key(op: list):
     """Sessions by id, then patterns by key: every daemon takes row locks in one order."""
-    if op[0] == wire.OP_PATTERN:
-        return (1, op[2], op[4])
-    return (0, op[2], "")
+    if op[wire.OP_CODE] == wire.OP_PATTERN:
+        return (1, op[PatternOp.PATTERN_TYPE], op[PatternOp.KEY])
+    return (0, op[SessionOp.SESSION_ID], "")
+
+
+# Where a row holds text PostgreSQL checks (its JSON is at ROW_JSON in every kind).
+_EVENT_TEXT = (EventRow.EVENT_TYPE, EventRow.COMPONENT, EventRow.MESSAGE)
+_ANOMALY_TEXT = (AnomalyRow.ANOMALY_TYPE, AnomalyRow.SEVERITY, AnomalyRow.DESCRIPTION)
+_METRIC_TEXT = (MetricRow.METRIC_NAME, MetricRow.UNIT)
 
 
 def _unstorable(row: list, text_at: tuple, json_at: tuple) -> str | None:

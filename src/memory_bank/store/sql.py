@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from ..wire import Message
+from ..wire import ROW_TIMESTAMP, Message, MetricRow
 from .base import Reader, Store
 from .schema import REJECTED_KEEP
 
@@ -213,7 +213,8 @@ class SqlStore(Store):
     # -- end_session without figures: the rule both stores share ------------------------
     def _sessions_touched_by(self, metrics: list) -> set[str]:
         """Ended sessions whose computed statistics a late-arriving metric changes."""
-        stamps = [m[1] for m in metrics if m[2] in SESSION_METRICS]
+        name_at = MetricRow.METRIC_NAME
+        stamps = [m[ROW_TIMESTAMP] for m in metrics if m[name_at] in SESSION_METRICS]
         if not stamps:
             return set()
         p = self.placeholder

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .. import id_blocks, wire
 from ..files import DaemonLockedError, create_file, file_identity, lock_holders
-from ..wire import Message
+from ..wire import ROW_ID, ROW_TIMESTAMP, AnomalyRow, Message, MetricRow, PatternOp, SessionOp
 from .base import StoreGone, StoreRefused, StoreUnavailable
 from .schema import damaged_database, migrate
 from .sql import SqlStore, gather, statistics_to_compute
@@ -376,7 +376,7 @@ class SqliteStore(SqlStore):
         now = time.time()
         kept_by_table, refusals = [], []
         for table, rows in rows_by_table.items():
-            ids = [row[0] for row in rows]
+            ids = [row[ROW_ID] for row in rows]
             stored: set[int] = set()
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
@@ -389,18 +389,19 @@ class SqliteStore(SqlStore):
                 )
             kept = []
             for row in rows:
-                if row[0] in stored:
+                row_id = row[ROW_ID]
+                if row_id in stored:
                     refusals.append(
                         (
                             now,
-                            row[0] >> wire.ID_BLOCK_BITS,
-                            f"{table}: id {row[0]} is already another row's (two publishers "
+                            row_id >> wire.ID_BLOCK_BITS,
+                            f"{table}: id {row_id} is already another row's (two publishers "
                             "handed the same id block?)",
                             repr(row)[:1000],
                         )
                     )
                 else:
-                    stored.add(row[0])
+                    stored.add(row_id)
                     kept.append(row)
             kept_by_table.append(kept)
         return kept_by_table, refusals
@@ -461,8 +462,9 @@ class SqliteStore(SqlStore):
             counts["events"] = len(events)
         if anomalies:
             counts["anomalies"] = len(anomalies)
+            severity = AnomalyRow.SEVERITY
             for row in anomalies:
-                key = "anomalies:" + row[3]
+                key = "anomalies:" + row[severity]
                 counts[key] = counts.get(key, 0) + 1
         if counts:
             conn.executemany(
@@ -473,7 +475,7 @@ class SqliteStore(SqlStore):
         for table, rows in (("events", events), ("anomalies", anomalies)):
             minutes: dict[int, int] = {}
             for row in rows:
-                minute = int(row[1] // 60)
+                minute = int(row[ROW_TIMESTAMP] // 60)
                 minutes[minute] = minutes.get(minute, 0) + 1
             if minutes:
                 conn.executemany(
@@ -483,9 +485,10 @@ class SqliteStore(SqlStore):
                 )
         if metrics:
             buckets: dict[tuple[str, int], list] = {}
+            name_at, value_at = MetricRow.METRIC_NAME, MetricRow.METRIC_VALUE
             for row in metrics:
-                key = (row[2], int(row[1] // 60))
-                value = row[3]
+                key = (row[name_at], int(row[ROW_TIMESTAMP] // 60))
+                value = row[value_at]
                 agg = buckets.get(key)
                 if agg is None:
                     buckets[key] = [1, value, value, value]
@@ -558,21 +561,32 @@ class SqliteStore(SqlStore):
             self.conn.execute("ROLLBACK")
 
     def _apply_operation(self, op: list, refresh: set[str]) -> None:
-        code = op[0]
+        code, ts = op[wire.OP_CODE], op[wire.OP_TIMESTAMP]
+        if code == wire.OP_PATTERN:
+            self.conn.execute(
+                PATTERN_UPSERT,
+                (
+                    ts,
+                    op[PatternOp.PATTERN_TYPE],
+                    op[PatternOp.PATTERN_DATA],
+                    op[PatternOp.KEY],
+                    op[PatternOp.CONFIDENCE],
+                ),
+            )
+            return
+        session_id, row_id = op[SessionOp.SESSION_ID], op[SessionOp.ROW_ID]
         if code == wire.OP_SESSION_START:
-            rows = self.conn.execute(SESSION_START, op[1:4]).fetchall()
+            rows = self.conn.execute(SESSION_START, (ts, session_id, row_id)).fetchall()
             if rows and rows[0][0] and rows[0][1] is not None:
-                refresh.add(op[2])
+                refresh.add(session_id)
         elif code == wire.OP_SESSION_ANOMALY:
-            self.conn.execute(SESSION_ANOMALY, op[1:4])
+            self.conn.execute(SESSION_ANOMALY, (ts, session_id, row_id))
         elif code == wire.OP_SESSION_END:
-            ts, session_id, energy, avg, mx, mn, row_id = op[1:8]
+            energy, avg, mx, mn = op[SessionOp.STATS]
             auto = statistics_to_compute(energy, avg, mx, mn)
             self.conn.execute(SESSION_END, (ts, session_id, energy, avg, mx, mn, auto, row_id))
             if auto:
                 refresh.add(session_id)
-        elif code == wire.OP_PATTERN:
-            self.conn.execute(PATTERN_UPSERT, op[1:6])
 
     def _integral(self, metric_name: str, start: float, end: float) -> float | None:
         """Trapezoidal integral of a metric over time (value x seconds), None under 2 points."""
