@@ -52,13 +52,13 @@ class Store:
 
     def retention_steps(
         self, cutoffs: dict[str, float], chunk_rows: int = 5000
-    ) -> Iterator[tuple[str, int]]:
+    ) -> Iterator[tuple[str, int] | None]:
         """Remove rows older than each table's cutoff in short steps; yields (table, rows)
         after each, so ingest runs between steps. A step may yield None instead: work
         running elsewhere (another connection) is not finished; ask again shortly."""
         raise NotImplementedError
 
-    def vacuum_steps(self) -> Iterator[int]:
+    def vacuum_steps(self) -> Iterator[int | None]:
         """The store's housekeeping after retention, in steps; yields bytes reclaimed
         (or None, as retention_steps does)."""
         raise NotImplementedError
