@@ -210,9 +210,12 @@ class WriterLock:
 
     def update_info(self, info: dict) -> None:
         """Rewrite what publishers read about this writer (its endpoints, once bound)."""
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, json.dumps(info).encode(), 0)
-        os.fsync(self._fd)
+        fd = self._fd
+        if fd is None:
+            raise RuntimeError(f"the writer lock of {self.name} is not held")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        os.fsync(fd)
 
     def release(self) -> None:
         if self._fd is not None:

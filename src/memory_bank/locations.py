@@ -65,7 +65,7 @@ def location_key(location: str | os.PathLike, endpoint: str | None = None) -> Pa
     """
     if not is_url(location):
         return resolve_db_path(location)
-    digest = hashlib.sha1(f"{redact_url(location)}|{endpoint or ''}".encode()).hexdigest()[:16]
+    digest = hashlib.sha1(f"{redact_url(str(location))}|{endpoint or ''}".encode()).hexdigest()[:16]
     return state_dir() / f"pg-{digest}"
 
 

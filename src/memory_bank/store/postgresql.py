@@ -16,14 +16,15 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from functools import partial
+from typing import Any
 
 try:
     import psycopg
     from psycopg import errors as pg_errors
 except ImportError:  # the optional extra; the store says how to install it when used
-    psycopg = None
+    psycopg = None  # type: ignore[assignment]
 
 from .. import wire
 from ..locations import redact_url
@@ -506,7 +507,7 @@ class PostgresStore(SqlStore):
             )
         return self._maintenance
 
-    def _on_worker(self, what: str, fn, *args) -> Iterator[None]:
+    def _on_worker(self, what: str, fn, *args) -> Generator[None, None, Any]:
         """Run ``fn`` on the maintenance connection; yields None while it runs."""
         return (yield from wait_for(self._worker().submit(what, fn, *args)))
 
@@ -546,7 +547,7 @@ class PostgresStore(SqlStore):
             (f"^{table}_p[0-9]{{8}}$",),
         ).fetchall():
             day = partition_day(orphan)
-            if day_bounds(day)[1].timestamp() <= cutoff:
+            if day is not None and day_bounds(day)[1].timestamp() <= cutoff:
                 days.add(day)
         for day in sorted(days):
             rows = yield from self._on_worker(

@@ -13,7 +13,7 @@ from functools import partial
 try:
     import psycopg
 except ImportError:  # the optional extra; connect() says how to install it
-    psycopg = None
+    psycopg = None  # type: ignore[assignment]
 
 from ..locations import redact_url
 from .base import StoreUnavailable

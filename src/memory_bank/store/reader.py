@@ -127,9 +127,12 @@ class SqliteReader(SqlReader):
         )
         edges = []
         if since is not None:
-            edges.append((since, first_full * 60 if until is None else min(first_full * 60, until)))
-        if until is not None and (since is None or last_full * 60 >= since):
-            edges.append((max(last_full * 60, since or last_full * 60), until))
+            first_edge = -(-since // 60) * 60  # first_full's start
+            edges.append((since, first_edge if until is None else min(first_edge, until)))
+        if until is not None:
+            last_edge = until // 60 * 60  # last_full's start
+            if since is None or last_edge >= since:
+                edges.append((max(last_edge, since or last_edge), until))
         for lo, hi in edges:
             if hi > lo:
                 parts.append(
@@ -217,7 +220,7 @@ class SqliteReader(SqlReader):
         """From the per-minute rollup: the rows of every minute the window touches."""
         if not self._has_rollups():
             return None
-        return self._one(
+        return self._aggregate(
             "SELECT coalesce(sum(n), 0) AS n FROM mb_metric_minutes "
             "WHERE metric_name = ? AND minute >= ? AND minute <= ?",
             (metric_name, since // 60, until // 60),

@@ -371,6 +371,10 @@ class SqlReader(Reader):
     def _one(self, sql: str, params=()) -> dict | None:
         return self._conn().execute(sql, params).fetchone()
 
+    def _aggregate(self, sql: str, params=()) -> dict:
+        """The one row an aggregate query (count, sum...) always returns."""
+        return self._conn().execute(sql, params).fetchone()
+
     def _stream(self, sql: str, params) -> Iterator[dict]:
         """Rows of a query without holding them all in memory."""
         yield from self._conn().execute(sql, params)
@@ -451,7 +455,7 @@ class SqlReader(Reader):
         w.add(f"anomaly_type = {p}", anomaly_type)
         w.add(f"severity = {p}", severity)
         w.add(f"timestamp >= {p}", self._when(since))
-        return self._one(f"SELECT count(*) AS n FROM anomalies{w.sql()}", w.params)["n"]
+        return self._aggregate(f"SELECT count(*) AS n FROM anomalies{w.sql()}", w.params)["n"]
 
     def get_session(self, session_id: str) -> dict | None:
         return self._one(
@@ -474,7 +478,7 @@ class SqlReader(Reader):
         w.add(f"metric_name = {p}", metric_name)
         w.add(f"timestamp >= {p}", self._when(since))
         w.add(f"timestamp < {p}", self._when(until))
-        return self._one(
+        return self._aggregate(
             "SELECT min(metric_value) AS min, max(metric_value) AS max, "
             f"avg(metric_value) AS avg, count(*) AS count FROM metrics{w.sql()}",
             w.params,
@@ -525,7 +529,7 @@ class SqlReader(Reader):
         w = Where()
         w.add(f"{TIME_COLUMN[table]} >= {self.placeholder}", self._when(since))
         w.add(f"{TIME_COLUMN[table]} < {self.placeholder}", self._when(until))
-        return self._one(f"SELECT count(*) AS n FROM {table}{w.sql()}", w.params)["n"]
+        return self._aggregate(f"SELECT count(*) AS n FROM {table}{w.sql()}", w.params)["n"]
 
     def close(self) -> None:
         """Close this thread's connection."""

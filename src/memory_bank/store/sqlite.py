@@ -208,12 +208,12 @@ class SqliteStore(SqlStore):
         sqlite3.InterfaceError,
     )
     unavailable_errors = (sqlite3.Error, StoreGone)
+    conn: sqlite3.Connection  # the one write connection, from _open on
 
     def __init__(self, path: Path, synchronous: str = "FULL", max_db_bytes: int | None = None):
         self.path = path
         self.name = str(path)
         self.lost: str | None = None  # what happened to the files, once they are not ours
-        self.conn: sqlite3.Connection | None = None
         self.checkpointer: Checkpointer | None = None
         _refuse_if_wal_open_elsewhere(path)
         # The file this store writes, held open until close: it tells when the path no
@@ -331,10 +331,12 @@ class SqliteStore(SqlStore):
             # A row whose id another row already has (replays were skipped above, so it is
             # not this row again): two publishers were handed the same block. Refuse those
             # rows with the reason, keep the rest.
-            kept, taken = self._split_taken(
+            (events, anomalies, metrics), taken = self._split_taken(
                 {"events": events, "anomalies": anomalies, "metrics": metrics}
             )
-            stored = self._write(*kept, operations, [*rejects, *taken], applied)
+            stored = self._write(
+                events, anomalies, metrics, operations, [*rejects, *taken], applied
+            )
         # Committed into the file at the path, or into one deleted meanwhile: only the
         # first may be acknowledged (watermarks advance only then).
         self.check_files()
@@ -687,13 +689,14 @@ class SqliteStore(SqlStore):
         """Close the connections (skipping what a full or read-only store cannot do)."""
         if self.checkpointer is not None:
             self.checkpointer.stop()
-        if self.conn is not None:
+        conn = getattr(self, "conn", None)  # none when _open failed before connecting
+        if conn is not None:
             try:
                 if self.checkpointer is not None:  # opened to the end
-                    self.conn.execute("PRAGMA optimize")
+                    conn.execute("PRAGMA optimize")
             except sqlite3.Error as exc:
                 log.info("PRAGMA optimize skipped at close: %s", exc)
             finally:
-                self.conn.close()
+                conn.close()
         # Only now: closing a descriptor of the file drops SQLite's locks on it.
         os.close(self._db_fd)
