@@ -20,6 +20,9 @@ os.environ["MEMORYBANK_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="mb-test-")
 # PostgreSQL-backed daemons keep their lock files and publisher spools here.
 os.environ["MEMORYBANK_STATE_DIR"] = tempfile.mkdtemp(prefix="mb-state-")
 LOG_DIR = Path(tempfile.mkdtemp(prefix="mb-logs-"))
+# Tables fit the terminal: give every run the same one (pytest-xdist workers and CI runners
+# see different terminals), unless a test sets its own width.
+os.environ.setdefault("COLUMNS", "120")
 
 
 class DaemonProcess:
