@@ -29,7 +29,7 @@ threshold rule (|current - 32| > 4 A while charging), on the first half of each 
 scored on the second half the same way (its positives merged into episodes). It names no
 kind, so its episodes count for whichever fault they fall in.
 
-    python bench/detect.py                 # evaluation seeds (the README's table)
+    python bench/detect.py                 # evaluation seeds (docs/detection.md's table)
     python bench/detect.py --quick         # a small scenario, as CI runs it
     python bench/detect.py --readings 10000000 --no-anchor   # throughput and memory
     python bench/detect.py --seeds 1 2 3   # development seeds (tune here, never on 101+)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A screenshot of `memorybank web` over a database, for the README.
+"""A screenshot of `memorybank web` over a database, for docs/dashboard.md.
 
     memorybank demo --seconds 120 --db demo.db
     python scripts/dashboard_screenshot.py demo.db docs/dashboard.png

@@ -6,7 +6,7 @@ result is compared value for value and type for type (int vs float, None vs 0, d
 JSON text, column order); only what cannot be equal is masked: ids are compared by which
 call returned them (the row of ``log_event``'s id is the row with that id), times by type
 and plausibility. Where the seed crashes or loses data we differ on purpose: those cases
-are asserted one by one below and listed in the README's compatibility notes.
+are asserted one by one below and listed in docs/api.md's compatibility notes.
 """
 
 from __future__ import annotations

@@ -9,16 +9,15 @@ from __future__ import annotations
 import logging
 import os
 
-from . import discovery
+from . import discovery, wire
 from .control import ControlClient, DaemonUnavailable, locate_control
 from .export import write_export
+from .locations import DEFAULT_DATABASE
 from .publisher import Publisher
 from .store import open_reader
 from .timeutil import to_timestamp
 
 log = logging.getLogger(__name__)
-
-DEFAULT_DB = "ev_charging_memory.db"
 
 
 def _seed_json(value):
@@ -48,7 +47,7 @@ class MemoryBank:
 
     def __init__(
         self,
-        db_path: str | os.PathLike = DEFAULT_DB,
+        db_path: str | os.PathLike = DEFAULT_DATABASE,
         *,
         embedded: bool = False,
         endpoint: str | None = None,
@@ -56,7 +55,7 @@ class MemoryBank:
         **publisher_options,
     ):
         self.db_path = os.fspath(db_path)
-        self._path = discovery.location_key(self.db_path, endpoint)
+        self._key = discovery.location_key(self.db_path, endpoint)
         self._endpoint = endpoint
         self.sync_timeout = sync_timeout
         self._embedded = None
@@ -252,7 +251,7 @@ class MemoryBank:
 
     def _daemon_reachable(self) -> bool:
         """A local daemon holds the lock; one named by endpoint may be on another host."""
-        return self._endpoint is not None or discovery.daemon_running(self._path)
+        return self._endpoint is not None or discovery.daemon_running(self._key)
 
     def _control(self, op: str, **fields) -> dict:
         try:
@@ -264,7 +263,7 @@ class MemoryBank:
             ) from None
         client = ControlClient(control)
         try:
-            reply = client.request_until_done(op, **fields)
+            reply = client.request_until_done(wire.maintenance_request(op, 0, **fields))
         finally:
             client.close()
         if not reply.get("ok") and "run" not in reply:

@@ -18,11 +18,10 @@ import sys
 
 import click
 
-from .discovery import redact_url
 from .formatting import OUTPUTS
+from .locations import DEFAULT_DATABASE, redact_url
 
 DEBUG_ENV = "MEMORYBANK_DEBUG"
-DEFAULT_DB = "ev_charging_memory.db"
 _DB_KEY = "memorybank.db"  # in click's ctx.meta, shared by a command and its groups
 _DEBUG_KEY = "memorybank.debug"
 
@@ -182,7 +181,8 @@ def remember_db(ctx: click.Context, _param, value):
 
 
 def db_option(
-    default: str | None = DEFAULT_DB, help: str = "Database: a SQLite path or a postgresql:// URL."
+    default: str | None = DEFAULT_DATABASE,
+    help: str = "Database: a SQLite path or a postgresql:// URL.",
 ):
     """The one ``--db`` option: the database a command works on (named in its errors)."""
     return click.option(

@@ -11,6 +11,8 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .locations import DEFAULT_DATABASE
+
 
 class ConfigError(ValueError):
     """A configuration file or value that cannot be used."""
@@ -18,7 +20,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class Config:
-    db: str = "ev_charging_memory.db"
+    db: str = DEFAULT_DATABASE
     endpoint: str | None = None
     batch_rows: int = 2000
     batch_seconds: float = 0.05

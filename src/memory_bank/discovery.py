@@ -1,19 +1,16 @@
-"""How a publisher finds the daemon of a database, and how ids stay unique without asking it.
+"""How a publisher finds the daemon of a database, and whether one serves it.
 
-Two small files live next to the database, as SQLite's own ``-wal`` and ``-shm`` do:
-
-- ``<db>-daemon``: the daemon holds an exclusive ``flock`` on it for its whole life and
-  writes its endpoints into it as JSON. Publishers read it without locking; when it is
-  missing they use the endpoints derived from the path.
-- ``<db>-ids``: a counter of id blocks under ``flock``. Each publisher leases a block of
-  2**32 ids, so ids are unique across processes with no round trip to the daemon.
+The daemon holds an exclusive ``flock`` on ``<key>-daemon`` (``locations.daemon_file``)
+for its whole life and writes its endpoints into it as JSON. Publishers read it without
+locking; when it is missing they use the endpoints derived from the key.
 
 A path is only one name of a file: a hard link, a bind mount or a second mount reaches the
 same database by another path. So the writer also holds an exclusive ``flock`` on the
 database file itself, which every name shares (the kernel keys it on device and inode).
 
-New files get FILE_MODE (0640: the owner writes, the group reads) and new folders
-DIR_MODE (0750), whatever the umask; what exists keeps the mode it has.
+The location's names and derived paths (``locations``), the files' modes and identity
+(``files``) and the id counter (``id_blocks``) live in modules of their own, which the
+store imports too; they are re-exported here for the callers that find a daemon.
 
 Standard library only: publishers import this module.
 """
@@ -25,145 +22,37 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .wire import MAX_ID_BLOCK
-
-
-class DaemonLockedError(RuntimeError):
-    """Another daemon (or embedded writer) already serves this database."""
-
-
-# Modes of what MemoryBank creates (spools too): the group reads (and reaches the
-# sockets), others nothing. The id counter is group-writable: publishers lease from it.
-FILE_MODE = 0o640
-DIR_MODE = 0o750
-COUNTER_MODE = 0o660
-
-
-def create_file(path: Path, flags: int, mode: int = FILE_MODE) -> int:
-    """Open ``path``, creating it with ``mode`` whatever the umask; a file that exists
-    keeps the mode it has (its owner may have chosen another)."""
-    try:
-        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        return os.open(path, flags & ~os.O_CREAT)
-    os.fchmod(fd, mode)
-    return fd
-
-
-def make_dir(folder: Path, mode: int = DIR_MODE) -> Path:
-    """Create ``folder`` and any missing parents with ``mode``, whatever the umask; a
-    folder that exists keeps its mode."""
-    missing, parent = [], folder
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    for path in reversed(missing):
-        try:
-            path.mkdir(mode)
-        except FileExistsError:
-            continue  # another process made it meanwhile
-        os.chmod(path, mode)
-    return folder
-
-
-def file_identity(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(device, inode): what every name of one file shares; None when there is no file."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def lock_holders(identity: tuple[int, int]) -> list[tuple[str, str, int]]:
-    """The locks the kernel lists on a file (``/proc/locks``): (kind, mode, pid) each,
-    e.g. ("FLOCK", "WRITE", 812) or ("POSIX", "READ", 977). Empty where there is no
-    /proc/locks."""
-    dev, ino = identity
-    wanted = (os.major(dev), os.minor(dev), ino)
-    holders = []
-    try:
-        with open("/proc/locks") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 6 or fields[1] == "->":  # "->" lines are waiters, not holders
-            continue
-        try:
-            major, minor, inode = fields[5].split(":")
-            if (int(major, 16), int(minor, 16), int(inode)) != wanted:
-                continue
-            holders.append((fields[1], fields[3], int(fields[4])))
-        except ValueError:
-            continue
-    return holders
+from .files import (  # noqa: F401 (re-exported)
+    DIR_MODE,
+    FILE_MODE,
+    DaemonLockedError,
+    create_file,
+    file_identity,
+    lock_holders,
+    make_dir,
+)
+from .id_blocks import lease_id_block, next_id_block, reserve_id_blocks  # noqa: F401
+from .locations import (  # noqa: F401 (re-exported)
+    daemon_file,
+    display_name,
+    ids_file,
+    is_url,
+    location_key,
+    redact_url,
+    resolve_db_path,
+    state_dir,
+)
 
 
 @dataclass(frozen=True)
 class Endpoints:
     data: str  # PULL side: publishers PUSH records here
     control: str  # ROUTER side: sync, stats and maintenance requests
-
-
-def resolve_db_path(db_path: str | os.PathLike) -> Path:
-    """The absolute path the daemon and publishers agree on (symlinks resolved)."""
-    return Path(os.path.realpath(os.fspath(db_path)))
-
-
-def is_url(location) -> bool:
-    """A PostgreSQL URL rather than a SQLite path."""
-    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
-
-
-def redact_url(location: str) -> str:
-    """The location with any password replaced, for logs, status and file names."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", str(location))
-
-
-def display_name(location) -> str:
-    """How logs and messages name a database: a URL without its password, a resolved path."""
-    return redact_url(location) if is_url(location) else str(resolve_db_path(location))
-
-
-def state_dir() -> Path:
-    """Where a PostgreSQL-backed daemon keeps its local files (lock, spools): persistent,
-    unlike the runtime folder, so spools outlive a reboot."""
-    explicit = os.environ.get("MEMORYBANK_STATE_DIR") or os.environ.get("STATE_DIRECTORY")
-    if explicit:
-        path = Path(explicit.split(":")[0])
-    else:
-        base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-        path = Path(base) / "memorybank"
-    return make_dir(path, 0o700)
-
-
-def location_key(location: str | os.PathLike, endpoint: str | None = None) -> Path:
-    """The path the daemon's lock, endpoints file and publishers' spools hang from.
-
-    A SQLite database: its own path (one writer per file, whatever the endpoint). A
-    PostgreSQL URL: a name in the state folder made from the URL (password left out) and
-    the endpoint, since several daemons may serve one PostgreSQL database, one per endpoint.
-    """
-    if not is_url(location):
-        return resolve_db_path(location)
-    digest = hashlib.sha1(f"{redact_url(location)}|{endpoint or ''}".encode()).hexdigest()[:16]
-    return state_dir() / f"pg-{digest}"
-
-
-def daemon_file(db_path: Path) -> Path:
-    return db_path.with_name(db_path.name + "-daemon")
-
-
-def ids_file(db_path: Path) -> Path:
-    return db_path.with_name(db_path.name + "-ids")
 
 
 def runtime_dir() -> Path:
@@ -180,32 +69,32 @@ def runtime_dir() -> Path:
     return make_dir(path)
 
 
-def default_endpoints(db_path: Path) -> Endpoints:
-    """Endpoints derived from the database path alone, so no configuration is needed."""
-    digest = hashlib.sha1(os.fsencode(db_path)).hexdigest()[:16]
+def default_endpoints(key: Path) -> Endpoints:
+    """Endpoints derived from the location's key alone, so no configuration is needed."""
+    digest = hashlib.sha1(os.fsencode(key)).hexdigest()[:16]
     base = runtime_dir() / digest
     return Endpoints(data=f"ipc://{base}.data", control=f"ipc://{base}.ctl")
 
 
-def read_daemon_info(db_path: Path) -> dict | None:
+def read_daemon_info(key: Path) -> dict | None:
     """What the last daemon of this database wrote about itself, or None."""
     try:
-        return json.loads(daemon_file(db_path).read_text())
+        return json.loads(daemon_file(key).read_text())
     except (OSError, ValueError):
         return None
 
 
-def find_endpoints(db_path: Path) -> Endpoints:
+def find_endpoints(key: Path) -> Endpoints:
     """The endpoints a daemon of this database binds: as it recorded them, else the default."""
-    info = read_daemon_info(db_path)
+    info = read_daemon_info(key)
     if info and info.get("data_endpoint") and info.get("control_endpoint"):
         return Endpoints(info["data_endpoint"], info["control_endpoint"])
-    return default_endpoints(db_path)
+    return default_endpoints(key)
 
 
-def daemon_running(db_path: Path) -> bool:
+def daemon_running(key: Path) -> bool:
     """True when some process holds the writer lock of this database."""
-    path = daemon_file(db_path)
+    path = daemon_file(key)
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -243,19 +132,19 @@ def _flock_exclusive(fd: int) -> bool:
 class WriterLock:
     """The one-writer lock: held for the life of a daemon or an embedded writer.
 
-    ``<db>-daemon`` is locked by path (publishers and ``status`` find the writer there).
-    With ``database_file`` (SQLite), the database file itself is locked too: every name of
-    it (hard links, bind mounts, symlinks) shares that lock, so a second writer is refused
-    whatever path it was given. The file is created here when missing, to be locked before
-    SQLite opens it, and its descriptor stays open until ``release``, which must come after
-    the store is closed: closing any descriptor of a file drops the POSIX locks SQLite
-    holds on it in this process.
+    ``<key>-daemon`` is locked (publishers and ``status`` find the writer there). With
+    ``database_file`` (SQLite, whose key is the database's path), the database file itself
+    is locked too: every name of it (hard links, bind mounts, symlinks) shares that lock,
+    so a second writer is refused whatever path it was given. The file is created here
+    when missing, to be locked before SQLite opens it, and its descriptor stays open until
+    ``release``, which must come after the store is closed: closing any descriptor of a
+    file drops the POSIX locks SQLite holds on it in this process.
     """
 
-    def __init__(self, db_path: Path, name: str | None = None, database_file: bool = False):
-        self.db_path = db_path
-        self.name = name or str(db_path)  # what the refusal names (a URL for PostgreSQL)
-        self.path = daemon_file(db_path)
+    def __init__(self, key: Path, name: str | None = None, database_file: bool = False):
+        self.key = key
+        self.name = name or str(key)  # what the refusal names (a URL for PostgreSQL)
+        self.path = daemon_file(key)
         self.database_file = database_file
         self._fd: int | None = None
         self._db_fd: int | None = None
@@ -265,11 +154,11 @@ class WriterLock:
         fd = create_file(self.path, os.O_RDWR)
         if not _flock_exclusive(fd):
             os.close(fd)
-            other = read_daemon_info(self.db_path) or {}
+            other = read_daemon_info(self.key) or {}
             raise DaemonLockedError(
                 f"another writer (pid {other.get('pid', '?')}) already serves "
                 f"{self.name}; stop it first, or point this one at another database"
-                + (" or endpoint" if self.name != str(self.db_path) else "")
+                + (" or endpoint" if self.name != str(self.key) else "")
             )
         self._fd = fd
         if self.database_file:
@@ -282,9 +171,9 @@ class WriterLock:
 
     def _lock_database_file(self) -> int:
         try:
-            fd = create_file(self.db_path, os.O_RDWR)
+            fd = create_file(self.key, os.O_RDWR)
         except PermissionError:  # the store then says it cannot write; the lock still holds
-            fd = os.open(self.db_path, os.O_RDONLY)
+            fd = os.open(self.key, os.O_RDONLY)
         if _flock_exclusive(fd):
             return fd
         st = os.fstat(fd)
@@ -300,12 +189,12 @@ class WriterLock:
         )
 
     def still_held(self) -> bool:
-        """True while ``<db>-daemon`` is still the file this writer locked (a deleted or
+        """True while ``<key>-daemon`` is still the file this writer locked (a deleted or
         replaced one no longer tells publishers and ``status`` about it)."""
         return self._fd is not None and file_identity(self.path) == _fd_identity(self._fd)
 
     def relock(self, info: dict) -> bool:
-        """Lock a ``<db>-daemon`` made anew at the path and write ``info`` into it; False
+        """Lock a ``<key>-daemon`` made anew at the path and write ``info`` into it; False
         when another writer holds the new file."""
         fd = create_file(self.path, os.O_RDWR)
         try:
@@ -321,9 +210,12 @@ class WriterLock:
 
     def update_info(self, info: dict) -> None:
         """Rewrite what publishers read about this writer (its endpoints, once bound)."""
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, json.dumps(info).encode(), 0)
-        os.fsync(self._fd)
+        fd = self._fd
+        if fd is None:
+            raise RuntimeError(f"the writer lock of {self.name} is not held")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        os.fsync(fd)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -338,43 +230,3 @@ class WriterLock:
 def _fd_identity(fd: int) -> tuple[int, int]:
     st = os.fstat(fd)
     return st.st_dev, st.st_ino
-
-
-def lease_id_block(db_path: Path) -> int:
-    """Take the next unused id block of this database (durably, under flock)."""
-    fd = create_file(ids_file(db_path), os.O_RDWR, COUNTER_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        raw = os.pread(fd, 32, 0).strip()
-        next_block = max(int(raw) if raw else 1, 1)
-        if next_block > MAX_ID_BLOCK:
-            raise RuntimeError(f"{db_path}: all id blocks are used")
-        record = f"{next_block + 1:020d}\n".encode()
-        os.pwrite(fd, record, 0)
-        os.fsync(fd)
-        return next_block
-    finally:
-        os.close(fd)
-
-
-def next_id_block(db_path: Path) -> int:
-    """The block the counter of ``db_path`` hands out next (1 when there is none)."""
-    try:
-        raw = ids_file(db_path).read_bytes()[:32].strip()
-        return max(int(raw), 1) if raw else 1
-    except (OSError, ValueError):
-        return 1
-
-
-def reserve_id_blocks(db_path: Path, first_free: int) -> None:
-    """Make sure the counter never hands out a block below ``first_free`` (used at start-up)."""
-    fd = create_file(ids_file(db_path), os.O_RDWR, COUNTER_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        raw = os.pread(fd, 32, 0).strip()
-        current = int(raw) if raw else 1
-        if current < first_free:
-            os.pwrite(fd, f"{first_free:020d}\n".encode(), 0)
-            os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import spool_auth
-from .discovery import DIR_MODE, create_file, make_dir
+from .files import DIR_MODE, create_file, make_dir
+from .locations import spool_root
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,6 @@ _HEADER = struct.Struct("<IIQ")
 MAC_FLAG = 1 << 31  # in the length field: the frame starts with a spool_auth MAC
 SEGMENT_BYTES = 8 * 1024 * 1024
 MAX_FRAME = 64 * 1024 * 1024
-
-
-def spool_root(db_path: Path) -> Path:
-    return db_path.with_name(db_path.name + "-spool")
 
 
 @dataclass
@@ -222,10 +219,10 @@ class Spool:
         os.close(self._lock_fd)
 
 
-def orphaned_spools(db_path: Path) -> Iterator[tuple[Path, int]]:
+def orphaned_spools(key: Path) -> Iterator[tuple[Path, int]]:
     """Spool folders whose publisher is gone (lock free), with its publisher id; each is
     yielded while this process holds its lock, so two adopters never take the same one."""
-    root = spool_root(db_path)
+    root = spool_root(key)
     if not root.is_dir():
         return
     for folder in sorted(root.iterdir()):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from ..locations import is_url, redact_url, resolve_db_path
 from .base import (
     InvalidDatabase,
     Reader,
@@ -15,8 +16,6 @@ from .base import (
     StoreGone,
     StoreRefused,
     StoreUnavailable,
-    is_url,
-    redact_url,
 )
 
 __all__ = [
@@ -39,10 +38,9 @@ def open_store(location: str | os.PathLike, **options) -> Store:
         from .postgresql import PostgresStore
 
         return PostgresStore(os.fspath(location), **options)
-    from .. import discovery
     from .sqlite import SqliteStore
 
-    return SqliteStore(discovery.resolve_db_path(location), **options)
+    return SqliteStore(resolve_db_path(location), **options)
 
 
 def open_reader(location: str | os.PathLike) -> Reader:
@@ -51,7 +49,6 @@ def open_reader(location: str | os.PathLike) -> Reader:
         from .postgresql_reader import PostgresReader
 
         return PostgresReader(os.fspath(location))
-    from .. import discovery
     from .reader import SqliteReader
 
-    return SqliteReader(discovery.resolve_db_path(location))
+    return SqliteReader(resolve_db_path(location))

@@ -1,17 +1,15 @@
 """The store interface (huey's BaseStorage is the model): what each method promises.
 
 ``Store`` is the writer's side, used by one writer process or thread at a time per
-endpoint; ``Reader`` answers the seed's queries. SQLite and PostgreSQL implement both.
+endpoint; ``Reader`` answers the seed's queries. SQLite and PostgreSQL implement both;
+what they share is written once in ``sql.py``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import threading
 from collections.abc import Iterator
 from typing import ClassVar
 
-from ..discovery import is_url, redact_url
 from ..wire import Message
 
 __all__ = [
@@ -21,44 +19,7 @@ __all__ = [
     "StoreGone",
     "StoreRefused",
     "StoreUnavailable",
-    "is_url",
-    "redact_url",
 ]
-
-# Which statistics end_session computes when the caller gave none (sessions.stats_auto
-# bits), and the metrics a session's computed statistics come from.
-AUTO_ENERGY, AUTO_AVG, AUTO_MAX, AUTO_MIN = 1, 2, 4, 8
-SESSION_METRICS = ("current", "power", "voltage")
-
-# The seed's columns, per table, in the seed's order: what every reader returns.
-EVENT_COLUMNS = "id, timestamp, event_type, component, message, data, created_at"
-ANOMALY_COLUMNS = (
-    "id, timestamp, anomaly_type, severity, description, pattern_data, current_value, "
-    "expected_value, deviation, created_at"
-)
-SESSION_COLUMNS = (
-    "id, session_id, start_time, end_time, total_energy, avg_current, max_current, "
-    "min_current, anomaly_count, status, created_at"
-)
-METRIC_COLUMNS = "id, timestamp, metric_name, metric_value, unit, metadata, created_at"
-PATTERN_COLUMNS = (
-    "id, pattern_type, pattern_data, frequency, last_seen, confidence, created_at, updated_at"
-)
-TABLE_COLUMNS = {
-    "events": EVENT_COLUMNS,
-    "anomalies": ANOMALY_COLUMNS,
-    "sessions": SESSION_COLUMNS,
-    "metrics": METRIC_COLUMNS,
-    "patterns": PATTERN_COLUMNS,
-}
-TIME_COLUMN = {
-    "events": "timestamp",
-    "anomalies": "timestamp",
-    "sessions": "start_time",
-    "metrics": "timestamp",
-    "patterns": "last_seen",
-}
-JSON_COLUMNS = ("data", "pattern_data", "metadata")
 
 
 class Store:
@@ -91,13 +52,13 @@ class Store:
 
     def retention_steps(
         self, cutoffs: dict[str, float], chunk_rows: int = 5000
-    ) -> Iterator[tuple[str, int]]:
+    ) -> Iterator[tuple[str, int] | None]:
         """Remove rows older than each table's cutoff in short steps; yields (table, rows)
         after each, so ingest runs between steps. A step may yield None instead: work
         running elsewhere (another connection) is not finished; ask again shortly."""
         raise NotImplementedError
 
-    def vacuum_steps(self) -> Iterator[int]:
+    def vacuum_steps(self) -> Iterator[int | None]:
         """The store's housekeeping after retention, in steps; yields bytes reclaimed
         (or None, as retention_steps does)."""
         raise NotImplementedError
@@ -133,232 +94,36 @@ class Store:
     def close(self) -> None:
         """Release the connection(s); nothing is pending after ``apply`` returned."""
 
-    # -- end_session without figures: the rule both stores share ------------------------
-    #: The driver's parameter marker; ``_when`` turns epoch seconds into this store's time.
-    placeholder = "?"
-
-    def _when(self, epoch_seconds):
-        return epoch_seconds
-
-    def _sessions_touched_by(self, metrics: list) -> set[str]:
-        """Ended sessions whose computed statistics a late-arriving metric changes."""
-        stamps = [m[1] for m in metrics if m[2] in SESSION_METRICS]
-        if not stamps:
-            return set()
-        p = self.placeholder
-        rows = self.conn.execute(
-            f"SELECT session_id FROM sessions WHERE stats_auto != 0 AND end_time >= {p} "
-            f"AND start_time <= {p}",
-            (self._when(min(stamps)), self._when(max(stamps))),
-        )
-        return {r[0] for r in rows}
-
-    def _fill_session_statistics(self, session_id: str) -> None:
-        """Fill the figures end_session left out from the session's window of metrics."""
-        p = self.placeholder
-        row = self.conn.execute(
-            f"SELECT start_time, end_time, stats_auto FROM sessions WHERE session_id = {p}",
-            (session_id,),
-        ).fetchone()
-        if row is None or row[1] is None or not row[2]:
-            return
-        start, end, auto = row
-        avg, mx, mn = self.conn.execute(
-            "SELECT avg(metric_value), max(metric_value), min(metric_value) FROM metrics "
-            f"WHERE metric_name = 'current' AND timestamp BETWEEN {p} AND {p}",
-            (start, end),
-        ).fetchone()
-        energy = self._energy_wh(start, end)
-        self.conn.execute(
-            "UPDATE sessions SET "
-            f"total_energy = CASE WHEN {p} & 1 = 1 THEN {p} ELSE total_energy END, "
-            f"avg_current = CASE WHEN {p} & 2 = 2 THEN {p} ELSE avg_current END, "
-            f"max_current = CASE WHEN {p} & 4 = 4 THEN {p} ELSE max_current END, "
-            f"min_current = CASE WHEN {p} & 8 = 8 THEN {p} ELSE min_current END "
-            f"WHERE session_id = {p}",
-            (auto, energy, auto, avg, auto, mx, auto, mn, session_id),
-        )
-
-    def _integral(self, metric_name: str, start, end) -> float | None:
-        """Trapezoidal integral of a metric over [start, end] (value x seconds); None
-        under two points."""
-        raise NotImplementedError
-
-    def _mean(self, metric_name: str, start, end) -> float | None:
-        p = self.placeholder
-        return self.conn.execute(
-            f"SELECT avg(metric_value) FROM metrics WHERE metric_name = {p} "
-            f"AND timestamp BETWEEN {p} AND {p}",
-            (metric_name, start, end),
-        ).fetchone()[0]
-
-    def _energy_wh(self, start, end) -> float | None:
-        """Energy from 'power' metrics (W), else from 'current' (A) times mean 'voltage' (V)."""
-        watt_seconds = self._integral("power", start, end)
-        if watt_seconds is not None:
-            return watt_seconds / 3600.0
-        amp_seconds = self._integral("current", start, end)
-        volts = self._mean("voltage", start, end)
-        if amp_seconds is None or volts is None:
-            return None
-        return amp_seconds * volts / 3600.0
-
-
-def statistics_to_compute(energy, avg, mx, mn) -> int:
-    """The stats_auto bits of an end_session: which figures the caller left out."""
-    return (
-        (AUTO_ENERGY if energy is None else 0)
-        | (AUTO_AVG if avg is None else 0)
-        | (AUTO_MAX if mx is None else 0)
-        | (AUTO_MIN if mn is None else 0)
-    )
-
-
-class Where:
-    """A parameterized WHERE clause from optional filters (a None value is no filter)."""
-
-    def __init__(self):
-        self.clauses: list[str] = []
-        self.params: list = []
-
-    def add(self, clause: str, value) -> None:
-        if value is not None:
-            self.clauses.append(clause)
-            self.params.append(value)
-
-    def sql(self) -> str:
-        return (" WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
-
-
-# The largest LIMIT both engines bind (a signed 64-bit integer).
-_MAX_LIMIT = (1 << 63) - 1
-
-
-def row_limit(limit) -> int | None:
-    """A ``limit`` argument as a LIMIT to bind: None (no limit) for None, a negative number
-    (SQLite's own meaning, which the seed relied on) or one too large to bind."""
-    if limit is None or limit < 0 or limit > _MAX_LIMIT:
-        return None
-    return int(limit)
-
-
-def dashboard_summary(
-    total_events: int,
-    total_anomalies: int,
-    total_sessions: int,
-    events_last_hour: int,
-    anomalies_last_hour: int,
-    anomalies_by_severity: dict[str, int],
-    active_sessions: int,
-) -> dict:
-    """get_dashboard_summary's dict in the seed's shape: its keys in its order, severities
-    in the order of the seed's GROUP BY (by name), the time as ``datetime.now().isoformat()``."""
-    return {
-        "total_events": total_events,
-        "total_anomalies": total_anomalies,
-        "total_sessions": total_sessions,
-        "events_last_hour": events_last_hour,
-        "anomalies_last_hour": anomalies_last_hour,
-        "anomalies_by_severity": dict(sorted(anomalies_by_severity.items())),
-        "active_sessions": active_sessions,
-        "timestamp": dt.datetime.now().isoformat(),
-    }
-
 
 class Reader:
-    """The seed's read queries, with its arguments and return shapes (rows as dicts,
-    times as epoch seconds, JSON columns decoded). The queries the two stores share are
-    written here once; each store gives its connection, its parameter marker, how a time
-    and a row are written in its SQL, and the queries where it differs (summary, buckets,
-    and on SQLite the rollups)."""
-
-    #: The driver's parameter marker.
-    placeholder = "?"
-    #: How many rows a limited query reads at once rather than streaming.
-    FETCH_ALL_UP_TO = 10_000
-
-    _local: threading.local  # one connection per thread, in ``conn``
-
-    def _conn(self):
-        """This thread's connection (opened on first use)."""
-        raise NotImplementedError
+    """The seed's read queries, with its arguments and return shapes: rows as dicts in the
+    seed's column order, times as epoch seconds, JSON columns decoded. Safe to share
+    between threads (each thread reads on a connection of its own)."""
 
     def check(self) -> Reader:
         """Open this thread's connection now, so that a location holding no MemoryBank
         database (InvalidDatabase) or a server that cannot be reached (StoreUnavailable)
         fails here rather than at the first query."""
-        self._conn()
-        return self
-
-    def _when(self, epoch_seconds):
-        """A time as this store's query parameter."""
-        return epoch_seconds
-
-    def _select(self, table: str) -> str:
-        """The table's seed columns as this store's SQL returns them in the seed's shape."""
-        return TABLE_COLUMNS[table]
-
-    def _all(self, sql: str, params=()) -> list[dict]:
-        return self._conn().execute(sql, params).fetchall()
-
-    def _one(self, sql: str, params=()) -> dict | None:
-        return self._conn().execute(sql, params).fetchone()
-
-    def _stream(self, sql: str, params) -> Iterator[dict]:
-        """Rows of a query without holding them all in memory."""
-        yield from self._conn().execute(sql, params)
-
-    def _timeline(self, table: str, filters, limit=None, newest_first=True) -> Iterator[dict]:
-        """Rows of events, anomalies or metrics matching ``filters`` ((clause, value); a
-        None value is no filter), in time order, streamed."""
-        w = Where()
-        for clause, value in filters:
-            w.add(clause, value)
-        order = "DESC" if newest_first else "ASC"
-        sql = f"SELECT {self._select(table)} FROM {table}{w.sql()} "
-        sql += f"ORDER BY {table}.timestamp {order}"
-        params = w.params
-        limit = row_limit(limit)
-        if limit is not None:
-            sql, params = f"{sql} LIMIT {self.placeholder}", [*params, limit]
-            if limit <= self.FETCH_ALL_UP_TO:
-                yield from self._all(sql, params)
-                return
-        yield from self._stream(sql, params)
+        raise NotImplementedError
 
     def get_events(self, event_type=None, component=None, since=None, limit=100, until=None):
-        return list(self.iter_events(limit, since, until, event_type, component))
+        """The seed's get_events: newest first; a None filter is no filter, a negative or
+        None ``limit`` no limit."""
+        raise NotImplementedError
 
     def get_anomalies(self, anomaly_type=None, severity=None, since=None, limit=100, until=None):
-        return list(self.iter_anomalies(limit, since, until, anomaly_type, severity))
+        """The seed's get_anomalies: newest first, filtered as get_events."""
+        raise NotImplementedError
 
     def get_metrics(self, metric_name=None, since=None, limit=1000, until=None) -> list[dict]:
-        return list(self.iter_metrics(limit, since, until, metric_name))
-
-    def iter_metrics(
-        self, limit=None, since=None, until=None, metric_name=None, newest_first=True
-    ) -> Iterator[dict]:
-        """Metrics with filters, streamed."""
-        p = self.placeholder
-        filters = [
-            (f"metric_name = {p}", metric_name),
-            (f"timestamp >= {p}", self._when(since)),
-            (f"timestamp < {p}", self._when(until)),
-        ]
-        return self._timeline("metrics", filters, limit, newest_first)
+        """The seed's get_metrics: newest first, filtered as get_events."""
+        raise NotImplementedError
 
     def iter_events(
         self, limit=None, since=None, until=None, event_type=None, component=None, newest_first=True
     ) -> Iterator[dict]:
         """Events with filters, streamed (never all in memory)."""
-        p = self.placeholder
-        filters = [
-            (f"event_type = {p}", event_type),
-            (f"component = {p}", component),
-            (f"timestamp >= {p}", self._when(since)),
-            (f"timestamp < {p}", self._when(until)),
-        ]
-        return self._timeline("events", filters, limit, newest_first)
+        raise NotImplementedError
 
     def iter_anomalies(
         self,
@@ -369,79 +134,50 @@ class Reader:
         severity=None,
         newest_first=True,
     ) -> Iterator[dict]:
-        p = self.placeholder
-        filters = [
-            (f"anomaly_type = {p}", anomaly_type),
-            (f"severity = {p}", severity),
-            (f"timestamp >= {p}", self._when(since)),
-            (f"timestamp < {p}", self._when(until)),
-        ]
-        return self._timeline("anomalies", filters, limit, newest_first)
+        """Anomalies with filters, streamed."""
+        raise NotImplementedError
+
+    def iter_metrics(
+        self, limit=None, since=None, until=None, metric_name=None, newest_first=True
+    ) -> Iterator[dict]:
+        """Metrics with filters, streamed."""
+        raise NotImplementedError
 
     def get_anomaly_count(self, anomaly_type=None, severity=None, since=None) -> int:
-        p = self.placeholder
-        w = Where()
-        w.add(f"anomaly_type = {p}", anomaly_type)
-        w.add(f"severity = {p}", severity)
-        w.add(f"timestamp >= {p}", self._when(since))
-        return self._one(f"SELECT count(*) AS n FROM anomalies{w.sql()}", w.params)["n"]
+        """How many anomalies match the filters."""
+        raise NotImplementedError
 
     def get_session(self, session_id: str) -> dict | None:
-        return self._one(
-            f"SELECT {self._select('sessions')} FROM sessions "
-            f"WHERE session_id = {self.placeholder}",
-            (session_id,),
-        )
+        """One session by its id, or None."""
+        raise NotImplementedError
 
     def get_recent_sessions(self, limit=10) -> list[dict]:
-        sql = f"SELECT {self._select('sessions')} FROM sessions ORDER BY sessions.start_time DESC"
-        limit = row_limit(limit)
-        if limit is None:
-            return self._all(sql)
-        return self._all(f"{sql} LIMIT {self.placeholder}", (limit,))
+        """The sessions that started last, newest first."""
+        raise NotImplementedError
 
     def get_metric_statistics(self, metric_name, since=None, until=None) -> dict:
         """{'min', 'max', 'avg', 'count'} of a metric in a time window."""
-        p = self.placeholder
-        w = Where()
-        w.add(f"metric_name = {p}", metric_name)
-        w.add(f"timestamp >= {p}", self._when(since))
-        w.add(f"timestamp < {p}", self._when(until))
-        return self._one(
-            "SELECT min(metric_value) AS min, max(metric_value) AS max, "
-            f"avg(metric_value) AS avg, count(*) AS count FROM metrics{w.sql()}",
-            w.params,
-        )
+        raise NotImplementedError
 
     def get_patterns(self, pattern_type=None, min_frequency=1) -> list[dict]:
-        p = self.placeholder
-        w = Where()
-        w.add(f"pattern_type = {p}", pattern_type)
-        w.add(f"frequency >= {p}", min_frequency)
-        return self._all(
-            f"SELECT {self._select('patterns')} FROM patterns{w.sql()} "
-            "ORDER BY frequency DESC, patterns.last_seen DESC",
-            w.params,
-        )
+        """Patterns seen at least ``min_frequency`` times, most frequent first."""
+        raise NotImplementedError
 
     def get_dashboard_summary(self) -> dict:
+        """The seed's summary dict: its keys in its order (totals, the last hour, anomalies
+        by severity, active sessions, the time it was made)."""
         raise NotImplementedError
 
     def iter_table(
         self, table: str, since=None, until=None, newest_first: bool = False
     ) -> Iterator[dict]:
-        """Every row of a table in time order, streamed (exports)."""
-        if table not in TABLE_COLUMNS:
-            raise ValueError(f"unknown table {table!r}; expected one of {sorted(TABLE_COLUMNS)}")
-        column = f"{table}.{TIME_COLUMN[table]}"
-        w = Where()
-        w.add(f"{column} >= {self.placeholder}", self._when(since))
-        w.add(f"{column} < {self.placeholder}", self._when(until))
-        order = "DESC" if newest_first else "ASC"
-        yield from self._stream(
-            f"SELECT {self._select(table)} FROM {table}{w.sql()} ORDER BY {column} {order}",
-            w.params,
-        )
+        """Every row of a table in time order, streamed (exports); ValueError for a table
+        that is not one of the seed's five."""
+        raise NotImplementedError
+
+    def count(self, table: str, since=None, until=None) -> int:
+        """How many rows of a table lie in the time window."""
+        raise NotImplementedError
 
     def metric_buckets(self, metric_name: str, since: float, until: float, buckets: int):
         """The metric's avg/min/max over equal time slices, computed in the database."""
@@ -453,31 +189,11 @@ class Reader:
         return None
 
     def metric_names(self) -> list[str]:
-        """The names of the recorded metrics, sorted: one index probe per name (a loose
-        index scan), not a pass over every row."""
-        rows = self._all(
-            "WITH RECURSIVE names(name) AS ("
-            " (SELECT metric_name FROM metrics ORDER BY metric_name LIMIT 1)"
-            " UNION ALL SELECT (SELECT metric_name FROM metrics WHERE metric_name > names.name"
-            " ORDER BY metric_name LIMIT 1) FROM names WHERE names.name IS NOT NULL)"
-            " SELECT name FROM names WHERE name IS NOT NULL"
-        )
-        return [r["name"] for r in rows]
-
-    def count(self, table: str, since=None, until=None) -> int:
-        if table not in TABLE_COLUMNS:
-            raise ValueError(f"unknown table {table!r}")
-        w = Where()
-        w.add(f"{TIME_COLUMN[table]} >= {self.placeholder}", self._when(since))
-        w.add(f"{TIME_COLUMN[table]} < {self.placeholder}", self._when(until))
-        return self._one(f"SELECT count(*) AS n FROM {table}{w.sql()}", w.params)["n"]
+        """The names of the recorded metrics, sorted."""
+        raise NotImplementedError
 
     def close(self) -> None:
         """Close this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
 
 
 class StoreUnavailable(ConnectionError):

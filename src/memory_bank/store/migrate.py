@@ -38,16 +38,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .. import discovery, wire
-from .base import TABLE_COLUMNS
-from .postgresql import (
-    PartitionKeeper,
-    add_day_counts,
-    connect,
-    day_counts,
-    ensure_schema,
-    to_datetime,
-)
+from .postgresql import PartitionKeeper, add_day_counts, day_counts, ensure_schema
+from .postgresql_connection import connect, to_datetime
 from .schema import pattern_key
+from .sql import TABLE_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +378,8 @@ class Migration:
             have = self._source_columns(table)
             select += ", " + ("started" if "started" in have else "1")
             select += ", " + ("stats_auto" if "stats_auto" in have else "0")
-        last, written, keys = -(2**63), 0, set()
+        last, written = -(2**63), 0
+        keys: set = set()
         while True:
             rows = self.src.execute(
                 f"SELECT {select} FROM {table} WHERE id > ? ORDER BY id LIMIT ?",
@@ -412,7 +407,7 @@ class Migration:
         of the same key made by a PostgreSQL daemon (another id) is left as it is."""
         names = ", ".join(columns)
         if table == "sessions":
-            extra = ("started", "stats_auto")
+            extra: tuple[str, ...] = ("started", "stats_auto")
             rows = [[*row[:-2], bool(row[-2]), int(row[-1] or 0)] for row in rows]
             keys.update(row[1] for row in rows)
             conflict = "session_id"

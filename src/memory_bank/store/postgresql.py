@@ -10,26 +10,37 @@ so daemons never wait on each other's.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from functools import partial
+from typing import Any
 
 try:
     import psycopg
     from psycopg import errors as pg_errors
 except ImportError:  # the optional extra; the store says how to install it when used
-    psycopg = None
+    psycopg = None  # type: ignore[assignment]
 
 from .. import wire
-from ..discovery import redact_url
-from ..wire import Message
-from .base import Store, StoreUnavailable, statistics_to_compute
+from ..locations import redact_url
+from ..wire import (
+    ROW_ID,
+    ROW_JSON,
+    ROW_TIMESTAMP,
+    AnomalyRow,
+    EventRow,
+    Message,
+    MetricRow,
+    PatternOp,
+    SessionOp,
+)
+from .base import StoreUnavailable
+from .postgresql_connection import connect, require_driver, to_datetime, utc_datetime
 from .postgresql_maintenance import (
     LOCK_WAIT_SECONDS,
     MaintenanceWorker,
@@ -49,17 +60,9 @@ from .postgresql_schema import (
     partition_day,
     partition_name,
 )
-from .schema import REJECTED_KEEP
+from .sql import SqlStore, gather, statistics_to_compute
 
 log = logging.getLogger(__name__)
-
-_to_datetime = partial(dt.datetime.fromtimestamp, tz=dt.UTC)
-
-
-def to_datetime(epoch_seconds: float | None) -> dt.datetime | None:
-    """Epoch seconds as the timestamptz value psycopg sends (None stays None)."""
-    return None if epoch_seconds is None else _to_datetime(float(epoch_seconds))
-
 
 SESSION_START = """
 INSERT INTO sessions AS s (id, session_id, start_time, status, anomaly_count, started)
@@ -136,16 +139,28 @@ def _json_or_none(text):
     return None if text is None else JsonText(text)
 
 
+# The columns between a plain row's time and its JSON: text, or a metric's value.
+_MIDDLE = slice(ROW_TIMESTAMP + 1, ROW_JSON)
+
+
 def _copy_row(r: list) -> tuple:
     """An event or metric as COPY takes it: [id, ts, text, text|float, text, json]."""
-    return (r[0], _to_datetime(r[1]), r[2], r[3], r[4], _json_or_none(r[5]))
+    return (r[ROW_ID], utc_datetime(r[ROW_TIMESTAMP]), *r[_MIDDLE], _json_or_none(r[ROW_JSON]))
 
 
 def _anomaly_copy_row(r: list) -> tuple:
-    current, expected = r[6], r[7]
+    current, expected = r[AnomalyRow.CURRENT_VALUE], r[AnomalyRow.EXPECTED_VALUE]
     known = current is not None and expected is not None
     deviation = abs(current - expected) if known else None
-    return (r[0], _to_datetime(r[1]), *r[2:5], _json_or_none(r[5]), current, expected, deviation)
+    return (
+        r[ROW_ID],
+        utc_datetime(r[ROW_TIMESTAMP]),
+        *r[_MIDDLE],
+        _json_or_none(r[ROW_JSON]),
+        current,
+        expected,
+        deviation,
+    )
 
 
 if psycopg is not None:
@@ -166,7 +181,7 @@ ADD_DAY_COUNTS = (
 )
 
 
-def day_counts(events, anomalies, day_of=lambda row: int(row[1] // 86400)) -> Counter:
+def day_counts(events, anomalies, day_of=lambda row: int(row[ROW_TIMESTAMP] // 86400)) -> Counter:
     """(name, day) -> rows, for mb_day_counts: events, anomalies, anomalies per severity."""
     counts: Counter = Counter()
     for row in events:
@@ -174,7 +189,7 @@ def day_counts(events, anomalies, day_of=lambda row: int(row[1] // 86400)) -> Co
     for row in anomalies:
         day = day_of(row)
         counts["anomalies", day] += 1
-        counts["anomalies:" + row[3], day] += 1
+        counts["anomalies:" + row[AnomalyRow.SEVERITY], day] += 1
     return counts
 
 
@@ -191,24 +206,6 @@ def register_json_text(conn) -> None:
     """Let this connection write JsonText into binary jsonb (the COPY streams)."""
     JsonTextBinaryDumper.oid = conn.adapters.types["jsonb"].oid
     conn.adapters.register_dumper(JsonText, JsonTextBinaryDumper)
-
-
-def _require_driver() -> None:
-    if psycopg is None:
-        raise ImportError(
-            'the PostgreSQL store needs psycopg 3: pip install "memory_bank[postgresql]"'
-        )
-
-
-def connect(url: str, **kwargs):
-    """A connection (autocommit; transactions are explicit), or StoreUnavailable."""
-    _require_driver()
-    try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10, **kwargs)
-    except psycopg.OperationalError as exc:
-        # libpq's first two lines say what failed and where; its hints are left out.
-        reason = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
-        raise StoreUnavailable(reason or f"cannot connect to {redact_url(url)}") from exc
 
 
 def ensure_schema(conn) -> None:
@@ -270,11 +267,11 @@ class PartitionKeeper:
         self.load(conn)
 
 
-class PostgresStore(Store):
+class PostgresStore(SqlStore):
     """The writer's connection to a PostgreSQL database."""
 
     def __init__(self, url: str, max_db_bytes: int | None = None, writer: str | None = None):
-        _require_driver()
+        require_driver()
         self.url = url
         # Names this writer's rows in mb_day_counts (the daemon passes host and endpoint).
         self.writer = writer or f"{socket.gethostname()}/{os.getpid()}"
@@ -288,6 +285,7 @@ class PostgresStore(Store):
         (psycopg.DataError, psycopg.IntegrityError, pg_errors.UndefinedFunction) if psycopg else ()
     )
     placeholder = "%s"
+    json_placeholder = "%s::jsonb"
     # How long a maintenance step may wait for a lock (older transactions) before the run
     # gives up and says why; the next run finishes the job.
     lock_wait_seconds = LOCK_WAIT_SECONDS
@@ -296,6 +294,16 @@ class PostgresStore(Store):
 
     def _when(self, epoch_seconds):
         return to_datetime(epoch_seconds)
+
+    def _epoch(self, column: str) -> str:
+        return f"extract(epoch FROM {column})::float8"
+
+    def _json_text(self, column: str) -> str:
+        return f"{column}::text"
+
+    def _executemany(self, sql: str, rows: list) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(sql, rows)
 
     def _connect(self) -> None:
         if self.conn is not None and not self.conn.closed and not self.conn.broken:
@@ -318,10 +326,6 @@ class PostgresStore(Store):
         self.conn = conn
 
     # -- start-up facts -------------------------------------------------------------
-    def load_watermarks(self) -> dict[int, int]:
-        self._connect()
-        return dict(self.conn.execute("SELECT publisher_id, applied_seq FROM mb_publishers"))
-
     def lease_id_block(self) -> int:
         self._connect()
         block = self.conn.execute("SELECT nextval('mb_id_blocks')").fetchone()[0]
@@ -359,12 +363,10 @@ class PostgresStore(Store):
                 ("metrics", msg.metrics),
             ):
                 for row in rows:
-                    days[table].add(int(row[1] // 86400))
+                    days[table].add(int(row[ROW_TIMESTAMP] // 86400))
         for table, needed in days.items():
             self.partitions.ensure(conn, table, needed)
-        now = dt.datetime.now(dt.UTC)
         with conn.transaction():
-            applied: dict[int, int] = {}
             if publishers:
                 # The committed watermark, locked: another daemon handed the same publisher's
                 # message (a spool adopted twice) waits here, then skips it.
@@ -377,17 +379,9 @@ class PostgresStore(Store):
                 )
             else:
                 stored_marks = {}
-            events, anomalies, metrics, operations = [], [], [], []
-            for msg in messages:
-                pub = msg.publisher_id
-                last = applied.get(pub, max(watermarks.get(pub, 0), stored_marks.get(pub, 0)))
-                if msg.seq <= last:
-                    continue
-                applied[pub] = msg.seq
-                events += msg.events
-                anomalies += msg.anomalies
-                metrics += msg.metrics
-                operations += msg.operations
+            events, anomalies, metrics, operations, applied = gather(
+                messages, watermarks, stored_marks
+            )
             stored = self._copy(events, anomalies, metrics)
             add_day_counts(conn, day_counts(events, anomalies), self.writer)
             refresh = self._sessions_touched_by(metrics)
@@ -396,7 +390,7 @@ class PostgresStore(Store):
                 for op in sorted(operations, key=_operation_key):
                     cursor = self._apply_operation(op, refresh)
                     if cursor is not None:
-                        started.append((op[2], cursor))
+                        started.append((op[SessionOp.SESSION_ID], cursor))
             for session_id, cursor in started:
                 row = cursor.fetchone()
                 if row and row[0] and row[1] is not None:  # ended before it started
@@ -405,24 +399,8 @@ class PostgresStore(Store):
             for session_id in sorted(refresh):
                 self._fill_session_statistics(session_id)
             if rejects:
-                with conn.cursor() as cur:
-                    cur.executemany(
-                        "INSERT INTO mb_rejected (received_at, publisher_id, reason, sample) "
-                        "VALUES (%s, %s, %s, %s)",
-                        [(_to_datetime(t), p, r, s) for t, p, r, s in rejects],
-                    )
-                conn.execute(
-                    "DELETE FROM mb_rejected WHERE id <= (SELECT max(id) FROM mb_rejected) - %s",
-                    (REJECTED_KEEP,),
-                )
-            if applied:
-                with conn.cursor() as cur:
-                    cur.executemany(
-                        "INSERT INTO mb_publishers (publisher_id, applied_seq, last_seen) "
-                        "VALUES (%s, %s, %s) ON CONFLICT (publisher_id) DO UPDATE SET "
-                        "applied_seq = excluded.applied_seq, last_seen = excluded.last_seen",
-                        [(pub, seq, now) for pub, seq in applied.items()],
-                    )
+                self._record_rejects(rejects)
+            self._record_watermarks(applied)
         watermarks.update(applied)
         return stored
 
@@ -448,9 +426,9 @@ class PostgresStore(Store):
         moved = False
         for msg in messages:
             for kind, rows, text_at, json_at in (
-                ("event", msg.events, (2, 3, 4), (5,)),
-                ("anomaly", msg.anomalies, (2, 3, 4), (5,)),
-                ("metric", msg.metrics, (2, 4), (5,)),
+                ("event", msg.events, _EVENT_TEXT, (ROW_JSON,)),
+                ("anomaly", msg.anomalies, _ANOMALY_TEXT, (ROW_JSON,)),
+                ("metric", msg.metrics, _METRIC_TEXT, (ROW_JSON,)),
             ):
                 keep = []
                 for row in rows:
@@ -468,14 +446,27 @@ class PostgresStore(Store):
     def _apply_operation(self, op: list, refresh: set[str]):
         """Send one session or pattern upsert; a session start returns its cursor (its
         RETURNING row says whether the session's statistics need computing)."""
-        code = op[0]
-        ts = _to_datetime(op[1])
+        code = op[wire.OP_CODE]
+        ts = utc_datetime(op[wire.OP_TIMESTAMP])
+        if code == wire.OP_PATTERN:
+            self.conn.execute(
+                PATTERN_UPSERT,
+                {
+                    "ts": ts,
+                    "type": op[PatternOp.PATTERN_TYPE],
+                    "data": op[PatternOp.PATTERN_DATA],
+                    "key": op[PatternOp.KEY],
+                    "confidence": op[PatternOp.CONFIDENCE],
+                },
+            )
+            return None
+        session_id, row_id = op[SessionOp.SESSION_ID], op[SessionOp.ROW_ID]
         if code == wire.OP_SESSION_START:
-            return self.conn.execute(SESSION_START, {"sid": op[2], "ts": ts, "id": op[3]})
+            return self.conn.execute(SESSION_START, {"sid": session_id, "ts": ts, "id": row_id})
         if code == wire.OP_SESSION_ANOMALY:
-            self.conn.execute(SESSION_ANOMALY, {"sid": op[2], "ts": ts, "id": op[3]})
+            self.conn.execute(SESSION_ANOMALY, {"sid": session_id, "ts": ts, "id": row_id})
         elif code == wire.OP_SESSION_END:
-            _, _, session_id, energy, avg, mx, mn, row_id = op[:8]
+            energy, avg, mx, mn = op[SessionOp.STATS]
             auto = statistics_to_compute(energy, avg, mx, mn)
             self.conn.execute(
                 SESSION_END,
@@ -492,11 +483,7 @@ class PostgresStore(Store):
             )
             if auto:
                 refresh.add(session_id)
-        elif code == wire.OP_PATTERN:
-            self.conn.execute(
-                PATTERN_UPSERT,
-                {"ts": ts, "type": op[2], "data": op[3], "key": op[4], "confidence": op[5]},
-            )
+        return None
 
     def _integral(self, metric_name: str, start, end) -> float | None:
         """Trapezoidal integral of a metric over time (value x seconds), None under 2 points."""
@@ -520,7 +507,7 @@ class PostgresStore(Store):
             )
         return self._maintenance
 
-    def _on_worker(self, what: str, fn, *args) -> Iterator[None]:
+    def _on_worker(self, what: str, fn, *args) -> Generator[None, None, Any]:
         """Run ``fn`` on the maintenance connection; yields None while it runs."""
         return (yield from wait_for(self._worker().submit(what, fn, *args)))
 
@@ -543,7 +530,7 @@ class PostgresStore(Store):
                 delete_before,
                 table,
                 column,
-                _to_datetime(cutoff),
+                utc_datetime(cutoff),
                 chunk_rows,
                 self.writer,
             )
@@ -560,7 +547,7 @@ class PostgresStore(Store):
             (f"^{table}_p[0-9]{{8}}$",),
         ).fetchall():
             day = partition_day(orphan)
-            if day_bounds(day)[1].timestamp() <= cutoff:
+            if day is not None and day_bounds(day)[1].timestamp() <= cutoff:
                 days.add(day)
         for day in sorted(days):
             rows = yield from self._on_worker(
@@ -586,43 +573,6 @@ class PostgresStore(Store):
         self._connect()
         return describe_wait(self.conn, self._maintenance.current)
 
-    def record_maintenance(self, run: dict) -> None:
-        self._connect()
-        self.conn.execute(
-            "INSERT INTO mb_maintenance (job, trigger, started, finished, status, deleted, "
-            "bytes_reclaimed, longest_step_ms, error) VALUES (%(job)s, %(trigger)s, "
-            "to_timestamp(%(started)s), to_timestamp(%(finished)s), %(status)s, "
-            "%(deleted)s::jsonb, %(bytes_reclaimed)s, %(longest_step_ms)s, %(error)s)",
-            {**run, "deleted": json.dumps(run.get("deleted")) if run.get("deleted") else None},
-        )
-
-    def maintenance_runs(self, limit: int = 20) -> list[dict]:
-        self._connect()
-        cur = self.conn.execute(
-            "SELECT job, trigger, extract(epoch FROM started)::float8, "
-            "extract(epoch FROM finished)::float8, status, deleted, bytes_reclaimed, "
-            "longest_step_ms, error FROM mb_maintenance ORDER BY id DESC LIMIT %s",
-            (limit,),
-        )
-        names = (
-            "job trigger started finished status deleted bytes_reclaimed longest_step_ms error"
-        ).split()
-        return [dict(zip(names, row, strict=True)) for row in cur]
-
-    def last_run(self, job: str) -> float:
-        self._connect()
-        row = self.conn.execute(
-            "SELECT extract(epoch FROM max(started))::float8 FROM mb_maintenance "
-            "WHERE job = %s AND status = 'ok'",
-            (job,),
-        ).fetchone()
-        if row[0] is not None:
-            return row[0]
-        since = self.conn.execute(
-            "SELECT value FROM mb_meta WHERE key = 'maintenance_since'"
-        ).fetchone()
-        return float(since[0]) if since else time.time()
-
     def size_figures(self) -> dict[str, int]:
         self._connect()
         return {"db_bytes": self.conn.execute("SELECT pg_database_size(current_database())")
@@ -639,9 +589,15 @@ class PostgresStore(Store):
 
 def _operation_key(op: list):
     """Sessions by id, then patterns by key: every daemon takes row locks in one order."""
-    if op[0] == wire.OP_PATTERN:
-        return (1, op[2], op[4])
-    return (0, op[2], "")
+    if op[wire.OP_CODE] == wire.OP_PATTERN:
+        return (1, op[PatternOp.PATTERN_TYPE], op[PatternOp.KEY])
+    return (0, op[SessionOp.SESSION_ID], "")
+
+
+# Where a row holds text PostgreSQL checks (its JSON is at ROW_JSON in every kind).
+_EVENT_TEXT = (EventRow.EVENT_TYPE, EventRow.COMPONENT, EventRow.MESSAGE)
+_ANOMALY_TEXT = (AnomalyRow.ANOMALY_TYPE, AnomalyRow.SEVERITY, AnomalyRow.DESCRIPTION)
+_METRIC_TEXT = (MetricRow.METRIC_NAME, MetricRow.UNIT)
 
 
 def _unstorable(row: list, text_at: tuple, json_at: tuple) -> str | None:

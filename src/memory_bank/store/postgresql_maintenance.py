@@ -20,8 +20,9 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future
+from typing import Any
 
 from .base import StoreUnavailable
 from .postgresql_schema import PARTITIONED, partition_name
@@ -100,7 +101,7 @@ class MaintenanceWorker:
         self._thread.join(timeout=10)
 
 
-def wait_for(future: Future) -> Iterator[None]:
+def wait_for(future: Future) -> Generator[None, None, Any]:
     """Yield None until ``future`` is done; ``yield from`` it returns its result."""
     while not future.done():
         yield None

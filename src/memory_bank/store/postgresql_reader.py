@@ -12,13 +12,13 @@ import threading
 import time
 from collections.abc import Iterator
 
-from .base import TABLE_COLUMNS, Reader, dashboard_summary
-from .postgresql import connect, to_datetime
+from .postgresql_connection import connect, to_datetime
+from .sql import TABLE_COLUMNS, SqlReader, dashboard_summary
 
 try:
     from psycopg.rows import dict_row
 except ImportError:  # connect() raises the ImportError that names the extra to install
-    dict_row = None
+    dict_row = None  # type: ignore[assignment]
 
 # The columns as SQLite returns them, as SQL over the PostgreSQL types.
 _TIME_COLUMNS = ("timestamp", "start_time", "end_time", "last_seen")
@@ -41,7 +41,7 @@ SELECT = {table: _select_list(table) for table in TABLE_COLUMNS}
 _cursor_numbers = itertools.count(1)
 
 
-class PostgresReader(Reader):
+class PostgresReader(SqlReader):
     """Read queries with the seed's arguments and return shapes."""
 
     placeholder = "%s"
@@ -81,7 +81,7 @@ class PostgresReader(Reader):
             r["name"]: r["n"]
             for r in self._all("SELECT name, sum(n)::bigint AS n FROM mb_day_counts GROUP BY name")
         }
-        counts = self._one(
+        counts = self._aggregate(
             "SELECT (SELECT count(*) FROM sessions) AS total_sessions, "
             "(SELECT count(*) FROM events WHERE timestamp >= %(h)s) AS events_last_hour, "
             "(SELECT count(*) FROM anomalies WHERE timestamp >= %(h)s) AS anomalies_last_hour, "

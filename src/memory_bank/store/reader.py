@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from .base import JSON_COLUMNS, TABLE_COLUMNS, InvalidDatabase, Reader, Where, dashboard_summary
+from .base import InvalidDatabase
 from .schema import SEED_TABLES, damaged_database
+from .sql import JSON_COLUMNS, TABLE_COLUMNS, SqlReader, Where, dashboard_summary
 
 
 def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
@@ -30,7 +31,7 @@ def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
     return out
 
 
-class SqliteReader(Reader):
+class SqliteReader(SqlReader):
     """Read queries with the seed's arguments and return shapes."""
 
     def __init__(self, path: Path):
@@ -126,9 +127,12 @@ class SqliteReader(Reader):
         )
         edges = []
         if since is not None:
-            edges.append((since, first_full * 60 if until is None else min(first_full * 60, until)))
-        if until is not None and (since is None or last_full * 60 >= since):
-            edges.append((max(last_full * 60, since or last_full * 60), until))
+            first_edge = -(-since // 60) * 60  # first_full's start
+            edges.append((since, first_edge if until is None else min(first_edge, until)))
+        if until is not None:
+            last_edge = until // 60 * 60  # last_full's start
+            if since is None or last_edge >= since:
+                edges.append((max(last_edge, since or last_edge), until))
         for lo, hi in edges:
             if hi > lo:
                 parts.append(
@@ -216,7 +220,7 @@ class SqliteReader(Reader):
         """From the per-minute rollup: the rows of every minute the window touches."""
         if not self._has_rollups():
             return None
-        return self._one(
+        return self._aggregate(
             "SELECT coalesce(sum(n), 0) AS n FROM mb_metric_minutes "
             "WHERE metric_name = ? AND minute >= ? AND minute <= ?",
             (metric_name, since // 60, until // 60),

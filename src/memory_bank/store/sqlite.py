@@ -6,7 +6,6 @@ ever writes the database. Reads live in ``reader.py`` on read-only connections.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
@@ -15,10 +14,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .. import discovery, wire
-from ..wire import Message
-from .base import Store, StoreGone, StoreRefused, StoreUnavailable, statistics_to_compute
-from .schema import REJECTED_KEEP, damaged_database, migrate
+from .. import id_blocks, wire
+from ..files import DaemonLockedError, create_file, file_identity, lock_holders
+from ..wire import ROW_ID, ROW_TIMESTAMP, AnomalyRow, Message, MetricRow, PatternOp, SessionOp
+from .base import StoreGone, StoreRefused, StoreUnavailable
+from .schema import damaged_database, migrate
+from .sql import SqlStore, gather, statistics_to_compute
 
 log = logging.getLogger(__name__)
 
@@ -171,18 +172,18 @@ def _refuse_if_wal_open_elsewhere(path: Path) -> None:
     WALs on one database corrupt it. Every WAL connection holds a lock on the database
     file and one on its -shm: a process locking the first but not our -shm uses another.
     """
-    identity = discovery.file_identity(path)
+    identity = file_identity(path)
     if identity is None or not _in_wal_mode(path):
         return
     me = os.getpid()
-    on_db = {p for kind, _, p in discovery.lock_holders(identity) if kind == "POSIX" and p != me}
+    on_db = {p for kind, _, p in lock_holders(identity) if kind == "POSIX" and p != me}
     if not on_db:
         return
-    shm = discovery.file_identity(f"{path}-shm")
-    on_shm = {p for _, _, p in discovery.lock_holders(shm)} if shm else set()
+    shm = file_identity(f"{path}-shm")
+    on_shm = {p for _, _, p in lock_holders(shm)} if shm else set()
     elsewhere = sorted(on_db - on_shm)
     if elsewhere:
-        raise discovery.DaemonLockedError(
+        raise DaemonLockedError(
             f"pid {', '.join(map(str, elsewhere))} has {path} open in WAL mode under another "
             "name (a hard link, or another mount of its folder), with a WAL of its own; two "
             "WALs on one database corrupt it: stop that process first"
@@ -197,7 +198,7 @@ def _same_entry(a: Path, b: Path) -> bool:
         return False
 
 
-class SqliteStore(Store):
+class SqliteStore(SqlStore):
     """Owns the database's one write connection: schema, batch apply, maintenance."""
 
     batch_errors = (
@@ -207,18 +208,18 @@ class SqliteStore(Store):
         sqlite3.InterfaceError,
     )
     unavailable_errors = (sqlite3.Error, StoreGone)
+    conn: sqlite3.Connection  # the one write connection, from _open on
 
     def __init__(self, path: Path, synchronous: str = "FULL", max_db_bytes: int | None = None):
         self.path = path
         self.name = str(path)
         self.lost: str | None = None  # what happened to the files, once they are not ours
-        self.conn: sqlite3.Connection | None = None
         self.checkpointer: Checkpointer | None = None
         _refuse_if_wal_open_elsewhere(path)
         # The file this store writes, held open until close: it tells when the path no
         # longer names it (deleted, replaced), and a new database gets FILE_MODE here.
         try:
-            self._db_fd = discovery.create_file(path, os.O_RDONLY)
+            self._db_fd = create_file(path, os.O_RDONLY)
         except OSError as exc:
             raise StoreUnavailable(f"cannot open {path}: {exc.strerror}") from None
         try:
@@ -233,7 +234,7 @@ class SqliteStore(Store):
             self.close()
             raise
         # Files SQLite keeps open beside the database; each must stay the one at its path.
-        self._beside = {s: discovery.file_identity(f"{path}{s}") for s in ("-wal", "-shm")}
+        self._beside = {s: file_identity(f"{path}{s}") for s in ("-wal", "-shm")}
 
     def _open(self, synchronous: str, max_db_bytes: int | None) -> None:
         path = self.path
@@ -261,7 +262,7 @@ class SqliteStore(Store):
         if self.old_version == 0 and self._row_count("events") + self._row_count("sessions"):
             log.info("upgraded an existing seed database in place: %s", path)
         # Id blocks come from the <db>-ids counter; never one below a stored id.
-        discovery.reserve_id_blocks(path, self.first_free_id_block())
+        id_blocks.reserve_id_blocks(path, self.first_free_id_block())
 
     def _check_name(self) -> None:
         """One database, one name. Its id counter and its publishers' spools hang from the
@@ -272,7 +273,7 @@ class SqliteStore(Store):
         if before == self.path or (before is not None and _same_entry(before, self.path)):
             return
         if before is not None:
-            if discovery.file_identity(before) == discovery.file_identity(self.path):
+            if file_identity(before) == file_identity(self.path):
                 raise StoreRefused(
                     f"{self.path} is a second name (a hard link) of {before}, which this "
                     f"database is served as; its id counter and publishers' spools are "
@@ -286,7 +287,7 @@ class SqliteStore(Store):
                 self.path,
             )
             # Blocks handed out under the old name stay taken under the new one.
-            discovery.reserve_id_blocks(self.path, discovery.next_id_block(before))
+            id_blocks.reserve_id_blocks(self.path, id_blocks.next_id_block(before))
         self.conn.execute(
             "INSERT OR REPLACE INTO mb_meta (key, value) VALUES ('served_as', ?)",
             (str(self.path),),
@@ -310,11 +311,7 @@ class SqliteStore(Store):
         return (top >> wire.ID_BLOCK_BITS) + 1
 
     def lease_id_block(self) -> int:
-        return discovery.lease_id_block(self.path)
-
-    def load_watermarks(self) -> dict[int, int]:
-        """Per publisher, the last message sequence applied."""
-        return dict(self.conn.execute("SELECT publisher_id, applied_seq FROM mb_publishers"))
+        return id_blocks.lease_id_block(self.path)
 
     # -- the batch --------------------------------------------------------------------
     def apply(self, messages: list[Message], watermarks: dict[int, int], rejects=()) -> int:
@@ -323,21 +320,7 @@ class SqliteStore(Store):
         Messages already applied are skipped; ``watermarks`` is updated in place once the
         transaction has committed. ``rejects`` are (time, publisher, reason, sample) rows.
         """
-        events: list = []
-        anomalies: list = []
-        metrics: list = []
-        operations: list = []
-        applied: dict[int, int] = {}
-        for msg in messages:
-            last = applied.get(msg.publisher_id, watermarks.get(msg.publisher_id, 0))
-            if msg.seq <= last:
-                log.debug("skipping replayed message %d of publisher %d", msg.seq, msg.publisher_id)
-                continue
-            applied[msg.publisher_id] = msg.seq
-            events += msg.events
-            anomalies += msg.anomalies
-            metrics += msg.metrics
-            operations += msg.operations
+        events, anomalies, metrics, operations, applied = gather(messages, watermarks)
         if not applied and not rejects:
             return 0
         if self.lost is not None:
@@ -348,10 +331,12 @@ class SqliteStore(Store):
             # A row whose id another row already has (replays were skipped above, so it is
             # not this row again): two publishers were handed the same block. Refuse those
             # rows with the reason, keep the rest.
-            kept, taken = self._split_taken(
+            (events, anomalies, metrics), taken = self._split_taken(
                 {"events": events, "anomalies": anomalies, "metrics": metrics}
             )
-            stored = self._write(*kept, operations, [*rejects, *taken], applied)
+            stored = self._write(
+                events, anomalies, metrics, operations, [*rejects, *taken], applied
+            )
         # Committed into the file at the path, or into one deleted meanwhile: only the
         # first may be acknowledged (watermarks advance only then).
         self.check_files()
@@ -362,7 +347,6 @@ class SqliteStore(Store):
         """One batch in one transaction; raises _IdsTaken (rolled back) when a row's id is
         already stored."""
         conn = self.conn
-        now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Plain inserts commute with everything, so they go first; the operations then
@@ -380,21 +364,8 @@ class SqliteStore(Store):
             for session_id in refresh:
                 self._fill_session_statistics(session_id)
             if rejects:
-                conn.executemany(
-                    "INSERT INTO mb_rejected (received_at, publisher_id, reason, sample) "
-                    "VALUES (?, ?, ?, ?)",
-                    rejects,
-                )
-                conn.execute(
-                    "DELETE FROM mb_rejected WHERE id <= (SELECT max(id) FROM mb_rejected) - ?",
-                    (REJECTED_KEEP,),
-                )
-            conn.executemany(
-                "INSERT INTO mb_publishers (publisher_id, applied_seq, last_seen) VALUES (?, ?, ?) "
-                "ON CONFLICT(publisher_id) DO UPDATE SET applied_seq = excluded.applied_seq, "
-                "last_seen = excluded.last_seen",
-                [(pub, seq, now) for pub, seq in applied.items()],
-            )
+                self._record_rejects(rejects)
+            self._record_watermarks(applied)
             conn.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -407,7 +378,7 @@ class SqliteStore(Store):
         now = time.time()
         kept_by_table, refusals = [], []
         for table, rows in rows_by_table.items():
-            ids = [row[0] for row in rows]
+            ids = [row[ROW_ID] for row in rows]
             stored: set[int] = set()
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
@@ -420,18 +391,19 @@ class SqliteStore(Store):
                 )
             kept = []
             for row in rows:
-                if row[0] in stored:
+                row_id = row[ROW_ID]
+                if row_id in stored:
                     refusals.append(
                         (
                             now,
-                            row[0] >> wire.ID_BLOCK_BITS,
-                            f"{table}: id {row[0]} is already another row's (two publishers "
+                            row_id >> wire.ID_BLOCK_BITS,
+                            f"{table}: id {row_id} is already another row's (two publishers "
                             "handed the same id block?)",
                             repr(row)[:1000],
                         )
                     )
                 else:
-                    stored.add(row[0])
+                    stored.add(row_id)
                     kept.append(row)
             kept_by_table.append(kept)
         return kept_by_table, refusals
@@ -446,10 +418,10 @@ class SqliteStore(Store):
                 f"{self.path} was deleted; the database it was can be copied from "
                 f"/proc/{os.getpid()}/fd/{self._db_fd} until the daemon stops"
             )
-        if discovery.file_identity(self.path) != (st.st_dev, st.st_ino):
+        if file_identity(self.path) != (st.st_dev, st.st_ino):
             return f"{self.path} was renamed or replaced; the file written so far lives on"
         for suffix, identity in self._beside.items():
-            if identity is not None and discovery.file_identity(f"{self.path}{suffix}") != identity:
+            if identity is not None and file_identity(f"{self.path}{suffix}") != identity:
                 return (
                     f"{self.path}{suffix} was deleted or replaced; what was acknowledged is "
                     f"copied from the WAL into {self.path}"
@@ -478,7 +450,7 @@ class SqliteStore(Store):
         try:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             top = self.conn.execute("SELECT max(publisher_id) FROM mb_publishers").fetchone()[0]
-            discovery.reserve_id_blocks(self.path, max(self.first_free_id_block(), (top or 0) + 1))
+            id_blocks.reserve_id_blocks(self.path, max(self.first_free_id_block(), (top or 0) + 1))
         except (sqlite3.Error, OSError) as exc:
             log.error("keeping what %s holds: %s", self.path, exc)
 
@@ -492,8 +464,9 @@ class SqliteStore(Store):
             counts["events"] = len(events)
         if anomalies:
             counts["anomalies"] = len(anomalies)
+            severity = AnomalyRow.SEVERITY
             for row in anomalies:
-                key = "anomalies:" + row[3]
+                key = "anomalies:" + row[severity]
                 counts[key] = counts.get(key, 0) + 1
         if counts:
             conn.executemany(
@@ -504,7 +477,7 @@ class SqliteStore(Store):
         for table, rows in (("events", events), ("anomalies", anomalies)):
             minutes: dict[int, int] = {}
             for row in rows:
-                minute = int(row[1] // 60)
+                minute = int(row[ROW_TIMESTAMP] // 60)
                 minutes[minute] = minutes.get(minute, 0) + 1
             if minutes:
                 conn.executemany(
@@ -514,9 +487,10 @@ class SqliteStore(Store):
                 )
         if metrics:
             buckets: dict[tuple[str, int], list] = {}
+            name_at, value_at = MetricRow.METRIC_NAME, MetricRow.METRIC_VALUE
             for row in metrics:
-                key = (row[2], int(row[1] // 60))
-                value = row[3]
+                key = (row[name_at], int(row[ROW_TIMESTAMP] // 60))
+                value = row[value_at]
                 agg = buckets.get(key)
                 if agg is None:
                     buckets[key] = [1, value, value, value]
@@ -589,21 +563,32 @@ class SqliteStore(Store):
             self.conn.execute("ROLLBACK")
 
     def _apply_operation(self, op: list, refresh: set[str]) -> None:
-        code = op[0]
+        code, ts = op[wire.OP_CODE], op[wire.OP_TIMESTAMP]
+        if code == wire.OP_PATTERN:
+            self.conn.execute(
+                PATTERN_UPSERT,
+                (
+                    ts,
+                    op[PatternOp.PATTERN_TYPE],
+                    op[PatternOp.PATTERN_DATA],
+                    op[PatternOp.KEY],
+                    op[PatternOp.CONFIDENCE],
+                ),
+            )
+            return
+        session_id, row_id = op[SessionOp.SESSION_ID], op[SessionOp.ROW_ID]
         if code == wire.OP_SESSION_START:
-            rows = self.conn.execute(SESSION_START, op[1:4]).fetchall()
+            rows = self.conn.execute(SESSION_START, (ts, session_id, row_id)).fetchall()
             if rows and rows[0][0] and rows[0][1] is not None:
-                refresh.add(op[2])
+                refresh.add(session_id)
         elif code == wire.OP_SESSION_ANOMALY:
-            self.conn.execute(SESSION_ANOMALY, op[1:4])
+            self.conn.execute(SESSION_ANOMALY, (ts, session_id, row_id))
         elif code == wire.OP_SESSION_END:
-            ts, session_id, energy, avg, mx, mn, row_id = op[1:8]
+            energy, avg, mx, mn = op[SessionOp.STATS]
             auto = statistics_to_compute(energy, avg, mx, mn)
             self.conn.execute(SESSION_END, (ts, session_id, energy, avg, mx, mn, auto, row_id))
             if auto:
                 refresh.add(session_id)
-        elif code == wire.OP_PATTERN:
-            self.conn.execute(PATTERN_UPSERT, op[1:6])
 
     def _integral(self, metric_name: str, start: float, end: float) -> float | None:
         """Trapezoidal integral of a metric over time (value x seconds), None under 2 points."""
@@ -680,47 +665,16 @@ class SqliteStore(Store):
             before = self._logical_bytes()
             self.conn.execute(f"PRAGMA incremental_vacuum({pages_per_step})").fetchall()
             yield before - self._logical_bytes()
-        # The file shrinks at the next checkpoint; SQLite's automatic (passive) checkpoints
-        # do that between batches. A TRUNCATE checkpoint here held the writer ~0.5 s.
+        # The file shrinks at the next checkpoint that copies the whole WAL: the
+        # Checkpointer's (PASSIVE, every half second on its own connection; automatic
+        # checkpoints are off) does that between batches. A TRUNCATE checkpoint here held
+        # the writer ~0.5 s.
 
     def _logical_bytes(self) -> int:
         """The database's size in pages (WAL included), which VACUUM shrinks at once; the
         file itself shrinks at the next checkpoint."""
         pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
         return pages * self.conn.execute("PRAGMA page_size").fetchone()[0]
-
-    def record_maintenance(self, run: dict) -> None:
-        """Store what a maintenance run did (one row per run)."""
-        self.conn.execute(
-            "INSERT INTO mb_maintenance (job, trigger, started, finished, status, deleted, "
-            "bytes_reclaimed, longest_step_ms, error) VALUES (:job, :trigger, :started, "
-            ":finished, :status, :deleted, :bytes_reclaimed, :longest_step_ms, :error)",
-            {**run, "deleted": json.dumps(run.get("deleted")) if run.get("deleted") else None},
-        )
-
-    def maintenance_runs(self, limit: int = 20) -> list[dict]:
-        cursor = self.conn.execute(
-            "SELECT job, trigger, started, finished, status, deleted, bytes_reclaimed, "
-            "longest_step_ms, error FROM mb_maintenance ORDER BY id DESC LIMIT ?",
-            (limit,),
-        )
-        names = [d[0] for d in cursor.description]
-        runs = [dict(zip(names, row, strict=True)) for row in cursor]
-        for run in runs:
-            run["deleted"] = json.loads(run["deleted"]) if run["deleted"] else None
-        return runs
-
-    def last_run(self, job: str) -> float:
-        """When ``job`` last ran to the end (or when scheduled maintenance began)."""
-        row = self.conn.execute(
-            "SELECT max(started) FROM mb_maintenance WHERE job = ? AND status = 'ok'", (job,)
-        ).fetchone()
-        if row[0] is not None:
-            return row[0]
-        since = self.conn.execute(
-            "SELECT value FROM mb_meta WHERE key = 'maintenance_since'"
-        ).fetchone()
-        return float(since[0]) if since else time.time()
 
     def size_figures(self) -> dict[str, int]:
         sizes = {}
@@ -735,13 +689,14 @@ class SqliteStore(Store):
         """Close the connections (skipping what a full or read-only store cannot do)."""
         if self.checkpointer is not None:
             self.checkpointer.stop()
-        if self.conn is not None:
+        conn = getattr(self, "conn", None)  # none when _open failed before connecting
+        if conn is not None:
             try:
                 if self.checkpointer is not None:  # opened to the end
-                    self.conn.execute("PRAGMA optimize")
+                    conn.execute("PRAGMA optimize")
             except sqlite3.Error as exc:
                 log.info("PRAGMA optimize skipped at close: %s", exc)
             finally:
-                self.conn.close()
+                conn.close()
         # Only now: closing a descriptor of the file drops SQLite's locks on it.
         os.close(self._db_fd)

@@ -24,7 +24,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from .. import discovery, sockets, wire
-from ..store.base import JSON_COLUMNS
+from ..store.sql import JSON_COLUMNS
 
 log = logging.getLogger(__name__)
 
