@@ -19,7 +19,7 @@ import zmq
 
 from . import discovery
 from .store import open_store
-from .writer import Writer
+from .writer import Writer, WriterSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,9 @@ class EmbeddedWriter:
         except BaseException:
             self._lock.release()
             raise
-        self.writer = Writer(store, batch_rows, batch_seconds, spool_key=self.db_path)
+        self.writer = Writer(
+            store, WriterSettings(batch_rows, batch_seconds), spool_key=self.db_path
+        )
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._replies: deque = deque()
         self._reply_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -70,7 +72,7 @@ class EmbeddedWriter:
     def lease_block(self, timeout: float) -> tuple[int, None]:
         """A new id block from the store, leased on the writer thread (its connection); no
         spool token (this writer has no CURVE: it applies every spool)."""
-        return self.call(lambda writer: writer.store.lease_id_block(), timeout), None
+        return self.call(Writer.lease_id_block, timeout), None
 
     def close(self) -> None:
         """Publisher.close calls this; the writer itself stops in shutdown()."""
