@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
-from . import discovery
+from . import discovery, wire
 from .control import ControlClient, DaemonUnavailable, locate_control
 from .export import write_export
 from .publisher import Publisher
@@ -264,7 +264,7 @@ class MemoryBank:
             ) from None
         client = ControlClient(control)
         try:
-            reply = client.request_until_done(op, **fields)
+            reply = client.request_until_done(wire.maintenance_request(op, 0, **fields))
         finally:
             client.close()
         if not reply.get("ok") and "run" not in reply:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import msgpack
 import zmq
 
-from . import sockets
+from . import sockets, wire
 
 # While a long request (a maintenance run) is outstanding, the daemon is pinged this often;
 # an answer from another instance, a lock no longer held, or no answer at all for
@@ -45,13 +45,16 @@ class ControlClient:
         self._ids = itertools.count(1)
 
     def request(self, op: str, timeout: float = 5.0, **fields) -> dict:
-        """Send ``op`` and return the reply map; raises DaemonUnavailable on timeout."""
+        """Send ``op`` with ``fields`` and return the reply map; raises DaemonUnavailable on
+        timeout."""
+        return self.send(wire.request(op, 0, **fields), timeout)
+
+    def send(self, body: dict, timeout: float = 5.0) -> dict:
+        """Send a request a wire constructor built (its rid is numbered here) and return the
+        reply map; raises DaemonUnavailable on timeout."""
+        op = body["op"]
         with self._lock:
-            if self._sock is None:
-                self._sock = sockets.control_dealer(self._ctx, self.endpoint, self.curve)
-                self._monitor = self._sock.get_monitor_socket(sockets.HANDSHAKE_EVENTS)
-            rid = next(self._ids)
-            self._sock.send(msgpack.packb({"op": op, "rid": rid, **fields}))
+            rid = self._send(body)
             deadline = time.monotonic() + timeout
             while True:
                 left = deadline - time.monotonic()
@@ -66,21 +69,20 @@ class ControlClient:
 
     def request_until_done(
         self,
-        op: str,
+        body: dict,
         alive: Callable[[], bool] | None = None,
         check_every: float = LIVENESS_SECONDS,
         silence: float = SILENCE_SECONDS,
-        **fields,
     ) -> dict:
-        """Send ``op`` and wait for its reply however long the work takes, as long as the
-        daemon that took it lives: raises DaemonLost when ``alive()`` (the local writer
-        lock, say) turns false, when a ping is answered by another instance, or when
-        nothing is heard for ``silence`` seconds."""
-        hello = self.request("ping", timeout=silence)
+        """Send the request ``body`` (from a wire constructor) and wait for its reply however
+        long the work takes, as long as the daemon that took it lives: raises DaemonLost when
+        ``alive()`` (the local writer lock, say) turns false, when a ping is answered by
+        another instance, or when nothing is heard for ``silence`` seconds."""
+        op = body["op"]
+        hello = self.request(wire.OP_PING, timeout=silence)
         pid, instance = hello.get("pid"), hello.get("instance")
         with self._lock:
-            rid = next(self._ids)
-            self._sock.send(msgpack.packb({"op": op, "rid": rid, **fields}))
+            rid = self._send(body)
             heard = time.monotonic()
             ping_rid = None
             while True:
@@ -107,8 +109,16 @@ class ControlClient:
                         f"{silence:g}s while {op!r} ran; it is stopped or unreachable"
                     )
                 if ping_rid is None:
-                    ping_rid = next(self._ids)
-                    self._sock.send(msgpack.packb({"op": "ping", "rid": ping_rid}))
+                    ping_rid = self._send(wire.request(wire.OP_PING, 0))
+
+    def _send(self, body: dict) -> int:
+        """Number ``body`` and send it (the lock held); returns its rid."""
+        if self._sock is None:
+            self._sock = sockets.control_dealer(self._ctx, self.endpoint, self.curve)
+            self._monitor = self._sock.get_monitor_socket(sockets.HANDSHAKE_EVENTS)
+        rid = next(self._ids)
+        self._sock.send(msgpack.packb({**body, "rid": rid}))
+        return rid
 
     def _likely_cause(self) -> str:
         """Why the daemon may not have answered, as its handshakes told this client."""
@@ -158,7 +168,7 @@ def wait_for_daemon(db_path, timeout: float = 10.0, endpoint: str | None = None)
         if control is not None:
             client = ControlClient(control)
             try:
-                return client.request("ping", timeout=0.5)
+                return client.request(wire.OP_PING, timeout=0.5)
             except DaemonUnavailable:
                 pass
             finally:
@@ -178,9 +188,9 @@ def run_maintenance(db, job: str, days: float | None = None, endpoint: str | Non
     local = discovery.daemon_running(key)
     client = ControlClient(locate_control(db, endpoint))
     try:
-        fields = {"days": days} if days is not None else {}
         return client.request_until_done(
-            job, alive=(lambda: discovery.daemon_running(key)) if local else None, **fields
+            wire.maintenance_request(job, 0, days=days),
+            alive=(lambda: discovery.daemon_running(key)) if local else None,
         )
     finally:
         client.close()
@@ -190,6 +200,6 @@ def daemon_stats(db_path, timeout: float = 5.0, endpoint: str | None = None) -> 
     """The figures of the daemon serving ``db_path``; DaemonUnavailable when none does."""
     client = ControlClient(locate_control(db_path, endpoint))
     try:
-        return client.request("stats", timeout=timeout)["stats"]
+        return client.request(wire.OP_STATS, timeout=timeout)["stats"]
     finally:
         client.close()

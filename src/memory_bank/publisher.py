@@ -240,7 +240,7 @@ class ZmqTransport:
             items.append((push, zmq.POLLOUT))
         return items
 
-    def lease_block(self, timeout: float) -> tuple[int, dict | None]:
+    def lease_block(self, timeout: float) -> tuple[int, tuple[str, bytes] | None]:
         """A new id block from the daemon, and the spool token it hands with it (under
         CURVE; see spool_auth)."""
         from .control import ControlClient, DaemonUnavailable
@@ -249,13 +249,14 @@ class ZmqTransport:
         deadline = time.monotonic() + timeout
         try:
             while True:  # a daemon whose database is briefly down answers "not now"
-                reply = client.request("lease", timeout=max(deadline - time.monotonic(), 0.1))
-                if reply.get("ok"):
-                    return int(reply["block"]), reply.get("spool_token")
+                lease = wire.Lease.parse(
+                    client.request(wire.OP_LEASE, timeout=max(deadline - time.monotonic(), 0.1))
+                )
+                if lease.block is not None:
+                    return lease.block, lease.token
                 if time.monotonic() >= deadline:
                     raise DaemonUnavailable(
-                        f"the daemon at {self.control_endpoint} could not lease ids: "
-                        f"{reply.get('error')}"
+                        f"the daemon at {self.control_endpoint} could not lease ids: {lease.error}"
                     )
                 time.sleep(0.2)
         finally:
@@ -267,14 +268,6 @@ class ZmqTransport:
                 sock.close(0)
         self._push = self._dealer = self._monitor = None
         self.ctx.term()
-
-
-def _token_from(field) -> tuple[str, bytes] | None:
-    """A reply's ``spool_token`` field as (identity, token); None when it has none (a daemon
-    without CURVE hands out none: it applies every spool)."""
-    if not isinstance(field, dict):
-        return None
-    return str(field["identity"]), bytes(field["token"])
 
 
 _live_publishers: weakref.WeakSet = weakref.WeakSet()
@@ -336,7 +329,7 @@ class Publisher:
         self._id_lock = threading.Lock()
         # Under CURVE, what lets a daemon apply this publisher's spool: (identity, token),
         # from the lease or from the first acknowledgement exchange (spool_auth).
-        self._spool_token = _token_from(self._lease_block())
+        self._spool_token = self._lease_block()
         self._token_instance: str | None = None  # the daemon instance that last gave one
         self.publisher_id = self._block
         if spool_dir is not None:
@@ -396,7 +389,7 @@ class Publisher:
             _spool_on_sigterm()
 
     # -- ids --------------------------------------------------------------------------
-    def _lease_block(self) -> dict | None:
+    def _lease_block(self) -> tuple[str, bytes] | None:
         """Lease the next id block; returns the spool token the daemon sent with it."""
         token = None
         if self._ids_from_daemon:
@@ -918,18 +911,17 @@ class Publisher:
         self._ack_urgent = urgent
         self._ack_dropped = self.dropped
         self._transport.request(
-            {
-                "op": "sync",
-                "rid": self._ack_rid,
-                "pub": self.publisher_id,
-                "seq": self._next_send - 1,
-                "wait": ACK_TIMEOUT / 2,
-                "urgent": urgent,
-                "dropped": self._ack_dropped,
-                "base": self._base,
+            wire.sync_request(
+                self._ack_rid,
+                self.publisher_id,
+                self._next_send - 1,
+                wait=ACK_TIMEOUT / 2,
+                urgent=urgent,
+                dropped=self._ack_dropped,
+                base=self._base,
                 # A spool token from each daemon instance (its key may have changed).
-                "token": self._token_instance is None or self._token_instance != self._instance,
-            }
+                token=self._token_instance is None or self._token_instance != self._instance,
+            )
         )
 
     def _report_refusal(self, now: float) -> None:
@@ -947,19 +939,19 @@ class Publisher:
 
     def _handle_replies(self) -> None:
         for reply in self._transport.replies():
-            if reply.get("rid") == self._ack_rid:
+            ack = wire.Ack.parse(reply)
+            if ack.rid == self._ack_rid:
                 self._ack_sent_at = None
                 self._dropped_reported = self._ack_dropped
-            committed = int(reply.get("committed", 0))
-            instance = reply.get("instance")
-            restarted = self._instance is not None and instance != self._instance
-            self._instance = instance
-            if "spool_token" in reply:
-                self._token_instance = instance
-                self._spool_token = _token_from(reply["spool_token"]) or self._spool_token
+            committed = ack.committed
+            restarted = self._instance is not None and ack.instance != self._instance
+            self._instance = ack.instance
+            if ack.has_token:
+                self._token_instance = ack.instance
+                self._spool_token = ack.token or self._spool_token
             if committed > self._acked:
                 self._acknowledge(committed)
-            if "resend_from" in reply or restarted:
+            if ack.resend or restarted:
                 self._replay(max(committed, self._acked) + 1)
             elif self._acked < self._next_send - 1 and (
                 time.monotonic() - self._last_progress > STALL_SECONDS

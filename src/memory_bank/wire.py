@@ -28,14 +28,52 @@ import msgpack
 
 WIRE_VERSION = 1
 
-# Row layouts (the writer binds these positionally).
-# events:    [id, timestamp, event_type, component, message, data_json]
-# anomalies: [id, timestamp, anomaly_type, severity, description, pattern_json,
-#             current_value, expected_value]
-# metrics:   [id, timestamp, metric_name, metric_value, unit, metadata_json]
-EVENT_FIELDS = 6
-ANOMALY_FIELDS = 8
-METRIC_FIELDS = 6
+
+# -- rows: the column order of their tables (the writer binds them positionally) ---------
+# Elsewhere a row is read by these names, never by a number: ``row[AnomalyRow.SEVERITY]``,
+# or ``row_dict(kind, row)`` for a map. The JSON column (data, pattern_data, metadata)
+# holds text the publisher encoded, at the same position in every kind.
+class EventRow:
+    ID, TIMESTAMP, EVENT_TYPE, COMPONENT, MESSAGE, DATA = range(6)
+    COLUMNS = ("id", "timestamp", "event_type", "component", "message", "data")
+
+
+class AnomalyRow:
+    ID, TIMESTAMP, ANOMALY_TYPE, SEVERITY, DESCRIPTION, PATTERN_DATA = range(6)
+    CURRENT_VALUE, EXPECTED_VALUE = 6, 7
+    COLUMNS = (
+        "id",
+        "timestamp",
+        "anomaly_type",
+        "severity",
+        "description",
+        "pattern_data",
+        "current_value",
+        "expected_value",
+    )
+
+
+class MetricRow:
+    ID, TIMESTAMP, METRIC_NAME, METRIC_VALUE, UNIT, METADATA = range(6)
+    COLUMNS = ("id", "timestamp", "metric_name", "metric_value", "unit", "metadata")
+
+
+ROW_ID, ROW_TIMESTAMP, ROW_JSON = 0, 1, 5  # the same in every kind of plain row
+# A kind is the name of its table.
+ROW_COLUMNS = {
+    "events": EventRow.COLUMNS,
+    "anomalies": AnomalyRow.COLUMNS,
+    "metrics": MetricRow.COLUMNS,
+}
+EVENT_FIELDS = len(EventRow.COLUMNS)
+ANOMALY_FIELDS = len(AnomalyRow.COLUMNS)
+METRIC_FIELDS = len(MetricRow.COLUMNS)
+
+
+def row_dict(kind: str, row) -> dict:
+    """A row of ``kind`` (its table: events, anomalies or metrics) keyed by column."""
+    return dict(zip(ROW_COLUMNS[kind], row, strict=False))
+
 
 # Operations: [op_code, timestamp, ...]
 OP_SESSION_START = 1  # [1, ts, session_id, row_id]
@@ -43,6 +81,21 @@ OP_SESSION_ANOMALY = 2  # [2, ts, session_id, row_id]
 OP_SESSION_END = 3  # [3, ts, session_id, total_energy, avg_current, max_current, min_current,
 #                      row_id]
 OP_PATTERN = 4  # [4, ts, pattern_type, pattern_json, pattern_key, confidence]
+OP_CODE, OP_TIMESTAMP = 0, 1
+
+
+class SessionOp:
+    """Positions in a session operation (start, anomaly count, end); its row id is last."""
+
+    SESSION_ID = 2
+    STATS = slice(3, 7)  # an end's total_energy, avg_current, max_current, min_current
+    ROW_ID = -1
+
+
+class PatternOp:
+    PATTERN_TYPE, PATTERN_DATA, KEY, CONFIDENCE = 2, 3, 4, 5
+
+
 # A session operation's row_id is the id the session's row takes if the operation creates it;
 # a start also gives its id to a row that an earlier anomaly count or end created, so the
 # row's id is the one start_session returned. Publishers before row ids sent none: the
@@ -364,23 +417,244 @@ class Validator:
 
 # -- the tail: what the daemon publishes to followers after each commit ------------------
 # One msgpack array per committed batch: [event rows, anomaly rows], each row as above.
-TAIL_EVENT_KEYS = ("id", "timestamp", "event_type", "component", "message", "data")
-TAIL_ANOMALY_KEYS = (
-    "id",
-    "timestamp",
-    "anomaly_type",
-    "severity",
-    "description",
-    "pattern_data",
-    "current_value",
-    "expected_value",
-)
+def encode_tail(events: list, anomalies: list) -> bytes:
+    """Pack one committed batch's event and anomaly rows for followers."""
+    return msgpack.packb([events, anomalies])
 
 
 def decode_tail(raw: bytes) -> tuple[list[dict], list[dict]]:
     """A tail message as (events, anomalies), rows keyed by column (JSON columns as text)."""
     events, anomalies = msgpack.unpackb(raw, raw=False)
     return (
-        [dict(zip(TAIL_EVENT_KEYS, row, strict=False)) for row in events],
-        [dict(zip(TAIL_ANOMALY_KEYS, row, strict=False)) for row in anomalies],
+        [row_dict("events", row) for row in events],
+        [row_dict("anomalies", row) for row in anomalies],
     )
+
+
+# -- the control channel: one msgpack map per request and per reply ----------------------
+# A request names its ``op`` and carries ``rid``, the client's number for it, which the reply
+# echoes (a reply to a request the client gave up on is dropped by its rid). A reply says
+# ``ok``, and ``error`` when ok is false. The maps below are built here only; their keys
+# keep the order they have always had on the socket (msgpack keeps insertion order).
+OP_SYNC = "sync"  # a publisher: what of mine is committed? (its acknowledgement)
+OP_PING = "ping"  # anyone: who are you (pid, instance)?
+OP_STATS = "stats"  # `memorybank status`: the writer's figures
+OP_LEASE = "lease"  # a publisher: a new id block (and a spool token under CURVE)
+MAINTENANCE_JOBS = ("retention", "vacuum")  # each is its own op
+
+
+def request(op: str, rid: int, **fields) -> dict:
+    """Any request: ``op``, ``rid``, then its fields. (A client that numbers its requests
+    itself, as control.ControlClient does, overwrites ``rid``: the key keeps its place.)"""
+    return {"op": op, "rid": rid, **fields}
+
+
+def sync_request(
+    rid: int,
+    publisher_id: int,
+    seq: int,
+    *,
+    wait: float,
+    urgent: bool,
+    dropped: int | None = None,
+    base: int | None = None,
+    token: bool | None = None,
+) -> dict:
+    """Ask for the acknowledgement of messages up to ``seq``: answered once they are
+    committed or after ``wait`` seconds; ``urgent`` commits now rather than at the end of the
+    batch window. A publisher also reports the records it dropped so far and its ``base``
+    (see the module docstring), and ``token`` asks for a spool token; fields left None are
+    not sent (a client that only waits for a publisher's commits sends none of them)."""
+    body = {"op": OP_SYNC, "rid": rid, "pub": publisher_id, "seq": seq}
+    body.update(wait=wait, urgent=urgent)
+    for key, value in (("dropped", dropped), ("base", base), ("token", token)):
+        if value is not None:
+            body[key] = value
+    return body
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    """A sync request as the writer reads it (fields an older publisher left out: None)."""
+
+    rid: object
+    publisher_id: int
+    seq: int
+    wait: float
+    urgent: bool
+    dropped: int | None
+    base: int | None
+    token: bool
+
+    @classmethod
+    def parse(cls, request: dict) -> SyncRequest:
+        return cls(
+            request.get("rid"),
+            int(request["pub"]),
+            int(request["seq"]),
+            float(request.get("wait", 10.0)),
+            bool(request.get("urgent", True)),
+            int(request["dropped"]) if "dropped" in request else None,
+            int(request["base"]) if "base" in request else None,
+            bool(request.get("token")),
+        )
+
+
+def maintenance_request(
+    job: str,
+    rid: int,
+    *,
+    days: float | None = None,
+    trigger: str | None = None,
+    then: list[str] | None = None,
+) -> dict:
+    """Run ``job`` (retention or vacuum) now; ``days`` overrides retention's policy with the
+    seed's clear_old_data(days); ``trigger`` says who asked (default "request"); ``then``
+    lists jobs to run once it succeeds. Fields left None are not sent."""
+    body = request(job, rid)
+    for key, value in (("days", days), ("trigger", trigger), ("then", then)):
+        if value is not None:
+            body[key] = value
+    return body
+
+
+@dataclass(frozen=True)
+class MaintenanceRequest:
+    """A retention or vacuum request as the writer reads it."""
+
+    job: str
+    rid: object
+    days: float | None
+    trigger: str
+    then: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, request: dict) -> MaintenanceRequest:
+        days = request.get("days")
+        return cls(
+            request["op"],
+            request.get("rid"),
+            None if days is None else float(days),
+            request.get("trigger", "request"),
+            tuple(request.get("then", ())),
+        )
+
+
+def spool_token(identity: str, token: bytes) -> dict:
+    """What lets a daemon apply a publisher's spool under CURVE (spool_auth): the identity
+    its channel authenticated and the token made for both."""
+    return {"identity": identity, "token": token}
+
+
+def parse_spool_token(value) -> tuple[str, bytes] | None:
+    """A reply's ``spool_token`` as (identity, token); None when it holds none (a daemon
+    without CURVE hands out none: it applies every spool)."""
+    if not isinstance(value, dict):
+        return None
+    return str(value["identity"]), bytes(value["token"])
+
+
+def ack_reply(rid, committed: int, seq: int, instance: str, resend_from: int | None = None) -> dict:
+    """The answer to a sync request: everything up to ``committed`` is in the database
+    (``ok`` when that covers ``seq``); ``instance`` names this run of the daemon (a new one
+    means a restart: replay); ``resend_from``: a gap the publisher must fill."""
+    body = {"rid": rid, "ok": committed >= seq, "committed": committed, "instance": instance}
+    if resend_from is not None:
+        body["resend_from"] = resend_from
+    return body
+
+
+def with_spool_token(reply: dict, token: dict | None) -> dict:
+    """``reply`` carrying a spool token (``spool_token(...)``, or None without CURVE)."""
+    return {**reply, "spool_token": token}
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A sync reply as the publisher reads it."""
+
+    rid: object
+    committed: int
+    instance: str | None
+    resend: bool  # the daemon asks for a replay
+    has_token: bool  # it answered a request for a spool token (with one, or None)
+    token: tuple[str, bytes] | None
+
+    @classmethod
+    def parse(cls, reply: dict) -> Ack:
+        return cls(
+            reply.get("rid"),
+            int(reply.get("committed", 0)),
+            reply.get("instance"),
+            "resend_from" in reply,
+            "spool_token" in reply,
+            parse_spool_token(reply.get("spool_token")),
+        )
+
+
+def ping_reply(rid, pid: int, db: str, instance: str) -> dict:
+    return {"rid": rid, "ok": True, "pid": pid, "db": db, "instance": instance}
+
+
+def stats_reply(rid, figures: dict) -> dict:
+    return {"rid": rid, "ok": True, "stats": figures}
+
+
+def lease_reply(rid, block: int, token: dict | None) -> dict:
+    return {"rid": rid, "ok": True, "block": block, "spool_token": token}
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease reply as the publisher reads it: the id block, or why there is none."""
+
+    block: int | None
+    token: tuple[str, bytes] | None
+    error: str | None
+
+    @classmethod
+    def parse(cls, reply: dict) -> Lease:
+        if not reply.get("ok"):
+            return cls(None, None, reply.get("error"))
+        return cls(int(reply["block"]), parse_spool_token(reply.get("spool_token")), None)
+
+
+def maintenance_run(
+    job: str,
+    trigger: str,
+    started: float,
+    finished: float,
+    error: str | None,
+    deleted: dict | None,
+    bytes_reclaimed: int | None,
+    longest_step_ms: float,
+) -> dict:
+    """What one retention or vacuum run did: its reply's ``run``, the record the store keeps
+    (mb_maintenance) and what `memorybank status` shows. ``deleted`` (rows per table) is
+    retention's, ``bytes_reclaimed`` vacuum's; the other is None."""
+    return {
+        "job": job,
+        "trigger": trigger,
+        "started": started,
+        "finished": finished,
+        "status": "ok" if error is None else "error",
+        "deleted": deleted,
+        "bytes_reclaimed": bytes_reclaimed,
+        "longest_step_ms": longest_step_ms,
+        "error": error,
+    }
+
+
+def maintenance_reply(rid, run: dict) -> dict:
+    """The answer to a maintenance request, once its run ended."""
+    return {"rid": rid, "ok": run["error"] is None, "run": run, "error": run["error"]}
+
+
+def error_reply(rid, error: str) -> dict:
+    """A request refused (an unknown op, ids that cannot be leased now...)."""
+    return {"rid": rid, "ok": False, "error": error}
+
+
+def unreadable_reply(error: str) -> dict:
+    """The answer to a request that could not be read (so it has no rid to echo)."""
+    return {"ok": False, "error": error}

@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from .. import discovery
+from .. import discovery, wire
 from ..control import ControlClient, DaemonUnavailable, locate_control
 
 log = logging.getLogger(__name__)
@@ -87,18 +87,14 @@ def wait_for_publisher(location: str, endpoint: str | None, publisher_id: int) -
         while time.monotonic() < deadline:
             try:
                 # Urgent: rows of it already received are committed now, not after a batch.
-                reply = client.request(
-                    "sync",
+                reply = client.send(
+                    wire.sync_request(0, publisher_id, committed + 1, wait=SETTLE_S, urgent=True),
                     timeout=SETTLE_S + 5.0,
-                    pub=publisher_id,
-                    seq=committed + 1,
-                    wait=SETTLE_S,
-                    urgent=True,
                 )
                 if reply.get("ok"):
                     committed = int(reply["committed"])
                     continue
-                if client.request("stats")["stats"].get("store_error") is None:
+                if client.request(wire.OP_STATS)["stats"].get("store_error") is None:
                     return
             except DaemonUnavailable:
                 pass

@@ -16,6 +16,8 @@ import zmq
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from . import wire
+
 log = logging.getLogger(__name__)
 
 NEVER = "never"
@@ -100,7 +102,9 @@ class MaintenanceSchedule:
         sock.setsockopt(zmq.LINGER, 0)
         try:
             sock.connect(self._endpoint)
-            sock.send(msgpack.packb({"op": job, "rid": 1, "trigger": "schedule", "then": then}))
+            sock.send(
+                msgpack.packb(wire.maintenance_request(job, 1, trigger="schedule", then=then))
+            )
             if not sock.poll(JOB_TIMEOUT_MS):
                 log.error("scheduled %s got no answer from the writer", job)
                 return
