@@ -388,7 +388,7 @@ class Daemon:
         anomalies = [row for msg in batch for row in msg.anomalies]
         if events or anomalies:
             try:
-                self.tail.send(msgpack.packb([events, anomalies]), zmq.NOBLOCK)
+                self.tail.send(wire.encode_tail(events, anomalies), zmq.NOBLOCK)
             except zmq.Again:
                 pass  # followers too slow: they miss lines, the database has them
 
@@ -540,7 +540,7 @@ class Daemon:
                 writer.handle_request(request, reply, _peer(payload))
             except Exception as exc:  # a bad request never stops the daemon
                 log.warning("bad control request: %s", exc)
-                reply({"ok": False, "error": str(exc)})
+                reply(wire.unreadable_reply(str(exc)))
 
 
 def _peer(frame: zmq.Frame) -> str:

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .. import wire
+
 Reply = Callable[[dict], None]
 
 # The longest a sync request may wait for its commit.
@@ -52,16 +54,9 @@ class AckBook:
 
     def body(self, rid: object, pub: int, seq: int) -> dict:
         """The answer to a sync request for ``pub``'s messages up to ``seq``."""
-        committed = self.committed_seq(pub)
-        body = {
-            "rid": rid,
-            "ok": committed >= seq,
-            "committed": committed,
-            "instance": self.instance,
-        }
-        if pub in self.resend_from:
-            body["resend_from"] = self.resend_from[pub]
-        return body
+        return wire.ack_reply(
+            rid, self.committed_seq(pub), seq, self.instance, self.resend_from.get(pub)
+        )
 
     def wait(
         self, pub: int, seq: int, wait: float, urgent: bool, rid: object, reply: Reply

@@ -2,7 +2,8 @@
 
 sync (a publisher's acknowledgement barrier), ping, stats (the figures `memorybank status`
 shows), lease (a block of ids, and under CURVE a spool token), retention and vacuum. Each
-handler answers through ``reply``, now or once what it waits for is done.
+handler reads its request and builds its reply through ``wire`` and answers through
+``reply``, now or once what it waits for is done.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .. import wire
 from ..spool_auth import LOCAL
 from .acks import Reply
 
@@ -26,48 +28,34 @@ def dispatch(writer: Writer, request: dict, reply: Reply, peer: str = LOCAL) -> 
     op = request.get("op")
     handler = HANDLERS.get(op) if isinstance(op, str) else None
     if handler is None:
-        reply({"rid": request.get("rid"), "ok": False, "error": f"unknown op {op!r}"})
+        reply(wire.error_reply(request.get("rid"), f"unknown op {op!r}"))
         return
     handler(writer, request, reply, peer)
 
 
 def _sync(writer: Writer, request: dict, reply: Reply, peer: str) -> None:
     """Answer once the publisher's messages up to ``seq`` are committed (or it must resend,
-    or ``wait`` passes); ``token`` asks for its spool token, ``dropped`` and ``base`` report
-    what it dropped and what it sends no more."""
-    pub, seq = int(request["pub"]), int(request["seq"])
-    if request.get("token"):
+    or ``wait`` passes); it may report what it dropped and what it sends no more (``base``),
+    and ask for its spool token."""
+    sync = wire.SyncRequest.parse(request)
+    pub = sync.publisher_id
+    if sync.token:
         token = writer.spools.token(pub, peer)
-        reply = functools.partial(_with_fields, reply, {"spool_token": token})
+        reply = functools.partial(_with_spool_token, reply, token)
     acks = writer.acks
-    if "dropped" in request:
-        acks.dropped[pub] = int(request["dropped"])
-    if "base" in request:
-        acks.settle(pub, int(request["base"]))
-    acks.wait(
-        pub,
-        seq,
-        float(request.get("wait", 10.0)),
-        bool(request.get("urgent", True)),
-        request.get("rid"),
-        reply,
-    )
+    if sync.dropped is not None:
+        acks.dropped[pub] = sync.dropped
+    if sync.base is not None:
+        acks.settle(pub, sync.base)
+    acks.wait(pub, sync.seq, sync.wait, sync.urgent, sync.rid, reply)
 
 
 def _ping(writer: Writer, request: dict, reply: Reply, peer: str) -> None:
-    reply(
-        {
-            "rid": request.get("rid"),
-            "ok": True,
-            "pid": os.getpid(),
-            "db": writer.name,
-            "instance": writer.instance,
-        }
-    )
+    reply(wire.ping_reply(request.get("rid"), os.getpid(), writer.name, writer.instance))
 
 
 def _stats(writer: Writer, request: dict, reply: Reply, peer: str) -> None:
-    reply({"rid": request.get("rid"), "ok": True, "stats": writer.figures()})
+    reply(wire.stats_reply(request.get("rid"), writer.figures()))
 
 
 def _lease(writer: Writer, request: dict, reply: Reply, peer: str) -> None:
@@ -75,33 +63,25 @@ def _lease(writer: Writer, request: dict, reply: Reply, peer: str) -> None:
     try:
         block = writer.lease_id_block()
     except writer.unavailable_errors as exc:
-        reply({"rid": rid, "ok": False, "error": f"cannot lease ids now: {exc}"})
+        reply(wire.error_reply(rid, f"cannot lease ids now: {exc}"))
         return
-    reply({"rid": rid, "ok": True, "block": block, "spool_token": writer.spools.token(block, peer)})
+    reply(wire.lease_reply(rid, block, writer.spools.token(block, peer)))
 
 
 def _maintenance(writer: Writer, request: dict, reply: Reply, peer: str) -> None:
-    days = request.get("days")
-    writer.start_maintenance(
-        request["op"],
-        request.get("trigger", "request"),
-        reply,
-        request.get("rid"),
-        None if days is None else float(days),
-        tuple(request.get("then", ())),
-    )
+    run = wire.MaintenanceRequest.parse(request)
+    writer.start_maintenance(run.job, run.trigger, reply, run.rid, run.days, run.then)
 
 
 HANDLERS: dict[str, Handler] = {
-    "sync": _sync,
-    "ping": _ping,
-    "stats": _stats,
-    "lease": _lease,
-    "retention": _maintenance,
-    "vacuum": _maintenance,
+    wire.OP_SYNC: _sync,
+    wire.OP_PING: _ping,
+    wire.OP_STATS: _stats,
+    wire.OP_LEASE: _lease,
+    **{job: _maintenance for job in wire.MAINTENANCE_JOBS},
 }
 
 
-def _with_fields(reply: Reply, fields: dict, body: dict) -> None:
-    """``reply`` with ``fields`` added to the body (a reply that may be sent later)."""
-    reply({**body, **fields})
+def _with_spool_token(reply: Reply, token: dict | None, body: dict) -> None:
+    """``reply`` with the spool token added to the body (a reply that may be sent later)."""
+    reply(wire.with_spool_token(body, token))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .. import wire
 from ..store.base import Store
 from .acks import Reply
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-JOBS = ("retention", "vacuum")
+JOBS = wire.MAINTENANCE_JOBS
 # How long each table's rows are kept by default, in days (None keeps them forever).
 DEFAULT_RETENTION_DAYS: dict[str, float | None] = {
     "events": 7,
@@ -153,17 +154,16 @@ class MaintenanceRunner:
 
     def _finish(self, task: MaintenanceTask, error: Exception | None) -> None:
         self._tasks.popleft()
-        run = {
-            "job": task.job,
-            "trigger": task.trigger,
-            "started": task.started,
-            "finished": time.time(),
-            "status": "ok" if error is None else "error",
-            "deleted": task.deleted if task.job == "retention" else None,
-            "bytes_reclaimed": task.reclaimed if task.job == "vacuum" else None,
-            "longest_step_ms": round(task.longest_step * 1000, 3),
-            "error": None if error is None else str(error),
-        }
+        run = wire.maintenance_run(
+            task.job,
+            task.trigger,
+            task.started,
+            time.time(),
+            None if error is None else str(error),
+            task.deleted if task.job == "retention" else None,
+            task.reclaimed if task.job == "vacuum" else None,
+            round(task.longest_step * 1000, 3),
+        )
         try:
             self.store.record_maintenance(run)
         except self.store.unavailable_errors as exc:
@@ -181,7 +181,7 @@ class MaintenanceRunner:
         else:
             log.error("%s (%s) failed: %s", task.job, task.trigger, error)
         if task.reply is not None:
-            task.reply({"rid": task.rid, "ok": error is None, "run": run, "error": run["error"]})
+            task.reply(wire.maintenance_reply(task.rid, run))
         if error is None:
             for follow in task.then:
                 self.start(follow, task.trigger)

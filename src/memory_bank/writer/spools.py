@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import spool
+from .. import spool, wire
 from ..spool_auth import SpoolAuth, SpoolRefused
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class SpoolAdoption:
         its channel authenticated (``peer``) and the token for both (spool_auth)."""
         if self.auth is None:
             return None
-        return {"identity": peer, "token": self.auth.token(publisher_id, peer)}
+        return wire.spool_token(peer, self.auth.token(publisher_id, peer))
 
 
 def _spool_contents(folder: Path) -> tuple:
