@@ -222,7 +222,7 @@ class Daemon:
         """Open the store; a PostgreSQL server that is not up yet is waited for (backing
         off to 10 s), since publishers keep their records meanwhile. None when asked to
         stop while waiting (a reload asked meanwhile is applied once serving)."""
-        options = {"max_db_bytes": self.settings.max_db_bytes}
+        options: dict[str, object] = {"max_db_bytes": self.settings.max_db_bytes}
         if discovery.is_url(self.location):
             # Its rows in the shared counters: this host and endpoint, stable over restarts.
             options["writer"] = f"{socket.gethostname()}/{self.db_path.name}"
@@ -253,8 +253,7 @@ class Daemon:
         spool_auth = None
         if self.curve is not None:
             spool_auth = SpoolAuth(
-                z85.decode(self.curve["secret_key"].encode()),
-                self.settings.curve_authorized_keys_dir,
+                z85.decode(self.curve["secret_key"].encode()), self._authorized_keys_dir
             )
         return Writer(
             store,
@@ -311,6 +310,12 @@ class Daemon:
         return pull, router
 
     @property
+    def _authorized_keys_dir(self) -> str:
+        """The publishers' public keys, under CURVE (``_load_curve`` requires them)."""
+        assert self.settings.curve_authorized_keys_dir is not None
+        return self.settings.curve_authorized_keys_dir
+
+    @property
     def _inproc_control(self) -> str:
         return f"inproc://memorybank-control-{id(self)}"
 
@@ -331,7 +336,7 @@ class Daemon:
         if self.curve is not None:
             from .handshakes import HandshakeWatch
 
-            self.handshakes = HandshakeWatch(ctx, self.settings.curve_authorized_keys_dir)
+            self.handshakes = HandshakeWatch(ctx, self._authorized_keys_dir)
         elif not self.endpoints.data.startswith("ipc://"):
             log.warning(
                 "%s has no CURVE keys: every user of this host can write to it. %s",
@@ -411,9 +416,8 @@ class Daemon:
         poller.register(router, zmq.POLLIN)
         poller.register(wake_r, zmq.POLLIN)
         poller.register(self.tail, zmq.POLLIN)
-        monitors = (
-            [self.handshakes.watch(sock) for sock in (pull, router)] if self.handshakes else []
-        )
+        handshakes = self.handshakes
+        monitors = [handshakes.watch(sock) for sock in (pull, router)] if handshakes else []
         for monitor in monitors:
             poller.register(monitor, zmq.POLLIN)
         reading = True
@@ -436,8 +440,8 @@ class Daemon:
             if self.tail in ready:
                 self._count_followers()
             for monitor in monitors:
-                if monitor in ready:
-                    self.handshakes.read(monitor)
+                if monitor in ready and handshakes is not None:
+                    handshakes.read(monitor)
             self.bindings.check()
             writer.tick()
             writer.maintenance_step()
@@ -548,7 +552,7 @@ def _peer(frame: zmq.Frame) -> str:
     authenticator gives it, pyzmq's ``curve_user_id``: the key in z85), or LOCAL for the
     private ipc socket and inproc, which carry no User-Id (no ZAP on the NULL mechanism)."""
     try:
-        return frame.get("User-Id")
+        return str(frame.get("User-Id"))
     except zmq.ZMQError:
         return LOCAL
 

@@ -108,7 +108,7 @@ class CommittedRows:
     def blocks_with_news(self, position: Position, table: str) -> list[int]:
         """Blocks holding rows past their mark: a skip-scan, two seeks per block at most."""
         marks = position.marks[table]
-        found = []
+        found: list[int] = []
         after = 0
         while True:
             first = self._next_id(table, after)

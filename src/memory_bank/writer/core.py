@@ -366,7 +366,7 @@ class Writer:
         self.counts.batches += 1
         self.counts.last_commit_at = time.time()
 
-    def _keep_for_retry(self, exc: Exception) -> None:
+    def _keep_for_retry(self, exc: BaseException) -> None:
         """The store cannot write now (disk full, I/O, server down): keep the batch, stop
         reading, retry after 1 s, doubling up to 10 s."""
         self.counts.store_errors += 1
@@ -393,7 +393,7 @@ class Writer:
             )
 
     def _apply_one_by_one(
-        self, batch: list[Message], rejects: list, exc: Exception
+        self, batch: list[Message], rejects: list, exc: BaseException
     ) -> tuple[int, int]:
         """A batch the store refused: apply each message alone, refuse only the bad ones.
         Returns rows stored and rows refused."""

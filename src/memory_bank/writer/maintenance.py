@@ -48,7 +48,7 @@ class MaintenanceTask:
     rid: object
     days: float | None
     then: tuple[str, ...] = ()
-    steps: Iterator | None = None
+    steps: Iterator[tuple[str, int] | int | None] | None = None
     started: float = 0.0
     deleted: dict = field(default_factory=dict)
     reclaimed: int = 0
@@ -118,6 +118,7 @@ class MaintenanceRunner:
             else:
                 task.steps = self.store.vacuum_steps()
         began = time.perf_counter()
+        step: tuple[str, int] | int | None
         try:
             step = next(task.steps)
         except StopIteration:
@@ -131,10 +132,10 @@ class MaintenanceRunner:
         if step is None:  # its work runs elsewhere and is not done: look again shortly
             self._paused_until = time.monotonic() + POLL_SECONDS
             return
-        if task.job == "retention":
+        if isinstance(step, tuple):  # retention: rows deleted from a table
             table, rows = step
             task.deleted[table] = task.deleted.get(table, 0) + rows
-        else:
+        else:  # vacuum: bytes given back
             task.reclaimed += step
 
     def run(self, job: str, trigger: str = "request", days: float | None = None) -> dict:
@@ -152,7 +153,7 @@ class MaintenanceRunner:
             return {t: now - days * 86400 for t in ("events", "anomalies", "metrics")}
         return {t: now - d * 86400 for t, d in self.retention_days.items() if d is not None}
 
-    def _finish(self, task: MaintenanceTask, error: Exception | None) -> None:
+    def _finish(self, task: MaintenanceTask, error: BaseException | None) -> None:
         self._tasks.popleft()
         run = wire.maintenance_run(
             task.job,
