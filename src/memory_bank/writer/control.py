@@ -70,7 +70,7 @@ def _lease(writer: Writer, request: dict, reply: Reply, peer: str) -> None:
 
 def _maintenance(writer: Writer, request: dict, reply: Reply, peer: str) -> None:
     run = wire.MaintenanceRequest.parse(request)
-    writer.start_maintenance(run.job, run.trigger, reply, run.rid, run.days, run.then)
+    writer.maintenance.start(run.job, run.trigger, reply, run.rid, run.days, run.then)
 
 
 HANDLERS: dict[str, Handler] = {

@@ -102,7 +102,6 @@ class Counts:
     rejected_records: int = 0
     rejected_messages: int = 0
     out_of_order_messages: int = 0
-    skipped_records: int = 0
     batches: int = 0
     commit_ms_avg: float = 0.0  # moving average over recent batches
     commit_ms_max: float = 0.0
@@ -432,9 +431,6 @@ class Writer:
         request that asks with ``token``)."""
         control.dispatch(self, request, reply, peer)
 
-    def committed_seq(self, publisher_id: int) -> int:
-        return self.acks.committed_seq(publisher_id)
-
     # -- spools of publishers that are gone ---------------------------------------------
     def adopt_spools(self, force: bool = False) -> None:
         """Apply what exited or crashed publishers left in their spools (every few
@@ -448,18 +444,6 @@ class Writer:
         return self.store_error is None
 
     # -- maintenance: run in steps between batches, so ingest keeps flowing ----------------
-    def start_maintenance(
-        self,
-        job: str,
-        trigger: str,
-        reply: Reply | None = None,
-        rid: object = None,
-        days: float | None = None,
-        then: tuple[str, ...] = (),
-    ) -> None:
-        """Queue a retention or vacuum run; ``reply`` gets its result when it is done."""
-        self.maintenance.start(job, trigger, reply, rid, days, then)
-
     def catch_up_maintenance(self, schedule: MaintenanceSchedule) -> None:
         """Queue the scheduled runs missed while no writer ran."""
         self.maintenance.start_missed(schedule)
