@@ -196,6 +196,34 @@ def run_maintenance(db, job: str, days: float | None = None, endpoint: str | Non
         client.close()
 
 
+def clear_old_data(db, days: float, endpoint: str | None = None) -> dict[str, int]:
+    """The seed's clear_old_data(days) through the daemon serving ``db``: events, anomalies
+    and metrics older than ``days`` are deleted; returns rows deleted per table.
+    DaemonUnavailable (saying how to start one) when no daemon serves ``db``."""
+    try:
+        reply = run_maintenance(db, "retention", days, endpoint)
+    except DaemonLost:
+        raise
+    except DaemonUnavailable as exc:
+        from .discovery import redact_url
+
+        shown = redact_url(os.fspath(db))
+        raise DaemonUnavailable(
+            f"{exc} — start one with 'memorybank daemon --db {shown}'"
+        ) from None
+    return deleted_by_retention(reply)
+
+
+def deleted_by_retention(reply: dict) -> dict[str, int]:
+    """Rows a retention run deleted per table, from its reply; RuntimeError if it failed."""
+    run = reply.get("run")
+    if run is None:
+        raise RuntimeError(f"daemon refused retention: {reply.get('error')}")
+    if run["status"] != "ok":
+        raise RuntimeError(f"retention failed: {run['error']}")
+    return {"events": 0, "anomalies": 0, "metrics": 0, **(run["deleted"] or {})}
+
+
 def daemon_stats(db_path, timeout: float = 5.0, endpoint: str | None = None) -> dict:
     """The figures of the daemon serving ``db_path``; DaemonUnavailable when none does."""
     client = ControlClient(locate_control(db_path, endpoint))
