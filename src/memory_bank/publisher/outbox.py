@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
-from .. import spool
+from ..spool import Spool
 
 log = logging.getLogger(__package__)
 
@@ -60,14 +61,14 @@ class Outbox:
         self.base = 0
         self._in_memory: deque = deque()  # (seq, raw, records), the newest part
         self._memory_used = 0  # bytes of _in_memory
-        self.spool: spool.Spool | None = None
+        self.spool: Spool | None = None
         self._spool_retry_at = 0.0  # monotonic; before it, the spool counts as full
         self._spool_error: str | None = None  # the last write failure, until one succeeds
         self.written_seq = 0  # every message up to here is in the spool (or acknowledged)
         self._synced_at = 0.0
         self._on_disk: deque = deque()  # (seq, records) of the messages only the spool holds
-        self._replay_iter = None  # spool reader during a replay
-        self._replay_peek = None
+        self._replay_iter: Iterator[tuple[int, bytes]] | None = None  # the spool, replayed
+        self._replay_peek: tuple[int, bytes] | None = None
 
     # -- storing ------------------------------------------------------------------------
     def add(self, raw: bytes, records: int) -> int:
@@ -130,6 +131,8 @@ class Outbox:
         if now - self._synced_at < DISK_SYNC_SECONDS:
             return
         self._synced_at = now
+        if self.spool is None:
+            return
         try:
             self.spool.sync()
         except OSError as exc:
@@ -137,33 +140,34 @@ class Outbox:
 
     def _write_to_spool(self, seq: int, raw: bytes) -> bool:
         """Append one message to the spool (messages go there in order, each once)."""
-        if not self._open_spool() or self.spool.bytes >= self.spool_bytes:
+        spool = self._open_spool()
+        if spool is None or spool.bytes >= self.spool_bytes:
             return False
         try:
-            self.spool.append(seq, raw)
+            spool.append(seq, raw)
         except OSError as exc:
             self._spool_failed(exc)
             return False
         self.written_seq = seq
         return True
 
-    def _open_spool(self) -> bool:
-        """The spool, made on first use; False while there is none or a failed write's
+    def _open_spool(self) -> Spool | None:
+        """The spool, made on first use; None while there is none or a failed write's
         pause (SPOOL_RETRY_SECONDS) runs."""
         if self.folder is None or time.monotonic() < self._spool_retry_at:
-            return False
+            return None
         if self.spool is None:
             try:
-                self.spool = spool.Spool(Path(self.folder), self.spool_mode)
+                self.spool = Spool(Path(self.folder), self.spool_mode)
             except OSError as exc:
                 self._spool_failed(exc)
-                return False
+                return None
         if self.spool_token is not None and self.spool.token != self.spool_token[1]:
             try:
                 self.spool.set_token(*self.spool_token)
             except OSError as exc:
                 self._spool_failed(exc)
-                return False
+                return None
         if self._spool_error is not None:
             log.warning(
                 "publisher %d: its spool %s is usable again (it failed: %s)",
@@ -172,7 +176,7 @@ class Outbox:
                 self._spool_error,
             )
             self._spool_error = None
-        return True
+        return self.spool
 
     def _spool_failed(self, exc: OSError) -> None:
         """A spool that cannot be written (disk full, a size limit, an I/O error) counts as
@@ -203,14 +207,15 @@ class Outbox:
         None once it is acknowledged or given up."""
         if self._in_memory and self._in_memory[0][0] <= seq:
             return self._in_memory[seq - self._in_memory[0][0]][1]
-        if not self._on_disk or seq < self._on_disk[0][0]:
+        if not self._on_disk or seq < self._on_disk[0][0] or self.spool is None:
             return None  # acknowledged or given up meanwhile
         for _attempt in range(2):
             if self._replay_iter is None:
                 self._replay_iter = iter(self.spool.read_all())
                 self._replay_peek = next(self._replay_iter, None)
+            replay = self._replay_iter
             while self._replay_peek is not None and self._replay_peek[0] < seq:
-                self._replay_peek = next(self._replay_iter, None)
+                self._replay_peek = next(replay, None)
             if self._replay_peek is not None and self._replay_peek[0] == seq:
                 return self._replay_peek[1]
             self._replay_iter = None  # spilled after this reader started: read again

@@ -70,16 +70,12 @@ class Publisher:
         self.max_queue = max_queue
         self.batch_records = batch_records
         self.close_timeout = close_timeout
-        self.memory_bytes = memory_bytes
-        self.spool_bytes = spool_bytes
-        self.overflow = overflow
-        self.spool_mode = spool_mode
-        self.durability = durability
         self._curve = curve
         if transport is None:
             if endpoint is not None:
                 data_ep, control_ep = endpoint, sockets.control_endpoint_for(endpoint)
             else:
+                assert self.location is not None  # db_path was given (checked above)
                 found = discovery.find_endpoints(self.location)
                 data_ep, control_ep = found.data, found.control
             transport = ZmqTransport(data_ep, control_ep, curve)
@@ -126,6 +122,13 @@ class Publisher:
         """The name ``location`` had before (kept for callers that read it)."""
         return self.location
 
+    # The outbox's bounds and policies, as given.
+    memory_bytes = property(lambda self: self._outbox.memory_bytes)
+    spool_bytes = property(lambda self: self._outbox.spool_bytes)
+    overflow = property(lambda self: self._outbox.overflow)
+    spool_mode = property(lambda self: self._outbox.spool_mode)
+    durability = property(lambda self: self._outbox.durability)
+
     @property
     def dropped(self) -> int:
         """Records given up so far, for any reason (see dropped_by_reason)."""
@@ -150,7 +153,7 @@ class Publisher:
     def _lease_block(self) -> tuple[str, bytes] | None:
         """Lease the next id block; returns the spool token the daemon sent with it."""
         token = None
-        if self._ids_from_daemon:
+        if self._ids_from_daemon or self.location is None:
             from ..control import DaemonUnavailable
 
             try:

@@ -152,6 +152,7 @@ class Sender:
                 self._ask_for_ack()
                 if self._stop:
                     return
+                timeout: float | None
                 if packed:
                     timeout = LINGER
                 else:
@@ -189,12 +190,12 @@ class Sender:
         """The thread's poller, rebuilt only when the sockets or the events it waits for
         change (building one each cycle cost the caller GIL time)."""
         key = tuple((id(sock), flags) for sock, flags in items)
-        if key != self._poller_key:
-            self._poller = zmq.Poller()
+        if self._poller is None or key != self._poller_key:
+            poller = zmq.Poller()
             for sock, flags in items:
-                self._poller.register(sock, flags)
-            self._poller.register(self.wake_fd, zmq.POLLIN)
-            self._poller_key = key
+                poller.register(sock, flags)
+            poller.register(self.wake_fd, zmq.POLLIN)
+            self._poller, self._poller_key = poller, key
         return self._poller
 
     def _poll_timeout(self) -> float | None:
