@@ -1,5 +1,6 @@
 """Bad input is refused with a reason and kept for inspection; good rows of the same
-message are committed; the daemon keeps serving (contract 9)."""
+message are committed; the daemon keeps serving (ARCHITECTURE.md, "Bad input is refused,
+not fatal")."""
 
 from __future__ import annotations
 

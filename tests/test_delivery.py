@@ -197,8 +197,8 @@ def test_disk_durability_with_a_live_daemon(db_path, daemon):
     assert pub.flush(30)
     spool_folder = db_path.with_name(db_path.name + "-spool") / str(pub.publisher_id)
     assert (spool_folder / "lock").exists()
-    assert pub._written_seq == pub._seq > 0  # every message went to disk
-    assert pub._spool.bytes == 0  # ...and was released once acknowledged
+    assert pub._outbox.written_seq == pub._outbox.seq > 0  # every message went to disk
+    assert pub._outbox.spool.bytes == 0  # ...and was released once acknowledged
     assert pub.close()
     assert not spool_folder.exists()
     assert sorted(_ids(db_path)) == sorted(ids)
@@ -244,8 +244,9 @@ def test_messages_out_of_order_are_summed_up_not_logged_one_by_one(db_path, daem
 STALLED = r"""
 import logging, sys
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-from memory_bank import Publisher, publisher
-publisher.STALL_SECONDS, publisher.STALL_SUMMARY_SECONDS = 1.0, 3.0  # a short stall
+from memory_bank import Publisher
+from memory_bank.publisher import sender
+sender.STALL_SECONDS, sender.STALL_SUMMARY_SECONDS = 1.0, 3.0  # a short stall
 pub = Publisher(sys.argv[1])
 for i in range(100):
     pub.log_event("E", "c", str(i))

@@ -1,4 +1,5 @@
-"""Nothing lost when the daemon dies, stalls, stops or runs out of room (contracts 6, 7)."""
+"""Nothing lost when the daemon dies, stalls, stops or runs out of room (ARCHITECTURE.md,
+"Never block, never drop silently" and "Committed means kept")."""
 
 from __future__ import annotations
 

@@ -445,6 +445,37 @@ def test_a_daemon_started_before_its_server_waits_for_it(tmp_path, start_daemon)
         server.close()
 
 
+def test_signals_while_the_daemon_waits_for_its_server(tmp_path, start_daemon):
+    """While the daemon waits for an unreachable server, SIGHUP does not kill it (it keeps
+    waiting), and SIGTERM ends the wait at once, cleanly, without sitting out its back-off."""
+    import socket
+
+    from conftest import free_ports
+
+    url = f"postgresql://postgres@127.0.0.1:{free_ports(1)}/nowhere"  # nothing listens there
+    address = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.settimeout(20)
+    daemon = start_daemon(url, wait=False, env={"NOTIFY_SOCKET": address})
+
+    def next_wait() -> int:
+        """Seconds the daemon announces it waits before its next try (its back-off + 10)."""
+        while True:
+            for field in listener.recv(4096).decode().split("\n"):
+                if field.startswith("EXTEND_TIMEOUT_USEC="):
+                    return int(field.split("=")[1]) // 1_000_000 - 10
+
+    assert next_wait() == 1
+    daemon.proc.send_signal(signal.SIGHUP)
+    assert next_wait() == 2  # alive, and trying again
+    assert next_wait() == 4
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.stop(timeout=3) == 0  # well before the 4 s back-off ends
+    listener.close()
+    assert "stopped while waiting for postgresql://" in daemon.log
+
+
 def test_a_day_another_daemon_dropped_is_made_again_for_a_late_row(pg_url):
     """Daemon B's retention drops a day daemon A still knows of; a late row for that day
     reaching A lands in the day made again, rather than being refused."""

@@ -1,7 +1,10 @@
 """MemoryBank: the seed's class, every documented method, on top of publisher + reads.
 
 Writes go through a Publisher (fire-and-forget, ids at once); reads open the database
-read-only after a sync barrier, so an instance always reads its own writes.
+read-only after a sync barrier, so an instance always reads its own writes. Each write
+method takes exactly what the Publisher's of the same name takes (tests/test_api_surface.py
+holds them to it), ``timestamp=`` included; only the seed's defaults and its handling of
+empty data differ.
 """
 
 from __future__ import annotations
@@ -9,8 +12,7 @@ from __future__ import annotations
 import logging
 import os
 
-from . import discovery, wire
-from .control import ControlClient, DaemonUnavailable, locate_control
+from . import control, discovery
 from .export import write_export
 from .locations import DEFAULT_DATABASE
 from .publisher import Publisher
@@ -55,7 +57,7 @@ class MemoryBank:
         **publisher_options,
     ):
         self.db_path = os.fspath(db_path)
-        self._key = discovery.location_key(self.db_path, endpoint)
+        self._location = discovery.location_key(self.db_path, endpoint)
         self._endpoint = endpoint
         self.sync_timeout = sync_timeout
         self._embedded = None
@@ -76,7 +78,7 @@ class MemoryBank:
     # -- read-your-writes -------------------------------------------------------------
     def _sync(self) -> None:
         """Wait until this instance's writes are committed (free when none are pending)."""
-        if not self._publisher._dirty:
+        if not self._publisher.unflushed:
             return
         if self._embedded is None and not self._daemon_reachable():
             if not self._warned_unsynced:
@@ -100,9 +102,14 @@ class MemoryBank:
         return self._publisher.flush(self.sync_timeout if timeout is None else timeout)
 
     # -- events -----------------------------------------------------------------------
-    def log_event(self, event_type: str, component: str, message: str = "", data=None) -> int:
-        """Record a system event; returns its id at once."""
-        return self._publisher.log_event(event_type, component, message, _seed_json(data))
+    def log_event(
+        self, event_type: str, component: str, message: str = "", data=None, *, timestamp=None
+    ) -> int:
+        """Record a system event; returns its id at once. ``timestamp`` (seconds since the
+        epoch) is when it happened, if not now."""
+        return self._publisher.log_event(
+            event_type, component, message, _seed_json(data), timestamp=timestamp
+        )
 
     def get_events(self, event_type=None, component=None, since=None, limit: int = 100):
         """Most recent first; a negative or None ``limit`` means no limit."""
@@ -120,6 +127,8 @@ class MemoryBank:
         pattern_data=None,
         current_value=None,
         expected_value=None,
+        *,
+        timestamp=None,
     ) -> int:
         """Record an anomaly (deviation = |current - expected|); returns its id at once."""
         return self._publisher.record_anomaly(
@@ -129,6 +138,7 @@ class MemoryBank:
             _seed_json(pattern_data),
             current_value,
             expected_value,
+            timestamp=timestamp,
         )
 
     def get_anomalies(self, anomaly_type=None, severity=None, since=None, limit: int = 100):
@@ -150,17 +160,17 @@ class MemoryBank:
         )
 
     # -- sessions ---------------------------------------------------------------------
-    def start_session(self, session_id: str) -> int:
+    def start_session(self, session_id: str, *, timestamp=None) -> int:
         """Start a session; returns its row's id at once.
 
         Starting a session that exists keeps the earlier record and its id (the seed
         raised IntegrityError); the id returned then is one no row has.
         """
-        return self._publisher.start_session(session_id)
+        return self._publisher.start_session(session_id, timestamp=timestamp)
 
-    def increment_session_anomaly_count(self, session_id: str) -> None:
+    def increment_session_anomaly_count(self, session_id: str, *, timestamp=None) -> None:
         """Count an anomaly against a session (counts even if it arrives before the start)."""
-        self._publisher.increment_session_anomaly_count(session_id)
+        self._publisher.increment_session_anomaly_count(session_id, timestamp=timestamp)
 
     def end_session(
         self,
@@ -169,9 +179,13 @@ class MemoryBank:
         avg_current=None,
         max_current=None,
         min_current=None,
+        *,
+        timestamp=None,
     ) -> None:
         """End a session; statistics not given are computed from the session's metrics."""
-        self._publisher.end_session(session_id, total_energy, avg_current, max_current, min_current)
+        self._publisher.end_session(
+            session_id, total_energy, avg_current, max_current, min_current, timestamp=timestamp
+        )
 
     def get_session(self, session_id: str) -> dict | None:
         self._sync()
@@ -182,9 +196,13 @@ class MemoryBank:
         return self._reader.get_recent_sessions(limit)
 
     # -- metrics ----------------------------------------------------------------------
-    def record_metric(self, metric_name: str, metric_value: float, unit="", metadata=None) -> int:
+    def record_metric(
+        self, metric_name: str, metric_value: float, unit="", metadata=None, *, timestamp=None
+    ) -> int:
         """Record a measurement; returns its id at once (the seed returned None)."""
-        return self._publisher.record_metric(metric_name, metric_value, unit, _seed_json(metadata))
+        return self._publisher.record_metric(
+            metric_name, metric_value, unit, _seed_json(metadata), timestamp=timestamp
+        )
 
     def get_metrics(self, metric_name=None, since=None, limit: int = 1000) -> list[dict]:
         self._sync()
@@ -198,9 +216,11 @@ class MemoryBank:
         return {key: stats[key] or 0 for key in ("min", "max", "avg", "count")}
 
     # -- patterns ---------------------------------------------------------------------
-    def record_pattern(self, pattern_type: str, pattern_data, confidence: float = 1.0) -> None:
+    def record_pattern(
+        self, pattern_type: str, pattern_data, confidence: float = 1.0, *, timestamp=None
+    ) -> None:
         """Record a pattern; the same type and data (key order aside) raises its frequency."""
-        self._publisher.record_pattern(pattern_type, pattern_data, confidence)
+        self._publisher.record_pattern(pattern_type, pattern_data, confidence, timestamp=timestamp)
 
     def get_patterns(self, pattern_type=None, min_frequency: int = 1) -> list[dict]:
         self._sync()
@@ -237,38 +257,16 @@ class MemoryBank:
         Returns rows deleted per table. Sessions and patterns are kept, as in the seed.
         """
         self.flush()
-        if self._embedded is not None:
-            run = self._embedded.call(
-                lambda writer: writer.run_maintenance("retention", days=days), timeout=3600
-            )
-        else:
-            run = self._control("retention", days=days)["run"]
-        if run["status"] != "ok":
-            raise RuntimeError(f"retention failed: {run['error']}")
-        deleted = {"events": 0, "anomalies": 0, "metrics": 0}
-        deleted.update(run["deleted"] or {})
-        return deleted
+        if self._embedded is None:
+            return control.clear_old_data(self.db_path, days, self._endpoint)
+        run = self._embedded.call(
+            lambda writer: writer.run_maintenance("retention", days=days), timeout=3600
+        )
+        return control.deleted_by_retention({"run": run})
 
     def _daemon_reachable(self) -> bool:
         """A local daemon holds the lock; one named by endpoint may be on another host."""
-        return self._endpoint is not None or discovery.daemon_running(self._key)
-
-    def _control(self, op: str, **fields) -> dict:
-        try:
-            control = locate_control(self.db_path, self._endpoint)
-        except DaemonUnavailable:
-            raise DaemonUnavailable(
-                f"no daemon serves {self._display} — start one with "
-                f"'memorybank daemon --db {self._display}'"
-            ) from None
-        client = ControlClient(control)
-        try:
-            reply = client.request_until_done(wire.maintenance_request(op, 0, **fields))
-        finally:
-            client.close()
-        if not reply.get("ok") and "run" not in reply:
-            raise RuntimeError(f"daemon refused {op}: {reply.get('error')}")
-        return reply
+        return self._endpoint is not None or discovery.daemon_running(self._location)
 
     def close(self) -> None:
         """Hand pending writes over (bounded wait), then release everything."""

@@ -51,6 +51,7 @@ class Bindings:
         for entry in self._ipc:
             sock, endpoint, identity = entry
             path = sockets.ipc_path(endpoint)
+            assert path is not None  # only ipc endpoints are kept
             if discovery.file_identity(path) == identity:
                 continue
             try:

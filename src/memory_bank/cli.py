@@ -200,10 +200,10 @@ def status(db, output, as_json, endpoint) -> None:
     try:
         figures = daemon_stats(db, endpoint=endpoint)
     except DaemonUnavailable as exc:
-        key = discovery.location_key(db, endpoint)
-        info = discovery.read_daemon_info(key) or {}
+        lock_key = discovery.location_key(db, endpoint)
+        info = discovery.read_daemon_info(lock_key) or {}
         reason = str(exc)
-        if info.get("store_error") and discovery.daemon_running(key):
+        if info.get("store_error") and discovery.daemon_running(lock_key):
             reason = f"the daemon (pid {info.get('pid')}) waits for its database: "
             reason += info["store_error"]
         raise click.ClickException(reason) from None

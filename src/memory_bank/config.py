@@ -169,7 +169,7 @@ def _check(config: Config) -> Config:
         raise ConfigError("web.token: expected a non-empty string")
 
     _check_detect(config)
-    from .jobs import parse_schedule
+    from .writer.schedule import parse_schedule
 
     try:
         parse_schedule(config.retention_schedule, "maintenance.retention_schedule")

@@ -54,16 +54,16 @@ class ControlClient:
         reply map; raises DaemonUnavailable on timeout."""
         op = body["op"]
         with self._lock:
-            rid = self._send(body)
+            sock, rid = self._send(body)
             deadline = time.monotonic() + timeout
             while True:
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._sock.poll(int(left * 1000) + 1):
+                if left <= 0 or not sock.poll(int(left * 1000) + 1):
                     raise DaemonUnavailable(
                         f"no answer to {op!r} from {self.endpoint} within {timeout:g}s"
                         + self._likely_cause()
                     )
-                reply = msgpack.unpackb(self._sock.recv(), raw=False)
+                reply = msgpack.unpackb(sock.recv(), raw=False)
                 if reply.get("rid") == rid:  # replies to requests we gave up on are dropped
                     return reply
 
@@ -82,12 +82,12 @@ class ControlClient:
         hello = self.request(wire.OP_PING, timeout=silence)
         pid, instance = hello.get("pid"), hello.get("instance")
         with self._lock:
-            rid = self._send(body)
+            sock, rid = self._send(body)
             heard = time.monotonic()
             ping_rid = None
             while True:
-                if self._sock.poll(int(check_every * 1000)):
-                    reply = msgpack.unpackb(self._sock.recv(), raw=False)
+                if sock.poll(int(check_every * 1000)):
+                    reply = msgpack.unpackb(sock.recv(), raw=False)
                     if reply.get("rid") == rid:
                         return reply
                     if reply.get("rid") == ping_rid:
@@ -109,19 +109,21 @@ class ControlClient:
                         f"{silence:g}s while {op!r} ran; it is stopped or unreachable"
                     )
                 if ping_rid is None:
-                    ping_rid = self._send(wire.request(wire.OP_PING, 0))
+                    _, ping_rid = self._send(wire.request(wire.OP_PING, 0))
 
-    def _send(self, body: dict) -> int:
-        """Number ``body`` and send it (the lock held); returns its rid."""
+    def _send(self, body: dict) -> tuple[zmq.Socket, int]:
+        """Number ``body`` and send it (the lock held); returns the socket and its rid."""
         if self._sock is None:
             self._sock = sockets.control_dealer(self._ctx, self.endpoint, self.curve)
             self._monitor = self._sock.get_monitor_socket(sockets.HANDSHAKE_EVENTS)
         rid = next(self._ids)
         self._sock.send(msgpack.packb({**body, "rid": rid}))
-        return rid
+        return self._sock, rid
 
     def _likely_cause(self) -> str:
         """Why the daemon may not have answered, as its handshakes told this client."""
+        if self._monitor is None:
+            return ""
         failures, succeeded = sockets.handshake_failures(self._monitor, server=False)
         self._handshakes += succeeded
         if failures:
@@ -132,7 +134,7 @@ class ControlClient:
 
     def close(self) -> None:
         with self._lock:
-            if self._monitor is not None:
+            if self._monitor is not None and self._sock is not None:
                 self._sock.disable_monitor()
                 self._monitor.close(0)
                 self._monitor = None
@@ -194,6 +196,34 @@ def run_maintenance(db, job: str, days: float | None = None, endpoint: str | Non
         )
     finally:
         client.close()
+
+
+def clear_old_data(db, days: float, endpoint: str | None = None) -> dict[str, int]:
+    """The seed's clear_old_data(days) through the daemon serving ``db``: events, anomalies
+    and metrics older than ``days`` are deleted; returns rows deleted per table.
+    DaemonUnavailable (saying how to start one) when no daemon serves ``db``."""
+    try:
+        reply = run_maintenance(db, "retention", days, endpoint)
+    except DaemonLost:
+        raise
+    except DaemonUnavailable as exc:
+        from .discovery import redact_url
+
+        shown = redact_url(os.fspath(db))
+        raise DaemonUnavailable(
+            f"{exc} — start one with 'memorybank daemon --db {shown}'"
+        ) from None
+    return deleted_by_retention(reply)
+
+
+def deleted_by_retention(reply: dict) -> dict[str, int]:
+    """Rows a retention run deleted per table, from its reply; RuntimeError if it failed."""
+    run = reply.get("run")
+    if run is None:
+        raise RuntimeError(f"daemon refused retention: {reply.get('error')}")
+    if run["status"] != "ok":
+        raise RuntimeError(f"retention failed: {run['error']}")
+    return {"events": 0, "anomalies": 0, "metrics": 0, **(run["deleted"] or {})}
 
 
 def daemon_stats(db_path, timeout: float = 5.0, endpoint: str | None = None) -> dict:

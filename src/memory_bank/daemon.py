@@ -8,14 +8,17 @@ everything it received, and exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
 import os
 import re
+import select
 import signal
 import socket
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +28,13 @@ from zmq.utils import z85
 
 from . import __version__, discovery, ports, sockets, wire
 from .bindings import Bindings
-from .jobs import MaintenanceSchedule
 from .sdnotify import Notifier
 from .spool_auth import LOCAL, SpoolAuth
 from .store import open_store
-from .writer import Writer
+from .store.base import Store
+from .wire import Message
+from .writer import Writer, WriterSettings
+from .writer.schedule import MaintenanceSchedule
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,17 @@ class DaemonSettings:
             log_level=cfg.log_level,
         )
 
+    def writer_settings(self) -> WriterSettings:
+        """What of these settings the Writer takes (at start and on a reload)."""
+        return WriterSettings(
+            batch_rows=self.batch_rows,
+            batch_seconds=self.batch_seconds,
+            limits=self.limits,
+            retention_days=self.retention_days,
+            chunk_rows=self.chunk_rows,
+            max_db_bytes=self.max_db_bytes,
+        )
+
 
 class SecurityError(ValueError):
     """An endpoint that would let anyone on the network write, without CURVE."""
@@ -127,7 +143,11 @@ def _load_curve(settings: DaemonSettings) -> dict | None:
 
 
 class Daemon:
-    """Runs the writer for one database until SIGTERM/SIGINT; SIGHUP reloads settings."""
+    """Runs the writer for one database until SIGTERM/SIGINT; SIGHUP reloads settings.
+
+    It is its writer's host (``WriterHost``): after each commit it sends the batch's
+    events and anomalies to `view --follow`, and it adds its own figures to the writer's.
+    """
 
     def __init__(self, settings: DaemonSettings, reload=None):
         self.settings = settings
@@ -164,6 +184,28 @@ class Daemon:
     def _on_reload_signal(self, _signum, _frame) -> None:
         self._reload_requested = True
 
+    @contextlib.contextmanager
+    def _signal_flags(self) -> Iterator[socket.socket]:
+        """SIGTERM and SIGINT ask to stop, SIGHUP to reload: the handlers set flags, and
+        each signal writes a byte to the socket yielded, so that whatever waits (the wait
+        for the store, the loop's poller) wakes and looks at them."""
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        old_handlers = {
+            sig: signal.signal(sig, self._on_stop_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        old_handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_reload_signal)
+        try:
+            yield wake_r
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+            wake_r.close()
+            wake_w.close()
+
     def run(self) -> int:
         """Serve until stopped; returns the exit status. Raises DaemonLockedError at once when
         another writer owns the database."""
@@ -176,10 +218,11 @@ class Daemon:
             self.notifier.close()
 
     # -- start-up -----------------------------------------------------------------------
-    def _open_store(self):
+    def _open_store(self, wake: socket.socket) -> Store | None:
         """Open the store; a PostgreSQL server that is not up yet is waited for (backing
-        off to 10 s), since publishers keep their records meanwhile."""
-        options = {"max_db_bytes": self.settings.max_db_bytes}
+        off to 10 s), since publishers keep their records meanwhile. None when asked to
+        stop while waiting (a reload asked meanwhile is applied once serving)."""
+        options: dict[str, object] = {"max_db_bytes": self.settings.max_db_bytes}
         if discovery.is_url(self.location):
             # Its rows in the shared counters: this host and endpoint, stable over restarts.
             options["writer"] = f"{socket.gethostname()}/{self.db_path.name}"
@@ -191,7 +234,7 @@ class Daemon:
                 return open_store(self.location, **options)
             except ConnectionError as exc:
                 if self._stop_requested:
-                    raise
+                    return None
                 log.error("cannot reach %s: %s; retrying in %gs", self.name, exc, delay)
                 # systemd would kill a start-up longer than TimeoutStartSec: ask for more.
                 self.notifier.notify(
@@ -202,29 +245,23 @@ class Daemon:
                 self._lock.update_info(
                     {"pid": os.getpid(), "starting": True, "store_error": str(exc)}
                 )
-                time.sleep(delay)
+                if not _wait_for_signal(wake, delay, lambda: self._stop_requested):
+                    return None
                 delay = min(delay * 2, 10.0)
 
-    def _open_writer(self) -> Writer:
-        writer = Writer(
-            self._open_store(),
-            self.settings.batch_rows,
-            self.settings.batch_seconds,
-            self.settings.limits,
-            spool_key=self.db_path,
-        )
-        self._apply_maintenance_policy(writer)
+    def _open_writer(self, store: Store) -> Writer:
+        spool_auth = None
         if self.curve is not None:
-            writer.spool_auth = SpoolAuth(
-                z85.decode(self.curve["secret_key"].encode()),
-                self.settings.curve_authorized_keys_dir,
+            spool_auth = SpoolAuth(
+                z85.decode(self.curve["secret_key"].encode()), self._authorized_keys_dir
             )
-        return writer
-
-    def _apply_maintenance_policy(self, writer: Writer) -> None:
-        if self.settings.retention_days is not None:
-            writer.retention_days = dict(self.settings.retention_days)
-        writer.maintenance_chunk_rows = self.settings.chunk_rows
+        return Writer(
+            store,
+            self.settings.writer_settings(),
+            spool_key=self.db_path,
+            spool_auth=spool_auth,
+            host=self,
+        )
 
     def _addresses(self) -> dict[str, str]:
         """Every endpoint this daemon binds, by role (checked free before binding any).
@@ -273,18 +310,33 @@ class Daemon:
         return pull, router
 
     @property
+    def _authorized_keys_dir(self) -> str:
+        """The publishers' public keys, under CURVE (``_load_curve`` requires them)."""
+        assert self.settings.curve_authorized_keys_dir is not None
+        return self.settings.curve_authorized_keys_dir
+
+    @property
     def _inproc_control(self) -> str:
         return f"inproc://memorybank-control-{id(self)}"
 
     def _serve(self, started: float) -> int:
         ports.check_free(self._addresses())  # all of them, before the store or any bind
-        writer = self._open_writer()
+        # Signals are flags from here on: a SIGHUP while the store is waited for is kept
+        # for the loop, and a SIGTERM ends the wait.
+        with self._signal_flags() as wake_r:
+            store = self._open_store(wake_r)
+            if store is None:
+                log.info("stopped while waiting for %s", self.name)
+                return 0
+            return self._serve_store(store, wake_r)
+
+    def _serve_store(self, store: Store, wake_r: socket.socket) -> int:
         ctx = zmq.Context()
         self.handshakes = None
         if self.curve is not None:
             from .handshakes import HandshakeWatch
 
-            self.handshakes = HandshakeWatch(ctx, self.settings.curve_authorized_keys_dir)
+            self.handshakes = HandshakeWatch(ctx, self._authorized_keys_dir)
         elif not self.endpoints.data.startswith("ipc://"):
             log.warning(
                 "%s has no CURVE keys: every user of this host can write to it. %s",
@@ -294,33 +346,12 @@ class Daemon:
         self.bindings = Bindings(self._lock, lambda: self._info)
         pull, router = self._bind(ctx)
         self.followers = 0
-        writer.on_commit = self._publish_to_followers
-        schedule = MaintenanceSchedule(ctx, self._inproc_control)
+        schedule = self.schedule = MaintenanceSchedule(ctx, self._inproc_control)
         schedule.configure(self.settings.retention_schedule, self.settings.vacuum_schedule)
-        writer.extra_figures = lambda: {
-            "data_endpoint": self.endpoints.data,
-            "control_endpoint": self.endpoints.control,
-            "endpoint_problem": self.bindings.problem,
-            "endpoint_repairs": self.bindings.repairs,
-            **(self.handshakes.figures() if self.handshakes else {}),
-            "next_maintenance": schedule.next_runs(),
-            "version": __version__,
-        }
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        old_handlers = {
-            sig: signal.signal(sig, self._on_stop_signal) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
-        old_handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_reload_signal)
+        writer = self._open_writer(store)
         try:
             writer.adopt_spools(force=True)
-            for job, then in schedule.missed(
-                {j: writer.store.last_run(j) for j in ("retention", "vacuum")}
-            ):
-                log.info("the %s run due while the daemon was down runs now", job)
-                writer.start_maintenance(job, "catch-up", then=tuple(then))
+            writer.catch_up_maintenance(schedule)
             schedule.start()
             log.info(
                 "serving %s on %s (control %s), pid %d",
@@ -352,11 +383,31 @@ class Daemon:
             router.close(0)
             self.tail.close(0)
             ctx.term()
-            signal.set_wakeup_fd(old_wakeup)
-            for sig, handler in old_handlers.items():
-                signal.signal(sig, handler)
-            wake_r.close()
-            wake_w.close()
+
+    # -- the writer's host (WriterHost) ------------------------------------------------------
+    def after_commit(self, batch: list[Message]) -> None:
+        """After a commit: the batch's events and anomalies to `view --follow` (if any)."""
+        if not self.followers:
+            return
+        events = [row for msg in batch for row in msg.events]
+        anomalies = [row for msg in batch for row in msg.anomalies]
+        if events or anomalies:
+            try:
+                self.tail.send(wire.encode_tail(events, anomalies), zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # followers too slow: they miss lines, the database has them
+
+    def figures(self) -> dict:
+        """The daemon's own figures, which ``Writer.figures`` adds to its own."""
+        return {
+            "data_endpoint": self.endpoints.data,
+            "control_endpoint": self.endpoints.control,
+            "endpoint_problem": self.bindings.problem,
+            "endpoint_repairs": self.bindings.repairs,
+            **(self.handshakes.figures() if self.handshakes else {}),
+            "next_maintenance": self.schedule.next_runs(),
+            "version": __version__,
+        }
 
     # -- the loop -----------------------------------------------------------------------
     def _loop(self, writer: Writer, pull, router, wake_r, schedule) -> None:
@@ -365,9 +416,8 @@ class Daemon:
         poller.register(router, zmq.POLLIN)
         poller.register(wake_r, zmq.POLLIN)
         poller.register(self.tail, zmq.POLLIN)
-        monitors = (
-            [self.handshakes.watch(sock) for sock in (pull, router)] if self.handshakes else []
-        )
+        handshakes = self.handshakes
+        monitors = [handshakes.watch(sock) for sock in (pull, router)] if handshakes else []
         for monitor in monitors:
             poller.register(monitor, zmq.POLLIN)
         reading = True
@@ -390,8 +440,8 @@ class Daemon:
             if self.tail in ready:
                 self._count_followers()
             for monitor in monitors:
-                if monitor in ready:
-                    self.handshakes.read(monitor)
+                if monitor in ready and handshakes is not None:
+                    handshakes.read(monitor)
             self.bindings.check()
             writer.tick()
             writer.maintenance_step()
@@ -420,18 +470,6 @@ class Daemon:
             elif event[:1] == b"\x00":
                 self.followers = max(0, self.followers - 1)
 
-    def _publish_to_followers(self, batch) -> None:
-        """After a commit: the batch's events and anomalies to `view --follow` (if any)."""
-        if not self.followers:
-            return
-        events = [row for msg in batch for row in msg.events]
-        anomalies = [row for msg in batch for row in msg.anomalies]
-        if events or anomalies:
-            try:
-                self.tail.send(msgpack.packb([events, anomalies]), zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # followers too slow: they miss lines, the database has them
-
     def _reload(self, writer: Writer, schedule: MaintenanceSchedule) -> None:
         """SIGHUP: apply a new configuration, or keep the running one if it is invalid."""
         if self._reload_settings is None:
@@ -450,16 +488,13 @@ class Daemon:
                 log.warning("reload: %s changed; it takes effect at the next restart", key)
                 setattr(new, key, getattr(self.settings, key))
         self.settings = new
-        writer.batch_rows, writer.batch_seconds = new.batch_rows, new.batch_seconds
-        writer.set_limits(new.limits)
-        self._apply_maintenance_policy(writer)
-        writer.store.set_max_db_bytes(new.max_db_bytes)
+        writer.configure(new.writer_settings())
         logging.getLogger().setLevel(new.log_level)
         log.info(
             "configuration reloaded: retention %s, vacuum %s, keep %s",
             new.retention_schedule,
             new.vacuum_schedule,
-            writer.retention_days,
+            writer.maintenance.retention_days,
         )
         self.notifier.notify("READY=1")
 
@@ -509,7 +544,7 @@ class Daemon:
                 writer.handle_request(request, reply, _peer(payload))
             except Exception as exc:  # a bad request never stops the daemon
                 log.warning("bad control request: %s", exc)
-                reply({"ok": False, "error": str(exc)})
+                reply(wire.unreadable_reply(str(exc)))
 
 
 def _peer(frame: zmq.Frame) -> str:
@@ -517,7 +552,7 @@ def _peer(frame: zmq.Frame) -> str:
     authenticator gives it, pyzmq's ``curve_user_id``: the key in z85), or LOCAL for the
     private ipc socket and inproc, which carry no User-Id (no ZAP on the NULL mechanism)."""
     try:
-        return frame.get("User-Id")
+        return str(frame.get("User-Id"))
     except zmq.ZMQError:
         return LOCAL
 
@@ -532,6 +567,19 @@ def _status_line(writer: Writer, unreachable: str | None) -> str:
     if unreachable:
         line += f", UNREACHABLE: {unreachable}"
     return line
+
+
+def _wait_for_signal(wake: socket.socket, seconds: float, stop: Callable[[], bool]) -> bool:
+    """Wait ``seconds`` unless ``stop()`` turns true (a signal wakes ``wake``); returns
+    False when it did."""
+    deadline = time.monotonic() + seconds
+    while not stop():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True
+        select.select([wake], [], [], left)
+        _drain_wakeups(wake)
+    return False
 
 
 def _drain_wakeups(sock: socket.socket) -> None:

@@ -17,9 +17,9 @@ from collections import deque
 
 import zmq
 
-from . import discovery
+from . import discovery, wire
 from .store import open_store
-from .writer import Writer
+from .writer import Writer, WriterSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,9 @@ class EmbeddedWriter:
         except BaseException:
             self._lock.release()
             raise
-        self.writer = Writer(store, batch_rows, batch_seconds, spool_key=self.db_path)
+        self.writer = Writer(
+            store, WriterSettings(batch_rows, batch_seconds), spool_key=self.db_path
+        )
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._replies: deque = deque()
         self._reply_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -67,10 +69,24 @@ class EmbeddedWriter:
     def poll_items(self, want_write: bool) -> list:
         return [(self._reply_fd, zmq.POLLIN)]
 
-    def lease_block(self, timeout: float) -> tuple[int, None]:
-        """A new id block from the store, leased on the writer thread (its connection); no
-        spool token (this writer has no CURVE: it applies every spool)."""
-        return self.call(lambda writer: writer.store.lease_id_block(), timeout), None
+    def lease_block(self, timeout: float) -> tuple[int, tuple[str, bytes] | None]:
+        """A new id block, asked of the writer as a daemon is asked (a lease request), on
+        its thread; no spool token comes with it (this writer has no CURVE: it applies
+        every spool)."""
+
+        def lease(writer: Writer) -> wire.Lease:
+            replies: list[dict] = []
+            writer.handle_request(wire.request(wire.OP_LEASE, 0), replies.append)
+            return wire.Lease.parse(replies[0])
+
+        deadline = time.monotonic() + timeout
+        while True:  # a store briefly down answers "not now", as a daemon's does
+            granted = self.call(lease, max(deadline - time.monotonic(), 0.1))
+            if granted.block is not None:
+                return granted.block, granted.token
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"the embedded writer could not lease ids: {granted.error}")
+            time.sleep(0.2)
 
     def close(self) -> None:
         """Publisher.close calls this; the writer itself stops in shutdown()."""

@@ -15,12 +15,13 @@ import json
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import click
 
 OUTPUTS = ("table", "json", "jsonl", "csv")
 
-SEVERITY_STYLE = {
+SEVERITY_STYLE: dict[str, dict[str, Any]] = {
     "CRITICAL": {"fg": "red", "bold": True, "reverse": True},
     "HIGH": {"fg": "red", "bold": True},
     "MEDIUM": {"fg": "yellow"},
@@ -54,7 +55,7 @@ def compact_json(value) -> str:
 class Column:
     key: str
     header: str
-    show: Callable[[object], str] = str
+    show: Callable[[Any], str] = str
     flexible: bool = False  # may be shortened to fit the terminal
     align_right: bool = False
 
@@ -148,7 +149,8 @@ def table_lines(
     flexible = [i for i, c in enumerate(columns) if c.flexible]
     while total() > width and len(flexible) > 1:
         gone = flexible.pop()
-        for seq in (columns, widths, *cells):
+        each: list[list] = [columns, widths, *cells]
+        for seq in each:
             del seq[gone]
 
     def fit(text: str, i: int) -> str:

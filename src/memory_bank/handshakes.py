@@ -20,7 +20,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
 from . import sockets
-from .writer import RateLimitedLog
+from .ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

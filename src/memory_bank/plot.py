@@ -79,11 +79,12 @@ def png_plot(
     fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
     times = [dt.datetime.fromtimestamp(x) for x in xs]
     if xs:
-        ax.fill_between(times, low, high, alpha=0.25, label="min–max")
-        ax.plot(times, avg, linewidth=1.2, label=metric)
+        # matplotlib plots datetimes through its unit converters; its stubs admit numbers only.
+        ax.fill_between(times, low, high, alpha=0.25, label="min–max")  # type: ignore[arg-type]
+        ax.plot(times, avg, linewidth=1.2, label=metric)  # type: ignore[arg-type]
     for i, t in enumerate(_anomaly_times(reader, since, until)):
         ax.axvline(
-            dt.datetime.fromtimestamp(t),
+            dt.datetime.fromtimestamp(t),  # type: ignore[arg-type]
             color="red",
             alpha=0.5,
             linewidth=0.8,

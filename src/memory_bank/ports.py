@@ -59,7 +59,7 @@ def _tcp_address(endpoint: str) -> tuple[int, str, int] | None:
     except OSError:
         return None  # an interface name: ZeroMQ resolves it, bind says the rest
     family, *_, address = infos[0]
-    return family, address[0], port
+    return family, str(address[0]), port
 
 
 def in_use(endpoint: str) -> bool:

@@ -115,25 +115,26 @@ class Spool:
 
     def append(self, seq: int, raw: bytes) -> None:
         """Write one message as one frame (made durable by ``sync``)."""
-        if self._current_fd is None or self._segments[self._current][1] >= SEGMENT_BYTES:
-            self._roll()
+        fd, current = self._current_fd, self._current
+        if fd is None or current is None or self._segments[current][1] >= SEGMENT_BYTES:
+            fd, current = self._roll()
         if self.token is None:
             frame = _HEADER.pack(len(raw), zlib.crc32(raw), seq) + raw
         else:
             raw = spool_auth.frame_mac(self.token, seq, raw) + raw
             frame = _HEADER.pack(len(raw) | MAC_FLAG, zlib.crc32(raw), seq) + raw
-        segment = self._segments[self._current]
+        segment = self._segments[current]
         try:
             written = 0
             while written < len(frame):
-                written += os.write(self._current_fd, memoryview(frame)[written:])
+                written += os.write(fd, memoryview(frame)[written:])
         except OSError:
             # Cut the partial frame off, so the segment ends on a whole frame; if even that
             # fails, later frames go to a new segment (the torn tail is reported on reading).
             try:
-                os.ftruncate(self._current_fd, segment[1])
+                os.ftruncate(fd, segment[1])
             except OSError:
-                os.close(self._current_fd)
+                os.close(fd)
                 self._current_fd = None
             raise
         segment[0] = seq
@@ -164,12 +165,14 @@ class Spool:
             os.fsync(self._current_fd)
             self._unsynced = False
 
-    def _roll(self) -> None:
+    def _roll(self) -> tuple[int, int]:
+        """Start the next segment; returns its file descriptor and number."""
         number = (self._current or 0) + 1
         fd = create_file(self._segment_path(number), os.O_WRONLY | os.O_APPEND, self.file_mode)
         self._close_current()
         self._current, self._current_fd = number, fd
         self._segments[number] = [0, 0]
+        return fd, number
 
     def _close_current(self) -> None:
         if self._current_fd is not None:

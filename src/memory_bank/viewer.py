@@ -234,10 +234,9 @@ class Viewer:
 
     def clean(self, days: float) -> None:
         """Through the daemon, never as a second writer."""
-        from .api import MemoryBank
+        from .control import clear_old_data
 
-        with MemoryBank(self.db) as memory:
-            deleted = memory.clear_old_data(days)
+        deleted = clear_old_data(self.db, days)
         click.echo("deleted " + ", ".join(f"{n} {t}" for t, n in deleted.items()))
 
 

@@ -449,6 +449,11 @@ def request(op: str, rid: int, **fields) -> dict:
     return {"op": op, "rid": rid, **fields}
 
 
+def _given(**fields) -> dict:
+    """The optional fields a request carries: those not None, in the order given."""
+    return {key: value for key, value in fields.items() if value is not None}
+
+
 def sync_request(
     rid: int,
     publisher_id: int,
@@ -465,12 +470,8 @@ def sync_request(
     batch window. A publisher also reports the records it dropped so far and its ``base``
     (see the module docstring), and ``token`` asks for a spool token; fields left None are
     not sent (a client that only waits for a publisher's commits sends none of them)."""
-    body = {"op": OP_SYNC, "rid": rid, "pub": publisher_id, "seq": seq}
-    body.update(wait=wait, urgent=urgent)
-    for key, value in (("dropped", dropped), ("base", base), ("token", token)):
-        if value is not None:
-            body[key] = value
-    return body
+    optional = _given(dropped=dropped, base=base, token=token)
+    return request(OP_SYNC, rid, pub=publisher_id, seq=seq, wait=wait, urgent=urgent, **optional)
 
 
 @dataclass(frozen=True)
@@ -511,11 +512,7 @@ def maintenance_request(
     """Run ``job`` (retention or vacuum) now; ``days`` overrides retention's policy with the
     seed's clear_old_data(days); ``trigger`` says who asked (default "request"); ``then``
     lists jobs to run once it succeeds. Fields left None are not sent."""
-    body = request(job, rid)
-    for key, value in (("days", days), ("trigger", trigger), ("then", then)):
-        if value is not None:
-            body[key] = value
-    return body
+    return request(job, rid, **_given(days=days, trigger=trigger, then=then))
 
 
 @dataclass(frozen=True)

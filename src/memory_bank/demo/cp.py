@@ -23,6 +23,7 @@ import can
 import websockets
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint
+from websockets.typing import Subprotocol
 
 from memory_bank import MemoryBank
 
@@ -173,7 +174,7 @@ async def run(db: str, url: str) -> None:
     cp_id = url.rstrip("/").rsplit("/", 1)[-1]
     tasks = [asyncio.ensure_future(charger())]
     try:
-        async with websockets.connect(url, subprotocols=["ocpp1.6"]) as connection:
+        async with websockets.connect(url, subprotocols=[Subprotocol("ocpp1.6")]) as connection:
             client = ChargePointClient(cp_id, connection, memory, bus)
             tasks += [
                 asyncio.ensure_future(client.start()),

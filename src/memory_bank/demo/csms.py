@@ -20,6 +20,7 @@ import websockets
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint
 from ocpp.v16.enums import RegistrationStatus
+from websockets.typing import Subprotocol
 
 from memory_bank import MemoryBank
 
@@ -179,7 +180,9 @@ async def serve(db: str, port: int, cycle: float, ready_file: str | None) -> Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with websockets.serve(on_connect, "127.0.0.1", port, subprotocols=["ocpp1.6"]) as server:
+    async with websockets.serve(
+        on_connect, "127.0.0.1", port, subprotocols=[Subprotocol("ocpp1.6")]
+    ) as server:
         actual = server.sockets[0].getsockname()[1]
         log.info("CSMS listening on ws://127.0.0.1:%d", actual)
         if ready_file:

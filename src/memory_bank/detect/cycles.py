@@ -193,7 +193,7 @@ class CycleLearner:
     def _groups(self) -> list[tuple[str | None, list[str]]]:
         """Periodic symbols grouped by period, then by scope (an unscoped symbol joins the
         one scope that has its period, if only one does)."""
-        ordered = sorted(self.periodic, key=self.periodic.get)
+        ordered = sorted(self.periodic, key=lambda symbol: self.periodic[symbol])
         clusters: list[list[str]] = []
         for symbol in ordered:
             if clusters and self.periodic[symbol] <= self.periodic[clusters[-1][0]] * (
@@ -231,7 +231,7 @@ class CycleLearner:
             period = sum(self.periodic[m] for m in members) / len(members)
             ref = self.times[members[0]][-1]
             phase = {m: (self.times[m][-1] - ref) % period for m in members}
-            order = sorted(members, key=phase.get)
+            order = sorted(members, key=lambda m: phase[m])
             # The cycle starts at the step seen first (the data's own beginning).
             first = self.first_seen
             start = order.index(min(order, key=lambda m: (first.get(m.split("(")[0], 0), phase[m])))

@@ -54,8 +54,10 @@ class InstanceLock:
 
     def record_publisher(self, publisher_id: int) -> None:
         """This run's publisher, kept until ``release(clean=True)``."""
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{publisher_id}\n".encode(), 0)
+        fd = self._fd
+        assert fd is not None, "record_publisher after release"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{publisher_id}\n".encode(), 0)
 
     def release(self, clean: bool) -> None:
         """Unlock; ``clean``: everything this run sent is confirmed (nothing to wait for)."""

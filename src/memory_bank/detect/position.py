@@ -89,16 +89,7 @@ class CommittedRows:
         )
 
     def _query(self, sql: str, params) -> list[tuple]:
-        conn = self.reader._conn()
-        if self.postgres:
-            from psycopg.rows import tuple_row
-
-            with conn.cursor(row_factory=tuple_row) as cur:
-                cur.execute(sql, params)
-                return cur.fetchall()  # autocommit: each query sees the newest commits
-        cur = conn.cursor()
-        cur.row_factory = None
-        return cur.execute(sql, params).fetchall()
+        return self.reader.tuples(sql, params)
 
     def _next_id(self, table: str, after: int) -> int | None:
         p = self.reader.placeholder
@@ -108,7 +99,7 @@ class CommittedRows:
     def blocks_with_news(self, position: Position, table: str) -> list[int]:
         """Blocks holding rows past their mark: a skip-scan, two seeks per block at most."""
         marks = position.marks[table]
-        found = []
+        found: list[int] = []
         after = 0
         while True:
             first = self._next_id(table, after)

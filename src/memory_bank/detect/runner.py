@@ -20,6 +20,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
+from typing import Literal
 
 from .. import discovery
 from ..publisher import Publisher
@@ -208,7 +209,9 @@ class Detection:
                 if code == METRIC:
                     if ts > clock:
                         self.clock = clock = ts
-                    det = stream_of.get((row[3], row[5]), False)
+                    det: StreamDetector | Literal[False] | None = stream_of.get(
+                        (row[3], row[5]), False
+                    )
                     if det is False:
                         det = self._stream_for(row[3], row[5])
                     if det is not None:
@@ -269,7 +272,9 @@ class Detection:
         for det in self.detectors.values():
             deadline = det.deadline()
             if clock > deadline:
-                self._report(det.overdue(clock))
+                finding = det.overdue(clock)
+                if finding is not None:
+                    self._report(finding)
             elif deadline < soonest:
                 soonest = deadline
         return soonest
@@ -343,12 +348,13 @@ class Detection:
             "streams": {k: d.to_state() for k, d in self.detectors.items()},
             "cycles": self.learner.to_state(),
         }
-        state = _encode_state(models)
-        if len(state) > MAX_STATE_CHARS:
+        encoded = _encode_state(models)
+        state: str | None = encoded
+        if len(encoded) > MAX_STATE_CHARS:
             log.warning(
                 "the detector's models (%d characters) are too large for a checkpoint; "
                 "keeping the position only (streams warm up again after a restart)",
-                len(state),
+                len(encoded),
             )
             state = None
         self.progress.late_readings = sum(d.late for d in self.detectors.values())

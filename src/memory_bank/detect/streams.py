@@ -764,26 +764,27 @@ class StreamDetector:
     # -- dropouts ---------------------------------------------------------------------
     def deadline(self) -> float:
         """The data time past which this stream's silence is a dropout (inf: none due)."""
-        if self.in_dropout or self.interval is None or self.n < self.warm:
+        if self.in_dropout or self.interval is None or self.last_ts is None or self.n < self.warm:
             return math.inf
         return self.last_ts + self.dropout_factor * self.interval
 
     def overdue(self, clock: float) -> Finding | None:
         """A DROPOUT when the data clock has passed the expected next reading by far."""
-        if clock <= self.deadline():
+        last_ts, interval = self.last_ts, self.interval
+        if clock <= self.deadline() or last_ts is None or interval is None:
             return None
         self.in_dropout = True
-        gap = clock - self.last_ts
+        gap = clock - last_ts
         return Finding(
             "DROPOUT",
-            self.last_ts,
+            last_ts,
             self.stream,
             "inter-arrival",
-            gap / self.interval,
+            gap / interval,
             self.dropout_factor,
             round(gap, 3),
-            round(self.interval, 6),
-            self.last_ts,
+            round(interval, 6),
+            last_ts,
             clock,
             0,
             {"unit": "s"},

@@ -106,6 +106,14 @@ class Reader:
         fails here rather than at the first query."""
         raise NotImplementedError
 
+    #: The driver's parameter marker in SQL given to ``tuples`` ("?" or "%s").
+    placeholder = "?"
+
+    def tuples(self, sql: str, params=()) -> list[tuple]:
+        """A read-only query's rows as plain tuples, each seeing the newest commits: for
+        readers of many rows that write their own SQL (detection's committed-row reader)."""
+        raise NotImplementedError
+
     def get_events(self, event_type=None, component=None, since=None, limit=100, until=None):
         """The seed's get_events: newest first; a None filter is no filter, a negative or
         None ``limit`` no limit."""

@@ -61,6 +61,13 @@ class PostgresReader(SqlReader):
     def _when(self, epoch_seconds):
         return to_datetime(epoch_seconds)
 
+    def tuples(self, sql: str, params=()) -> list[tuple]:
+        from psycopg.rows import tuple_row
+
+        with self._conn().cursor(row_factory=tuple_row) as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()  # autocommit: each query sees the newest commits
+
     def _select(self, table: str) -> str:
         return SELECT[table]
 

@@ -368,6 +368,13 @@ class SqlReader(Reader):
     def _all(self, sql: str, params=()) -> list[dict]:
         return self._conn().execute(sql, params).fetchall()
 
+    def tuples(self, sql: str, params=()) -> list[tuple]:
+        """A query's rows as plain tuples, no dict per row: for readers of many rows
+        (detection reads committed rows this way)."""
+        cur = self._conn().cursor()
+        cur.row_factory = None
+        return cur.execute(sql, params).fetchall()
+
     def _one(self, sql: str, params=()) -> dict | None:
         return self._conn().execute(sql, params).fetchone()
 

@@ -76,7 +76,8 @@ async def _page(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-async def _not_found(request: Request, exc: HTTPException) -> Response:
+async def _not_found(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)  # the handler of HTTPException only
     return api.error_response(exc.status_code, exc.detail)
 
 

@@ -18,6 +18,7 @@ import secrets
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import zmq
 import zmq.asyncio
@@ -264,7 +265,8 @@ class _Follower:
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str):
         self.endpoint = endpoint
-        self.sub = sockets.follower_sub(ctx, endpoint, connect=False)
+        # A socket takes its context's kind: these are asyncio sockets (awaitable receives).
+        self.sub = cast(zmq.asyncio.Socket, sockets.follower_sub(ctx, endpoint, connect=False))
         self.monitor = self.sub.get_monitor_socket(self.WATCHED)
         self.sub.connect(endpoint)
         self.connected = False
@@ -337,7 +339,8 @@ async def stream(
             if item == "status":
                 yield sse("status", json.dumps(feed.status()))
             elif item == "summary":
-                yield sse("summary", feed.summary)
+                if feed.summary is not None:  # queued only once there is one
+                    yield sse("summary", feed.summary)
             elif subscriber.lagged and subscriber.queue.empty():
                 subscriber.lagged = False
                 yield sse("reset", "{}", feed.event_id(item.seq))

@@ -51,7 +51,7 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self.dashboard = app
         self.on_ready = on_ready
-        self._loop = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def handle_exit(self, sig, frame) -> None:
         if self._loop is not None:

@@ -16,7 +16,7 @@ import zmq
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from . import wire
+from .. import wire
 
 log = logging.getLogger(__name__)
 
