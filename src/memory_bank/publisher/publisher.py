@@ -70,7 +70,6 @@ class Publisher:
         self.max_queue = max_queue
         self.batch_records = batch_records
         self.close_timeout = close_timeout
-        self._curve = curve
         if transport is None:
             if endpoint is not None:
                 data_ep, control_ep = endpoint, sockets.control_endpoint_for(endpoint)
