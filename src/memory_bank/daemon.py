@@ -155,18 +155,18 @@ class Daemon:
         # The store's location (path or URL) and the local path its lock, endpoints file
         # and publisher spools hang from (the same for SQLite).
         self.location = settings.db_path
-        self.db_path = discovery.location_key(settings.db_path, settings.endpoint)
+        self.key = discovery.location_key(settings.db_path, settings.endpoint)
         self.name = discovery.display_name(self.location)
         if settings.endpoint:
             self.endpoints = discovery.Endpoints(
                 settings.endpoint, sockets.control_endpoint_for(settings.endpoint)
             )
         else:
-            self.endpoints = discovery.default_endpoints(self.db_path)
+            self.endpoints = discovery.default_endpoints(self.key)
         self._stop_requested = False
         self._reload_requested = False
         self._lock = discovery.WriterLock(
-            self.db_path, self.name, database_file=not discovery.is_url(self.location)
+            self.key, self.name, database_file=not discovery.is_url(self.location)
         )
         self.curve = _load_curve(settings)
         if self.curve is None and not _is_loopback_endpoint(self.endpoints.data):
@@ -225,7 +225,7 @@ class Daemon:
         options: dict[str, object] = {"max_db_bytes": self.settings.max_db_bytes}
         if discovery.is_url(self.location):
             # Its rows in the shared counters: this host and endpoint, stable over restarts.
-            options["writer"] = f"{socket.gethostname()}/{self.db_path.name}"
+            options["writer"] = f"{socket.gethostname()}/{self.key.name}"
         else:
             options["synchronous"] = self.settings.synchronous
         delay = 1.0
@@ -258,7 +258,7 @@ class Daemon:
         return Writer(
             store,
             self.settings.writer_settings(),
-            spool_key=self.db_path,
+            spool_key=self.key,
             spool_auth=spool_auth,
             host=self,
         )
@@ -270,7 +270,7 @@ class Daemon:
         and the tail is bound there only."""
         addresses = {"data": self.endpoints.data, "control": self.endpoints.control}
         if self.curve is not None:
-            local = discovery.default_endpoints(self.db_path)
+            local = discovery.default_endpoints(self.key)
             addresses.update({"local data": local.data, "local control": local.control})
         addresses["tail"] = sockets.tail_endpoint_for(
             addresses.get("local data", addresses["data"])
