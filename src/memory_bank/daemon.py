@@ -23,7 +23,7 @@ import msgpack
 import zmq
 from zmq.utils import z85
 
-from . import __version__, discovery, ports, sockets, wire
+from . import __version__, alerts, discovery, ports, sockets, wire
 from .bindings import Bindings
 from .jobs import MaintenanceSchedule
 from .sdnotify import Notifier
@@ -65,6 +65,8 @@ class DaemonSettings:
     retention_days: dict | None = None  # per table; None: the Writer's defaults
     chunk_rows: int = 5000
     log_level: str = "INFO"
+    alerts: alerts.AlertsConfig = alerts.AlertsConfig()  # [[alerts]] rules, [sinks.NAME]
+    metrics_listen: str | None = None  # HOST:PORT of the Prometheus endpoint
 
     @classmethod
     def from_config(cls, cfg) -> DaemonSettings:
@@ -85,6 +87,8 @@ class DaemonSettings:
             retention_days=cfg.table_retention_days(),
             chunk_rows=cfg.chunk_rows,
             log_level=cfg.log_level,
+            alerts=alerts.parse(cfg.alerts, cfg.sinks),
+            metrics_listen=cfg.metrics_listen,
         )
 
 
@@ -279,6 +283,10 @@ class Daemon:
     def _serve(self, started: float) -> int:
         ports.check_free(self._addresses())  # all of them, before the store or any bind
         writer = self._open_writer()
+        # Alerts (memory_bank.alerts): evaluated inside each batch's transaction through
+        # the store's batch_hook, driven from the loop (tick), reloaded on SIGHUP, stopped
+        # before the store closes. None when no rule or sink is configured.
+        self.alerts = alerts.attach(writer.store, self.settings.alerts)
         ctx = zmq.Context()
         self.handshakes = None
         if self.curve is not None:
@@ -305,6 +313,7 @@ class Daemon:
             **(self.handshakes.figures() if self.handshakes else {}),
             "next_maintenance": schedule.next_runs(),
             "version": __version__,
+            **({"alerts": self.alerts.figures()} if self.alerts else {}),
         }
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
@@ -345,6 +354,8 @@ class Daemon:
             )
             return 0
         finally:
+            if self.alerts is not None:
+                self.alerts.stop()
             writer.close()
             if self.handshakes is not None:
                 self.handshakes.stop()
@@ -394,6 +405,8 @@ class Daemon:
                     self.handshakes.read(monitor)
             self.bindings.check()
             writer.tick()
+            if self.alerts is not None:
+                self.alerts.tick()
             writer.maintenance_step()
             writer.adopt_spools()
             # Backpressure: while the store cannot keep up (or is full), leave records
@@ -454,6 +467,10 @@ class Daemon:
         writer.set_limits(new.limits)
         self._apply_maintenance_policy(writer)
         writer.store.set_max_db_bytes(new.max_db_bytes)
+        if self.alerts is not None:
+            self.alerts.reload(new.alerts)
+        else:
+            self.alerts = alerts.attach(writer.store, new.alerts)
         logging.getLogger().setLevel(new.log_level)
         log.info(
             "configuration reloaded: retention %s, vacuum %s, keep %s",
