@@ -194,3 +194,51 @@ def test_a_bad_rule_at_start_is_refused_with_its_name(db_path, tmp_path, start_d
     daemon = start_daemon(db_path, "--config", str(cfg), wait=False)
     assert daemon.proc.wait(30) == 2
     assert "alert 'storm': notify names 'nowhere', but there is no [sinks.nowhere]" in daemon.log
+
+
+def test_status_and_alerts_show_the_queue_the_error_and_each_notification(
+    db_path, tmp_path, start_daemon, receiver
+):
+    import json
+
+    from click.testing import CliRunner
+
+    from memory_bank.cli import main
+
+    down = Receiver(free_ports(1))  # never started: its port refuses
+    cfg = _config(tmp_path, HOOK_CONFIG.format(url=down.url))
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    with Publisher(db_path) as pub:
+        for n in range(3):
+            pub.record_anomaly("OVERCURRENT", "HIGH", f"#{n}", {"n": n})
+    wait_until(lambda: _outbox(db_path) and _outbox(db_path)[0][2] >= 1)
+
+    status = CliRunner().invoke(main, ["status", "--db", str(db_path)])
+    assert status.exit_code == 0, status.output
+    (line,) = [x for x in status.output.splitlines() if x.startswith("sink lab-webhook")]
+    assert "3 pending, 0 delivered" in line and "(failing)" in line and "refused" in line
+    assert "alert rules" in status.output and "1 (3 firing)" in status.output
+
+    listed = CliRunner().invoke(main, ["alerts", "--db", str(db_path), "-o", "json"])
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.output)
+    assert [r["record"]["pattern_data"]["n"] for r in rows] == [2, 1, 0]  # newest first
+    assert {(r["rule"], r["state"], r["status"], r["sink"]) for r in rows} == {
+        ("critical-anomaly", "firing", "pending", "lab-webhook")
+    }
+    assert rows[-1]["attempts"] >= 1 and "refused" in rows[-1]["last_error"]
+    table = CliRunner().invoke(main, ["alerts", "--db", str(db_path)])
+    assert "critical-anomaly" in table.output and "pending" in table.output
+    firing = CliRunner().invoke(main, ["alerts", "--db", str(db_path), "--firing", "-o", "json"])
+    assert [a["group"] for a in json.loads(firing.output)] == ["0", "1", "2"]
+
+    # `alerts test` sends through the rule's sinks now, without the daemon
+    cfg.write_text(HOOK_CONFIG.format(url=receiver.url))
+    sent = CliRunner().invoke(main, ["alerts", "test", "critical-anomaly", "--config", str(cfg)])
+    assert sent.exit_code == 0, sent.output
+    (body,) = receiver.wait_for(lambda b: len(b) == 1)
+    assert body["test"] is True and body["rule"] == "critical-anomaly" and body["id"]
+    cfg.write_text(HOOK_CONFIG.format(url=down.url))
+    failed = CliRunner().invoke(main, ["alerts", "test", "critical-anomaly", "--config", str(cfg)])
+    assert failed.exit_code == 1 and "FAILED" in failed.output, failed.output
+    assert daemon.stop() == 0

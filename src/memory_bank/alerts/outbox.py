@@ -172,7 +172,7 @@ def recent(conn, limit: int = 50, rule: str | None = None) -> list[dict]:
     keys = "seq id sink rule state at status attempts last_error delivered_at body".split()
     out = []
     for row in rows:
-        item = dict(zip(keys, tuple(row), strict=True))
+        item = dict(zip(keys, _values(row), strict=True))
         body = json.loads(item.pop("body"))
         item["summary"] = body.get("summary")
         item["record"] = body.get("record")
@@ -189,7 +189,7 @@ def firing(conn) -> list[dict]:
             return []
         raise
     out = []
-    for rule, grp, text in rows:
+    for rule, grp, text in map(_values, rows):
         st = json.loads(text)
         if st.get("firing"):
             out.append(
@@ -201,3 +201,8 @@ def firing(conn) -> list[dict]:
                 }
             )
     return sorted(out, key=lambda a: (a["rule"], a["group"]))
+
+
+def _values(row) -> tuple:
+    """A row's values, from a plain connection or a reader's (rows as dicts)."""
+    return tuple(row.values()) if isinstance(row, dict) else tuple(row)
