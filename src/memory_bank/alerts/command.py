@@ -139,10 +139,11 @@ def status_lines(figures: dict | None, width: int):
             state = "failing" if sink["failing"] else "recovered"
             line += f"; last error {when(sink['last_error_at'])} ({state}): {sink['last_error']}"
         yield f"{'sink ' + name:<{width}}  {line}"
-    stream = figures.get("stream")
-    if stream:
-        yield (
-            f"{'mqtt stream':<{width}}  {stream['published']} published, "
-            f"{stream['pending']} pending, {stream['dropped']} dropped"
-            + (f"; last error: {stream['last_error']}" if stream.get("last_error") else "")
+    for name, stream in sorted((figures.get("streams") or {}).items()):
+        line = (
+            f"{stream['published']} published, {stream['pending']} pending, "
+            f"{stream['dropped']} dropped"
         )
+        if stream["last_error"]:
+            line += f"; failing: {stream['last_error']}"
+        yield f"{'stream ' + name:<{width}}  {line}"

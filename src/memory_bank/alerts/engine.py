@@ -57,7 +57,7 @@ class AlertEngine:
         self._next_tick = 0.0
         self._next_prune = 0.0
         self._tick_error_logged = 0.0
-        self.stream = None  # the MQTT stream of committed records (stream.py), if any
+        self.streams: dict = {}  # sink name -> its MQTT stream of committed records
         self._start_workers(config)
 
     # -- configuration ------------------------------------------------------------------
@@ -65,6 +65,10 @@ class AlertEngine:
         for name, sink in config.sinks.items():
             if name not in self.workers:
                 self.workers[name] = DeliveryWorker(sink, self.db_path, self.results).start()
+            if sink.stream and name not in self.streams:
+                from .mqtt import MqttStream
+
+                self.streams[name] = MqttStream(sink).start()
         if self.pending:
             log.info(
                 "alerts: %d notification(s) pending from before the restart: %s",
@@ -79,6 +83,9 @@ class AlertEngine:
         for worker in stopping:
             worker.stop()
             del self.workers[worker.config.name]
+            stream = self.streams.pop(worker.config.name, None)
+            if stream is not None:
+                stream.stop()
         self.config = config
         self.evaluator.rules = config.rules
         self.evaluator.restart_clocks(time.time())
@@ -140,8 +147,9 @@ class AlertEngine:
         for sink in added:
             self.workers[sink].wake.set()
         tables, self._staged_tables = self._staged_tables, None
-        if tables is not None and self.stream is not None:
-            self.stream.put(tables)
+        if tables is not None:
+            for stream in self.streams.values():
+                stream.put(tables)
 
     def discarded(self) -> None:
         """The transaction rolled back: nothing of it happened (outcomes are written later)."""
@@ -195,8 +203,8 @@ class AlertEngine:
             worker.request_stop()
         for worker in self.workers.values():
             worker.stop()
-        if self.stream is not None:
-            self.stream.stop()
+        for stream in self.streams.values():
+            stream.stop()
         self.tick(force=True)
 
     # -- figures ------------------------------------------------------------------------
@@ -219,6 +227,6 @@ class AlertEngine:
             "evaluation_errors": self.evaluation_errors,
             "sinks": sinks,
         }
-        if self.stream is not None:
-            figures["stream"] = self.stream.figures()
+        if self.streams:
+            figures["streams"] = {n: s.figures() for n, s in self.streams.items()}
         return figures

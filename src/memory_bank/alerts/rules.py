@@ -16,6 +16,7 @@ STREAM_TABLES = ("events", "anomalies", "metrics")
 DEFAULT_REPEAT = 3600.0
 DEFAULT_RESOLVE_AFTER = 300.0
 DEFAULT_MAX_PENDING = 10_000
+DEFAULT_STREAM_MAX_PENDING = 200_000
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -46,6 +47,7 @@ class Sink:
     headers: tuple = ()  # webhook: extra (name, value) pairs
     topic: str = "memorybank"  # mqtt
     stream: tuple[str, ...] = ()  # mqtt: tables whose committed records are streamed
+    stream_max_pending: int = DEFAULT_STREAM_MAX_PENDING  # records awaiting the broker
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,16 @@ _KEYS = {
 _SINK_KEYS = {
     "webhook": {"type", "url", "timeout", "max_pending", "backoff_max", "headers"},
     "apprise": {"type", "url", "timeout", "max_pending", "backoff_max"},
-    "mqtt": {"type", "url", "timeout", "max_pending", "backoff_max", "topic", "stream"},
+    "mqtt": {
+        "type",
+        "url",
+        "timeout",
+        "max_pending",
+        "backoff_max",
+        "topic",
+        "stream",
+        "stream_max_pending",
+    },
 }
 
 
@@ -135,9 +146,15 @@ def parse_sink(name: str, raw) -> Sink:
         raise RuleError(f"{where}: url must be http:// or https://, got {url!r}")
     if kind == "mqtt" and not url.startswith(("mqtt://", "mqtts://")):
         raise RuleError(f"{where}: url must be mqtt://HOST[:PORT] or mqtts://, got {url!r}")
-    max_pending = raw.get("max_pending", DEFAULT_MAX_PENDING)
-    if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 1:
-        raise RuleError(f"{where}: max_pending must be a whole number >= 1, got {max_pending!r}")
+    bounds = {}
+    for key, default in (
+        ("max_pending", DEFAULT_MAX_PENDING),
+        ("stream_max_pending", DEFAULT_STREAM_MAX_PENDING),
+    ):
+        value = raw.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise RuleError(f"{where}: {key} must be a whole number >= 1, got {value!r}")
+        bounds[key] = value
     headers = raw.get("headers", {})
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
         raise RuleError(f"{where}: headers must be a table of strings")
@@ -154,7 +171,7 @@ def parse_sink(name: str, raw) -> Sink:
         type=kind,
         url=url,
         timeout=parse_duration(raw.get("timeout", 10.0), f"{where}: timeout"),
-        max_pending=max_pending,
+        **bounds,
         backoff_max=parse_duration(raw.get("backoff_max", 60.0), f"{where}: backoff_max"),
         headers=tuple(sorted(headers.items())),
         topic=topic.rstrip("/"),
