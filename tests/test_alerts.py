@@ -242,3 +242,75 @@ def test_status_and_alerts_show_the_queue_the_error_and_each_notification(
     failed = CliRunner().invoke(main, ["alerts", "test", "critical-anomaly", "--config", str(cfg)])
     assert failed.exit_code == 1 and "FAILED" in failed.output, failed.output
     assert daemon.stop() == 0
+
+
+def test_an_apprise_sink_delivers_through_its_json_target_once_it_answers(
+    db_path, tmp_path, start_daemon
+):
+    import json
+
+    receiver = Receiver(free_ports(1))  # not listening yet: Apprise's POST fails first
+    cfg = _config(
+        tmp_path,
+        '[[alerts]]\nname = "hot"\nwhen = "anomaly"\nnotify = ["phone"]\n'
+        f'[sinks.phone]\ntype = "apprise"\nurl = "json://127.0.0.1:{receiver.port}/hook"\n'
+        'backoff_max = "0.3s"\n',
+    )
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    with Publisher(db_path) as pub:
+        pub.record_anomaly("OVERCURRENT", "CRITICAL", "92 A", {"cp_id": "CP1"}, 92.0, 80.0)
+    wait_until(lambda: _outbox(db_path) and _outbox(db_path)[0][2] >= 1)
+    receiver.start()
+    try:
+        (posted,) = receiver.wait_for(lambda b: len(b) == 1)
+    finally:
+        receiver.stop()
+    assert posted["title"] == "[FIRING] hot"
+    body = json.loads(posted["message"])
+    assert body["id"] == _outbox(db_path)[0][0] and body["state"] == "firing"
+    assert body["record"]["current_value"] == 92.0
+    wait_until(lambda: _outbox(db_path)[0][1] == "delivered")
+    assert daemon.stop() == 0
+
+
+def test_the_prometheus_endpoint_shows_what_status_shows(db_path, tmp_path, start_daemon):
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = free_ports(1)
+    down = Receiver(free_ports(1))  # refuses: its sink fails and keeps its queue
+    cfg = _config(
+        tmp_path,
+        f'[daemon]\nmetrics_listen = "127.0.0.1:{port}"\n' + HOOK_CONFIG.format(url=down.url),
+    )
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    with Publisher(db_path) as pub:
+        for n in range(50):
+            pub.record_metric("current", float(n), "A")
+        pub.record_anomaly("OVERCURRENT", "HIGH", "hot", {"n": 1})
+
+    def scrape() -> dict:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        samples = {}
+        for family in text_string_to_metric_families(text.decode()):
+            for s in family.samples:
+                samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return samples
+
+    def has(samples, name, labels=(), at_least=1.0):
+        return samples.get((name, labels), -1) >= at_least
+
+    sink = (("sink", "lab-webhook"),)
+    wait_until(
+        lambda: has(s := scrape(), "memorybank_records_committed_total", at_least=51)
+        and has(s, "memorybank_sink_failures_total", sink)
+    )
+    samples = scrape()
+    assert samples[("memorybank_records_received_total", ())] == 51
+    assert samples[("memorybank_sink_pending", sink)] == 1
+    assert samples[("memorybank_alerts_firing", ())] == 1
+    assert samples[("memorybank_batch_commit_seconds_count", ())] >= 1
+    assert samples[("memorybank_database_bytes", ())] > 0
+    assert samples[("memorybank_store_up", ())] == 1
+    assert daemon.stop() == 0

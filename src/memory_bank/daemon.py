@@ -46,6 +46,7 @@ RESTART_ONLY = (
     "curve_secret_key_file",
     "curve_authorized_keys_dir",
     "synchronous",
+    "metrics_listen",
 )
 
 
@@ -287,6 +288,12 @@ class Daemon:
         # the store's batch_hook, driven from the loop (tick), reloaded on SIGHUP, stopped
         # before the store closes. None when no rule or sink is configured.
         self.alerts = alerts.attach(writer.store, self.settings.alerts)
+        self.exporter = None
+        if self.settings.metrics_listen:  # Prometheus: figures refreshed from the loop
+            from .prometheus import Exporter
+
+            self.exporter = Exporter(self.settings.metrics_listen)
+            writer.on_commit_time = self.exporter.observe_commit
         ctx = zmq.Context()
         self.handshakes = None
         if self.curve is not None:
@@ -356,6 +363,8 @@ class Daemon:
         finally:
             if self.alerts is not None:
                 self.alerts.stop()
+            if self.exporter is not None:
+                self.exporter.close()
             writer.close()
             if self.handshakes is not None:
                 self.handshakes.stop()
@@ -407,6 +416,8 @@ class Daemon:
             writer.tick()
             if self.alerts is not None:
                 self.alerts.tick()
+            if self.exporter is not None:
+                self.exporter.refresh(writer.figures)
             writer.maintenance_step()
             writer.adopt_spools()
             # Backpressure: while the store cannot keep up (or is full), leave records

@@ -163,6 +163,7 @@ class Writer:
         self.publisher_dropped: dict[int, int] = {}
         self.extra_figures: Callable[[], dict] = dict
         self.on_commit: Callable[[list[Message]], None] | None = None  # live followers
+        self.on_commit_time: Callable[[float], None] | None = None  # seconds per batch
         self._pending: list[Message] = []
         self._pending_rows = 0
         self._pending_seq: dict[int, int] = {}
@@ -380,6 +381,8 @@ class Writer:
         self.stats.commit_ms_avg += (took_ms - self.stats.commit_ms_avg) * 0.05
         self.stats.commit_ms_max = max(self.stats.commit_ms_max, took_ms)
         self.stats.batch_rows_avg += (records - self.stats.batch_rows_avg) * 0.05
+        if self.on_commit_time is not None:  # the Prometheus histogram (prometheus.py)
+            self.on_commit_time(took_ms / 1000)
         if self.on_commit is not None and batch:
             self.on_commit(batch)
         self.stats.committed_records += stored

@@ -79,7 +79,7 @@ class DeliveryWorker:
                 sink.close()
 
     def _open_sink(self):
-        delay = FIRST_BACKOFF
+        delay = min(FIRST_BACKOFF, self.config.backoff_max)
         while not self._stop.is_set():
             try:
                 return make_sink(self.config)
@@ -91,7 +91,7 @@ class DeliveryWorker:
 
     def _deliver(self, sink, seq: int, body: dict, attempts: int) -> bool:
         """Send one notification until it is taken; False when stopped first."""
-        delay = FIRST_BACKOFF
+        delay = min(FIRST_BACKOFF, self.config.backoff_max)
         while not self._stop.is_set():
             attempts += 1
             try:
