@@ -26,8 +26,8 @@ from .sinks import SinkError
 
 log = logging.getLogger(__name__)
 
-WINDOW = 500  # records published before their acknowledgements are awaited
-MAX_INFLIGHT = 200
+WINDOW = 2000  # records published before their acknowledgements are awaited
+MAX_INFLIGHT = 1000
 
 
 def topic_level(name: str) -> str:
