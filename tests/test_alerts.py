@@ -231,6 +231,10 @@ def test_status_and_alerts_show_the_queue_the_error_and_each_notification(
     assert "critical-anomaly" in table.output and "pending" in table.output
     firing = CliRunner().invoke(main, ["alerts", "--db", str(db_path), "--firing", "-o", "json"])
     assert [a["group"] for a in json.loads(firing.output)] == ["0", "1", "2"]
+    viewed = CliRunner().invoke(main, ["view", "--db", str(db_path), "--alerts", "-o", "json"])
+    assert [a["rule"] for a in json.loads(viewed.output)] == ["critical-anomaly"] * 3
+    summary = CliRunner().invoke(main, ["view", "--db", str(db_path), "--summary"])
+    assert "Alerts firing" in summary.output and "OVERCURRENT (HIGH): #2" in summary.output
 
     # `alerts test` sends through the rule's sinks now, without the daemon
     cfg.write_text(HOOK_CONFIG.format(url=receiver.url))
@@ -303,8 +307,10 @@ def test_the_prometheus_endpoint_shows_what_status_shows(db_path, tmp_path, star
 
     sink = (("sink", "lab-webhook"),)
     wait_until(
-        lambda: has(s := scrape(), "memorybank_records_committed_total", at_least=51)
-        and has(s, "memorybank_sink_failures_total", sink)
+        lambda: (
+            has(s := scrape(), "memorybank_records_committed_total", at_least=51)
+            and has(s, "memorybank_sink_failures_total", sink)
+        )
     )
     samples = scrape()
     assert samples[("memorybank_records_received_total", ())] == 51

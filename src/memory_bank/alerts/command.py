@@ -24,6 +24,12 @@ ALERT_COLUMNS = [
     Column("last_error", "LAST ERROR", lambda v: v or "", flexible=True),
     Column("summary", "SUMMARY", lambda v: v or "", flexible=True),
 ]
+FIRING_COLUMNS = [
+    Column("rule", "RULE"),
+    Column("group", "GROUP"),
+    Column("since", "FIRING SINCE", when),
+    Column("summary", "SUMMARY", lambda v: v or "", flexible=True),
+]
 TEST_COLUMNS = [
     Column("sink", "SINK"),
     Column("type", "TYPE"),
@@ -62,13 +68,7 @@ def alerts(ctx, db, output, limit, rule, firing) -> None:
     conn = _outbox_connection(db)
     if firing:
         rows = outbox.firing(conn)
-        columns = [
-            Column("rule", "RULE"),
-            Column("group", "GROUP"),
-            Column("since", "SINCE", when),
-            Column("record", "RECORD", lambda r: "" if r is None else str(r), flexible=True),
-        ]
-        for line in render(rows, columns, output, empty="(nothing firing)"):
+        for line in render(rows, FIRING_COLUMNS, output, empty="(nothing firing)"):
             click.echo(line)
         return
     rows = outbox.recent(conn, limit, rule)

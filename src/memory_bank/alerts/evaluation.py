@@ -33,6 +33,7 @@ class GroupState:
     times: list = field(default_factory=list)  # rate: record times of the last `count`
     record: dict | None = None  # the last matching record (repeat/resolved carry it)
     fired_at: float | None = None  # daemon time it began firing
+    summary: str | None = None  # what the firing notification said
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -190,7 +191,7 @@ class Evaluator:
 
     # -- notifications ------------------------------------------------------------------
     def _fire(self, rule, group, st, now, notes, summary) -> None:
-        st.firing, st.last_notified, st.fired_at = True, now, now
+        st.firing, st.last_notified, st.fired_at, st.summary = True, now, now, summary
         notes.append(self._note(rule, group, st, "firing", now, summary))
 
     def _resolve(self, rule, group, st, now, notes, summary) -> None:

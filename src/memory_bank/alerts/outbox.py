@@ -197,6 +197,7 @@ def firing(conn) -> list[dict]:
                     "rule": rule,
                     "group": grp,
                     "since": st.get("fired_at"),
+                    "summary": st.get("summary"),
                     "record": st.get("record"),
                 }
             )
