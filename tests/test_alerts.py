@@ -320,3 +320,12 @@ def test_the_prometheus_endpoint_shows_what_status_shows(db_path, tmp_path, star
     assert samples[("memorybank_database_bytes", ())] > 0
     assert samples[("memorybank_store_up", ())] == 1
     assert daemon.stop() == 0
+
+
+def test_a_postgresql_daemon_with_rules_refuses_to_start_and_says_why(
+    pg_url, tmp_path, start_daemon
+):
+    cfg = _config(tmp_path, HOOK_CONFIG.format(url="http://127.0.0.1:9/hook"))
+    daemon = start_daemon(pg_url, "--config", str(cfg), wait=False)
+    assert daemon.proc.wait(60) == 2
+    assert "alerts and sinks run on a SQLite database for now" in daemon.log
