@@ -10,17 +10,8 @@ from .. import wire
 
 # Columns of each table's wire row, in wire order (wire.py's layouts).
 WIRE_COLUMNS = {
-    "events": ("id", "timestamp", "event_type", "component", "message", "data"),
-    "anomalies": (
-        "id",
-        "timestamp",
-        "anomaly_type",
-        "severity",
-        "description",
-        "pattern_data",
-        "current_value",
-        "expected_value",
-    ),
+    "events": wire.TAIL_EVENT_KEYS,
+    "anomalies": wire.TAIL_ANOMALY_KEYS,
     "metrics": ("id", "timestamp", "metric_name", "metric_value", "unit", "metadata"),
 }
 # The JSON column of each table (decoded in the viewer's output), and its type column.
@@ -28,7 +19,6 @@ DATA_COLUMN = {"events": "data", "anomalies": "pattern_data", "metrics": "metada
 TYPE_COLUMN = {"events": "event_type", "anomalies": "anomaly_type", "metrics": "metric_name"}
 DATA_INDEX = {"events": 5, "anomalies": 5, "metrics": 5}
 TYPE_INDEX = {"events": 2, "anomalies": 2, "metrics": 2}
-assert wire.EVENT_FIELDS == len(WIRE_COLUMNS["events"])
 
 
 def _decoded(text):

@@ -126,6 +126,15 @@ def _number(value, where: str) -> float:
     return float(value)
 
 
+def _refuse_unknown(raw: dict, allowed: set, message: str) -> None:
+    """``message`` (its {} the unknown keys) and the keys expected, when ``raw`` has others."""
+    unknown = set(raw) - allowed
+    if unknown:
+        raise RuleError(
+            f"{message.format(', '.join(sorted(unknown)))}; expected {', '.join(sorted(allowed))}"
+        )
+
+
 def parse_sink(name: str, raw) -> Sink:
     where = f"sink {name!r}"
     if not isinstance(raw, dict):
@@ -133,12 +142,7 @@ def parse_sink(name: str, raw) -> Sink:
     kind = raw.get("type")
     if kind not in SINK_TYPES:
         raise RuleError(f"{where}: type must be one of {', '.join(SINK_TYPES)}, got {kind!r}")
-    unknown = set(raw) - _SINK_KEYS[kind]
-    if unknown:
-        raise RuleError(
-            f"{where}: unknown key(s) {', '.join(sorted(unknown))} for a {kind} sink; "
-            f"expected {', '.join(sorted(_SINK_KEYS[kind]))}"
-        )
+    _refuse_unknown(raw, _SINK_KEYS[kind], f"{where}: unknown key(s) {{}} for a {kind} sink")
     url = raw.get("url")
     if not isinstance(url, str) or not url:
         raise RuleError(f"{where}: url is required")
@@ -192,12 +196,7 @@ def parse_rule(raw, sinks: dict) -> Rule:
     when = raw.get("when")
     if when not in KINDS:
         raise RuleError(f"{where}: when must be one of {', '.join(KINDS)}, got {when!r}")
-    unknown = set(raw) - _KEYS[when]
-    if unknown:
-        raise RuleError(
-            f"{where}: unknown key(s) {', '.join(sorted(unknown))} for when = {when!r}; "
-            f"expected {', '.join(sorted(_KEYS[when]))}"
-        )
+    _refuse_unknown(raw, _KEYS[when], f"{where}: unknown key(s) {{}} for when = {when!r}")
     notify = raw.get("notify")
     notify = [notify] if isinstance(notify, str) else notify
     if not isinstance(notify, list) or not notify or not all(isinstance(s, str) for s in notify):
