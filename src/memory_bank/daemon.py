@@ -414,7 +414,7 @@ class Daemon:
                     self.handshakes.read(monitor)
             self.bindings.check()
             writer.tick()
-            if self.alerts is not None:
+            if self.alerts is not None and writer.store_error is None:
                 self.alerts.tick()
             if self.exporter is not None:
                 self.exporter.refresh(writer.figures)
@@ -478,10 +478,13 @@ class Daemon:
         writer.set_limits(new.limits)
         self._apply_maintenance_policy(writer)
         writer.store.set_max_db_bytes(new.max_db_bytes)
-        if self.alerts is not None:
-            self.alerts.reload(new.alerts)
-        else:
-            self.alerts = alerts.attach(writer.store, new.alerts)
+        try:
+            if self.alerts is not None:
+                self.alerts.reload(new.alerts)
+            else:
+                self.alerts = alerts.attach(writer.store, new.alerts)
+        except alerts.RuleError as exc:  # rules on a store that cannot run them
+            log.error("reload: alerts not started: %s", exc)
         logging.getLogger().setLevel(new.log_level)
         log.info(
             "configuration reloaded: retention %s, vacuum %s, keep %s",
