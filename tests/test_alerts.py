@@ -4,6 +4,7 @@ same ids across daemon restarts."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import time
@@ -199,8 +200,6 @@ def test_a_bad_rule_at_start_is_refused_with_its_name(db_path, tmp_path, start_d
 def test_status_and_alerts_show_the_queue_the_error_and_each_notification(
     db_path, tmp_path, start_daemon, receiver
 ):
-    import json
-
     from click.testing import CliRunner
 
     from memory_bank.cli import main
@@ -251,8 +250,6 @@ def test_status_and_alerts_show_the_queue_the_error_and_each_notification(
 def test_an_apprise_sink_delivers_through_its_json_target_once_it_answers(
     db_path, tmp_path, start_daemon
 ):
-    import json
-
     receiver = Receiver(free_ports(1))  # not listening yet: Apprise's POST fails first
     cfg = _config(
         tmp_path,
@@ -329,3 +326,27 @@ def test_a_postgresql_daemon_with_rules_refuses_to_start_and_says_why(
     daemon = start_daemon(pg_url, "--config", str(cfg), wait=False)
     assert daemon.proc.wait(60) == 2
     assert "alerts and sinks run on a SQLite database for now" in daemon.log
+
+
+def test_a_full_outbox_drops_the_oldest_and_says_so(db_path, tmp_path, start_daemon):
+    from memory_bank.control import daemon_stats
+
+    down = Receiver(free_ports(1))  # refuses: everything waits in the outbox
+    cfg = _config(
+        tmp_path,
+        HOOK_CONFIG.format(url=down.url).replace('backoff_max = "0.5s"', "max_pending = 3"),
+    )
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    with Publisher(db_path) as pub:
+        for n in range(5):
+            pub.record_anomaly("OVERCURRENT", "HIGH", f"#{n}", {"n": n})
+            pub.flush(10)
+    wait_until(lambda: daemon_stats(db_path)["alerts"]["sinks"]["lab-webhook"]["dropped"] == 2)
+    sink = daemon_stats(db_path)["alerts"]["sinks"]["lab-webhook"]
+    assert sink["pending"] == 3
+    conn = sqlite3.connect(db_path)
+    kept = conn.execute("SELECT body FROM mb_outbox WHERE status = 'pending' ORDER BY seq")
+    assert [json.loads(b)["group"]["n"] for (b,) in kept] == ["2", "3", "4"]  # the newest
+    conn.close()
+    assert "its queue is full (max_pending 3)" in daemon.log
+    assert daemon.stop() == 0
