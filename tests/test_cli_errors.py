@@ -44,6 +44,11 @@ def f(tmp_path_factory) -> SimpleNamespace:
     folder.mkdir()
     bad_toml = d / "bad.toml"
     bad_toml.write_text("[daemon]\nbatch_rows = 'many'\n")
+    rules_toml = d / "rules.toml"
+    rules_toml.write_text(
+        '[[alerts]]\nname = "hot"\nwhen = "anomaly"\nnotify = ["hook"]\n'
+        '[sinks.hook]\ntype = "webhook"\nurl = "http://127.0.0.1:1/hook"\n'
+    )
     return SimpleNamespace(
         d=d,
         ok=str(ok),
@@ -55,6 +60,7 @@ def f(tmp_path_factory) -> SimpleNamespace:
         nofolder_json=str(d / "no-such-folder" / "x.json"),
         nofolder_png=str(d / "no-such-folder" / "x.png"),
         bad_toml=str(bad_toml),
+        rules_toml=str(rules_toml),
     )
 
 
@@ -124,6 +130,14 @@ CASES = [
     ("detect", lambda f: ["detect", "--db", f.wrong, "--once"], 2, "has no events"),
     ("detect", lambda f: ["detect", "--db", f.ok, "--config", f.bad_toml], 2, "batch_rows"),
     ("detect", lambda f: ["detect", "--db", PG_DOWN, "--once"], 1, "connection"),
+    ("alerts", lambda f: ["alerts", "--db", f.missing], 2, "no database at"),
+    ("alerts", lambda f: ["alerts", "--db", f.notdb], 2, "not a MemoryBank database"),
+    ("alerts", lambda f: ["alerts", "--db", f.wrong, "--firing"], 2, "has no events"),
+    ("alerts", lambda f: ["alerts", "--db", PG_DOWN], 2, "SQLite databases for now"),
+    ("alerts", lambda f: ["alerts", "--db", f.ok, "--limit", "0"], 2, "Invalid value"),
+    ("alerts", lambda f: ["alerts", "test", "hot", "--config", f.bad_toml], 2, "batch_rows"),
+    ("alerts", lambda f: ["alerts", "test", "cold", "--config", f.rules_toml], 2, "rules: hot"),
+    ("alerts", lambda f: ["alerts", "test", "hot", "--config", f.rules_toml], 1, "1 of 1 sink"),
     ("memory-viewer", lambda f: ["--db", f.notdb, "--stats"], 2, "not a MemoryBank database"),
     ("memory-viewer", lambda f: ["--db", f.missing, "--summary"], 2, "no database at"),
     ("memory-viewer", lambda f: ["--db", f.wrong, "--patterns"], 2, "has no events"),

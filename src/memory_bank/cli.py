@@ -19,6 +19,7 @@ import click
 
 from . import __version__, discovery
 from . import config as config_mod
+from .alerts.command import alerts, status_lines
 from .cli_common import ErrorBoundary, InputError, db_option, output_option, remember_db
 from .control import DaemonUnavailable, daemon_stats, wait_for_daemon
 from .formatting import Column, record_lines, render
@@ -216,6 +217,8 @@ def status(db, output, as_json, endpoint) -> None:
     for key, label in _STATUS_ROWS:
         value = figures.get(key)
         click.echo(f"{label:<{width}}  {'-' if value is None else value}")
+    for line in status_lines(figures.get("alerts"), width):
+        click.echo(line)
     last = figures.get("last_maintenance") or {}
     upcoming = figures.get("next_maintenance") or {}
     for job in ("retention", "vacuum"):
@@ -504,6 +507,7 @@ def detect(db, config_path, once, sensitivity, endpoint, log_level) -> None:
 
 main.add_command(view)
 main.add_command(web)
+main.add_command(alerts)
 
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

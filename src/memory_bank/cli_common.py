@@ -34,6 +34,9 @@ EXTRA_FOR = {
     "can": "demo",
     "starlette": "web",
     "uvicorn": "web",
+    "apprise": "alerts",
+    "paho": "alerts",
+    "prometheus_client": "alerts",
 }
 
 # OSError numbers that mean "the path you gave cannot be used" (input) rather than "the

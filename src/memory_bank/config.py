@@ -43,6 +43,10 @@ class Config:
     web_host: str = "127.0.0.1"
     web_port: int = 8080
     web_token: str | None = None
+    # [[alerts]] rules and [sinks.NAME] (memory_bank.alerts.rules), as the file has them.
+    alerts: list | None = None
+    sinks: dict | None = None
+    metrics_listen: str | None = None  # [daemon] HOST:PORT of the Prometheus endpoint
 
     # [detect]: `memorybank detect` (see memory_bank.detect.runner.DetectSettings)
     detect_instance: str = "detect"
@@ -77,7 +81,15 @@ _DAY_KEYS = (
 )
 # TOML layout: [daemon] ..., [limits] ..., [security] ..., [logging] level
 _SECTIONS = {
-    "daemon": {"db", "endpoint", "batch_rows", "batch_seconds", "synchronous", "max_db_bytes"},
+    "daemon": {
+        "db",
+        "endpoint",
+        "batch_rows",
+        "batch_seconds",
+        "synchronous",
+        "max_db_bytes",
+        "metrics_listen",
+    },
     "limits": {"max_text_chars", "max_future_seconds"},
     "security": {"curve_secret_key_file", "curve_authorized_keys_dir"},
     "maintenance": {"retention_schedule", "vacuum_schedule", "chunk_rows", *_DAY_KEYS},
@@ -169,6 +181,7 @@ def _check(config: Config) -> Config:
         raise ConfigError("web.token: expected a non-empty string")
 
     _check_detect(config)
+    _check_alerts(config)
     from .writer.schedule import parse_schedule
 
     try:
@@ -185,6 +198,22 @@ def _check(config: Config) -> Config:
             f"daemon.endpoint: expected ipc://PATH or tcp://HOST:PORT, got {config.endpoint!r}"
         )
     return config
+
+
+def _check_alerts(config: Config) -> None:
+    from .alerts import RuleError, parse
+
+    try:
+        parse(config.alerts, config.sinks)
+    except RuleError as exc:
+        raise ConfigError(str(exc)) from None
+    listen = config.metrics_listen
+    if listen is not None:
+        host, _, port = str(listen).rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(
+                f"daemon.metrics_listen: expected HOST:PORT (127.0.0.1:9464), got {listen!r}"
+            )
 
 
 def _check_detect(config: Config) -> None:
@@ -254,11 +283,14 @@ def load(path: str | os.PathLike | None = None, **overrides) -> Config:
             raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        # [[alerts]] and [sinks.NAME] are checked by memory_bank.alerts.rules (in _check).
+        config.alerts = doc.pop("alerts", None)
+        config.sinks = doc.pop("sinks", None)
         for section, values in doc.items():
             if section not in _SECTIONS or not isinstance(values, dict):
                 raise ConfigError(
                     f"{path}: unknown section [{section}]; expected one of "
-                    f"{', '.join(sorted(_SECTIONS))}"
+                    f"{', '.join(sorted([*_SECTIONS, 'alerts', 'sinks']))}"
                 )
             for key, value in values.items():
                 if key not in _SECTIONS[section]:

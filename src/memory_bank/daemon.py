@@ -26,7 +26,7 @@ import msgpack
 import zmq
 from zmq.utils import z85
 
-from . import __version__, discovery, ports, sockets, wire
+from . import __version__, alerts, discovery, ports, sockets, wire
 from .bindings import Bindings
 from .sdnotify import Notifier
 from .spool_auth import LOCAL, SpoolAuth
@@ -51,6 +51,7 @@ RESTART_ONLY = (
     "curve_secret_key_file",
     "curve_authorized_keys_dir",
     "synchronous",
+    "metrics_listen",
 )
 
 
@@ -70,6 +71,8 @@ class DaemonSettings:
     retention_days: dict | None = None  # per table; None: the Writer's defaults
     chunk_rows: int = 5000
     log_level: str = "INFO"
+    alerts: alerts.AlertsConfig = alerts.AlertsConfig()  # [[alerts]] rules, [sinks.NAME]
+    metrics_listen: str | None = None  # HOST:PORT of the Prometheus endpoint
 
     @classmethod
     def from_config(cls, cfg) -> DaemonSettings:
@@ -90,6 +93,8 @@ class DaemonSettings:
             retention_days=cfg.table_retention_days(),
             chunk_rows=cfg.chunk_rows,
             log_level=cfg.log_level,
+            alerts=alerts.parse(cfg.alerts, cfg.sinks),
+            metrics_listen=cfg.metrics_listen,
         )
 
     def writer_settings(self) -> WriterSettings:
@@ -331,6 +336,16 @@ class Daemon:
             return self._serve_store(store, wake_r)
 
     def _serve_store(self, store: Store, wake_r: socket.socket) -> int:
+        # Alerts (memory_bank.alerts): evaluated inside each batch's transaction through
+        # the store's batch_hook, driven from the loop (tick), reloaded on SIGHUP, stopped
+        # before the store closes. None when no rule or sink is configured.
+        self.store = store  # for alert rules given on a reload
+        self.alerts = alerts.attach(store, self.settings.alerts)
+        self.exporter = None
+        if self.settings.metrics_listen:  # Prometheus: figures refreshed from the loop
+            from .prometheus import Exporter
+
+            self.exporter = Exporter(self.settings.metrics_listen)
         ctx = zmq.Context()
         self.handshakes = None
         if self.curve is not None:
@@ -376,6 +391,10 @@ class Daemon:
             )
             return 0
         finally:
+            if self.alerts is not None:
+                self.alerts.stop()
+            if self.exporter is not None:
+                self.exporter.close()
             writer.close()
             if self.handshakes is not None:
                 self.handshakes.stop()
@@ -385,8 +404,11 @@ class Daemon:
             ctx.term()
 
     # -- the writer's host (WriterHost) ------------------------------------------------------
-    def after_commit(self, batch: list[Message]) -> None:
-        """After a commit: the batch's events and anomalies to `view --follow` (if any)."""
+    def after_commit(self, batch: list[Message], seconds: float) -> None:
+        """After a commit that took ``seconds``: the time to Prometheus' histogram (if on),
+        the batch's events and anomalies to `view --follow` (if any)."""
+        if self.exporter is not None:
+            self.exporter.observe_commit(seconds)
         if not self.followers:
             return
         events = [row for msg in batch for row in msg.events]
@@ -407,6 +429,7 @@ class Daemon:
             **(self.handshakes.figures() if self.handshakes else {}),
             "next_maintenance": self.schedule.next_runs(),
             "version": __version__,
+            **({"alerts": self.alerts.figures()} if self.alerts else {}),
         }
 
     # -- the loop -----------------------------------------------------------------------
@@ -444,6 +467,10 @@ class Daemon:
                     handshakes.read(monitor)
             self.bindings.check()
             writer.tick()
+            if self.alerts is not None and writer.store_error is None:
+                self.alerts.tick()
+            if self.exporter is not None:
+                self.exporter.refresh(writer.figures)
             writer.maintenance_step()
             writer.adopt_spools()
             # Backpressure: while the store cannot keep up (or is full), leave records
@@ -489,6 +516,13 @@ class Daemon:
                 setattr(new, key, getattr(self.settings, key))
         self.settings = new
         writer.configure(new.writer_settings())
+        try:
+            if self.alerts is not None:
+                self.alerts.reload(new.alerts)
+            else:
+                self.alerts = alerts.attach(self.store, new.alerts)
+        except alerts.RuleError as exc:  # rules on a store that cannot run them
+            log.error("reload: alerts not started: %s", exc)
         logging.getLogger().setLevel(new.log_level)
         log.info(
             "configuration reloaded: retention %s, vacuum %s, keep %s",

@@ -106,6 +106,20 @@ class Viewer:
         self.emit(
             self.reader.iter_anomalies(limit=5), formatting.ANOMALY_COLUMNS, "Recent anomalies"
         )
+        firing = self.firing_alerts()
+        if firing:
+            from .alerts.command import FIRING_COLUMNS
+
+            click.echo()
+            self.emit(firing, FIRING_COLUMNS, "Alerts firing")
+
+    def firing_alerts(self) -> list[dict]:
+        """The alert rules firing now, per group (the daemon's alerts; SQLite only)."""
+        if discovery.is_url(self.db):
+            return []
+        from .alerts import outbox
+
+        return outbox.firing(self.reader.tuples)
 
     def events(self, limit: int | None, f: Filters) -> None:
         rows = self.reader.iter_events(limit, f.since, f.until, f.event_type, f.component)
@@ -258,6 +272,7 @@ def _filters(reader, since, until, component, event_type, anomaly_type, severity
 @click.option("--anomalies", type=click.IntRange(min=1), metavar="N", help="Last N anomalies.")
 @click.option("--sessions", type=click.IntRange(min=1), metavar="N", help="Last N sessions.")
 @click.option("--patterns", is_flag=True, help="Learned patterns.")
+@click.option("--alerts", "firing", is_flag=True, help="Alert rules firing now.")
 @click.option("--forecast", is_flag=True, help="When the next anomaly is due (learned cycles).")
 @click.option(
     "--within", type=click.FloatRange(min=0), default=60.0, help="--forecast horizon (s)."
@@ -292,6 +307,7 @@ def view(
     anomalies,
     sessions,
     patterns,
+    firing,
     forecast,
     within,
     stats,
@@ -341,6 +357,11 @@ def view(
             chosen = True
     if patterns:
         viewer.patterns()
+        chosen = True
+    if firing:
+        from .alerts.command import FIRING_COLUMNS
+
+        viewer.emit(viewer.firing_alerts(), FIRING_COLUMNS, "Alerts firing", "(nothing firing)")
         chosen = True
     if forecast:
         viewer.forecast(within)

@@ -366,10 +366,17 @@ class SqliteStore(SqlStore):
             if rejects:
                 self._record_rejects(rejects)
             self._record_watermarks(applied)
+            hook = self.batch_hook
+            if hook is not None:  # alerts: the outbox rows join this transaction
+                hook.stage(conn, {"events": events, "anomalies": anomalies, "metrics": metrics})
             conn.execute("COMMIT")
         except BaseException:
             self._rollback()
+            if self.batch_hook is not None:
+                self.batch_hook.discarded()
             raise
+        if hook is not None:
+            hook.committed()
         return stored
 
     def _split_taken(self, rows_by_table: dict[str, list]) -> tuple[list[list], list[tuple]]:

@@ -70,13 +70,14 @@ class WriterSettings:
 class WriterHost(Protocol):
     """What the process around a Writer offers it: the only calls the writer makes up.
 
-    ``after_commit(batch)`` runs after each commit with the batch's messages (the daemon
-    sends their events and anomalies to `view --follow`); ``figures()`` returns the
+    ``after_commit(batch, seconds)`` runs after each commit with the batch's messages and
+    the commit's duration (the daemon sends their events and anomalies to `view --follow`,
+    the duration to Prometheus); ``figures()`` returns the
     process's own figures, added to ``Writer.figures()`` (endpoints, version, next
     maintenance). Both run on the writer's thread, between batches: they must not block.
     """
 
-    def after_commit(self, batch: list[Message]) -> None: ...
+    def after_commit(self, batch: list[Message], seconds: float) -> None: ...
 
     def figures(self) -> dict: ...
 
@@ -84,7 +85,7 @@ class WriterHost(Protocol):
 class NoHost:
     """A host with nothing to add (the embedded mode)."""
 
-    def after_commit(self, batch: list[Message]) -> None:
+    def after_commit(self, batch: list[Message], seconds: float) -> None:
         pass
 
     def figures(self) -> dict:
@@ -357,7 +358,7 @@ class Writer:
         self.counts.commit_ms_max = max(self.counts.commit_ms_max, took_ms)
         self.counts.batch_rows_avg += (records - self.counts.batch_rows_avg) * 0.05
         if batch:
-            self.host.after_commit(batch)
+            self.host.after_commit(batch, took_ms / 1000)
         self.counts.committed_records += stored
         # Rows a store refused inside the batch (an id another row already has: SQLite
         # keeps them in mb_rejected with the reason).

@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""Alerts and streams under load, in one run on this machine.
+
+    python bench/alerts.py              # the full run (about a minute)
+    python bench/alerts.py --quick      # a short form that keeps the benchmark working
+    python bench/alerts.py --json out.json
+
+(1) commit -> webhook POST received: a probe anomaly every 50 ms fires a rule whose
+webhook is a local HTTP receiver, while two load processes publish 10,000 records/s in
+all. Reported from the notification's ``at`` (stamped inside the batch's transaction, just
+before its COMMIT) to the POST's arrival, and from the probe's publish call to the arrival.
+(2) ingest with five rules and the MQTT stream of every committed record on, against the
+same workload with them off, alternating daemons in the same run: records committed per
+second, two publisher processes. Both sides do the same work up to the commit; the "on"
+side also evaluates the rules in each batch's transaction, writes their outbox rows,
+delivers their notifications and streams each record to Mosquitto (when installed; the
+report says when it is not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from run import LOAD, PUBLISHER, percentile  # noqa: E402
+
+from memory_bank import Publisher  # noqa: E402
+from memory_bank.control import daemon_stats, wait_for_daemon  # noqa: E402
+
+PY = sys.executable
+
+FIVE_RULES = """
+[[alerts]]
+name = "critical-anomaly"
+when = "anomaly"
+severity = ["HIGH", "CRITICAL"]
+notify = ["hook"]
+
+[[alerts]]
+name = "overcurrent"
+when = "metric"
+metric = "current"
+above = 80.0
+for = "2s"
+notify = ["hook"]
+
+[[alerts]]
+name = "anomaly-storm"
+when = "rate"
+anomaly_type = "CURRENT_LIMIT_FLUCTUATION"
+count = 5
+within = "1m"
+notify = ["hook"]
+
+[[alerts]]
+name = "charger-silent"
+when = "absence"
+metric = "current"
+for = "10s"
+notify = ["hook"]
+
+[[alerts]]
+name = "frame-storm"
+when = "rate"
+event_type = "CAN_RX"
+count = 1000
+within = "1s"
+notify = ["hook"]
+"""
+PROBE_RULE = """
+[[alerts]]
+name = "probe"
+when = "anomaly"
+anomaly_type = "PROBE"
+group = "probe"
+notify = ["hook"]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Receiver:
+    """The webhook's other side: arrival time of each notification, by id."""
+
+    def __init__(self):
+        self.arrivals: list[tuple[float, dict]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                receiver.arrivals.append((time.time(), body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+
+
+class Mosquitto:
+    def __init__(self, folder: Path):
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.port = free_port()
+        conf = folder / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
+        )
+        self.proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def available_mosquitto() -> bool:
+    return bool(shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists())
+
+
+class Daemon:
+    def __init__(self, db: Path, config: Path | None):
+        args = [PY, "-m", "memory_bank", "daemon", "--db", str(db), "--log-level", "WARNING"]
+        if config is not None:
+            args += ["--config", str(config)]
+        self.proc = subprocess.Popen(args)
+        wait_for_daemon(db, timeout=60)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=120)
+
+
+# -- (1) commit -> POST received --------------------------------------------------------
+def latency(work: Path, rate: float, seconds: float, probes: int) -> dict:
+    receiver = Receiver()
+    cfg = work / "latency.toml"
+    cfg.write_text(PROBE_RULE + f'\n[sinks.hook]\ntype = "webhook"\nurl = "{receiver.url}"\n')
+    db = work / "latency.db"
+    daemon = Daemon(db, cfg)
+    loads = [
+        subprocess.Popen([PY, "-c", LOAD, str(db), str(seconds + 2), str(rate / 2), str(HERE)])
+        for _ in range(2)
+    ]
+    time.sleep(1.0)
+    sent: dict[int, float] = {}
+    with Publisher(db) as pub:
+        gap = seconds / probes
+        for k in range(probes):
+            sent[k] = time.time()
+            pub.record_anomaly("PROBE", "HIGH", "probe", {"probe": k})
+            time.sleep(gap)
+        pub.flush(60)
+    for load in loads:
+        load.wait(timeout=600)
+    deadline = time.monotonic() + 30
+    while len(receiver.arrivals) < probes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    committed = daemon_stats(db)["committed_records"]
+    daemon.stop()
+    receiver.server.shutdown()
+    from datetime import datetime
+
+    from_commit, from_call = [], []
+    for arrived, body in receiver.arrivals:
+        at = datetime.fromisoformat(body["at"]).timestamp()
+        from_commit.append((arrived - at) * 1000)
+        from_call.append((arrived - sent[body["record"]["pattern_data"]["probe"]]) * 1000)
+    return {
+        "load_rate_per_second": round(rate),
+        "load_committed": committed,
+        "probes": probes,
+        "received": len(receiver.arrivals),
+        "commit_to_post_p50_ms": round(percentile(from_commit, 0.5), 2),
+        "commit_to_post_p99_ms": round(percentile(from_commit, 0.99), 2),
+        "commit_to_post_max_ms": round(max(from_commit), 2),
+        "call_to_post_p50_ms": round(percentile(from_call, 0.5), 2),
+        "call_to_post_p99_ms": round(percentile(from_call, 0.99), 2),
+    }
+
+
+# -- (2) ingest with alerts and the stream on / off ---------------------------------------
+def ingest(work: Path, label: str, config: Path | None, per_publisher: int) -> float:
+    db = work / f"ingest-{label}.db"
+    daemon = Daemon(db, config)
+    start_at = time.time() + 1.0
+    procs = [
+        subprocess.Popen(
+            [PY, "-c", PUBLISHER, str(db), str(per_publisher), repr(start_at), str(HERE), "memory"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    reports = [json.loads(p.communicate(timeout=1800)[0]) for p in procs]
+    daemon.stop()
+    first = min(r["first_call"] for r in reports)
+    last = max(r["acked"] for r in reports)
+    return 2 * per_publisher / (last - first)
+
+
+def ingest_ratio(work: Path, per_publisher: int, rounds: int) -> dict:
+    receiver = Receiver()
+    broker = Mosquitto(work) if available_mosquitto() else None
+    on = work / "on.toml"
+    sinks = f'\n[sinks.hook]\ntype = "webhook"\nurl = "{receiver.url}"\n'
+    if broker is not None:
+        sinks += (
+            f'\n[sinks.broker]\ntype = "mqtt"\nurl = "mqtt://127.0.0.1:{broker.port}"\n'
+            'stream = ["events", "anomalies", "metrics"]\n'
+        )
+    on.write_text(FIVE_RULES + sinks)
+    off_rates, on_rates = [], []
+    for r in range(rounds):
+        off_rates.append(ingest(work, f"off{r}", None, per_publisher))
+        on_rates.append(ingest(work, f"on{r}", on, per_publisher))
+    if broker is not None:
+        broker.stop()
+    receiver.server.shutdown()
+    off, on_ = statistics.median(off_rates), statistics.median(on_rates)
+    return {
+        "records_per_side_per_round": 2 * per_publisher,
+        "rounds": rounds,
+        "off_records_per_second": round(off),
+        "on_records_per_second": round(on_),
+        "on_over_off": round(on_ / off, 3),
+        "mqtt_stream": "on" if broker is not None else "not measured (no mosquitto)",
+        "notifications_received": len(receiver.arrivals),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mb-bench-alerts-"))
+    try:
+        if args.quick:
+            results = {
+                "latency": latency(work, 10_000, 2.0, 20),
+                "ingest": ingest_ratio(work, 20_000, 1),
+            }
+        else:
+            results = {
+                "latency": latency(work, 10_000, 20.0, 400),
+                "ingest": ingest_ratio(work, 100_000, 3),
+            }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    lat, ing = results["latency"], results["ingest"]
+    print(
+        f"commit -> webhook POST at {lat['load_rate_per_second']} rec/s background: "
+        f"p50 {lat['commit_to_post_p50_ms']} ms, p99 {lat['commit_to_post_p99_ms']} ms, "
+        f"max {lat['commit_to_post_max_ms']} ms ({lat['received']}/{lat['probes']} probes; "
+        f"publish call -> POST p99 {lat['call_to_post_p99_ms']} ms)"
+    )
+    print(
+        f"ingest with five rules + MQTT stream ({ing['mqtt_stream']}): "
+        f"{ing['on_records_per_second']} rec/s against {ing['off_records_per_second']} off: "
+        f"{ing['on_over_off']}x"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Alerts and streams: rules evaluated on each committed batch, notifications written to an
+outbox in the batch's own transaction, delivered afterwards to sinks (webhook, Apprise,
+MQTT), and the committed records streamed to MQTT.
+
+Lives on the write side (only the writer knows what was committed) but outside the writer:
+the daemon attaches an ``AlertEngine`` to the store (``store.batch_hook``) and drives it
+from its loop; see ``engine.py`` for the hook's contract. Readers use ``outbox.recent`` and
+``outbox.firing``. docs/alerts.md is the user's guide.
+"""
+
+from __future__ import annotations
+
+from .rules import AlertsConfig, Rule, RuleError, Sink, parse
+
+__all__ = ["AlertsConfig", "Rule", "RuleError", "Sink", "attach", "parse"]
+
+
+def attach(store, config: AlertsConfig):
+    """An engine evaluating ``config``'s rules on every batch ``store`` commits, with its
+    delivery workers started; None when the configuration has no rules and no sinks."""
+    if config.empty:
+        return None
+    from .engine import AlertEngine
+
+    engine = AlertEngine(store, config)
+    store.batch_hook = engine
+    return engine

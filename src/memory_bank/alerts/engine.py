@@ -1,0 +1,232 @@
+"""The alerts engine: the writer's hook (evaluate inside the batch's transaction, queue the
+notifications in the outbox of that same transaction), and the delivery workers.
+
+How the daemon uses it (the only places alerts touch the write side):
+
+- ``store.batch_hook = engine``: the store calls ``engine.stage(conn, tables)`` inside each
+  batch's transaction right before COMMIT, then ``engine.committed()`` after the COMMIT or
+  ``engine.discarded()`` after a rollback. A record is therefore evaluated exactly once,
+  when it is committed, even across restarts: the evaluation state (``for``, ``rate``,
+  ``absence``, firing or not) is written in the same transaction (mb_alert_state) and read
+  back at start.
+- ``engine.tick()`` from the daemon's loop, between batches, on the same connection: what
+  time alone causes (absence, resolve_after, repeat) and the delivery outcomes the workers
+  report, in a transaction of its own.
+- ``engine.reload(config)`` on SIGHUP, ``engine.figures()`` for status, ``engine.stop()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import time
+
+from . import outbox
+from .delivery import DeliveryWorker
+from .evaluation import Evaluator
+from .rules import AlertsConfig, RuleError
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.1
+PRUNE_SECONDS = 60.0
+
+
+class AlertEngine:
+    def __init__(self, store, config: AlertsConfig):
+        path = getattr(store, "path", None)
+        if path is None or not isinstance(getattr(store, "conn", None), sqlite3.Connection):
+            raise RuleError(
+                "alerts and sinks run on a SQLite database for now; this daemon serves "
+                f"{store.name}"
+            )
+        self.store = store
+        self.db_path = path
+        conn = store.conn
+        outbox.create(conn)
+        self.config = config
+        self.results: queue.Queue = queue.Queue()
+        self.pending = outbox.pending_counts(conn)
+        self.dropped: dict[str, int] = {}
+        self.evaluation_errors = 0
+        self.evaluator = Evaluator(config.rules, outbox.load_states(conn), time.time())
+        self.workers: dict[str, DeliveryWorker] = {}
+        self._staged: tuple | None = None
+        self._staged_tables: dict | None = None
+        self._next_tick = 0.0
+        self._next_prune = 0.0
+        self._tick_error_logged = 0.0
+        self.streams: dict = {}  # sink name -> its MQTT stream of committed records
+        self._start_workers(config)
+
+    # -- configuration ------------------------------------------------------------------
+    def _start_workers(self, config: AlertsConfig) -> None:
+        for name, sink in config.sinks.items():
+            if name not in self.workers:
+                self.workers[name] = DeliveryWorker(sink, self.db_path, self.results).start()
+            if sink.stream and name not in self.streams:
+                from .mqtt import MqttStream
+
+                self.streams[name] = MqttStream(sink).start()
+        if self.pending:
+            log.info(
+                "alerts: %d notification(s) pending from before the restart: %s",
+                sum(self.pending.values()),
+                ", ".join(f"{s} {n}" for s, n in sorted(self.pending.items())),
+            )
+
+    def reload(self, config: AlertsConfig) -> None:
+        """New rules and sinks (SIGHUP). Rules keep their state by name; a sink whose
+        settings changed is restarted, and one removed stops (its pending rows wait)."""
+        stopping = [w for n, w in self.workers.items() if config.sinks.get(n) != w.config]
+        for worker in stopping:
+            worker.stop()
+            del self.workers[worker.config.name]
+            stream = self.streams.pop(worker.config.name, None)
+            if stream is not None:
+                stream.stop()
+        self.config = config
+        self.evaluator.rules = config.rules
+        self.evaluator.restart_clocks(time.time())
+        self._start_workers(config)
+        log.info(
+            "alerts reloaded: %d rule(s), sinks %s",
+            len(config.rules),
+            ", ".join(sorted(config.sinks)) or "none",
+        )
+
+    # -- the store's hook ---------------------------------------------------------------
+    def stage(self, conn, tables: dict[str, list]) -> None:
+        """Inside a batch's transaction: evaluate its rows, queue the notifications."""
+        try:
+            notes, touched = self.evaluator.batch(tables, time.time())
+        except Exception:  # a fault of ours never costs the batch
+            self.evaluation_errors += 1
+            log.exception("alert evaluation failed for a batch; its rows are not evaluated")
+            notes, touched = [], {}
+        self._write(conn, notes, touched, [])
+        self._staged_tables = tables
+
+    def _write(self, conn, notes, touched, results) -> None:
+        added = outbox.insert(conn, notes, set(self.workers)) if notes else {}
+        if touched:
+            outbox.save_states(conn, touched)
+        delivered = outbox.mark(conn, results) if results else {}
+        dropped = {}
+        for sink, n in added.items():
+            limit = self.workers[sink].config.max_pending
+            over = self.pending.get(sink, 0) - delivered.get(sink, 0) + n - limit
+            if over > 0:
+                dropped[sink] = outbox.drop_oldest(conn, sink, over)
+        self._staged = (touched, added, delivered, dropped, results)
+
+    def committed(self) -> None:
+        if self._staged is None:
+            return
+        touched, added, delivered, dropped, _results = self._staged
+        self._staged = None
+        self.evaluator.adopt(touched)
+        for sink in set(added) | set(delivered) | set(dropped):
+            self.pending[sink] = (
+                self.pending.get(sink, 0)
+                + added.get(sink, 0)
+                - delivered.get(sink, 0)
+                - dropped.get(sink, 0)
+            )
+        for sink, n in dropped.items():
+            self.dropped[sink] = self.dropped.get(sink, 0) + n
+            log.error(
+                "sink %s: its queue is full (max_pending %d); dropped the %d oldest pending "
+                "notification(s), %d so far",
+                sink,
+                self.workers[sink].config.max_pending,
+                n,
+                self.dropped[sink],
+            )
+        for sink in added:
+            self.workers[sink].wake.set()
+        tables, self._staged_tables = self._staged_tables, None
+        if tables is not None:
+            for stream in self.streams.values():
+                stream.put(tables)
+
+    def discarded(self) -> None:
+        """The transaction rolled back: nothing of it happened (outcomes are written later)."""
+        if self._staged is not None:
+            for result in self._staged[4]:
+                self.results.put(result)
+        self._staged = None
+        self._staged_tables = None
+
+    # -- the daemon's loop --------------------------------------------------------------
+    def tick(self, force: bool = False) -> None:
+        """What time causes, and the workers' outcomes, in one short transaction."""
+        now = time.monotonic()
+        if now < self._next_tick and not force:
+            return
+        self._next_tick = now + TICK_SECONDS
+        results = []
+        while True:
+            try:
+                results.append(self.results.get_nowait())
+            except queue.Empty:
+                break
+        notes, touched = self.evaluator.tick(time.time())
+        prune = now >= self._next_prune
+        if not (results or notes or touched or prune):
+            return
+        conn = self.store.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._write(conn, notes, touched, results)
+                if prune:
+                    outbox.prune(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.rollback()
+                raise
+        except sqlite3.Error as exc:
+            self.discarded()
+            if now - self._tick_error_logged >= 30.0:
+                self._tick_error_logged = now
+                log.error("alerts: cannot write to the outbox now (%s); retrying", exc)
+            return
+        if prune:
+            self._next_prune = now + PRUNE_SECONDS
+        self.committed()
+
+    def stop(self) -> None:
+        """Stop the workers, then write what they reported."""
+        for worker in self.workers.values():
+            worker.request_stop()
+        for worker in self.workers.values():
+            worker.stop()
+        for stream in self.streams.values():
+            stream.stop()
+        self.tick(force=True)
+
+    # -- figures ------------------------------------------------------------------------
+    def figures(self) -> dict:
+        sinks = {}
+        for name, worker in self.workers.items():
+            sinks[name] = {
+                "type": worker.config.type,
+                "pending": self.pending.get(name, 0),
+                "delivered": worker.delivered,
+                "failures": worker.failures,
+                "dropped": self.dropped.get(name, 0),
+                "failing": worker.failing,
+                "last_error": worker.last_error,
+                "last_error_at": worker.last_error_at,
+            }
+        figures = {
+            "rules": len(self.evaluator.rules),
+            "firing": len(self.evaluator.firing()),
+            "evaluation_errors": self.evaluation_errors,
+            "sinks": sinks,
+        }
+        if self.streams:
+            figures["streams"] = {n: s.figures() for n, s in self.streams.items()}
+        return figures

@@ -1,0 +1,220 @@
+"""Rule evaluation: committed rows in, notifications out (Alertmanager's firing, repeat and
+resolved, per group).
+
+Each rule keeps a state per group (``group`` names a key of the record's data; without it
+the rule has one group, ""). The evaluator never changes its committed states in place: a
+batch (or a tick) works on copies, which the engine writes in the same transaction as the
+batch and adopts only once that transaction committed, so a batch that is rolled back and
+retried is evaluated once, as it is stored once.
+
+Times: ``for`` of a metric rule and ``within`` of a rate rule compare the records' own
+timestamps (the caller's time, contract 3); ``for`` of an absence rule, ``repeat`` and
+``resolve_after`` compare the daemon's clock, since they are about time passing with no
+record at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+from .records import TYPE_INDEX, as_record, created_at, group_of
+from .rules import Rule
+
+
+@dataclass
+class GroupState:
+    """What one (rule, group) remembers between batches (persisted as JSON)."""
+
+    firing: bool = False
+    since: float | None = None  # metric: record time the condition began to hold
+    last_notified: float = 0.0  # daemon time of the last notification
+    last_seen: float | None = None  # daemon time of the last matching record
+    times: list = field(default_factory=list)  # rate: record times of the last `count`
+    record: dict | None = None  # the last matching record (repeat/resolved carry it)
+    fired_at: float | None = None  # daemon time it began firing
+    summary: str | None = None  # what the firing notification said
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> GroupState:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass
+class Notification:
+    rule: Rule
+    group: str
+    state: str  # "firing" or "resolved"
+    at: float
+    record: dict | None
+    table: str
+    summary: str
+
+
+Key = tuple[str, str]  # (rule name, group)
+
+
+class Evaluator:
+    def __init__(self, rules: tuple[Rule, ...], states: dict[Key, GroupState], now: float):
+        self.rules = rules
+        self.states = states
+        self._started = now
+        self.restart_clocks(now)
+
+    def restart_clocks(self, now: float) -> None:
+        """Absence is measured from when the daemon (or the rule) started at the earliest:
+        data a publisher held while the daemon was down is not an absence."""
+        self._started = now
+        for rule in self.rules:
+            if rule.when != "absence":
+                continue
+            for (name, _g), st in self.states.items():
+                if name == rule.name and not st.firing:
+                    st.last_seen = max(st.last_seen or 0.0, now)
+
+    # -- a committed batch --------------------------------------------------------------
+    def batch(self, tables: dict[str, list], now: float) -> tuple[list, dict]:
+        """Notifications for a batch's rows ({table: wire rows}), and the states touched."""
+        notes: list[Notification] = []
+        touched: dict[Key, GroupState] = {}
+        committed = created_at(now)
+        for rule in self.rules:
+            rows = tables.get(rule.table) or ()
+            if not rows:
+                continue
+            for row in self._matching(rule, rows):
+                key = (rule.name, group_of(rule.table, row, rule.group))
+                st = self._staged(key, touched)
+                self._on_record(rule, key[1], st, row, now, committed, notes)
+        return notes, touched
+
+    def _matching(self, rule: Rule, rows) -> Iterator:
+        names = rule.event_type or rule.anomaly_type
+        t = TYPE_INDEX[rule.table]
+        for row in rows:
+            if rule.metric is not None:
+                if row[t] != rule.metric:
+                    continue
+            elif names and row[t] not in names:
+                continue
+            if rule.severity and row[3] not in rule.severity:
+                continue
+            yield row
+
+    def _staged(self, key: Key, touched: dict) -> GroupState:
+        st = touched.get(key)
+        if st is None:
+            old = self.states.get(key)
+            st = GroupState() if old is None else GroupState.from_json(old.to_json())
+            touched[key] = st
+        return st
+
+    def _on_record(self, rule, group, st, row, now, committed, notes) -> None:
+        record = lambda: as_record(rule.table, row, committed)  # noqa: E731 (built on use)
+        if rule.when == "anomaly":
+            st.last_seen, st.record = now, record()
+            if not st.firing:
+                self._fire(rule, group, st, now, notes, f"{row[2]} ({row[3]}): {row[4] or ''}")
+        elif rule.when == "metric":
+            value, ts = row[3], row[1]
+            if rule.holds(value):
+                if st.since is None:
+                    st.since = ts
+                if not st.firing and ts - st.since >= rule.hold:
+                    st.record = record()
+                    self._fire(rule, group, st, now, notes, _metric_summary(rule, value))
+            else:
+                st.since = None
+                if st.firing:
+                    st.record = record()
+                    self._resolve(rule, group, st, now, notes, f"{rule.metric} = {value:g}")
+        elif rule.when == "rate":
+            st.times = [*st.times, row[1]][-rule.count :]
+            if len(st.times) == rule.count and st.times[-1] - st.times[0] <= rule.within:
+                st.record = record()
+                if not st.firing:
+                    self._fire(
+                        rule,
+                        group,
+                        st,
+                        now,
+                        notes,
+                        f"{rule.count} x {row[2]} within {rule.within:g}s",
+                    )
+        else:  # absence: data arrived
+            st.last_seen, st.record = now, record()
+            if st.firing:
+                self._resolve(rule, group, st, now, notes, "data arrives again")
+
+    # -- time passing -------------------------------------------------------------------
+    def tick(self, now: float) -> tuple[list, dict]:
+        """Notifications that time alone causes: absence, resolve_after, a rate that no
+        longer holds, repeat."""
+        notes: list[Notification] = []
+        touched: dict[Key, GroupState] = {}
+        for rule in self.rules:
+            if rule.when == "absence" and not rule.group and (rule.name, "") not in self.states:
+                self.states[(rule.name, "")] = GroupState(last_seen=self._started)
+            for key, st0 in list(self.states.items()):
+                if key[0] != rule.name:
+                    continue
+                change = self._due(rule, st0, now)
+                if change is None:
+                    continue
+                st = self._staged(key, touched)
+                if change == "absent":
+                    self._fire(rule, key[1], st, now, notes, f"nothing for {rule.hold:g}s")
+                elif change == "resolved":
+                    self._resolve(rule, key[1], st, now, notes, "no longer holds")
+                else:  # repeat
+                    st.last_notified = now
+                    notes.append(self._note(rule, key[1], st, "firing", now, "still firing"))
+        return notes, touched
+
+    @staticmethod
+    def _due(rule: Rule, st: GroupState, now: float) -> str | None:
+        if not st.firing:
+            if rule.when == "absence" and now - (st.last_seen or now) >= rule.hold:
+                return "absent"
+            return None
+        if rule.when == "anomaly" and now - (st.last_seen or now) >= rule.resolve_after:
+            return "resolved"
+        if rule.when == "rate" and (len(st.times) < rule.count or st.times[0] < now - rule.within):
+            return "resolved"
+        if now - st.last_notified >= rule.repeat:
+            return "repeat"
+        return None
+
+    # -- notifications ------------------------------------------------------------------
+    def _fire(self, rule, group, st, now, notes, summary) -> None:
+        st.firing, st.last_notified, st.fired_at, st.summary = True, now, now, summary
+        notes.append(self._note(rule, group, st, "firing", now, summary))
+
+    def _resolve(self, rule, group, st, now, notes, summary) -> None:
+        st.firing, st.last_notified = False, now
+        notes.append(self._note(rule, group, st, "resolved", now, summary))
+
+    @staticmethod
+    def _note(rule, group, st, state, now, summary) -> Notification:
+        return Notification(rule, group, state, now, st.record, rule.table, summary)
+
+    def adopt(self, touched: dict[Key, GroupState]) -> None:
+        """The transaction that wrote ``touched`` committed: they are the states now."""
+        self.states.update(touched)
+
+    def firing(self) -> list[tuple[str, str, GroupState]]:
+        return [(r, g, st) for (r, g), st in self.states.items() if st.firing]
+
+
+def _metric_summary(rule: Rule, value: float) -> str:
+    bounds = []
+    if rule.above is not None:
+        bounds.append(f"above {rule.above:g}")
+    if rule.below is not None:
+        bounds.append(f"below {rule.below:g}")
+    held = f" for {rule.hold:g}s" if rule.hold else ""
+    return f"{rule.metric} = {value:g} ({' or '.join(bounds)}){held}"

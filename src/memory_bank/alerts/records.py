@@ -1,0 +1,59 @@
+"""Committed rows as the viewer's JSON shows them (what a notification's ``record`` holds
+and what the MQTT stream carries), built from the batch's wire rows: no query."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from .. import wire
+
+# The JSON column of each table (decoded in the viewer's output), by name and position
+# (wire.py's layouts), and its type column's position.
+DATA_COLUMN = {"events": "data", "anomalies": "pattern_data", "metrics": "metadata"}
+DATA_INDEX = dict.fromkeys(wire.ROW_COLUMNS, wire.ROW_JSON)
+TYPE_INDEX = {
+    "events": wire.EventRow.EVENT_TYPE,
+    "anomalies": wire.AnomalyRow.ANOMALY_TYPE,
+    "metrics": wire.MetricRow.METRIC_NAME,
+}
+
+
+def _decoded(text):
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text
+
+
+def created_at(now: float | None = None) -> str:
+    """The created_at a row takes in the database (SQLite's CURRENT_TIMESTAMP, UTC)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() if now is None else now))
+
+
+def as_record(table: str, row, committed: str) -> dict:
+    """One wire row of ``table`` as the viewer's ``-o json`` shows it."""
+    record = wire.row_dict(table, row)
+    column = DATA_COLUMN[table]
+    record[column] = _decoded(record.get(column))
+    if table == "anomalies":
+        current, expected = record.get("current_value"), record.get("expected_value")
+        record["deviation"] = (
+            None if current is None or expected is None else abs(current - expected)
+        )
+    record["created_at"] = committed
+    return record
+
+
+def group_of(table: str, row, key: str | None) -> str:
+    """The value of ``key`` in the row's data (events.data, metrics.metadata,
+    anomalies.pattern_data), as text; "" when there is no key or the data lacks it."""
+    if key is None:
+        return ""
+    data = _decoded(row[DATA_INDEX[table]])
+    if isinstance(data, dict) and data.get(key) is not None:
+        value = data[key]
+        return value if isinstance(value, str) else json.dumps(value)
+    return ""

@@ -1,0 +1,160 @@
+"""Rule parsing and evaluation (Alertmanager's firing, repeat, resolved, per group), on
+the evaluator itself with wire rows: time is given, so no test waits for it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from memory_bank.alerts import RuleError, parse
+from memory_bank.alerts.evaluation import Evaluator
+
+SINKS = {"hook": {"type": "webhook", "url": "http://127.0.0.1:9/hook"}}
+
+
+def evaluator(*rules: dict, now: float = 1000.0) -> Evaluator:
+    config = parse([{"notify": ["hook"], **r} for r in rules], SINKS)
+    return Evaluator(config.rules, {}, now)
+
+
+def run(ev: Evaluator, now: float, **tables) -> list[tuple[str, str, str]]:
+    """One committed batch (adopted as the engine does after COMMIT)."""
+    notes, touched = ev.batch(tables, now)
+    ev.adopt(touched)
+    return [(n.rule.name, n.group, n.state) for n in notes]
+
+
+def tick(ev: Evaluator, now: float) -> list[tuple[str, str, str]]:
+    notes, touched = ev.tick(now)
+    ev.adopt(touched)
+    return [(n.rule.name, n.group, n.state) for n in notes]
+
+
+def anomaly(i, ts, kind="CURRENT_LIMIT_FLUCTUATION", severity="HIGH", **data):
+    return [i, ts, kind, severity, "d", json.dumps(data), 1.0, 0.0]
+
+
+def metric(i, ts, value, name="current", **meta):
+    return [i, ts, name, value, "A", json.dumps(meta) if meta else None]
+
+
+def test_the_issue_example_parses():
+    config = parse(
+        [
+            {"name": "critical-anomaly", "when": "anomaly", "severity": ["HIGH", "CRITICAL"],
+             "notify": ["hook"]},
+            {"name": "overcurrent", "when": "metric", "metric": "current", "above": 80.0,
+             "for": "2s", "notify": ["hook"]},
+            {"name": "anomaly-storm", "when": "rate", "anomaly_type": "X", "count": 5,
+             "within": "1m", "notify": ["hook"]},
+            {"name": "charger-silent", "when": "absence", "metric": "current", "for": "10s",
+             "notify": ["hook"]},
+        ],
+        {**SINKS, "phone": {"type": "apprise", "url": "ntfy://lab-alerts"},
+         "broker": {"type": "mqtt", "url": "mqtt://127.0.0.1:1883", "topic": "memorybank",
+                    "stream": ["events", "anomalies", "metrics"]}},
+    )  # fmt: skip
+    assert [r.name for r in config.rules] == [
+        "critical-anomaly", "overcurrent", "anomaly-storm", "charger-silent"
+    ]  # fmt: skip
+    assert config.rules[1].hold == 2.0 and config.rules[2].within == 60.0
+
+
+@pytest.mark.parametrize(
+    "rule, message",
+    [
+        ({"name": "a b", "when": "anomaly"}, "name must be"),
+        ({"name": "x", "when": "threshold"}, "when must be one of anomaly, metric"),
+        ({"name": "x", "when": "metric", "metric": "current"}, "alert 'x': set above = or"),
+        ({"name": "x", "when": "metric", "metric": "c", "above": 1, "for": "2 sec"}, "for: expe"),
+        ({"name": "x", "when": "rate", "count": 5, "within": "1m"}, "exactly one of anomaly_typ"),
+        ({"name": "x", "when": "absence", "metric": "c"}, "alert 'x': for = \"DURATION\""),
+        ({"name": "x", "when": "anomaly", "above": 3}, "alert 'x': unknown key(s) above"),
+        ({"name": "x", "when": "anomaly", "notify": ["pager"]}, "no [sinks.pager]"),
+    ],
+)
+def test_a_bad_rule_is_refused_with_its_name_and_the_reason(rule, message):
+    with pytest.raises(RuleError, match=None) as info:
+        parse([{"notify": ["hook"], **rule}], SINKS)
+    assert message in str(info.value)
+
+
+def test_two_rules_with_one_name_are_refused():
+    with pytest.raises(RuleError, match="alert 'x': two rules have this name"):
+        parse([{"name": "x", "when": "anomaly", "notify": "hook"}] * 2, SINKS)
+
+
+def test_a_firing_rule_notifies_once_per_group_and_resolves_after_quiet():
+    ev = evaluator(
+        {"name": "hot", "when": "anomaly", "group": "cp_id", "repeat": "1h",
+         "resolve_after": "5m"}
+    )  # fmt: skip
+    t = 1000.0
+    batch = [anomaly(1, t, cp_id="CP1"), anomaly(2, t, cp_id="CP1"), anomaly(3, t, cp_id="CP2")]
+    assert run(ev, t, anomalies=batch) == [("hot", "CP1", "firing"), ("hot", "CP2", "firing")]
+    assert run(ev, t + 10, anomalies=[anomaly(4, t + 10, cp_id="CP1")]) == []  # no storm
+    assert tick(ev, t + 299) == []
+    assert tick(ev, t + 300) == [("hot", "CP2", "resolved")]  # quiet for resolve_after
+    assert tick(ev, t + 310) == [("hot", "CP1", "resolved")]
+    assert ev.states[("hot", "CP2")].firing is False
+
+
+def test_repeat_while_firing_and_resolve_after_quiet():
+    ev = evaluator({"name": "hot", "when": "anomaly", "repeat": "10m", "resolve_after": "1h"})
+    t = 1000.0
+    assert run(ev, t, anomalies=[anomaly(1, t)]) == [("hot", "", "firing")]
+    assert tick(ev, t + 599) == []
+    assert tick(ev, t + 600) == [("hot", "", "firing")]
+    assert tick(ev, t + 601) == []
+    assert tick(ev, t + 3600) == [("hot", "", "resolved")]
+    assert tick(ev, t + 9000) == []
+
+
+def test_rate_fires_at_count_within_and_resolves_when_it_no_longer_holds():
+    ev = evaluator(
+        {"name": "storm", "when": "rate", "anomaly_type": "X", "count": 3, "within": "10s"}
+    )
+    t = 1000.0
+    assert run(ev, t, anomalies=[anomaly(1, t, "X"), anomaly(2, t + 1, "Y")]) == []
+    assert run(ev, t + 20, anomalies=[anomaly(3, t + 20, "X"), anomaly(4, t + 21, "X")]) == []
+    assert run(ev, t + 22, anomalies=[anomaly(5, t + 22, "X")]) == [("storm", "", "firing")]
+    assert run(ev, t + 23, anomalies=[anomaly(6, t + 23, "X")]) == []
+    assert tick(ev, t + 30) == []
+    assert tick(ev, t + 31.5) == [("storm", "", "resolved")]
+
+
+def test_metric_for_uses_record_time_and_resolves_when_it_stops_holding():
+    ev = evaluator(
+        {"name": "over", "when": "metric", "metric": "current", "above": 80, "for": "2s"}
+    )
+    t = 1000.0
+    assert run(ev, t, metrics=[metric(1, t, 85), metric(2, t + 1.9, 90)]) == []
+    assert run(ev, t + 9, metrics=[metric(3, t + 2.0, 91), metric(4, t + 3, 95)]) == [
+        ("over", "", "firing")
+    ]
+    assert run(ev, t + 9, metrics=[metric(5, t + 4, 10, name="voltage")]) == []
+    assert run(ev, t + 9, metrics=[metric(6, t + 5, 79)]) == [("over", "", "resolved")]
+    assert run(ev, t + 9, metrics=[metric(7, t + 6, 85), metric(8, t + 7, 85)]) == []
+
+
+def test_absence_fires_after_for_and_resolves_when_data_returns_per_group():
+    ev = evaluator(
+        {"name": "silent", "when": "absence", "metric": "current", "for": "10s",
+         "group": "cp"}
+    )  # fmt: skip
+    t = 1000.0
+    assert run(ev, t, metrics=[metric(1, t, 1, cp="A"), metric(2, t, 1, cp="B")]) == []
+    assert run(ev, t + 8, metrics=[metric(3, t + 8, 1, cp="B")]) == []
+    assert tick(ev, t + 10) == [("silent", "A", "firing")]
+    assert tick(ev, t + 11) == []
+    assert run(ev, t + 12, metrics=[metric(4, t + 12, 1, cp="A")]) == [("silent", "A", "resolved")]
+    assert tick(ev, t + 18) == [("silent", "B", "firing")]
+
+
+def test_a_batch_that_is_not_adopted_leaves_the_state_as_it_was():
+    """A rolled-back transaction: the same rows evaluated again give the same outcome."""
+    ev = evaluator({"name": "hot", "when": "anomaly"})
+    notes, _touched = ev.batch({"anomalies": [anomaly(1, 1000.0)]}, 1000.0)
+    assert [n.state for n in notes] == ["firing"]
+    assert run(ev, 1000.0, anomalies=[anomaly(1, 1000.0)]) == [("hot", "", "firing")]

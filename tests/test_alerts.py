@@ -1,0 +1,352 @@
+"""Alerts through the real daemon: rules from its TOML, notifications in an outbox written
+with the batch, delivered to a real HTTP receiver that goes away and comes back, with the
+same ids across daemon restarts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+
+import pytest
+from alert_receiver import Receiver
+
+from conftest import free_ports
+from memory_bank import Publisher
+
+HOOK_CONFIG = """
+[[alerts]]
+name = "critical-anomaly"
+when = "anomaly"
+severity = ["HIGH", "CRITICAL"]
+group = "n"
+notify = ["lab-webhook"]
+
+[sinks.lab-webhook]
+type = "webhook"
+url = "{url}"
+backoff_max = "0.5s"
+"""
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver(free_ports(1)).start()
+    yield r
+    r.stop()
+
+
+def _config(tmp_path, text: str):
+    path = tmp_path / "memorybank.toml"
+    path.write_text(text)
+    return path
+
+
+def wait_until(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def _outbox(db_path, where: str = "1") -> list[tuple]:
+    conn = sqlite3.connect(db_path)
+    try:
+        return conn.execute(f"SELECT id, status, attempts FROM mb_outbox WHERE {where}").fetchall()
+    finally:
+        conn.close()
+
+
+def test_every_notification_arrives_once_across_receiver_and_daemon_restarts(
+    db_path, tmp_path, start_daemon, receiver
+):
+    cfg = _config(tmp_path, HOOK_CONFIG.format(url=receiver.url))
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    pub = Publisher(db_path)
+    total = 0
+
+    def publish(count: int) -> None:
+        nonlocal total
+        for _ in range(count):
+            total += 1
+            # background load the rule ignores: metrics, and anomalies below its severity
+            for k in range(20):
+                pub.record_metric("current", float(k), "A")
+            pub.record_anomaly("SPIKE", "LOW", "ignored", {"n": -total})
+            pub.record_anomaly("OVERCURRENT", "HIGH", f"#{total}", {"n": total}, 90.0, 80.0)
+        assert pub.flush(30)
+
+    publish(40)
+    receiver.wait_for(lambda b: len(b) >= 10)
+    receiver.stop()  # the receiver goes away under load
+    publish(40)
+    # while it is away the notifications wait in the outbox, retried with backoff
+    pending = {row[0] for row in _outbox(db_path, "status = 'pending'")}
+    assert pending
+    assert daemon.stop() == 0  # and the daemon restarts in the middle
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    publish(40)
+    receiver.start()
+    bodies = receiver.wait_for(lambda b: len({x["id"] for x in b}) >= total, what=f"{total}")
+    time.sleep(0.3)  # nothing more may come (a duplicate would arrive now)
+    bodies = receiver.received()
+    ids = [b["id"] for b in bodies]
+    assert len(ids) == len(set(ids)) == total, "a notification arrived twice or not at all"
+    assert pending <= set(ids), "notifications pending over the restart changed their ids"
+    # in commit order: one publisher, so in the order its anomalies were recorded
+    assert [b["record"]["pattern_data"]["n"] for b in bodies] == list(range(1, total + 1))
+    first = bodies[0]
+    assert first["rule"] == "critical-anomaly" and first["state"] == "firing"
+    assert first["at"].endswith("+00:00") and first["group"] == {"n": "1"}
+    record = first["record"]
+    assert record["anomaly_type"] == "OVERCURRENT" and record["severity"] == "HIGH"
+    assert record["deviation"] == 10.0 and isinstance(record["id"], int)
+    wait_until(lambda: all(status == "delivered" for _id, status, _a in _outbox(db_path)))
+    assert max(a for _i, _s, a in _outbox(db_path)) > 1, "no retry was needed?"
+    pub.close()
+    assert daemon.stop() == 0
+
+
+RULES = """
+[[alerts]]
+name = "overcurrent"
+when = "metric"
+metric = "current"
+above = 80.0
+for = "2s"
+notify = ["hook"]
+
+[[alerts]]
+name = "charger-silent"
+when = "absence"
+event_type = "HEARTBEAT"
+for = "1s"
+notify = ["hook"]
+
+[sinks.hook]
+type = "webhook"
+url = "{url}"
+"""
+
+
+def test_for_state_survives_a_restart_and_resolves(db_path, tmp_path, start_daemon, receiver):
+    """`for` holds across a daemon restart: the evaluation state is committed with the
+    batch, so the second reading after the restart completes the first one's 2 s."""
+    cfg = _config(tmp_path, RULES.format(url=receiver.url))
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    t0 = time.time()
+    with Publisher(db_path) as pub:
+        pub.log_event("HEARTBEAT", "CP", "alive")
+        pub.record_metric("current", 85.0, "A", timestamp=t0)
+        pub.record_metric("current", 86.0, "A", timestamp=t0 + 1)
+    assert daemon.stop() == 0
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    with Publisher(db_path) as pub:
+        pub.record_metric("current", 87.0, "A", timestamp=t0 + 2.5)
+        pub.record_metric("current", 88.0, "A", timestamp=t0 + 3)
+        pub.record_metric("current", 20.0, "A", timestamp=t0 + 4)
+        pub.record_metric("current", 90.0, "A", timestamp=t0 + 5)
+    over = receiver.wait_for(
+        lambda b: [x["state"] for x in b if x["rule"] == "overcurrent"] == ["firing", "resolved"]
+    )
+    over = [x for x in over if x["rule"] == "overcurrent"]
+    assert over[0]["record"]["metric_value"] == 87.0  # fired once, at 2.5 s of holding
+    assert over[1]["record"]["metric_value"] == 20.0
+    # the heartbeat stops: absence fires after 1 s, and resolves when it comes back
+    receiver.wait_for(lambda b: any(x["rule"] == "charger-silent" for x in b))
+    with Publisher(db_path) as pub:
+        pub.log_event("HEARTBEAT", "CP", "alive again")
+    silent = receiver.wait_for(
+        lambda b: [x["state"] for x in b if x["rule"] == "charger-silent"] == ["firing", "resolved"]
+    )
+    assert [x["record"]["message"] for x in silent if x["rule"] == "charger-silent"][-1] == (
+        "alive again"
+    )
+    assert daemon.stop() == 0
+
+
+def test_a_bad_rule_on_reload_is_refused_by_name_and_the_running_rules_stay(
+    db_path, tmp_path, start_daemon, receiver
+):
+    cfg = _config(tmp_path, HOOK_CONFIG.format(url=receiver.url))
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    cfg.write_text(
+        HOOK_CONFIG.format(url=receiver.url)
+        + '\n[[alerts]]\nname = "broken"\nwhen = "metric"\nmetric = "current"\n'
+        'notify = ["lab-webhook"]\n'
+    )
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reload refused" in daemon.log)
+    assert "alert 'broken'" in daemon.log and "above = or below =" in daemon.log
+    with Publisher(db_path) as pub:
+        pub.record_anomaly("OVERCURRENT", "CRITICAL", "still watched", {"n": 1})
+    (body,) = receiver.wait_for(lambda b: len(b) == 1)
+    assert body["rule"] == "critical-anomaly"
+    assert daemon.stop() == 0
+
+
+def test_a_bad_rule_at_start_is_refused_with_its_name(db_path, tmp_path, start_daemon):
+    cfg = _config(
+        tmp_path,
+        '[[alerts]]\nname = "storm"\nwhen = "rate"\nanomaly_type = "X"\ncount = 5\n'
+        'notify = ["nowhere"]\n',
+    )
+    daemon = start_daemon(db_path, "--config", str(cfg), wait=False)
+    assert daemon.proc.wait(30) == 2
+    assert "alert 'storm': notify names 'nowhere', but there is no [sinks.nowhere]" in daemon.log
+
+
+def test_status_and_alerts_show_the_queue_the_error_and_each_notification(
+    db_path, tmp_path, start_daemon, receiver
+):
+    from click.testing import CliRunner
+
+    from memory_bank.cli import main
+
+    down = Receiver(free_ports(1))  # never started: its port refuses
+    cfg = _config(tmp_path, HOOK_CONFIG.format(url=down.url))
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    with Publisher(db_path) as pub:
+        for n in range(3):
+            pub.record_anomaly("OVERCURRENT", "HIGH", f"#{n}", {"n": n})
+    wait_until(lambda: _outbox(db_path) and _outbox(db_path)[0][2] >= 1)
+
+    status = CliRunner().invoke(main, ["status", "--db", str(db_path)])
+    assert status.exit_code == 0, status.output
+    (line,) = [x for x in status.output.splitlines() if x.startswith("sink lab-webhook")]
+    assert "3 pending, 0 delivered" in line and "(failing)" in line and "refused" in line
+    assert "alert rules" in status.output and "1 (3 firing)" in status.output
+
+    listed = CliRunner().invoke(main, ["alerts", "--db", str(db_path), "-o", "json"])
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.output)
+    assert [r["record"]["pattern_data"]["n"] for r in rows] == [2, 1, 0]  # newest first
+    assert {(r["rule"], r["state"], r["status"], r["sink"]) for r in rows} == {
+        ("critical-anomaly", "firing", "pending", "lab-webhook")
+    }
+    assert rows[-1]["attempts"] >= 1 and "refused" in rows[-1]["last_error"]
+    table = CliRunner().invoke(main, ["alerts", "--db", str(db_path)])
+    assert "critical-anomaly" in table.output and "pending" in table.output
+    firing = CliRunner().invoke(main, ["alerts", "--db", str(db_path), "--firing", "-o", "json"])
+    assert [a["group"] for a in json.loads(firing.output)] == ["0", "1", "2"]
+    viewed = CliRunner().invoke(main, ["view", "--db", str(db_path), "--alerts", "-o", "json"])
+    assert [a["rule"] for a in json.loads(viewed.output)] == ["critical-anomaly"] * 3
+    summary = CliRunner().invoke(main, ["view", "--db", str(db_path), "--summary"])
+    assert "Alerts firing" in summary.output and "OVERCURRENT (HIGH): #2" in summary.output
+
+    # `alerts test` sends through the rule's sinks now, without the daemon
+    cfg.write_text(HOOK_CONFIG.format(url=receiver.url))
+    sent = CliRunner().invoke(main, ["alerts", "test", "critical-anomaly", "--config", str(cfg)])
+    assert sent.exit_code == 0, sent.output
+    (body,) = receiver.wait_for(lambda b: len(b) == 1)
+    assert body["test"] is True and body["rule"] == "critical-anomaly" and body["id"]
+    cfg.write_text(HOOK_CONFIG.format(url=down.url))
+    failed = CliRunner().invoke(main, ["alerts", "test", "critical-anomaly", "--config", str(cfg)])
+    assert failed.exit_code == 1 and "FAILED" in failed.output, failed.output
+    assert daemon.stop() == 0
+
+
+def test_an_apprise_sink_delivers_through_its_json_target_once_it_answers(
+    db_path, tmp_path, start_daemon
+):
+    receiver = Receiver(free_ports(1))  # not listening yet: Apprise's POST fails first
+    cfg = _config(
+        tmp_path,
+        '[[alerts]]\nname = "hot"\nwhen = "anomaly"\nnotify = ["phone"]\n'
+        f'[sinks.phone]\ntype = "apprise"\nurl = "json://127.0.0.1:{receiver.port}/hook"\n'
+        'backoff_max = "0.3s"\n',
+    )
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    with Publisher(db_path) as pub:
+        pub.record_anomaly("OVERCURRENT", "CRITICAL", "92 A", {"cp_id": "CP1"}, 92.0, 80.0)
+    wait_until(lambda: _outbox(db_path) and _outbox(db_path)[0][2] >= 1)
+    receiver.start()
+    try:
+        (posted,) = receiver.wait_for(lambda b: len(b) == 1)
+    finally:
+        receiver.stop()
+    assert posted["title"] == "[FIRING] hot"
+    body = json.loads(posted["message"])
+    assert body["id"] == _outbox(db_path)[0][0] and body["state"] == "firing"
+    assert body["record"]["current_value"] == 92.0
+    wait_until(lambda: _outbox(db_path)[0][1] == "delivered")
+    assert daemon.stop() == 0
+
+
+def test_the_prometheus_endpoint_shows_what_status_shows(db_path, tmp_path, start_daemon):
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = free_ports(1)
+    down = Receiver(free_ports(1))  # refuses: its sink fails and keeps its queue
+    cfg = _config(
+        tmp_path,
+        f'[daemon]\nmetrics_listen = "127.0.0.1:{port}"\n' + HOOK_CONFIG.format(url=down.url),
+    )
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    with Publisher(db_path) as pub:
+        for n in range(50):
+            pub.record_metric("current", float(n), "A")
+        pub.record_anomaly("OVERCURRENT", "HIGH", "hot", {"n": 1})
+
+    def scrape() -> dict:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        samples = {}
+        for family in text_string_to_metric_families(text.decode()):
+            for s in family.samples:
+                samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return samples
+
+    def has(samples, name, labels=(), at_least=1.0):
+        return samples.get((name, labels), -1) >= at_least
+
+    sink = (("sink", "lab-webhook"),)
+    wait_until(
+        lambda: (
+            has(s := scrape(), "memorybank_records_committed_total", at_least=51)
+            and has(s, "memorybank_sink_failures_total", sink)
+        )
+    )
+    samples = scrape()
+    assert samples[("memorybank_records_received_total", ())] == 51
+    assert samples[("memorybank_sink_pending", sink)] == 1
+    assert samples[("memorybank_alerts_firing", ())] == 1
+    assert samples[("memorybank_batch_commit_seconds_count", ())] >= 1
+    assert samples[("memorybank_database_bytes", ())] > 0
+    assert samples[("memorybank_store_up", ())] == 1
+    assert daemon.stop() == 0
+
+
+def test_a_postgresql_daemon_with_rules_refuses_to_start_and_says_why(
+    pg_url, tmp_path, start_daemon
+):
+    cfg = _config(tmp_path, HOOK_CONFIG.format(url="http://127.0.0.1:9/hook"))
+    daemon = start_daemon(pg_url, "--config", str(cfg), wait=False)
+    assert daemon.proc.wait(60) == 2
+    assert "alerts and sinks run on a SQLite database for now" in daemon.log
+
+
+def test_a_full_outbox_drops_the_oldest_and_says_so(db_path, tmp_path, start_daemon):
+    from memory_bank.control import daemon_stats
+
+    down = Receiver(free_ports(1))  # refuses: everything waits in the outbox
+    cfg = _config(
+        tmp_path,
+        HOOK_CONFIG.format(url=down.url).replace('backoff_max = "0.5s"', "max_pending = 3"),
+    )
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    with Publisher(db_path) as pub:
+        for n in range(5):
+            pub.record_anomaly("OVERCURRENT", "HIGH", f"#{n}", {"n": n})
+            pub.flush(10)
+    wait_until(lambda: daemon_stats(db_path)["alerts"]["sinks"]["lab-webhook"]["dropped"] == 2)
+    sink = daemon_stats(db_path)["alerts"]["sinks"]["lab-webhook"]
+    assert sink["pending"] == 3
+    conn = sqlite3.connect(db_path)
+    kept = conn.execute("SELECT body FROM mb_outbox WHERE status = 'pending' ORDER BY seq")
+    assert [json.loads(b)["group"]["n"] for (b,) in kept] == ["2", "3", "4"]  # the newest
+    conn.close()
+    assert "its queue is full (max_pending 3)" in daemon.log
+    assert daemon.stop() == 0

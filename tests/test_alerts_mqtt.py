@@ -1,0 +1,130 @@
+"""The MQTT stream and sink against a real Mosquitto stopped and started under load: every
+committed record arrives (at least once, in commit order per publisher), and so does
+every notification (by id)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+
+import pytest
+from mqtt_broker import Broker, Subscriber, require_mosquitto
+
+from conftest import free_ports
+from memory_bank import Publisher
+from memory_bank.control import daemon_stats
+
+CONFIG = """
+[[alerts]]
+name = "hot"
+when = "anomaly"
+group = "n"
+notify = ["broker"]
+
+[sinks.broker]
+type = "mqtt"
+url = "{url}"
+topic = "memorybank"
+stream = ["events", "metrics"]
+backoff_max = "0.3s"
+timeout = "0.5s"
+"""
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(require_mosquitto(), tmp_path, free_ports(1)).start()
+    yield b
+    b.stop()
+
+
+def _committed_ids(db_path) -> dict[str, list[int]]:
+    conn = sqlite3.connect(db_path)
+    try:
+        return {
+            t: [r[0] for r in conn.execute(f"SELECT id FROM {t} ORDER BY id")]
+            for t in ("events", "metrics", "anomalies")
+        }
+    finally:
+        conn.close()
+
+
+def test_stream_and_alerts_survive_a_broker_restart_under_load(
+    db_path, tmp_path, start_daemon, broker
+):
+    subscriber = Subscriber(broker)
+    cfg = tmp_path / "memorybank.toml"
+    cfg.write_text(CONFIG.format(url=broker.url))
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    stop_load = threading.Event()
+
+    def load():
+        with Publisher(db_path) as pub:
+            i = 0
+            while not stop_load.is_set():
+                pub.log_event("CAN_RX", "CP", f"frame {i}", {"i": i})
+                pub.record_metric("current", float(i % 90), "A", {"cp": "CP1"})
+                if i % 100 == 0:
+                    pub.record_anomaly("OVERCURRENT", "HIGH", "hot", {"n": i})
+                    pub.flush(10)
+                i += 1
+                time.sleep(0.002)
+
+    def stream_figures() -> dict:
+        return daemon_stats(db_path)["alerts"]["streams"]["broker"]
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        wait_until(lambda: stream_figures()["published"] >= 300)
+        broker.stop()  # the broker goes away under load...
+        wait_until(lambda: stream_figures()["last_error"] is not None)
+        broker.start()  # ...and comes back (its persistent subscriber's queue kept)
+        wait_until(lambda: stream_figures()["last_error"] is None)
+        time.sleep(0.3)  # and the load goes on for a while
+    finally:
+        stop_load.set()
+        loader.join(30)
+    committed = _committed_ids(db_path)
+    want = {("events", i) for i in committed["events"]} | {
+        ("metrics", i) for i in committed["metrics"]
+    }
+    assert len(committed["anomalies"]) >= 3
+
+    def arrived():
+        got = {}
+        for topic, payload in subscriber.received():
+            parts = topic.split("/")
+            got.setdefault(parts[1], []).append(json.loads(payload))
+        return got
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        got = arrived()
+        seen = {(t, r["id"]) for t in ("events", "metrics") for r in got.get(t, [])}
+        alerts = {r["id"] for r in got.get("alerts", [])}
+        if seen >= want and len(alerts) == len(committed["anomalies"]):
+            break
+        time.sleep(0.05)
+    assert seen >= want, f"{len(want - seen)} committed record(s) never streamed"
+    assert len(alerts) == len(committed["anomalies"]), "a notification never arrived"
+    for table in ("events", "metrics"):
+        ids = [r["id"] for r in got[table]]
+        first = list(dict.fromkeys(ids))  # at least once: resends come after their first
+        assert first == sorted(first), f"{table} out of commit order"
+    record = got["metrics"][0]
+    assert record["metric_name"] == "current" and record["metadata"] == {"cp": "CP1"}
+    topics = {t for t, _p in subscriber.received()}
+    assert {"memorybank/events/CAN_RX", "memorybank/metrics/current"} <= topics
+    assert "memorybank/alerts/hot" in topics
+    subscriber.close()
+    assert daemon.stop() == 0
