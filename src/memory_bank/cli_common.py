@@ -18,7 +18,7 @@ import sys
 
 import click
 
-from .discovery import redact_url
+from .discovery import is_url, redact_url, resolve_db_path
 from .formatting import OUTPUTS
 
 DEBUG_ENV = "MEMORYBANK_DEBUG"
@@ -64,6 +64,16 @@ class InputError(click.ClickException):
     """The user's input is wrong or missing: exit status 2."""
 
     exit_code = 2
+
+
+def require_database(db: str) -> None:
+    """A reading command's SQLite path must hold a database already: readers never create
+    one, so a mistyped path fails here (exit 2) rather than showing an empty database."""
+    if not is_url(db) and not resolve_db_path(db).exists():
+        raise InputError(
+            f"no database at {resolve_db_path(db)}; start a daemon with "
+            f"'memorybank daemon --db {db}', or pass --db PATH"
+        )
 
 
 def debugging(ctx: click.Context | None = None) -> bool:
