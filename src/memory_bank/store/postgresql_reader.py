@@ -8,11 +8,13 @@ partitions they touch. One connection per thread, opened on first use.
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import time
 from collections.abc import Iterator
 
 from .base import TABLE_COLUMNS, Reader, dashboard_summary
+from .bounded import BoundedReads
 from .postgresql import connect, to_datetime
 
 try:
@@ -39,9 +41,10 @@ def _select_list(table: str) -> str:
 
 SELECT = {table: _select_list(table) for table in TABLE_COLUMNS}
 _cursor_numbers = itertools.count(1)
+_NAMED = re.compile(r"(?<![:\w]):([a-z_]+)")  # :name, not a ::cast
 
 
-class PostgresReader(Reader):
+class PostgresReader(BoundedReads, Reader):
     """Read queries with the seed's arguments and return shapes."""
 
     placeholder = "%s"
@@ -63,6 +66,12 @@ class PostgresReader(Reader):
 
     def _select(self, table: str) -> str:
         return SELECT[table]
+
+    def _epoch_as_time(self, sql: str) -> str:
+        return f"to_timestamp({sql})"
+
+    def _named(self, sql: str) -> str:
+        return _NAMED.sub(r"%(\1)s", sql)
 
     def _stream(self, sql: str, params) -> Iterator[dict]:
         """Rows through a server-side cursor: millions never sit in memory at once."""
