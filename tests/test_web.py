@@ -307,6 +307,17 @@ def test_api_lists_match_the_viewers_json(lab):
     assert names == ["current", "voltage"]
 
 
+def window_anomalies(lab, since: float, until: float) -> list[dict]:
+    reader = open_reader(lab[1])
+    try:
+        return reader.get_anomalies(since=since, until=until, limit=None)
+    finally:
+        reader.close()
+
+
+SEVERITY_RANK = {"CRITICAL": 0, "HIGH": 1, "MEDIUM": 2, "LOW": 3}
+
+
 def test_api_metric_is_bucketed_with_the_windows_anomalies(lab):
     web, _ = lab
     status, _, week = web.get("/api/metrics/current?since=7d&points=50")
@@ -314,11 +325,27 @@ def test_api_metric_is_bucketed_with_the_windows_anomalies(lab):
     assert 0 < len(week["buckets"]) <= 50
     assert sum(b["n"] for b in week["buckets"]) == 720  # every point, in 50 buckets or fewer
     assert min(b["min"] for b in week["buckets"]) == pytest.approx(28.0, abs=0.01)
+    # Markers: 50 points / 6 pixels = 8 slices; each slice holding anomalies sends its most
+    # severe one and how many it holds (every one here: fewer than the count's limit).
+    stored_anomalies = window_anomalies(lab, week["since"], week["until"])
+    slices = week["anomaly_slices"]
+    assert len(week["anomalies"]) == len(slices) > 0
+    assert sum(s["count"] for s in slices) == len(stored_anomalies)
+    for shown, piece in zip(week["anomalies"], slices, strict=True):
+        assert pytest.approx(piece["until"] - piece["since"]) == (week["until"] - week["since"]) / 8
+        members = [a for a in stored_anomalies if piece["since"] <= a["timestamp"] < piece["until"]]
+        assert len(members) == piece["count"]
+        assert shown in members
+        assert SEVERITY_RANK[shown["severity"]] == min(
+            SEVERITY_RANK[a["severity"]] for a in members
+        )
+    # Finer slices (a marker per 6 of 2,000 points): the lab's five, each alone, newest first.
+    _, _, hour = web.get("/api/metrics/current?since=1h&points=2000")
     lab_anomalies = [
-        a for a in week["anomalies"] if a["anomaly_type"] == "CURRENT_LIMIT_FLUCTUATION"
+        a for a in hour["anomalies"] if a["anomaly_type"] == "CURRENT_LIMIT_FLUCTUATION"
     ]
     assert [a["timestamp"] for a in lab_anomalies] == pytest.approx(ANOMALY_TIMES[::-1], abs=1e-5)
-    _, _, hour = web.get("/api/metrics/current?since=1h&points=2000")
+    assert {s["count"] for s in hour["anomaly_slices"]} == {1}
     assert {b["n"] for b in hour["buckets"]} == {1}  # finer than the data: a point a bucket
     assert len(hour["buckets"]) == stored("current", hour, lab)
     _, _, none = web.get("/api/metrics/no_such_metric?since=1h")

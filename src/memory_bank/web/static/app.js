@@ -18,6 +18,7 @@ const state = {
 const num = (v) => (v == null ? "–" : Number(v).toLocaleString());
 const fixed = (v, d = 2) => (v == null ? "–" : Number(v).toFixed(d));
 const iso = (t) => new Date(t * 1000).toISOString();
+const counted = (n, upTo) => `${num(n)}${n >= upTo ? "+" : ""}`; // a count the API stopped at upTo
 
 function cell(text, className) {
   const td = document.createElement("td");
@@ -127,7 +128,7 @@ async function loadChart() {
   const responses = await Promise.all(
     state.metrics.map((m) => api(`metrics/${encodeURIComponent(m)}`, { since, until, points })));
   if (ticket !== chartRequest) return; // a newer request superseded this one
-  drawChart(el, $("chart-note"), responses, responses[0].anomalies, {
+  drawChart(el, $("chart-note"), responses, {
     onZoom: (lo, hi) => {
       state.history.push({ range: state.range, custom: state.custom });
       setRange("custom", { since: lo, until: hi });
@@ -244,7 +245,7 @@ async function showSession(sessionId) {
     ["Energy", s.total_energy == null ? "–" : `${fixed(s.total_energy)} Wh`, ""],
     ["Current", s.avg_current == null ? "–" : `${fixed(s.avg_current)} A`,
       `min ${fixed(s.min_current)} · max ${fixed(s.max_current)}`],
-    ["Anomalies", num(s.anomaly_count), `${detail.anomalies.length} in its window`],
+    ["Anomalies", num(s.anomaly_count), `${counted(detail.anomaly_count, detail.anomaly_count_up_to)} in its window`],
   ]) {
     const card = document.createElement("div");
     card.className = "card";
@@ -255,6 +256,14 @@ async function showSession(sessionId) {
     cards.appendChild(card);
   }
   const stats = Object.entries(detail.statistics).filter(([, st]) => st.count);
+  const covered = detail.statistics_window;
+  $("session-stats-note").textContent =
+    covered.since === detail.window.since && covered.until === detail.window.until ? "" :
+      `over the whole minutes ${formatTime(covered.since)} – ${formatTime(covered.until)}: ` +
+      "the session's first or last seconds hold too many points to read in time";
+  const listed = detail.anomalies.length;
+  $("session-anomalies-note").textContent = listed < detail.anomaly_count ?
+    `the newest ${num(listed)} of ${counted(detail.anomaly_count, detail.anomaly_count_up_to)}` : "";
   fillTable($("session-stats"), stats, ([name, st]) => {
     const tr = document.createElement("tr");
     tr.append(cell(name), cell(num(st.count), "num"), cell(fixed(st.min), "num"),
@@ -275,7 +284,7 @@ async function showSession(sessionId) {
   const points = Math.min(2000, Math.max(100, Math.round(el.clientWidth || 1000)));
   const responses = await Promise.all(metrics.map((m) =>
     api(`metrics/${m}`, { since: iso(since), until: iso(until + 0.001), points })));
-  drawChart(el, $("session-chart-note"), responses, detail.anomalies);
+  drawChart(el, $("session-chart-note"), responses);
 }
 
 // -- routing and live refresh -------------------------------------------------------------
