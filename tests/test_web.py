@@ -137,6 +137,23 @@ def test_page_shows_the_database_totals_and_live_status(lab, page):
     expect(page.locator("#patterns tbody tr td").nth(1)).to_have_text("3")
 
 
+def test_the_page_arrives_with_its_summary_cards_filled(lab, page):
+    """The cards paint from the page's own response: no request waits for the scripts."""
+    web, _ = lab
+    _, _, html = web.get("/")
+    inline = re.search(r'<script id="first-summary" type="application/json">(.+?)</script>', html)
+    _, _, summary = web.get("/api/summary")
+    drop_time = lambda d: {k: v for k, v in d.items() if k != "timestamp"}  # noqa: E731
+    assert drop_time(json.loads(inline.group(1))) == drop_time(summary)
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(urlparse(r.url).path))
+    page.goto(web.url)
+    expect(page.locator("#total-events")).to_have_text("240")
+    expect(page.locator("#by-severity")).to_contain_text("HIGH 2")
+    page.wait_for_function("document.querySelector('#chart').chart !== undefined")
+    assert "/api/summary" not in asked
+
+
 def test_chart_draws_the_metric_and_anomaly_markers(lab, page):
     web, _ = lab
     with page.expect_response(re.compile(r"/api/metrics/current\?")) as answer:

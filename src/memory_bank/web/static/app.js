@@ -4,6 +4,7 @@
 import { drawChart, resizeCharts, colorOf, formatTime } from "./chart.js";
 import { Feed } from "./feed.js";
 import { api } from "./api.js";
+import { firstSummaryShown, num, severityChip, showSummary } from "./cards.js";
 
 const $ = (id) => document.getElementById(id);
 const RANGES = { "10m": 600, "1h": 3600, "24h": 86400, "7d": 7 * 86400 };
@@ -15,7 +16,6 @@ const state = {
   view: "dashboard",
 };
 
-const num = (v) => (v == null ? "–" : Number(v).toLocaleString());
 const fixed = (v, d = 2) => (v == null ? "–" : Number(v).toFixed(d));
 const iso = (t) => new Date(t * 1000).toISOString();
 const counted = (n, upTo) => `${num(n)}${n >= upTo ? "+" : ""}`; // a count the API stopped at upTo
@@ -25,13 +25,6 @@ function cell(text, className) {
   td.textContent = text;
   if (className) td.className = className;
   return td;
-}
-
-function severityChip(severity, count) {
-  const chip = document.createElement("span");
-  chip.className = `sev ${severity}`;
-  chip.textContent = count == null ? severity : `${severity} ${num(count)}`;
-  return chip;
 }
 
 function fillTable(table, rows, makeRow, empty) {
@@ -61,21 +54,6 @@ function showError(where, error) {
 // -- summary cards ---------------------------------------------------------------------
 async function loadSummary() {
   showSummary(await api("summary"));
-}
-
-function showSummary(s) {
-  $("total-events").textContent = num(s.total_events);
-  $("events-last-hour").textContent = num(s.events_last_hour);
-  $("total-anomalies").textContent = num(s.total_anomalies);
-  $("anomalies-last-hour").textContent = num(s.anomalies_last_hour);
-  $("total-sessions").textContent = num(s.total_sessions);
-  $("active-sessions").textContent = num(s.active_sessions);
-  const bySeverity = $("by-severity");
-  bySeverity.textContent = "";
-  const entries = Object.entries(s.anomalies_by_severity);
-  if (!entries.length) bySeverity.textContent = "none";
-  for (const [severity, count] of entries) bySeverity.appendChild(severityChip(severity, count));
-  if (!performance.getEntriesByName("mb-summary").length) performance.mark("mb-summary");
 }
 
 // -- the metric chart --------------------------------------------------------------------
@@ -288,22 +266,22 @@ async function showSession(sessionId) {
 }
 
 // -- routing and live refresh -------------------------------------------------------------
-function route() {
+function route(firstLoad = false) {
   const match = location.hash.match(/^#\/sessions\/(.+)$/);
   const sessionId = match ? decodeURIComponent(match[1]) : null;
   $("dashboard-view").hidden = !!sessionId;
   $("session-view").hidden = !sessionId;
   state.view = sessionId ? "session" : "dashboard";
   if (sessionId) showSession(sessionId);
-  else refreshDashboard();
+  else refreshDashboard(!(firstLoad && firstSummaryShown)); // the page came with one
 }
 
 function guarded(fn, where) {
   return fn().then(() => showError(where, null), (e) => showError(where, e));
 }
 
-function refreshDashboard() {
-  guarded(loadSummary, $("dashboard-view"));
+function refreshDashboard(withSummary = true) {
+  if (withSummary) guarded(loadSummary, $("dashboard-view"));
   guarded(loadChart, $("chart").parentNode);
   guarded(loadSessions, $("sessions").parentNode);
   guarded(loadPatterns, $("patterns").parentNode);
@@ -354,11 +332,11 @@ async function start() {
     },
   });
   feed.connect();
-  window.addEventListener("hashchange", route);
+  window.addEventListener("hashchange", () => route());
   window.addEventListener("resize", throttled(resizeCharts, 200));
   // Quiet databases still move (sessions end, time passes): refresh now and then.
   setInterval(() => { if (visible()) { refreshSummary(); refreshTables(); refreshChart(); } }, 30000);
-  route();
+  route(true);
 }
 
 start();
