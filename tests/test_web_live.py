@@ -205,6 +205,45 @@ def test_without_a_daemon_the_page_says_so_and_picks_one_up(location, start_daem
         assert web.stop() == 0, "".join(web.output)
 
 
+def set_hidden(page, hidden: bool) -> None:
+    """The tab hidden or shown, as the browser tells a page (headless Chromium never hides
+    one itself): the visibility state changes and ``visibilitychange`` fires."""
+    page.evaluate(
+        """(hidden) => {
+          const state = hidden ? "hidden" : "visible";
+          const define = (name, value) =>
+            Object.defineProperty(document, name, {configurable: true, get: () => value});
+          define("visibilityState", state);
+          define("hidden", hidden);
+          document.dispatchEvent(new Event("visibilitychange"));
+        }""",
+        hidden,
+    )
+
+
+def test_a_hidden_tab_lets_its_stream_go_and_catches_up_when_seen(served, browser):
+    web, location, _ = served
+    page = browser.new_page()
+    live = page.locator("#live-status")
+    try:
+        page.goto(web.url)
+        expect(live).to_have_text(re.compile("^live: following"))
+        assert status(web)["streams"] == 1
+        set_hidden(page, True)
+        wait_for(lambda: status(web)["streams"] == 0, "the hidden tab to close its stream")
+        expect(live).to_have_text("paused while this tab is hidden")
+        marker = uuid.uuid4().hex[:8]
+        publish_event(location, f"while hidden {marker}")
+        set_hidden(page, False)
+        expect(live).to_have_text(re.compile("^live: following"))
+        expect(page.locator("#feed")).to_contain_text(f"while hidden {marker}")  # reloaded
+        assert status(web)["streams"] == 1
+        publish_event(location, f"seen again {marker}")
+        expect(page.locator("#feed")).to_contain_text(f"seen again {marker}")
+    finally:
+        page.close()
+
+
 def test_a_slow_summary_does_not_hold_the_live_feed_back(pg_url, start_daemon):
     """The cards' summary query runs beside the tail: with it stuck (a table it counts is
     locked), committed batches still reach the streams."""

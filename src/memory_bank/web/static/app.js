@@ -334,6 +334,10 @@ async function start() {
   feed.connect();
   window.addEventListener("hashchange", () => route());
   window.addEventListener("resize", throttled(resizeCharts, 200));
+  // Back to a tab that was hidden: what it shows may be old (it did not redraw meanwhile).
+  document.addEventListener("visibilitychange", () => {
+    if (visible()) { refreshSummary(); refreshTables(); refreshChart(); }
+  });
   // Quiet databases still move (sessions end, time passes): refresh now and then.
   setInterval(() => { if (visible()) { refreshSummary(); refreshTables(); refreshChart(); } }, 30000);
   route(true);
