@@ -13,9 +13,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from click.testing import CliRunner
 from playwright.sync_api import expect
-from web_server import WebServer, chromium_session
+from web_server import chromium_session, served_lab
 
-from conftest import DaemonProcess
 from memory_bank import MemoryBank, Publisher
 from memory_bank.store import open_reader
 from memory_bank.viewer import view
@@ -62,16 +61,8 @@ def fill(db) -> None:
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def lab(request, tmp_path_factory):
     """A daemon serving a filled database, and `memorybank web` over it."""
-    if request.param == "sqlite":
-        db = tmp_path_factory.mktemp("web") / "lab.db"
-    else:
-        db = request.getfixturevalue("pg_server").create_database("w" + uuid.uuid4().hex[:12])
-    daemon = DaemonProcess(db).wait_ready()
-    fill(db)
-    web = WebServer(db)
-    yield web, db
-    assert web.stop() == 0, "".join(web.output)
-    daemon.stop()
+    for web, db, _ in served_lab(request, tmp_path_factory, fill):
+        yield web, db
 
 
 @pytest.fixture(scope="module")

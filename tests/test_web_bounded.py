@@ -8,13 +8,11 @@ from __future__ import annotations
 import math
 import re
 import time
-import uuid
 
 import pytest
 from playwright.sync_api import expect
-from web_server import WebServer, chromium_session
+from web_server import chromium_session, served_lab
 
-from conftest import DaemonProcess
 from memory_bank import MemoryBank
 from memory_bank.store import open_reader
 
@@ -62,16 +60,8 @@ def fill(db) -> Busy:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def busy_lab(request, tmp_path_factory):
-    if request.param == "sqlite":
-        db = tmp_path_factory.mktemp("busy") / "busy.db"
-    else:
-        db = request.getfixturevalue("pg_server").create_database("b" + uuid.uuid4().hex[:12])
-    daemon = DaemonProcess(db).wait_ready()
-    busy = fill(db)
-    web = WebServer(db)
-    yield web, db, busy, request.param
-    assert web.stop() == 0, "".join(web.output)
-    daemon.stop()
+    for web, db, busy in served_lab(request, tmp_path_factory, fill):
+        yield web, db, busy, request.param
 
 
 @pytest.fixture(scope="module")
