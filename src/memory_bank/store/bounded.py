@@ -59,6 +59,11 @@ class BoundedReads:
         """SQL turning an epoch-seconds expression into this store's time column type."""
         return sql
 
+    def _slices_after(self, time_sql: str, start_sql: str) -> str:
+        """SQL for how many whole ``:width`` slices lie between ``start_sql`` (epoch seconds)
+        and a time column expression at or after it: never negative."""
+        return f"CAST(({time_sql} - ({start_sql})) / :width AS INTEGER)"
+
     def _named(self, sql: str) -> str:
         """SQL written with ``:name`` parameters, in this driver's style."""
         return sql
@@ -69,22 +74,33 @@ class BoundedReads:
         most severe of its newest ``up_to`` (the newest among equals). Each slice costs an
         index range of at most ``up_to`` entries, however many millions the window holds,
         so a week of anomalies is drawn everywhere it has them, not only where the newest
-        thousand are."""
+        thousand are. Empty slices cost nothing: the slices holding anomalies are found by
+        skipping from one to the next (one index probe each)."""
         width = (until - since) / slices
         lo = self._epoch_as_time(":since + s.i * :width")
         hi = self._epoch_as_time(":since + (s.i + 1) * :width")
         in_slice = f"timestamp >= {lo} AND timestamp < {hi}"
+
+        def first_from(start: str) -> str:  # the next slice holding one, counted from start
+            return (
+                f"(SELECT {self._slices_after('min(timestamp)', start)} FROM anomalies "
+                f"WHERE timestamp >= {self._epoch_as_time(start)} "
+                f"AND timestamp < {self._epoch_as_time(':until')})"
+            )
+
         sql = (
-            "WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i + 1 < :slices) "
+            f"WITH RECURSIVE s(i) AS (SELECT {first_from(':since')} UNION ALL "
+            f"SELECT s.i + 1 + {first_from(':since + (s.i + 1) * :width')} FROM s "
+            "WHERE s.i IS NOT NULL AND s.i < :slices) "
             "SELECT i, "
             f"(SELECT count(*) FROM (SELECT 1 FROM anomalies WHERE {in_slice} LIMIT :up_to) AS c) "
             "AS n, "
             f"(SELECT id FROM (SELECT id, severity, timestamp FROM anomalies WHERE {in_slice} "
             "ORDER BY timestamp DESC LIMIT :up_to) AS newest ORDER BY CASE severity "
             "WHEN 'CRITICAL' THEN 0 WHEN 'HIGH' THEN 1 WHEN 'MEDIUM' THEN 2 ELSE 3 END, "
-            "timestamp DESC LIMIT 1) AS shown FROM s"
+            "timestamp DESC LIMIT 1) AS shown FROM s WHERE s.i IS NOT NULL AND s.i < :slices"
         )
-        params = {"since": since, "width": width, "slices": slices, "up_to": up_to}
+        params = {"since": since, "until": until, "width": width, "slices": slices, "up_to": up_to}
         found = [r for r in self._all(self._named(sql), params) if r["n"]]
         if not found:
             return []

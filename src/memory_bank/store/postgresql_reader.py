@@ -70,6 +70,10 @@ class PostgresReader(BoundedReads, Reader):
     def _epoch_as_time(self, sql: str) -> str:
         return f"to_timestamp({sql})"
 
+    def _slices_after(self, time_sql: str, start_sql: str) -> str:
+        # greatest(): a time just after a microsecond-rounded start may read just before it
+        return f"greatest(floor((extract(epoch FROM {time_sql}) - ({start_sql})) / :width), 0)::int"
+
     def _named(self, sql: str) -> str:
         return _NAMED.sub(r"%(\1)s", sql)
 
