@@ -21,8 +21,8 @@ from ..viewer import Filters
 SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 MAX_ROWS = 10_000  # one page of a list; exports are the viewer's job
 MAX_POINTS = 5_000  # buckets of a chart: a screen is narrower than this
-# Each call reads a bounded number of rows, whatever the database holds (p99 <= 100 ms on
-# the benchmark's 10M rows; a scanned row costs about 0.5 us here):
+# Each call reads a bounded number of rows, whatever the database holds (the aim: p99 <=
+# 100 ms on the benchmark's 10M rows; a scanned row costs about 0.5 us here):
 ROW_BUDGET = 100_000  # rows a chart may scan (about 50 ms); above it, whole minutes
 EDGE_ROWS = 25_000  # rows a session's statistics may scan at each partial-minute end
 MARKER_PIXELS = 6  # a chart's window is cut in slices this wide (points ~ pixels)...
