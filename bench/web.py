@@ -13,7 +13,8 @@ in a fresh browser context; (2) every API call the page makes, p50/p99 over repe
 with the page open until its line shows in the live feed (publish -> commit -> tail -> SSE ->
 page), p50/p99; (5) ingest with nobody following, with 20 plain SSE streams (remote browsers: the
 daemon's tail and this machine's fan-out only) and with 20 headless Chromium pages
-following live (their rendering on the same two cores), alternated round by round.
+following live (their rendering on the same cores), alternated round by round, with the CPU
+the web server, the daemon, the publishers and Chromium each used meanwhile.
 """
 
 from __future__ import annotations
@@ -199,6 +200,42 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def chromium_pids() -> list[int]:
+    """This benchmark's Chromium processes (the browser and its renderers, GPU and utility
+    processes): descendants of this process run from a chromium binary."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue  # gone meanwhile
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [os.getpid()]
+    while todo:
+        for pid in children.get(todo.pop(), []):
+            todo.append(pid)
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    program = fh.read().split(b"\0", 1)[0]
+            except OSError:
+                continue
+            if b"chrom" in os.path.basename(program):
+                found.append(pid)
+    return found
+
+
+def cpu_of(pids: list[int]) -> dict[int, float]:
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = cpu_seconds(pid)
+        except OSError:
+            pass  # exited: its time is no longer readable
+    return out
+
+
 # 20 followers without a browser: what remote browsers cost this machine (the daemon's tail,
 # the web process's fan-out and the streams), without 20 renderers sharing its cores.
 STREAM_READERS = r"""
@@ -236,19 +273,31 @@ def start_followers(web: WebServer, label: str, browser) -> tuple[list, object]:
 
 def ingest_cost(work, db, daemon, web, browser, per_publisher: int, rounds: int) -> dict:
     """Ingest (4 publishers) with no follower, 20 plain SSE streams, and 20 browsers
-    following live, alternated round by round."""
+    following live, alternated round by round; with the CPU each party used meanwhile
+    (the web server, the daemon, the publishers, this run's Chromium processes), since
+    here the browsers share the machine's cores with the server they follow."""
     labels = ("no_browser", "20_streams", "20_browsers")
     runs = {label: [] for label in labels}
-    web_cpu = dict.fromkeys(labels, 0.0)
+    parties = ("web", "daemon", "publishers", "chromium")
+    cpu = {label: dict.fromkeys(parties, 0.0) for label in labels}
+    wall = dict.fromkeys(labels, 0.0)
     for _ in range(rounds):
         for label in labels:
             pages, readers = start_followers(web, label, browser)
             expected = 0 if label == "no_browser" else 20
             while web.get("/api/status")[2]["streams"] != expected:
                 time.sleep(0.05)  # the readers' streams are being accepted
-            cpu0 = cpu_seconds(web.proc.pid)
+            web0, chromium0 = cpu_seconds(web.proc.pid), cpu_of(chromium_pids())
+            t0 = time.perf_counter()
             result = end_to_end(work, 4, per_publisher, "web", db, daemon=daemon)
-            web_cpu[label] += cpu_seconds(web.proc.pid) - cpu0
+            wall[label] += time.perf_counter() - t0
+            chromium1 = cpu_of(chromium_pids())
+            used = cpu[label]
+            used["web"] += cpu_seconds(web.proc.pid) - web0
+            used["chromium"] += sum(t - chromium0.get(pid, 0.0) for pid, t in chromium1.items())
+            records = result["records"] / 100_000
+            used["daemon"] += result["daemon_cpu_seconds_per_100k"] * records
+            used["publishers"] += result["publishers_cpu_seconds_per_100k"] * records
             streams = web.get("/api/status")[2]["streams"]
             assert streams == expected, f"{streams} streams open, {expected} expected"
             print(f"    {label}: {result['records_per_second']:,} rec/s", file=sys.stderr)
@@ -265,7 +314,14 @@ def ingest_cost(work, db, daemon, web, browser, per_publisher: int, rounds: int)
             f"ratio_{label}_vs_none": round(statistics.mean(runs[label]) / base, 3)
             for label in labels[1:]
         },
-        "web_process_cpu_seconds": {k: round(v, 2) for k, v in web_cpu.items()},
+        "cores": os.cpu_count(),
+        "cpu_seconds": {k: {p: round(v, 1) for p, v in used.items()} for k, used in cpu.items()},
+        "wall_seconds": {k: round(v, 1) for k, v in wall.items()},
+        # CPU used as a share of the machine's cores over the same time: where it went.
+        "share_of_cores": {
+            k: {p: round(v / (wall[k] * os.cpu_count()), 3) for p, v in used.items()}
+            for k, used in cpu.items()
+        },
     }
 
 
@@ -336,10 +392,20 @@ def print_table(r: dict) -> None:
         ratio = ing.get(f"ratio_{label}_vs_none")
         rows.append((f"ingest, {label.replace('_', ' ')}",
                      f"{rate} rec/s" + (f": {ratio}x of none" if ratio else "")))  # fmt: skip
-    rows.append(("web process CPU s during ingest", str(ing["web_process_cpu_seconds"])))
+    for label, share in ing["share_of_cores"].items():
+        used = ing["cpu_seconds"][label]
+        rows.append((f"  CPU during ingest, {label.replace('_', ' ')}",
+                     ", ".join(f"{p} {used[p]} s ({share[p]:.0%})" for p in used)))  # fmt: skip
     width = max(len(a) for a, _ in rows)
     for a, b in rows:
         print(f"{a:<{width}}  {b}")
+    print(
+        f"\nCPU shares are of this machine's {ing['cores']} cores over each ingest's time. The 20"
+        " Chromium pages run on these same cores beside the daemon, the publishers and the web"
+        " server: their ratio measures renderers competing for CPU, not what following costs"
+        " the server. Browsers on other machines cost it what the 20 plain streams cost (the"
+        " web server's and the daemon's CPU in that row)."
+    )
 
 
 if __name__ == "__main__":

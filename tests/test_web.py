@@ -13,9 +13,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from click.testing import CliRunner
 from playwright.sync_api import expect
-from web_server import WebServer, chromium_session
+from web_server import chromium_session, served_lab
 
-from conftest import DaemonProcess
 from memory_bank import MemoryBank, Publisher
 from memory_bank.store import open_reader
 from memory_bank.viewer import view
@@ -62,16 +61,8 @@ def fill(db) -> None:
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def lab(request, tmp_path_factory):
     """A daemon serving a filled database, and `memorybank web` over it."""
-    if request.param == "sqlite":
-        db = tmp_path_factory.mktemp("web") / "lab.db"
-    else:
-        db = request.getfixturevalue("pg_server").create_database("w" + uuid.uuid4().hex[:12])
-    daemon = DaemonProcess(db).wait_ready()
-    fill(db)
-    web = WebServer(db)
-    yield web, db
-    assert web.stop() == 0, "".join(web.output)
-    daemon.stop()
+    for web, db, _ in served_lab(request, tmp_path_factory, fill):
+        yield web, db
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +126,23 @@ def test_page_shows_the_database_totals_and_live_status(lab, page):
     expect(page.locator("#live-status")).to_have_text(re.compile("^live: following"))
     expect(page.locator("#sessions tbody tr")).to_have_count(2)
     expect(page.locator("#patterns tbody tr td").nth(1)).to_have_text("3")
+
+
+def test_the_page_arrives_with_its_summary_cards_filled(lab, page):
+    """The cards paint from the page's own response: no request waits for the scripts."""
+    web, _ = lab
+    _, _, html = web.get("/")
+    inline = re.search(r'<script id="first-summary" type="application/json">(.+?)</script>', html)
+    _, _, summary = web.get("/api/summary")
+    drop_time = lambda d: {k: v for k, v in d.items() if k != "timestamp"}  # noqa: E731
+    assert drop_time(json.loads(inline.group(1))) == drop_time(summary)
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(urlparse(r.url).path))
+    page.goto(web.url)
+    expect(page.locator("#total-events")).to_have_text("240")
+    expect(page.locator("#by-severity")).to_contain_text("HIGH 2")
+    page.wait_for_function("document.querySelector('#chart').chart !== undefined")
+    assert "/api/summary" not in asked
 
 
 def test_chart_draws_the_metric_and_anomaly_markers(lab, page):
@@ -307,6 +315,17 @@ def test_api_lists_match_the_viewers_json(lab):
     assert names == ["current", "voltage"]
 
 
+def window_anomalies(lab, since: float, until: float) -> list[dict]:
+    reader = open_reader(lab[1])
+    try:
+        return reader.get_anomalies(since=since, until=until, limit=None)
+    finally:
+        reader.close()
+
+
+SEVERITY_RANK = {"CRITICAL": 0, "HIGH": 1, "MEDIUM": 2, "LOW": 3}
+
+
 def test_api_metric_is_bucketed_with_the_windows_anomalies(lab):
     web, _ = lab
     status, _, week = web.get("/api/metrics/current?since=7d&points=50")
@@ -314,11 +333,27 @@ def test_api_metric_is_bucketed_with_the_windows_anomalies(lab):
     assert 0 < len(week["buckets"]) <= 50
     assert sum(b["n"] for b in week["buckets"]) == 720  # every point, in 50 buckets or fewer
     assert min(b["min"] for b in week["buckets"]) == pytest.approx(28.0, abs=0.01)
+    # Markers: 50 points / 6 pixels = 8 slices; each slice holding anomalies sends its most
+    # severe one and how many it holds (every one here: fewer than the count's limit).
+    stored_anomalies = window_anomalies(lab, week["since"], week["until"])
+    slices = week["anomaly_slices"]
+    assert len(week["anomalies"]) == len(slices) > 0
+    assert sum(s["count"] for s in slices) == len(stored_anomalies)
+    for shown, piece in zip(week["anomalies"], slices, strict=True):
+        assert pytest.approx(piece["until"] - piece["since"]) == (week["until"] - week["since"]) / 8
+        members = [a for a in stored_anomalies if piece["since"] <= a["timestamp"] < piece["until"]]
+        assert len(members) == piece["count"]
+        assert shown in members
+        assert SEVERITY_RANK[shown["severity"]] == min(
+            SEVERITY_RANK[a["severity"]] for a in members
+        )
+    # Finer slices (a marker per 6 of 2,000 points): the lab's five, each alone, newest first.
+    _, _, hour = web.get("/api/metrics/current?since=1h&points=2000")
     lab_anomalies = [
-        a for a in week["anomalies"] if a["anomaly_type"] == "CURRENT_LIMIT_FLUCTUATION"
+        a for a in hour["anomalies"] if a["anomaly_type"] == "CURRENT_LIMIT_FLUCTUATION"
     ]
     assert [a["timestamp"] for a in lab_anomalies] == pytest.approx(ANOMALY_TIMES[::-1], abs=1e-5)
-    _, _, hour = web.get("/api/metrics/current?since=1h&points=2000")
+    assert {s["count"] for s in hour["anomaly_slices"]} == {1}
     assert {b["n"] for b in hour["buckets"]} == {1}  # finer than the data: a point a bucket
     assert len(hour["buckets"]) == stored("current", hour, lab)
     _, _, none = web.get("/api/metrics/no_such_metric?since=1h")

@@ -31,10 +31,12 @@ class SseClient:
         assert self.response.status == 200
         assert self.response.headers["content-type"].startswith("text/event-stream")
 
-    def next_event(self) -> dict:
-        """The next event with a name (comments and retry lines skipped)."""
+    def next_event(self, deadline: float | None = None) -> dict:
+        """The next event with a name (comments and retry lines skipped); an AssertionError
+        when none came by ``deadline`` (time.monotonic(); heartbeats keep the connection
+        itself alive, so its read timeout never fires)."""
         fields: dict = {}
-        while True:
+        while deadline is None or time.monotonic() < deadline:
             line = self.response.readline().decode()
             if line == "":
                 raise EOFError("the stream ended")
@@ -47,10 +49,13 @@ class SseClient:
             name, _, value = line.partition(":")
             if name:
                 fields[name] = value.lstrip(" ")
+        raise AssertionError("no event in time")
 
-    def next_records(self) -> tuple[str, dict]:
+    def next_records(self, within: float | None = None) -> tuple[str, dict]:
+        """The next ``records`` event; with ``within``, it must come in that many seconds."""
+        deadline = None if within is None else time.monotonic() + within
         while True:
-            event = self.next_event()
+            event = self.next_event(deadline)
             if event["event"] == "records":
                 return event["id"], json.loads(event["data"])
 
@@ -197,4 +202,78 @@ def test_without_a_daemon_the_page_says_so_and_picks_one_up(location, start_daem
         expect(page.locator("#feed")).to_contain_text(f"after {marker}")
         page.close()
     finally:
+        assert web.stop() == 0, "".join(web.output)
+
+
+def set_hidden(page, hidden: bool) -> None:
+    """The tab hidden or shown, as the browser tells a page (headless Chromium never hides
+    one itself): the visibility state changes and ``visibilitychange`` fires."""
+    page.evaluate(
+        """(hidden) => {
+          const state = hidden ? "hidden" : "visible";
+          const define = (name, value) =>
+            Object.defineProperty(document, name, {configurable: true, get: () => value});
+          define("visibilityState", state);
+          define("hidden", hidden);
+          document.dispatchEvent(new Event("visibilitychange"));
+        }""",
+        hidden,
+    )
+
+
+def test_a_hidden_tab_lets_its_stream_go_and_catches_up_when_seen(served, browser):
+    web, location, _ = served
+    page = browser.new_page()
+    live = page.locator("#live-status")
+    try:
+        page.goto(web.url)
+        expect(live).to_have_text(re.compile("^live: following"))
+        assert status(web)["streams"] == 1
+        set_hidden(page, True)
+        wait_for(lambda: status(web)["streams"] == 0, "the hidden tab to close its stream")
+        expect(live).to_have_text("paused while this tab is hidden")
+        marker = uuid.uuid4().hex[:8]
+        publish_event(location, f"while hidden {marker}")
+        set_hidden(page, False)
+        expect(live).to_have_text(re.compile("^live: following"))
+        expect(page.locator("#feed")).to_contain_text(f"while hidden {marker}")  # reloaded
+        assert status(web)["streams"] == 1
+        publish_event(location, f"seen again {marker}")
+        expect(page.locator("#feed")).to_contain_text(f"seen again {marker}")
+    finally:
+        page.close()
+
+
+def test_a_slow_summary_does_not_hold_the_live_feed_back(pg_url, start_daemon):
+    """The cards' summary query runs beside the tail: with it stuck (a table it counts is
+    locked), committed batches still reach the streams."""
+    import psycopg
+
+    start_daemon(pg_url)
+    web = WebServer(pg_url)
+    locker = psycopg.connect(pg_url)
+    watcher = psycopg.connect(pg_url, autocommit=True)  # sees pg_stat_activity as it is now
+    try:
+        wait_for(lambda: status(web)["live"], "the web to follow the daemon")
+        client = SseClient(web.url)
+        assert client.next_event()["event"] == "status"
+        locker.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")  # held until rollback
+        publish_event(pg_url, "first")
+        assert [e["message"] for e in client.next_records(10)[1]["events"]] == ["first"]
+        wait_for(
+            lambda: watcher.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'memorybank-reader' "
+                "AND wait_event_type = 'Lock'"
+            ).fetchone(),
+            "the summary query to wait on the lock",
+        )
+        publish_event(pg_url, "second")
+        assert [e["message"] for e in client.next_records(10)[1]["events"]] == ["second"]
+        locker.rollback()
+        while client.next_event()["event"] != "summary":
+            pass  # the summary follows once the table is free
+        client.close()
+    finally:
+        locker.close()
+        watcher.close()
         assert web.stop() == 0, "".join(web.output)

@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -103,3 +104,21 @@ class WebServer:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError("memorybank web did not stop within 20 s of SIGINT") from None
+
+
+def served_lab(request, tmp_path_factory, fill):
+    """For a module fixture parametrized with "sqlite" and "postgresql": a daemon serving a
+    fresh database of that store, filled by ``fill(db)``, and `memorybank web` over it.
+    Yields (web, db, what fill returned)."""
+    from conftest import DaemonProcess
+
+    if request.param == "sqlite":
+        db = tmp_path_factory.mktemp("lab") / "lab.db"
+    else:
+        db = request.getfixturevalue("pg_server").create_database("w" + uuid.uuid4().hex[:12])
+    daemon = DaemonProcess(db).wait_ready()
+    filled = fill(db)
+    web = WebServer(db)
+    yield web, db, filled
+    assert web.stop() == 0, "".join(web.output)
+    daemon.stop()

@@ -19,7 +19,7 @@ import sys
 import click
 
 from .formatting import OUTPUTS
-from .locations import DEFAULT_DATABASE, redact_url
+from .locations import DEFAULT_DATABASE, is_url, redact_url, resolve_db_path
 
 DEBUG_ENV = "MEMORYBANK_DEBUG"
 _DB_KEY = "memorybank.db"  # in click's ctx.meta, shared by a command and its groups
@@ -66,6 +66,16 @@ class InputError(click.ClickException):
     """The user's input is wrong or missing: exit status 2."""
 
     exit_code = 2
+
+
+def require_database(db: str) -> None:
+    """A reading command's SQLite path must hold a database already: readers never create
+    one, so a mistyped path fails here (exit 2) rather than showing an empty database."""
+    if not is_url(db) and not resolve_db_path(db).exists():
+        raise InputError(
+            f"no database at {resolve_db_path(db)}; start a daemon with "
+            f"'memorybank daemon --db {db}', or pass --db PATH"
+        )
 
 
 def debugging(ctx: click.Context | None = None) -> bool:

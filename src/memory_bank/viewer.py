@@ -20,11 +20,11 @@ import click
 from . import discovery, formatting
 from .cli_common import (
     ErrorBoundary,
-    InputError,
     db_option,
     output_option,
     remember_db,
     report,
+    require_database,
 )
 from .export import export_size, write_export
 from .formatting import record_lines, render
@@ -74,12 +74,7 @@ class Viewer:
         self.db = db
         self.path = discovery.location_key(db)
         self.name = discovery.display_name(db)
-        if not discovery.is_url(db) and not self.path.exists():
-            # Exit status 2, and nothing is created.
-            raise InputError(
-                f"no database at {self.path}; start a daemon with "
-                f"'memorybank daemon --db {db}', or pass --db PATH"
-            )
+        require_database(db)  # exit status 2, and nothing is created
         self.reader = open_reader(db).check()
         self.output = output
         self.color = sys.stdout.isatty() if color is None else color

@@ -119,6 +119,24 @@ class Reader:
         readers of many rows that write their own SQL (detection's committed-row reader)."""
         raise NotImplementedError
 
+    # -- bounded reads, for pages that must answer in time (the web dashboard) ----------
+    def metric_statistics(
+        self, names, since: float, until: float, scan_budget: int | None = None
+    ) -> tuple[dict[str, dict], float, float]:
+        """get_metric_statistics for several metrics over [since, until) in one pass, and
+        the window the figures cover (a store with rollups may leave out dense partial
+        minutes at the ends beyond ``scan_budget`` rows)."""
+        raise NotImplementedError
+
+    def count_up_to(self, table: str, since, until, up_to: int) -> int:
+        """Rows of ``table`` in the window, counted no further than ``up_to``."""
+        raise NotImplementedError
+
+    def anomaly_slices(self, since: float, until: float, slices: int, up_to: int) -> list[dict]:
+        """The window cut into ``slices``; per slice holding anomalies ``{slice, count,
+        anomaly}``: its count (up to ``up_to``) and its most severe anomaly."""
+        raise NotImplementedError
+
     def get_events(self, event_type=None, component=None, since=None, limit=100, until=None):
         """The seed's get_events: newest first; a None filter is no filter, a negative or
         None ``limit`` no limit."""

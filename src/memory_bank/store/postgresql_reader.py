@@ -8,12 +8,14 @@ partitions they touch. One connection per thread, opened on first use.
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import time
 from collections.abc import Iterator
 
 from .postgresql_connection import connect, to_datetime
 from .sql import TABLE_COLUMNS, SqlReader, dashboard_summary
+from .bounded import BoundedReads
 
 try:
     from psycopg.rows import dict_row
@@ -39,9 +41,10 @@ def _select_list(table: str) -> str:
 
 SELECT = {table: _select_list(table) for table in TABLE_COLUMNS}
 _cursor_numbers = itertools.count(1)
+_NAMED = re.compile(r"(?<![:\w]):([a-z_]+)")  # :name, not a ::cast
 
 
-class PostgresReader(SqlReader):
+class PostgresReader(BoundedReads):
     """Read queries with the seed's arguments and return shapes."""
 
     placeholder = "%s"
@@ -70,6 +73,16 @@ class PostgresReader(SqlReader):
 
     def _select(self, table: str) -> str:
         return SELECT[table]
+
+    def _epoch_as_time(self, sql: str) -> str:
+        return f"to_timestamp({sql})"
+
+    def _slices_after(self, time_sql: str, start_sql: str) -> str:
+        # greatest(): a time just after a microsecond-rounded start may read just before it
+        return f"greatest(floor((extract(epoch FROM {time_sql}) - ({start_sql})) / :width), 0)::int"
+
+    def _named(self, sql: str) -> str:
+        return _NAMED.sub(r"%(\1)s", sql)
 
     def _stream(self, sql: str, params) -> Iterator[dict]:
         """Rows through a server-side cursor: millions never sit in memory at once."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .base import InvalidDatabase
+from .bounded import BoundedReads
 from .schema import SEED_TABLES, damaged_database
 from .sql import JSON_COLUMNS, TABLE_COLUMNS, SqlReader, Where, dashboard_summary
 
@@ -31,7 +32,7 @@ def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
     return out
 
 
-class SqliteReader(SqlReader):
+class SqliteReader(BoundedReads):
     """Read queries with the seed's arguments and return shapes."""
 
     def __init__(self, path: Path):
@@ -106,54 +107,86 @@ class SqliteReader(SqlReader):
         """{'min', 'max', 'avg', 'count'}: whole minutes from the rollup, the partial minutes
         at either end exactly from the table."""
         if self._has_rollups() and metric_name is not None:
-            return self._metric_statistics_rolled(metric_name, since, until)
+            return self._metric_statistics_rolled([metric_name], since, until)[0][metric_name]
         return super().get_metric_statistics(metric_name, since, until)
 
-    def _metric_statistics_rolled(self, name, since, until) -> dict:
+    def metric_statistics(
+        self, names, since: float, until: float, scan_budget: int | None = None
+    ) -> tuple[dict[str, dict], float, float]:
+        if self._has_rollups():
+            return self._metric_statistics_rolled(names, since, until, scan_budget)
+        return super().metric_statistics(names, since, until)
+
+    def _metric_statistics_rolled(self, names, since, until, scan_budget=None):
+        """Whole minutes from the rollup, the partial minutes at either end from the table:
+        one query each, for every name at once. An end whose partial minute would pass more
+        than ``scan_budget`` rows (the time index passes every metric's) is left out when
+        whole minutes remain: the figures then cover the window shrunk to whole minutes at
+        that end, which is returned with them."""
         conn = self._conn()
-        parts = []
         first_full = None if since is None else -(-since // 60)  # ceil to a whole minute
         last_full = None if until is None else until // 60  # exclusive
+        marks = ", ".join("?" * len(names))
         w = Where()
-        w.add("metric_name = ?", name)
         w.add("minute >= ?", first_full)
         w.add("minute < ?", last_full)
-        parts.append(
-            conn.execute(
-                f"SELECT sum(n) AS n, sum(total) AS t, min(min) AS lo, max(max) AS hi "
-                f"FROM mb_metric_minutes{w.sql()}",
-                w.params,
-            ).fetchone()
-        )
+        w.clauses.insert(0, f"metric_name IN ({marks})")
+        parts = conn.execute(
+            "SELECT metric_name, sum(n) AS n, sum(total) AS t, min(min) AS lo, max(max) AS hi "
+            f"FROM mb_metric_minutes{w.sql()} GROUP BY metric_name",
+            [*names, *w.params],
+        ).fetchall()
+        whole_minutes = first_full is None or last_full is None or last_full > first_full
+        covered = [since, until]
         edges = []
         if since is not None:
-            first_edge = -(-since // 60) * 60  # first_full's start
-            edges.append((since, first_edge if until is None else min(first_edge, until)))
-        if until is not None:
-            last_edge = until // 60 * 60  # last_full's start
-            if since is None or last_edge >= since:
-                edges.append((max(last_edge, since or last_edge), until))
-        for lo, hi in edges:
-            if hi > lo:
-                parts.append(
-                    conn.execute(
-                        "SELECT count(*) AS n, total(metric_value) AS t, min(metric_value) AS lo, "
-                        "max(metric_value) AS hi FROM metrics WHERE metric_name = ? "
-                        "AND timestamp >= ? AND timestamp < ?",
-                        (name, lo, hi),
-                    ).fetchone()
-                )
-        n = sum(p["n"] or 0 for p in parts)
-        if not n:
-            return {"min": None, "max": None, "avg": None, "count": 0}
-        lows = [p["lo"] for p in parts if p["n"]]
-        highs = [p["hi"] for p in parts if p["n"]]
-        return {
-            "min": min(lows),
-            "max": max(highs),
-            "avg": sum(p["t"] or 0.0 for p in parts) / n,
-            "count": n,
-        }
+            edges.append(
+                (0, since, first_full * 60 if until is None else min(first_full * 60, until))
+            )
+        if until is not None and (since is None or last_full * 60 >= since):
+            edges.append((1, max(last_full * 60, since or last_full * 60), until))
+        for end, lo, hi in edges:
+            if hi <= lo:
+                continue
+            if scan_budget is not None and whole_minutes and self._rows_near(lo, hi) > scan_budget:
+                covered[end] = first_full * 60 if end == 0 else last_full * 60
+                continue
+            parts += conn.execute(
+                "SELECT metric_name, count(*) AS n, total(metric_value) AS t, "
+                "min(metric_value) AS lo, max(metric_value) AS hi FROM metrics "
+                f"WHERE metric_name IN ({marks}) AND timestamp >= ? AND timestamp < ? "
+                "GROUP BY metric_name",
+                [*names, lo, hi],
+            ).fetchall()
+        stats = {}
+        for name in names:
+            mine = [p for p in parts if p["metric_name"] == name and p["n"]]
+            n = sum(p["n"] for p in mine)
+            if not n:
+                stats[name] = {"min": None, "max": None, "avg": None, "count": 0}
+                continue
+            stats[name] = {
+                "min": min(p["lo"] for p in mine),
+                "max": max(p["hi"] for p in mine),
+                "avg": sum(p["t"] or 0.0 for p in mine) / n,
+                "count": n,
+            }
+        return stats, covered[0], covered[1]
+
+    def _rows_near(self, lo: float, hi: float) -> float:
+        """About how many metric rows (of every name) lie in [lo, hi), a part of one minute:
+        its share of that minute's rows in the rollup."""
+        return self._rolled_rows(lo // 60, lo // 60) * (hi - lo) / 60
+
+    def _rolled_rows(self, first_minute: float, last_minute: float) -> int:
+        """Metric rows of every name in minutes first_minute..last_minute, from the rollup
+        (one key range per name)."""
+        names = self.metric_names()
+        return self._aggregate(
+            "SELECT coalesce(sum(n), 0) AS n FROM mb_metric_minutes "
+            f"WHERE metric_name IN ({', '.join('?' * len(names))}) AND minute >= ? AND minute <= ?",
+            [*names, first_minute, last_minute],
+        )["n"]
 
     def _count_since(self, table: str, since: float) -> int:
         """Rows of ``table`` at or after ``since``: whole minutes from mb_minutes, the first
@@ -217,20 +250,16 @@ class SqliteReader(SqlReader):
         )
 
     def estimate_metric_rows(self, metric_name: str, since: float, until: float) -> int | None:
-        """From the per-minute rollup: the rows of every minute the window touches."""
+        """From the per-minute rollup: the rows of every minute the window touches, of every
+        name, since a window is read through the time index, which passes them all (a
+        sparse metric beside a dense one is as costly to scan as the dense one)."""
         if not self._has_rollups():
             return None
-        return self._aggregate(
-            "SELECT coalesce(sum(n), 0) AS n FROM mb_metric_minutes "
-            "WHERE metric_name = ? AND minute >= ? AND minute <= ?",
-            (metric_name, since // 60, until // 60),
-        )["n"]
+        return self._rolled_rows(since // 60, until // 60)
 
     def metric_names(self) -> list[str]:
         """From the per-minute rollup's key (metrics has no name index here)."""
-        table = "mb_metric_minutes" if self._has_rollups() else "metrics"
-        rows = self._all(f"SELECT DISTINCT metric_name FROM {table} ORDER BY metric_name")
-        return [r["metric_name"] for r in rows]
+        return self._distinct_names("mb_metric_minutes" if self._has_rollups() else "metrics")
 
     def metric_buckets(
         self, metric_name: str, since: float, until: float, buckets: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -72,8 +73,21 @@ async def _status(request: Request) -> Response:
     )
 
 
+FIRST_SUMMARY = '<script id="first-summary" type="application/json"></script>'
+
+
 async def _page(request: Request) -> Response:
-    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+    """The page, with the summary inside it: its cards are filled from the first response,
+    not from a request that waits for the page's scripts and competes with the chart's."""
+    page = request.app.state.page
+    try:
+        summary = await run_in_threadpool(request.app.state.reader.get_dashboard_summary)
+    except Exception as exc:  # the page still loads, and its cards ask the API
+        log.warning("the page goes without its summary: %s", exc)
+    else:
+        data = json.dumps(summary, default=str).replace("<", "\\u003c")  # no "</script>"
+        page = page.replace(FIRST_SUMMARY, FIRST_SUMMARY.replace("><", f">{data}<"))
+    return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -119,4 +133,5 @@ def create_app(location: str, reader: Reader, token: str | None = None) -> Starl
     )
     app.state.reader = reader
     app.state.feed = feed
+    app.state.page = (STATIC / "index.html").read_text(encoding="utf-8")
     return app

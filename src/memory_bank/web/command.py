@@ -10,7 +10,7 @@ import click
 
 from .. import config as config_mod
 from .. import discovery
-from ..cli_common import InputError, db_option
+from ..cli_common import db_option, require_database
 
 
 @click.command()
@@ -36,11 +36,7 @@ def web(db, host, port, token, config_path) -> None:
     cfg = config_mod.load(config_path, db=db, web_host=host, web_port=port, web_token=token)
     _setup_logging(cfg.log_level)
     location = cfg.db
-    if not discovery.is_url(location) and not discovery.resolve_db_path(location).exists():
-        raise InputError(
-            f"no database at {discovery.resolve_db_path(location)}; start a daemon with "
-            f"'memorybank daemon --db {location}', or pass --db PATH"
-        )
+    require_database(location)
 
     def ready(url: str) -> None:
         click.echo(f"serving {discovery.display_name(location)} on {url}", err=True)

@@ -131,6 +131,7 @@ class LiveFeed:
         self.summarize = summarize  # the reader's summary (blocking: run in a thread)
         self.summary: str | None = None  # its latest JSON, pushed to every stream
         self._summary_due = False
+        self._summary_task: asyncio.Task | None = None
         self.name = discovery.display_name(location)
         self.boot = secrets.token_hex(4)  # a reconnect to another process cannot replay
         self.seq = 0
@@ -190,12 +191,18 @@ class LiveFeed:
         for subscriber in self.subscribers:
             _offer(subscriber, batch)
 
-    async def _push_summary(self) -> None:
+    def _start_summary(self) -> None:
         """After commits, at most once a PROBE_SECONDS: one summary query for every page
-        (the cards follow the data without each browser asking)."""
+        (the cards follow the data without each browser asking). It runs beside the tail,
+        one at a time: a slow one (a busy database) delays the cards, never the records."""
         if not (self._summary_due and self.subscribers and self.summarize):
             return
+        if self._summary_task is not None and not self._summary_task.done():
+            return  # the one running will be followed by the next, still due
         self._summary_due = False
+        self._summary_task = asyncio.create_task(self._push_summary())
+
+    async def _push_summary(self) -> None:
         try:
             summary = await asyncio.to_thread(self.summarize)
         except Exception as exc:  # the next commit tries again
@@ -244,7 +251,7 @@ class LiveFeed:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), PROBE_SECONDS)
                     continue
-                await self._push_summary()
+                self._start_summary()
                 until = loop.time() + PROBE_SECONDS
                 while not self.closing and loop.time() < until:
                     timeout_ms = int(max(until - loop.time(), 0) * 1000) + 1
@@ -253,6 +260,8 @@ class LiveFeed:
                     if follower.connected != self.live:
                         break  # say so at once
         finally:
+            if self._summary_task is not None:
+                self._summary_task.cancel()  # its thread finishes on its own; nobody waits
             if follower is not None:
                 follower.close()
             ctx.term()

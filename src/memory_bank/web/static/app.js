@@ -4,6 +4,7 @@
 import { drawChart, resizeCharts, colorOf, formatTime } from "./chart.js";
 import { Feed } from "./feed.js";
 import { api } from "./api.js";
+import { firstSummaryShown, num, severityChip, showSummary } from "./cards.js";
 
 const $ = (id) => document.getElementById(id);
 const RANGES = { "10m": 600, "1h": 3600, "24h": 86400, "7d": 7 * 86400 };
@@ -15,22 +16,15 @@ const state = {
   view: "dashboard",
 };
 
-const num = (v) => (v == null ? "–" : Number(v).toLocaleString());
 const fixed = (v, d = 2) => (v == null ? "–" : Number(v).toFixed(d));
 const iso = (t) => new Date(t * 1000).toISOString();
+const counted = (n, upTo) => `${num(n)}${n >= upTo ? "+" : ""}`; // a count the API stopped at upTo
 
 function cell(text, className) {
   const td = document.createElement("td");
   td.textContent = text;
   if (className) td.className = className;
   return td;
-}
-
-function severityChip(severity, count) {
-  const chip = document.createElement("span");
-  chip.className = `sev ${severity}`;
-  chip.textContent = count == null ? severity : `${severity} ${num(count)}`;
-  return chip;
 }
 
 function fillTable(table, rows, makeRow, empty) {
@@ -60,21 +54,6 @@ function showError(where, error) {
 // -- summary cards ---------------------------------------------------------------------
 async function loadSummary() {
   showSummary(await api("summary"));
-}
-
-function showSummary(s) {
-  $("total-events").textContent = num(s.total_events);
-  $("events-last-hour").textContent = num(s.events_last_hour);
-  $("total-anomalies").textContent = num(s.total_anomalies);
-  $("anomalies-last-hour").textContent = num(s.anomalies_last_hour);
-  $("total-sessions").textContent = num(s.total_sessions);
-  $("active-sessions").textContent = num(s.active_sessions);
-  const bySeverity = $("by-severity");
-  bySeverity.textContent = "";
-  const entries = Object.entries(s.anomalies_by_severity);
-  if (!entries.length) bySeverity.textContent = "none";
-  for (const [severity, count] of entries) bySeverity.appendChild(severityChip(severity, count));
-  if (!performance.getEntriesByName("mb-summary").length) performance.mark("mb-summary");
 }
 
 // -- the metric chart --------------------------------------------------------------------
@@ -127,7 +106,7 @@ async function loadChart() {
   const responses = await Promise.all(
     state.metrics.map((m) => api(`metrics/${encodeURIComponent(m)}`, { since, until, points })));
   if (ticket !== chartRequest) return; // a newer request superseded this one
-  drawChart(el, $("chart-note"), responses, responses[0].anomalies, {
+  drawChart(el, $("chart-note"), responses, {
     onZoom: (lo, hi) => {
       state.history.push({ range: state.range, custom: state.custom });
       setRange("custom", { since: lo, until: hi });
@@ -244,7 +223,7 @@ async function showSession(sessionId) {
     ["Energy", s.total_energy == null ? "–" : `${fixed(s.total_energy)} Wh`, ""],
     ["Current", s.avg_current == null ? "–" : `${fixed(s.avg_current)} A`,
       `min ${fixed(s.min_current)} · max ${fixed(s.max_current)}`],
-    ["Anomalies", num(s.anomaly_count), `${detail.anomalies.length} in its window`],
+    ["Anomalies", num(s.anomaly_count), `${counted(detail.anomaly_count, detail.anomaly_count_up_to)} in its window`],
   ]) {
     const card = document.createElement("div");
     card.className = "card";
@@ -255,6 +234,14 @@ async function showSession(sessionId) {
     cards.appendChild(card);
   }
   const stats = Object.entries(detail.statistics).filter(([, st]) => st.count);
+  const covered = detail.statistics_window;
+  $("session-stats-note").textContent =
+    covered.since === detail.window.since && covered.until === detail.window.until ? "" :
+      `over the whole minutes ${formatTime(covered.since)} – ${formatTime(covered.until)}: ` +
+      "the session's first or last seconds hold too many points to read in time";
+  const listed = detail.anomalies.length;
+  $("session-anomalies-note").textContent = listed < detail.anomaly_count ?
+    `the newest ${num(listed)} of ${counted(detail.anomaly_count, detail.anomaly_count_up_to)}` : "";
   fillTable($("session-stats"), stats, ([name, st]) => {
     const tr = document.createElement("tr");
     tr.append(cell(name), cell(num(st.count), "num"), cell(fixed(st.min), "num"),
@@ -275,26 +262,26 @@ async function showSession(sessionId) {
   const points = Math.min(2000, Math.max(100, Math.round(el.clientWidth || 1000)));
   const responses = await Promise.all(metrics.map((m) =>
     api(`metrics/${m}`, { since: iso(since), until: iso(until + 0.001), points })));
-  drawChart(el, $("session-chart-note"), responses, detail.anomalies);
+  drawChart(el, $("session-chart-note"), responses);
 }
 
 // -- routing and live refresh -------------------------------------------------------------
-function route() {
+function route(firstLoad = false) {
   const match = location.hash.match(/^#\/sessions\/(.+)$/);
   const sessionId = match ? decodeURIComponent(match[1]) : null;
   $("dashboard-view").hidden = !!sessionId;
   $("session-view").hidden = !sessionId;
   state.view = sessionId ? "session" : "dashboard";
   if (sessionId) showSession(sessionId);
-  else refreshDashboard();
+  else refreshDashboard(!(firstLoad && firstSummaryShown)); // the page came with one
 }
 
 function guarded(fn, where) {
   return fn().then(() => showError(where, null), (e) => showError(where, e));
 }
 
-function refreshDashboard() {
-  guarded(loadSummary, $("dashboard-view"));
+function refreshDashboard(withSummary = true) {
+  if (withSummary) guarded(loadSummary, $("dashboard-view"));
   guarded(loadChart, $("chart").parentNode);
   guarded(loadSessions, $("sessions").parentNode);
   guarded(loadPatterns, $("patterns").parentNode);
@@ -345,11 +332,15 @@ async function start() {
     },
   });
   feed.connect();
-  window.addEventListener("hashchange", route);
+  window.addEventListener("hashchange", () => route());
   window.addEventListener("resize", throttled(resizeCharts, 200));
+  // Back to a tab that was hidden: what it shows may be old (it did not redraw meanwhile).
+  document.addEventListener("visibilitychange", () => {
+    if (visible()) { refreshSummary(); refreshTables(); refreshChart(); }
+  });
   // Quiet databases still move (sessions end, time passes): refresh now and then.
   setInterval(() => { if (visible()) { refreshSummary(); refreshTables(); refreshChart(); } }, 30000);
-  route();
+  route(true);
 }
 
 start();

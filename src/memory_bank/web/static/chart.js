@@ -52,13 +52,26 @@ function align(responses) {
   return { xs, columns };
 }
 
-// Anomaly markers: one element per anomaly over the plot, placed at its time, with its
-// description in a tooltip (DOM rather than canvas, so hovering and tests can find them).
-// Anomalies closer than a few pixels share one marker, which counts them.
+// Anomaly markers: the API cuts a window in slices a marker wide and sends, for each slice
+// holding anomalies, one of them (the most severe of its newest) and how many it holds
+// (counted up to a limit). One element per few pixels over the plot, placed at its
+// anomaly's time, with the description in a tooltip (DOM rather than canvas, so hovering
+// and tests can find them); zooming in asks for finer slices.
 const MARKER_PX = 6;
+const RANK = { CRITICAL: 0, HIGH: 1, MEDIUM: 2, LOW: 3 };
+const rank = (a) => RANK[a.severity] ?? 4;
+
+// [{anomaly, count, capped}] from a /api/metrics response (its anomalies and their slices).
+function markersOf(response) {
+  const upTo = response.anomaly_count_up_to;
+  return response.anomalies.map((anomaly, i) => {
+    const { count } = response.anomaly_slices[i];
+    return { anomaly, count, capped: count >= upTo };
+  });
+}
 
 function tooltipFor(group, tooltip, ev) {
-  const a = group[0];
+  const a = group.shown;
   tooltip.textContent = "";
   const head = document.createElement("b");
   head.textContent = `${a.anomaly_type} · ${a.severity}`;
@@ -69,9 +82,10 @@ function tooltipFor(group, tooltip, ev) {
   const values = document.createElement("div");
   values.textContent = `current ${fmt(a.current_value)} · expected ${fmt(a.expected_value)}`;
   tooltip.append(head, when, text, values);
-  if (group.length > 1) {
+  if (group.count > 1) {
     const more = document.createElement("div");
-    more.textContent = `and ${group.length - 1} more anomalies here`;
+    more.textContent = `and ${(group.count - 1).toLocaleString()}${group.capped ? "+" : ""} ` +
+      "more anomalies here (drag to zoom in)";
     tooltip.appendChild(more);
   }
   tooltip.hidden = false;
@@ -79,23 +93,29 @@ function tooltipFor(group, tooltip, ev) {
   tooltip.style.top = `${ev.clientY + 12}px`;
 }
 
-function markersPlugin(anomalies, tooltip) {
+function markersPlugin(markers, tooltip) {
   let layer;
   function place(u) {
     const [lo, hi] = [u.scales.x.min, u.scales.x.max];
     const firstY = u.series.findIndex((s, i) => i > 0 && s.scale !== "x");
     const height = u.over.clientHeight; // read once: no layout per marker
     const groups = new Map();
-    for (const a of anomalies) {
+    for (const { anomaly: a, count, capped } of markers) {
       if (a.timestamp < lo || a.timestamp > hi) continue;
       const x = u.valToPos(a.timestamp, "x");
       const slot = Math.round(x / MARKER_PX);
-      if (!groups.has(slot)) groups.set(slot, { x, members: [] });
-      groups.get(slot).members.push(a);
+      const group = groups.get(slot);
+      if (!group) {
+        groups.set(slot, { x, shown: a, count, capped });
+        continue;
+      }
+      group.count += count;
+      group.capped ||= capped;
+      if (rank(a) < rank(group.shown)) Object.assign(group, { x, shown: a });
     }
     const fragment = document.createDocumentFragment();
-    for (const { x, members } of groups.values()) {
-      const a = members[0];
+    for (const group of groups.values()) {
+      const { x, shown: a } = group;
       const m = document.createElement("div");
       m.className = `marker ${a.severity || ""}`;
       m.style.left = `${x}px`;
@@ -105,8 +125,8 @@ function markersPlugin(anomalies, tooltip) {
       const top = y == null ? 6 : u.valToPos(y, u.series[firstY].scale);
       dot.style.top = `${Math.max(4, Math.min(top, height - 4))}px`;
       m.appendChild(dot);
-      m.dataset.count = members.length;
-      m.addEventListener("mouseenter", (ev) => tooltipFor(members, tooltip, ev));
+      m.dataset.count = group.count;
+      m.addEventListener("mouseenter", (ev) => tooltipFor(group, tooltip, ev));
       m.addEventListener("mouseleave", () => { tooltip.hidden = true; });
       fragment.appendChild(m);
     }
@@ -124,16 +144,18 @@ function markersPlugin(anomalies, tooltip) {
   };
 }
 
-// Draw (or redraw) a chart in `el` from /api/metrics/{name} responses sharing one window.
-// onZoom(since, until) is called with the dragged selection; onBack on double-click.
-export function drawChart(el, note, responses, anomalies, { onZoom, onBack } = {}) {
+// Draw (or redraw) a chart in `el` from /api/metrics/{name} responses sharing one window,
+// with the anomaly markers of the first. onZoom(since, until) is called with the dragged
+// selection; onBack on double-click.
+export function drawChart(el, note, responses, { onZoom, onBack } = {}) {
+  const markers = markersOf(responses[0]);
   const tooltip = document.getElementById("tooltip");
   el.textContent = "";
   const points = responses.reduce((n, r) => n + r.buckets.length, 0);
   const rows = responses.reduce((n, r) => n + r.buckets.reduce((m, b) => m + b.n, 0), 0);
   el.dataset.points = points;
   el.dataset.rows = rows;
-  el.dataset.anomalies = anomalies.length;
+  el.dataset.anomalies = markers.reduce((n, m) => n + m.count, 0);
   note.textContent = points ? "" : "no data in this time range";
   const { xs, columns } = align(responses);
   const units = [];
@@ -167,7 +189,7 @@ export function drawChart(el, note, responses, anomalies, { onZoom, onBack } = {
     series, scales, axes, bands,
     legend: { live: true },
     cursor: { drag: { x: true, y: false, setScale: false } },
-    plugins: [markersPlugin(anomalies, tooltip)],
+    plugins: [markersPlugin(markers, tooltip)],
     hooks: {
       setSelect: [(u) => {
         if (u.select.width < 5 || !onZoom) return;

@@ -1,7 +1,9 @@
 // The live feed: events and anomalies as they commit, over Server-Sent Events. The
 // backlog comes from the API once the stream is open (nothing committed in between is
 // missed; rows seen twice are shown once). Filters apply to what is shown; pause holds
-// new rows back and counts them.
+// new rows back and counts them. A hidden tab lets its stream go (nothing is drawn that
+// nobody sees, and the server has one stream fewer to feed); shown again, it reconnects and
+// catches up from the API as a first load does.
 
 import { api } from "./api.js";
 import { formatTime } from "./chart.js";
@@ -30,6 +32,22 @@ export class Feed {
   }
 
   connect() {
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "hidden") this.disconnect();
+      else if (!this.source) this.open();
+    });
+    if (document.visibilityState !== "hidden") this.open();
+    else this.disconnect();
+  }
+
+  disconnect() {
+    if (this.source) this.source.close();
+    this.source = null;
+    this.loaded = false; // shown again: the backlog is read again (it holds what was missed)
+    this.onStatus({ live: false, message: "paused while this tab is hidden" });
+  }
+
+  open() {
     this.source = new EventSource("/api/stream");
     this.source.addEventListener("status", (ev) => {
       this.onStatus(JSON.parse(ev.data));
