@@ -13,9 +13,9 @@ import threading
 import time
 from collections.abc import Iterator
 
-from .postgresql_connection import connect, to_datetime
-from .sql import TABLE_COLUMNS, SqlReader, dashboard_summary
 from .bounded import BoundedReads
+from .postgresql_connection import connect, to_datetime
+from .sql import TABLE_COLUMNS, dashboard_summary
 
 try:
     from psycopg.rows import dict_row

@@ -17,7 +17,7 @@ from urllib.parse import quote
 from .base import InvalidDatabase
 from .bounded import BoundedReads
 from .schema import SEED_TABLES, damaged_database
-from .sql import JSON_COLUMNS, TABLE_COLUMNS, SqlReader, Where, dashboard_summary
+from .sql import JSON_COLUMNS, TABLE_COLUMNS, Where, dashboard_summary
 
 
 def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
