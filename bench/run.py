@@ -463,13 +463,15 @@ for k in range(probes):
 print(json.dumps(lat))
 """
 
+# Paced load: ``rate`` records/s for ``seconds``; prints what it sent and whether all of it
+# was committed.
 LOAD = r"""
-import sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[4])
 from workload import publish
 from memory_bank import Publisher
 db, seconds, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-pub = Publisher(db)
+pub = Publisher(db, close_timeout=300)
 i, end = 0, time.time() + seconds
 next_at = time.perf_counter()
 while time.time() < end:
@@ -480,7 +482,24 @@ while time.time() < end:
     delay = next_at - time.perf_counter()
     if delay > 0:
         time.sleep(delay)
+print(json.dumps({"sent": i, "flushed": pub.flush(300)}))
 """
+
+
+def start_load(db: Path | str, seconds: float, rate: float) -> subprocess.Popen:
+    return subprocess.Popen(
+        [PY, "-c", LOAD, str(db), str(seconds), str(rate), str(HERE)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def load_sent(loads: list[subprocess.Popen]) -> int:
+    """Records the load processes sent; raises unless each saw all of its committed."""
+    reports = [json.loads(load.communicate(timeout=600)[0]) for load in loads]
+    if not all(r["flushed"] for r in reports):
+        raise RuntimeError("a load process's flush() timed out: records not committed")
+    return sum(r["sent"] for r in reports)
 
 
 def queryable_latency(work: Path, rate: float, seconds: float, probes: int) -> dict:
@@ -488,10 +507,8 @@ def queryable_latency(work: Path, rate: float, seconds: float, probes: int) -> d
     there, while two load processes keep the daemon at ``rate`` records/s."""
     db = work / "queryable.db"
     daemon = Daemon(db)
-    loads = [
-        subprocess.Popen([PY, "-c", LOAD, str(db), str(seconds + 3), str(rate / 2), str(HERE)])
-        for _ in range(2)
-    ]
+    committed0 = daemon_stats(db)["committed_records"]
+    loads = [start_load(db, seconds + 3, rate / 2) for _ in range(2)]
     time.sleep(1.0)
     out = subprocess.run(
         [PY, "-c", QUERYABLE, str(db), str(seconds), str(probes)],
@@ -499,13 +516,13 @@ def queryable_latency(work: Path, rate: float, seconds: float, probes: int) -> d
         text=True,
         timeout=600,
     )
-    for load in loads:
-        load.wait(timeout=600)
-    committed = daemon_stats(db)["committed_records"]
+    sent = load_sent(loads)
+    committed = daemon_stats(db)["committed_records"] - committed0 - len(json.loads(out.stdout))
     daemon.stop()
     lat = [v * 1000 for v in json.loads(out.stdout)]
     return {
         "rate_per_second": round(rate),
+        "load_sent": sent,
         "load_committed": committed,
         "probes": len(lat),
         "p50_ms": round(percentile(lat, 0.5), 2),
