@@ -31,8 +31,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .wire import MAX_ID_BLOCK
-
 
 class DaemonLockedError(RuntimeError):
     """Another daemon (or embedded writer) already serves this database."""
@@ -347,6 +345,8 @@ def lease_id_block(db_path: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX)
         raw = os.pread(fd, 32, 0).strip()
         next_block = max(int(raw) if raw else 1, 1)
+        from .wire import MAX_ID_BLOCK  # here: readers and the viewer never load msgpack
+
         if next_block > MAX_ID_BLOCK:
             raise RuntimeError(f"{db_path}: all id blocks are used")
         record = f"{next_block + 1:020d}\n".encode()

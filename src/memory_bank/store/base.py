@@ -9,10 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from ..discovery import is_url, redact_url
-from ..wire import Message
+
+if TYPE_CHECKING:  # readers never load msgpack
+    from ..wire import Message
 
 __all__ = [
     "InvalidDatabase",
