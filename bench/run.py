@@ -125,7 +125,8 @@ def _apply_raw(conn: sqlite3.Connection, events, anomalies, metrics, operations)
 def ceiling(work: Path, n: int, how: str = "raw") -> dict:
     """What SQLite itself does with the workload in one process, as the daemon's store is
     set up: same schema and pragmas (WAL, synchronous=FULL, no autocheckpoint: a
-    Checkpointer thread copies the WAL, as in the daemon), same records and operations in
+    Checkpointer thread copies the WAL and it is truncated past max_wal_bytes between
+    batches, as in the daemon), same records and operations in
     the same order, 2,000 per transaction. ``how``: "raw" runs the store's statements
     only (the ceiling); "store" and "store-no-rollups" run the daemon's own
     SqliteStore.apply, with and without its counters and per-minute rollups, to show what
@@ -144,6 +145,8 @@ def ceiling(work: Path, n: int, how: str = "raw") -> dict:
     for seq, batch in enumerate(batches, 1):
         if how == "raw":
             _apply_raw(conn, *batch)
+            if store.checkpointer.truncate_due:  # the WAL's limit, as the daemon keeps it
+                store.checkpointer.truncate(conn)
         else:
             store.apply([wire.Message(1, seq, 0, *batch)], watermarks)
     seconds = time.perf_counter() - began
