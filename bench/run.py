@@ -27,7 +27,6 @@ shared machines: compare the ratios.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -44,7 +43,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from workload import raw_batches  # noqa: E402
+from workload import raw_batches, seed_memory_bank  # noqa: E402
 
 from memory_bank import wire  # noqa: E402
 from memory_bank.control import daemon_stats, wait_for_daemon  # noqa: E402
@@ -234,17 +233,12 @@ def end_to_end(
 
 
 # -- (3) the seed's design --
-SEED_MODULE = HERE.parent / "tests" / "seed_reference" / "memory_bank.py"
-
 SEED_WRITER = r"""
-import importlib.util, json, sqlite3, sys, time
+import json, sqlite3, sys, time
 sys.path.insert(0, sys.argv[4])
-from workload import publish
-spec = importlib.util.spec_from_file_location("seed_memory_bank", sys.argv[5])
-seed = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(seed)
+from workload import publish, seed_memory_bank
 db, n, start_at = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-memory = seed.MemoryBank(db)  # the seed's class: a connection per call, insert, commit, close
+memory = seed_memory_bank()(db)  # the seed's class: a connection per call, insert, commit, close
 stored = locked = refused = 0
 while time.time() < start_at:
     time.sleep(0.001)
@@ -266,13 +260,12 @@ print(json.dumps({"seconds": time.time() - began, "stored": stored, "locked": lo
 # The seed's reader: the dashboard summary every 100 ms through the design's own class (the
 # seed's MemoryBank, or MemoryBank's), counting its own "database is locked" errors.
 READER = r"""
-import importlib.util, json, os, sqlite3, sys, time
-db, stop_file, seed_module = sys.argv[1], sys.argv[2], sys.argv[3]
-if seed_module:
-    spec = importlib.util.spec_from_file_location("seed_memory_bank", seed_module)
-    seed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seed)
-    memory = seed.MemoryBank(db)
+import json, os, sqlite3, sys, time
+db, stop_file, design = sys.argv[1], sys.argv[2], sys.argv[4]
+sys.path.insert(0, sys.argv[3])
+if design == "seed":
+    from workload import seed_memory_bank
+    memory = seed_memory_bank()(db)
 else:
     from memory_bank import MemoryBank
     memory = MemoryBank(db)
@@ -297,7 +290,7 @@ class SummaryReader:
         self.stop_file = Path(f"{db}.stop-reader")
         self.stop_file.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
-            [PY, "-c", READER, str(db), str(self.stop_file), str(SEED_MODULE) if seed else ""],
+            [PY, "-c", READER, str(db), str(self.stop_file), str(HERE), "seed" if seed else "ours"],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -315,10 +308,7 @@ def seed_design(work: Path, per_process: int, with_reader: bool) -> dict:
     """The seed's own class in 4 processes, each making the benchmark's workload of calls
     (the same mix as end to end), with or without the seed's reader."""
     db = work / f"seed-{with_reader}.db"
-    spec = importlib.util.spec_from_file_location("seed_memory_bank", SEED_MODULE)
-    seed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seed)
-    seed.MemoryBank(str(db))  # its schema: a rollback journal (its default), AUTOINCREMENT
+    seed_memory_bank()(str(db))  # its schema: a rollback journal (its default), AUTOINCREMENT
     start_at = time.time() + 1.0
     writers = [
         subprocess.Popen(
@@ -330,7 +320,6 @@ def seed_design(work: Path, per_process: int, with_reader: bool) -> dict:
                 str(per_process),
                 repr(start_at),
                 str(HERE),
-                str(SEED_MODULE),
             ],
             stdout=subprocess.PIPE,
             text=True,

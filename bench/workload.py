@@ -5,8 +5,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
+from pathlib import Path
+
+SEED_MODULE = Path(__file__).resolve().parent.parent / "tests" / "seed_reference" / "memory_bank.py"
 
 MIX = 50  # records per cycle of the pattern below
 
@@ -43,6 +47,14 @@ def publish(pub, i: int) -> None:
 
 
 PATTERN = {"sequence": ["0A", "100A", "START", "STOP"]}
+
+
+def seed_memory_bank():
+    """The seed's MemoryBank class (tests/seed_reference: a module named like ours)."""
+    spec = importlib.util.spec_from_file_location("seed_memory_bank", SEED_MODULE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.MemoryBank
 
 
 def raw_batches(n: int, base_id: int, batch: int = 2000):
