@@ -340,13 +340,13 @@ def _fd_identity(fd: int) -> tuple[int, int]:
 
 def lease_id_block(db_path: Path) -> int:
     """Take the next unused id block of this database (durably, under flock)."""
+    from .wire import MAX_ID_BLOCK  # here: readers and the viewer never load msgpack
+
     fd = create_file(ids_file(db_path), os.O_RDWR, COUNTER_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         raw = os.pread(fd, 32, 0).strip()
         next_block = max(int(raw) if raw else 1, 1)
-        from .wire import MAX_ID_BLOCK  # here: readers and the viewer never load msgpack
-
         if next_block > MAX_ID_BLOCK:
             raise RuntimeError(f"{db_path}: all id blocks are used")
         record = f"{next_block + 1:020d}\n".encode()
