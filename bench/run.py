@@ -201,8 +201,10 @@ def end_to_end(
         )
         for _ in range(publishers)
     ]
-    reports = [json.loads(p.communicate(timeout=1800)[0]) for p in procs]
-    read = reader.stop() if reader else None
+    try:
+        reports = [json.loads(p.communicate(timeout=1800)[0]) for p in procs]
+    finally:
+        read = reader.stop() if reader else None
     cpu1, peak_mb = daemon.cpu_and_rss()
     committed = daemon_stats(db)["committed_records"] - committed0
     if own_daemon:
@@ -238,8 +240,15 @@ import json, sqlite3, sys, time
 sys.path.insert(0, sys.argv[4])
 from workload import publish, seed_memory_bank
 db, n, start_at = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-memory = seed_memory_bank()(db)  # the seed's class: a connection per call, insert, commit, close
 stored = locked = refused = 0
+while True:  # the seed's class: a connection per call, insert, commit, close
+    try:
+        memory = seed_memory_bank()(db)  # its constructor writes its schema: it can be locked out
+        break
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+        locked += 1
 while time.time() < start_at:
     time.sleep(0.001)
 began = time.time()
@@ -328,8 +337,10 @@ def seed_design(work: Path, per_process: int, with_reader: bool) -> dict:
         for _ in range(4)
     ]
     reader = SummaryReader(db, seed=True) if with_reader else None
-    results = [json.loads(w.communicate(timeout=3600)[0]) for w in writers]
-    read = reader.stop() if reader else {"polls": 0, "locked": 0}
+    try:
+        results = [json.loads(w.communicate(timeout=3600)[0]) for w in writers]
+    finally:
+        read = reader.stop() if reader else {"polls": 0, "locked": 0}
     seconds = max(r["seconds"] for r in results)
     stored = sum(r["stored"] for r in results)
     return {
