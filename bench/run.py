@@ -5,17 +5,23 @@
     python bench/run.py --quick         # a few seconds: keeps the benchmark working in CI
     python bench/run.py --json out.json
 
-Measures: (1) the ceiling: raw executemany of the same records into the same schema in one
-process; (2) MemoryBank end to end with 1, 4 and 8 publisher processes, and with 1 publisher
-at durability="disk"; (3) the seed's design (connect/insert/commit/close per call) with 4
-processes, with and without a reader polling the summary; (4) publish-call latency at a
+Measures: (1) the ceiling: the workload's records and operations applied with the store's
+own statements in one process, as the daemon's store is set up (same schema, pragmas,
+checkpoint thread, 2,000 records per transaction), and the daemon's own SqliteStore.apply
+with and without its counters and rollups (what its extra work costs); (2) MemoryBank end
+to end with 1, 4 and 8 publisher processes, 4 with a reader polling the summary, and 1 at
+durability="disk" (rates on committed records; every flush() checked); (3) the seed's
+design (its own class: connect/insert/commit/close per call, the same workload) with 4
+processes, with and without the same reader, counting every "database is locked";
+(4) publish-call latency at a
 paced 10,000 records/s, daemon up and absent, and daemon up at durability="disk"; (4b)
 what a spool token (CURVE) adds to each spooled message: its MAC; (5)
 publish->queryable latency at half the maximum rate; (6) the daemon's peak RSS and CPU
 seconds per 100,000 records; (7) the read path on a large database the daemon
 built; (8) PostgreSQL: raw COPY of the same records in one process (its ceiling) against
-end to end with 4 publishers through a daemon. Absolute times drift on shared machines:
-compare the ratios.
+end to end with 4 publishers through a daemon; (9) `memory-viewer --summary` and
+`memorybank status` as new processes beside `python -c pass`. Absolute times drift on
+shared machines: compare the ratios.
 """
 
 from __future__ import annotations
@@ -37,8 +43,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from workload import raw_rows  # noqa: E402
+from workload import raw_batches, seed_memory_bank  # noqa: E402
 
+from memory_bank import wire  # noqa: E402
 from memory_bank.control import daemon_stats, wait_for_daemon  # noqa: E402
 from memory_bank.store import sqlite as store_sql  # noqa: E402
 from memory_bank.store.sqlite import SqliteStore  # noqa: E402
@@ -87,59 +94,72 @@ while time.time() < start_at:
 first = time.time()
 for i in range(n):
     publish(pub, i)
-pub.flush(300)
-print(json.dumps({"first_call": first, "acked": time.time(), "cpu": time.process_time()}))
+flushed = pub.flush(300)
+print(json.dumps({"first_call": first, "acked": time.time(), "cpu": time.process_time(),
+                  "flushed": flushed}))
 """
 
 
 # -- (1) the ceiling --
-def ceiling(work: Path, n: int) -> dict:
-    db = work / "ceiling.db"
-    SqliteStore(db).close()  # the same schema, indexes and pragmas as the daemon's
-    events, metrics, anomalies = raw_rows(n, 1 << 32)
-    ops = n - len(events) - len(metrics) - len(anomalies)
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    batch = 4000
-    began = time.perf_counter()
-    for start in range(0, max(len(events), 1), int(batch * 0.6)):
-        conn.execute("BEGIN")
-        e = events[start : start + int(batch * 0.6)]
-        m = metrics[start // 2 : start // 2 + int(batch * 0.3)]
-        a = anomalies[start * 8 // 60 : start * 8 // 60 + int(batch * 0.08)]
-        conn.executemany(
-            "INSERT INTO events (id, timestamp, event_type, component, message, data) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            e,
-        )
-        conn.executemany(
-            "INSERT INTO metrics (id, timestamp, metric_name, metric_value, unit, metadata) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            m,
-        )
-        conn.executemany(
-            "INSERT INTO anomalies (id, timestamp, anomaly_type, severity, description, "
-            "pattern_data, current_value, expected_value, deviation) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            a,
-        )
-        for j in range(int(batch * 0.02)):
-            conn.execute(
-                store_sql.PATTERN_UPSERT, (time.time(), "ANOMALY_CYCLE", '{"s":1}', '{"s":1}', 0.9)
-            )
-            # No row id: the store picks one (as for a publisher that sends none).
-            conn.execute(
-                store_sql.SESSION_ANOMALY, (time.time(), f"TXN_{(start + j) // 200}", None)
-            )
-        conn.execute("COMMIT")
+BATCH_ROWS = 2000  # the daemon's batch_rows: records per transaction on both sides
+
+
+def _apply_raw(conn: sqlite3.Connection, events, anomalies, metrics, operations) -> None:
+    """One batch as plain SQL in one transaction: the store's own statements, none of its
+    bookkeeping (no counters, rollups, watermarks, id checks)."""
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(store_sql.INSERT_EVENTS, events)
+    conn.executemany(store_sql.INSERT_ANOMALIES, anomalies)
+    conn.executemany(store_sql.INSERT_METRICS, metrics)
+    for op in operations:
+        if op[0] == wire.OP_PATTERN:
+            conn.execute(store_sql.PATTERN_UPSERT, op[1:6])
+        elif op[0] == wire.OP_SESSION_START:
+            conn.execute(store_sql.SESSION_START, op[1:4]).fetchall()
+        else:
+            conn.execute(store_sql.SESSION_ANOMALY, op[1:4])
+    conn.execute("COMMIT")
+
+
+def ceiling(work: Path, n: int, how: str = "raw") -> dict:
+    """What SQLite itself does with the workload in one process, as the daemon's store is
+    set up: same schema and pragmas (WAL, synchronous=FULL, no autocheckpoint: a
+    Checkpointer thread copies the WAL and it is truncated past max_wal_bytes between
+    batches, as in the daemon), same records and operations in
+    the same order, 2,000 per transaction. ``how``: "raw" runs the store's statements
+    only (the ceiling); "store" and "store-no-rollups" run the daemon's own
+    SqliteStore.apply, with and without its counters and per-minute rollups, to show what
+    the daemon's extra work costs. CPU includes the checkpoint thread on every side."""
+    db = work / f"ceiling-{how}.db"
+    batches = list(raw_batches(n, 1 << 32, BATCH_ROWS))
+    store = SqliteStore(db)  # the same schema, indexes, pragmas and checkpoint thread
+    if how == "raw":
+        conn = sqlite3.connect(db, isolation_level=None, timeout=30.0)
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+    elif how == "store-no-rollups":
+        store._roll_up = lambda *rows: None
+    watermarks: dict[int, int] = {}
+    began, cpu_began = time.perf_counter(), time.process_time()
+    for seq, batch in enumerate(batches, 1):
+        if how == "raw":
+            _apply_raw(conn, *batch)
+            if store.checkpointer.truncate_due:  # the WAL's limit, as the daemon keeps it
+                store.checkpointer.truncate(conn)
+        else:
+            store.apply([wire.Message(1, seq, 0, *batch)], watermarks)
     seconds = time.perf_counter() - began
-    conn.close()
+    cpu = time.process_time() - cpu_began
+    if how == "raw":
+        conn.close()
+    store.close()
     return {
         "records": n,
-        "ops": ops,
+        "ops": sum(len(b[3]) for b in batches),
+        "batch_records": BATCH_ROWS,
         "seconds": round(seconds, 3),
         "records_per_second": round(n / seconds),
+        "cpu_seconds_per_100k": round(cpu / n * 100_000, 3),
     }
 
 
@@ -152,12 +172,17 @@ def end_to_end(
     db: Path | str | None = None,
     durability: str = "memory",
     daemon: Daemon | None = None,
+    with_reader: bool = False,
 ) -> dict:
-    """Publishers -> daemon -> committed; a daemon given is left running."""
+    """Publishers -> daemon -> committed; a daemon given is left running. The rate counts
+    the records the daemon committed while they ran, which must be every record sent
+    (each publisher's flush() said so): the table flags a run where it is not."""
     db = db or work / f"e2e-{label}.db"
     own_daemon = daemon is None
     daemon = daemon or Daemon(db)
     cpu0, _ = daemon.cpu_and_rss()
+    committed0 = daemon_stats(db)["committed_records"]
+    reader = SummaryReader(db, seed=False) if with_reader else None
     start_at = time.time() + 1.5
     procs = [
         subprocess.Popen(
@@ -176,112 +201,157 @@ def end_to_end(
         )
         for _ in range(publishers)
     ]
-    reports = [json.loads(p.communicate(timeout=1800)[0]) for p in procs]
+    try:
+        reports = [json.loads(p.communicate(timeout=1800)[0]) for p in procs]
+    finally:
+        read = reader.stop() if reader else None
     cpu1, peak_mb = daemon.cpu_and_rss()
-    committed = daemon_stats(db)["committed_records"]
+    committed = daemon_stats(db)["committed_records"] - committed0
     if own_daemon:
         daemon.stop()
-    total = publishers * per_publisher
+    sent = publishers * per_publisher
     first = min(r["first_call"] for r in reports)
     last = max(r["acked"] for r in reports)
+    if committed != sent or not all(r["flushed"] for r in reports):
+        print(
+            f"WARNING end to end {label}: {sent:,} sent, {committed:,} committed, "
+            f"{sum(not r['flushed'] for r in reports)} flush() timed out",
+            file=sys.stderr,
+        )
     return {
         "publishers": publishers,
-        "records": total,
+        "records": sent,
         "committed": committed,
+        "all_flushed": all(r["flushed"] for r in reports),
         "seconds": round(last - first, 3),
-        "records_per_second": round(total / (last - first)),
-        "daemon_cpu_seconds_per_100k": round((cpu1 - cpu0) / total * 100_000, 3),
+        "records_per_second": round(committed / (last - first)),
+        "daemon_cpu_seconds_per_100k": round((cpu1 - cpu0) / max(committed, 1) * 100_000, 3),
         "publishers_cpu_seconds_per_100k": round(
-            sum(r["cpu"] for r in reports) / total * 100_000, 3
+            sum(r["cpu"] for r in reports) / max(committed, 1) * 100_000, 3
         ),
         "daemon_peak_rss_mb": round(peak_mb, 1),
+        **({"reader_polls": read["polls"], "reader_locked": read["locked"]} if read else {}),
     }
 
 
 # -- (3) the seed's design --
 SEED_WRITER = r"""
 import json, sqlite3, sys, time
+sys.path.insert(0, sys.argv[4])
+from workload import publish, seed_memory_bank
 db, n, start_at = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-locked = 0
+stored = locked = refused = 0
+while True:  # the seed's class: a connection per call, insert, commit, close
+    try:
+        memory = seed_memory_bank()(db)  # its constructor writes its schema: it can be locked out
+        break
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+        locked += 1
 while time.time() < start_at:
     time.sleep(0.001)
 began = time.time()
 for i in range(n):
-    # The seed's pattern: a connection per call, one insert, commit, close.
     try:
-        conn = sqlite3.connect(db)
-        conn.execute("INSERT INTO events (timestamp, event_type, component, message, data) "
-                     "VALUES (?, 'CAN_RX', 'CP', 'reading', ?)",
-                     (time.time(), json.dumps({"i": i})))
-        conn.commit()
-        conn.close()
+        publish(memory, i)
+        stored += 1
+    except sqlite3.IntegrityError:
+        refused += 1  # the seed's start_session of a session another process started
     except sqlite3.OperationalError as exc:
-        if "locked" in str(exc):
-            locked += 1
-        else:
+        if "locked" not in str(exc):
             raise
-print(json.dumps({"seconds": time.time() - began, "locked": locked}))
+        locked += 1
+print(json.dumps({"seconds": time.time() - began, "stored": stored, "locked": locked,
+                  "refused": refused}))
 """
 
-SEED_READER = r"""
-import sqlite3, sys, time
-db, until = sys.argv[1], float(sys.argv[2])
-locked = 0
-while time.time() < until:
+# The seed's reader: the dashboard summary every 100 ms through the design's own class (the
+# seed's MemoryBank, or MemoryBank's), counting its own "database is locked" errors.
+READER = r"""
+import json, os, sqlite3, sys, time
+db, stop_file, design = sys.argv[1], sys.argv[2], sys.argv[4]
+sys.path.insert(0, sys.argv[3])
+if design == "seed":
+    from workload import seed_memory_bank
+    open_memory = seed_memory_bank()  # its constructor writes its schema: it can be locked out
+else:
+    from memory_bank import MemoryBank as open_memory
+memory = None
+polls = locked = 0
+while not os.path.exists(stop_file):
     try:
-        conn = sqlite3.connect(db)
-        conn.execute("SELECT count(*) FROM events").fetchone()
-        conn.execute("SELECT severity, count(*) FROM anomalies GROUP BY severity").fetchall()
-        conn.close()
+        memory = memory or open_memory(db)
+        memory.get_dashboard_summary()
+        polls += 1
     except sqlite3.OperationalError as exc:
-        locked += "locked" in str(exc)
+        if "locked" not in str(exc):
+            raise
+        locked += 1
     time.sleep(0.1)
-print(locked)
+print(json.dumps({"polls": polls, "locked": locked}))
 """
+
+
+class SummaryReader:
+    """A READER process polling ``db`` until stop() (which returns its counts)."""
+
+    def __init__(self, db: Path | str, seed: bool):
+        self.stop_file = Path(f"{db}.stop-reader")
+        self.stop_file.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            [PY, "-c", READER, str(db), str(self.stop_file), str(HERE), "seed" if seed else "ours"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def stop(self) -> dict:
+        self.stop_file.touch()
+        out = self.proc.communicate(timeout=120)[0]
+        self.stop_file.unlink(missing_ok=True)
+        if self.proc.returncode:
+            raise RuntimeError(f"the reader failed (exit {self.proc.returncode})")
+        return json.loads(out)
 
 
 def seed_design(work: Path, per_process: int, with_reader: bool) -> dict:
+    """The seed's own class in 4 processes, each making the benchmark's workload of calls
+    (the same mix as end to end), with or without the seed's reader."""
     db = work / f"seed-{with_reader}.db"
-    conn = sqlite3.connect(db)
-    # The seed's own schema: a rollback journal (its default), AUTOINCREMENT ids.
-    conn.executescript(
-        "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp REAL NOT NULL,"
-        " event_type TEXT NOT NULL, component TEXT NOT NULL, message TEXT, data TEXT,"
-        " created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);"
-        "CREATE TABLE anomalies (id INTEGER PRIMARY KEY AUTOINCREMENT, severity TEXT);"
-        "CREATE INDEX idx_events_timestamp ON events(timestamp);"
-        "CREATE INDEX idx_events_type ON events(event_type);"
-    )
-    conn.close()
+    seed_memory_bank()(str(db))  # its schema: a rollback journal (its default), AUTOINCREMENT
     start_at = time.time() + 1.0
     writers = [
         subprocess.Popen(
-            [PY, "-c", SEED_WRITER, str(db), str(per_process), repr(start_at)],
+            [
+                PY,
+                "-c",
+                SEED_WRITER,
+                str(db),
+                str(per_process),
+                repr(start_at),
+                str(HERE),
+            ],
             stdout=subprocess.PIPE,
             text=True,
-        )
+        )  # fmt: skip
         for _ in range(4)
     ]
-    reader = None
-    if with_reader:
-        reader = subprocess.Popen(
-            [PY, "-c", SEED_READER, str(db), repr(start_at + 3600)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-    results = [json.loads(w.communicate(timeout=3600)[0]) for w in writers]
-    reader_locked = 0
-    if reader is not None:
-        reader.kill()
-        reader.wait()
+    reader = SummaryReader(db, seed=True) if with_reader else None
+    try:
+        results = [json.loads(w.communicate(timeout=3600)[0]) for w in writers]
+    finally:
+        read = reader.stop() if reader else {"polls": 0, "locked": 0}
     seconds = max(r["seconds"] for r in results)
-    stored = sqlite3.connect(db).execute("SELECT count(*) FROM events").fetchone()[0]
+    stored = sum(r["stored"] for r in results)
     return {
         "processes": 4,
         "with_reader": with_reader,
         "records": 4 * per_process,
         "stored": stored,
-        "database_is_locked": sum(r["locked"] for r in results) + reader_locked,
+        "refused_session_starts": sum(r["refused"] for r in results),
+        "database_is_locked": sum(r["locked"] for r in results),
+        "reader_polls": read["polls"],
+        "reader_locked": read["locked"],
         "seconds": round(seconds, 3),
         "records_per_second": round(stored / seconds),
     }
@@ -352,7 +422,7 @@ def spool_mac_cost(work: Path, messages: int, rounds: int = 5) -> dict:
 
     out = {}
     for records in (10, 512):
-        events, metrics, _ = raw_rows(records, 1 << 32)
+        events, _, metrics, _ = next(raw_batches(records, 1 << 32, records))
         rows = len(events) + len(metrics)
         raw = wire.encode(1, 1, 0, [list(r) for r in events], [], [list(r) for r in metrics], [])
         timings: dict[bool, list[float]] = {False: [], True: []}
@@ -397,13 +467,15 @@ for k in range(probes):
 print(json.dumps(lat))
 """
 
+# Paced load: ``rate`` records/s for ``seconds``; prints what it sent and whether all of it
+# was committed.
 LOAD = r"""
-import sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[4])
 from workload import publish
 from memory_bank import Publisher
 db, seconds, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-pub = Publisher(db)
+pub = Publisher(db, close_timeout=300)
 i, end = 0, time.time() + seconds
 next_at = time.perf_counter()
 while time.time() < end:
@@ -414,7 +486,24 @@ while time.time() < end:
     delay = next_at - time.perf_counter()
     if delay > 0:
         time.sleep(delay)
+print(json.dumps({"sent": i, "flushed": pub.flush(300)}))
 """
+
+
+def start_load(db: Path | str, seconds: float, rate: float) -> subprocess.Popen:
+    return subprocess.Popen(
+        [PY, "-c", LOAD, str(db), str(seconds), str(rate), str(HERE)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def load_sent(loads: list[subprocess.Popen]) -> int:
+    """Records the load processes sent; raises unless each saw all of its committed."""
+    reports = [json.loads(load.communicate(timeout=600)[0]) for load in loads]
+    if not all(r["flushed"] for r in reports):
+        raise RuntimeError("a load process's flush() timed out: records not committed")
+    return sum(r["sent"] for r in reports)
 
 
 def queryable_latency(work: Path, rate: float, seconds: float, probes: int) -> dict:
@@ -422,10 +511,8 @@ def queryable_latency(work: Path, rate: float, seconds: float, probes: int) -> d
     there, while two load processes keep the daemon at ``rate`` records/s."""
     db = work / "queryable.db"
     daemon = Daemon(db)
-    loads = [
-        subprocess.Popen([PY, "-c", LOAD, str(db), str(seconds + 3), str(rate / 2), str(HERE)])
-        for _ in range(2)
-    ]
+    committed0 = daemon_stats(db)["committed_records"]
+    loads = [start_load(db, seconds + 3, rate / 2) for _ in range(2)]
     time.sleep(1.0)
     out = subprocess.run(
         [PY, "-c", QUERYABLE, str(db), str(seconds), str(probes)],
@@ -433,13 +520,13 @@ def queryable_latency(work: Path, rate: float, seconds: float, probes: int) -> d
         text=True,
         timeout=600,
     )
-    for load in loads:
-        load.wait(timeout=600)
-    committed = daemon_stats(db)["committed_records"]
+    sent = load_sent(loads)
+    committed = daemon_stats(db)["committed_records"] - committed0 - len(json.loads(out.stdout))
     daemon.stop()
     lat = [v * 1000 for v in json.loads(out.stdout)]
     return {
         "rate_per_second": round(rate),
+        "load_sent": sent,
         "load_committed": committed,
         "probes": len(lat),
         "p50_ms": round(percentile(lat, 0.5), 2),
@@ -494,11 +581,46 @@ def read_path(work: Path, rows: int, publishers: int) -> dict:
     return {"rows": built, "median_ms": timings}
 
 
+# -- (9) start-up of the commands people type --
+def startup_times(work: Path, runs: int) -> dict[str, float]:
+    """Median wall time and CPU time (user + system) of each command as a new process
+    (interpreter start included), against a running daemon's small database, beside
+    ``python -c pass``. CPU time is the steadier figure on a loaded machine."""
+    db = work / "startup.db"
+    daemon = Daemon(db)
+    bindir = Path(PY).parent
+    commands = {
+        "python -c pass": [PY, "-c", "pass"],
+        "memory-viewer --summary": [str(bindir / "memory-viewer"), "--db", str(db), "--summary"],
+        "memorybank status": [str(bindir / "memorybank"), "status", "--db", str(db)],
+    }
+    timings = {}
+    try:
+        for name, argv in commands.items():
+            subprocess.run(argv, capture_output=True, check=True)  # warm the page cache
+            wall, cpu = [], []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+                _, status, usage = os.wait4(proc.pid, 0)
+                wall.append(time.perf_counter() - t0)
+                cpu.append(usage.ru_utime + usage.ru_stime)
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                if proc.returncode:
+                    raise RuntimeError(f"{name} failed (exit {proc.returncode})")
+            timings[name] = round(statistics.median(wall) * 1000, 1)
+            timings[f"{name} (CPU)"] = round(statistics.median(cpu) * 1000, 1)
+    finally:
+        daemon.stop()
+    return timings
+
+
 # -- the run ------------------------------------------------------------------------------------
 # -- (8) the PostgreSQL store --
 def pg_ceiling(url: str, n: int) -> dict:
     """Raw COPY of the same records in one process, 2,000-record transactions (the
-    daemon's batch), with the same session/pattern upserts: the ceiling on that store."""
+    daemon's batch), with the same session/pattern upserts in the workload's order: the
+    ceiling on that store."""
     import datetime as dt
 
     import psycopg
@@ -506,45 +628,45 @@ def pg_ceiling(url: str, n: int) -> dict:
     from memory_bank.store import postgresql as store_pg
 
     store_pg.PostgresStore(url).close()  # the same schema, partitions and indexes
-    events, metrics, anomalies = raw_rows(n, 1 << 32)
-    ops = n - len(events) - len(metrics) - len(anomalies)
+    batches = list(raw_batches(n, 1 << 32, BATCH_ROWS))
+    ops = sum(len(b[3]) for b in batches)
     utc = dt.UTC
 
-    def stamp(rows):
+    def stamp(rows, deviation=False):
         return [
-            (r[0], dt.datetime.fromtimestamp(r[1], utc), *r[2:5], store_pg.JsonText(r[5]), *r[6:])
+            (r[0], dt.datetime.fromtimestamp(r[1], utc), *r[2:5], store_pg.JsonText(r[5]), *r[6:],
+             *((abs(r[6] - r[7]),) if deviation else ()))
             for r in rows
-        ]
+        ]  # fmt: skip
 
     conn = psycopg.connect(url, autocommit=True)
     store_pg.register_json_text(conn)
-    batch = 2000
     began = time.perf_counter()
     cpu_began = time.process_time()
-    step = int(batch * 0.6)
-    for start in range(0, max(len(events), 1), step):
+    for events, anomalies, metrics, operations in batches:
         with conn.transaction(), conn.cursor() as cur:
             for sql, types, rows in (
-                (store_pg.COPY_EVENTS, store_pg.EVENT_TYPES, events[start : start + step]),
-                (store_pg.COPY_METRICS, store_pg.METRIC_TYPES,
-                 metrics[start // 2 : start // 2 + int(batch * 0.3)]),
-                (store_pg.COPY_ANOMALIES, store_pg.ANOMALY_TYPES,
-                 anomalies[start * 8 // 60 : start * 8 // 60 + int(batch * 0.08)]),
-            ):  # fmt: skip
+                (store_pg.COPY_EVENTS, store_pg.EVENT_TYPES, stamp(events)),
+                (store_pg.COPY_METRICS, store_pg.METRIC_TYPES, stamp(metrics)),
+                (store_pg.COPY_ANOMALIES, store_pg.ANOMALY_TYPES, stamp(anomalies, True)),
+            ):
                 with cur.copy(sql) as copy:  # the store's own binary COPY
                     copy.set_types(types)
-                    for row in stamp(rows):
+                    for row in rows:
                         copy.write_row(row)
-            now = dt.datetime.now(utc)
             with conn.pipeline():
-                for j in range(int(batch * 0.02)):
-                    cur.execute(
-                        store_pg.PATTERN_UPSERT,
-                        {"ts": now, "type": "ANOMALY_CYCLE", "data": '{"s":1}', "key": '{"s":1}',
-                         "confidence": 0.9},
-                    )  # fmt: skip
-                    cur.execute(store_pg.SESSION_ANOMALY, {"sid": f"TXN_{(start + j) // 200}",
-                                                           "ts": now, "id": None})  # fmt: skip
+                for op in operations:
+                    ts = dt.datetime.fromtimestamp(op[1], utc)
+                    if op[0] == wire.OP_PATTERN:
+                        cur.execute(
+                            store_pg.PATTERN_UPSERT,
+                            {"ts": ts, "type": op[2], "data": op[3], "key": op[4],
+                             "confidence": op[5]},
+                        )  # fmt: skip
+                    else:
+                        start = op[0] == wire.OP_SESSION_START
+                        sql = store_pg.SESSION_START if start else store_pg.SESSION_ANOMALY
+                        cur.execute(sql, {"sid": op[2], "ts": ts, "id": op[3]})
     seconds = time.perf_counter() - began
     conn.close()
     return {"records": n, "ops": ops, "seconds": round(seconds, 3),
@@ -655,10 +777,15 @@ def main() -> int:
         print(f"... {name}", file=sys.stderr, flush=True)
         results[name] = fn(*a)
 
+    step("startup", startup_times, work, 5 if q else 21)
     step("ceiling", ceiling, work, 4 * per_pub)
+    step("store_apply", ceiling, work, 4 * per_pub, "store")
+    step("store_apply_no_rollups", ceiling, work, 4 * per_pub, "store-no-rollups")
     for n in (1, 4, 8):
         step(f"end_to_end_{n}", end_to_end, work, n, 4 * per_pub // n, str(n))
-    seed_n = 200 if q else 5_000
+    step("end_to_end_4_with_reader", end_to_end, work, 4, per_pub, "4-reader", None, "memory",
+         None, True)  # fmt: skip
+    seed_n = 200 if q else 1_000  # the seed's class fsyncs every call: ~50-700 rec/s
     step("seed_design", seed_design, work, seed_n, False)
     step("seed_design_with_reader", seed_design, work, seed_n, True)
     step("publish_call_daemon_up", call_latency, work, 1 if q else 20, True)
@@ -681,6 +808,7 @@ def main() -> int:
     step("postgresql", postgresql, work, per_pub, 20_000 if q else args.read_rows)
 
     e2e4 = results["end_to_end_4"]["records_per_second"]
+    ceiling_rate = results["ceiling"]["records_per_second"]
     results["ratios"] = {
         "end_to_end_4_vs_ceiling": round(e2e4 / results["ceiling"]["records_per_second"], 3),
         "end_to_end_1_vs_ceiling": round(
@@ -701,8 +829,21 @@ def main() -> int:
         "end_to_end_4_vs_seed_design": round(
             e2e4 / max(results["seed_design"]["records_per_second"], 1), 1
         ),
-        "end_to_end_4_vs_seed_design_with_reader": round(
-            e2e4 / max(results["seed_design_with_reader"]["records_per_second"], 1), 1
+        "end_to_end_4_with_reader_vs_seed_design_with_reader": round(
+            results["end_to_end_4_with_reader"]["records_per_second"]
+            / max(results["seed_design_with_reader"]["records_per_second"], 1),
+            1,
+        ),
+        "store_apply_vs_ceiling": round(
+            results["store_apply"]["records_per_second"] / ceiling_rate, 3
+        ),
+        "store_apply_no_rollups_vs_ceiling": round(
+            results["store_apply_no_rollups"]["records_per_second"] / ceiling_rate, 3
+        ),
+        "daemon_cpu_per_record_vs_ceiling": round(
+            results["end_to_end_4"]["daemon_cpu_seconds_per_100k"]
+            / results["ceiling"]["cpu_seconds_per_100k"],
+            2,
         ),
     }
     print_table(results)
@@ -714,16 +855,47 @@ def main() -> int:
 
 
 def print_table(r: dict) -> None:
+    top = r["ceiling"]
     rows = [
-        ("ceiling: raw executemany, 1 process", f"{r['ceiling']['records_per_second']:,} rec/s"),
+        (
+            "ceiling: the store's SQL, 2,000/transaction, 1 process",
+            f"{top['records_per_second']:,} rec/s, {top['cpu_seconds_per_100k']} CPU s / 100k",
+        ),
     ]
-    for n in (1, 4, 8):
-        e = r[f"end_to_end_{n}"]
+    for key, label in (
+        ("store_apply", "daemon's store apply (+counters, rollups, watermarks)"),
+        ("store_apply_no_rollups", "daemon's store apply without counters/rollups"),
+    ):
+        a = r[key]
         rows.append(
             (
-                f"end to end, {n} publisher(s)",
+                label,
+                f"{a['records_per_second']:,} rec/s "
+                f"({a['records_per_second'] / top['records_per_second']:.2f}x ceiling), "
+                f"{a['cpu_seconds_per_100k']} CPU s / 100k",
+            )
+        )
+    for key, label in (
+        *((f"end_to_end_{n}", f"end to end, {n} publisher(s)") for n in (1, 4, 8)),
+        ("end_to_end_4_with_reader", "end to end, 4 publishers + reader"),
+    ):
+        e = r[key]
+        lost = (
+            ""
+            if e["committed"] == e["records"] and e["all_flushed"]
+            else (f"  INCOMPLETE: {e['committed']:,} of {e['records']:,} committed")
+        )
+        reader = (
+            f", reader {e['reader_locked']} 'database is locked' in {e['reader_polls']} polls"
+            if "reader_polls" in e
+            else ""
+        )
+        rows.append(
+            (
+                label,
                 f"{e['records_per_second']:,} rec/s  "
-                f"({e['records_per_second'] / r['ceiling']['records_per_second']:.2f}x ceiling)",
+                f"({e['records_per_second'] / top['records_per_second']:.2f}x ceiling){reader}"
+                f"{lost}",
             )
         )
     for key, label in (
@@ -731,13 +903,20 @@ def print_table(r: dict) -> None:
         ("seed_design_with_reader", "seed design, 4 processes + reader"),
     ):
         s = r[key]
+        reader = (
+            f"; reader {s['reader_locked']} in {s['reader_polls']} polls"
+            if s["with_reader"]
+            else ""
+        )
         rows.append(
             (
                 label,
-                f"{s['records_per_second']:,} rec/s, "
-                f"{s['database_is_locked']} 'database is locked'",
+                f"{s['records_per_second']:,} rec/s, writers "
+                f"{s['database_is_locked']} 'database is locked'{reader}",
             )
         )
+    for name, ms in r["startup"].items():
+        rows.append((f"startup as a new process: {name}", f"{ms} ms (median)"))
     e = r["end_to_end_1_durability_disk"]
     rows.append(
         (
@@ -779,7 +958,8 @@ def print_table(r: dict) -> None:
         (
             "daemon (4 publishers)",
             f"peak RSS {e4['daemon_peak_rss_mb']} MB, "
-            f"{e4['daemon_cpu_seconds_per_100k']} CPU s / 100k records",
+            f"{e4['daemon_cpu_seconds_per_100k']} CPU s / 100k records "
+            f"({r['ratios']['daemon_cpu_per_record_vs_ceiling']}x the ceiling's)",
         )
     )
     for name, ms in r["read_path"]["median_ms"].items():

@@ -5,8 +5,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
+from pathlib import Path
+
+SEED_MODULE = Path(__file__).resolve().parent.parent / "tests" / "seed_reference" / "memory_bank.py"
 
 MIX = 50  # records per cycle of the pattern below
 
@@ -42,40 +46,48 @@ def publish(pub, i: int) -> None:
         pub.record_pattern("ANOMALY_CYCLE", {"sequence": ["0A", "100A", "START", "STOP"]}, 0.9)
 
 
-def raw_rows(n: int, base_id: int):
-    """The same records as rows for a direct executemany (the ceiling)."""
+PATTERN = {"sequence": ["0A", "100A", "START", "STOP"]}
+
+
+def seed_memory_bank():
+    """The seed's MemoryBank class (tests/seed_reference: a module named like ours)."""
+    spec = importlib.util.spec_from_file_location("seed_memory_bank", SEED_MODULE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.MemoryBank
+
+
+def raw_batches(n: int, base_id: int, batch: int = 2000):
+    """The same records as ``publish`` makes, as the rows and operations a daemon receives
+    (wire form: anomalies without their deviation, which the store computes), ``batch``
+    records at a time in workload order: (events, anomalies, metrics, operations)."""
+    from memory_bank import wire
+
     now = time.time()
-    events, metrics, anomalies = [], [], []
+    pattern_json = json.dumps(PATTERN)
+    pattern_key = json.dumps(PATTERN, sort_keys=True, separators=(",", ":"))
+    events, anomalies, metrics, operations = [], [], [], []
     for i in range(n):
         kind = kind_of(i)
         ts = now + i * 1e-6
+        row_id = base_id + i
         if kind == "event":
-            events.append(
-                (
-                    base_id + i,
-                    ts,
-                    "CAN_RX",
-                    "CP",
-                    "Current reading: 32A",
-                    json.dumps({"can_id": "0x300", "i": i}),
-                )
-            )
+            data = json.dumps({"can_id": "0x300", "i": i})
+            events.append([row_id, ts, "CAN_RX", "CP", "Current reading: 32A", data])
         elif kind == "metric":
-            metrics.append(
-                (base_id + i, ts, "current", 32.0 + (i % 7), "A", json.dumps({"connector_id": 1}))
-            )
+            metadata = json.dumps({"connector_id": 1})
+            metrics.append([row_id, ts, "current", 32.0 + (i % 7), "A", metadata])
         elif kind == "anomaly":
-            anomalies.append(
-                (
-                    base_id + i,
-                    ts,
-                    "CURRENT_LIMIT_FLUCTUATION",
-                    "HIGH",
-                    "0A -> 100A",
-                    json.dumps({"cycle": i}),
-                    100.0,
-                    32.0,
-                    68.0,
-                )
-            )
-    return events, metrics, anomalies
+            data = json.dumps({"cycle": i})
+            row = [row_id, ts, "CURRENT_LIMIT_FLUCTUATION", "HIGH", "0A -> 100A", data]
+            anomalies.append(row + [100.0, 32.0])
+        elif kind == "session":
+            start = (i // MIX) % 4 == 1
+            code = wire.OP_SESSION_START if start else wire.OP_SESSION_ANOMALY
+            operations.append([code, ts, f"TXN_{i // 200}", row_id])
+        else:
+            pattern = [wire.OP_PATTERN, ts, "ANOMALY_CYCLE", pattern_json, pattern_key, 0.9]
+            operations.append(pattern)
+        if (i + 1) % batch == 0 or i == n - 1:
+            yield events, anomalies, metrics, operations
+            events, anomalies, metrics, operations = [], [], [], []

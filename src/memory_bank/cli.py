@@ -6,6 +6,7 @@ line and an exit status, never a traceback; --db and -o are the shared options.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
@@ -18,14 +19,9 @@ from pathlib import Path
 import click
 
 from . import __version__, discovery
-from . import config as config_mod
-from .alerts.command import alerts, status_lines
 from .cli_common import ErrorBoundary, InputError, db_option, output_option, remember_db
 from .control import DaemonUnavailable, daemon_stats, wait_for_daemon
 from .formatting import Column, record_lines, render
-from .store import open_reader
-from .viewer import view
-from .web.command import web
 
 
 def _setup_logging(level: str) -> None:
@@ -54,7 +50,27 @@ MIGRATE_COLUMNS = [
 JSON_ALIAS = click.option("--json", "as_json", is_flag=True, help="Same as -o json.")
 
 
-@click.group(cls=ErrorBoundary)
+class Commands(ErrorBoundary):
+    """The command group; commands kept in other modules are imported only when they run
+    (or when --help lists them), so that `memorybank status` starts in a few ms."""
+
+    ELSEWHERE = {
+        "view": "memory_bank.viewer:view",
+        "web": "memory_bank.web.command:web",
+        "alerts": "memory_bank.alerts.command:alerts",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.ELSEWHERE})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.ELSEWHERE and name not in self.commands:
+            module, attribute = self.ELSEWHERE[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=Commands)
 @click.version_option(__version__, prog_name="memorybank")
 def main() -> None:
     """MemoryBank: persistent telemetry memory for an EV-charging lab."""
@@ -69,6 +85,8 @@ def check_db_to_serve(db: str) -> None:
     if not path.parent.is_dir():
         raise InputError(f"--db {db}: the folder {path.parent} does not exist; create it first")
     if path.exists():
+        from .store import open_reader
+
         open_reader(path).check().close()
 
 
@@ -91,6 +109,7 @@ def check_db_to_serve(db: str) -> None:
 )
 def daemon(db, config_path, endpoint, log_level) -> None:
     """Run the single writer for a database in the foreground."""
+    from . import config as config_mod
     from .daemon import Daemon, DaemonSettings
     from .store import StoreRefused
 
@@ -217,8 +236,11 @@ def status(db, output, as_json, endpoint) -> None:
     for key, label in _STATUS_ROWS:
         value = figures.get(key)
         click.echo(f"{label:<{width}}  {'-' if value is None else value}")
-    for line in status_lines(figures.get("alerts"), width):
-        click.echo(line)
+    if figures.get("alerts"):  # a daemon with alert rules or sinks
+        from .alerts.command import status_lines
+
+        for line in status_lines(figures["alerts"], width):
+            click.echo(line)
     last = figures.get("last_maintenance") or {}
     upcoming = figures.get("next_maintenance") or {}
     for job in ("retention", "vacuum"):
@@ -451,6 +473,9 @@ def detect(db, config_path, once, sensitivity, endpoint, log_level) -> None:
     Resumes after a restart where it stopped (its checkpoint is kept in the database)
     and never reports a finding twice. Without --once it follows new data.
     """
+    from . import config as config_mod
+    from .store import open_reader
+
     cfg = config_mod.load(
         config_path,
         db=db,
@@ -504,10 +529,6 @@ def detect(db, config_path, once, sensitivity, endpoint, log_level) -> None:
         err=True,
     )
 
-
-main.add_command(view)
-main.add_command(web)
-main.add_command(alerts)
 
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

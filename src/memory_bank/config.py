@@ -26,6 +26,7 @@ class Config:
     batch_seconds: float = 0.05
     synchronous: str = "FULL"
     max_db_bytes: int | None = None
+    max_wal_bytes: int = 64 << 20
     max_text_chars: int = 1_000_000
     max_future_seconds: float = 86400.0
     curve_secret_key_file: str | None = None
@@ -89,6 +90,7 @@ _SECTIONS = {
         "synchronous",
         "max_db_bytes",
         "metrics_listen",
+        "max_wal_bytes",
     },
     "limits": {"max_text_chars", "max_future_seconds"},
     "security": {"curve_secret_key_file", "curve_authorized_keys_dir"},
@@ -160,6 +162,7 @@ def _check(config: Config) -> Config:
         )
     config.log_level = str(config.log_level).upper()
     _whole(config.max_db_bytes, "daemon.max_db_bytes", 4096, 1 << 50, optional=True)
+    _whole(config.max_wal_bytes, "daemon.max_wal_bytes", 1 << 20, 1 << 50)
     _whole(config.max_text_chars, "limits.max_text_chars", 16, 100_000_000)
     if not isinstance(config.max_future_seconds, int | float) or config.max_future_seconds < 0:
         raise ConfigError(

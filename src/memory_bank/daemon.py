@@ -52,6 +52,7 @@ RESTART_ONLY = (
     "curve_authorized_keys_dir",
     "synchronous",
     "metrics_listen",
+    "max_wal_bytes",
 )
 
 
@@ -63,6 +64,7 @@ class DaemonSettings:
     batch_seconds: float = 0.05
     synchronous: str = "FULL"
     max_db_bytes: int | None = None  # the store refuses to grow past this (then waits)
+    max_wal_bytes: int = 64 << 20  # SQLite: the WAL is truncated once past this
     limits: wire.Limits = wire.DEFAULT_LIMITS
     curve_secret_key_file: str | None = None  # the daemon's CURVE certificate (secret)
     curve_authorized_keys_dir: str | None = None  # publishers' public certificates
@@ -83,6 +85,7 @@ class DaemonSettings:
             batch_seconds=cfg.batch_seconds,
             synchronous=cfg.synchronous,
             max_db_bytes=cfg.max_db_bytes,
+            max_wal_bytes=cfg.max_wal_bytes,
             limits=wire.Limits(
                 max_text_chars=cfg.max_text_chars, max_future_seconds=cfg.max_future_seconds
             ),
@@ -233,6 +236,7 @@ class Daemon:
             options["writer"] = f"{socket.gethostname()}/{self.key.name}"
         else:
             options["synchronous"] = self.settings.synchronous
+            options["max_wal_bytes"] = self.settings.max_wal_bytes
         delay = 1.0
         while True:
             try:

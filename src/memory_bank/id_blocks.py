@@ -15,11 +15,12 @@ from pathlib import Path
 
 from .files import COUNTER_MODE, create_file
 from .locations import ids_file
-from .wire import MAX_ID_BLOCK
 
 
 def lease_id_block(key: Path) -> int:
     """Take the next unused id block of this database (durably, under flock)."""
+    from .wire import MAX_ID_BLOCK  # here: readers and the viewer never load msgpack
+
     fd = create_file(ids_file(key), os.O_RDWR, COUNTER_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

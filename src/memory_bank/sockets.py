@@ -11,7 +11,6 @@ import os
 import re
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 # Messages queued in ZeroMQ per publisher before send() would block; the publisher keeps
 # further records in its own bounded queue. 1000 messages of up to 512 records is plenty.
@@ -121,6 +120,8 @@ def handshake_failures(monitor: zmq.Socket, server: bool) -> tuple[list[tuple[in
     """Drain a socket monitor (``sock.get_monitor_socket(HANDSHAKE_EVENTS)``): each failed
     handshake's event and what it most likely means, from the ``server`` or the client
     side; and how many handshakes succeeded."""
+    from zmq.utils.monitor import recv_monitor_message  # loads asyncio: only when needed
+
     found = []
     succeeded = 0
     while monitor.poll(0):

@@ -8,9 +8,10 @@ what they share is written once in ``sql.py``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from ..wire import Message
+if TYPE_CHECKING:  # readers never load msgpack
+    from ..wire import Message
 
 __all__ = [
     "InvalidDatabase",

@@ -94,15 +94,33 @@ RETENTION_TIME_COLUMN = {
 
 # While checkpoints keep failing (a full or read-only disk), how often that is logged again.
 CHECKPOINT_LOG_SECONDS = 60.0
+# The WAL size past which the writer truncates it between batches (daemon.max_wal_bytes).
+MAX_WAL_BYTES = 64 << 20
+# How long that truncating checkpoint waits for readers to finish (ingest waits meanwhile),
+# and how long after readers kept it from finishing it is tried again (a reader streaming
+# a long export holds its snapshot meanwhile).
+TRUNCATE_WAIT_MS = 250
+TRUNCATE_RETRY_SECONDS = 5.0
 
 
 class Checkpointer:
     """Copies the WAL into the database from its own connection and thread, every
-    ``interval`` seconds (PASSIVE: it never blocks the writer or readers)."""
+    ``interval`` seconds (PASSIVE: it never blocks the writer or readers).
 
-    def __init__(self, path: Path, interval: float = 0.5):
+    Under sustained ingest a PASSIVE checkpoint never catches up with the writer, so the
+    WAL is never started over and grows without bound (SQLite's checkpoint starvation).
+    Once the WAL file is past ``max_wal_bytes`` this thread says so (``truncate_due``) and
+    the writer, between two batches, runs a TRUNCATE checkpoint (``truncate``): it copies
+    the frames the last PASSIVE one left (a fraction of a second of ingest), waits at most
+    TRUNCATE_WAIT_MS for readers to finish, and empties the WAL. Done from this thread it
+    would wait for the writer's lock, which a busy writer takes again at once."""
+
+    def __init__(self, path: Path, interval: float = 0.5, max_wal_bytes: int = MAX_WAL_BYTES):
         self.path = path
         self.interval = interval
+        self.max_wal_bytes = max_wal_bytes
+        self.truncate_due = False
+        self._truncate_after = 0.0  # monotonic time before which no TRUNCATE is tried
         self._stop = threading.Event()
         self._failures = 0  # since the last line logged about them
         self._failing_since: float | None = None
@@ -124,6 +142,9 @@ class Checkpointer:
         a minute with their count, and once more when checkpoints work again."""
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.truncate_due = (
+                self._wal_bytes() > self.max_wal_bytes and time.monotonic() >= self._truncate_after
+            )
         except sqlite3.Error as exc:
             now = time.monotonic()
             self._failures += 1
@@ -144,6 +165,36 @@ class Checkpointer:
                 time.monotonic() - self._failing_since,
             )
             self._failing_since, self._failures = None, 0
+
+    def _wal_bytes(self) -> int:
+        try:
+            return os.path.getsize(f"{self.path}-wal")
+        except OSError:
+            return 0
+
+    def truncate(self, conn: sqlite3.Connection) -> None:
+        """Empty the WAL from the writer's connection, between two batches (the writer
+        holds no transaction); readers are waited for at most TRUNCATE_WAIT_MS."""
+        self.truncate_due = False
+        wal_bytes = self._wal_bytes()
+        (timeout,) = conn.execute("PRAGMA busy_timeout").fetchone()
+        try:
+            conn.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:  # the batch is committed: never fail it for this
+            busy, reason = True, str(exc)
+        else:
+            reason = "a reader holds an old snapshot"
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={timeout}")
+        if busy:
+            self._truncate_after = time.monotonic() + TRUNCATE_RETRY_SECONDS
+            log.info(
+                "the WAL (%d bytes) could not be truncated (%s); trying again in %gs",
+                wal_bytes,
+                reason,
+                TRUNCATE_RETRY_SECONDS,
+            )
 
     def stop(self) -> None:
         self._stop.set()
@@ -210,8 +261,15 @@ class SqliteStore(SqlStore):
     unavailable_errors = (sqlite3.Error, StoreGone)
     conn: sqlite3.Connection  # the one write connection, from _open on
 
-    def __init__(self, path: Path, synchronous: str = "FULL", max_db_bytes: int | None = None):
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str = "FULL",
+        max_db_bytes: int | None = None,
+        max_wal_bytes: int = MAX_WAL_BYTES,
+    ):
         self.path = path
+        self.max_wal_bytes = max_wal_bytes
         self.name = str(path)
         self.lost: str | None = None  # what happened to the files, once they are not ours
         self.checkpointer: Checkpointer | None = None
@@ -258,7 +316,7 @@ class SqliteStore(SqlStore):
         # Checkpoints move off the commit path: the writer's COMMIT no longer copies the
         # WAL into the database now and then (the tail of publish->queryable latency).
         self.conn.execute("PRAGMA wal_autocheckpoint=0")
-        self.checkpointer = Checkpointer(path)
+        self.checkpointer = Checkpointer(path, max_wal_bytes=self.max_wal_bytes)
         if self.old_version == 0 and self._row_count("events") + self._row_count("sessions"):
             log.info("upgraded an existing seed database in place: %s", path)
         # Id blocks come from the <db>-ids counter; never one below a stored id.
@@ -341,6 +399,9 @@ class SqliteStore(SqlStore):
         # first may be acknowledged (watermarks advance only then).
         self.check_files()
         watermarks.update(applied)
+        checkpointer = self.checkpointer
+        if checkpointer is not None and checkpointer.truncate_due:
+            checkpointer.truncate(self.conn)
         return stored
 
     def _write(self, events, anomalies, metrics, operations, rejects, applied) -> int:
