@@ -14,8 +14,10 @@ import json
 import sqlite3
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from .evaluation import GroupState, Key, Notification
+if TYPE_CHECKING:  # readers (viewer, alerts command) need no evaluation, nor wire's codec
+    from .evaluation import GroupState, Key, Notification
 
 # A read-only query's rows as tuples (``Reader.tuples``).
 Query = Callable[[str, tuple], list[tuple]]
@@ -75,6 +77,8 @@ def create(conn: sqlite3.Connection) -> None:
 
 
 def load_states(conn) -> dict[Key, GroupState]:
+    from .evaluation import GroupState
+
     return {
         (rule, grp): GroupState.from_json(json.loads(text))
         for rule, grp, text in conn.execute("SELECT rule, grp, state FROM mb_alert_state")

@@ -14,11 +14,13 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..wire import ROW_TIMESTAMP, Message, MetricRow
 from .base import Reader, Store
 from .schema import REJECTED_KEEP
+
+if TYPE_CHECKING:  # readers never load msgpack (wire's codec)
+    from ..wire import Message
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +215,8 @@ class SqlStore(Store):
     # -- end_session without figures: the rule both stores share ------------------------
     def _sessions_touched_by(self, metrics: list) -> set[str]:
         """Ended sessions whose computed statistics a late-arriving metric changes."""
+        from ..wire import ROW_TIMESTAMP, MetricRow  # the writer's side: wire is loaded
+
         name_at = MetricRow.METRIC_NAME
         stamps = [m[ROW_TIMESTAMP] for m in metrics if m[name_at] in SESSION_METRICS]
         if not stamps:
