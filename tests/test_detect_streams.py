@@ -41,6 +41,24 @@ def test_the_flat_tops_of_a_slow_oscillation_are_not_level_shifts():
     assert run(values) == [("OSCILLATION", 200.5)]
 
 
+def test_an_oscillation_is_decided_when_its_second_swing_grows_to_a_spike_s_size():
+    # Out 8 sigma, back, then a swing the other way that starts at 4.4 sigma (an
+    # alternation, not yet a spike's size) and grows to 8 sigma on its next reading: that
+    # reading decides, not the third swing's.
+    rng = random.Random(4)
+    values = charging(rng, 300)
+    swings = {400: 4.0, 401: 4.0, 402: 0.0, 403: -2.2, 404: -4.0, 405: -4.0, 406: 0.0}
+    swings.update({407: 0.0, 408: 0.0, 409: 4.0, 410: 4.0})
+    for k, offset in swings.items():
+        values[k] = 32.0 + offset
+    detector = StreamDetector({"metric": "current"}, Settings())
+    found = []
+    for k, value in enumerate(values):
+        for f in detector.feed(k / HZ, value) or []:
+            found.append((f.kind, f.timestamp, f.window_end))
+    assert found == [("OSCILLATION", 200.0, 202.0)]
+
+
 def test_a_stream_is_watched_again_after_an_oscillation_and_a_session_end():
     rng = random.Random(3)
     values = [0.0] * 60 + charging(rng, 300)  # the warm-up sees idle and charging

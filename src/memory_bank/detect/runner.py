@@ -13,12 +13,14 @@ again, so nothing is reported twice and nothing is lost.
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import logging
 import os
 import threading
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -42,6 +44,7 @@ MAX_STATE_CHARS = 900_000  # under the daemon's default max_text_chars
 # A finding found again after a restart starts at most this long before the checkpoint it
 # resumes from (a long stuck run, a drift's onset): older ones need no remembering.
 DEDUPE_LOOKBACK_S = 86400.0
+GC_YOUNG_THRESHOLD = 100_000  # allocations between collections while processing
 
 
 @dataclass
@@ -165,7 +168,8 @@ class Detection:
         last_checkpoint = time.monotonic()
         rows_at_checkpoint = self._rows_done()
         while not stop.is_set():
-            processed = self._process(stop, self.settings.checkpoint_rows)
+            with _rare_collections():
+                processed = self._process(stop, self.settings.checkpoint_rows)
             if processed:
                 p = self.progress
                 log.debug(
@@ -380,6 +384,20 @@ class Detection:
         confirmed = self.publisher.close(self.settings.confirm_timeout)
         self.reader.close()
         self.lock.release(clean=confirmed)
+
+
+@contextmanager
+def _rare_collections():
+    """The collector's youngest generation less often while rows are processed: every row
+    and reading allocates tuples and floats that make no cycles, so a pass every 700
+    allocations (Python's default) found nothing and cost about a tenth of the CPU at 349
+    streams. The threshold is the process's: it is put back as it was."""
+    old = gc.get_threshold()
+    gc.set_threshold(max(old[0], GC_YOUNG_THRESHOLD), *old[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 
 def _json(text):

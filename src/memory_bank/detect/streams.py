@@ -627,35 +627,38 @@ class StreamDetector:
             else:
                 self.below_z = max(-z, self.below_z) if self.below_n == n - 1 else -z
                 self.below_n = n
+            flips = self.flips
             if side != self.zz:
                 self.zz = side
-                flips = self.flips
                 flips.append((n, ts, x))
-                if self.episode != "OSCILLATION":
-                    swings = self._swings(n, z, side)
-                    if swings:
-                        self._open("OSCILLATION")
-                        self.out = []
-                        first = flips[-swings]
-                        peak = max(
-                            (f[2] for f in list(flips)[-swings:]), key=lambda v: abs(v - r.mu)
+                judge = True
+            else:
+                # The swing goes on growing: it may only now reach a spike's size.
+                judge = z >= s.z_spike or z <= -s.z_spike
+            if judge and self.episode != "OSCILLATION":
+                swings = self._swings(n, z, side)
+                if swings:
+                    self._open("OSCILLATION")
+                    self.out = []
+                    first = flips[-swings]
+                    swung = [f[2] for f in list(flips)[-swings:]] + [x]
+                    peak = max(swung, key=lambda v: abs(v - r.mu))
+                    found.append(
+                        Finding(
+                            "OSCILLATION",
+                            first[1],
+                            self.stream,
+                            "zigzag",
+                            abs(peak - r.mu) / sigma,
+                            s.osc_h,
+                            peak,
+                            r.mu,
+                            first[1],
+                            ts,
+                            n - first[0] + 1,
+                            {"alternations": swings},
                         )
-                        found.append(
-                            Finding(
-                                "OSCILLATION",
-                                first[1],
-                                self.stream,
-                                "zigzag",
-                                abs(peak - r.mu) / sigma,
-                                s.osc_h,
-                                peak,
-                                r.mu,
-                                first[1],
-                                ts,
-                                n - first[0] + 1,
-                                {"alternations": swings},
-                            )
-                        )
+                    )
         # drift: two-sided CUSUM of the clipped deviation (a repeated value says nothing,
         # nor does a level just adopted, whose mean is still a rough estimate)
         if self.run_len >= s.stuck_min:
