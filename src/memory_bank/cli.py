@@ -19,7 +19,14 @@ from pathlib import Path
 import click
 
 from . import __version__, discovery
-from .cli_common import ErrorBoundary, InputError, db_option, output_option, remember_db
+from .cli_common import (
+    ErrorBoundary,
+    InputError,
+    db_option,
+    output_option,
+    remember_db,
+    require_database,
+)
 from .control import DaemonUnavailable, daemon_stats, wait_for_daemon
 from .formatting import Column, record_lines, render
 
@@ -496,11 +503,7 @@ def detect(db, config_path, once, sensitivity, endpoint, log_level) -> None:
         checkpoint_seconds=cfg.detect_checkpoint_seconds,
         cycle_min_period_s=cfg.detect_cycle_min_period_s,
     )
-    if not discovery.is_url(cfg.db) and not discovery.resolve_db_path(cfg.db).exists():
-        raise InputError(
-            f"no database at {discovery.resolve_db_path(cfg.db)}; start a daemon with "
-            f"'memorybank daemon --db {cfg.db}', or pass --db PATH"
-        )
+    require_database(cfg.db)
     open_reader(cfg.db).check().close()  # a file that is no MemoryBank database: exit 2
     try:
         detection = Detection(cfg.db, settings, endpoint=cfg.endpoint)

@@ -10,7 +10,7 @@ import click
 
 from .. import config as config_mod
 from .. import discovery
-from ..cli_common import InputError, db_option, output_option
+from ..cli_common import InputError, db_option, output_option, require_database
 from ..formatting import Column, render, when
 
 ALERT_COLUMNS = [
@@ -43,13 +43,8 @@ def _outbox_query(db: str):
 
     if discovery.is_url(db):
         raise InputError(f"{discovery.redact_url(db)}: alerts run on SQLite databases for now")
-    path = discovery.resolve_db_path(db)
-    if not path.exists():
-        raise InputError(
-            f"no database at {path}; start a daemon with 'memorybank daemon --db {db}', "
-            "or pass --db PATH"
-        )
-    return open_reader(path).check().tuples
+    require_database(db)
+    return open_reader(discovery.resolve_db_path(db)).check().tuples
 
 
 @click.group(invoke_without_command=True)
