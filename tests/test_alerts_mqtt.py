@@ -5,6 +5,7 @@ every notification (by id)."""
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import threading
 import time
@@ -126,5 +127,79 @@ def test_stream_and_alerts_survive_a_broker_restart_under_load(
     topics = {t for t, _p in subscriber.received()}
     assert {"memorybank/events/CAN_RX", "memorybank/metrics/current"} <= topics
     assert "memorybank/alerts/hot" in topics
+    subscriber.close()
+    assert daemon.stop() == 0
+
+
+def _streamed(subscriber) -> list[tuple[str, int]]:
+    """(table, id) of every streamed record received, in arrival order."""
+    out = []
+    for topic, payload in subscriber.received():
+        table = topic.split("/")[1]
+        if table in ("events", "metrics"):
+            out.append((table, json.loads(payload)["id"]))
+    return out
+
+
+def test_the_stream_resumes_where_the_broker_acknowledged_after_daemon_kills(
+    db_path, tmp_path, start_daemon, broker
+):
+    """SIGKILL with records committed that the broker never acknowledged (the broker was
+    away), then again while that backlog is being sent: after each restart the stream
+    resumes from the broker's last acknowledgement, so every committed record arrives, and
+    what arrived before the first kill is not sent again."""
+    subscriber = Subscriber(broker)
+    cfg = tmp_path / "memorybank.toml"
+    cfg.write_text(CONFIG.format(url=broker.url))
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    stop_load = threading.Event()
+
+    def load():
+        with Publisher(db_path) as pub:
+            i = 0
+            while not stop_load.is_set():
+                pub.log_event("CAN_RX", "CP", f"frame {i}", {"i": i})
+                pub.record_metric("current", float(i % 90), "A", {"cp": "CP1"})
+                i += 1
+                time.sleep(0.002)
+            pub.flush(30)
+
+    def stream_figures() -> dict:
+        return daemon_stats(db_path)["alerts"]["streams"]["broker"]
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        wait_until(lambda: len(_streamed(subscriber)) >= 200)
+        acknowledged = set(_streamed(subscriber))  # long before the kill
+        wait_until(lambda: len(_streamed(subscriber)) >= len(acknowledged) + 200)
+        broker.stop()
+        wait_until(lambda: stream_figures()["pending"] >= 300)
+        daemon.stop(signal.SIGKILL)  # committed, never acknowledged: only the database has them
+        broker.start()
+        daemon = start_daemon(db_path, "--config", str(cfg))
+        arrived = len(_streamed(subscriber))
+        wait_until(lambda: len(_streamed(subscriber)) >= arrived + 50)
+        daemon.stop(signal.SIGKILL)  # in the middle of sending the backlog
+        daemon = start_daemon(db_path, "--config", str(cfg))
+        time.sleep(0.3)  # and the load goes on for a while
+    finally:
+        stop_load.set()
+        loader.join(60)
+    committed = _committed_ids(db_path)
+    want = {("events", i) for i in committed["events"]} | {
+        ("metrics", i) for i in committed["metrics"]
+    }
+    wait_until(lambda: set(_streamed(subscriber)) >= want, timeout=60)
+    got = _streamed(subscriber)
+    assert set(got) >= want
+    counts = dict.fromkeys(acknowledged, 0)
+    for key in got:
+        if key in counts:
+            counts[key] += 1
+    assert [key for key, n in counts.items() if n > 1] == [], "resent from before the position"
+    for table in ("events", "metrics"):
+        first = list(dict.fromkeys(i for t, i in got if t == table))
+        assert first == sorted(first), f"{table} out of commit order"
     subscriber.close()
     assert daemon.stop() == 0

@@ -22,7 +22,7 @@ import queue
 import sqlite3
 import time
 
-from . import outbox
+from . import outbox, stream_log
 from .delivery import DeliveryWorker
 from .evaluation import Evaluator
 from .rules import AlertsConfig, RuleError
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.1
 PRUNE_SECONDS = 60.0
+POSITION_SECONDS = 0.5  # how often, between batches, the streams' positions are written
 
 
 class AlertEngine:
@@ -45,6 +46,7 @@ class AlertEngine:
         self.db_path = path
         conn = store.conn
         outbox.create(conn)
+        stream_log.create(conn)
         self.config = config
         self.results: queue.Queue = queue.Queue()
         self.pending = outbox.pending_counts(conn)
@@ -53,28 +55,51 @@ class AlertEngine:
         self.evaluator = Evaluator(config.rules, outbox.load_states(conn), time.time())
         self.workers: dict[str, DeliveryWorker] = {}
         self._staged: tuple | None = None
-        self._staged_tables: dict | None = None
+        self._staged_tables: tuple | None = None  # (log seq, the batch's rows)
+        self._positions: dict[str, stream_log.Position] = {}  # as written in the database
+        self._next_positions = 0.0
         self._next_tick = 0.0
         self._next_prune = 0.0
         self._tick_error_logged = 0.0
         self.streams: dict = {}  # sink name -> its MQTT stream of committed records
         self._start_workers(config)
+        self._start_streams(config)
 
     # -- configuration ------------------------------------------------------------------
     def _start_workers(self, config: AlertsConfig) -> None:
         for name, sink in config.sinks.items():
             if name not in self.workers:
                 self.workers[name] = DeliveryWorker(sink, self.db_path, self.results).start()
-            if sink.stream and name not in self.streams:
-                from .mqtt import MqttStream
-
-                self.streams[name] = MqttStream(sink).start()
         if self.pending:
             log.info(
                 "alerts: %d notification(s) pending from before the restart: %s",
                 sum(self.pending.values()),
                 ", ".join(f"{s} {n}" for s, n in sorted(self.pending.items())),
             )
+
+    def _start_streams(self, config: AlertsConfig) -> None:
+        """Start the streams not running, each from its position in the database."""
+        wanted = {n: s.stream for n, s in config.sinks.items() if s.stream}
+        conn = self.store.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            positions = stream_log.start_positions(conn, wanted)
+            backlogs = {
+                name: stream_log.backlog(conn, positions[name], tables)
+                for name, tables in wanted.items()
+                if name not in self.streams
+            }
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.rollback()
+            raise
+        if backlogs:
+            from .mqtt import MqttStream
+        for name, backlog in backlogs.items():
+            stream = MqttStream(config.sinks[name], self.db_path, positions[name], backlog)
+            self.streams[name] = stream.start()
+            self._positions[name] = positions[name]
+        self._chosen = set().union(*wanted.values())
 
     def reload(self, config: AlertsConfig) -> None:
         """New rules and sinks (SIGHUP). Rules keep their state by name; a sink whose
@@ -83,13 +108,19 @@ class AlertEngine:
         for worker in stopping:
             worker.stop()
             del self.workers[worker.config.name]
-            stream = self.streams.pop(worker.config.name, None)
+            stream = self.streams.get(worker.config.name)
             if stream is not None:
                 stream.stop()
+        if stopping:
+            self.tick(force=True)  # the stopped streams' positions, before they restart
+        for worker in stopping:
+            self.streams.pop(worker.config.name, None)
+            self._positions.pop(worker.config.name, None)
         self.config = config
         self.evaluator.rules = config.rules
         self.evaluator.restart_clocks(time.time())
         self._start_workers(config)
+        self._start_streams(config)
         log.info(
             "alerts reloaded: %d rule(s), sinks %s",
             len(config.rules),
@@ -105,11 +136,21 @@ class AlertEngine:
             self.evaluation_errors += 1
             log.exception("alert evaluation failed for a batch; its rows are not evaluated")
             notes, touched = [], {}
-        self._write(conn, notes, touched, [])
-        self._staged_tables = tables
+        self._write(conn, notes, touched, [], positions=True)
+        if self.streams:
+            seq = stream_log.append(conn, tables, self._chosen)
+            if seq is not None:
+                self._staged_tables = (seq, tables)
 
-    def _write(self, conn, notes, touched, results) -> None:
+    def _write(self, conn, notes, touched, results, positions: bool = False) -> None:
         added = outbox.insert(conn, notes, set(self.workers)) if notes else {}
+        moved = {}
+        if positions:
+            moved = {
+                n: s.position for n, s in self.streams.items() if s.position != self._positions[n]
+            }
+            if moved:
+                stream_log.save_positions(conn, moved)
         if touched:
             outbox.save_states(conn, touched)
         delivered = outbox.mark(conn, results) if results else {}
@@ -119,14 +160,15 @@ class AlertEngine:
             over = self.pending.get(sink, 0) - delivered.get(sink, 0) + n - limit
             if over > 0:
                 dropped[sink] = outbox.drop_oldest(conn, sink, over)
-        self._staged = (touched, added, delivered, dropped, results)
+        self._staged = (touched, added, delivered, dropped, results, moved)
 
     def committed(self) -> None:
         if self._staged is None:
             return
-        touched, added, delivered, dropped, _results = self._staged
+        touched, added, delivered, dropped, _results, moved = self._staged
         self._staged = None
         self.evaluator.adopt(touched)
+        self._positions.update(moved)
         for sink in set(added) | set(delivered) | set(dropped):
             self.pending[sink] = (
                 self.pending.get(sink, 0)
@@ -146,10 +188,10 @@ class AlertEngine:
             )
         for sink in added:
             self.workers[sink].wake.set()
-        tables, self._staged_tables = self._staged_tables, None
-        if tables is not None:
+        logged, self._staged_tables = self._staged_tables, None
+        if logged is not None:
             for stream in self.streams.values():
-                stream.put(tables)
+                stream.put(*logged)
 
     def discarded(self) -> None:
         """The transaction rolled back: nothing of it happened (outcomes are written later)."""
@@ -174,13 +216,19 @@ class AlertEngine:
                 break
         notes, touched = self.evaluator.tick(time.time())
         prune = now >= self._next_prune
-        if not (results or notes or touched or prune):
+        positions = (force or now >= self._next_positions) and any(
+            s.position != self._positions[n] for n, s in self.streams.items()
+        )
+        if not (results or notes or touched or prune or positions):
             return
         conn = self.store.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                self._write(conn, notes, touched, results)
+                self._write(conn, notes, touched, results, positions)
+                if positions:
+                    stream_log.prune(conn)
+                    self._next_positions = now + POSITION_SECONDS
                 if prune:
                     outbox.prune(conn)
                 conn.execute("COMMIT")

@@ -1,17 +1,18 @@
 """MQTT with paho-mqtt: notifications to ``<topic>/alerts/<rule>`` (a sink), and the stream
 of committed records to ``<topic>/<table>/<type>`` (QoS 1 both).
 
-The stream keeps the committed records in memory, in commit order, and forgets them only
-once the broker acknowledged them (PUBACK): when the broker goes away, what it had not
-acknowledged is sent again, in order, on a new connection (at least once). It is bounded
-(``stream_max_pending`` records; beyond it the newest are dropped, counted and logged) and
-lives in memory: a daemon restart loses what the broker had not acknowledged (logged).
+The stream sends the committed records in commit order and moves its position (kept in
+the database, stream_log.py) only as the broker acknowledges them (PUBACK), in order: when
+the broker goes away, what it had not acknowledged is sent again, in order, on a new
+connection; when the daemon restarts (SIGTERM or SIGKILL), from the position on. At least
+once: a restart may send again what was acknowledged after the position was last written.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -20,13 +21,15 @@ from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 
+from . import stream_log
 from .records import TYPE_INDEX, as_record, created_at
 from .rules import Sink
 from .sinks import SinkError
 
 log = logging.getLogger(__name__)
 
-WINDOW = 2000  # records published before their acknowledgements are awaited
+WINDOW = 2000  # records taken at once (whole batches): published, then acknowledged
+LOG_ROWS = 50  # log rows (batches) read back from the database at once
 MAX_INFLIGHT = 1000
 
 
@@ -122,24 +125,47 @@ class MqttSink:
 
 
 class MqttStream:
-    """Every committed record of the chosen tables, in commit order, at least once."""
+    """Every committed record of the chosen tables, in commit order, at least once, across
+    broker and daemon restarts.
 
-    def __init__(self, config: Sink):
+    Committed batches come in memory (``put``, after each COMMIT) with their ``seq`` in
+    ``mb_stream_log``; what memory does not hold (the backlog of a restart, or what
+    overflowed ``stream_max_pending`` while the broker was away) is read back from the
+    database by that log. ``position`` is where the broker acknowledged, in order; the
+    engine writes it to the database (stream_log.py), and a restart resumes from it.
+    """
+
+    def __init__(self, config: Sink, db_path, position: stream_log.Position, backlog: int = 0):
         self.config = config
+        self.db_path = db_path
         self.connection = Connection(config, "stream")
-        self._chunks: deque = deque()  # (created_at text, [(table, rows)]) in commit order
+        self._chunks: deque = deque()  # (seq, created_at text, [(table, rows)]) in order
         self._queued = 0  # records in _chunks
-        self._window: list[tuple[str, bytes]] = []  # converted, not yet acknowledged
+        self._spilled = backlog  # records left to the database (not in _chunks)
+        # Converted, not yet acknowledged: (topic, payload); and per message the position
+        # once the broker acknowledged it.
+        self._window: list[tuple[str, bytes]] = []
+        self._marks: list[stream_log.Position] = []
+        self.cursor = position  # the next record to take
+        self.position = position  # the next record the broker has not acknowledged
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self.published = 0
-        self.dropped = 0
+        self.dropped = 0  # logged records gone from the database before they were sent
         self.failures = 0
         self.last_error: str | None = None
-        self._dropped_logged = 0.0
+        self._spill_logged = 0.0
+        self._db: sqlite3.Connection | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"memorybank-stream-{config.name}", daemon=True
         )
+        if backlog:
+            log.info(
+                "mqtt stream %s: %d record(s) the broker had not acknowledged before the "
+                "restart are sent first",
+                config.name,
+                backlog,
+            )
 
     def start(self) -> MqttStream:
         self._thread.start()
@@ -147,82 +173,150 @@ class MqttStream:
 
     @property
     def pending(self) -> int:
-        return self._queued + len(self._window)
+        return self._queued + self._spilled + len(self._window)
 
-    def put(self, tables: dict[str, list]) -> None:
-        """A committed batch's rows (called by the writer after COMMIT: never blocks)."""
+    def put(self, seq: int, tables: dict[str, list]) -> None:
+        """A committed batch's rows and its log ``seq`` (called by the writer after COMMIT:
+        never blocks). Past ``stream_max_pending`` it is left to the database."""
         chosen = [(t, tables[t]) for t in self.config.stream if tables.get(t)]
         count = sum(len(rows) for _t, rows in chosen)
-        if not count:
-            return
         with self._cond:
-            if self.pending + count > self.config.stream_max_pending:
-                self.dropped += count
+            if self._queued + count > self.config.stream_max_pending:
+                self._spilled += count
                 now = time.monotonic()
-                if now - self._dropped_logged >= 10.0:
-                    self._dropped_logged = now
-                    log.error(
-                        "mqtt stream %s: %d record(s) wait for the broker (stream_max_pending "
-                        "%d); dropped the newest, %d so far",
+                if now - self._spill_logged >= 10.0:
+                    self._spill_logged = now
+                    log.warning(
+                        "mqtt stream %s: %d record(s) wait for the broker (more than "
+                        "stream_max_pending %d); the rest is read back from the database",
                         self.config.name,
                         self.pending,
                         self.config.stream_max_pending,
-                        self.dropped,
                     )
                 return
-            self._chunks.append((created_at(), chosen))
+            self._chunks.append((seq, created_at(), chosen))
             self._queued += count
             self._cond.notify()
 
-    def _fill_window(self) -> None:
+    def _take(self) -> list[tuple[int, str | None, list]]:
+        """The next batches from the cursor on: from memory when it holds them, else from
+        the database. Empty after a second with nothing new."""
+        seq = self.cursor[0]
         with self._cond:
-            while not self._chunks and not self._stop.is_set():
+            while self._chunks and self._chunks[0][0] < seq:  # read from the database
+                self._queued -= sum(len(r) for _t, r in self._chunks.popleft()[2])
+            taken, records = [], 0
+            while self._chunks and self._chunks[0][0] == seq and records < WINDOW:
+                chunk = self._chunks.popleft()
+                n = sum(len(r) for _t, r in chunk[2])
+                self._queued -= n
+                records += n
+                taken.append(chunk)
+                seq += 1
+            if taken:
+                return taken
+            head = self._chunks[0][0] if self._chunks else None
+        batches = self._from_database(seq, head)
+        if batches or head is not None:
+            return batches
+        with self._cond:
+            self._spilled = 0  # caught up with the database
+            if not self._chunks and not self._stop.is_set():
                 self._cond.wait(1.0)
-            chunks: list[tuple[str, list[tuple[str, list]]]] = []
-            while self._chunks and sum(len(r) for _c, ch in chunks for _t, r in ch) < WINDOW:
-                chunks.append(self._chunks.popleft())
+        return []
+
+    def _from_database(self, after: int, before: int | None) -> list[tuple[int, None, list]]:
+        if self._db is None:
+            self._db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30.0)
+        batches = []
+        records = 0
+        for seq, ids in stream_log.read(self._db, after, before, LOG_ROWS):
+            if records >= WINDOW:
+                break
+            chosen = []
+            for table in self.config.stream:
+                if not ids[table]:
+                    continue
+                found = stream_log.rows_by_id(self._db, table, ids[table])
+                self.dropped += len(ids[table]) - len(found)
+                chosen.append((table, [found[i] for i in ids[table] if i in found]))
+                records += len(ids[table])
+            batches.append((seq, None, chosen))
+        if batches:
+            with self._cond:
+                self._spilled = max(self._spilled - records, 0)
+        return batches
+
+    def _fill_window(self) -> None:
         topic = self.config.topic
-        for committed, chosen in chunks:
+        for seq, committed, chosen in self._take():
+            skip = self.cursor[1] if seq == self.cursor[0] else 0
+            n = 0
             for table, rows in chosen:
                 t = TYPE_INDEX[table]
                 for row in rows:
-                    payload = json.dumps(as_record(table, row, committed), default=str)
+                    n += 1
+                    if n <= skip:
+                        continue
+                    if committed is None:  # from the database: (row, its created_at)
+                        row, stamp = row
+                    else:
+                        stamp = committed
+                    payload = json.dumps(as_record(table, row, stamp), default=str)
                     self._window.append(
                         (f"{topic}/{table}/{topic_level(row[t])}", payload.encode())
                     )
-        with self._cond:
-            self._queued -= sum(len(r) for _c, ch in chunks for _t, r in ch)
+                    self._marks.append((seq, n))
+            self.cursor = (seq + 1, 0)
+        if not self._window:
+            self.position = self.cursor  # nothing unacknowledged: batches without records
 
     def _run(self) -> None:
         delay = 1.0
         while not self._stop.is_set():
             if not self._window:
-                self._fill_window()
+                try:
+                    self._fill_window()
+                except sqlite3.Error as exc:
+                    self._failed(f"cannot read the stream's backlog: {exc}")
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, self.config.backoff_max)
                 continue
             done, error = self.connection.publish(self._window)
-            del self._window[:done]
-            self.published += done
+            if done:
+                self.position = self._marks[done - 1]
+                del self._window[:done]
+                del self._marks[:done]
+                self.published += done
+                if not self._window:
+                    self.position = self.cursor
             if error is None:
                 if self.last_error is not None and self.failures:
                     log.info("mqtt stream %s: the broker takes records again", self.config.name)
                 delay = 1.0
                 self.last_error = None
                 continue
-            self.failures += 1
-            if self.last_error != error:
-                log.warning(
-                    "mqtt stream %s: %s; %d record(s) wait, resent in order when it is back",
-                    self.config.name,
-                    error,
-                    self.pending,
-                )
-            self.last_error = error
+            self._failed(error)
             self._stop.wait(delay)
             delay = min(delay * 2, self.config.backoff_max)
         self.connection.close()
+        if self._db is not None:
+            self._db.close()
+
+    def _failed(self, error: str) -> None:
+        self.failures += 1
+        if self.last_error != error:
+            log.warning(
+                "mqtt stream %s: %s; %d record(s) wait, sent in order when it is back",
+                self.config.name,
+                error,
+                self.pending,
+            )
+        self.last_error = error
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Give the broker ``timeout`` to take what is pending, then stop."""
+        """Give the broker ``timeout`` to take what is pending, then stop (what it has not
+        acknowledged is sent after the next start)."""
         deadline = time.monotonic() + timeout
         while self.pending and self.last_error is None and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -231,9 +325,9 @@ class MqttStream:
             self._cond.notify()
         self._thread.join(timeout + self.config.timeout)
         if self.pending:
-            log.warning(
+            log.info(
                 "mqtt stream %s: stopping with %d record(s) the broker has not acknowledged; "
-                "they are in the database but not streamed",
+                "they are sent after the next start",
                 self.config.name,
                 self.pending,
             )
