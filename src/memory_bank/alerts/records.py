@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from json.encoder import encode_basestring_ascii as _string
 
 from .. import wire
 
@@ -45,6 +46,53 @@ def as_record(table: str, row, committed: str) -> dict:
         )
     record["created_at"] = committed
     return record
+
+
+def _text(value) -> str:
+    return "null" if value is None else _string(value)
+
+
+def _number(value) -> str:  # wire rows hold finite int or float only
+    return "null" if value is None else repr(value)
+
+
+def _json(text) -> str:
+    """The JSON column as a JSON value: its text when it parses, else as a string."""
+    if text is None:
+        return "null"
+    try:
+        json.loads(text)
+    except (TypeError, ValueError):
+        return _string(text)
+    return text
+
+
+def as_json(table: str, row, committed: str) -> str:
+    """``json.dumps(as_record(table, row, committed))``, several times faster (the stream
+    sends every committed record): the JSON column's text is used as it is."""
+    if table == "metrics":
+        i, ts, name, value, unit, meta = row
+        return (
+            f'{{"id": {i}, "timestamp": {ts!r}, "metric_name": {_string(name)}, '
+            f'"metric_value": {value!r}, "unit": {_text(unit)}, "metadata": {_json(meta)}, '
+            f'"created_at": "{committed}"}}'
+        )
+    if table == "events":
+        i, ts, kind, component, message, data = row
+        return (
+            f'{{"id": {i}, "timestamp": {ts!r}, "event_type": {_string(kind)}, '
+            f'"component": {_string(component)}, "message": {_text(message)}, '
+            f'"data": {_json(data)}, "created_at": "{committed}"}}'
+        )
+    i, ts, kind, severity, description, pattern, current, expected = row
+    deviation = None if current is None or expected is None else abs(current - expected)
+    return (
+        f'{{"id": {i}, "timestamp": {ts!r}, "anomaly_type": {_string(kind)}, '
+        f'"severity": {_string(severity)}, "description": {_text(description)}, '
+        f'"pattern_data": {_json(pattern)}, "current_value": {_number(current)}, '
+        f'"expected_value": {_number(expected)}, "deviation": {_number(deviation)}, '
+        f'"created_at": "{committed}"}}'
+    )
 
 
 def group_of(table: str, row, key: str | None) -> str:
