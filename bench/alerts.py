@@ -211,7 +211,9 @@ def latency(work: Path, rate: float, seconds: float, probes: int) -> dict:
 
 
 # -- (2) ingest with alerts and the stream on / off ---------------------------------------
-def ingest(work: Path, label: str, config: Path | None, per_publisher: int) -> float:
+def ingest(work: Path, label: str, config: Path | None, per_publisher: int) -> dict:
+    """Records committed per second; with a stream, also how far behind it was when the
+    last record was committed, and its own rate (every record acknowledged by the broker)."""
     db = work / f"ingest-{label}.db"
     daemon = Daemon(db, config)
     start_at = time.time() + 1.0
@@ -224,40 +226,67 @@ def ingest(work: Path, label: str, config: Path | None, per_publisher: int) -> f
         for _ in range(2)
     ]
     reports = [json.loads(p.communicate(timeout=1800)[0]) for p in procs]
-    daemon.stop()
     first = min(r["first_call"] for r in reports)
     last = max(r["acked"] for r in reports)
-    return 2 * per_publisher / (last - first)
+    out = {"ingest": 2 * per_publisher / (last - first)}
+    streams = (daemon_stats(db).get("alerts") or {}).get("streams")
+    if streams:
+        out["stream_pending_at_end"] = sum(s["pending"] for s in streams.values())
+        deadline = time.monotonic() + 600
+        while any(s["pending"] for s in streams.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            streams = daemon_stats(db)["alerts"]["streams"]
+        published = sum(s["published"] for s in streams.values())
+        out["stream"] = published / (time.time() - first)
+    daemon.stop()
+    return out
 
 
 def ingest_ratio(work: Path, per_publisher: int, rounds: int) -> dict:
+    """Off, on (one message per streamed record) and on with ``stream_batch = true`` (one
+    JSON array per topic and committed batch), alternated round by round."""
     receiver = Receiver()
     broker = Mosquitto(work) if available_mosquitto() else None
-    on = work / "on.toml"
     sinks = f'\n[sinks.hook]\ntype = "webhook"\nurl = "{receiver.url}"\n'
     if broker is not None:
         sinks += (
             f'\n[sinks.broker]\ntype = "mqtt"\nurl = "mqtt://127.0.0.1:{broker.port}"\n'
             'stream = ["events", "anomalies", "metrics"]\n'
         )
-    on.write_text(FIVE_RULES + sinks)
-    off_rates, on_rates = [], []
+    configs: dict[str, Path | None] = {"off": None, "on": work / "on.toml"}
+    configs["on"].write_text(FIVE_RULES + sinks)
+    if broker is not None:
+        configs["on_batch"] = work / "on_batch.toml"
+        configs["on_batch"].write_text(FIVE_RULES + sinks + "stream_batch = true\n")
+    results: dict[str, list[dict]] = {side: [] for side in configs}
     for r in range(rounds):
-        off_rates.append(ingest(work, f"off{r}", None, per_publisher))
-        on_rates.append(ingest(work, f"on{r}", on, per_publisher))
+        for side, config in configs.items():
+            results[side].append(ingest(work, f"{side}{r}", config, per_publisher))
     if broker is not None:
         broker.stop()
     receiver.server.shutdown()
-    off, on_ = statistics.median(off_rates), statistics.median(on_rates)
-    return {
+    off = statistics.median(x["ingest"] for x in results["off"])
+    out = {
         "records_per_side_per_round": 2 * per_publisher,
         "rounds": rounds,
         "off_records_per_second": round(off),
-        "on_records_per_second": round(on_),
-        "on_over_off": round(on_ / off, 3),
         "mqtt_stream": "on" if broker is not None else "not measured (no mosquitto)",
         "notifications_received": len(receiver.arrivals),
     }
+    for side in configs:
+        if side == "off":
+            continue
+        rate = statistics.median(x["ingest"] for x in results[side])
+        out[f"{side}_records_per_second"] = round(rate)
+        out[f"{side}_over_off"] = round(rate / off, 3)
+        if broker is not None:
+            out[f"{side}_stream_records_per_second"] = round(
+                statistics.median(x["stream"] for x in results[side])
+            )
+            out[f"{side}_stream_behind_at_last_commit"] = max(
+                x["stream_pending_at_end"] for x in results[side]
+            )
+    return out
 
 
 def main() -> int:
@@ -286,11 +315,21 @@ def main() -> int:
         f"max {lat['commit_to_post_max_ms']} ms ({lat['received']}/{lat['probes']} probes; "
         f"publish call -> POST p99 {lat['call_to_post_p99_ms']} ms)"
     )
-    print(
-        f"ingest with five rules + MQTT stream ({ing['mqtt_stream']}): "
-        f"{ing['on_records_per_second']} rec/s against {ing['off_records_per_second']} off: "
-        f"{ing['on_over_off']}x"
-    )
+    for side, what in (("on", "one message per record"), ("on_batch", "stream_batch")):
+        if f"{side}_records_per_second" not in ing:
+            continue
+        line = (
+            f"ingest with five rules + MQTT stream ({ing['mqtt_stream']}, {what}): "
+            f"{ing[side + '_records_per_second']} rec/s against {ing['off_records_per_second']} "
+            f"off: {ing[side + '_over_off']}x"
+        )
+        if side + "_stream_records_per_second" in ing:
+            line += (
+                f"; stream {ing[side + '_stream_records_per_second']} rec/s acknowledged (first "
+                f"publish call to last acknowledgement), "
+                f"{ing[side + '_stream_behind_at_last_commit']} behind at the last commit"
+            )
+        print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -15,6 +15,7 @@ from mqtt_broker import Broker, Subscriber, require_mosquitto
 
 from conftest import free_ports
 from memory_bank import Publisher
+from memory_bank.alerts.records import as_json, as_record
 from memory_bank.control import daemon_stats
 
 CONFIG = """
@@ -32,6 +33,26 @@ stream = ["events", "metrics"]
 backoff_max = "0.3s"
 timeout = "0.5s"
 """
+
+
+@pytest.mark.parametrize(
+    ("table", "row"),
+    [
+        ("metrics", [4294967299, 1795647500.05, "current", 12.5, "A", '{"cp": "CP1"}']),
+        ("metrics", [5, 1795647500, "temp \u00b0C", 3, None, None]),
+        ("metrics", [6, 1.5e9, 'q"uote\\', 1e-7, "\u00e9", "not json {"]),
+        ("events", [7, 1795647500.25, "OCPP", "CP/1", 'line\n"two"', '[1, {"a": null}]']),
+        ("events", [8, 1795647500.0, "CAN_RX", "can0", None, '"text"']),
+        ("anomalies", [9, 1795647500.5, "OVERCURRENT", "HIGH", "92 A", "{}", 92.0, 80]),
+        ("anomalies", [10, 1795647500.5, "GAP", "LOW", None, None, None, 80.0]),
+    ],
+)
+def test_a_streamed_record_is_the_record_a_notification_carries(table, row):
+    """The stream's payload (built without a dict, it is on every record's path) is the
+    same JSON as a notification's ``record``: the row as the viewer's JSON shows it."""
+    assert json.loads(as_json(table, row, "2026-11-26 01:00:00")) == as_record(
+        table, row, "2026-11-26 01:00:00"
+    )
 
 
 def wait_until(condition, timeout: float = 30.0) -> None:
@@ -132,25 +153,31 @@ def test_stream_and_alerts_survive_a_broker_restart_under_load(
 
 
 def _streamed(subscriber) -> list[tuple[str, int]]:
-    """(table, id) of every streamed record received, in arrival order."""
+    """(table, id) of every streamed record received, in arrival order (a message of
+    ``stream_batch`` holds an array of them)."""
     out = []
     for topic, payload in subscriber.received():
         table = topic.split("/")[1]
         if table in ("events", "metrics"):
-            out.append((table, json.loads(payload)["id"]))
+            records = json.loads(payload)
+            for record in records if isinstance(records, list) else [records]:
+                assert topic == f"memorybank/{table}/{record.get('event_type', 'current')}"
+                out.append((table, record["id"]))
     return out
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["per-record", "stream_batch"])
 def test_the_stream_resumes_where_the_broker_acknowledged_after_daemon_kills(
-    db_path, tmp_path, start_daemon, broker
+    db_path, tmp_path, start_daemon, broker, batch
 ):
     """SIGKILL with records committed that the broker never acknowledged (the broker was
     away), then again while that backlog is being sent: after each restart the stream
     resumes from the broker's last acknowledgement, so every committed record arrives, and
-    what arrived before the first kill is not sent again."""
+    what arrived before the first kill is not sent again. Per record, and with records
+    sent as one array per topic and batch (stream_batch)."""
     subscriber = Subscriber(broker)
     cfg = tmp_path / "memorybank.toml"
-    cfg.write_text(CONFIG.format(url=broker.url))
+    cfg.write_text(CONFIG.format(url=broker.url) + f"stream_batch = {str(batch).lower()}\n")
     daemon = start_daemon(db_path, "--config", str(cfg))
     stop_load = threading.Event()
 

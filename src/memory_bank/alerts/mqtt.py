@@ -22,15 +22,18 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt
 
 from . import stream_log
-from .records import TYPE_INDEX, as_record, created_at
+from .records import TYPE_INDEX, as_json, created_at
 from .rules import Sink
 from .sinks import SinkError
 
 log = logging.getLogger(__name__)
 
 WINDOW = 2000  # records taken at once (whole batches): published, then acknowledged
+BATCH_RECORDS = 1000  # records per message at most with stream_batch
 LOG_ROWS = 50  # log rows (batches) read back from the database at once
-MAX_INFLIGHT = 1000
+# No limit in paho: WINDOW bounds what is in flight, and paho's queue behind a limit costs
+# O(limit) per PUBACK (it scans the messages in flight for the next queued one).
+MAX_INFLIGHT = 0
 
 
 def topic_level(name: str) -> str:
@@ -145,7 +148,8 @@ class MqttStream:
         # Converted, not yet acknowledged: (topic, payload); and per message the position
         # once the broker acknowledged it.
         self._window: list[tuple[str, bytes]] = []
-        self._marks: list[stream_log.Position] = []
+        self._marks: list[tuple[stream_log.Position, int]] = []
+        self._in_window = 0  # records in _window
         self.cursor = position  # the next record to take
         self.position = position  # the next record the broker has not acknowledged
         self._cond = threading.Condition()
@@ -173,7 +177,7 @@ class MqttStream:
 
     @property
     def pending(self) -> int:
-        return self._queued + self._spilled + len(self._window)
+        return self._queued + self._spilled + self._in_window
 
     def put(self, seq: int, tables: dict[str, list]) -> None:
         """A committed batch's rows and its log ``seq`` (called by the writer after COMMIT:
@@ -248,9 +252,12 @@ class MqttStream:
         return batches
 
     def _fill_window(self) -> None:
+        """Convert the next batches into messages, each with the position the broker's
+        acknowledgement of it (and of all before it) reaches and its count of records."""
         topic = self.config.topic
         for seq, committed, chosen in self._take():
             skip = self.cursor[1] if seq == self.cursor[0] else 0
+            by_topic: dict[str, list[str]] = {}
             n = 0
             for table, rows in chosen:
                 t = TYPE_INDEX[table]
@@ -262,11 +269,24 @@ class MqttStream:
                         row, stamp = row
                     else:
                         stamp = committed
-                    payload = json.dumps(as_record(table, row, stamp), default=str)
-                    self._window.append(
-                        (f"{topic}/{table}/{topic_level(row[t])}", payload.encode())
-                    )
-                    self._marks.append((seq, n))
+                    name = f"{topic}/{table}/{topic_level(row[t])}"
+                    payload = as_json(table, row, stamp)
+                    if self.config.stream_batch:
+                        by_topic.setdefault(name, []).append(payload)
+                    else:
+                        self._window.append((name, payload.encode()))
+                        self._marks.append(((seq, n), 1))
+                        self._in_window += 1
+            # A batch's arrays group its records by topic, out of their order in the batch:
+            # the position passes the batch only with its last array.
+            for name, payloads in by_topic.items():
+                for i in range(0, len(payloads), BATCH_RECORDS):
+                    part = payloads[i : i + BATCH_RECORDS]
+                    self._window.append((name, f"[{','.join(part)}]".encode()))
+                    self._marks.append(((seq, skip), len(part)))
+                    self._in_window += len(part)
+            if by_topic:
+                self._marks[-1] = ((seq + 1, 0), self._marks[-1][1])
             self.cursor = (seq + 1, 0)
         if not self._window:
             self.position = self.cursor  # nothing unacknowledged: batches without records
@@ -284,10 +304,12 @@ class MqttStream:
                 continue
             done, error = self.connection.publish(self._window)
             if done:
-                self.position = self._marks[done - 1]
+                self.position = self._marks[done - 1][0]
+                acknowledged = sum(count for _p, count in self._marks[:done])
+                self.published += acknowledged
+                self._in_window -= acknowledged
                 del self._window[:done]
                 del self._marks[:done]
-                self.published += done
                 if not self._window:
                     self.position = self.cursor
             if error is None:
