@@ -158,3 +158,28 @@ def test_a_batch_that_is_not_adopted_leaves_the_state_as_it_was():
     notes, _touched = ev.batch({"anomalies": [anomaly(1, 1000.0)]}, 1000.0)
     assert [n.state for n in notes] == ["firing"]
     assert run(ev, 1000.0, anomalies=[anomaly(1, 1000.0)]) == [("hot", "", "firing")]
+
+
+def notes_of(ev: Evaluator, now: float, **tables) -> list:
+    notes, touched = ev.tick(now) if not tables else ev.batch(tables, now)
+    ev.adopt(touched)
+    return notes
+
+
+def test_a_notification_carries_the_row_that_caused_it_and_later_ones_the_last_row():
+    """Only the rows that notify are turned into records as they come (the batch's hot
+    path); what a later notification carries is still the group's last matching row."""
+    ev = evaluator(
+        {"name": "hot", "when": "anomaly", "resolve_after": "1m", "group": "cp"},
+        {"name": "silent", "when": "absence", "metric": "current", "for": "10s"},
+    )
+    t = 1000.0
+    rows = [anomaly(i, t, cp="A") for i in (1, 2, 3)] + [anomaly(4, t, cp="B")]
+    fired = notes_of(ev, t, anomalies=rows, metrics=[metric(i, t, 1) for i in (5, 6, 7)])
+    assert [(n.group, n.record["id"]) for n in fired] == [("A", 1), ("B", 4)]
+    later = notes_of(ev, t + 61)
+    assert sorted((n.rule.name, n.group, n.state, n.record["id"]) for n in later) == [
+        ("hot", "A", "resolved", 3),
+        ("hot", "B", "resolved", 4),
+        ("silent", "", "firing", 7),
+    ]

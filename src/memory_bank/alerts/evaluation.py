@@ -16,7 +16,7 @@ record at all.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from .records import TYPE_INDEX, as_record, created_at, group_of
 from .rules import Rule
@@ -36,7 +36,10 @@ class GroupState:
     summary: str | None = None  # what the firing notification said
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """Its fields (``times`` copied, as the evaluator appends to it; a record is
+        replaced, never changed). Not ``asdict``: its deep copy of ``times``, element by
+        element, cost more than the rest of a batch's evaluation."""
+        return {**vars(self), "times": list(self.times)}
 
     @classmethod
     def from_json(cls, data: dict) -> GroupState:
@@ -82,14 +85,18 @@ class Evaluator:
         notes: list[Notification] = []
         touched: dict[Key, GroupState] = {}
         committed = created_at(now)
+        # Per state, the last row to remember that made no notification: its record is
+        # built once, after the batch (building one per record cost most of the batch).
+        latest: dict[Key, tuple[Rule, list]] = {}
         for rule in self.rules:
             rows = tables.get(rule.table) or ()
             if not rows:
                 continue
-            for row in self._matching(rule, rows):
-                key = (rule.name, group_of(rule.table, row, rule.group))
+            for key, row in self._keyed(rule, rows):
                 st = self._staged(key, touched)
-                self._on_record(rule, key[1], st, row, now, committed, notes)
+                self._on_record(rule, key, st, row, now, committed, notes, latest)
+        for key, (rule, row) in latest.items():
+            touched[key].record = as_record(rule.table, row, committed)
         return notes, touched
 
     def _matching(self, rule: Rule, rows) -> Iterator:
@@ -105,6 +112,28 @@ class Evaluator:
                 continue
             yield row
 
+    def _keyed(self, rule: Rule, rows) -> Iterator[tuple[Key, list]]:
+        """The rule's matching rows with their state's key. For ``anomaly`` and
+        ``absence`` only a group's first row (it may fire or resolve) and last (remembered)
+        can change anything: the rows between are skipped."""
+        pairs = (
+            ((rule.name, group_of(rule.table, row, rule.group)), row)
+            for row in self._matching(rule, rows)
+        )
+        if rule.when not in ("anomaly", "absence"):
+            yield from pairs
+            return
+        ends: dict[Key, list] = {}
+        for key, row in pairs:
+            if key in ends:
+                ends[key][1] = row
+            else:
+                ends[key] = [row, None]
+        for key, (first, last) in ends.items():
+            yield key, first
+            if last is not None:
+                yield key, last
+
     def _staged(self, key: Key, touched: dict) -> GroupState:
         st = touched.get(key)
         if st is None:
@@ -113,12 +142,22 @@ class Evaluator:
             touched[key] = st
         return st
 
-    def _on_record(self, rule, group, st, row, now, committed, notes) -> None:
-        record = lambda: as_record(rule.table, row, committed)  # noqa: E731 (built on use)
+    def _on_record(self, rule, key, st, row, now, committed, notes, latest) -> None:
+        """One matching row; ``st.record`` is built here when a notification carries it,
+        else the row waits in ``latest`` (the batch builds the last one's record)."""
+        group = key[1]
+
+        def record() -> dict:
+            latest.pop(key, None)
+            return as_record(rule.table, row, committed)
+
         if rule.when == "anomaly":
-            st.last_seen, st.record = now, record()
+            st.last_seen = now
             if not st.firing:
+                st.record = record()
                 self._fire(rule, group, st, now, notes, f"{row[2]} ({row[3]}): {row[4] or ''}")
+            else:
+                latest[key] = (rule, row)
         elif rule.when == "metric":
             value, ts = row[3], row[1]
             if rule.holds(value):
@@ -133,10 +172,14 @@ class Evaluator:
                     st.record = record()
                     self._resolve(rule, group, st, now, notes, f"{rule.metric} = {value:g}")
         elif rule.when == "rate":
-            st.times = [*st.times, row[1]][-rule.count :]
+            st.times.append(row[1])
+            if len(st.times) > rule.count:
+                del st.times[0]
             if len(st.times) == rule.count and st.times[-1] - st.times[0] <= rule.within:
-                st.record = record()
-                if not st.firing:
+                if st.firing:
+                    latest[key] = (rule, row)
+                else:
+                    st.record = record()
                     self._fire(
                         rule,
                         group,
@@ -146,9 +189,12 @@ class Evaluator:
                         f"{rule.count} x {row[2]} within {rule.within:g}s",
                     )
         else:  # absence: data arrived
-            st.last_seen, st.record = now, record()
+            st.last_seen = now
             if st.firing:
+                st.record = record()
                 self._resolve(rule, group, st, now, notes, "data arrives again")
+            else:
+                latest[key] = (rule, row)
 
     # -- time passing -------------------------------------------------------------------
     def tick(self, now: float) -> tuple[list, dict]:
