@@ -11,10 +11,14 @@ all. Reported from the notification's ``at`` (stamped inside the batch's transac
 before its COMMIT) to the POST's arrival, and from the probe's publish call to the arrival.
 (2) ingest with five rules and the MQTT stream of every committed record on, against the
 same workload with them off, alternating daemons in the same run: records committed per
-second, two publisher processes. Both sides do the same work up to the commit; the "on"
-side also evaluates the rules in each batch's transaction, writes their outbox rows,
-delivers their notifications and streams each record to Mosquitto (when installed; the
-report says when it is not).
+second, two publisher processes, and the daemon's CPU time per record (all its threads,
+counted once the stream has sent everything: steadier than rates on a shared machine).
+Both sides do the same work up to the commit; the "on" side also evaluates the rules in
+each batch's transaction, writes their outbox rows and the stream's log, delivers their
+notifications and streams each record to Mosquitto (when installed; the report says when
+it is not), once with one message per record and once with ``stream_batch = true``. For
+the stream: its rate (from the first publish call to the broker's last acknowledgement)
+and how many records it was behind when the last one was committed.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import shutil
 import signal
 import socket
@@ -157,6 +162,15 @@ class Daemon:
         self.proc = subprocess.Popen(args)
         wait_for_daemon(db, timeout=60)
 
+    def cpu_seconds(self) -> float | None:
+        """The daemon's CPU time so far (user + system; Linux), all its threads: on a
+        shared machine a steadier measure of its work than the wall clock."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=120)
@@ -238,6 +252,9 @@ def ingest(work: Path, label: str, config: Path | None, per_publisher: int) -> d
             streams = daemon_stats(db)["alerts"]["streams"]
         published = sum(s["published"] for s in streams.values())
         out["stream"] = published / (time.time() - first)
+    cpu = daemon.cpu_seconds()
+    if cpu is not None:
+        out["daemon_cpu_us_per_record"] = cpu / (2 * per_publisher) * 1e6
     daemon.stop()
     return out
 
@@ -279,6 +296,13 @@ def ingest_ratio(work: Path, per_publisher: int, rounds: int) -> dict:
         rate = statistics.median(x["ingest"] for x in results[side])
         out[f"{side}_records_per_second"] = round(rate)
         out[f"{side}_over_off"] = round(rate / off, 3)
+        if "daemon_cpu_us_per_record" in results[side][0]:
+            cpu = {
+                k: statistics.median(x["daemon_cpu_us_per_record"] for x in results[k])
+                for k in ("off", side)
+            }
+            out["off_daemon_cpu_us_per_record"] = round(cpu["off"], 1)
+            out[f"{side}_daemon_cpu_us_per_record"] = round(cpu[side], 1)
         if broker is not None:
             out[f"{side}_stream_records_per_second"] = round(
                 statistics.median(x["stream"] for x in results[side])
@@ -323,6 +347,11 @@ def main() -> int:
             f"{ing[side + '_records_per_second']} rec/s against {ing['off_records_per_second']} "
             f"off: {ing[side + '_over_off']}x"
         )
+        if side + "_daemon_cpu_us_per_record" in ing:
+            line += (
+                f"; daemon CPU {ing[side + '_daemon_cpu_us_per_record']} us/record against "
+                f"{ing['off_daemon_cpu_us_per_record']} off"
+            )
         if side + "_stream_records_per_second" in ing:
             line += (
                 f"; stream {ing[side + '_stream_records_per_second']} rec/s acknowledged (first "

@@ -137,7 +137,7 @@ def status_lines(figures: dict | None, width: int):
     for name, stream in sorted((figures.get("streams") or {}).items()):
         line = (
             f"{stream['published']} published, {stream['pending']} pending, "
-            f"{stream['dropped']} dropped"
+            f"{stream['dropped']} deleted before they were streamed"
         )
         if stream["last_error"]:
             line += f"; failing: {stream['last_error']}"
