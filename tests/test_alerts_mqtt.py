@@ -230,3 +230,8 @@ def test_the_stream_resumes_where_the_broker_acknowledged_after_daemon_kills(
         assert first == sorted(first), f"{table} out of commit order"
     subscriber.close()
     assert daemon.stop() == 0
+    conn = sqlite3.connect(db_path)
+    try:  # the log keeps no batch the stream has passed
+        assert conn.execute("SELECT count(*) FROM mb_stream_log").fetchone() == (0,)
+    finally:
+        conn.close()

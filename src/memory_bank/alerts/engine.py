@@ -58,6 +58,7 @@ class AlertEngine:
         self._staged_tables: tuple | None = None  # (log seq, the batch's rows)
         self._positions: dict[str, stream_log.Position] = {}  # as written in the database
         self._next_positions = 0.0
+        self._log_floor = 0  # mb_stream_log holds no row below this seq
         self._next_tick = 0.0
         self._next_prune = 0.0
         self._tick_error_logged = 0.0
@@ -216,19 +217,21 @@ class AlertEngine:
                 break
         notes, touched = self.evaluator.tick(time.time())
         prune = now >= self._next_prune
-        positions = (force or now >= self._next_positions) and any(
-            s.position != self._positions[n] for n, s in self.streams.items()
-        )
-        if not (results or notes or touched or prune or positions):
+        # The streams' positions (each batch writes them too), and the log rows every
+        # stream has passed, at most every POSITION_SECONDS.
+        due = force or now >= self._next_positions
+        positions = due and any(s.position != self._positions[n] for n, s in self.streams.items())
+        floor = min((seq for seq, _done in self._positions.values()), default=0)
+        log_prune = due and floor > self._log_floor
+        if not (results or notes or touched or prune or positions or log_prune):
             return
         conn = self.store.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 self._write(conn, notes, touched, results, positions)
-                if positions:
+                if positions or log_prune:
                     stream_log.prune(conn)
-                    self._next_positions = now + POSITION_SECONDS
                 if prune:
                     outbox.prune(conn)
                 conn.execute("COMMIT")
@@ -243,6 +246,9 @@ class AlertEngine:
             return
         if prune:
             self._next_prune = now + PRUNE_SECONDS
+        if positions or log_prune:
+            self._next_positions = now + POSITION_SECONDS
+            self._log_floor = floor
         self.committed()
 
     def stop(self) -> None:
