@@ -80,6 +80,41 @@ def _committed_ids(db_path) -> dict[str, list[int]]:
         conn.close()
 
 
+class Load:
+    """One publisher thread sending events and metrics (and, with ``anomalies``, an
+    anomaly each 100 rounds) until the block ends; then it flushes."""
+
+    def __init__(self, db_path, anomalies: bool = False):
+        self.db_path, self.anomalies = db_path, anomalies
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        with Publisher(self.db_path) as pub:
+            i = 0
+            while not self.stopping.is_set():
+                pub.log_event("CAN_RX", "CP", f"frame {i}", {"i": i})
+                pub.record_metric("current", float(i % 90), "A", {"cp": "CP1"})
+                if self.anomalies and i % 100 == 0:
+                    pub.record_anomaly("OVERCURRENT", "HIGH", "hot", {"n": i})
+                    pub.flush(10)
+                i += 1
+                time.sleep(0.002)
+            pub.flush(30)
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stopping.set()
+        self.thread.join(60)
+
+
+def stream_figures(db_path) -> dict:
+    return daemon_stats(db_path)["alerts"]["streams"]["broker"]
+
+
 def test_stream_and_alerts_survive_a_broker_restart_under_load(
     db_path, tmp_path, start_daemon, broker
 ):
@@ -87,35 +122,13 @@ def test_stream_and_alerts_survive_a_broker_restart_under_load(
     cfg = tmp_path / "memorybank.toml"
     cfg.write_text(CONFIG.format(url=broker.url))
     daemon = start_daemon(db_path, "--config", str(cfg))
-    stop_load = threading.Event()
-
-    def load():
-        with Publisher(db_path) as pub:
-            i = 0
-            while not stop_load.is_set():
-                pub.log_event("CAN_RX", "CP", f"frame {i}", {"i": i})
-                pub.record_metric("current", float(i % 90), "A", {"cp": "CP1"})
-                if i % 100 == 0:
-                    pub.record_anomaly("OVERCURRENT", "HIGH", "hot", {"n": i})
-                    pub.flush(10)
-                i += 1
-                time.sleep(0.002)
-
-    def stream_figures() -> dict:
-        return daemon_stats(db_path)["alerts"]["streams"]["broker"]
-
-    loader = threading.Thread(target=load)
-    loader.start()
-    try:
-        wait_until(lambda: stream_figures()["published"] >= 300)
+    with Load(db_path, anomalies=True):
+        wait_until(lambda: stream_figures(db_path)["published"] >= 300)
         broker.stop()  # the broker goes away under load...
-        wait_until(lambda: stream_figures()["last_error"] is not None)
+        wait_until(lambda: stream_figures(db_path)["last_error"] is not None)
         broker.start()  # ...and comes back (its persistent subscriber's queue kept)
-        wait_until(lambda: stream_figures()["last_error"] is None)
+        wait_until(lambda: stream_figures(db_path)["last_error"] is None)
         time.sleep(0.3)  # and the load goes on for a while
-    finally:
-        stop_load.set()
-        loader.join(30)
     committed = _committed_ids(db_path)
     want = {("events", i) for i in committed["events"]} | {
         ("metrics", i) for i in committed["metrics"]
@@ -179,29 +192,12 @@ def test_the_stream_resumes_where_the_broker_acknowledged_after_daemon_kills(
     cfg = tmp_path / "memorybank.toml"
     cfg.write_text(CONFIG.format(url=broker.url) + f"stream_batch = {str(batch).lower()}\n")
     daemon = start_daemon(db_path, "--config", str(cfg))
-    stop_load = threading.Event()
-
-    def load():
-        with Publisher(db_path) as pub:
-            i = 0
-            while not stop_load.is_set():
-                pub.log_event("CAN_RX", "CP", f"frame {i}", {"i": i})
-                pub.record_metric("current", float(i % 90), "A", {"cp": "CP1"})
-                i += 1
-                time.sleep(0.002)
-            pub.flush(30)
-
-    def stream_figures() -> dict:
-        return daemon_stats(db_path)["alerts"]["streams"]["broker"]
-
-    loader = threading.Thread(target=load)
-    loader.start()
-    try:
+    with Load(db_path):
         wait_until(lambda: len(_streamed(subscriber)) >= 200)
         acknowledged = set(_streamed(subscriber))  # long before the kill
         wait_until(lambda: len(_streamed(subscriber)) >= len(acknowledged) + 200)
         broker.stop()
-        wait_until(lambda: stream_figures()["pending"] >= 300)
+        wait_until(lambda: stream_figures(db_path)["pending"] >= 300)
         daemon.stop(signal.SIGKILL)  # committed, never acknowledged: only the database has them
         broker.start()
         daemon = start_daemon(db_path, "--config", str(cfg))
@@ -210,9 +206,6 @@ def test_the_stream_resumes_where_the_broker_acknowledged_after_daemon_kills(
         daemon.stop(signal.SIGKILL)  # in the middle of sending the backlog
         daemon = start_daemon(db_path, "--config", str(cfg))
         time.sleep(0.3)  # and the load goes on for a while
-    finally:
-        stop_load.set()
-        loader.join(60)
     committed = _committed_ids(db_path)
     want = {("events", i) for i in committed["events"]} | {
         ("metrics", i) for i in committed["metrics"]
