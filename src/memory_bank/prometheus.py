@@ -49,7 +49,7 @@ SINK_FIGURES = {
 STREAM_FIGURES = {
     "published": ("memorybank_stream_published", "Records the broker acknowledged.", True),
     "pending": ("memorybank_stream_pending", "Records waiting for the broker.", False),
-    "dropped": ("memorybank_stream_dropped", "Records deleted (retention) before they were streamed.", True),
+    "dropped": ("memorybank_stream_dropped", "Records deleted before streamed.", True),
     "failures": ("memorybank_stream_failures", "Failed publish rounds.", True),
 }
 

@@ -8,10 +8,11 @@ How the daemon uses it (the only places alerts touch the write side):
   ``engine.discarded()`` after a rollback. A record is therefore evaluated exactly once,
   when it is committed, even across restarts: the evaluation state (``for``, ``rate``,
   ``absence``, firing or not) is written in the same transaction (mb_alert_state) and read
-  back at start.
+  back at start. With an MQTT stream, the batch's ids go to ``mb_stream_log`` in that
+  transaction too, and after COMMIT its rows to each stream (stream_log.py, mqtt.py).
 - ``engine.tick()`` from the daemon's loop, between batches, on the same connection: what
-  time alone causes (absence, resolve_after, repeat) and the delivery outcomes the workers
-  report, in a transaction of its own.
+  time alone causes (absence, resolve_after, repeat), the delivery outcomes the workers
+  report and the streams' positions, in a transaction of its own.
 - ``engine.reload(config)`` on SIGHUP, ``engine.figures()`` for status, ``engine.stop()``.
 """
 
