@@ -120,12 +120,14 @@ def test_stream_and_alerts_survive_a_broker_restart_under_load(
 ):
     subscriber = Subscriber(broker)
     cfg = tmp_path / "memorybank.toml"
-    cfg.write_text(CONFIG.format(url=broker.url))
+    # Room in memory for 100 records: the rest of the outage is read back from the database.
+    cfg.write_text(CONFIG.format(url=broker.url) + "stream_max_pending = 100\n")
     daemon = start_daemon(db_path, "--config", str(cfg))
     with Load(db_path, anomalies=True):
         wait_until(lambda: stream_figures(db_path)["published"] >= 300)
         broker.stop()  # the broker goes away under load...
         wait_until(lambda: stream_figures(db_path)["last_error"] is not None)
+        wait_until(lambda: sum(stream_figures(db_path)[k] for k in ("pending", "dropped")) >= 300)
         broker.start()  # ...and comes back (its persistent subscriber's queue kept)
         wait_until(lambda: stream_figures(db_path)["last_error"] is None)
         time.sleep(0.3)  # and the load goes on for a while
