@@ -297,7 +297,9 @@ def migrate(conn: sqlite3.Connection) -> int:
         return old
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in SEED_TABLES.split(";"):
+        # The seed's tables, once: later versions have them, and indexes the seed made
+        # that a migration dropped (version 4) must not come back.
+        for statement in SEED_TABLES.split(";") if old == 0 else ():
             if statement.strip():
                 conn.execute(statement)
         for version in range(old + 1, SCHEMA_VERSION + 1):
