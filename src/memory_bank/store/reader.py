@@ -16,8 +16,14 @@ from urllib.parse import quote
 
 from .base import InvalidDatabase
 from .bounded import BoundedReads
-from .schema import SEED_TABLES, damaged_database
-from .sql import JSON_COLUMNS, TABLE_COLUMNS, Where, dashboard_summary
+from .schema import COARSE_SECONDS, SEED_TABLES, damaged_database
+from .sql import (
+    JSON_COLUMNS,
+    TABLE_COLUMNS,
+    Where,
+    dashboard_summary,
+    rollup_tier,
+)
 
 
 def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
@@ -261,16 +267,32 @@ class SqliteReader(BoundedReads):
         """From the per-minute rollup's key (metrics has no name index here)."""
         return self._distinct_names("mb_metric_minutes" if self._has_rollups() else "metrics")
 
+    def rollup_seconds(self) -> tuple[int, ...]:
+        """Per-minute rollups where the writer keeps them, and 10-minute ones once its
+        schema has them (a database not yet opened by a newer daemon lacks them)."""
+        if not self._has_rollups():
+            return ()
+        conn = self._conn()
+        if getattr(self._local, "coarse_checked", None) is not conn:
+            self._local.coarse = bool(
+                conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'mb_metric_rollups'"
+                ).fetchone()
+            )
+            self._local.coarse_checked = conn
+        return (60, COARSE_SECONDS) if self._local.coarse else (60,)
+
     def metric_buckets(
         self, metric_name: str, since: float, until: float, buckets: int
     ) -> list[dict]:
         """The metric averaged (with min and max) over ``buckets`` equal time slices: what
         a plot needs, computed in SQL so millions of points never leave the database.
-        Slices of whole minutes on a minute boundary come from the per-minute rollup (a
-        7-day chart reads 10,080 rows, not millions); their ``first_t`` is then the start
-        of their first minute with data."""
+        Slices made of whole 10-minute slices or whole minutes on their grid come from the
+        rollups (a 7-day chart reads 1,008 rows, not millions); their ``first_t`` is then
+        the start of their first 10 minutes (or minute) with data."""
         width = max((until - since) / max(buckets, 1), 1e-6)
-        if since % 60 == 0 and until % 60 == 0 and width % 60 == 0 and self._has_rollups():
+        tier = rollup_tier(since, until, width, self.rollup_seconds())
+        if tier == 60:
             return self._all(
                 "SELECT CAST((minute * 60 - ?1) / ?2 AS INTEGER) AS bucket, "
                 "sum(total) / sum(n) AS avg, min(min) AS min, max(max) AS max, "
@@ -278,6 +300,15 @@ class SqliteReader(BoundedReads):
                 "WHERE metric_name = ?3 AND minute >= ?1 / 60 AND minute < ?4 / 60 "
                 "GROUP BY bucket ORDER BY bucket",
                 (since, width, metric_name, until),
+            )
+        if tier is not None:
+            return self._all(
+                "SELECT CAST((start - ?1) / ?2 AS INTEGER) AS bucket, "
+                "sum(total) / sum(n) AS avg, min(min) AS min, max(max) AS max, "
+                "min(start) * 1.0 AS first_t, sum(n) AS n FROM mb_metric_rollups "
+                "WHERE metric_name = ?3 AND seconds = ?5 AND start >= ?1 AND start < ?4 "
+                "GROUP BY bucket ORDER BY bucket",
+                (since, width, metric_name, until, tier),
             )
         return self._all(
             "SELECT CAST((timestamp - ?1) / ?2 AS INTEGER) AS bucket, "
