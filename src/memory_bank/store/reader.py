@@ -38,6 +38,10 @@ def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
     return out
 
 
+# metric_buckets' columns, in its queries' order.
+BUCKET_KEYS = ("bucket", "avg", "min", "max", "first_t", "n")
+
+
 class SqliteReader(BoundedReads):
     """Read queries with the seed's arguments and return shapes."""
 
@@ -293,7 +297,7 @@ class SqliteReader(BoundedReads):
         width = max((until - since) / max(buckets, 1), 1e-6)
         tier = rollup_tier(since, until, width, self.rollup_seconds())
         if tier == 60:
-            return self._all(
+            return self._buckets(
                 "SELECT CAST((minute * 60 - ?1) / ?2 AS INTEGER) AS bucket, "
                 "sum(total) / sum(n) AS avg, min(min) AS min, max(max) AS max, "
                 "min(minute) * 60.0 AS first_t, sum(n) AS n FROM mb_metric_minutes "
@@ -302,7 +306,7 @@ class SqliteReader(BoundedReads):
                 (since, width, metric_name, until),
             )
         if tier is not None:
-            return self._all(
+            return self._buckets(
                 "SELECT CAST((start - ?1) / ?2 AS INTEGER) AS bucket, "
                 "sum(total) / sum(n) AS avg, min(min) AS min, max(max) AS max, "
                 "min(start) * 1.0 AS first_t, sum(n) AS n FROM mb_metric_rollups "
@@ -310,7 +314,7 @@ class SqliteReader(BoundedReads):
                 "GROUP BY bucket ORDER BY bucket",
                 (since, width, metric_name, until, tier),
             )
-        return self._all(
+        return self._buckets(
             "SELECT CAST((timestamp - ?1) / ?2 AS INTEGER) AS bucket, "
             "avg(metric_value) AS avg, min(metric_value) AS min, max(metric_value) AS max, "
             "min(timestamp) AS first_t, count(*) AS n FROM metrics "
@@ -318,3 +322,9 @@ class SqliteReader(BoundedReads):
             "GROUP BY bucket ORDER BY bucket",
             (since, width, metric_name, until),
         )
+
+    def _buckets(self, sql: str, params) -> list[dict]:
+        """metric_buckets' rows as dicts made here: the generic row factory, which reads
+        the cursor's description for every row, costs three times as much over a
+        thousand buckets."""
+        return [dict(zip(BUCKET_KEYS, row, strict=True)) for row in self.tuples(sql, params)]
