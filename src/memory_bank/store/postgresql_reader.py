@@ -128,7 +128,7 @@ class PostgresReader(BoundedReads):
         """mb_metric_rollups' slices, once a daemon of this version has made the table."""
         conn = self._conn()
         if getattr(self._local, "rollups_checked", None) is not conn:
-            self._local.rollups = self._one(
+            self._local.rollups = self._aggregate(
                 "SELECT to_regclass('mb_metric_rollups') IS NOT NULL AS here"
             )["here"]
             self._local.rollups_checked = conn
