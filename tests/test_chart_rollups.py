@@ -188,3 +188,23 @@ def test_an_older_postgresql_database_gains_the_rollups(pg_url, start_daemon):
         _rollups_match_the_rows(pg_url, reader)
         origin, width, count = bucket_grid(now - WEEK, now, 2000, rollup_slice(reader, WEEK))
         _assert_buckets(reader, points, "voltage", origin, width, count, SLICE)
+
+
+def test_migrate_rolls_up_what_it_copies(db_path, pg_url, start_daemon):
+    """`memorybank migrate` from SQLite: PostgreSQL's rollups hold every copied row, and
+    the week's chart reads them."""
+    from memory_bank.store.migrate import Migration
+
+    daemon = start_daemon(db_path)
+    now = time.time()
+    points = _publish_week(db_path, now)
+    daemon.stop()
+    migration = Migration(db_path, pg_url)
+    try:
+        assert migration.run().complete
+    finally:
+        migration.close()
+    with _reader(pg_url) as reader:
+        _rollups_match_the_rows(pg_url, reader)
+        origin, width, count = bucket_grid(now - WEEK, now, 2000, rollup_slice(reader, WEEK))
+        _assert_buckets(reader, points, "voltage", origin, width, count, SLICE)
