@@ -102,16 +102,19 @@ class SqliteReader(BoundedReads):
             return row["n"] if row else 0
         return super().get_anomaly_count(anomaly_type, severity, since)
 
-    def _has_rollups(self) -> bool:
+    def _has_table(self, name: str) -> bool:
+        """Whether the database has the table (asked once per connection)."""
         conn = self._conn()
-        if getattr(self._local, "rollups_checked", None) is not conn:
-            self._local.rollups = bool(
-                conn.execute(
-                    "SELECT 1 FROM sqlite_master WHERE name = 'mb_metric_minutes'"
-                ).fetchone()
+        if getattr(self._local, "tables_of", None) is not conn:
+            self._local.tables, self._local.tables_of = {}, conn
+        if name not in self._local.tables:
+            self._local.tables[name] = bool(
+                conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone()
             )
-            self._local.rollups_checked = conn
-        return self._local.rollups
+        return self._local.tables[name]
+
+    def _has_rollups(self) -> bool:
+        return self._has_table("mb_metric_minutes")
 
     def get_metric_statistics(self, metric_name, since=None, until=None) -> dict:
         """{'min', 'max', 'avg', 'count'}: whole minutes from the rollup, the partial minutes
@@ -276,15 +279,7 @@ class SqliteReader(BoundedReads):
         schema has them (a database not yet opened by a newer daemon lacks them)."""
         if not self._has_rollups():
             return ()
-        conn = self._conn()
-        if getattr(self._local, "coarse_checked", None) is not conn:
-            self._local.coarse = bool(
-                conn.execute(
-                    "SELECT 1 FROM sqlite_master WHERE name = 'mb_metric_rollups'"
-                ).fetchone()
-            )
-            self._local.coarse_checked = conn
-        return (60, COARSE_SECONDS) if self._local.coarse else (60,)
+        return (60, COARSE_SECONDS) if self._has_table("mb_metric_rollups") else (60,)
 
     def metric_buckets(
         self, metric_name: str, since: float, until: float, buckets: int
