@@ -8,9 +8,10 @@
 Builds the database as bench/run.py's read path does (4 publishers through a daemon), adds
 a 7-day series of 1M 'voltage' points, serves it with `memorybank web`, and measures:
 (1) first meaningful paint: navigation to the summary cards filled (and to the first chart)
-in a fresh browser context; (2) every API call the page makes, p50/p99 over repeated calls;
-(3) the 7-day chart of 1M points: buckets drawn and rows behind them; (4) a record published
-with the page open until its line shows in the live feed (publish -> commit -> tail -> SSE ->
+in a fresh browser context; (2) every API call the page makes, p50/p99 over repeated calls,
+and the server's CPU per call (a figure the machine's other load does not inflate); (3) the
+7-day chart of 1M points: buckets drawn and rows behind them; (4) a record published with
+the page open until its line shows in the live feed (publish -> commit -> tail -> SSE ->
 page), p50/p99; (5) ingest with nobody following, with 20 plain SSE streams (remote browsers: the
 daemon's tail and this machine's fan-out only) and with 20 headless Chromium pages
 following live (their rendering on the same cores), alternated round by round, with the CPU
@@ -65,8 +66,9 @@ def build(work: Path, rows: int, week_points: int) -> tuple[Path, Daemon]:
     return db, daemon
 
 
-def api_timings(url: str, repeat: int) -> dict:
-    """p50/p99 ms of each call the page makes, over a kept-alive connection."""
+def api_timings(url: str, repeat: int, server_pid: int | None = None) -> dict:
+    """p50/p99 ms of each call the page makes, over a kept-alive connection, and the CPU ms
+    the server spent per call (what the call costs whatever else loads the machine)."""
     parts = urlparse(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
 
@@ -99,12 +101,15 @@ def api_timings(url: str, repeat: int) -> dict:
     for path in calls:
         get(path)  # warm, as an open page is
         samples = []
+        cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
         for _ in range(repeat):
             t0 = time.perf_counter()
             get(path)
             samples.append((time.perf_counter() - t0) * 1000)
         out[path] = {"p50_ms": round(statistics.median(samples), 1),
                      "p99_ms": round(percentile(samples, 0.99), 1)}  # fmt: skip
+        if server_pid:
+            out[path]["server_cpu_ms"] = round((cpu_seconds(server_pid) - cpu0) * 1000 / repeat, 1)
     week = get("/api/metrics/voltage?since=7d&points=2000")
     conn.close()
     return {
@@ -341,6 +346,7 @@ def main() -> int:
     db, daemon = build(work, rows, week_points)
     web = WebServer(db)
     results: dict = {"quick": q, "rows": rows, "week_points": week_points}
+    results["load_average_at_start"] = round(os.getloadavg()[0], 1)
     try:
         with sync_playwright() as playwright:
             browser = launch_chromium(playwright)
@@ -351,7 +357,7 @@ def main() -> int:
                 print(f"    {json.dumps(results[name])}", file=sys.stderr, flush=True)
 
             step("first_paint", first_paint, browser, web.url, 2 if q else 5)
-            step("api", api_timings, web.url, 5 if q else 50)
+            step("api", api_timings, web.url, 5 if q else 50, web.proc.pid)
             (page,) = open_following(browser, web.url, 1)
             step("commit_to_page", commit_to_page, page, db, 20 if q else 200, 0.05)
             page.context.close()
@@ -363,6 +369,7 @@ def main() -> int:
         daemon.stop()
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)
+    results["load_average_at_end"] = round(os.getloadavg()[0], 1)
     print_table(results)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
@@ -373,6 +380,8 @@ def print_table(r: dict) -> None:
     fp, api, ing = r["first_paint"], r["api"], r["ingest"]
     rows = [
         ("database", f"{r['rows']:,} rows + a week of {r['week_points']:,} voltage points"),
+        ("load average (1 min), start / end",
+         f"{r['load_average_at_start']} / {r['load_average_at_end']} on {os.cpu_count()} cores"),
         ("first meaningful paint (summary cards)",
          f"median {fp['summary_cards_ms']['median']} ms, max {fp['summary_cards_ms']['max']} ms"),
         ("first chart drawn",
@@ -380,7 +389,8 @@ def print_table(r: dict) -> None:
         ("API calls, worst p99", f"{api['worst_p99_ms']} ms"),
     ]  # fmt: skip
     for path, t in api["calls"].items():
-        rows.append((f"  {path}", f"p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms"))
+        cpu = f", server CPU {t['server_cpu_ms']} ms a call" if "server_cpu_ms" in t else ""
+        rows.append((f"  {path}", f"p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms{cpu}"))
     wk = api["week_chart"]
     rows.append(("7-day chart", f"{wk['rows']:,} points in {wk['buckets']:,} buckets "
                                 f"of {wk['bucket_seconds']:g} s"))  # fmt: skip

@@ -8,6 +8,7 @@ import math
 import re
 import time
 import uuid
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from playwright.sync_api import expect
 from web_server import chromium_session, served_lab
 
+import memory_bank.web
 from memory_bank import MemoryBank, Publisher
 from memory_bank.store import open_reader
 from memory_bank.viewer import view
@@ -372,6 +374,8 @@ def test_api_metric_is_bucketed_with_the_windows_anomalies(lab):
         ("/api/sessions/TXN_404", 404, "no session 'TXN_404'"),
         ("/api/events?session=TXN_404", 404, "no session 'TXN_404'"),
         ("/api/nothing-here", 404, "Not Found"),
+        ("/static/nothing-here.js", 404, "no file '/static/nothing-here.js'"),
+        ("/static/../app.py", 404, "no file"),
     ],
 )
 def test_api_errors_are_json_with_a_4xx(lab, path, status, message):
@@ -379,3 +383,15 @@ def test_api_errors_are_json_with_a_4xx(lab, path, status, message):
     got, head, body = web.get(path)
     assert got == status and head["content-type"].startswith("application/json")
     assert message in body["error"]
+
+
+def test_the_page_files_are_the_packaged_ones_and_revalidate(lab):
+    """Scripts and styles are served as the package holds them, with their type and an
+    ETag; a browser revalidating one it holds gets 304 and no body."""
+    web, _ = lab
+    static = Path(memory_bank.web.__file__).with_name("static")
+    for name, kind in (("app.js", "text/javascript"), ("vendor/uplot/uPlot.min.css", "text/css")):
+        status, head, body = web.get(f"/static/{name}")
+        assert status == 200 and head["content-type"].startswith(kind)
+        assert body == (static / name).read_text(encoding="utf-8")
+        assert web.get(f"/static/{name}", {"If-None-Match": head["etag"]})[:1] == (304,)

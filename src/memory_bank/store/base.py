@@ -220,6 +220,11 @@ class Reader:
         cheaply), or None where the store cannot tell without counting them."""
         return None
 
+    def rollup_seconds(self) -> tuple[int, ...]:
+        """The slices (seconds, finest first) of the metric rollups the writer keeps here:
+        metric_buckets answers from one when its buckets are made of them, whole."""
+        return ()
+
     def metric_names(self) -> list[str]:
         """The names of the recorded metrics, sorted."""
         raise NotImplementedError

@@ -38,10 +38,16 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .. import discovery, wire
-from .postgresql import PartitionKeeper, add_day_counts, day_counts, ensure_schema
+from .postgresql import (
+    PartitionKeeper,
+    add_day_counts,
+    add_metric_rollups,
+    day_counts,
+    ensure_schema,
+)
 from .postgresql_connection import connect, to_datetime
 from .schema import pattern_key
-from .sql import TABLE_COLUMNS
+from .sql import TABLE_COLUMNS, metric_aggregates
 
 log = logging.getLogger(__name__)
 
@@ -449,8 +455,9 @@ class Migration:
         return out
 
     def _write(self, table: str, columns: tuple[str, ...], rows: list[list]) -> None:
-        """COPY rows of a partitioned table, with the summary's per-day counts, in the
-        caller's transaction (so a resumed copy counts each row once)."""
+        """COPY rows of a partitioned table, with the summary's per-day counts (and the
+        metrics' rollups), in the caller's transaction (so a resumed copy counts each row
+        once)."""
         names = ", ".join(columns)
         with self.pg.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
             for row in rows:
@@ -464,6 +471,12 @@ class Migration:
             ),
             "migrate",
         )
+        if table == "metrics":
+            add_metric_rollups(
+                self.pg,
+                metric_aggregates([(r[2], r[1].timestamp(), r[3]) for r in rows], 60, 0, 1, 2),
+                "migrate",
+            )
 
     def _advance_sequences(self) -> None:
         """Identity ids continue after the copied ones; id blocks after the copied ids."""

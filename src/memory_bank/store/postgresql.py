@@ -53,6 +53,7 @@ from .postgresql_maintenance import (
 from .postgresql_schema import (
     PARTITION_LOCK,
     PARTITIONED,
+    ROLLUP_SECONDS,
     SCHEMA,
     SCHEMA_LOCK,
     SCHEMA_VERSION,
@@ -60,7 +61,14 @@ from .postgresql_schema import (
     partition_day,
     partition_name,
 )
-from .sql import SqlStore, gather, statistics_to_compute
+from .schema import COARSE_SECONDS
+from .sql import (
+    SqlStore,
+    coarser,
+    gather,
+    metric_aggregates,
+    statistics_to_compute,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +210,27 @@ def add_day_counts(conn, counts: Counter, writer: str) -> None:
             )
 
 
+ADD_METRIC_ROLLUPS = (
+    "INSERT INTO mb_metric_rollups AS r (metric_name, seconds, start, writer, n, total, min, "
+    "max) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (metric_name, seconds, start, "
+    "writer) DO UPDATE SET n = r.n + excluded.n, total = r.total + excluded.total, "
+    "min = least(r.min, excluded.min), max = greatest(r.max, excluded.max)"
+)
+
+
+def add_metric_rollups(conn, minutes: dict, writer: str) -> None:
+    """Add metric_aggregates' per-minute slices (and the 10-minute slices they make) to
+    mb_metric_rollups, in the caller's transaction."""
+    if minutes:
+        rows = [(name, 60, m * 60, writer, *agg) for (name, m), agg in minutes.items()]
+        rows += [
+            (name, COARSE_SECONDS, k * COARSE_SECONDS, writer, *agg)
+            for (name, k), agg in coarser(minutes, COARSE_SECONDS // 60).items()
+        ]
+        with conn.cursor() as cur:
+            cur.executemany(ADD_METRIC_ROLLUPS, rows)
+
+
 def register_json_text(conn) -> None:
     """Let this connection write JsonText into binary jsonb (the COPY streams)."""
     JsonTextBinaryDumper.oid = conn.adapters.types["jsonb"].oid
@@ -212,11 +241,27 @@ def ensure_schema(conn) -> None:
     """Create the tables (several daemons may start at once: one does it, others wait)."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        upgrading = conn.execute(
+            "SELECT to_regclass('metrics') IS NOT NULL AND to_regclass('mb_metric_rollups') IS NULL"
+        ).fetchone()[0]
         conn.execute(SCHEMA)
+        if upgrading:  # schema version 1: its metrics rolled up once, in this transaction
+            log.info("filling mb_metric_rollups from the metrics already stored")
+            conn.execute(
+                "INSERT INTO mb_metric_rollups SELECT metric_name, s.seconds, "
+                "floor(extract(epoch FROM timestamp) / s.seconds)::bigint * s.seconds, "
+                "'upgrade', count(*), sum(metric_value), min(metric_value), max(metric_value) "
+                "FROM metrics, unnest(%s::int[]) AS s(seconds) GROUP BY 1, 2, 3",
+                (list(ROLLUP_SECONDS),),
+            )
         conn.execute(
             "INSERT INTO mb_meta (key, value) VALUES ('schema_version', %s), "
             "('maintenance_since', %s) ON CONFLICT (key) DO NOTHING",
             (str(SCHEMA_VERSION), str(time.time())),
+        )
+        conn.execute(
+            "UPDATE mb_meta SET value = %s WHERE key = 'schema_version' AND value::int < %s",
+            (str(SCHEMA_VERSION), SCHEMA_VERSION),
         )
 
 
@@ -384,6 +429,13 @@ class PostgresStore(SqlStore):
             )
             stored = self._copy(events, anomalies, metrics)
             add_day_counts(conn, day_counts(events, anomalies), self.writer)
+            add_metric_rollups(
+                conn,
+                metric_aggregates(
+                    metrics, 60, MetricRow.METRIC_NAME, ROW_TIMESTAMP, MetricRow.METRIC_VALUE
+                ),
+                self.writer,
+            )
             refresh = self._sessions_touched_by(metrics)
             started = []  # (session id, cursor): read once the pipeline has synced
             with conn.pipeline():  # upserts go out back to back, not one round trip each

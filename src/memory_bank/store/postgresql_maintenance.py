@@ -25,7 +25,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from .base import StoreUnavailable
-from .postgresql_schema import PARTITIONED, partition_name
+from .postgresql_schema import PARTITIONED, ROLLUP_SECONDS, partition_name
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,37 @@ def delete_before(conn, table: str, column: str, cutoff, chunk_rows: int, writer
                 add_day_counts(conn, gone, writer)
         total += deleted
         if deleted < chunk_rows:
+            if table == "metrics":
+                trim_metric_rollups(conn, cutoff.timestamp(), writer)
             return total
+
+
+def trim_metric_rollups(conn, cutoff: float, writer: str) -> None:
+    """After metrics older than ``cutoff`` are gone: their rollup slices go, and each slice
+    holding the cutoff is made again from the rows it still has (under ``writer``). A row
+    another daemon commits into such a slice meanwhile (one older than retention keeps)
+    may be missed there until the next run."""
+    with conn.transaction():
+        conn.execute("DELETE FROM mb_metric_rollups WHERE start + seconds <= %s", (cutoff,))
+        for seconds in ROLLUP_SECONDS:
+            start = int(cutoff // seconds) * seconds
+            names = [
+                r[0]
+                for r in conn.execute(
+                    "DELETE FROM mb_metric_rollups WHERE seconds = %s AND start = %s "
+                    "RETURNING metric_name",
+                    (seconds, start),
+                )
+            ]
+            if names:  # by name: the rows are found through the (name, time) index
+                conn.execute(
+                    "INSERT INTO mb_metric_rollups SELECT metric_name, %(s)s, %(start)s, "
+                    "%(writer)s, count(*), sum(metric_value), min(metric_value), "
+                    "max(metric_value) FROM metrics WHERE metric_name = ANY(%(names)s) "
+                    "AND timestamp >= to_timestamp(%(start)s) "
+                    "AND timestamp < to_timestamp(%(start)s + %(s)s) GROUP BY metric_name",
+                    {"s": seconds, "start": start, "writer": writer, "names": sorted(set(names))},
+                )
 
 
 def analyze(conn, table: str) -> int:

@@ -15,7 +15,9 @@ from collections.abc import Iterator
 
 from .bounded import BoundedReads
 from .postgresql_connection import connect, to_datetime
-from .sql import TABLE_COLUMNS, dashboard_summary
+from .postgresql_schema import ROLLUP_SECONDS
+from .schema import COARSE_SECONDS
+from .sql import TABLE_COLUMNS, dashboard_summary, rollup_tier
 
 try:
     from psycopg.rows import dict_row
@@ -122,19 +124,47 @@ class PostgresReader(BoundedReads):
             counts["active_sessions"],
         )
 
+    def rollup_seconds(self) -> tuple[int, ...]:
+        """mb_metric_rollups' slices, once a daemon of this version has made the table."""
+        conn = self._conn()
+        if getattr(self._local, "rollups_checked", None) is not conn:
+            self._local.rollups = self._aggregate(
+                "SELECT to_regclass('mb_metric_rollups') IS NOT NULL AS here"
+            )["here"]
+            self._local.rollups_checked = conn
+        return ROLLUP_SECONDS if self._local.rollups else ()
+
+    def estimate_metric_rows(self, metric_name: str, since: float, until: float) -> int | None:
+        """The metric's rows in the 10-minute slices the window touches (its own rows
+        only: its window is read through the (name, time) index)."""
+        if not self.rollup_seconds():
+            return None
+        return self._aggregate(
+            "SELECT coalesce(sum(n), 0)::bigint AS n FROM mb_metric_rollups "
+            "WHERE metric_name = %s AND seconds = %s AND start >= %s AND start < %s",
+            (metric_name, COARSE_SECONDS, since // COARSE_SECONDS * COARSE_SECONDS, until),
+        )["n"]
+
     def metric_buckets(self, metric_name: str, since: float, until: float, buckets: int):
+        """Buckets made of whole rollup slices come from mb_metric_rollups (their
+        ``first_t`` is the start of their first slice with data), others from the rows."""
         width = max((until - since) / max(buckets, 1), 1e-6)
+        params = {"since": since, "width": width, "name": metric_name, "until": until}
+        tier = rollup_tier(since, until, width, self.rollup_seconds())
+        if tier is not None:
+            return self._all(
+                "SELECT floor((start - %(since)s) / %(width)s)::int AS bucket,"
+                " sum(total) / sum(n) AS avg, min(min) AS min, max(max) AS max,"
+                " min(start)::float8 AS first_t, sum(n)::bigint AS n FROM mb_metric_rollups"
+                " WHERE metric_name = %(name)s AND seconds = %(tier)s AND start >= %(since)s"
+                " AND start < %(until)s GROUP BY bucket ORDER BY bucket",
+                {**params, "tier": tier},
+            )
         return self._all(
             "SELECT floor((extract(epoch FROM timestamp) - %(since)s) / %(width)s)::int AS bucket,"
             " avg(metric_value) AS avg, min(metric_value) AS min, max(metric_value) AS max,"
             " extract(epoch FROM min(timestamp))::float8 AS first_t, count(*) AS n"
             " FROM metrics WHERE metric_name = %(name)s AND timestamp >= %(lo)s"
             " AND timestamp < %(hi)s GROUP BY bucket ORDER BY bucket",
-            {
-                "since": since,
-                "width": width,
-                "name": metric_name,
-                "lo": to_datetime(since),
-                "hi": to_datetime(until),
-            },
+            {**params, "lo": to_datetime(since), "hi": to_datetime(until)},
         )

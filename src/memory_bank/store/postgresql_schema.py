@@ -6,6 +6,10 @@
   whole days instead of deleting rows, so no table bloat and no long DELETE.
 - The summary's totals come from ``mb_day_counts`` (per day and writer), kept in the
   same transactions as the rows, and dropped with their day.
+- ``mb_metric_rollups`` holds each metric's count, sum, min and max per minute and per 10
+  minutes (per writer, as the day counts), kept in the batch's transaction: a chart over
+  hours or days reads these instead of every point. A database made before them (schema
+  version 1) has them filled from its metrics when a daemon of this version first opens it.
 - Their ids come from the writer's id blocks (a PostgreSQL sequence hands out blocks, so
   every daemon and publisher of the database draws unique ids); the primary key holds the
   partition key too, as PostgreSQL requires. sessions and patterns use identity ids.
@@ -17,12 +21,17 @@ from __future__ import annotations
 
 import datetime as dt
 
-SCHEMA_VERSION = 1
+from .schema import COARSE_SECONDS
+
+SCHEMA_VERSION = 2
 # pg_advisory_xact_lock keys: schema changes, and partition creation.
 SCHEMA_LOCK = 0x6D62_0001
 PARTITION_LOCK = 0x6D62_0002
 
 PARTITIONED = ("events", "anomalies", "metrics")
+
+# The slices (seconds) mb_metric_rollups keeps, finest first.
+ROLLUP_SECONDS = (60, COARSE_SECONDS)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -130,6 +139,19 @@ CREATE TABLE IF NOT EXISTS mb_day_counts (
     writer text NOT NULL,
     n bigint NOT NULL,
     PRIMARY KEY (name, day, writer)
+);
+-- Each metric's rows per slice of ``seconds`` (60 and 600) starting at ``start`` (epoch
+-- seconds), per writer: count, sum, min, max. Kept with every batch and trimmed by retention.
+CREATE TABLE IF NOT EXISTS mb_metric_rollups (
+    metric_name text NOT NULL,
+    seconds integer NOT NULL,
+    start bigint NOT NULL,
+    writer text NOT NULL,
+    n bigint NOT NULL,
+    total double precision NOT NULL,
+    min double precision,
+    max double precision,
+    PRIMARY KEY (metric_name, seconds, start, writer)
 );
 -- Id blocks: block n owns ids n * 2^32 + 1 ... (n + 1) * 2^32 - 1.
 CREATE SEQUENCE IF NOT EXISTS mb_id_blocks START 1;

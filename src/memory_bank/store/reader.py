@@ -16,8 +16,14 @@ from urllib.parse import quote
 
 from .base import InvalidDatabase
 from .bounded import BoundedReads
-from .schema import SEED_TABLES, damaged_database
-from .sql import JSON_COLUMNS, TABLE_COLUMNS, Where, dashboard_summary
+from .schema import COARSE_SECONDS, SEED_TABLES, damaged_database
+from .sql import (
+    JSON_COLUMNS,
+    TABLE_COLUMNS,
+    Where,
+    dashboard_summary,
+    rollup_tier,
+)
 
 
 def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
@@ -30,6 +36,10 @@ def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
                 pass
         out[name] = value
     return out
+
+
+# metric_buckets' columns, in its queries' order.
+BUCKET_KEYS = ("bucket", "avg", "min", "max", "first_t", "n")
 
 
 class SqliteReader(BoundedReads):
@@ -92,16 +102,19 @@ class SqliteReader(BoundedReads):
             return row["n"] if row else 0
         return super().get_anomaly_count(anomaly_type, severity, since)
 
-    def _has_rollups(self) -> bool:
+    def _has_table(self, name: str) -> bool:
+        """Whether the database has the table (asked once per connection)."""
         conn = self._conn()
-        if getattr(self._local, "rollups_checked", None) is not conn:
-            self._local.rollups = bool(
-                conn.execute(
-                    "SELECT 1 FROM sqlite_master WHERE name = 'mb_metric_minutes'"
-                ).fetchone()
+        if getattr(self._local, "tables_of", None) is not conn:
+            self._local.tables, self._local.tables_of = {}, conn
+        if name not in self._local.tables:
+            self._local.tables[name] = bool(
+                conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone()
             )
-            self._local.rollups_checked = conn
-        return self._local.rollups
+        return self._local.tables[name]
+
+    def _has_rollups(self) -> bool:
+        return self._has_table("mb_metric_minutes")
 
     def get_metric_statistics(self, metric_name, since=None, until=None) -> dict:
         """{'min', 'max', 'avg', 'count'}: whole minutes from the rollup, the partial minutes
@@ -261,17 +274,25 @@ class SqliteReader(BoundedReads):
         """From the per-minute rollup's key (metrics has no name index here)."""
         return self._distinct_names("mb_metric_minutes" if self._has_rollups() else "metrics")
 
+    def rollup_seconds(self) -> tuple[int, ...]:
+        """Per-minute rollups where the writer keeps them, and 10-minute ones once its
+        schema has them (a database not yet opened by a newer daemon lacks them)."""
+        if not self._has_rollups():
+            return ()
+        return (60, COARSE_SECONDS) if self._has_table("mb_metric_rollups") else (60,)
+
     def metric_buckets(
         self, metric_name: str, since: float, until: float, buckets: int
     ) -> list[dict]:
         """The metric averaged (with min and max) over ``buckets`` equal time slices: what
         a plot needs, computed in SQL so millions of points never leave the database.
-        Slices of whole minutes on a minute boundary come from the per-minute rollup (a
-        7-day chart reads 10,080 rows, not millions); their ``first_t`` is then the start
-        of their first minute with data."""
+        Slices made of whole 10-minute slices or whole minutes on their grid come from the
+        rollups (a 7-day chart reads 1,008 rows, not millions); their ``first_t`` is then
+        the start of their first 10 minutes (or minute) with data."""
         width = max((until - since) / max(buckets, 1), 1e-6)
-        if since % 60 == 0 and until % 60 == 0 and width % 60 == 0 and self._has_rollups():
-            return self._all(
+        tier = rollup_tier(since, until, width, self.rollup_seconds())
+        if tier == 60:
+            return self._buckets(
                 "SELECT CAST((minute * 60 - ?1) / ?2 AS INTEGER) AS bucket, "
                 "sum(total) / sum(n) AS avg, min(min) AS min, max(max) AS max, "
                 "min(minute) * 60.0 AS first_t, sum(n) AS n FROM mb_metric_minutes "
@@ -279,7 +300,16 @@ class SqliteReader(BoundedReads):
                 "GROUP BY bucket ORDER BY bucket",
                 (since, width, metric_name, until),
             )
-        return self._all(
+        if tier is not None:
+            return self._buckets(
+                "SELECT CAST((start - ?1) / ?2 AS INTEGER) AS bucket, "
+                "sum(total) / sum(n) AS avg, min(min) AS min, max(max) AS max, "
+                "min(start) * 1.0 AS first_t, sum(n) AS n FROM mb_metric_rollups "
+                "WHERE metric_name = ?3 AND seconds = ?5 AND start >= ?1 AND start < ?4 "
+                "GROUP BY bucket ORDER BY bucket",
+                (since, width, metric_name, until, tier),
+            )
+        return self._buckets(
             "SELECT CAST((timestamp - ?1) / ?2 AS INTEGER) AS bucket, "
             "avg(metric_value) AS avg, min(metric_value) AS min, max(metric_value) AS max, "
             "min(timestamp) AS first_t, count(*) AS n FROM metrics "
@@ -287,3 +317,9 @@ class SqliteReader(BoundedReads):
             "GROUP BY bucket ORDER BY bucket",
             (since, width, metric_name, until),
         )
+
+    def _buckets(self, sql: str, params) -> list[dict]:
+        """metric_buckets' rows as dicts made here: the generic row factory, which reads
+        the cursor's description for every row, costs three times as much over a
+        thousand buckets."""
+        return [dict(zip(BUCKET_KEYS, row, strict=True)) for row in self.tuples(sql, params)]

@@ -290,6 +290,52 @@ def statistics_to_compute(energy, avg, mx, mn) -> int:
     )
 
 
+def metric_aggregates(metrics: list, seconds: int, name_at: int, time_at: int, value_at: int):
+    """(metric name, slice number) -> [n, total, min, max] of ``metrics`` (rows holding
+    name, epoch time and value at these places) in slices of ``seconds``: what a batch
+    adds to a rollup."""
+    out: dict[tuple[str, int], list] = {}
+    for row in metrics:
+        key = (row[name_at], int(row[time_at] // seconds))
+        value = row[value_at]
+        agg = out.get(key)
+        if agg is None:
+            out[key] = [1, value, value, value]
+        else:
+            agg[0] += 1
+            agg[1] += value
+            if value < agg[2]:
+                agg[2] = value
+            if value > agg[3]:
+                agg[3] = value
+    return out
+
+
+def coarser(aggregates: dict, factor: int) -> dict:
+    """metric_aggregates' slices merged ``factor`` at a time (minutes into 10 minutes)."""
+    out: dict[tuple[str, int], list] = {}
+    for (name, number), (n, total, low, high) in aggregates.items():
+        key = (name, number // factor)
+        agg = out.get(key)
+        if agg is None:
+            out[key] = [n, total, low, high]
+        else:
+            agg[0] += n
+            agg[1] += total
+            agg[2] = min(agg[2], low)
+            agg[3] = max(agg[3], high)
+    return out
+
+
+def rollup_tier(since: float, until: float, width: float, tiers) -> int | None:
+    """The coarsest rollup slice (seconds, one of ``tiers``) that buckets of ``width`` on a
+    grid starting at ``since`` are made of, whole; None when none is."""
+    for seconds in sorted(tiers, reverse=True):
+        if since % seconds == 0 and until % seconds == 0 and width % seconds == 0:
+            return seconds
+    return None
+
+
 class Where:
     """A parameterized WHERE clause from optional filters (a None value is no filter)."""
 

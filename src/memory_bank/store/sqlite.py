@@ -18,8 +18,14 @@ from .. import id_blocks, wire
 from ..files import DaemonLockedError, create_file, file_identity, lock_holders
 from ..wire import ROW_ID, ROW_TIMESTAMP, AnomalyRow, Message, MetricRow, PatternOp, SessionOp
 from .base import StoreGone, StoreRefused, StoreUnavailable
-from .schema import damaged_database, migrate
-from .sql import SqlStore, gather, statistics_to_compute
+from .schema import COARSE_SECONDS, damaged_database, migrate
+from .sql import (
+    SqlStore,
+    coarser,
+    gather,
+    metric_aggregates,
+    statistics_to_compute,
+)
 
 log = logging.getLogger(__name__)
 
@@ -525,7 +531,7 @@ class SqliteStore(SqlStore):
     # -- rollups: totals and per-minute aggregates kept with every batch ------------------
     def _roll_up(self, events, anomalies, metrics):
         """Add the batch's rows (every one of them inserted) to mb_counts / mb_minutes /
-        mb_metric_minutes, in the same transaction."""
+        mb_metric_minutes / mb_metric_rollups, in the same transaction."""
         conn = self.conn
         counts: dict[str, int] = {}
         if events:
@@ -554,27 +560,25 @@ class SqliteStore(SqlStore):
                     [(table, m, n) for m, n in minutes.items()],
                 )
         if metrics:
-            buckets: dict[tuple[str, int], list] = {}
-            name_at, value_at = MetricRow.METRIC_NAME, MetricRow.METRIC_VALUE
-            for row in metrics:
-                key = (row[name_at], int(row[ROW_TIMESTAMP] // 60))
-                value = row[value_at]
-                agg = buckets.get(key)
-                if agg is None:
-                    buckets[key] = [1, value, value, value]
-                else:
-                    agg[0] += 1
-                    agg[1] += value
-                    if value < agg[2]:
-                        agg[2] = value
-                    if value > agg[3]:
-                        agg[3] = value
+            buckets = metric_aggregates(
+                metrics, 60, MetricRow.METRIC_NAME, ROW_TIMESTAMP, MetricRow.METRIC_VALUE
+            )
             conn.executemany(
                 "INSERT INTO mb_metric_minutes (metric_name, minute, n, total, min, max) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(metric_name, minute) DO UPDATE SET "
                 "n = n + excluded.n, total = total + excluded.total, "
                 "min = min(min, excluded.min), max = max(max, excluded.max)",
                 [(name, m, *agg) for (name, m), agg in buckets.items()],
+            )
+            conn.executemany(
+                "INSERT INTO mb_metric_rollups (metric_name, seconds, start, n, total, min, max) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(metric_name, seconds, start) DO UPDATE "
+                "SET n = n + excluded.n, total = total + excluded.total, "
+                "min = min(min, excluded.min), max = max(max, excluded.max)",
+                [
+                    (name, COARSE_SECONDS, number * COARSE_SECONDS, *agg)
+                    for (name, number), agg in coarser(buckets, COARSE_SECONDS // 60).items()
+                ],
             )
 
     def _recount_minute(self, table: str, minute: int) -> None:
@@ -609,7 +613,8 @@ class SqliteStore(SqlStore):
             )
 
     def _rollups_after_retention(self, table: str, cutoff: float) -> None:
-        """Minutes wholly before the cutoff go; the minute holding it is recounted."""
+        """Minutes (and 10-minute slices) wholly before the cutoff go; the minute (and the
+        slice) holding it is recounted."""
         edge = int(cutoff // 60)
         if table in ("events", "anomalies"):
             self.conn.execute("DELETE FROM mb_minutes WHERE tbl = ? AND minute < ?", (table, edge))
@@ -624,6 +629,19 @@ class SqliteStore(SqlStore):
             self.conn.execute("DELETE FROM mb_metric_minutes WHERE minute < ?", (edge,))
             for name in names:
                 self._recount_metric_minute(name, edge)
+            # The 10-minute slices: those wholly before the cutoff go, the one holding it is
+            # made again from its minutes (recounted just above).
+            start = int(cutoff // COARSE_SECONDS) * COARSE_SECONDS
+            self.conn.execute(
+                "DELETE FROM mb_metric_rollups WHERE seconds = ? AND start <= ?",
+                (COARSE_SECONDS, start),
+            )
+            self.conn.execute(
+                "INSERT INTO mb_metric_rollups SELECT metric_name, ?1, ?2, sum(n), sum(total), "
+                "min(min), max(max) FROM mb_metric_minutes WHERE minute >= ?2 / 60 "
+                "AND minute < (?2 + ?1) / 60 GROUP BY metric_name",
+                (COARSE_SECONDS, start),
+            )
 
     def _rollback(self) -> None:
         """Roll back if SQLite has not already (it does so itself on SQLITE_FULL, IOERR...)."""

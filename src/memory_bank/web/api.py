@@ -24,6 +24,7 @@ MAX_POINTS = 5_000  # buckets of a chart: a screen is narrower than this
 # Each call reads a bounded number of rows, whatever the database holds (the aim: p99 <=
 # 100 ms on the benchmark's 10M rows; a scanned row costs about 0.5 us here):
 ROW_BUDGET = 100_000  # rows a chart may scan (about 50 ms); above it, whole minutes
+ROLLUP_ROWS = 3_000  # rollup rows a chart may read: minutes up to 50 h, then 10 minutes
 EDGE_ROWS = 25_000  # rows a session's statistics may scan at each partial-minute end
 MARKER_PIXELS = 6  # a chart's window is cut in slices this wide (points ~ pixels)...
 MARKER_SLICES = 400  # ...at most this many, each shown by one anomaly with its count
@@ -178,19 +179,31 @@ def bucket_grid(
     since: float, until: float, points: int, minimum: float = 0.0
 ) -> tuple[float, float, int]:
     """(origin, width, count): at most ``points`` buckets, ``minimum`` seconds wide or more,
-    covering [since, until). Buckets of a minute or more are whole minutes on a grid of
-    their width, so a chart refreshed a few seconds later keeps its buckets, and the store
-    can answer from per-minute rollups."""
+    covering [since, until). Buckets of a minute or more are whole minutes (whole
+    ``minimum``s, when that is a rollup's slice of more than a minute) on a grid of their
+    width, so a chart refreshed a few seconds later keeps its buckets, and the store can
+    answer from its rollups."""
     width = max((until - since) / points, minimum)
     if width < 60:
         return since, width, points
-    width = math.ceil(width / 60) * 60
+    step = max(60, minimum)
+    width = math.ceil(width / step) * step
     while True:
         origin = math.floor(since / width) * width
         count = math.ceil((until - origin) / width)
         if count <= points:
             return origin, width, count
-        width += 60
+        width += step
+
+
+def rollup_slice(reader: Reader, window: float) -> float:
+    """The finest rollup slice of which a chart of ``window`` reads at most ROLLUP_ROWS
+    (the coarsest when none is that few); a minute where the store keeps no rollup."""
+    tiers = reader.rollup_seconds()
+    for seconds in tiers:
+        if window / seconds <= ROLLUP_ROWS:
+            return seconds
+    return tiers[-1] if tiers else 60
 
 
 def metric(request: Request) -> Response:
@@ -212,9 +225,11 @@ def metric(request: Request) -> Response:
         raise ApiError(400, "until must be later than since")
     points = _whole(request, "points", 1000, 1, MAX_POINTS)
     # Finer than a minute only where the window holds few enough rows to scan quickly;
-    # denser windows are drawn from whole minutes (the store's rollup where it has one).
+    # denser windows are drawn from whole slices of the store's rollups (a minute, or 10
+    # minutes over days), or whole minutes of rows where it keeps none.
     rows = reader.estimate_metric_rows(name, since, until)
-    origin, width, count = bucket_grid(since, until, points, 60 if (rows or 0) > ROW_BUDGET else 0)
+    minimum = rollup_slice(reader, until - since) if (rows or 0) > ROW_BUDGET else 0
+    origin, width, count = bucket_grid(since, until, points, minimum)
     buckets = reader.metric_buckets(name, origin, origin + count * width, count)
     slices = min(MARKER_SLICES, max(1, points // MARKER_PIXELS))
     marked = reader.anomaly_slices(since, until, slices, SLICE_COUNT_UP_TO)[::-1]
