@@ -15,10 +15,11 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from typing import NoReturn
 
 import click
 
-from .formatting import OUTPUTS
+from .cli_options import DB, OUTPUT, Option
 from .locations import DEFAULT_DATABASE, is_url, redact_url, resolve_db_path
 
 DEBUG_ENV = "MEMORYBANK_DEBUG"
@@ -186,6 +187,21 @@ def report(exc: Exception, ctx: click.Context | None = None) -> None:
     exc.show()
 
 
+def fail(exc: Exception | KeyboardInterrupt, db: str | None) -> NoReturn:
+    """Exit as a command under the boundary would on ``exc``, outside any click context:
+    the console scripts' fast path (cli_fast) ends its failures here."""
+    if isinstance(exc, KeyboardInterrupt | EOFError | click.Abort):  # as click's main does
+        if not isinstance(exc, click.Abort):
+            click.echo(file=sys.stderr)
+        click.echo("Aborted!", file=sys.stderr)
+        sys.exit(1)
+    if debugging():
+        raise exc
+    shown = exc if isinstance(exc, click.ClickException) else as_click_exception(exc, db)
+    shown.show()
+    sys.exit(shown.exit_code)
+
+
 def remember_db(ctx: click.Context, _param, value):
     """An option callback: the database this command works on, named in its errors."""
     if value is not None:
@@ -193,15 +209,22 @@ def remember_db(ctx: click.Context, _param, value):
     return value
 
 
+def click_option(option: Option, **settings):
+    """The click option of a declared ``option`` (cli_options: names, default, choices),
+    with ``settings`` (help, callback...) that only click uses."""
+    if option.flag:
+        return click.option(*option.names, option.dest, is_flag=True, **settings)
+    kind = click.Choice(option.choices) if option.choices else None
+    return click.option(*option.names, option.dest, default=option.default, type=kind, **settings)
+
+
 def db_option(
     default: str | None = DEFAULT_DATABASE,
     help: str = "Database: a SQLite path or a postgresql:// URL.",
 ):
     """The one ``--db`` option: the database a command works on (named in its errors)."""
-    return click.option(
-        "--db",
-        "db",
-        default=default,
+    return click_option(
+        DB._replace(default=default),
         show_default=default is not None,
         metavar="PATH|URL",
         help=help,
@@ -209,11 +232,8 @@ def db_option(
     )
 
 
-output_option = click.option(
-    "--output",
-    "-o",
-    type=click.Choice(OUTPUTS),
-    default="table",
+output_option = click_option(
+    OUTPUT,
     show_default=True,
     help="Output format: a table for people; json, jsonl or csv for scripts.",
 )
