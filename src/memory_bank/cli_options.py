@@ -8,7 +8,8 @@ itself, reporting any mistake. So the fast path never accepts what click would r
 Standard library only: nothing here may load click.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: typing.NamedTuple compiles each field's
+# annotation when it is a string (formatting.py says the same).
 
 from typing import NamedTuple
 

@@ -46,10 +46,10 @@ from .locations import (  # noqa: F401 (re-exported)
     state_dir,
 )
 
-
-class Endpoints(NamedTuple):
-    data: str  # PULL side: publishers PUSH records here
-    control: str  # ROUTER side: sync, stats and maintenance requests
+# data: the PULL side (publishers PUSH records here); control: the ROUTER side (sync, stats
+# and maintenance requests). Declared with types, not annotations, which this module's
+# `from __future__ import annotations` would make strings for NamedTuple to compile.
+Endpoints = NamedTuple("Endpoints", [("data", str), ("control", str)])  # noqa: UP014
 
 
 def runtime_dir() -> Path:
