@@ -21,12 +21,18 @@ from .locations import is_url, resolve_db_path
 def memory_viewer() -> None:
     """``memory-viewer``: the seed's viewer."""
     values = parse(sys.argv[1:], (DB, SUMMARY, OUTPUT))
-    db = values and values["db"]
-    # A database that is missing or on PostgreSQL: click's viewer says why, or loads psycopg.
-    if not (values and values["summary"] and not is_url(db) and resolve_db_path(db).exists()):
+    # Any other command line, or a database missing or on PostgreSQL: the click viewer (it
+    # says what is wrong, or loads psycopg).
+    if (
+        values is None
+        or not values["summary"]
+        or is_url(values["db"])
+        or not resolve_db_path(values["db"]).exists()
+    ):
         from .viewer import memory_viewer as viewer
 
         return viewer()
+    db, output = values["db"], values["output"]
     color = sys.stdout.isatty()
 
     def lines() -> Iterable[str]:
@@ -36,7 +42,7 @@ def memory_viewer() -> None:
         from .summary import summary_lines
 
         width = shutil.get_terminal_size((120, 24)).columns
-        return summary_lines(open_reader(db).check(), db, values["output"], color, width)
+        return summary_lines(open_reader(db).check(), db, output, color, width)
 
     _answer(lines, db, color)
 

@@ -11,7 +11,7 @@ Standard library only: nothing here may load click.
 # No `from __future__ import annotations` here: typing.NamedTuple compiles each field's
 # annotation when it is a string (formatting.py says the same).
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .formatting import OUTPUTS
 from .locations import DEFAULT_DATABASE
@@ -32,11 +32,11 @@ ENDPOINT = Option(("--endpoint",), "endpoint")
 SUMMARY = Option(("--summary",), "summary", False, flag=True)
 
 
-def parse(argv: list[str], options: tuple[Option, ...]) -> dict | None:
+def parse(argv: list[str], options: tuple[Option, ...]) -> dict[str, Any] | None:
     """The values ``argv`` gives ``options`` (defaults for those not given), or None when
     ``argv`` holds anything else or anything click might read differently."""
     by_name = {name: option for option in options for name in option.names}
-    values = {option.dest: option.default for option in options}
+    values: dict[str, Any] = {option.dest: option.default for option in options}
     args = iter(argv)
     for arg in args:
         name, value = arg, None
