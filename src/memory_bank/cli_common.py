@@ -178,13 +178,17 @@ class ErrorBoundary(click.Group):
             raise as_click_exception(exc, ctx.meta.get(_DB_KEY)) from exc
 
 
-def report(exc: Exception, ctx: click.Context | None = None) -> None:
-    """Show ``exc`` as the boundary would, without exiting (the interactive menu goes on)."""
+def report(
+    exc: Exception, ctx: click.Context | None = None, db: str | None = None
+) -> click.ClickException:
+    """Show ``exc`` as the boundary would, without exiting (the interactive menu goes on);
+    returns what was shown. ``db``: the database named, outside a click context."""
     if debugging(ctx):
         raise exc
     if not isinstance(exc, click.ClickException):
-        exc = as_click_exception(exc, ctx.meta.get(_DB_KEY) if ctx else None)
+        exc = as_click_exception(exc, ctx.meta.get(_DB_KEY) if ctx else db)
     exc.show()
+    return exc
 
 
 def fail(exc: Exception | KeyboardInterrupt, db: str | None) -> NoReturn:
@@ -195,11 +199,7 @@ def fail(exc: Exception | KeyboardInterrupt, db: str | None) -> NoReturn:
             click.echo(file=sys.stderr)
         click.echo("Aborted!", file=sys.stderr)
         sys.exit(1)
-    if debugging():
-        raise exc
-    shown = exc if isinstance(exc, click.ClickException) else as_click_exception(exc, db)
-    shown.show()
-    sys.exit(shown.exit_code)
+    sys.exit(report(exc, db=db).exit_code)
 
 
 def remember_db(ctx: click.Context, _param, value):
