@@ -1,14 +1,37 @@
 """The commands people type start quickly: each imports only what it needs (the start-up
-times themselves are bench/run.py's figures)."""
+times themselves are bench/run.py's figures).
+
+`memory-viewer --summary` and `memorybank status` are answered by the console scripts'
+fast path (cli_fast) without click or pyzmq; everything here checks that the fast path
+says exactly what the click commands say, on the same database, and loads neither.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-from conftest import run_python
+import click
+import pytest
+
+from conftest import DaemonProcess, run_python
+from memory_bank import MemoryBank, cli_options, discovery, formatting, wire
+from memory_bank.cli import main
+from memory_bank.status import STATS_REQUEST
+from memory_bank.viewer import view
+
+BIN = Path(sys.executable).parent
 
 # What a command that neither talks to the daemon nor serves anything has no use for.
 HEAVY = ("zmq", "msgpack", "asyncio", "apscheduler", "psycopg", "starlette", "uvicorn")
+# What the fast path of either hot command never loads (status speaks ZMTP itself).
+NOT_ON_THE_FAST_PATH = ("click", "zmq", "apscheduler", "asyncio", "logging", "dataclasses")
 
 LOADED = """
 import json, sys
@@ -16,16 +39,112 @@ sys.argv = {argv!r}
 try:
     from {module} import {command}  # the console script's entry point
     {command}()
+except SystemExit as exit:
+    assert not exit.code, exit.code
 finally:
     print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)), file=sys.stderr)
 """
 
 
-def _loaded(module: str, command: str, argv: list[str]) -> list[str]:
+def _loaded(module: str, command: str, argv: list[str], heavy=HEAVY) -> list[str]:
     """The heavy modules a console script's run loaded (it must succeed)."""
-    out = run_python(LOADED.format(module=module, command=command, argv=argv, heavy=HEAVY))
+    out = run_python(LOADED.format(module=module, command=command, argv=argv, heavy=heavy))
     assert out.returncode == 0, out.stderr
     return json.loads(out.stderr.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A daemon serving a database with events (one holding escape sequences), anomalies of
+    every severity and sessions."""
+    db = tmp_path_factory.mktemp("startup") / "lab.db"
+    daemon = DaemonProcess(db).wait_ready()
+    now = time.time()
+    with MemoryBank(db) as memory:
+        pub = memory.publisher
+        for i in range(12):
+            pub.log_event("CAN_RX", "CHARGER", f"reading {i}", {"i": i}, timestamp=now - 60 + i)
+        pub.log_event("OCPP_COMMAND", "CSMS", "\x1b[31mred\x1b[0m text", timestamp=now)
+        for i, severity in enumerate(["LOW", "MEDIUM", "HIGH", "CRITICAL"]):
+            pub.record_anomaly("VOLTAGE_DROP", severity, f"anomaly {i}", {"i": i}, 100.0, 32.0)
+        pub.start_session("TXN_1", timestamp=now - 30)
+        assert memory.flush(20)
+    yield db
+    daemon.stop()
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def _by_click(prog: str, args: list[str]) -> subprocess.CompletedProcess:
+    """The same command line through the click command (what every other line takes)."""
+    call = {
+        "memory-viewer": "from memory_bank.viewer import memory_viewer; memory_viewer()",
+        "memorybank": "from memory_bank.cli import main; main(prog_name='memorybank')",
+    }[prog]
+    return _run([sys.executable, "-c", f"import sys; sys.argv[1:] = {args!r}; {call}"])
+
+
+# The figures that move between two runs a moment apart (clock, rates, WAL checkpoints).
+VOLATILE = re.compile(
+    r'("?(?:as of|timestamp|uptime[^:,\s"]*(?: \(s\))?|\w+ / s \(10 s\)|\w+_per_second'
+    r'|WAL bytes|wal_bytes|database bytes|db_bytes)"?[:,\s]+).*'
+)
+
+
+def _same(prog: str, args: list[str]) -> subprocess.CompletedProcess:
+    """Run ``args`` through the console script and through click: same output, same exit."""
+    fast = _run([str(BIN / prog), *args])
+    slow = _by_click(prog, args)
+    assert fast.returncode == slow.returncode, (fast.stderr, slow.stderr)
+    assert VOLATILE.sub(r"\1", fast.stdout) == VOLATILE.sub(r"\1", slow.stdout)
+    assert fast.stderr == slow.stderr
+    return fast
+
+
+@pytest.mark.parametrize("output", [[], ["-o", "json"], ["--output=jsonl"], ["-ocsv"]])
+def test_viewer_summary_says_what_the_click_viewer_says(lab, output):
+    done = _same("memory-viewer", ["--db", str(lab), "--summary", *output])
+    assert done.returncode == 0
+    assert "\x1b" not in done.stdout  # off a terminal, escape sequences in data are stripped
+    if not output:
+        assert "CRITICAL: 1" in done.stdout and "red text" in done.stdout
+
+
+@pytest.mark.parametrize("output", [[], ["--json"], ["-o", "csv"]])
+def test_status_says_what_the_click_command_says(lab, output):
+    done = _same("memorybank", ["status", "--db", str(lab), *output])
+    assert done.returncode == 0 and str(lab) in done.stdout
+
+
+@pytest.mark.parametrize(
+    "prog,args",
+    [
+        ("memory-viewer", ["--db", "{missing}", "--summary"]),  # exit 2: no database
+        ("memory-viewer", ["--db", "{folder}", "--summary"]),  # exit 2: not a database
+        ("memory-viewer", ["--summary", "-o", "xml"]),  # exit 2: click's usage error
+        ("memory-viewer", ["--summary", "--help"]),
+        ("memorybank", ["status", "--db", "{missing}"]),  # exit 1: no daemon
+        ("memorybank", ["status", "--db", "{folder}", "--endpoint"]),  # exit 2: no value
+    ],
+)
+def test_failures_read_the_same_either_way(tmp_path, prog, args):
+    (tmp_path / "notes.db").write_text("not a database")
+    names = {"missing": tmp_path / "missing.db", "folder": tmp_path / "notes.db"}
+    done = _same(prog, [a.format(**names) for a in args])
+    assert done.returncode in (0, 1, 2)
+    assert "Traceback" not in done.stderr
+
+
+def test_viewer_summary_fast_path_loads_neither_click_nor_pyzmq(lab):
+    argv = ["memory-viewer", "--db", str(lab), "--summary", "-o", "json"]
+    assert _loaded("memory_bank.cli_fast", "memory_viewer", argv, NOT_ON_THE_FAST_PATH) == []
+
+
+def test_status_fast_path_loads_neither_click_nor_pyzmq(lab):
+    argv = ["memorybank", "status", "--db", str(lab)]
+    assert _loaded("memory_bank.cli_fast", "memorybank", argv, NOT_ON_THE_FAST_PATH) == []
 
 
 def test_viewer_summary_loads_neither_zmq_nor_msgpack(db_path, daemon):
@@ -38,3 +157,69 @@ def test_viewer_summary_loads_neither_zmq_nor_msgpack(db_path, daemon):
 def test_status_loads_the_control_client_and_nothing_heavier(db_path, daemon):
     loaded = _loaded("memory_bank.cli", "main", ["memorybank", "status", "--db", str(db_path)])
     assert loaded == ["msgpack", "zmq"]  # the control request; no asyncio, scheduler, web
+
+
+def test_a_stopped_daemon_is_reported_after_one_wait(lab):
+    """A daemon that takes the connection but never answers (SIGSTOP) fails status with
+    one line, from the ZMTP request's own timeout (pyzmq, asked next, would wait again and
+    add that no handshake succeeded)."""
+    key = discovery.location_key(lab)
+    info = discovery.read_daemon_info(key)
+    os.kill(info["pid"], signal.SIGSTOP)
+    try:
+        done = _run([str(BIN / "memorybank"), "status", "--db", str(lab)])
+    finally:
+        os.kill(info["pid"], signal.SIGCONT)
+    assert done.returncode == 1
+    control = discovery.find_endpoints(key).control
+    assert done.stderr == f"Error: no answer to 'stats' from {control} within 5s\n"
+
+
+VIEWER_OPTIONS = (cli_options.DB, cli_options.SUMMARY, cli_options.OUTPUT)
+STATUS_OPTIONS = (cli_options.DB, cli_options.OUTPUT, cli_options.JSON, cli_options.ENDPOINT)
+
+
+@pytest.mark.parametrize(
+    "command,options,argv",
+    [
+        (view, VIEWER_OPTIONS, ["--summary"]),
+        (view, VIEWER_OPTIONS, ["--db", "x.db", "--summary", "-o", "json", "--db=y.db"]),
+        (view, VIEWER_OPTIONS, ["-ojsonl", "--summary", "--summary"]),
+        (view, VIEWER_OPTIONS, ["--summary", "--output=csv"]),
+        (main.commands["status"], STATUS_OPTIONS, []),
+        (main.commands["status"], STATUS_OPTIONS, ["--json", "--endpoint", "tcp://h:5555"]),
+        (main.commands["status"], STATUS_OPTIONS, ["-o", "csv", "--db", "a.db"]),
+    ],
+)
+def test_what_the_fast_path_reads_click_reads_alike(command, options, argv):
+    fast = cli_options.parse(argv, options)
+    ctx = command.make_context("memory-viewer", list(argv), resilient_parsing=True)
+    assert fast == {name: ctx.params[name] for name in fast}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--summary", "-h"],
+        ["--summary", "-o", "xml"],
+        ["--summary", "--db"],
+        ["--summary", "--db", "--output"],
+        ["--summary=yes"],
+        ["--summary", "--events", "5"],
+        ["--summary", "plot", "current"],
+        ["--summary", "--"],
+        ["--summ"],
+    ],
+)
+def test_anything_else_goes_to_click(argv):
+    assert cli_options.parse(argv, VIEWER_OPTIONS) is None
+
+
+def test_styles_are_clicks():
+    for spec in formatting.SEVERITY_STYLE.values():
+        assert formatting.style("x", **spec) == click.style("x", **spec)
+    assert formatting.style("title", bold=True) == click.style("title", bold=True)
+
+
+def test_the_stats_request_is_wires():
+    assert STATS_REQUEST == wire.request(wire.OP_STATS, 1)

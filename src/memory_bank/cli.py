@@ -22,13 +22,16 @@ from . import __version__, discovery
 from .cli_common import (
     ErrorBoundary,
     InputError,
+    click_option,
     db_option,
     output_option,
     remember_db,
     require_database,
 )
-from .control import DaemonUnavailable, daemon_stats, wait_for_daemon
+from .cli_options import ENDPOINT, JSON
+from .control import DaemonUnavailable, wait_for_daemon
 from .formatting import Column, record_lines, render
+from .status import describe_run, status_lines
 
 
 def _setup_logging(level: str) -> None:
@@ -39,9 +42,8 @@ def _setup_logging(level: str) -> None:
     )
 
 
-ENDPOINT_OPTION = click.option(
-    "--endpoint",
-    default=None,
+ENDPOINT_OPTION = click_option(
+    ENDPOINT,
     help="The daemon's data endpoint, when several serve one PostgreSQL database "
     "(tcp://HOST:PORT: its control port is PORT+1).",
 )
@@ -54,7 +56,7 @@ MIGRATE_COLUMNS = [
     Column("copied", "COPIED", align_right=True),
     Column("missing", "MISSING", align_right=True),
 ]
-JSON_ALIAS = click.option("--json", "as_json", is_flag=True, help="Same as -o json.")
+JSON_ALIAS = click_option(JSON, help="Same as -o json.")
 
 
 class Commands(ErrorBoundary):
@@ -169,54 +171,6 @@ def keygen(directory, name) -> None:
     click.echo(f"secret key:  {secret_file}  (mode 0600; never share it)")
 
 
-_STATUS_ROWS = [
-    ("pid", "pid"),
-    ("db", "database"),
-    ("uptime_seconds", "uptime (s)"),
-    ("received_records", "records received"),
-    ("committed_records", "records committed"),
-    ("received_per_second", "received / s (10 s)"),
-    ("committed_per_second", "committed / s (10 s)"),
-    ("queue_depth", "queue depth"),
-    ("rejected_records", "records rejected"),
-    ("rejected_messages", "messages rejected"),
-    ("dropped_by_publishers", "dropped by publishers"),
-    ("duplicate_records", "duplicates skipped"),
-    ("batches", "batches"),
-    ("publishers", "publishers seen"),
-    ("store_error", "store error"),
-    ("endpoint_problem", "endpoint problem"),
-    ("refused_handshakes", "refused handshakes"),
-    ("adopted_spools", "spools adopted"),
-    ("refused_spools", "spools refused"),
-    ("spool_corrupt_bytes", "spool bytes corrupt"),
-    ("maintenance_running", "maintenance running"),
-    ("maintenance_waiting", "maintenance waiting"),
-    ("db_bytes", "database bytes"),
-    ("wal_bytes", "WAL bytes"),
-    ("data_endpoint", "data endpoint"),
-    ("control_endpoint", "control endpoint"),
-]
-
-
-def _describe_run(run: dict | None) -> str:
-    if not run:
-        return "never"
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started"]))
-    took = (run["finished"] or run["started"]) - run["started"]
-    if run["status"] != "ok":
-        return f"{when} ({run['trigger']}) FAILED: {run['error']}"
-    if run["job"] == "retention":
-        what = ", ".join(f"{t} {n}" for t, n in (run["deleted"] or {}).items()) or "nothing"
-        what = f"deleted {what}"
-    else:
-        what = f"reclaimed {run['bytes_reclaimed']} bytes"
-    return (
-        f"{when} ({run['trigger']}), {took:.1f}s, {what}, "
-        f"longest step {run['longest_step_ms']:.0f} ms"
-    )
-
-
 @main.command()
 @db_option()
 @output_option
@@ -224,35 +178,8 @@ def _describe_run(run: dict | None) -> str:
 @ENDPOINT_OPTION
 def status(db, output, as_json, endpoint) -> None:
     """Show the figures of the daemon serving a database (exit 1 when none does)."""
-    try:
-        figures = daemon_stats(db, endpoint=endpoint)
-    except DaemonUnavailable as exc:
-        lock_key = discovery.location_key(db, endpoint)
-        info = discovery.read_daemon_info(lock_key) or {}
-        reason = str(exc)
-        if info.get("store_error") and discovery.daemon_running(lock_key):
-            reason = f"the daemon (pid {info.get('pid')}) waits for its database: "
-            reason += info["store_error"]
-        raise click.ClickException(reason) from None
-    output = "json" if as_json else output
-    if output != "table":
-        for line in record_lines(figures, output):
-            click.echo(line)
-        return
-    width = max(len(label) for _, label in _STATUS_ROWS)
-    for key, label in _STATUS_ROWS:
-        value = figures.get(key)
-        click.echo(f"{label:<{width}}  {'-' if value is None else value}")
-    if figures.get("alerts"):  # a daemon with alert rules or sinks
-        from .alerts.command import status_lines
-
-        for line in status_lines(figures["alerts"], width):
-            click.echo(line)
-    last = figures.get("last_maintenance") or {}
-    upcoming = figures.get("next_maintenance") or {}
-    for job in ("retention", "vacuum"):
-        click.echo(f"{'last ' + job:<{width}}  {_describe_run(last.get(job))}")
-        click.echo(f"{'next ' + job:<{width}}  {upcoming.get(job) or 'not scheduled'}")
+    for line in status_lines(db, "json" if as_json else output, endpoint):
+        click.echo(line)
 
 
 @main.command()
@@ -285,7 +212,7 @@ def maintenance(db, job, days, output, as_json, endpoint) -> None:
         raise click.ClickException(f"the daemon refused {job}: {reply.get('error')}")
     output = "json" if as_json else output
     if output == "table":
-        click.echo(f"{job}: {_describe_run(run)}")
+        click.echo(f"{job}: {describe_run(run)}")
     else:
         for line in record_lines(run, output):
             click.echo(line)

@@ -15,10 +15,11 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from typing import NoReturn
 
 import click
 
-from .formatting import OUTPUTS
+from .cli_options import DB, OUTPUT, Option
 from .locations import DEFAULT_DATABASE, is_url, redact_url, resolve_db_path
 
 DEBUG_ENV = "MEMORYBANK_DEBUG"
@@ -177,13 +178,28 @@ class ErrorBoundary(click.Group):
             raise as_click_exception(exc, ctx.meta.get(_DB_KEY)) from exc
 
 
-def report(exc: Exception, ctx: click.Context | None = None) -> None:
-    """Show ``exc`` as the boundary would, without exiting (the interactive menu goes on)."""
+def report(
+    exc: Exception, ctx: click.Context | None = None, db: str | None = None
+) -> click.ClickException:
+    """Show ``exc`` as the boundary would, without exiting (the interactive menu goes on);
+    returns what was shown. ``db``: the database named, outside a click context."""
     if debugging(ctx):
         raise exc
     if not isinstance(exc, click.ClickException):
-        exc = as_click_exception(exc, ctx.meta.get(_DB_KEY) if ctx else None)
+        exc = as_click_exception(exc, ctx.meta.get(_DB_KEY) if ctx else db)
     exc.show()
+    return exc
+
+
+def fail(exc: Exception | KeyboardInterrupt, db: str | None) -> NoReturn:
+    """Exit as a command under the boundary would on ``exc``, outside any click context:
+    the console scripts' fast path (cli_fast) ends its failures here."""
+    if isinstance(exc, KeyboardInterrupt | EOFError | click.Abort):  # as click's main does
+        if not isinstance(exc, click.Abort):
+            click.echo(file=sys.stderr)
+        click.echo("Aborted!", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(report(exc, db=db).exit_code)
 
 
 def remember_db(ctx: click.Context, _param, value):
@@ -193,15 +209,22 @@ def remember_db(ctx: click.Context, _param, value):
     return value
 
 
+def click_option(option: Option, **settings):
+    """The click option of a declared ``option`` (cli_options: names, default, choices),
+    with ``settings`` (help, callback...) that only click uses."""
+    if option.flag:
+        return click.option(*option.names, option.dest, is_flag=True, **settings)
+    kind = click.Choice(option.choices) if option.choices else None
+    return click.option(*option.names, option.dest, default=option.default, type=kind, **settings)
+
+
 def db_option(
     default: str | None = DEFAULT_DATABASE,
     help: str = "Database: a SQLite path or a postgresql:// URL.",
 ):
     """The one ``--db`` option: the database a command works on (named in its errors)."""
-    return click.option(
-        "--db",
-        "db",
-        default=default,
+    return click_option(
+        DB._replace(default=default),
         show_default=default is not None,
         metavar="PATH|URL",
         help=help,
@@ -209,11 +232,8 @@ def db_option(
     )
 
 
-output_option = click.option(
-    "--output",
-    "-o",
-    type=click.Choice(OUTPUTS),
-    default="table",
+output_option = click_option(
+    OUTPUT,
     show_default=True,
     help="Output format: a table for people; json, jsonl or csv for scripts.",
 )

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .files import (  # noqa: F401 (re-exported)
     DIR_MODE,
@@ -48,11 +46,10 @@ from .locations import (  # noqa: F401 (re-exported)
     state_dir,
 )
 
-
-@dataclass(frozen=True)
-class Endpoints:
-    data: str  # PULL side: publishers PUSH records here
-    control: str  # ROUTER side: sync, stats and maintenance requests
+# data: the PULL side (publishers PUSH records here); control: the ROUTER side (sync, stats
+# and maintenance requests). Declared with types, not annotations, which this module's
+# `from __future__ import annotations` would make strings for NamedTuple to compile.
+Endpoints = NamedTuple("Endpoints", [("data", str), ("control", str)])  # noqa: UP014
 
 
 def runtime_dir() -> Path:
@@ -65,12 +62,16 @@ def runtime_dir() -> Path:
     elif os.environ.get("XDG_RUNTIME_DIR"):
         path = Path(os.environ["XDG_RUNTIME_DIR"]) / "memorybank"
     else:
+        import tempfile  # (here, as hashlib below: `memorybank status` never needs them)
+
         path = Path(tempfile.gettempdir()) / f"memorybank-{os.getuid()}"
     return make_dir(path)
 
 
 def default_endpoints(key: Path) -> Endpoints:
     """Endpoints derived from the location's key alone, so no configuration is needed."""
+    import hashlib
+
     digest = hashlib.sha1(os.fsencode(key)).hexdigest()[:16]
     base = runtime_dir() / digest
     return Endpoints(data=f"ipc://{base}.data", control=f"ipc://{base}.ctl")

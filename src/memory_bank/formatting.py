@@ -6,18 +6,14 @@ json, jsonl and csv are for scripts and are streamed, so millions of rows never 
 memory.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: typing.NamedTuple compiles each field's
+# annotation when it is a string, a tenth of `memory-viewer --summary`'s start-up.
 
-import csv
 import datetime as dt
 import io
 import json
-import shutil
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
-
-import click
+from typing import Any, NamedTuple
 
 OUTPUTS = ("table", "json", "jsonl", "csv")
 
@@ -27,6 +23,15 @@ SEVERITY_STYLE: dict[str, dict[str, Any]] = {
     "MEDIUM": {"fg": "yellow"},
     "LOW": {"fg": "green"},
 }
+# ANSI foreground colours, as click numbers them (the console scripts' hot commands run
+# without loading click; tests/test_startup.py checks that style() and click.style agree).
+_FG = {"red": 31, "green": 32, "yellow": 33}
+
+
+def style(text: str, fg: str | None = None, bold: bool = False, reverse: bool = False) -> str:
+    """``text`` in a colour, bold and/or reversed, the escape sequences click.style makes."""
+    codes = ([_FG[fg]] if fg else []) + ([1] if bold else []) + ([7] if reverse else [])
+    return "".join(f"\033[{code}m" for code in codes) + text + "\033[0m"
 
 
 def when(ts: float | None) -> str:
@@ -51,8 +56,7 @@ def compact_json(value) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
-@dataclass(frozen=True)
-class Column:
+class Column(NamedTuple):
     key: str
     header: str
     show: Callable[[Any], str] = str
@@ -121,7 +125,7 @@ def with_duration(session: dict) -> dict:
 
 def _style(column: Column, row: dict, text: str, color: bool) -> str:
     if color and column.key == "severity" and row.get("severity") in SEVERITY_STYLE:
-        return click.style(text, **SEVERITY_STYLE[row["severity"]])
+        return style(text, **SEVERITY_STYLE[row["severity"]])
     return text
 
 
@@ -130,7 +134,10 @@ def table_lines(
 ) -> Iterator[str]:
     """A fixed-width table no wider than ``width``: flexible columns give way first (cut
     short, then left out from the right), then the table is clipped."""
-    width = width or shutil.get_terminal_size((120, 24)).columns
+    if not width:
+        import shutil  # here: `memorybank status` never needs it
+
+        width = shutil.get_terminal_size((120, 24)).columns
     columns = list(columns)
     cells = [[c.show(r.get(c.key)).replace("\n", " ") for c in columns] for r in rows]
     widths = [max([len(c.header)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
@@ -162,7 +169,7 @@ def table_lines(
         return styled if len(line) <= width else line[: width - 1] + "…"
 
     header = "  ".join(fit(c.header, i) for i, c in enumerate(columns))
-    yield clip(header, click.style(header, bold=True) if color else header)
+    yield clip(header, style(header, bold=True) if color else header)
     for row, row_cells in zip(rows, cells, strict=True):
         plain = "  ".join(fit(row_cells[i], i) for i in range(len(columns))).rstrip()
         styled = "  ".join(
@@ -197,6 +204,8 @@ def render(
             first = False
         yield "]"
     elif output == "csv":
+        import csv  # here: only csv output needs it
+
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         keys = [c.key for c in columns]
@@ -232,7 +241,7 @@ def record_lines(record: dict, output: str) -> Iterator[str]:
 
 
 def summary_lines(summary: dict, color: bool = False) -> Iterator[str]:
-    yield click.style("MemoryBank summary", bold=True) if color else "MemoryBank summary"
+    yield style("MemoryBank summary", bold=True) if color else "MemoryBank summary"
     yield "=" * 40
     for key in (
         "total_events",
@@ -247,7 +256,7 @@ def summary_lines(summary: dict, color: bool = False) -> Iterator[str]:
     for severity, count in summary["anomalies_by_severity"].items():
         label = f"{severity}: {count}"
         if color and severity in SEVERITY_STYLE:
-            label = click.style(label, **SEVERITY_STYLE[severity])
+            label = style(label, **SEVERITY_STYLE[severity])
         parts.append(label)
     yield f"{'anomalies by severity':<22} {', '.join(parts) or '-'}"
     yield f"{'as of':<22} {summary['timestamp']}"

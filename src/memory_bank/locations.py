@@ -12,7 +12,6 @@ Standard library only: publishers, the writer and the store import this module.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -65,6 +64,8 @@ def location_key(location: str | os.PathLike, endpoint: str | None = None) -> Pa
     """
     if not is_url(location):
         return resolve_db_path(location)
+    import hashlib  # here: SQLite paths (the viewer, status) never need it
+
     digest = hashlib.sha1(f"{redact_url(str(location))}|{endpoint or ''}".encode()).hexdigest()[:16]
     return state_dir() / f"pg-{digest}"
 

@@ -20,15 +20,17 @@ import click
 from . import discovery, formatting
 from .cli_common import (
     ErrorBoundary,
+    click_option,
     db_option,
     output_option,
     remember_db,
     report,
     require_database,
 )
+from .cli_options import SUMMARY
 from .export import export_size, write_export
-from .formatting import record_lines, render
 from .store import Reader, open_reader
+from .summary import firing_alerts, summary_lines, titled
 from .timeutil import parse_when
 
 STATS_WINDOWS = [
@@ -81,40 +83,17 @@ class Viewer:
         self.width = shutil.get_terminal_size((120, 24)).columns
 
     def emit(self, rows, columns, title: str | None = None, empty="(none)") -> None:
-        if title and self.output == "table":
-            click.echo(click.style(title, bold=True) if self.color else title)
-        for line in render(rows, columns, self.output, self.color, self.width, empty):
+        for line in titled(rows, columns, title, self.output, self.color, self.width, empty):
             click.echo(line, color=self.color)
 
     # -- the seed's views -------------------------------------------------------------
     def summary(self) -> None:
-        summary = self.reader.get_dashboard_summary()
-        if self.output != "table":
-            for line in record_lines(summary, self.output):
-                click.echo(line)
-            return
-        for line in formatting.summary_lines(summary, self.color):
+        lines = summary_lines(self.reader, self.db, self.output, self.color, self.width)
+        for line in lines:
             click.echo(line, color=self.color)
-        click.echo()
-        self.emit(self.reader.iter_events(limit=5), formatting.EVENT_COLUMNS, "Recent events")
-        click.echo()
-        self.emit(
-            self.reader.iter_anomalies(limit=5), formatting.ANOMALY_COLUMNS, "Recent anomalies"
-        )
-        firing = self.firing_alerts()
-        if firing:
-            from .alerts.command import FIRING_COLUMNS
-
-            click.echo()
-            self.emit(firing, FIRING_COLUMNS, "Alerts firing")
 
     def firing_alerts(self) -> list[dict]:
-        """The alert rules firing now, per group (the daemon's alerts; SQLite only)."""
-        if discovery.is_url(self.db):
-            return []
-        from .alerts import outbox
-
-        return outbox.firing(self.reader.tuples)
+        return firing_alerts(self.reader, self.db)
 
     def events(self, limit: int | None, f: Filters) -> None:
         rows = self.reader.iter_events(limit, f.since, f.until, f.event_type, f.component)
@@ -262,7 +241,7 @@ def _filters(reader, since, until, component, event_type, anomaly_type, severity
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @db_option()
-@click.option("--summary", is_flag=True, help="Overall statistics and recent activity.")
+@click_option(SUMMARY, help="Overall statistics and recent activity.")
 @click.option("--events", type=click.IntRange(min=1), metavar="N", help="Last N events.")
 @click.option("--anomalies", type=click.IntRange(min=1), metavar="N", help="Last N anomalies.")
 @click.option("--sessions", type=click.IntRange(min=1), metavar="N", help="Last N sessions.")

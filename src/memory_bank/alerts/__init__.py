@@ -10,7 +10,10 @@ from its loop; see ``engine.py`` for the hook's contract. Readers use ``outbox.r
 
 from __future__ import annotations
 
-from .rules import AlertsConfig, Rule, RuleError, Sink, parse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .rules import AlertsConfig, Rule, RuleError, Sink, parse
 
 __all__ = ["AlertsConfig", "Rule", "RuleError", "Sink", "attach", "parse"]
 
@@ -25,3 +28,13 @@ def attach(store, config: AlertsConfig):
     engine = AlertEngine(store, config)
     store.batch_hook = engine
     return engine
+
+
+def __getattr__(name: str):
+    """The rules' names, loaded on first use: readers of the outbox (the viewer's summary)
+    never need them."""
+    if name in ("AlertsConfig", "Rule", "RuleError", "Sink", "parse"):
+        from . import rules
+
+        return getattr(rules, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -96,6 +95,8 @@ def save_states(conn, touched: dict[Key, GroupState]) -> None:
 def insert(conn, notes: list[Notification], sinks: set[str]) -> dict[str, int]:
     """Queue each notification for each of its rule's sinks that is configured; returns
     rows added per sink."""
+    import uuid  # here: the outbox's readers (the viewer's summary) never load it
+
     rows: list[tuple] = []
     added: dict[str, int] = {}
     for note in notes:

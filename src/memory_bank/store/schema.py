@@ -8,11 +8,12 @@ supplies ids), then each migration brings the database forward, keeping its data
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
 import time
 
-log = logging.getLogger(__name__)
+from ..lazylog import lazy_logger
+
+log = lazy_logger(__name__)  # (readers never log: no logging import)
 
 SCHEMA_VERSION = 5
 

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..lazylog import lazy_logger
 from .base import Reader, Store
 from .schema import REJECTED_KEEP
 
 if TYPE_CHECKING:  # readers never load msgpack (wire's codec)
     from ..wire import Message
 
-log = logging.getLogger(__name__)
+log = lazy_logger(__name__)  # (readers never log: no logging import)
 
 # Which statistics end_session computes when the caller gave none (sessions.stats_auto
 # bits), and the metrics a session's computed statistics come from.

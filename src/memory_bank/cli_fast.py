@@ -1,0 +1,86 @@
+"""The console scripts' entry points, which answer the two commands people type most often
+without loading click: ``memory-viewer --summary`` and ``memorybank status``.
+
+Click and the modules it pulls in are most of a command's start-up. A command line made
+only of the options cli_options declares (which the click commands are built from too) is
+answered here, with the same code the click commands run (summary.py, status.py); any other
+command line, --help included, goes to click, which parses and reports it. A failure here
+ends as under the click commands' error boundary (cli_common.fail): one line, the same
+exit status. ``python -m memory_bank`` always runs the click group.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+
+from .cli_options import DB, ENDPOINT, JSON, OUTPUT, SUMMARY, parse
+from .locations import is_url, resolve_db_path
+
+
+def memory_viewer() -> None:
+    """``memory-viewer``: the seed's viewer."""
+    values = parse(sys.argv[1:], (DB, SUMMARY, OUTPUT))
+    # Any other command line, or a database missing or on PostgreSQL: the click viewer (it
+    # says what is wrong, or loads psycopg).
+    if (
+        values is None
+        or not values["summary"]
+        or is_url(values["db"])
+        or not resolve_db_path(values["db"]).exists()
+    ):
+        from .viewer import memory_viewer as viewer
+
+        return viewer()
+    db, output = values["db"], values["output"]
+    color = sys.stdout.isatty()
+
+    def lines() -> Iterable[str]:
+        import shutil
+
+        from .store import open_reader
+        from .summary import summary_lines
+
+        width = shutil.get_terminal_size((120, 24)).columns
+        return summary_lines(open_reader(db).check(), db, output, color, width)
+
+    _answer(lines, db, color)
+
+
+def memorybank() -> None:
+    """``memorybank``: the daemon, its status, and every other command."""
+    values = None
+    if sys.argv[1:2] == ["status"]:
+        values = parse(sys.argv[2:], (DB, OUTPUT, JSON, ENDPOINT))
+    if values is None:
+        from .cli import main
+
+        return main(prog_name="memorybank")
+
+    def lines() -> Iterable[str]:
+        from .status import status_lines
+
+        output = "json" if values["as_json"] else values["output"]
+        return status_lines(values["db"], output, values["endpoint"])
+
+    _answer(lines, values["db"], sys.stdout.isatty())
+
+
+def _answer(lines: Callable[[], Iterable[str]], db: str, color: bool) -> None:
+    """Print ``lines()`` as click.echo would (escape sequences kept only on a terminal);
+    a failure, even after some lines, ends as the error boundary ends it."""
+    out = sys.stdout
+    try:
+        for line in lines():
+            if "\033" in line and not color:
+                import click  # (rare: data holding escape sequences) it strips them, as ever
+
+                click.echo(line, color=False)
+            else:
+                out.write(line + "\n")
+        out.flush()
+    except (Exception, KeyboardInterrupt) as exc:
+        from .cli_common import fail
+
+        fail(exc, db)
+    sys.exit(0)
