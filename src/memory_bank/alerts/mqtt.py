@@ -230,10 +230,10 @@ class MqttStream:
                 self._cond.wait(1.0)
         return []
 
-    def _from_database(self, after: int, before: int | None) -> list[tuple[int, None, list]]:
+    def _from_database(self, after: int, before: int | None) -> list[tuple[int, str | None, list]]:
         if self._db is None:
             self._db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30.0)
-        batches = []
+        batches: list[tuple[int, str | None, list]] = []
         records = 0
         for seq, ids in stream_log.read(self._db, after, before, LOG_ROWS):
             if records >= WINDOW:
