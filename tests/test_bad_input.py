@@ -209,7 +209,7 @@ def test_fuzz_decode_never_raises_anything_but_wire_error(raw):
     except wire.WireError:
         return
     for row in msg.events + msg.anomalies + msg.metrics + msg.operations:
-        assert type(row) is list
+        assert type(row) is tuple  # decoded straight to the tuples executemany binds
 
 
 @settings(

@@ -438,7 +438,7 @@ class PostgresStore(SqlStore):
                     else:
                         moved = True
                         rejects.append(
-                            (time.time(), msg.publisher_id, f"{kind}: {reason}", repr(row)[:1000])
+                            (time.time(), msg.publisher_id, f"{kind}: {reason}", wire.sample(row))
                         )
                 rows[:] = keep
         return moved

@@ -467,7 +467,7 @@ class SqliteStore(SqlStore):
                             row_id >> wire.ID_BLOCK_BITS,
                             f"{table}: id {row_id} is already another row's (two publishers "
                             "handed the same id block?)",
-                            repr(row)[:1000],
+                            wire.sample(row),
                         )
                     )
                 else:
