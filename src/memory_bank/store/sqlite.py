@@ -7,19 +7,22 @@ ever writes the database. Reads live in ``reader.py`` on read-only connections.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
+from itertools import compress
 from pathlib import Path
 
 from .. import id_blocks, wire
 from ..files import DaemonLockedError, create_file, file_identity, lock_holders
-from ..wire import ROW_ID, ROW_TIMESTAMP, AnomalyRow, Message, MetricRow, PatternOp, SessionOp
+from ..wire import ROW_ID, AnomalyRow, Message, MetricRow, PatternOp, SessionOp
 from .base import StoreGone, StoreRefused, StoreUnavailable
 from .schema import damaged_database, migrate
-from .sql import SqlStore, gather, statistics_to_compute
+from .sql import SqlStore, gather, statistics_to_compute, time_buckets
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,40 @@ RETENTION_TIME_COLUMN = {
     "sessions": "start_time",
     "patterns": "last_seen",
 }
+
+
+_SEVERITY = operator.itemgetter(AnomalyRow.SEVERITY)
+_METRIC_NAME = operator.itemgetter(MetricRow.METRIC_NAME)
+_METRIC_VALUE = operator.itemgetter(MetricRow.METRIC_VALUE)
+# Past this many (metric, minute) keys in a batch, one pass over the rows beats one per key.
+_METRIC_KEYS_BY_PASS = 8
+
+
+def _metric_minutes(metrics: list) -> list[tuple]:
+    """(metric_name, minute, n, total, min, max) for each metric and minute of the rows,
+    the total summed in the rows' order."""
+    keys = list(zip(map(_METRIC_NAME, metrics), time_buckets(metrics, 60), strict=True))
+    values = list(map(_METRIC_VALUE, metrics))
+    counted = Counter(keys)
+    if len(counted) <= _METRIC_KEYS_BY_PASS:  # one pass in C per key
+        out = []
+        for key, n in counted.items():
+            picked = values if n == len(values) else list(compress(values, map(key.__eq__, keys)))
+            out.append((key[0], int(key[1]), n, sum(picked), min(picked), max(picked)))
+        return out
+    buckets: dict[tuple, list] = {}
+    for key, value in zip(keys, values, strict=True):
+        agg = buckets.get(key)
+        if agg is None:
+            buckets[key] = [1, value, value, value]
+        else:
+            agg[0] += 1
+            agg[1] += value
+            if value < agg[2]:
+                agg[2] = value
+            if value > agg[3]:
+                agg[3] = value
+    return [(name, int(minute), *agg) for (name, minute), agg in buckets.items()]
 
 
 # While checkpoints keep failing (a full or read-only disk), how often that is logged again.
@@ -525,17 +562,17 @@ class SqliteStore(SqlStore):
     # -- rollups: totals and per-minute aggregates kept with every batch ------------------
     def _roll_up(self, events, anomalies, metrics):
         """Add the batch's rows (every one of them inserted) to mb_counts / mb_minutes /
-        mb_metric_minutes, in the same transaction."""
+        mb_metric_minutes, in the same transaction.
+
+        Counted a column at a time in C (``Counter`` over ``map``), not row by row in
+        Python: a batch's rows fall into a few minutes, severities and metric names."""
         conn = self.conn
-        counts: dict[str, int] = {}
+        counts: Counter = Counter()
         if events:
             counts["events"] = len(events)
         if anomalies:
             counts["anomalies"] = len(anomalies)
-            severity = AnomalyRow.SEVERITY
-            for row in anomalies:
-                key = "anomalies:" + row[severity]
-                counts[key] = counts.get(key, 0) + 1
+            counts.update(map("anomalies:".__add__, map(_SEVERITY, anomalies)))
         if counts:
             conn.executemany(
                 "INSERT INTO mb_counts (name, n) VALUES (?, ?) "
@@ -543,38 +580,19 @@ class SqliteStore(SqlStore):
                 list(counts.items()),
             )
         for table, rows in (("events", events), ("anomalies", anomalies)):
-            minutes: dict[int, int] = {}
-            for row in rows:
-                minute = int(row[ROW_TIMESTAMP] // 60)
-                minutes[minute] = minutes.get(minute, 0) + 1
-            if minutes:
+            if rows:
                 conn.executemany(
                     "INSERT INTO mb_minutes (tbl, minute, n) VALUES (?, ?, ?) "
                     "ON CONFLICT(tbl, minute) DO UPDATE SET n = n + excluded.n",
-                    [(table, m, n) for m, n in minutes.items()],
+                    [(table, int(m), n) for m, n in Counter(time_buckets(rows, 60)).items()],
                 )
         if metrics:
-            buckets: dict[tuple[str, int], list] = {}
-            name_at, value_at = MetricRow.METRIC_NAME, MetricRow.METRIC_VALUE
-            for row in metrics:
-                key = (row[name_at], int(row[ROW_TIMESTAMP] // 60))
-                value = row[value_at]
-                agg = buckets.get(key)
-                if agg is None:
-                    buckets[key] = [1, value, value, value]
-                else:
-                    agg[0] += 1
-                    agg[1] += value
-                    if value < agg[2]:
-                        agg[2] = value
-                    if value > agg[3]:
-                        agg[3] = value
             conn.executemany(
                 "INSERT INTO mb_metric_minutes (metric_name, minute, n, total, min, max) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(metric_name, minute) DO UPDATE SET "
                 "n = n + excluded.n, total = total + excluded.total, "
                 "min = min(min, excluded.min), max = max(max, excluded.max)",
-                [(name, m, *agg) for (name, m), agg in buckets.items()],
+                _metric_minutes(metrics),
             )
 
     def _recount_minute(self, table: str, minute: int) -> None:
