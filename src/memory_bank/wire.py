@@ -362,10 +362,10 @@ class Validator:
         block, or an int where a float is usual), so that each row is checked alone.
 
         Each test is a pass in C over a column: ``str.join`` refuses anything but text
-        (None is let through only where the column may hold it), and a column's joined
-        length bounds every one of its values; a NaN slips through min and max but never
-        through a sum, nor does an infinity (a sum of finite values that overflows only
-        sends the rows to be checked alone)."""
+        (msgpack decodes no subclass of str; None is let through only where the column
+        may hold it), and a column's joined length bounds every one of its values; a NaN
+        slips through min and max but never through a sum, nor does an infinity (a sum of
+        finite values that overflows only sends the rows to be checked alone)."""
         if not rows:
             return True
         try:
