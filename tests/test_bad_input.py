@@ -195,12 +195,11 @@ def test_atheris_fuzz_100k_cases():
     assert f"Done {runs} runs" in result.stderr
 
 
-_BLOCK = 5
-
-
-def _event(n, ts=None, **cols):
-    row = [(_BLOCK << 32) + n, ts or time.time(), "E", "c", "m", '{"n": 1}']
-    for at, value in cols.items():
+def _row(n, **columns):
+    """An event with JSON data, column cN set to the value given (c0 the id)."""
+    row = _event(n, time.time(), "m")
+    row[5] = '{"n": 1}'
+    for at, value in columns.items():
         row[int(at[1:])] = value
     return row
 
@@ -208,15 +207,15 @@ def _event(n, ts=None, **cols):
 @pytest.mark.parametrize(
     "bad, reason",
     [
-        (_event(50, ts=float("nan")), "timestamp must be a finite number"),  # min/max miss it
-        (_event(50, c2=None), "event_type and component must be text"),
-        (_event(50, c4=0), "message and data text or null"),  # falsy, not None
-        (_event(50, c4=b"m"), "message and data text or null"),
-        (_event(50, c3="x" * 101), "text at most 100 characters"),
-        (_event(50, c5='{"v": NaN}'), "data is not standard JSON"),
-        (_event(50)[:5], "expected 6 fields"),
-        (_event(50, c0=float((_BLOCK << 32) + 50)), "id must be a positive integer"),
-        (_event(50, c0=True), "id must be a positive integer"),
+        (_row(50, c1=float("nan")), "timestamp must be a finite number"),  # min/max miss it
+        (_row(50, c2=None), "event_type and component must be text"),
+        (_row(50, c4=0), "message and data text or null"),  # falsy, not None
+        (_row(50, c4=b"m"), "message and data text or null"),
+        (_row(50, c3="x" * 101), "text at most 100 characters"),
+        (_row(50, c5='{"v": NaN}'), "data is not standard JSON"),
+        (_row(50)[:5], "expected 6 fields"),
+        (_row(50, c0=float(PUB + 50)), "id must be a positive integer"),
+        (_row(50, c0=True), "id must be a positive integer"),
         ("not a row", "expected 6 fields"),
     ],
 )
@@ -225,9 +224,9 @@ def test_one_bad_row_among_many_is_refused_alone(bad, reason):
     (one that min, max or a join would let through) still refuses that row alone, with
     its reason, and keeps every other row of the message."""
     limits = wire.Limits(max_text_chars=100)
-    rows = [_event(n) for n in range(1, 100)]
+    rows = [_row(n) for n in range(1, 100)]
     rows.insert(49, bad)
-    raw = wire.encode(_BLOCK, 1, 0, rows, [], [], [])
+    raw = wire.encode(PUBLISHER, 1, 0, rows, [], [], [])
     msg = wire.decode(raw, wire.Validator(limits))
     assert len(msg.events) == 99
     [(refused_for, refused)] = msg.rejected
@@ -238,11 +237,11 @@ def test_one_bad_row_among_many_is_refused_alone(bad, reason):
 def test_metric_and_anomaly_values_checked_by_column():
     """Non-finite metric and anomaly values among good ones are refused row by row."""
     now = time.time()
-    good = [[(_BLOCK << 32) + n, now, "current", 1.5, "A", None] for n in range(1, 40)]
-    bad = [[(_BLOCK << 32) + 40, now, "current", float("inf"), "A", None]]
-    anomalies = [[(_BLOCK << 32) + n, now, "A", "HIGH", None, None, 1.0, None] for n in (41, 42)]
-    anomalies.append([(_BLOCK << 32) + 43, now, "A", "HIGH", None, None, None, float("nan")])
-    msg = wire.decode(wire.encode(_BLOCK, 1, 0, [], anomalies, good + bad, []))
+    good = [[PUB + n, now, "current", 1.5, "A", None] for n in range(1, 40)]
+    bad = [[PUB + 40, now, "current", float("inf"), "A", None]]
+    anomalies = [[PUB + n, now, "A", "HIGH", None, None, 1.0, None] for n in (41, 42)]
+    anomalies.append([PUB + 43, now, "A", "HIGH", None, None, None, float("nan")])
+    msg = wire.decode(wire.encode(PUBLISHER, 1, 0, [], anomalies, good + bad, []))
     assert len(msg.metrics) == 39 and len(msg.anomalies) == 2
     assert [reason.split(":")[0] for reason, _ in msg.rejected] == ["anomaly", "metric"]
     assert all(type(row) is tuple for row in msg.metrics + msg.anomalies)
