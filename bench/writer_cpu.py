@@ -1,74 +1,126 @@
 #!/usr/bin/env python3
-"""CPU time of the writer's path alone: decode, validate, batch and commit into SQLite.
+"""CPU time of the writer's path alone, beside the ceiling's, in one process.
 
-    python bench/writer_cpu.py                  # 400 messages of 50 records, 5 rounds
-    python bench/writer_cpu.py --rounds 11
+    python bench/writer_cpu.py                  # 200,000 records, 390 a message, 5 rounds
+    python bench/writer_cpu.py --rounds 11 --phases
 
 bench/run.py measures MemoryBank end to end, where sockets, publishers and a loaded machine
 move the figures by tens of percent; this runs the Writer in-process on prepared messages
-and reports its CPU seconds per record (process time: waiting on the disk is not counted),
-the median of several rounds. To compare two checkouts, run it in each, back to back.
+(the benchmark's workload mix, bench/workload.py, from four publishers, about as many
+records a message as the publishers of bench/run.py send) and, alternating with it in the
+same rounds, the ceiling of bench/run.py (the store's own statements on the same records,
+2,000 per transaction). Each side's figure is the CPU time of the thread doing the work
+(``time.thread_time``: the checkpoint thread and waits for the disk are left out), the
+median over rounds, each on a new database; the ratio is what the daemon's "CPU per
+record against the ceiling's" is made of, minus ZeroMQ and the loop. ``--phases`` also
+times decoding and validating alone (no store). To compare two checkouts, run each in
+turn, alternating, in the same minutes.
 """
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from memory_bank import wire
-from memory_bank.store import open_store
-from memory_bank.writer import Writer, WriterSettings
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from run import BATCH_ROWS, _apply_raw  # noqa: E402
+from workload import raw_batches  # noqa: E402
+
+from memory_bank import wire  # noqa: E402
+from memory_bank.store.sqlite import SqliteStore  # noqa: E402
+from memory_bank.writer import Writer, WriterSettings  # noqa: E402
+
+PUBLISHERS = 4
 
 
-def one_round(messages: int, rows: int) -> float:
-    """CPU microseconds per committed record for ``messages`` messages of ``rows`` records."""
-    with tempfile.TemporaryDirectory(prefix="mb-writer-cpu-") as folder:
-        return _measure(Path(folder) / "w.db", messages, rows)
+def messages(records: int, per_message: int) -> list[bytes]:
+    """The workload's records as the wire messages of PUBLISHERS publishers (each with its
+    own id block), interleaved as they arrive at the daemon."""
+    per_publisher = records // PUBLISHERS
+    streams = []
+    for pub in range(1, PUBLISHERS + 1):
+        parts = raw_batches(per_publisher, pub << wire.ID_BLOCK_BITS, per_message)
+        streams.append([wire.encode(pub, seq, 0, *p) for seq, p in enumerate(parts, 1)])
+    return [raw for group in zip(*streams, strict=True) for raw in group]
 
 
-def _measure(db: Path, messages: int, rows: int) -> float:
-    store = open_store(db)
-    writer = Writer(store, WriterSettings(batch_rows=2000, batch_seconds=0.05))
-    block = store.lease_id_block()
-    raws, n = [], 0
-    for seq in range(1, messages + 1):
-        events, metrics = [], []
-        for i in range(rows):
-            n += 1
-            row_id = (block << 32) + n
-            if i % 2:
-                events.append([row_id, time.time(), "E", "c", "m", '{"i": 1}'])
-            else:
-                metrics.append([row_id, time.time(), "v", 1.5, "V", None])
-        raws.append(wire.encode(block, seq, 0, events, [], metrics, []))
-    began = time.process_time()
+def writer_round(folder: Path, raws: list[bytes]) -> float:
+    """Thread CPU seconds of a Writer taking every message and committing them."""
+    writer = Writer(SqliteStore(folder / "writer.db"), WriterSettings(batch_rows=BATCH_ROWS))
+    try:
+        began = time.thread_time()
+        for raw in raws:
+            writer.accept_raw(raw)
+            if writer.due():
+                writer.tick()
+        writer.tick(force=True)
+        took = time.thread_time() - began
+        figures = writer.figures()
+    finally:
+        writer.close()
+    if figures["rejected_records"] or figures["committed_records"] != figures["received_records"]:
+        raise SystemExit(f"not every record committed: {figures}")
+    return took
+
+
+def ceiling_round(folder: Path, records: int) -> float:
+    """Thread CPU seconds of bench/run.py's ceiling on the same records."""
+    db = folder / "ceiling.db"
+    batches = list(raw_batches(records, 1 << wire.ID_BLOCK_BITS, BATCH_ROWS))
+    store = SqliteStore(db)  # the schema, pragmas and checkpoint thread
+    conn = sqlite3.connect(db, isolation_level=None, timeout=30.0)
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    try:
+        began = time.thread_time()
+        for batch in batches:
+            _apply_raw(conn, *batch)
+            if store.checkpointer.truncate_due:
+                store.checkpointer.truncate(conn)
+        return time.thread_time() - began
+    finally:
+        conn.close()
+        store.close()
+
+
+def decode_round(raws: list[bytes]) -> float:
+    """Thread CPU seconds of decoding and validating every message (no store)."""
+    validator = wire.Validator()
+    began = time.thread_time()
     for raw in raws:
-        writer.accept_raw(raw)
-        if writer.due():
-            writer.tick()
-    writer.tick(force=True)
-    took = time.process_time() - began
-    committed = writer.figures()["committed_records"]
-    writer.close()
-    if committed != messages * rows:
-        raise SystemExit(f"committed {committed} of {messages * rows} records")
-    return took * 1e6 / committed
+        wire.decode(raw, validator)
+    return time.thread_time() - began
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=400)
-    parser.add_argument("--rows", type=int, default=50, help="records per message")
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--per-message", type=int, default=390, help="records a message")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--phases", action="store_true", help="also decode+validate alone")
     args = parser.parse_args()
-    figures = [one_round(args.messages, args.rows) for _ in range(args.rounds)]
+    raws = messages(args.records, args.per_message)
+    records = args.records // PUBLISHERS * PUBLISHERS
+    figures: dict[str, list[float]] = {"writer": [], "ceiling": [], "decode": []}
+    for _ in range(args.rounds):
+        with tempfile.TemporaryDirectory(prefix="mb-writer-cpu-") as folder:
+            figures["ceiling"].append(ceiling_round(Path(folder), records))
+            figures["writer"].append(writer_round(Path(folder), raws))
+        if args.phases:
+            figures["decode"].append(decode_round(raws))
+    us = {k: statistics.median(v) * 1e6 / records for k, v in figures.items() if v}
     print(
-        f"writer CPU per record (decode, validate, batch, commit; SQLite): "
-        f"median {statistics.median(figures):.2f} us over {args.rounds} rounds "
-        f"(min {min(figures):.2f}, max {max(figures):.2f})"
+        f"{records:,} records, {len(raws)} messages, median of {args.rounds} rounds, "
+        f"thread CPU per record: writer {us['writer']:.2f} us, ceiling {us['ceiling']:.2f} us "
+        f"({us['writer'] / us['ceiling']:.2f}x)"
+        + (f"; decode+validate alone {us['decode']:.2f} us" if "decode" in us else "")
     )
 
 

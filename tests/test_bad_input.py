@@ -195,6 +195,58 @@ def test_atheris_fuzz_100k_cases():
     assert f"Done {runs} runs" in result.stderr
 
 
+def _row(n, **columns):
+    """An event with JSON data, column cN set to the value given (c0 the id)."""
+    row = _event(n, time.time(), "m")
+    row[5] = '{"n": 1}'
+    for at, value in columns.items():
+        row[int(at[1:])] = value
+    return row
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        (_row(50, c1=float("nan")), "timestamp must be a finite number"),  # min/max miss it
+        (_row(50, c2=None), "event_type and component must be text"),
+        (_row(50, c4=0), "message and data text or null"),  # falsy, not None
+        (_row(50, c4=b"m"), "message and data text or null"),
+        (_row(50, c3="x" * 101), "text at most 100 characters"),
+        (_row(50, c5='{"v": NaN}'), "data is not standard JSON"),
+        (_row(50)[:5], "expected 6 fields"),
+        (_row(50, c0=float(PUB + 50)), "id must be a positive integer"),
+        (_row(50, c0=True), "id must be a positive integer"),
+        ("not a row", "expected 6 fields"),
+    ],
+)
+def test_one_bad_row_among_many_is_refused_alone(bad, reason):
+    """A message's rows are checked a column at a time: a bad value anywhere among them
+    (one that min, max or a join would let through) still refuses that row alone, with
+    its reason, and keeps every other row of the message."""
+    limits = wire.Limits(max_text_chars=100)
+    rows = [_row(n) for n in range(1, 100)]
+    rows.insert(49, bad)
+    raw = wire.encode(PUBLISHER, 1, 0, rows, [], [], [])
+    msg = wire.decode(raw, wire.Validator(limits))
+    assert len(msg.events) == 99
+    [(refused_for, refused)] = msg.rejected
+    assert reason in refused_for
+    assert wire.sample(refused) == repr(bad)  # kept for inspection as it was sent
+
+
+def test_metric_and_anomaly_values_checked_by_column():
+    """Non-finite metric and anomaly values among good ones are refused row by row."""
+    now = time.time()
+    good = [[PUB + n, now, "current", 1.5, "A", None] for n in range(1, 40)]
+    bad = [[PUB + 40, now, "current", float("inf"), "A", None]]
+    anomalies = [[PUB + n, now, "A", "HIGH", None, None, 1.0, None] for n in (41, 42)]
+    anomalies.append([PUB + 43, now, "A", "HIGH", None, None, None, float("nan")])
+    msg = wire.decode(wire.encode(PUBLISHER, 1, 0, [], anomalies, good + bad, []))
+    assert len(msg.metrics) == 39 and len(msg.anomalies) == 2
+    assert [reason.split(":")[0] for reason, _ in msg.rejected] == ["anomaly", "metric"]
+    assert all(type(row) is tuple for row in msg.metrics + msg.anomalies)
+
+
 @settings(
     max_examples=FUZZ_EXAMPLES // 2,
     deadline=None,
@@ -209,7 +261,7 @@ def test_fuzz_decode_never_raises_anything_but_wire_error(raw):
     except wire.WireError:
         return
     for row in msg.events + msg.anomalies + msg.metrics + msg.operations:
-        assert type(row) is list
+        assert type(row) is tuple  # decoded straight to the tuples executemany binds
 
 
 @settings(

@@ -19,10 +19,13 @@ Imports nothing but the standard library and msgpack: publishers load this modul
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import operator
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import msgpack
 
@@ -157,12 +160,28 @@ def encode(publisher_id: int, seq: int, base: int, events, anomalies, metrics, o
 
 
 def decode(raw: bytes, validator: Validator | None = None) -> Message:
-    """Unpack and validate a message; raises WireError when no part of it can be used."""
+    """Unpack and validate a message; raises WireError when no part of it can be used.
+
+    Arrays come out as tuples (``use_list=False``): a row is then the very tuple
+    ``executemany`` binds, one allocation where a list takes two, and the garbage collector
+    stops tracking it at its first pass (it holds no containers)."""
     try:
-        body = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        body = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=False)
     except Exception as exc:  # msgpack raises several unrelated types
         raise WireError(f"not a msgpack message: {type(exc).__name__}: {exc}") from None
     return (validator or Validator()).validate(body)
+
+
+def sample(value) -> str:
+    """A refused value as it is kept for inspection (mb_rejected): its repr, msgpack arrays
+    written as lists whether they were decoded as tuples or not, at most 1,000 characters."""
+    return repr(_as_lists(value))[:1000]
+
+
+def _as_lists(value):
+    if type(value) is tuple or type(value) is list:
+        return [_as_lists(v) for v in value]
+    return value
 
 
 def _is_real(value) -> bool:
@@ -177,12 +196,17 @@ def _is_id(value) -> bool:
     return type(value) is int and 0 < value < (1 << 63)
 
 
+def _may_not_be_standard_json(text: str) -> bool:
+    """A token strict JSON readers refuse may appear in ``text`` (see _is_standard_json)."""
+    return "NaN" in text or "Infinity" in text or "\\ud" in text or "\\uD" in text
+
+
 def _is_standard_json(text: str) -> bool:
     """False for the tokens strict JSON readers refuse (NaN, Infinity, a lone surrogate
     escape), which Python's json writes by default. A substring scan for the common case; a
     parse only when one of them appears (it may sit inside a string). Not a full parse of
     every column: that would cost the daemon a fifth of its time."""
-    if not ("NaN" in text or "Infinity" in text or "\\ud" in text or "\\uD" in text):
+    if not _may_not_be_standard_json(text):
         return True
     try:
         value = _STRICT_JSON.decode(text)
@@ -198,9 +222,60 @@ def _refuse_constant(name: str):
 
 _STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
 _NOT_JSON = "is not standard JSON (NaN, Infinity or a lone surrogate)"
-_INF = float("inf")
 _OP_ARITY = {OP_SESSION_START: 4, OP_SESSION_ANOMALY: 4, OP_SESSION_END: 8, OP_PATTERN: 6}
 _SESSION_OPS = (OP_SESSION_START, OP_SESSION_ANOMALY, OP_SESSION_END)
+# The types a column's values may have, for the checks of a whole column at once.
+_ARRAY_TYPES = {tuple, list}  # an array as msgpack decodes it (tuple), or as built in Python
+_INT, _FLOAT, _OPT_FLOAT = {int}, {float}, {float, type(None)}
+_NOT_NONE = functools.partial(operator.is_not, None)
+
+
+class RowKind(NamedTuple):
+    """What a plain-insert row holds: ``[id, timestamp, ...]``, its typed columns by
+    position, column 5 being JSON text or null; ``what`` is the reason given for a row
+    whose columns have the wrong types."""
+
+    name: str
+    width: int
+    text: tuple[int, ...]
+    opt_text: tuple[int, ...]
+    real: tuple[int, ...]
+    opt_real: tuple[int, ...]
+    what: str
+    json_name: str
+
+
+EVENT_KIND = RowKind(
+    "event",
+    EVENT_FIELDS,
+    (EventRow.EVENT_TYPE, EventRow.COMPONENT),
+    (EventRow.MESSAGE,),
+    (),
+    (),
+    "event_type and component must be text; message and data text or null",
+    "data",
+)
+ANOMALY_KIND = RowKind(
+    "anomaly",
+    ANOMALY_FIELDS,
+    (AnomalyRow.ANOMALY_TYPE, AnomalyRow.SEVERITY),
+    (AnomalyRow.DESCRIPTION,),
+    (),
+    (AnomalyRow.CURRENT_VALUE, AnomalyRow.EXPECTED_VALUE),
+    "anomaly_type and severity must be text; description and pattern_data text or "
+    "null; current and expected values finite numbers or null",
+    "pattern_data",
+)
+METRIC_KIND = RowKind(
+    "metric",
+    METRIC_FIELDS,
+    (MetricRow.METRIC_NAME,),
+    (MetricRow.UNIT,),
+    (MetricRow.METRIC_VALUE,),
+    (),
+    "metric_name must be text, metric_value a finite number; unit and metadata text or null",
+    "metadata",
+)
 
 
 class Validator:
@@ -210,6 +285,11 @@ class Validator:
     leased first), or in a later block that is no known publisher's own: a publisher that
     used up its block leases the next free one, always above its first.
     ``known_publishers`` is the writer's live view of the publisher ids it has applied.
+
+    The rows of one kind in a message are first checked together, a column at a time
+    (``_all_valid``: a few passes in C over each column rather than a dozen Python tests a
+    row); only when that finds something does each row go through ``_check_row`` alone, to
+    keep the good ones and give each bad one its reason.
     """
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS, known_publishers=()):
@@ -223,8 +303,8 @@ class Validator:
 
     def validate(self, body) -> Message:
         """Check a message's header and each row; bad rows are set aside, good rows kept."""
-        if type(body) is not list or len(body) != 8:
-            if type(body) is list and body and body[0] != WIRE_VERSION:
+        if type(body) not in _ARRAY_TYPES or len(body) != 8:
+            if type(body) in _ARRAY_TYPES and body and body[0] != WIRE_VERSION:
                 raise WireError(
                     f"wire version {body[0]!r} is not {WIRE_VERSION}; upgrade the older side"
                 )
@@ -241,22 +321,100 @@ class Validator:
         self._id_low = publisher_id << ID_BLOCK_BITS
         self._id_high = self._id_low + (1 << ID_BLOCK_BITS)
         msg = Message(publisher_id, seq, base)
-        for name, rows, check, out in (
-            ("event", events, self._check_event, msg.events),
-            ("anomaly", anomalies, self._check_anomaly, msg.anomalies),
-            ("metric", metrics, self._check_metric, msg.metrics),
-            ("operation", operations, self._check_operation, msg.operations),
+        for kind, rows, out in (
+            (EVENT_KIND, events, msg.events),
+            (ANOMALY_KIND, anomalies, msg.anomalies),
+            (METRIC_KIND, metrics, msg.metrics),
         ):
-            if type(rows) is not list:
-                msg.rejected.append((f"{name} rows are not an array", rows))
-                continue
-            for row in rows:
-                reason = check(row)
-                if reason is None:
-                    out.append(row)
-                else:
-                    msg.rejected.append((f"{name}: {reason}", row))
+            if type(rows) not in _ARRAY_TYPES:
+                msg.rejected.append((f"{kind.name} rows are not an array", rows))
+            elif self._all_valid(rows, kind):
+                out.extend(rows)
+            else:
+                for row in rows:
+                    reason = self._check_row(row, kind)
+                    if reason is None:
+                        out.append(row)
+                    else:
+                        msg.rejected.append((f"{kind.name}: {reason}", row))
+        if type(operations) not in _ARRAY_TYPES:
+            msg.rejected.append(("operation rows are not an array", operations))
+            return msg
+        for row in operations:
+            if (
+                type(row) in _ARRAY_TYPES
+                and row
+                and type(row[0]) is int
+                and row[0] in _SESSION_OPS
+                and len(row) == _OP_ARITY[row[0]] - 1
+            ):
+                row = (*row, None)  # from a publisher that sent no row id
+            reason = self._check_operation(row)
+            if reason is None:
+                msg.operations.append(row)
+            else:
+                msg.rejected.append((f"operation: {reason}", row))
         return msg
+
+    def _all_valid(self, rows, kind: RowKind) -> bool:
+        """True when every row passes ``_check_row`` with no id outside the publisher's
+        first block, checked a column at a time; False when one may not (or uses a later
+        block, or an int where a float is usual), so that each row is checked alone.
+
+        Each test is a pass in C over a column: ``str.join`` refuses anything but text
+        (msgpack decodes no subclass of str; None is let through only where the column
+        may hold it), and a column's joined length bounds every one of its values; a NaN
+        slips through min and max but never through a sum, nor does an infinity (a sum of
+        finite values that overflows only sends the rows to be checked alone)."""
+        if not rows:
+            return True
+        try:
+            columns = list(zip(*rows, strict=True))
+        except (TypeError, ValueError):  # a row that is no array, or rows of other widths
+            return False
+        if len(columns) != kind.width:
+            return False
+        ids, times = columns[ROW_ID], columns[ROW_TIMESTAMP]
+        if not (
+            set(map(type, ids)) == _INT
+            and self._id_low < min(ids)
+            and max(ids) < self._id_high
+            and set(map(type, times)) == _FLOAT
+            and self._min_time <= min(times)
+            and max(times) <= self._max_time
+            and math.isfinite(sum(times))
+        ):
+            return False
+        if not all(self._all_text(columns[i], False) for i in kind.text):
+            return False
+        if not all(self._all_text(columns[i], True) for i in kind.opt_text):
+            return False
+        for i in kind.real:
+            if set(map(type, columns[i])) != _FLOAT or not math.isfinite(sum(columns[i])):
+                return False
+        for i in kind.opt_real:
+            values = columns[i]
+            if not set(map(type, values)) <= _OPT_FLOAT or not math.isfinite(
+                sum(filter(_NOT_NONE, values))
+            ):
+                return False
+        # The JSON texts joined by a character none of the suspect tokens holds.
+        joined = self._all_text(columns[ROW_JSON], True, "\n")
+        return joined is not None and not _may_not_be_standard_json(joined)
+
+    def _all_text(self, values, optional: bool, sep: str = "") -> str | None:
+        """``values`` joined by ``sep`` when each is text of at most max_text_chars (or
+        None, when ``optional``); None otherwise."""
+        texts = filter(_NOT_NONE, values) if optional else values
+        try:
+            joined = sep.join(texts)
+        except TypeError:
+            return None
+        if len(joined) > self._max_chars and (
+            max(map(len, filter(_NOT_NONE, values)), default=0) > self._max_chars
+        ):
+            return None
+        return joined
 
     def _is_text(self, value) -> bool:
         return type(value) is str and len(value) <= self._max_chars
@@ -277,117 +435,39 @@ class Validator:
             f"({self.limits.min_timestamp:.0f} .. now + {self.limits.max_future_seconds:.0f}s)"
         )
 
-    def _check_row(self, row, width, text, opt_text, real, opt_real, what, json_name) -> str | None:
-        """Shared check of a plain-insert row: [id, timestamp, ...] with typed columns;
-        column 5 is JSON text (data, pattern_data or metadata)."""
-        if type(row) is not list or len(row) != width:
-            return f"expected {width} fields"
-        if not _is_id(row[0]):
+    def _check_row(self, row, kind: RowKind) -> str | None:
+        """The reason a plain-insert row of ``kind`` is refused, or None."""
+        if type(row) not in _ARRAY_TYPES or len(row) != kind.width:
+            return f"expected {kind.width} fields"
+        if not _is_id(row[ROW_ID]):
             return "id must be a positive integer"
-        block = row[0] >> ID_BLOCK_BITS
+        block = row[ROW_ID] >> ID_BLOCK_BITS
         if block != self._block and (block < self._block or block in self.known_publishers):
             return (
-                f"id {row[0]} lies in id block {block}, not in one leased to publisher "
+                f"id {row[ROW_ID]} lies in id block {block}, not in one leased to publisher "
                 f"{self._block} (two publishers given the same ids?)"
             )
-        if not self._is_time(row[1]):
-            return self._time_reason(row[1])
+        if not self._is_time(row[ROW_TIMESTAMP]):
+            return self._time_reason(row[ROW_TIMESTAMP])
         if not (
-            all(self._is_text(row[i]) for i in text)
-            and all(self._is_opt_text(row[i]) for i in opt_text)
-            and all(_is_real(row[i]) for i in real)
-            and all(_is_opt_real(row[i]) for i in opt_real)
+            all(self._is_text(row[i]) for i in kind.text)
+            and all(self._is_opt_text(row[i]) for i in (*kind.opt_text, ROW_JSON))
+            and all(_is_real(row[i]) for i in kind.real)
+            and all(_is_opt_real(row[i]) for i in kind.opt_real)
         ):
-            return what + f" (text at most {self._max_chars} characters)"
-        if row[5] is not None and not _is_standard_json(row[5]):
-            return f"{json_name} {_NOT_JSON}"
+            return kind.what + f" (text at most {self._max_chars} characters)"
+        if row[ROW_JSON] is not None and not _is_standard_json(row[ROW_JSON]):
+            return f"{kind.json_name} {_NOT_JSON}"
         return None
 
-    # Fast paths: one expression per kind for the common, valid row; only a row that fails
-    # it goes through _check_row to find the reason (the daemon validates every row).
-    def _check_event(self, row) -> str | None:
-        if (
-            type(row) is list
-            and len(row) == EVENT_FIELDS
-            and type(row[0]) is int
-            and self._id_low < row[0] < self._id_high
-            and type(row[1]) is float
-            and self._min_time <= row[1] <= self._max_time
-            and type(row[2]) is str
-            and len(row[2]) <= self._max_chars
-            and type(row[3]) is str
-            and len(row[3]) <= self._max_chars
-            and (type(row[4]) is str and len(row[4]) <= self._max_chars or row[4] is None)
-            and (
-                type(row[5]) is str
-                and len(row[5]) <= self._max_chars
-                and _is_standard_json(row[5])
-                or row[5] is None
-            )
-        ):
-            return None
-        return self._check_row(
-            row,
-            EVENT_FIELDS,
-            (2, 3),
-            (4, 5),
-            (),
-            (),
-            "event_type and component must be text; message and data text or null",
-            "data",
-        )
-
-    def _check_anomaly(self, row) -> str | None:
-        return self._check_row(
-            row,
-            ANOMALY_FIELDS,
-            (2, 3),
-            (4, 5),
-            (),
-            (6, 7),
-            "anomaly_type and severity must be text; description and pattern_data text or "
-            "null; current and expected values finite numbers or null",
-            "pattern_data",
-        )
-
-    def _check_metric(self, row) -> str | None:
-        if (
-            type(row) is list
-            and len(row) == METRIC_FIELDS
-            and type(row[0]) is int
-            and self._id_low < row[0] < self._id_high
-            and type(row[1]) is float
-            and self._min_time <= row[1] <= self._max_time
-            and type(row[2]) is str
-            and len(row[2]) <= self._max_chars
-            and type(row[3]) is float
-            and -_INF < row[3] < _INF
-            and (type(row[4]) is str and len(row[4]) <= self._max_chars or row[4] is None)
-            and (
-                type(row[5]) is str
-                and len(row[5]) <= self._max_chars
-                and _is_standard_json(row[5])
-                or row[5] is None
-            )
-        ):
-            return None
-        return self._check_row(
-            row,
-            METRIC_FIELDS,
-            (2,),
-            (4, 5),
-            (3,),
-            (),
-            "metric_name must be text, metric_value a finite number; unit and metadata "
-            "text or null",
-            "metadata",
-        )
-
     def _check_operation(self, row) -> str | None:
-        if type(row) is not list or not row or type(row[0]) is not int or row[0] not in _OP_ARITY:
+        if (
+            type(row) not in _ARRAY_TYPES
+            or not row
+            or type(row[0]) is not int
+            or row[0] not in _OP_ARITY
+        ):
             return "unknown operation"
-        if row[0] in _SESSION_OPS and len(row) == _OP_ARITY[row[0]] - 1:
-            row.append(None)  # from a publisher that sent no row id
         if len(row) != _OP_ARITY[row[0]]:
             return f"{OP_NAMES[row[0]]} expects {_OP_ARITY[row[0]]} fields"
         if row[0] in _SESSION_OPS and not (row[-1] is None or _is_id(row[-1])):

@@ -18,6 +18,8 @@ import time
 from collections import Counter
 from collections.abc import Generator, Iterator
 from functools import partial
+from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 try:
@@ -68,6 +70,7 @@ from .sql import (
     gather,
     metric_aggregates,
     statistics_to_compute,
+    time_buckets,
 )
 
 log = logging.getLogger(__name__)
@@ -189,15 +192,20 @@ ADD_DAY_COUNTS = (
 )
 
 
-def day_counts(events, anomalies, day_of=lambda row: int(row[ROW_TIMESTAMP] // 86400)) -> Counter:
-    """(name, day) -> rows, for mb_day_counts: events, anomalies, anomalies per severity."""
-    counts: Counter = Counter()
-    for row in events:
-        counts["events", day_of(row)] += 1
-    for row in anomalies:
-        day = day_of(row)
-        counts["anomalies", day] += 1
-        counts["anomalies:" + row[AnomalyRow.SEVERITY], day] += 1
+def _days(rows) -> Iterator[int]:
+    """Each plain row's day (epoch seconds // 86400), computed in C."""
+    return map(int, time_buckets(rows, 86400))
+
+
+def day_counts(events, anomalies, day_of=None) -> Counter:
+    """(name, day) -> rows, for mb_day_counts: events, anomalies, anomalies per severity.
+    ``day_of`` reads a row's day where its time is not the wire's (epoch seconds)."""
+    days = _days if day_of is None else partial(map, day_of)
+    counts = Counter(zip(repeat("events"), days(events)))
+    anomaly_days = list(days(anomalies))
+    counts.update(zip(repeat("anomalies"), anomaly_days))
+    severities = map("anomalies:".__add__, map(itemgetter(AnomalyRow.SEVERITY), anomalies))
+    counts.update(zip(severities, anomaly_days, strict=True))
     return counts
 
 
@@ -407,8 +415,7 @@ class PostgresStore(SqlStore):
                 ("anomalies", msg.anomalies),
                 ("metrics", msg.metrics),
             ):
-                for row in rows:
-                    days[table].add(int(row[ROW_TIMESTAMP] // 86400))
+                days[table].update(_days(rows))
         for table, needed in days.items():
             self.partitions.ensure(conn, table, needed)
         with conn.transaction():
@@ -490,7 +497,7 @@ class PostgresStore(SqlStore):
                     else:
                         moved = True
                         rejects.append(
-                            (time.time(), msg.publisher_id, f"{kind}: {reason}", repr(row)[:1000])
+                            (time.time(), msg.publisher_id, f"{kind}: {reason}", wire.sample(row))
                         )
                 rows[:] = keep
         return moved

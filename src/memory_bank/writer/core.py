@@ -230,7 +230,7 @@ class Writer:
         self.acks.resumed(pub)
         self.counts.received_records += msg.row_count + len(msg.rejected)
         for reason, row in msg.rejected:
-            self._reject(pub, reason, repr(row)[:1000])
+            self._reject(pub, reason, wire.sample(row))
         if self._first_pending_at is None:
             self._first_pending_at = time.monotonic()
         self._pending.append(msg)
