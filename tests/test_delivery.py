@@ -329,7 +329,7 @@ def test_threads_sharing_a_publisher_commit_its_ids_in_increasing_order(db_path,
         per_thread, threads = 5000, 4
         switch_interval = sys.getswitchinterval()
         # Switch threads as often as the interpreter allows, so that any gap between taking
-        # an id and queueing its row is hit (it was, thousands of times a run, without the lock).
+        # an id and queueing its row is hit (without the lock, a few rows a run came late).
         sys.setswitchinterval(1e-6)
         try:
             workers = [
