@@ -144,6 +144,66 @@ def test_nan_in_json_is_refused_at_the_call(tmp_path):
         assert memory.get_events() == [] and memory.get_patterns() == []
 
 
+def test_data_lands_as_the_standard_library_encodes_it(tmp_path):
+    """Whichever encoder a call takes (orjson, or the standard library for what orjson
+    spells differently or refuses), what lands parses to json.dumps(value, default=str)."""
+    import collections
+    import dataclasses
+    import datetime
+    import decimal
+    import enum
+    import json
+    import uuid
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    class State(enum.StrEnum):  # as the ocpp library's enums are (str, Enum)
+        CHARGING = "Charging"
+
+    class Amps(float):  # as numpy's float64 is
+        pass
+
+    @dataclasses.dataclass
+    class Reading:
+        amps: float
+
+    deep: list = []
+    leaf = deep
+    for _ in range(300):  # deeper than orjson goes (255)
+        leaf.append([])
+        leaf = leaf[0]
+    values = [
+        {"can_id": "0x300", "i": 12345, "none": None, "list": [1.5, "x", True]},
+        {"text": "é \U0001f600 \x00 \u2028", "floats": [1e-7, 1e16, -0.0, 0.1]},
+        {"at": datetime.datetime(2026, 11, 26, 3, 0, 1), "day": datetime.date(2026, 11, 26)},
+        {"big": 2**70, "u64": 2**64 - 1, "low": -(2**63)},
+        {1: "int key", None: "null key", 2.5: "float key", False: "bool key"},
+        {"set": {1}, "bytes": b"x", "decimal": decimal.Decimal("1.5"), "uuid": uuid.UUID(int=7)},
+        {"level": Level.HIGH, "state": State.CHARGING, "amps": Amps(32.5), "tuple": (1, 2)},
+        {"reading": Reading(32.5)},
+        collections.OrderedDict(b=1, a=2),
+        collections.defaultdict(int, n=1),
+        deep,
+        [None, "a list at the top"],
+        "a string",
+        7,
+    ]
+    with MemoryBank(tmp_path / "j.db", embedded=True) as memory:
+        for value in values:
+            memory.log_event("E", "C", "m", value)
+            memory.record_metric("m", 1.0, "A", value)
+        stored = [e["data"] for e in reversed(memory.get_events(limit=100))]
+        metadata = [m["metadata"] for m in reversed(memory.get_metrics("m", limit=100))]
+    expected = [json.loads(json.dumps(value, default=str)) for value in values]
+    assert stored == expected and metadata == expected
+    with MemoryBank(tmp_path / "j.db", embedded=True) as memory:
+        with pytest.raises(ValueError, match="NaN and infinities cannot be stored"):
+            memory.log_event("E", "C", "m", {"missing": None, "v": float("nan")})
+        with pytest.raises(ValueError, match="lone surrogate"):
+            memory.log_event("E", "C", "m", {"k": ("ok", "\ud800")})
+
+
 _scalars = (
     st.none()
     | st.booleans()

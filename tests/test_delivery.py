@@ -289,3 +289,70 @@ def test_a_publisher_sums_up_its_resends_while_the_daemon_cannot_commit(
     assert out.count("still no acknowledgement") == 1, out
     assert out.count("the daemon acknowledges again after") == 1, out
     assert "replaying messages" not in out
+
+
+def test_threads_sharing_a_publisher_commit_its_ids_in_increasing_order(db_path, daemon):
+    """An id is queued under the same lock it is taken with: threads sharing one Publisher
+    cannot queue a later id before an earlier one, so a publisher's rows commit in id order
+    (the detector's per-block position relies on it: a row committed after a higher id of
+    its block would be skipped). Watched on the daemon's tail, which follows commits."""
+    import sys
+    import threading
+
+    import zmq
+
+    from memory_bank import Publisher, discovery, sockets, wire
+
+    key = discovery.location_key(db_path, None)
+    info = discovery.read_daemon_info(key) or {}
+    tail = info.get("tail_endpoint") or sockets.tail_endpoint_for(
+        discovery.find_endpoints(key).data
+    )
+    ctx = zmq.Context()
+    sub = sockets.follower_sub(ctx, tail)
+    pub = Publisher(db_path)
+    committed: list[int] = []
+
+    def receive(timeout_ms: int) -> None:
+        while sub.poll(timeout_ms):
+            events, _ = wire.decode_tail(sub.recv())
+            committed.extend(row["id"] for row in events)
+            timeout_ms = 0
+
+    try:
+        deadline = time.monotonic() + 30
+        while not committed:  # a subscription takes a moment to reach the daemon
+            assert time.monotonic() < deadline, "the daemon's tail never delivered"
+            pub.log_event("PROBE", "T")
+            assert pub.flush(10)
+            receive(200)
+        per_thread, threads = 5000, 4
+        switch_interval = sys.getswitchinterval()
+        # Switch threads as often as the interpreter allows, so that any gap between taking
+        # an id and queueing its row is hit (without the lock, a few rows a run came late).
+        sys.setswitchinterval(1e-6)
+        try:
+            workers = [
+                threading.Thread(
+                    target=lambda: [pub.log_event("T", "C", "m") for _ in range(per_thread)]
+                )
+                for _ in range(threads)
+            ]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        finally:
+            sys.setswitchinterval(switch_interval)
+        assert pub.flush(60)
+        expected = len(committed) + per_thread * threads
+        deadline = time.monotonic() + 30
+        while len(committed) < expected and time.monotonic() < deadline:
+            receive(200)
+    finally:
+        pub.close()
+        sub.close()
+        ctx.term()
+    assert len(committed) == expected
+    behind = sum(1 for a, b in zip(committed, committed[1:], strict=False) if b < a)
+    assert behind == 0, f"{behind} of {expected} rows committed after a higher id"

@@ -1,7 +1,8 @@
 """The Publisher: the seed's write calls, the id lease, and the caller's queue.
 
-A call checks and encodes its values (records.py), takes an id from the leased block,
-appends its row to the queue and returns: nothing else runs in the caller's thread. The
+A call checks and encodes its values (records.py), then, under one lock, takes its time
+and an id from the leased block and appends its row to the queue, and returns: nothing else
+runs in the caller's thread. The
 sender thread (sender.py) takes it from there; the outbox (outbox.py) keeps every message
 until the daemon acknowledges it. Also here: what a process does for its publishers at exit,
 on SIGTERM and after fork.
@@ -16,17 +17,21 @@ import os
 import signal
 import threading
 import weakref
+from time import time
 
 from .. import discovery, sockets, spool, wire
 from .drops import Drops
 from .outbox import DURABILITY_MODES, OVERFLOW_POLICIES, Outbox
-from .records import CANONICAL, check_sendable, json_text, session_text, timestamp_of
+from .records import CANONICAL, check_sendable, json_text, session_text
 from .sender import ANOMALIES, EVENTS, MARKER, METRICS, OPERATIONS, Marker, Sender
 from .transport import Transport, ZmqTransport
 
 log = logging.getLogger(__package__)
 
 _live_publishers: weakref.WeakSet = weakref.WeakSet()
+# Where every row and operation keeps its time.
+_TIMESTAMP = wire.ROW_TIMESTAMP
+assert _TIMESTAMP == wire.OP_TIMESTAMP
 
 
 class Publisher:
@@ -79,7 +84,8 @@ class Publisher:
                 data_ep, control_ep = found.data, found.control
             transport = ZmqTransport(data_ep, control_ep, curve)
         self._transport = transport
-        self._id_lock = threading.Lock()
+        # Taken by a call to stamp, number and queue its row (_put).
+        self._lock = threading.Lock()
         # Under CURVE, what lets a daemon apply this publisher's spool: (identity, token),
         # from the lease or from the first acknowledgement exchange (spool_auth).
         spool_token = self._lease_block()
@@ -170,47 +176,59 @@ class Publisher:
         self._ids = itertools.count(base + 1)
         return token
 
-    def _new_id(self) -> int:
-        new_id = next(self._ids)
-        if new_id > self._id_limit:
-            with self._id_lock:
-                if new_id > self._id_limit:
-                    self._lease_block()
-                new_id = next(self._ids)
-        return new_id
-
     # -- the queue (caller side) ------------------------------------------------------
-    def _put(self, kind: int, row: list) -> None:
-        if self._closed:
-            if self._forked:
-                raise RuntimeError(
-                    "this Publisher (or MemoryBank) was made by the parent process; "
-                    "make a new one in the child after fork"
-                )
-            raise RuntimeError("this Publisher is closed")
-        if len(self._queue) >= self.max_queue:
-            if self.overflow == "drop_newest":
-                self._drops.count(1)
-                return
-            try:
-                self._queue.popleft()
-                self._drops.count(1)
-            except IndexError:
-                pass
-        self._queue.append((kind, row))
+    def _put(self, kind: int, row: list, timestamp, id_at: int | None = wire.ROW_ID) -> int:
+        """Queue ``row`` with its time (the call's, unless ``timestamp`` is given) and, at
+        ``id_at`` (None: none), the next id; returns the id (0 when none).
+
+        One lock covers the id and the append, so threads sharing this publisher queue ids
+        in the order they took them: its rows commit in id order, as readers of committed
+        rows (the detector's position) expect."""
+        row[_TIMESTAMP] = time() if timestamp is None else float(timestamp)
+        lock = self._lock
+        lock.acquire()  # (a with statement costs twice as much here)
+        try:
+            if self._closed:
+                self._refuse_closed()
+            row_id = 0
+            if id_at is not None:
+                row_id = next(self._ids)
+                if row_id > self._id_limit:
+                    self._lease_block()
+                    row_id = next(self._ids)
+                row[id_at] = row_id
+            queue = self._queue
+            if len(queue) >= self.max_queue:
+                if self.overflow == "drop_newest":
+                    self._drops.count(1)
+                    return row_id
+                try:
+                    queue.popleft()
+                    self._drops.count(1)
+                except IndexError:
+                    pass
+            queue.append((kind, row))
+        finally:
+            lock.release()
         self._dirty = True
         if not self._sender.wake_pending:
             self._sender.wake()
+        return row_id
 
-    # -- the seed's write calls (rows in wire's column order: wire.EventRow...) ----------
+    def _refuse_closed(self):
+        if self._forked:
+            raise RuntimeError(
+                "this Publisher (or MemoryBank) was made by the parent process; "
+                "make a new one in the child after fork"
+            )
+        raise RuntimeError("this Publisher is closed")
+
+    # -- the seed's write calls (rows in wire's column order: wire.EventRow...; _put fills
+    # in the time and the id) --------------------------------------------------------------
     def log_event(self, event_type, component, message="", data=None, *, timestamp=None) -> int:
         check_sendable(event_type, component, message)
-        data_json = json_text(data)
-        event_id = self._new_id()
-        self._put(
-            EVENTS, [event_id, timestamp_of(timestamp), event_type, component, message, data_json]
-        )
-        return event_id
+        row = [0, 0.0, event_type, component, message, json_text(data)]
+        return self._put(EVENTS, row, timestamp)
 
     def record_anomaly(
         self,
@@ -224,60 +242,32 @@ class Publisher:
         timestamp=None,
     ) -> int:
         check_sendable(anomaly_type, severity, description)
-        pattern_json = json_text(pattern_data)
-        anomaly_id = self._new_id()
-        self._put(
-            ANOMALIES,
-            [
-                anomaly_id,
-                timestamp_of(timestamp),
-                anomaly_type,
-                severity,
-                description,
-                pattern_json,
-                None if current_value is None else float(current_value),
-                None if expected_value is None else float(expected_value),
-            ],
-        )
-        return anomaly_id
+        row = [
+            0,
+            0.0,
+            anomaly_type,
+            severity,
+            description,
+            json_text(pattern_data),
+            None if current_value is None else float(current_value),
+            None if expected_value is None else float(expected_value),
+        ]
+        return self._put(ANOMALIES, row, timestamp)
 
     def record_metric(self, metric_name, metric_value, unit=None, metadata=None, *, timestamp=None):
         check_sendable(metric_name, unit)
-        metadata_json = json_text(metadata)
-        metric_id = self._new_id()
-        self._put(
-            METRICS,
-            [
-                metric_id,
-                timestamp_of(timestamp),
-                metric_name,
-                float(metric_value),
-                unit,
-                metadata_json,
-            ],
-        )
-        return metric_id
+        row = [0, 0.0, metric_name, float(metric_value), unit, json_text(metadata)]
+        return self._put(METRICS, row, timestamp)
 
     def start_session(self, session_id, *, timestamp=None) -> int:
         """Returns the id of the session's row (unless the session was already started:
         that row keeps the id its first start returned)."""
-        row_id = self._new_id()
-        self._put(
-            OPERATIONS,
-            [wire.OP_SESSION_START, timestamp_of(timestamp), session_text(session_id), row_id],
-        )
-        return row_id
+        row = [wire.OP_SESSION_START, 0.0, session_text(session_id), 0]
+        return self._put(OPERATIONS, row, timestamp, wire.SessionOp.ROW_ID)
 
     def increment_session_anomaly_count(self, session_id, *, timestamp=None) -> None:
-        self._put(
-            OPERATIONS,
-            [
-                wire.OP_SESSION_ANOMALY,
-                timestamp_of(timestamp),
-                session_text(session_id),
-                self._new_id(),
-            ],
-        )
+        row = [wire.OP_SESSION_ANOMALY, 0.0, session_text(session_id), 0]
+        self._put(OPERATIONS, row, timestamp, wire.SessionOp.ROW_ID)
 
     def end_session(
         self,
@@ -293,32 +283,20 @@ class Publisher:
             None if v is None else float(v)
             for v in (total_energy, avg_current, max_current, min_current)
         ]
-        self._put(
-            OPERATIONS,
-            [
-                wire.OP_SESSION_END,
-                timestamp_of(timestamp),
-                session_text(session_id),
-                *stats,
-                self._new_id(),
-            ],
-        )
+        row = [wire.OP_SESSION_END, 0.0, session_text(session_id), *stats, 0]
+        self._put(OPERATIONS, row, timestamp, wire.SessionOp.ROW_ID)
 
     def record_pattern(self, pattern_type, pattern_data, confidence=1.0, *, timestamp=None) -> None:
         check_sendable(pattern_type)
-        pattern_json = json_text(pattern_data)
-        key = CANONICAL.encode(pattern_data)
-        self._put(
-            OPERATIONS,
-            [
-                wire.OP_PATTERN,
-                timestamp_of(timestamp),
-                pattern_type,
-                pattern_json or "null",  # as the seed: json.dumps(None) included
-                key,
-                float(confidence),
-            ],
-        )
+        row = [
+            wire.OP_PATTERN,
+            0.0,
+            pattern_type,
+            json_text(pattern_data) or "null",  # as the seed: json.dumps(None) included
+            CANONICAL.encode(pattern_data),
+            float(confidence),
+        ]
+        self._put(OPERATIONS, row, timestamp, None)
 
     # -- delivery (caller side) -------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""The caller's CPU per publish call (the benchmark mix), A/B between two source trees.
+
+    python bench/publish_cpu.py                          # this tree only
+    python bench/publish_cpu.py --other /tmp/main/src    # alternated with another tree
+
+Each round starts a daemon of the tree measured on a fresh database and makes paced calls
+(10,000/s, as run.py's call_latency) for ``--seconds``; around each call, the calling
+thread's CPU time (``time.thread_time_ns``, its own cost subtracted) and the wall time.
+CPU time is what a shared machine leaves comparable: the wall tail is other load's. Rounds
+alternate the trees so both see the same minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+THIS_SRC = HERE.parent / "src"
+
+WAIT = (
+    "import sys\nfrom memory_bank.control import wait_for_daemon\nwait_for_daemon(sys.argv[1], 60)"
+)
+CALLER = r"""
+import json, statistics, sys, time
+sys.path.insert(0, sys.argv[4])
+from workload import publish
+from memory_bank import Publisher
+db, seconds, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+pub = Publisher(db, close_timeout=1)
+cpu_clock, wall_clock = time.thread_time_ns, time.perf_counter_ns
+own = []
+for _ in range(20000):
+    a = cpu_clock(); b = cpu_clock(); own.append(b - a)
+own = statistics.median(own)
+cpu, wall = [], []
+period = 1.0 / rate
+next_at = time.perf_counter()
+end = next_at + seconds
+i = 0
+while next_at < end:
+    delay = next_at - time.perf_counter()
+    if delay > 0.0002:
+        time.sleep(delay - 0.0001)
+    while time.perf_counter() < next_at:
+        pass
+    w0 = wall_clock(); c0 = cpu_clock()
+    publish(pub, i)
+    c1 = cpu_clock(); w1 = wall_clock()
+    cpu.append(c1 - c0 - own); wall.append(w1 - w0)
+    i += 1
+    next_at += period
+flushed = pub.flush(30)
+pub.close()
+print(json.dumps({"cpu": cpu, "wall": wall, "flushed": flushed}))
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * q))]
+
+
+def one_round(src: Path, seconds: float) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    with tempfile.TemporaryDirectory() as work:
+        db = str(Path(work) / "cpu.db")
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "memory_bank", "daemon", "--db", db, "--log-level", "WARNING"],
+            env=env,
+        )
+        try:
+            subprocess.run([sys.executable, "-c", WAIT, db], env=env, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CALLER, db, str(seconds), "10000", str(HERE)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=60)
+    got = json.loads(out.stdout)
+    cpu, wall = [ns / 1000 for ns in got["cpu"]], [ns / 1000 for ns in got["wall"]]
+    return {
+        "calls": len(cpu),
+        "flushed": got["flushed"],
+        "cpu_p50_us": round(statistics.median(cpu), 2),
+        "cpu_mean_us": round(statistics.mean(cpu), 2),
+        "wall_p50_us": round(percentile(wall, 0.5), 1),
+        "wall_p99_us": round(percentile(wall, 0.99), 1),
+        "wall_p999_us": round(percentile(wall, 0.999), 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--other", type=Path, help="another tree's src/ to alternate with")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    args = parser.parse_args()
+    trees = {"this": THIS_SRC, **({"other": args.other} if args.other else {})}
+    results: dict[str, list[dict]] = {name: [] for name in trees}
+    for round_no in range(1, args.rounds + 1):
+        for name, src in trees.items():
+            figures = one_round(src, args.seconds)
+            results[name].append(figures)
+            print(round_no, name, json.dumps(figures), flush=True)
+    for name, rounds in results.items():
+        medians = {k: statistics.median(r[k] for r in rounds) for k in rounds[0] if k != "flushed"}
+        print(f"{name}: median of {len(rounds)} rounds: {json.dumps(medians)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
