@@ -135,6 +135,14 @@ class StreamDetector:
     """The detectors of one stream. ``feed`` takes readings in time order and returns the
     findings they complete (usually none); ``overdue`` is asked about dropouts."""
 
+    # Slots: a stream's state in one compact object (hundreds of streams take turns).
+    __slots__ = (
+        "stream s n arrived warm late regimes cur floor prev visit_len visit_start visit_x "
+        "last_x run_len run_start stuck_open out spike spike_after spike_wait local sp sn "
+        "sp_start sn_start recent zz flips above_n below_n above_z below_z episode calm "
+        "last_ts interval gap_bins gaps dropout_factor in_dropout"
+    ).split()
+
     def __init__(self, stream: dict, settings: Settings):
         self.stream = stream
         self.s = settings
@@ -240,7 +248,9 @@ class StreamDetector:
         cache: twice as fast at hundreds of streams), and ask about dropouts in time order
         meanwhile: the findings are the same."""
         last_ts = self.last_ts
-        if last_ts is not None:
+        if last_ts is None:
+            self.last_ts = ts
+        else:
             gap = ts - last_ts
             if gap < 0:
                 if gap < -LATE_TOLERANCE_S:
@@ -249,11 +259,22 @@ class StreamDetector:
                 gap = 0.0
             else:
                 self.last_ts = ts
-            self._arrival(gap)
-        else:
-            self.last_ts = ts
-        self.arrived += 1
-        return 2 if self.arrived == self.warm else 1
+            interval = self.interval
+            if self.in_dropout:
+                self.in_dropout = False  # back: the gap that ended was the dropout
+            elif interval is None:
+                if gap > 0:
+                    self.interval = gap
+            else:
+                if gap < 3 * interval:
+                    self.interval = interval + 0.02 * (gap - interval)
+                ratio_bin = int(gap / interval * 4) if interval > 0 else RATIO_BINS
+                self.gap_bins[ratio_bin if ratio_bin < RATIO_BINS else RATIO_BINS] += 1
+                gaps = self.gaps = self.gaps + 1
+                if gaps % 2048 == 0:
+                    self._update_dropout_factor()
+        arrived = self.arrived = self.arrived + 1
+        return 2 if arrived == self.warm else 1
 
     def judge(self, ts: float, x: float) -> list[Finding] | None:
         """The value half of a reading that ``arrive`` let on, in the same order."""
@@ -272,23 +293,6 @@ class StreamDetector:
         """Has the stream shown its noise? A warm-up that saw only an idle 0 A (always
         exactly 0) cannot tell how far a charging current may wander: it goes on."""
         return any(r.n >= 10 and r.pairs - r.repeats >= 10 for r in self.regimes)
-
-    def _arrival(self, gap: float) -> None:
-        interval = self.interval
-        if self.in_dropout:
-            self.in_dropout = False  # back: the gap that ended was the dropout
-            return
-        if interval is None:
-            if gap > 0:
-                self.interval = gap
-            return
-        if gap < 3 * interval:
-            self.interval = interval + 0.02 * (gap - interval)
-        ratio_bin = int(gap / interval * 4) if interval > 0 else RATIO_BINS
-        self.gap_bins[ratio_bin if ratio_bin < RATIO_BINS else RATIO_BINS] += 1
-        self.gaps += 1
-        if self.gaps % 2048 == 0:
-            self._update_dropout_factor()
 
     def _update_dropout_factor(self) -> None:
         """Where the stream has shown longer gaps (more than one in a thousand), wait longer."""
