@@ -430,7 +430,8 @@ def drift_bound(sc: Scenario) -> dict:
     """How soon any detector could tell each injected drift from noise: a matched filter
     that knows the drift's first reading and its slope (which no detector does) sums
     the readings weighted by the ramp; after n readings its signal is slope/sigma *
-    sqrt(n(n+1)(2n+1)/6) noise sigmas. Held to at most one false alarm per stream-hour,
+    sqrt(n(n+1)(2n+1)/6) noise sigmas (counting the first reading as one slope out
+    already: generous to the filter). Held to at most one false alarm per stream-hour,
     a test made at every reading (7200 an hour, either side) needs ``z`` (3.81) sigmas:
     the delays it would reach are a lower bound. Also the evidence at the target's 2 s
     (4 readings), in sigmas."""
