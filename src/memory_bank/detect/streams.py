@@ -132,8 +132,9 @@ class Regime:
 
 
 class StreamDetector:
-    """The detectors of one stream. ``feed`` takes readings in time order and returns the
-    findings they complete (usually none); ``overdue`` is asked about dropouts."""
+    """The detectors of one stream. ``feed`` (or ``arrive``, then ``judge``) takes readings
+    in time order and returns the findings they complete (usually none); ``overdue`` is
+    asked about dropouts."""
 
     # Slots: a stream's state in one compact object (hundreds of streams take turns).
     __slots__ = (
@@ -245,7 +246,7 @@ class StreamDetector:
 
         The two halves share no state but that decision, so a caller may judge the values
         of many streams later, grouped per stream (each stream's state then stays in the
-        cache: twice as fast at hundreds of streams), and ask about dropouts in time order
+        cache: nearly twice as fast at hundreds of streams), and ask about dropouts in time order
         meanwhile: the findings are the same."""
         last_ts = self.last_ts
         if last_ts is None:
