@@ -164,6 +164,27 @@ def test_history_in_two_runs_has_no_dropout_at_the_end(location, start_daemon, c
     assert sorted(dropouts) == [("current", "CP_1"), ("voltage", "CP_1")]  # the fault's
 
 
+def test_a_stream_still_warming_up_reports_no_dropout(db_path, start_daemon, config):
+    # CP_3 idles at exactly 0 A through its first warm-up (60 readings): it has not shown
+    # its noise, so its warm-up goes on, and its silence from 60 s to 90 s is no dropout;
+    # its first session starts at 120 s. The detector judges readings' values stream by
+    # stream after their arrivals (in time order): the warm-up decision must not wait.
+    start_daemon(db_path)
+    t0 = time.time() - 3600
+    rng = random.Random(3)
+    records = []
+    for k in range(int(200 * HZ)):
+        rel = k / HZ
+        records.append((t0 + rel, "current", round(32.0 + rng.gauss(0, 0.5), 2), "CP_1"))
+        if not 60 <= rel < 90:
+            cp3 = round(32.0 + rng.gauss(0, 0.5), 2) if rel >= 120 else 0.0
+            records.append((t0 + rel + 0.1, "current", cp3, "CP_3"))
+    publish(db_path, records)
+    run = detect(db_path, config, "--once")
+    assert run.returncode == 0, run.stderr
+    assert [(f["anomaly_type"], f["timestamp"] - t0) for f in findings(db_path)] == []
+
+
 class Lines:
     """A process's stderr, line by line, as it comes (so a test can wait on what it says)."""
 

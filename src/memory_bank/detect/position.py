@@ -67,8 +67,8 @@ class CommittedRows:
 
     Rows are tuples ``(timestamp, table_code, id, a, b, json_text)``, made so by the query
     itself (no Python work per row), through the store's read-only reader connection, with
-    JSON columns as text (the detectors cache their parse). Tuples compare by timestamp,
-    then table and id, so a batch sorts as it is.
+    JSON columns as text (the detectors cache their parse). A batch is in timestamp, then
+    table and id order.
     """
 
     def __init__(self, reader: Reader, rows_in_memory: int = 60_000):
@@ -149,7 +149,9 @@ class CommittedRows:
                 if taken:
                     rows += taken
                     marks.append((block.table, block.number, taken[-1][2]))
-            rows.sort()  # runs already sorted: a merge, in C
+            # Sorted on the timestamp alone (a float compare, not a tuple's): the sort is
+            # stable and blocks come in (table, block) order, so ties keep (table, id) order.
+            rows.sort(key=_TIME)
             yield rows, marks
 
 

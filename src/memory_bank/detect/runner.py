@@ -200,14 +200,23 @@ class Detection:
 
     def _process(self, stop: threading.Event, limit: int) -> int:
         """New rows through the detectors, a batch at a time, until ``limit`` rows or
-        ``stop``; returns how many. The loop runs once per reading, so what it needs is
-        held in locals."""
+        ``stop``; returns how many.
+
+        Each batch is taken in two passes with the same outcome as one reading at a time.
+        In time order: the data clock, each reading's arrival and the dropouts due (they
+        depend on the order of all streams), and what the learner and publisher are to do.
+        Then, stream by stream, the values (the costly part, fastest with one stream's
+        state in the cache at a time; a stream whose warm-up decision is due is judged up
+        to date at once, as its dropouts depend on it). What the passes found is then
+        reported and learned from in the order of the rows that found it."""
         marks = self.position.marks
         stream_of = self._stream_of
         clock = self.clock
         next_look = self._next_dropout_check
         count = readings = 0
         for rows, batch_marks in self.rows.batches(self.position):
+            waiting: dict[StreamDetector, list[tuple]] = {}  # values to judge, per stream
+            later: list[tuple] = []  # (row, step, its finding; None: the row, to learn)
             for row in rows:
                 ts, code = row[0], row[1]
                 if code == METRIC:
@@ -220,17 +229,31 @@ class Detection:
                         det = self._stream_for(row[3], row[5])
                     if det is not None:
                         readings += 1
-                        found = det.feed(ts, row[4])
-                        if found:
-                            for finding in found:
-                                self._report(finding)
+                        arrived = det.arrive(ts)
+                        if arrived:
+                            queue = waiting.get(det)
+                            if queue is None:
+                                queue = waiting[det] = []
+                            queue.append(row)
+                            if arrived == 2:
+                                _judge(det, queue, later)
+                                queue.clear()
                 # The data clock is the data's: this detector's own rows (a checkpoint is
                 # stamped when it is written, maybe long after the data) do not move it.
-                elif self._event(row) if code == EVENT else self._anomaly(row):
+                elif self._learnable(row):
+                    later.append((row, 0, None))
                     if ts > clock:
                         self.clock = clock = ts
                 if clock >= next_look:
-                    next_look = self._check_dropouts()
+                    next_look = self._check_dropouts(row, later)
+            for det, queue in waiting.items():
+                _judge(det, queue, later)
+            later.sort(key=_row_order)  # stable: the order found within one row is kept
+            for row, _, finding in later:
+                if finding is None:
+                    self._learn(row)
+                else:
+                    self._report(finding)
             for table, block, last_id in batch_marks:
                 marks[table][block] = last_id
             count += len(rows)
@@ -268,9 +291,10 @@ class Detection:
             det = self.detectors[key] = StreamDetector(stream, self.stream_settings)
         return det
 
-    def _check_dropouts(self) -> float:
-        """Report the streams silent past their deadline; returns when to look next: at the
-        soonest deadline (reading only moves a deadline later), within DROPOUT_RECHECK_S."""
+    def _check_dropouts(self, row: tuple, later: list) -> float:
+        """Find the streams silent past their deadline (to be reported after ``row``'s own
+        findings); returns when to look next: at the soonest deadline (reading only moves a
+        deadline later), within DROPOUT_RECHECK_S."""
         clock = self.clock
         soonest = clock + DROPOUT_RECHECK_S
         for det in self.detectors.values():
@@ -278,28 +302,27 @@ class Detection:
             if clock > deadline:
                 finding = det.overdue(clock)
                 if finding is not None:
-                    self._report(finding)
+                    later.append((row, 1, finding))
             elif deadline < soonest:
                 soonest = deadline
         return soonest
 
-    def _event(self, row: tuple) -> bool:
-        """Learn from an event; False for detection's own checkpoints (skipped)."""
-        if row[4] == COMPONENT:
-            return False
-        self.progress.events += 1
-        self._observe(row[0], self.learner.symbol_of_text(row[3], row[5]))
-        return True
-
-    def _anomaly(self, row: tuple) -> bool:
-        """Learn from an anomaly; False for this instance's own findings (the learner saw
-        them when they were found)."""
+    def _learnable(self, row: tuple) -> bool:
+        """Is this event or anomaly row for the learner? Not detection's own rows: its
+        checkpoints, and this instance's findings (the learner saw them when found)."""
+        if row[1] == EVENT:
+            return row[4] != COMPONENT
         data = _json(row[5])
-        if isinstance(data, dict) and data.get("instance") == self.settings.instance:
-            return False
+        return not (isinstance(data, dict) and data.get("instance") == self.settings.instance)
+
+    def _learn(self, row: tuple) -> None:
+        """The learner's input from an event or anomaly row (``_learnable``)."""
         self.progress.events += 1
-        self._observe(row[0], self.learner.symbol(ANOMALY_PREFIX + row[3], data))
-        return True
+        if row[1] == EVENT:
+            symbol = self.learner.symbol_of_text(row[3], row[5])
+        else:
+            symbol = self.learner.symbol(ANOMALY_PREFIX + row[3], _json(row[5]))
+        self._observe(row[0], symbol)
 
     def _observe(self, ts: float, symbol: str) -> None:
         for record in self.learner.observe(ts, symbol):
@@ -384,6 +407,22 @@ class Detection:
         confirmed = self.publisher.close(self.settings.confirm_timeout)
         self.reader.close()
         self.lock.release(clean=confirmed)
+
+
+def _judge(det: StreamDetector, queue: list[tuple], later: list) -> None:
+    """Judge the values of ``queue`` (one stream's arrived readings, in order); what they
+    find joins ``later``, each behind the row that found it."""
+    judge = det.judge
+    for row in queue:
+        found = judge(row[0], row[4])
+        if found:
+            later += [(row, 0, finding) for finding in found]
+
+
+def _row_order(item: tuple) -> tuple:
+    """Rows are handed on in (timestamp, table, id) order: that of what they found."""
+    row = item[0]
+    return row[0], row[1], row[2], item[1]
 
 
 @contextmanager

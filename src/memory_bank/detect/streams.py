@@ -132,13 +132,23 @@ class Regime:
 
 
 class StreamDetector:
-    """The detectors of one stream. ``feed`` takes readings in time order and returns the
-    findings they complete (usually none); ``overdue`` is asked about dropouts."""
+    """The detectors of one stream. ``feed`` (or ``arrive``, then ``judge``) takes readings
+    in time order and returns the findings they complete (usually none); ``overdue`` is
+    asked about dropouts."""
+
+    # Slots: a stream's state in one compact object (hundreds of streams take turns).
+    __slots__ = (
+        "stream s n arrived warm late regimes cur floor prev visit_len visit_start visit_x "
+        "last_x run_len run_start stuck_open out spike spike_after spike_wait local sp sn "
+        "sp_start sn_start recent zz flips above_n below_n above_z below_z episode calm "
+        "last_ts interval gap_bins gaps dropout_factor in_dropout"
+    ).split()
 
     def __init__(self, stream: dict, settings: Settings):
         self.stream = stream
         self.s = settings
-        self.n = 0
+        self.n = 0  # readings judged
+        self.arrived = 0  # readings arrived (ahead of n while values wait to be judged)
         self.warm = settings.warmup_readings  # readings learned before anything is reported
         self.late = 0
         self.regimes: list[Regime] = []
@@ -216,6 +226,7 @@ class StreamDetector:
             setattr(det, name, state[name])
         if det.spike is not None:
             det.spike = tuple(det.spike)
+        det.arrived = det.n  # a checkpoint is taken with every value judged
         det.regimes = [Regime.from_state(r) for r in state["regimes"]]
         det.out = [tuple(o) for o in state["out"]]
         det.recent.extend(tuple(r) for r in state["recent"])
@@ -224,19 +235,50 @@ class StreamDetector:
 
     # -- the reading loop ------------------------------------------------------------
     def feed(self, ts: float, x: float) -> list[Finding] | None:
+        """One reading: its arrival, then its value."""
+        return self.judge(ts, x) if self.arrive(ts) else None
+
+    def arrive(self, ts: float) -> int:
+        """The arrival half of a reading: what dropouts are judged on (gaps, the data time
+        of the last reading, how many came). 0: a late reading, skipped; 1: its value goes
+        on to ``judge``; 2: the same, and the warm-up decision falls on it, so every value
+        that arrived must be judged before this stream's ``deadline`` is asked again.
+
+        The two halves share no state but that decision, so a caller may judge the values
+        of many streams later, grouped per stream (each stream's state then stays in the
+        cache: nearly twice as fast at hundreds of streams), and ask about dropouts in time order
+        meanwhile: the findings are the same."""
         last_ts = self.last_ts
-        if last_ts is not None:
+        if last_ts is None:
+            self.last_ts = ts
+        else:
             gap = ts - last_ts
             if gap < 0:
                 if gap < -LATE_TOLERANCE_S:
                     self.late += 1  # another publisher's reading, behind this stream's time
-                    return None
+                    return 0
                 gap = 0.0
             else:
                 self.last_ts = ts
-            self._arrival(gap)
-        else:
-            self.last_ts = ts
+            interval = self.interval
+            if self.in_dropout:
+                self.in_dropout = False  # back: the gap that ended was the dropout
+            elif interval is None:
+                if gap > 0:
+                    self.interval = gap
+            else:
+                if gap < 3 * interval:
+                    self.interval = interval + 0.02 * (gap - interval)
+                ratio_bin = int(gap / interval * 4) if interval > 0 else RATIO_BINS
+                self.gap_bins[ratio_bin if ratio_bin < RATIO_BINS else RATIO_BINS] += 1
+                gaps = self.gaps = self.gaps + 1
+                if gaps % 2048 == 0:
+                    self._update_dropout_factor()
+        arrived = self.arrived = self.arrived + 1
+        return 2 if arrived == self.warm else 1
+
+    def judge(self, ts: float, x: float) -> list[Finding] | None:
+        """The value half of a reading that ``arrive`` let on, in the same order."""
         n = self.n = self.n + 1
         if n <= self.warm:
             self._learn(ts, x)
@@ -252,23 +294,6 @@ class StreamDetector:
         """Has the stream shown its noise? A warm-up that saw only an idle 0 A (always
         exactly 0) cannot tell how far a charging current may wander: it goes on."""
         return any(r.n >= 10 and r.pairs - r.repeats >= 10 for r in self.regimes)
-
-    def _arrival(self, gap: float) -> None:
-        interval = self.interval
-        if self.in_dropout:
-            self.in_dropout = False  # back: the gap that ended was the dropout
-            return
-        if interval is None:
-            if gap > 0:
-                self.interval = gap
-            return
-        if gap < 3 * interval:
-            self.interval = interval + 0.02 * (gap - interval)
-        ratio_bin = int(gap / interval * 4) if interval > 0 else RATIO_BINS
-        self.gap_bins[ratio_bin if ratio_bin < RATIO_BINS else RATIO_BINS] += 1
-        self.gaps += 1
-        if self.gaps % 2048 == 0:
-            self._update_dropout_factor()
 
     def _update_dropout_factor(self) -> None:
         """Where the stream has shown longer gaps (more than one in a thousand), wait longer."""
@@ -767,7 +792,12 @@ class StreamDetector:
     # -- dropouts ---------------------------------------------------------------------
     def deadline(self) -> float:
         """The data time past which this stream's silence is a dropout (inf: none due)."""
-        if self.in_dropout or self.interval is None or self.last_ts is None or self.n < self.warm:
+        if (
+            self.in_dropout
+            or self.interval is None
+            or self.last_ts is None
+            or self.arrived < self.warm
+        ):
             return math.inf
         return self.last_ts + self.dropout_factor * self.interval
 
