@@ -6,9 +6,11 @@ import csv
 import io
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -240,19 +242,37 @@ def test_follow_shows_commits_live(db_path, daemon):
         stdout=subprocess.PIPE,
         text=True,
     )
-    first = json.loads(follower.stdout.readline())
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(json.loads(line)) for line in follower.stdout], daemon=True
+    ).start()
+    first = lines.get(timeout=60)
     assert first["message"] == "before follow"  # the backlog comes first
-    time.sleep(1.0)  # let the subscription reach the daemon
+    # The subscription reaches the daemon some time after the backlog is shown: probes
+    # until one comes through, then what the test watches.
     with MemoryBank(db_path) as memory:
+        deadline = time.monotonic() + 60
+        while True:
+            memory.log_event("PROBE", "TEST", "probe")
+            assert memory.flush(10)
+            try:
+                if lines.get(timeout=0.5).get("message") == "probe":
+                    break
+            except queue.Empty:
+                assert time.monotonic() < deadline, "the follower never showed a live commit"
         memory.log_event("CAN_RX", "CP", "live one")
         memory.record_anomaly("SPIKE", "CRITICAL", "live anomaly")
-    seen = [json.loads(follower.stdout.readline()) for _ in range(2)]
+    seen: list[dict] = []
+    while len(seen) < 2:
+        line = lines.get(timeout=60)
+        if line.get("message") != "probe":  # probes still on their way
+            seen.append(line)
     assert {(s["kind"], s.get("message") or s.get("description")) for s in seen} == {
         ("event", "live one"),
         ("anomaly", "live anomaly"),
     }
     follower.send_signal(signal.SIGINT)
-    assert follower.wait(timeout=10) == 0
+    assert follower.wait(timeout=60) == 0
 
 
 def test_terminal_plot_and_png(lab_db, tmp_path):
