@@ -280,7 +280,9 @@ def cycle_events(pub: Publisher, start: float, cycles: int, period: float) -> li
 
 def test_cycle_learned_frequency_rises_and_forecast(db_path, start_daemon, config):
     start_daemon(db_path)
-    period = 10.0
+    # A minute's period: the cycle counts as stopped three periods after its last start,
+    # and a loaded machine can take tens of seconds between the events and the forecast.
+    period = 60.0
     start = time.time() - 22 * period - 3
     pub = Publisher(db_path)
     cycle_events(pub, start, 20, period)
