@@ -22,8 +22,16 @@ import json, os, sys, time
 from memory_bank import Publisher
 db, first, second, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 pub = Publisher(db, memory_bytes=256 * 1024, max_queue=5000, close_timeout=0.5)
-sent = [pub.log_event("FILL", "CP", f"first {i}", {"i": i, "pad": "p" * 40}) for i in range(first)]
-time.sleep(1.0)  # let the sender meet the full disk with what it holds
+sent = []
+for i in range(first):  # paced as the second part is, so the sender spools as it goes and
+    # meets the full disk (a caller faster than it would fill the queue first and be dropped
+    # at the call, before any write to the spool failed)
+    sent.append(pub.log_event("FILL", "CP", f"first {i}", {"i": i, "pad": "p" * 40}))
+    if i % 500 == 499:
+        time.sleep(0.01)
+deadline = time.monotonic() + 60  # until a write to the spool failed and something was dropped
+while (pub.dropped == 0 or pub._outbox._spool_error is None) and time.monotonic() < deadline:
+    time.sleep(0.05)
 print(json.dumps({"dropped": pub.dropped, "alive": pub._sender.is_alive()}), flush=True)
 while not os.path.exists(go):
     time.sleep(0.05)
