@@ -101,12 +101,13 @@ def gather(
     return Batch(events, anomalies, metrics, operations, applied)
 
 
-def time_buckets(rows, seconds: int) -> Iterator:
-    """Each plain row's timestamp // ``seconds`` (its minute, its day: an integral float,
-    or an int), computed in C: no Python step per row."""
-    from ..wire import ROW_TIMESTAMP  # the writer's side: wire is loaded
+def time_buckets(rows, seconds: int, time_at: int | None = None) -> Iterator:
+    """Each row's timestamp (a plain row's, or the one at ``time_at``) // ``seconds`` (its
+    minute, its day: an integral float, or an int), computed in C: no Python step per row."""
+    if time_at is None:
+        from ..wire import ROW_TIMESTAMP as time_at  # the writer's side: wire is loaded
 
-    return map(floordiv, map(itemgetter(ROW_TIMESTAMP), rows), repeat(seconds))
+    return map(floordiv, map(itemgetter(time_at), rows), repeat(seconds))
 
 
 # mb_maintenance's columns, in the order its rows are written and read.
@@ -320,7 +321,7 @@ def metric_aggregates(metrics: list, seconds: int, name_at: int, time_at: int, v
     keys = list(
         zip(
             map(itemgetter(name_at), metrics),
-            map(floordiv, map(itemgetter(time_at), metrics), repeat(seconds)),
+            time_buckets(metrics, seconds, time_at),
             strict=True,
         )
     )
