@@ -32,6 +32,9 @@ _live_publishers: weakref.WeakSet = weakref.WeakSet()
 # Where every row and operation keeps its time.
 _TIMESTAMP = wire.ROW_TIMESTAMP
 assert _TIMESTAMP == wire.OP_TIMESTAMP
+# A queued row carries its kind last (the sender takes it off), so a session operation's id,
+# last on the wire, is the item before it.
+_SESSION_ID_AT = wire.SessionOp.ROW_ID - 1
 
 
 class Publisher:
@@ -177,13 +180,15 @@ class Publisher:
         return token
 
     # -- the queue (caller side) ------------------------------------------------------
-    def _put(self, kind: int, row: list, timestamp, id_at: int | None = wire.ROW_ID) -> int:
-        """Queue ``row`` with its time (the call's, unless ``timestamp`` is given) and, at
-        ``id_at`` (None: none), the next id; returns the id (0 when none).
+    def _put(self, row: list, timestamp, id_at: int | None = wire.ROW_ID) -> int:
+        """Queue ``row`` (its kind last: sender.py takes it off) with its time (the call's,
+        unless ``timestamp`` is given) and, at ``id_at`` (None: none), the next id; returns
+        the id (0 when none).
 
         One lock covers the id and the append, so threads sharing this publisher queue ids
         in the order they took them: its rows commit in id order, as readers of committed
-        rows (the detector's position) expect."""
+        rows (the detector's position) expect. The row is the only object a call leaves
+        behind (no wrapper around it), so calls give the garbage collector half the work."""
         row[_TIMESTAMP] = time() if timestamp is None else float(timestamp)
         lock = self._lock
         lock.acquire()  # (a with statement costs twice as much here)
@@ -207,7 +212,7 @@ class Publisher:
                     self._drops.count(1)
                 except IndexError:
                     pass
-            queue.append((kind, row))
+            queue.append(row)
         finally:
             lock.release()
         self._dirty = True
@@ -223,12 +228,12 @@ class Publisher:
             )
         raise RuntimeError("this Publisher is closed")
 
-    # -- the seed's write calls (rows in wire's column order: wire.EventRow...; _put fills
-    # in the time and the id) --------------------------------------------------------------
+    # -- the seed's write calls (rows in wire's column order: wire.EventRow..., then their
+    # kind; _put fills in the time and the id) ---------------------------------------------
     def log_event(self, event_type, component, message="", data=None, *, timestamp=None) -> int:
         check_sendable(event_type, component, message)
-        row = [0, 0.0, event_type, component, message, json_text(data)]
-        return self._put(EVENTS, row, timestamp)
+        row = [0, 0.0, event_type, component, message, json_text(data), EVENTS]
+        return self._put(row, timestamp)
 
     def record_anomaly(
         self,
@@ -251,23 +256,24 @@ class Publisher:
             json_text(pattern_data),
             None if current_value is None else float(current_value),
             None if expected_value is None else float(expected_value),
+            ANOMALIES,
         ]
-        return self._put(ANOMALIES, row, timestamp)
+        return self._put(row, timestamp)
 
     def record_metric(self, metric_name, metric_value, unit=None, metadata=None, *, timestamp=None):
         check_sendable(metric_name, unit)
-        row = [0, 0.0, metric_name, float(metric_value), unit, json_text(metadata)]
-        return self._put(METRICS, row, timestamp)
+        row = [0, 0.0, metric_name, float(metric_value), unit, json_text(metadata), METRICS]
+        return self._put(row, timestamp)
 
     def start_session(self, session_id, *, timestamp=None) -> int:
         """Returns the id of the session's row (unless the session was already started:
         that row keeps the id its first start returned)."""
-        row = [wire.OP_SESSION_START, 0.0, session_text(session_id), 0]
-        return self._put(OPERATIONS, row, timestamp, wire.SessionOp.ROW_ID)
+        row = [wire.OP_SESSION_START, 0.0, session_text(session_id), 0, OPERATIONS]
+        return self._put(row, timestamp, _SESSION_ID_AT)
 
     def increment_session_anomaly_count(self, session_id, *, timestamp=None) -> None:
-        row = [wire.OP_SESSION_ANOMALY, 0.0, session_text(session_id), 0]
-        self._put(OPERATIONS, row, timestamp, wire.SessionOp.ROW_ID)
+        row = [wire.OP_SESSION_ANOMALY, 0.0, session_text(session_id), 0, OPERATIONS]
+        self._put(row, timestamp, _SESSION_ID_AT)
 
     def end_session(
         self,
@@ -283,8 +289,8 @@ class Publisher:
             None if v is None else float(v)
             for v in (total_energy, avg_current, max_current, min_current)
         ]
-        row = [wire.OP_SESSION_END, 0.0, session_text(session_id), *stats, 0]
-        self._put(OPERATIONS, row, timestamp, wire.SessionOp.ROW_ID)
+        row = [wire.OP_SESSION_END, 0.0, session_text(session_id), *stats, 0, OPERATIONS]
+        self._put(row, timestamp, _SESSION_ID_AT)
 
     def record_pattern(self, pattern_type, pattern_data, confidence=1.0, *, timestamp=None) -> None:
         check_sendable(pattern_type)
@@ -295,8 +301,9 @@ class Publisher:
             json_text(pattern_data) or "null",  # as the seed: json.dumps(None) included
             CANONICAL.encode(pattern_data),
             float(confidence),
+            OPERATIONS,
         ]
-        self._put(OPERATIONS, row, timestamp, None)
+        self._put(row, timestamp, None)
 
     # -- delivery (caller side) -------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
@@ -311,7 +318,7 @@ class Publisher:
         timeout = self.close_timeout if timeout is None else timeout
         self._dirty = False
         marker = Marker()
-        self._queue.append((MARKER, marker))
+        self._queue.append([marker, MARKER])
         self._sender.wake()
         if not marker.event.wait(timeout):
             self._dirty = True

@@ -26,8 +26,9 @@ from .transport import Transport
 
 log = logging.getLogger(__package__)
 
-# What the caller's queue holds: (kind, row), a kind being the index of its rows in a
-# message (wire.encode's order), or (MARKER, a flush's Marker).
+# What the caller's queue holds: rows, each with its kind appended (the index of its rows in
+# a message, wire.encode's order), or [a flush's Marker, MARKER]. One list per call, no
+# (kind, row) pair: the fewer objects a call leaves behind, the rarer the collections.
 EVENTS, ANOMALIES, METRICS, OPERATIONS, MARKER = 0, 1, 2, 3, 4
 # How long an acknowledgement request may go unanswered before it is sent again.
 ACK_TIMEOUT = 2.0
@@ -225,11 +226,12 @@ class Sender:
             markers = []
             while count < self.batch_records:
                 try:
-                    kind, row = queue.popleft()
+                    row = queue.popleft()
                 except IndexError:
                     break
+                kind = row.pop()
                 if kind == MARKER:
-                    markers.append(row)
+                    markers.append(row[0])
                     break
                 rows[kind].append(row)
                 count += 1
@@ -251,7 +253,7 @@ class Sender:
             self.pack()
         finally:
             self.outbox.overflow = saved
-        return sum(1 for kind, _ in self.queue if kind != MARKER)
+        return sum(1 for row in self.queue if row[-1] != MARKER)
 
     def _store_message(self, rows: list[list], count: int) -> None:
         outbox = self.outbox
