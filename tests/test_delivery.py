@@ -356,3 +356,39 @@ def test_threads_sharing_a_publisher_commit_its_ids_in_increasing_order(db_path,
     assert len(committed) == expected
     behind = sum(1 for a, b in zip(committed, committed[1:], strict=False) if b < a)
     assert behind == 0, f"{behind} of {expected} rows committed after a higher id"
+
+
+def test_a_forked_child_is_told_to_make_its_own_publisher_even_if_the_lock_was_held(db_path):
+    """After fork, a call on the parent's Publisher raises at once, saying what to do, even
+    when a thread of the parent held the publisher's lock at the fork (its sender thread
+    takes it to take rows off the queue): the child has no such thread to let go of it, so
+    without care the call would wait forever."""
+    import os
+    import select
+
+    from memory_bank import Publisher
+
+    pub = Publisher(db_path, handle_sigterm=False, close_timeout=0.5)
+    read_end, write_end = os.pipe()
+    try:
+        pub._lock.acquire()  # held at the fork, as the sender thread holds it while packing
+        pid = os.fork()
+        if pid == 0:  # the child: report what the call did, then leave without cleanup
+            try:
+                pub.log_event("CHILD", "T")
+                os.write(write_end, b"no error")
+            except RuntimeError as exc:
+                os.write(write_end, str(exc).encode())
+            finally:
+                os._exit(0)
+        pub._lock.release()
+        os.close(write_end)
+        ready, _, _ = select.select([read_end], [], [], 20)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        said = os.read(read_end, 4096).decode() if ready else "(the call never returned)"
+    finally:
+        os.close(read_end)
+        pub.close()
+    assert "make a new one in the child after fork" in said, said
