@@ -146,6 +146,10 @@ class Sender:
         (``errors``), logged, and the next cycle goes on after a pause."""
         wake_fd = self.wake_fd
         outbox = self.outbox
+        # Whether the transport may hold replies: only then is it asked (each ask is a
+        # system call that lets go of the GIL, and every time this thread takes the GIL
+        # back from a busy caller, that caller waits).
+        replies_ready = True
         while True:
             try:
                 packed = self.pack()
@@ -154,7 +158,8 @@ class Sender:
                     if outbox.unsynced:
                         outbox.sync()
                 self._send()
-                self._handle_replies()
+                if replies_ready:
+                    self._handle_replies()
                 self._ask_for_ack()
                 if self._stop:
                     return
@@ -168,6 +173,7 @@ class Sender:
                     timeout = self._poll_timeout()
                 poller = self._poller_for(self.transport.poll_items(self._has_unsent()))
                 ready = dict(poller.poll(None if timeout is None else int(timeout * 1000) + 1))
+                replies_ready = len(ready) > (wake_fd in ready)
                 if wake_fd in ready:
                     try:
                         os.eventfd_read(wake_fd)
