@@ -9,6 +9,13 @@ Each round starts a daemon of the tree measured on a fresh database and makes pa
 thread's CPU time (``time.thread_time_ns``, its own cost subtracted) and the wall time.
 CPU time is what a shared machine leaves comparable: the wall tail is other load's. Rounds
 alternate the trees so both see the same minutes.
+
+Where the wall tail comes from: each call of 20 us or more is counted as one the calling
+thread *ran* for (its CPU time at least half the wall: its own work, a garbage collection, or
+time the hypervisor took from this VM, which the guest charges to the running thread) or one
+it *waited* through (for the GIL, held by the sender thread, or for a CPU); ``gc`` counts the
+slow calls during which a collection ran, and ``steal_pct`` is the share of the machine's CPU
+time the hypervisor took during the round (``/proc/stat``).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ WAIT = (
     "import sys\nfrom memory_bank.control import wait_for_daemon\nwait_for_daemon(sys.argv[1], 60)"
 )
 CALLER = r"""
-import json, statistics, sys, time
+import gc, json, statistics, sys, time
 sys.path.insert(0, sys.argv[4])
 from workload import publish
 from memory_bank import Publisher
@@ -40,7 +47,12 @@ own = []
 for _ in range(20000):
     a = cpu_clock(); b = cpu_clock(); own.append(b - a)
 own = statistics.median(own)
-cpu, wall = [], []
+cpu, wall, collected = [], [], []
+collections = [0]
+def count_collection(phase, info):
+    if phase == "start":
+        collections[0] += 1
+gc.callbacks.append(count_collection)
 period = 1.0 / rate
 next_at = time.perf_counter()
 end = next_at + seconds
@@ -51,21 +63,28 @@ while next_at < end:
         time.sleep(delay - 0.0001)
     while time.perf_counter() < next_at:
         pass
-    w0 = wall_clock(); c0 = cpu_clock()
+    g0 = collections[0]; w0 = wall_clock(); c0 = cpu_clock()
     publish(pub, i)
     c1 = cpu_clock(); w1 = wall_clock()
-    cpu.append(c1 - c0 - own); wall.append(w1 - w0)
+    cpu.append(c1 - c0 - own); wall.append(w1 - w0); collected.append(collections[0] != g0)
     i += 1
     next_at += period
 flushed = pub.flush(30)
 pub.close()
-print(json.dumps({"cpu": cpu, "wall": wall, "flushed": flushed}))
+print(json.dumps({"cpu": cpu, "wall": wall, "gc": collected, "flushed": flushed}))
 """
 
 
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * q))]
+
+
+def steal_ticks() -> tuple[int, int]:
+    """(stolen, total) CPU ticks of the whole machine so far (/proc/stat's first line)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(t) for t in stat.readline().split()[1:]]
+    return ticks[7], sum(ticks[:8])
 
 
 def one_round(src: Path, seconds: float) -> dict:
@@ -78,6 +97,7 @@ def one_round(src: Path, seconds: float) -> dict:
         )
         try:
             subprocess.run([sys.executable, "-c", WAIT, db], env=env, check=True)
+            stolen_before, total_before = steal_ticks()
             out = subprocess.run(
                 [sys.executable, "-c", CALLER, db, str(seconds), "10000", str(HERE)],
                 env=env,
@@ -85,11 +105,14 @@ def one_round(src: Path, seconds: float) -> dict:
                 text=True,
                 check=True,
             )
+            stolen_after, total_after = steal_ticks()
         finally:
             daemon.terminate()
             daemon.wait(timeout=60)
     got = json.loads(out.stdout)
     cpu, wall = [ns / 1000 for ns in got["cpu"]], [ns / 1000 for ns in got["wall"]]
+    slow = [k for k, w in enumerate(wall) if w >= 20]
+    stolen, ticks = stolen_after - stolen_before, max(total_after - total_before, 1)
     return {
         "calls": len(cpu),
         "flushed": got["flushed"],
@@ -98,6 +121,11 @@ def one_round(src: Path, seconds: float) -> dict:
         "wall_p50_us": round(percentile(wall, 0.5), 1),
         "wall_p99_us": round(percentile(wall, 0.99), 1),
         "wall_p999_us": round(percentile(wall, 0.999), 1),
+        "over_20us": len(slow),
+        "over_20us_ran": sum(1 for k in slow if cpu[k] >= wall[k] / 2),
+        "over_20us_waited": sum(1 for k in slow if cpu[k] < wall[k] / 2),
+        "over_20us_gc": sum(1 for k in slow if got["gc"][k]),
+        "steal_pct": round(100 * stolen / ticks, 1),
     }
 
 
