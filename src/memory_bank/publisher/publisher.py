@@ -188,7 +188,7 @@ class Publisher:
         One lock covers the id and the append, so threads sharing this publisher queue ids
         in the order they took them: its rows commit in id order, as readers of committed
         rows (the detector's position) expect. The row is the only object a call leaves
-        behind (no wrapper around it), so calls give the garbage collector half the work."""
+        behind (no pair around it): one, not two, for the garbage collector to count."""
         row[_TIMESTAMP] = time() if timestamp is None else float(timestamp)
         lock = self._lock
         lock.acquire()  # (a with statement costs twice as much here)
