@@ -360,9 +360,9 @@ def test_threads_sharing_a_publisher_commit_its_ids_in_increasing_order(db_path,
 
 def test_a_forked_child_is_told_to_make_its_own_publisher_even_if_the_lock_was_held(db_path):
     """After fork, a call on the parent's Publisher raises at once, saying what to do, even
-    when a thread of the parent held the publisher's lock at the fork (its sender thread
-    takes it to take rows off the queue): the child has no such thread to let go of it, so
-    without care the call would wait forever."""
+    when another thread of the parent was in a call, holding the publisher's lock, at the
+    fork: the child has no such thread to let go of it, so without care the call would wait
+    forever."""
     import os
     import select
 
@@ -371,7 +371,7 @@ def test_a_forked_child_is_told_to_make_its_own_publisher_even_if_the_lock_was_h
     pub = Publisher(db_path, handle_sigterm=False, close_timeout=0.5)
     read_end, write_end = os.pipe()
     try:
-        pub._lock.acquire()  # held at the fork, as the sender thread holds it while packing
+        pub._lock.acquire()  # held at the fork, as by another thread in the middle of a call
         pid = os.fork()
         if pid == 0:  # the child: report what the call did, then leave without cleanup
             try:

@@ -113,7 +113,7 @@ class Publisher:
         self._outbox.spool_token = spool_token
         self._drops = Drops(self.publisher_id, self._outbox, self.location)
         self._sender = Sender(
-            self.publisher_id, transport, self._outbox, self._drops, batch_records, self._lock
+            self.publisher_id, transport, self._outbox, self._drops, batch_records
         )
         # Shared with callers.
         self._queue = self._sender.queue
@@ -414,7 +414,7 @@ def _forget_after_fork() -> None:
     for publisher in list(_live_publishers):
         publisher._closed = True
         publisher._forked = True
-        # The parent's sender thread (gone here) may have held it at the fork.
+        # Another thread of the parent (gone here), in a call, may have held it at the fork.
         publisher._lock = threading.Lock()
     _live_publishers.clear()
 

@@ -15,8 +15,6 @@ import os
 import threading
 import time
 from collections import deque
-from itertools import compress, repeat
-from operator import call, eq
 
 import msgpack
 import zmq
@@ -32,7 +30,6 @@ log = logging.getLogger(__package__)
 # a message, wire.encode's order), or [a flush's Marker, MARKER]. One list per call, no
 # (kind, row) pair: the fewer objects a call leaves behind, the rarer the collections.
 EVENTS, ANOMALIES, METRICS, OPERATIONS, MARKER = 0, 1, 2, 3, 4
-KINDS = (EVENTS, ANOMALIES, METRICS, OPERATIONS)
 # How long an acknowledgement request may go unanswered before it is sent again.
 ACK_TIMEOUT = 2.0
 # How long the daemon may answer without acknowledging anything new before a replay.
@@ -81,16 +78,14 @@ class Sender:
         outbox: Outbox,
         drops: Drops,
         batch_records: int,
-        lock: threading.Lock,
     ):
         self.publisher_id = publisher_id
         self.transport = transport
         self.outbox = outbox
         self.drops = drops
         self.batch_records = batch_records
-        # Shared with callers: they append under ``lock`` (which also covers their id).
+        # Shared with callers.
         self.queue: deque = deque()
-        self.lock = lock
         self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.wake_pending = False
         self.errors = 0  # unexpected errors in a cycle (Publisher.sender_errors)
@@ -226,36 +221,32 @@ class Sender:
 
     # -- packing ------------------------------------------------------------------------
     def pack(self) -> bool:
-        """Turn queued rows into numbered messages held until acknowledged; True if any.
-
-        Rows are taken off the queue, stripped of their kind and sorted by it with C loops
-        (no Python step per row), so the thread holds the GIL for less time per message:
-        a caller that needs the GIL meanwhile waits less."""
+        """Turn queued rows into numbered messages held until acknowledged; True if any."""
         queue = self.queue
         packed = False
         while queue:
             if self.outbox.full() and self.outbox.overflow == "drop_newest":
                 return packed  # rows wait in the queue; past max_queue the newest drop
-            with self.lock:  # the only other taker is a caller dropping its oldest row
-                batch = list(map(call, repeat(queue.popleft, min(len(queue), self.batch_records))))
-            kinds = list(map(list.pop, batch))
-            start = 0
-            while start < len(batch):
+            rows: list[list] = [[], [], [], []]
+            count = 0
+            markers = []
+            while count < self.batch_records:
                 try:
-                    end = kinds.index(MARKER, start)
-                except ValueError:
-                    end = len(batch)
-                if end > start:
-                    part = batch if end - start == len(batch) else batch[start:end]
-                    part_kinds = kinds if part is batch else kinds[start:end]
-                    rows = [list(compress(part, map(eq, part_kinds, repeat(k)))) for k in KINDS]
-                    self._store_message(rows, end - start)
-                    packed = True
-                if end < len(batch):
-                    marker = batch[end][0]
-                    marker.seq = self.outbox.seq
-                    self._markers.append(marker)
-                start = end + 1
+                    row = queue.popleft()
+                except IndexError:
+                    break
+                kind = row.pop()
+                if kind == MARKER:
+                    markers.append(row[0])
+                    break
+                rows[kind].append(row)
+                count += 1
+            if count:
+                self._store_message(rows, count)
+                packed = True
+            for marker in markers:
+                marker.seq = self.outbox.seq
+                self._markers.append(marker)
         self._release_markers()
         return packed
 
