@@ -13,7 +13,10 @@ Standard library only: publishers, the writer and the store import this module.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class DaemonLockedError(RuntimeError):
