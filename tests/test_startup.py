@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -32,6 +33,10 @@ BIN = Path(sys.executable).parent
 HEAVY = ("zmq", "msgpack", "asyncio", "apscheduler", "psycopg", "starlette", "uvicorn")
 # What the fast path of either hot command never loads (status speaks ZMTP itself).
 NOT_ON_THE_FAST_PATH = ("click", "zmq", "apscheduler", "asyncio", "logging", "dataclasses")
+# Standard modules a tenth of a hot command's start-up each, which neither needs (the
+# summary reads a database by its path as text; status still needs pathlib's Paths).
+NOT_ON_THE_STATUS_PATH = (*NOT_ON_THE_FAST_PATH, "typing", "shutil")
+NOT_ON_THE_SUMMARY_PATH = (*NOT_ON_THE_STATUS_PATH, "pathlib", "urllib.parse")
 
 LOADED = """
 import json, sys
@@ -137,14 +142,17 @@ def test_failures_read_the_same_either_way(tmp_path, prog, args):
     assert "Traceback" not in done.stderr
 
 
-def test_viewer_summary_fast_path_loads_neither_click_nor_pyzmq(lab):
-    argv = ["memory-viewer", "--db", str(lab), "--summary", "-o", "json"]
-    assert _loaded("memory_bank.cli_fast", "memory_viewer", argv, NOT_ON_THE_FAST_PATH) == []
+def test_viewer_summary_fast_path_loads_neither_click_nor_pyzmq(lab, db_path, daemon):
+    # (A table of the lab's data holding escape sequences loads click to strip them.)
+    for db, output in ((lab, "json"), (db_path, "table")):
+        argv = ["memory-viewer", "--db", str(db), "--summary", "-o", output]
+        loaded = _loaded("memory_bank.cli_fast", "memory_viewer", argv, NOT_ON_THE_SUMMARY_PATH)
+        assert loaded == []
 
 
 def test_status_fast_path_loads_neither_click_nor_pyzmq(lab):
     argv = ["memorybank", "status", "--db", str(lab)]
-    assert _loaded("memory_bank.cli_fast", "memorybank", argv, NOT_ON_THE_FAST_PATH) == []
+    assert _loaded("memory_bank.cli_fast", "memorybank", argv, NOT_ON_THE_STATUS_PATH) == []
 
 
 def test_viewer_summary_loads_neither_zmq_nor_msgpack(db_path, daemon):
@@ -223,3 +231,33 @@ def test_styles_are_clicks():
 
 def test_the_stats_request_is_wires():
     assert STATS_REQUEST == wire.request(wire.OP_STATS, 1)
+
+
+@pytest.mark.parametrize("columns", [None, "93", "0", "wide"])
+def test_terminal_width_is_shutils(monkeypatch, columns):
+    """The summary sizes its tables as shutil.get_terminal_size((120, 24)) says, without
+    importing shutil: $COLUMNS, else the terminal (none under pytest), else 120."""
+    import shutil
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert formatting.terminal_width() == shutil.get_terminal_size((120, 24)).columns
+
+
+def test_the_reader_opens_a_path_sqlite_would_read_as_a_uri(tmp_path):
+    """A database whose path holds %, ?, # and a space is read (read-only), not some other
+    file its URI would name."""
+    from memory_bank.store import open_reader
+    from memory_bank.store.schema import SEED_TABLES
+
+    db = tmp_path / "lab 100%?x=1#frag.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(SEED_TABLES)
+        conn.execute(
+            "INSERT INTO events (id, timestamp, event_type, component, message)"
+            " VALUES (1, 0, 'T', 'C', 'm')"
+        )
+    conn.close()
+    assert open_reader(db).get_dashboard_summary()["total_events"] == 1
