@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 # names: as typed ("--output", "-o"); dest: the command function's parameter; default;
 # flag: takes no value; choices: the values allowed, if not any. (Not typing.NamedTuple:
-# importing typing would be a sixth of the hot commands' start-up.)
+# importing typing would be a tenth of the hot commands' start-up.)
 Option = namedtuple(
     "Option", ["names", "dest", "default", "flag", "choices"], defaults=(None, False, None)
 )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
 if TYPE_CHECKING:
     from pathlib import Path
 

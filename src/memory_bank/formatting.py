@@ -63,7 +63,7 @@ def compact_json(value) -> str:
 
 # A table's column: the row's key, its header, how a value shows (a function to str),
 # whether it may be shortened to fit the terminal, whether it is aligned right. (Not
-# typing.NamedTuple: importing typing would be a sixth of the hot commands' start-up.)
+# typing.NamedTuple: importing typing would be a tenth of the hot commands' start-up.)
 Column = namedtuple(
     "Column", ["key", "header", "show", "flexible", "align_right"], defaults=(str, False, False)
 )
