@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -32,6 +33,10 @@ BIN = Path(sys.executable).parent
 HEAVY = ("zmq", "msgpack", "asyncio", "apscheduler", "psycopg", "starlette", "uvicorn")
 # What the fast path of either hot command never loads (status speaks ZMTP itself).
 NOT_ON_THE_FAST_PATH = ("click", "zmq", "apscheduler", "asyncio", "logging", "dataclasses")
+# Standard modules a tenth of a hot command's start-up each, which neither needs (the
+# summary reads a database by its path as text; status still needs pathlib's Paths).
+NOT_ON_THE_STATUS_PATH = (*NOT_ON_THE_FAST_PATH, "typing", "shutil")
+NOT_ON_THE_SUMMARY_PATH = (*NOT_ON_THE_STATUS_PATH, "pathlib", "urllib.parse")
 
 LOADED = """
 import json, sys
@@ -137,14 +142,17 @@ def test_failures_read_the_same_either_way(tmp_path, prog, args):
     assert "Traceback" not in done.stderr
 
 
-def test_viewer_summary_fast_path_loads_neither_click_nor_pyzmq(lab):
-    argv = ["memory-viewer", "--db", str(lab), "--summary", "-o", "json"]
-    assert _loaded("memory_bank.cli_fast", "memory_viewer", argv, NOT_ON_THE_FAST_PATH) == []
+def test_viewer_summary_fast_path_loads_neither_click_nor_pyzmq(lab, db_path, daemon):
+    # (A table of the lab's data holding escape sequences loads click to strip them.)
+    for db, output in ((lab, "json"), (db_path, "table")):
+        argv = ["memory-viewer", "--db", str(db), "--summary", "-o", output]
+        loaded = _loaded("memory_bank.cli_fast", "memory_viewer", argv, NOT_ON_THE_SUMMARY_PATH)
+        assert loaded == []
 
 
 def test_status_fast_path_loads_neither_click_nor_pyzmq(lab):
     argv = ["memorybank", "status", "--db", str(lab)]
-    assert _loaded("memory_bank.cli_fast", "memorybank", argv, NOT_ON_THE_FAST_PATH) == []
+    assert _loaded("memory_bank.cli_fast", "memorybank", argv, NOT_ON_THE_STATUS_PATH) == []
 
 
 def test_viewer_summary_loads_neither_zmq_nor_msgpack(db_path, daemon):
@@ -223,3 +231,129 @@ def test_styles_are_clicks():
 
 def test_the_stats_request_is_wires():
     assert STATS_REQUEST == wire.request(wire.OP_STATS, 1)
+
+
+@pytest.mark.parametrize("columns", [None, "93", "0", "wide"])
+def test_terminal_width_is_shutils(monkeypatch, columns):
+    """The summary sizes its tables as shutil.get_terminal_size((120, 24)) says, without
+    importing shutil: $COLUMNS, else the terminal (none under pytest), else 120."""
+    import shutil
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert formatting.terminal_width() == shutil.get_terminal_size((120, 24)).columns
+
+
+def test_the_reader_opens_a_path_sqlite_would_read_as_a_uri(tmp_path):
+    """A database whose path holds %, ?, # and a space is read (read-only), not some other
+    file its URI would name."""
+    from memory_bank.store import open_reader
+    from memory_bank.store.schema import SEED_TABLES
+
+    db = tmp_path / "lab 100%?x=1#frag.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(SEED_TABLES)
+        conn.execute(
+            "INSERT INTO events (id, timestamp, event_type, component, message)"
+            " VALUES (1, 0, 'T', 'C', 'm')"
+        )
+    conn.close()
+    assert open_reader(db).get_dashboard_summary()["total_events"] == 1
+
+
+# The summary of a fixed database (golden.py below), as `memory-viewer --summary` printed it
+# before the start-up work (pip-installed, TZ=UTC, off a terminal; its "as of" line, the
+# tenth, left out): the fast path's output must not move by a byte.
+GOLDEN_EVENTS = [
+    (i, 1_700_000_000 + i, "CAN_RX", "CHARGER", f"reading {i}", f'{{"i": {i}, "v": [1.5, null]}}')
+    for i in range(1, 8)
+]
+GOLDEN_ANOMALIES = [
+    (i, 1_700_000_100 + i, "VOLTAGE_DROP", s, f"drop {i}", 200.0 + i, 230.0, 30.0 - i)
+    for i, s in enumerate(["LOW", "MEDIUM", "HIGH", "CRITICAL"], 1)
+]
+GOLDEN_SUMMARY_120 = [
+    "MemoryBank summary",
+    "========================================",
+    "total events           7",
+    "total anomalies        4",
+    "total sessions         1",
+    "events last hour       0",
+    "anomalies last hour    0",
+    "active sessions        1",
+    "anomalies by severity  CRITICAL: 1, HIGH: 1, LOW: 1, MEDIUM: 1",
+    "",
+    "Recent events",
+    "ID  TIME                 TYPE    COMPONENT  MESSAGE    DATA                  ",
+    ' 7  2023-11-14 22:13:27  CAN_RX  CHARGER    reading 7  {"i":7,"v":[1.5,null]}',
+    ' 6  2023-11-14 22:13:26  CAN_RX  CHARGER    reading 6  {"i":6,"v":[1.5,null]}',
+    ' 5  2023-11-14 22:13:25  CAN_RX  CHARGER    reading 5  {"i":5,"v":[1.5,null]}',
+    ' 4  2023-11-14 22:13:24  CAN_RX  CHARGER    reading 4  {"i":4,"v":[1.5,null]}',
+    ' 3  2023-11-14 22:13:23  CAN_RX  CHARGER    reading 3  {"i":3,"v":[1.5,null]}',
+    "",
+    "Recent anomalies",
+    "ID  TIME                 TYPE          SEVERITY  DESCRIPTION  CURRENT  EXPECTED  DEVIATION",
+    " 4  2023-11-14 22:15:04  VOLTAGE_DROP  CRITICAL  drop 4        204.00    230.00      26.00",
+    " 3  2023-11-14 22:15:03  VOLTAGE_DROP  HIGH      drop 3        203.00    230.00      27.00",
+    " 2  2023-11-14 22:15:02  VOLTAGE_DROP  MEDIUM    drop 2        202.00    230.00      28.00",
+    " 1  2023-11-14 22:15:01  VOLTAGE_DROP  LOW       drop 1        201.00    230.00      29.00",
+]
+GOLDEN_SUMMARY_50 = [
+    "MemoryBank summary",
+    "========================================",
+    "total events           7",
+    "total anomalies        4",
+    "total sessions         1",
+    "events last hour       0",
+    "anomalies last hour    0",
+    "active sessions        1",
+    "anomalies by severity  CRITICAL: 1, HIGH: 1, LOW: 1, MEDIUM: 1",
+    "",
+    "Recent events",
+    "ID  TIME                 TYPE    COMPONENT  MESSA…",
+    " 7  2023-11-14 22:13:27  CAN_RX  CHARGER    readi…",
+    " 6  2023-11-14 22:13:26  CAN_RX  CHARGER    readi…",
+    " 5  2023-11-14 22:13:25  CAN_RX  CHARGER    readi…",
+    " 4  2023-11-14 22:13:24  CAN_RX  CHARGER    readi…",
+    " 3  2023-11-14 22:13:23  CAN_RX  CHARGER    readi…",
+    "",
+    "Recent anomalies",
+    "ID  TIME                 TYPE          SEVERITY  …",
+    " 4  2023-11-14 22:15:04  VOLTAGE_DROP  CRITICAL  …",
+    " 3  2023-11-14 22:15:03  VOLTAGE_DROP  HIGH      …",
+    " 2  2023-11-14 22:15:02  VOLTAGE_DROP  MEDIUM    …",
+    " 1  2023-11-14 22:15:01  VOLTAGE_DROP  LOW       …",
+]
+
+
+@pytest.mark.parametrize("columns,expected", [(120, GOLDEN_SUMMARY_120), (50, GOLDEN_SUMMARY_50)])
+def test_the_summary_prints_what_it_printed_before(tmp_path, columns, expected):
+    from memory_bank.store.schema import SEED_TABLES
+
+    db = tmp_path / "golden.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(SEED_TABLES)
+        conn.executemany(
+            "INSERT INTO events (id, timestamp, event_type, component, message, data)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            GOLDEN_EVENTS,
+        )
+        conn.executemany(
+            "INSERT INTO anomalies (id, timestamp, anomaly_type, severity, description,"
+            " current_value, expected_value, deviation) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            GOLDEN_ANOMALIES,
+        )
+        conn.execute(
+            "INSERT INTO sessions (session_id, start_time, status)"
+            " VALUES ('TXN_1', 1700000000, 'ACTIVE')"
+        )
+    conn.close()
+    env = {**os.environ, "TZ": "UTC", "COLUMNS": str(columns)}
+    argv = [str(BIN / "memory-viewer"), "--db", str(db), "--summary"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[9].startswith("as of ")
+    assert lines[:9] + lines[10:] == expected

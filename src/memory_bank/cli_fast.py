@@ -11,11 +11,15 @@ exit status. ``python -m memory_bank`` always runs the click group.
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable, Iterable
 
 from .cli_options import DB, ENDPOINT, JSON, OUTPUT, SUMMARY, parse
-from .locations import is_url, resolve_db_path
+from .locations import is_url, real_path
+
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 
 def memory_viewer() -> None:
@@ -27,7 +31,7 @@ def memory_viewer() -> None:
         values is None
         or not values["summary"]
         or is_url(values["db"])
-        or not resolve_db_path(values["db"]).exists()
+        or not os.path.exists(real_path(values["db"]))
     ):
         from .viewer import memory_viewer as viewer
 
@@ -36,12 +40,11 @@ def memory_viewer() -> None:
     color = sys.stdout.isatty()
 
     def lines() -> Iterable[str]:
-        import shutil
-
+        from .formatting import terminal_width
         from .store import open_reader
         from .summary import summary_lines
 
-        width = shutil.get_terminal_size((120, 24)).columns
+        width = terminal_width()
         return summary_lines(open_reader(db).check(), db, output, color, width)
 
     _answer(lines, db, color)

@@ -8,21 +8,23 @@ itself, reporting any mistake. So the fast path never accepts what click would r
 Standard library only: nothing here may load click.
 """
 
-# No `from __future__ import annotations` here: typing.NamedTuple compiles each field's
-# annotation when it is a string (formatting.py says the same).
+from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections import namedtuple
 
 from .formatting import OUTPUTS
 from .locations import DEFAULT_DATABASE
 
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
+if TYPE_CHECKING:
+    from typing import Any
 
-class Option(NamedTuple):
-    names: tuple[str, ...]  # as typed: "--output", "-o"
-    dest: str  # the command function's parameter
-    default: str | bool | None = None
-    flag: bool = False
-    choices: tuple[str, ...] | None = None
+# names: as typed ("--output", "-o"); dest: the command function's parameter; default;
+# flag: takes no value; choices: the values allowed, if not any. (Not typing.NamedTuple:
+# importing typing would be a tenth of the hot commands' start-up.)
+Option = namedtuple(
+    "Option", ["names", "dest", "default", "flag", "choices"], defaults=(None, False, None)
+)
 
 
 DB = Option(("--db",), "db", DEFAULT_DATABASE)

@@ -13,7 +13,10 @@ Standard library only: publishers, the writer and the store import this module.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class DaemonLockedError(RuntimeError):

@@ -6,14 +6,19 @@ json, jsonl and csv are for scripts and are streamed, so millions of rows never 
 memory.
 """
 
-# No `from __future__ import annotations` here: typing.NamedTuple compiles each field's
-# annotation when it is a string, a tenth of `memory-viewer --summary`'s start-up.
+from __future__ import annotations
 
 import datetime as dt
 import io
 import json
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+import os
+import sys
+from collections import namedtuple
+from collections.abc import Iterable, Iterator
+
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
+if TYPE_CHECKING:
+    from typing import Any
 
 OUTPUTS = ("table", "json", "jsonl", "csv")
 
@@ -56,12 +61,29 @@ def compact_json(value) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
-class Column(NamedTuple):
-    key: str
-    header: str
-    show: Callable[[Any], str] = str
-    flexible: bool = False  # may be shortened to fit the terminal
-    align_right: bool = False
+# A table's column: the row's key, its header, how a value shows (a function to str),
+# whether it may be shortened to fit the terminal, whether it is aligned right. (Not
+# typing.NamedTuple: importing typing would be a tenth of the hot commands' start-up.)
+Column = namedtuple(
+    "Column", ["key", "header", "show", "flexible", "align_right"], defaults=(str, False, False)
+)
+
+
+def terminal_width(fallback: int = 120) -> int:
+    """``shutil.get_terminal_size((fallback, 24)).columns``: $COLUMNS, else the terminal's
+    width, else ``fallback``; without importing shutil (with its compression modules, a
+    twentieth of ``memory-viewer --summary``'s start-up)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    try:
+        columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return fallback
+    return columns or fallback
 
 
 EVENT_COLUMNS = [
@@ -135,9 +157,7 @@ def table_lines(
     """A fixed-width table no wider than ``width``: flexible columns give way first (cut
     short, then left out from the right), then the table is clipped."""
     if not width:
-        import shutil  # here: `memorybank status` never needs it
-
-        width = shutil.get_terminal_size((120, 24)).columns
+        width = terminal_width()
     columns = list(columns)
     cells = [[c.show(r.get(c.key)).replace("\n", " ") for c in columns] for r in rows]
     widths = [max([len(c.header)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]

@@ -7,25 +7,36 @@ publishers' spools hang from, as SQLite's own ``-wal`` and ``-shm`` hang from th
 resolved path; for PostgreSQL, a file in the state folder named after the URL and the
 endpoint.
 
-Standard library only: publishers, the writer and the store import this module.
+Standard library only: publishers, the writer and the store import this module. It loads
+pathlib and re only where a function needs them: ``memory-viewer --summary`` reads through
+``real_path`` alone (pathlib, with the urllib.parse it loads, is a tenth of its start-up).
 """
 
 from __future__ import annotations
 
 import os
-import re
-from pathlib import Path
 
 from .files import make_dir
+
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 #: The database a ``MemoryBank()``, a daemon or a viewer uses when none is named: the file
 #: the seed document names.
 DEFAULT_DATABASE = "ev_charging_memory.db"
 
 
+def real_path(db_path: str | os.PathLike) -> str:
+    """The absolute path the daemon and publishers agree on (symlinks resolved), as text."""
+    return os.path.realpath(os.fspath(db_path))
+
+
 def resolve_db_path(db_path: str | os.PathLike) -> Path:
-    """The absolute path the daemon and publishers agree on (symlinks resolved)."""
-    return Path(os.path.realpath(os.fspath(db_path)))
+    """``real_path`` as a Path."""
+    from pathlib import Path
+
+    return Path(real_path(db_path))
 
 
 def is_url(location) -> bool:
@@ -35,17 +46,21 @@ def is_url(location) -> bool:
 
 def redact_url(location: str) -> str:
     """The location with any password replaced, for logs, status and file names."""
+    import re
+
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", str(location))
 
 
 def display_name(location) -> str:
     """How logs and messages name a database: a URL without its password, a resolved path."""
-    return redact_url(location) if is_url(location) else str(resolve_db_path(location))
+    return redact_url(location) if is_url(location) else real_path(location)
 
 
 def state_dir() -> Path:
     """Where a PostgreSQL-backed daemon keeps its local files (lock, spools): persistent,
     unlike the runtime folder, so spools outlive a reboot."""
+    from pathlib import Path
+
     explicit = os.environ.get("MEMORYBANK_STATE_DIR") or os.environ.get("STATE_DIRECTORY")
     if explicit:
         path = Path(explicit.split(":")[0])

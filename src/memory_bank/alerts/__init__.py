@@ -10,7 +10,7 @@ from its loop; see ``engine.py`` for the hook's contract. Readers use ``outbox.r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
 
 if TYPE_CHECKING:
     from .rules import AlertsConfig, Rule, RuleError, Sink, parse

@@ -13,7 +13,8 @@ import datetime as dt
 import json
 import sqlite3
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
 
 if TYPE_CHECKING:  # readers (viewer, alerts command) need no evaluation, nor wire's codec
     from .evaluation import GroupState, Key, Notification

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ..locations import is_url, redact_url, resolve_db_path
+from ..locations import is_url, real_path, redact_url, resolve_db_path
 from .base import (
     InvalidDatabase,
     Reader,
@@ -51,4 +51,4 @@ def open_reader(location: str | os.PathLike) -> Reader:
         return PostgresReader(os.fspath(location))
     from .reader import SqliteReader
 
-    return SqliteReader(resolve_db_path(location))
+    return SqliteReader(real_path(location))

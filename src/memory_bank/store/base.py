@@ -8,9 +8,11 @@ what they share is written once in ``sql.py``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, ClassVar
 
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
 if TYPE_CHECKING:  # readers never load msgpack
+    from typing import ClassVar
+
     from ..wire import Message
 
 __all__ = [

@@ -35,7 +35,6 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 from .. import discovery, wire
 from .postgresql import (
@@ -46,7 +45,7 @@ from .postgresql import (
     ensure_schema,
 )
 from .postgresql_connection import connect, to_datetime
-from .schema import pattern_key
+from .schema import pattern_key, read_only_uri
 from .sql import TABLE_COLUMNS, metric_aggregates
 
 log = logging.getLogger(__name__)
@@ -141,9 +140,7 @@ class Migration:
         self.url = url
         self.batch_rows = batch_rows
         self.live = discovery.daemon_running(self.source)
-        self.src = sqlite3.connect(
-            f"file:{quote(os.fspath(self.source))}?mode=ro", uri=True, isolation_level=None
-        )
+        self.src = sqlite3.connect(read_only_uri(self.source), uri=True, isolation_level=None)
         # One snapshot for the whole run (what is copied, counted and verified agree).
         # Only in WAL mode, where it blocks no writer; a seed database in rollback-journal
         # mode is read statement by statement, as the seed's own process may write it.

@@ -11,12 +11,10 @@ import os
 import sqlite3
 import threading
 import time
-from pathlib import Path
-from urllib.parse import quote
 
 from .base import InvalidDatabase
 from .bounded import BoundedReads
-from .schema import COARSE_SECONDS, SEED_TABLES, damaged_database
+from .schema import COARSE_SECONDS, SEED_TABLES, damaged_database, read_only_uri
 from .sql import (
     JSON_COLUMNS,
     TABLE_COLUMNS,
@@ -45,7 +43,7 @@ BUCKET_KEYS = ("bucket", "avg", "min", "max", "first_t", "n")
 class SqliteReader(BoundedReads):
     """Read queries with the seed's arguments and return shapes."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: str | os.PathLike):
         self.path = path
         self._local = threading.local()
 
@@ -72,7 +70,7 @@ class SqliteReader(BoundedReads):
         """A read-only connection to the file, once it is seen to hold MemoryBank's tables;
         None while it holds no table at all. Anything else is an InvalidDatabase."""
         try:
-            conn = sqlite3.connect(f"file:{quote(os.fspath(self.path))}?mode=ro", uri=True)
+            conn = sqlite3.connect(read_only_uri(self.path), uri=True)
             conn.execute("PRAGMA query_only=1")
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
         except sqlite3.DatabaseError as exc:

@@ -12,17 +12,19 @@ import datetime as dt
 import json
 import threading
 import time
-from collections import Counter
+from collections import Counter, namedtuple
 from collections.abc import Iterator
 from itertools import compress, repeat
 from operator import floordiv, itemgetter
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..lazylog import lazy_logger
 from .base import Reader, Store
 from .schema import REJECTED_KEEP
 
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
 if TYPE_CHECKING:  # readers never load msgpack (wire's codec)
+    from typing import Any
+
     from ..wire import Message
 
 log = lazy_logger(__name__)  # (readers never log: no logging import)
@@ -64,15 +66,10 @@ TIME_COLUMN = {
 JSON_COLUMNS = ("data", "pattern_data", "metadata")
 
 
-class Batch(NamedTuple):
-    """The rows of a batch's messages not applied before, by kind, and each publisher's
-    watermark once they are committed."""
-
-    events: list
-    anomalies: list
-    metrics: list
-    operations: list
-    applied: dict[int, int]
+# The rows of a batch's messages not applied before, by kind (lists), and each publisher's
+# watermark once they are committed ({publisher: seq}). A collections.namedtuple: readers
+# load this module, and typing.NamedTuple would load typing.
+Batch = namedtuple("Batch", ["events", "anomalies", "metrics", "operations", "applied"])
 
 
 def gather(
