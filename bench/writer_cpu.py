@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -63,17 +64,14 @@ def writer_round(folder: Path, raws: list[bytes], decoded: bool = False) -> floa
     ``decoded``, messages decoded before the clock starts (each one let go once taken, so
     that freeing the rows is still counted)."""
     writer = Writer(SqliteStore(folder / "writer.db"), WriterSettings(batch_rows=BATCH_ROWS))
-    validator = wire.Validator()
-    messages = [wire.decode(raw, validator) for raw in reversed(raws)] if decoded else []
+    take, feed = writer.accept_raw, iter(raws)
+    if decoded:
+        validator = wire.Validator()
+        take, feed = writer.accept, _popped([wire.decode(raw, validator) for raw in reversed(raws)])
     try:
         began = time.thread_time()
-        if decoded:
-            while messages:
-                writer.accept(messages.pop())
-                if writer.due():
-                    writer.tick()
-        for raw in () if decoded else raws:
-            writer.accept_raw(raw)
+        for item in feed:
+            take(item)
             if writer.due():
                 writer.tick()
         writer.tick(force=True)
@@ -84,6 +82,12 @@ def writer_round(folder: Path, raws: list[bytes], decoded: bool = False) -> floa
     if figures["rejected_records"] or figures["committed_records"] != figures["received_records"]:
         raise SystemExit(f"not every record committed: {figures}")
     return took
+
+
+def _popped(items: list) -> Iterator:
+    """``items`` from the last, each let go by the list as it is handed out."""
+    while items:
+        yield items.pop()
 
 
 def ceiling_round(folder: Path, records: int, batches: list | None = None) -> float:
@@ -146,15 +150,18 @@ SLICES = (
 
 
 def slices_round(folder: Path, raws: list[bytes], records: int) -> dict[str, float]:
-    """One round of each step of SLICES, each on a new database."""
+    """One round of each step of SLICES, each on a new database (a folder of its own)."""
     groups = writer_batches(raws)
     batches = [sql.gather(group, {})[:4] for group in groups]
+    own = {key: folder / key for key, _ in SLICES}
+    for path in own.values():
+        path.mkdir()
     return {
-        "ceiling": ceiling_round(folder / "1", records),
-        "raw4": ceiling_round(folder / "2", records, batches),
-        "store": store_round(folder / "3", groups),
-        "batching": writer_round(folder / "4", raws, decoded=True),
-        "writer": writer_round(folder / "5", raws),
+        "ceiling": ceiling_round(own["ceiling"], records),
+        "raw4": ceiling_round(own["raw4"], records, batches),
+        "store": store_round(own["store"], groups),
+        "batching": writer_round(own["batching"], raws, decoded=True),
+        "writer": writer_round(own["writer"], raws),
     }
 
 
@@ -201,8 +208,6 @@ def print_slices(raws: list[bytes], records: int, rounds: int) -> None:
     figures: dict[str, list[float]] = {key: [] for key, _ in SLICES}
     for _ in range(rounds):
         with tempfile.TemporaryDirectory(prefix="mb-writer-slices-") as folder:
-            for sub in "12345":
-                (Path(folder) / sub).mkdir()
             for key, seconds in slices_round(Path(folder), raws, records).items():
                 figures[key].append(seconds)
     us = {key: statistics.median(v) * 1e6 / records for key, v in figures.items()}
