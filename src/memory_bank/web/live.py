@@ -5,9 +5,9 @@ The daemon publishes each committed batch's events and anomalies on its tail soc
 subscribes once and hands each batch to every Server-Sent Events stream: twenty
 browsers cost the daemon what one follower does.
 Batches are numbered per process and the last ones kept. A stream is a position in them:
-woken by one event per batch, it takes what follows its position, each batch as the
-message its filters make (made once per batch for all streams with those filters), in one
-write. A browser that reconnects with ``Last-Event-ID`` resumes from there; one whose
+woken by one event for all streams (at most every WAKE_SECONDS), it takes what follows
+its position, each batch as the message its filters make (made once per batch for all
+streams with those filters), in one write. A browser that reconnects with ``Last-Event-ID`` resumes from there; one whose
 position is no longer kept (it fell behind, or was away too long) gets a ``reset``.
 """
 
@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ PROBE_SECONDS = 1.0  # how often the daemon's presence (and endpoint) is checked
 KEEP_BATCHES = 1000  # batches kept for reconnecting and lagging browsers...
 KEEP_BYTES = 32 << 20  # ...within this much memory (a busy second is a few MB)
 SEND_BATCHES = 64  # batches a stream behind others is sent in one write
+# Streams are woken for batches at most this often: at high rates each write carries the
+# few batches committed meanwhile (a page draws ten times a second), where one write a
+# batch would cost each stream a send, and its browser a wake-up, per commit.
+WAKE_SECONDS = 0.1
 RETRY_MS = 2000  # how soon a browser reconnects after losing the stream
 MAX_ROWS = 25  # events (and anomalies) of one batch sent to a page; the rest are counted
 
@@ -157,6 +162,8 @@ class LiveFeed:
         self.closing = False
         self._wake = asyncio.Event()  # the follower: a stop, or a probe due
         self._changed = asyncio.Event()  # every stream: something new to send
+        self._woken = 0.0  # when the streams were last woken (time.monotonic())
+        self._wake_later: asyncio.TimerHandle | None = None
         self._unpacked: tuple[Batch, tuple[list, list]] | None = None
 
     # -- what the streams see ---------------------------------------------------------
@@ -266,8 +273,23 @@ class LiveFeed:
 
     def _notify(self) -> None:
         """Wake every stream (each then takes what is due to it)."""
+        if self._wake_later is not None:
+            self._wake_later.cancel()
+            self._wake_later = None
+        self._woken = time.monotonic()
         self._changed.set()
         self._changed.clear()
+
+    def _notify_soon(self) -> None:
+        """Wake every stream now, or WAKE_SECONDS after the last time (once, whatever
+        commits meanwhile)."""
+        if self._wake_later is not None:
+            return  # already due
+        delay = self._woken + WAKE_SECONDS - time.monotonic()
+        if delay <= 0:
+            self._notify()
+        else:
+            self._wake_later = asyncio.get_running_loop().call_later(delay, self._notify)
 
     # -- the subscription ---------------------------------------------------------------
     def _publish(self, raw: bytes) -> None:
@@ -279,7 +301,7 @@ class LiveFeed:
             self.kept_bytes -= self.kept.popleft().size
         self._summary_due = True
         if self.subscribers:
-            self._notify()
+            self._notify_soon()
 
     def _start_summary(self) -> None:
         """After commits, at most once a PROBE_SECONDS: one summary query for every page
@@ -360,6 +382,8 @@ class LiveFeed:
                         break  # say so at once
         finally:
             heartbeat.cancel()
+            if self._wake_later is not None:
+                self._wake_later.cancel()
             if self._summary_task is not None:
                 self._summary_task.cancel()  # its thread finishes on its own; nobody waits
             if follower is not None:
