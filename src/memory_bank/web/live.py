@@ -4,11 +4,12 @@ The daemon publishes each committed batch's events and anomalies on its tail soc
 (the one `memorybank view --follow` reads) only while someone subscribes. This process
 subscribes once and hands each batch to every Server-Sent Events stream: twenty
 browsers cost the daemon what one follower does.
-Batches are numbered per process and the last ones kept. A stream is a position in them:
-woken by one event for all streams (at most every WAKE_SECONDS), it takes what follows
-its position, each batch as the message its filters make (made once per batch for all
-streams with those filters), in one write. A browser that reconnects with ``Last-Event-ID`` resumes from there; one whose
-position is no longer kept (it fell behind, or was away too long) gets a ``reset``.
+Batches are numbered per process and the last ones kept. A stream is a place in them:
+woken with every other stream by one event (at most every WAKE_SECONDS), it takes what
+follows its place, each batch as the message its filters make (made once per batch for
+all streams with those filters), in one write. A browser that reconnects with
+``Last-Event-ID`` resumes from there; one whose place is no longer kept (it fell behind,
+or was away too long) gets a ``reset``.
 """
 
 from __future__ import annotations
