@@ -145,6 +145,39 @@ def test_stream_filters_like_view_follow(served):
     client.close()
 
 
+def test_streams_with_the_same_or_other_filters_each_get_their_own_rows(served):
+    """One commit, streams with different filters, two with the same: each is sent what
+    its filters let through (a batch's message is made once per filter and shared)."""
+    web, location, _ = served
+    queries = ["", "?component=CP_1", "?component=CP_1", "?component=CP_2", "?severity=critical"]
+    clients = [SseClient(web.url, query=q) for q in queries]
+    for client in clients:
+        assert client.next_event()["event"] == "status"
+    with Publisher(location) as pub:
+        pub.log_event("OCPP_BOOT", "CP_1", "one")
+        pub.log_event("OCPP_BOOT", "CP_2", "two")
+        pub.record_anomaly("VOLTAGE_DROP", "HIGH", "sag", None, 200.0, 230.0)
+        assert pub.flush(20)
+        pub.record_anomaly("VOLTAGE_DROP", "CRITICAL", "end", None, 0.0, 230.0)  # passes all
+        assert pub.flush(20)
+    seen = []
+    for client in clients:
+        events, anomalies = [], []
+        while "end" not in anomalies:
+            _, batch = client.next_records(within=10)
+            events += [e["message"] for e in batch["events"]]
+            anomalies += [a["description"] for a in batch["anomalies"]]
+        seen.append((sorted(events), anomalies))
+        client.close()
+    assert seen == [
+        (["one", "two"], ["sag", "end"]),
+        (["one"], ["sag", "end"]),  # anomalies have no component: a component filter passes them
+        (["one"], ["sag", "end"]),
+        (["two"], ["sag", "end"]),
+        (["one", "two"], ["end"]),  # severity is an anomaly's, as in `view --follow`
+    ]
+
+
 def test_a_burst_is_sent_capped_with_the_rest_counted(served):
     web, location, _ = served
     client = SseClient(web.url)

@@ -203,3 +203,21 @@ def test_row_layouts_are_their_tables_column_order(tmp_path):
     assert events == [wire.row_dict("events", event)]
     assert anomalies[0]["severity"] == anomaly[wire.AnomalyRow.SEVERITY] == "HIGH"
     assert anomalies[0]["expected_value"] is None
+
+
+@pytest.mark.parametrize("events, anomalies", [(0, 0), (3, 30), (30, 2), (2000, 160)])
+def test_a_tail_messages_newest_rows_are_read_as_the_whole_would_be(events, anomalies):
+    """The live page is sent a batch's newest rows: skipping to them gives the same rows,
+    and the same counts, as reading the whole message."""
+    rows = (
+        [[i, 1.5, "E", "C", f"m{i}", f'{{"i": {i}}}'] for i in range(events)],
+        [[i, 2.5, "T", "HIGH", f"d{i}", None, float(i), None] for i in range(anomalies)],
+    )
+    raw = wire.encode_tail(*rows)
+    newest_events, event_count, newest_anomalies, anomaly_count = wire.tail_newest(raw, 25)
+    all_events, all_anomalies = wire.tail_rows(raw)
+    assert (event_count, anomaly_count) == (events, anomalies)
+    assert newest_events == all_events[-25:] == rows[0][-25:]
+    assert newest_anomalies == all_anomalies[-25:] == rows[1][-25:]
+    with pytest.raises(ValueError):
+        wire.tail_newest(msgpack.packb([[], [], []]), 25)

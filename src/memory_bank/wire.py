@@ -504,11 +504,34 @@ def encode_tail(events: list, anomalies: list) -> bytes:
 
 def decode_tail(raw: bytes) -> tuple[list[dict], list[dict]]:
     """A tail message as (events, anomalies), rows keyed by column (JSON columns as text)."""
-    events, anomalies = msgpack.unpackb(raw, raw=False)
+    events, anomalies = tail_rows(raw)
     return (
         [row_dict("events", row) for row in events],
         [row_dict("anomalies", row) for row in anomalies],
     )
+
+
+def tail_rows(raw: bytes) -> tuple[list[list], list[list]]:
+    """A tail message as (event rows, anomaly rows), each row a list in column order."""
+    events, anomalies = msgpack.unpackb(raw, raw=False)
+    return events, anomalies
+
+
+def tail_newest(raw: bytes, keep: int) -> tuple[list[list], int, list[list], int]:
+    """The newest ``keep`` event rows and anomaly rows of a tail message, with how many of
+    each it holds: (events, event count, anomalies, anomaly count). The rows before them
+    are skipped unread, so a batch of thousands costs what its last few do."""
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(raw), 1))
+    unpacker.feed(raw)
+    if unpacker.read_array_header() != 2:
+        raise ValueError("a tail message is [events, anomalies]")
+    out: list = []
+    for _ in range(2):
+        count = unpacker.read_array_header()
+        for _ in range(count - keep):
+            unpacker.skip()
+        out += [[unpacker.unpack() for _ in range(min(count, keep))], count]
+    return out[0], out[1], out[2], out[3]
 
 
 # -- the control channel: one msgpack map per request and per reply ----------------------

@@ -2,10 +2,14 @@
 
 The daemon publishes each committed batch's events and anomalies on its tail socket
 (the one `memorybank view --follow` reads) only while someone subscribes. This process
-subscribes once and copies each batch to every Server-Sent Events stream: twenty
+subscribes once and hands each batch to every Server-Sent Events stream: twenty
 browsers cost the daemon what one follower does.
-Batches are numbered per process and the last ones kept, so a browser that reconnects
-with ``Last-Event-ID`` gets what it missed, or a ``reset`` when that is gone.
+Batches are numbered per process and the last ones kept. A stream is a place in them:
+woken with every other stream by one event (at most every WAKE_SECONDS), it takes what
+follows its place, each batch as the message its filters make (made once per batch for
+all streams with those filters), in one write. A browser that reconnects with
+``Last-Event-ID`` resumes from there; one whose place is no longer kept (it fell behind,
+or was away too long) gets a ``reset``.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import islice
 from typing import cast
 
 import zmq
@@ -26,22 +32,27 @@ from zmq.utils.monitor import parse_monitor_message
 
 from .. import discovery, sockets, wire
 from ..store.sql import JSON_COLUMNS
+from ..wire import AnomalyRow, EventRow
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 15.0  # a comment line keeps proxies and the browser from timing out
 PROBE_SECONDS = 1.0  # how often the daemon's presence (and endpoint) is checked
-KEEP_BATCHES = 1000  # batches kept for reconnecting browsers...
+KEEP_BATCHES = 1000  # batches kept for reconnecting and lagging browsers...
 KEEP_BYTES = 32 << 20  # ...within this much memory (a busy second is a few MB)
-QUEUE_BATCHES = 1000  # batches a slow browser may fall behind before it is told to reset
+SEND_BATCHES = 64  # batches a stream behind others is sent in one write
+# Streams are woken for batches at most this often: at high rates each write carries the
+# few batches committed meanwhile (a page draws ten times a second), where one write a
+# batch would cost each stream a send, and its browser a wake-up, per commit.
+WAKE_SECONDS = 0.1
 RETRY_MS = 2000  # how soon a browser reconnects after losing the stream
 MAX_ROWS = 25  # events (and anomalies) of one batch sent to a page; the rest are counted
 
 
-@dataclass
+@dataclass(frozen=True)
 class StreamFilter:
     """The viewer's --follow filters: events by type and component, anomalies by type
-    and severity."""
+    and severity. Equal filters share their messages."""
 
     type: str | None = None
     component: str | None = None
@@ -51,52 +62,65 @@ class StreamFilter:
     def empty(self) -> bool:
         return self.type is None and self.component is None and self.severity is None
 
-    def apply(self, events: list[dict], anomalies: list[dict]) -> tuple[list, list]:
+    def apply(self, events: list[list], anomalies: list[list]) -> tuple[list, list]:
+        """The tail's rows (lists in column order) these filters let through."""
+        kind, component, severity = self.type, self.component, self.severity
         return (
             [
                 e
                 for e in events
-                if self.type in (None, e["event_type"]) and self.component in (None, e["component"])
+                if kind in (None, e[EventRow.EVENT_TYPE])
+                and component in (None, e[EventRow.COMPONENT])
             ],
             [
                 a
                 for a in anomalies
-                if self.type in (None, a["anomaly_type"]) and self.severity in (None, a["severity"])
+                if kind in (None, a[AnomalyRow.ANOMALY_TYPE])
+                and severity in (None, a[AnomalyRow.SEVERITY])
             ],
         )
 
 
 @dataclass(eq=False)
 class Subscriber:
+    """One stream's place: the last batch it was given, the status and summary it has
+    seen, the heartbeat it has had."""
+
     wanted: StreamFilter
-    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE_BATCHES))
-    lagged: bool = False
+    seq: int
+    status: int
+    summary: int
+    beat: int
 
 
-def _shown(row: dict) -> dict:
+def _shown(kind: str, row: list) -> dict:
     """A tail row as the API returns it: JSON columns decoded (and an anomaly's deviation)."""
-    row = dict(row)  # the batch's rows are shared by every stream
+    shown = wire.row_dict(kind, row)
     for key in JSON_COLUMNS:
-        if isinstance(row.get(key), str):
+        if isinstance(shown.get(key), str):
             with contextlib.suppress(ValueError):
-                row[key] = json.loads(row[key])
-    if "expected_value" in row:
-        current, expected = row["current_value"], row["expected_value"]
-        row["deviation"] = None if current is None or expected is None else abs(current - expected)
-    return row
+                shown[key] = json.loads(shown[key])
+    if kind == "anomalies":
+        current, expected = shown["current_value"], shown["expected_value"]
+        shown["deviation"] = (
+            None if current is None or expected is None else abs(current - expected)
+        )
+    return shown
 
 
-def _frame_data(events: list[dict], anomalies: list[dict]) -> str:
+def _frame_data(
+    events: list[list], event_count: int, anomalies: list[list], anomaly_count: int
+) -> str:
     """A ``records`` event's data: the newest MAX_ROWS of each kind, and how many more
     there were (a page keeps a few hundred lines; the database keeps them all)."""
-    shown_events, shown_anomalies = events[-MAX_ROWS:], anomalies[-MAX_ROWS:]
+    events, anomalies = events[-MAX_ROWS:], anomalies[-MAX_ROWS:]
     return json.dumps(
         {
-            "events": [_shown(e) for e in shown_events],
-            "anomalies": [_shown(a) for a in shown_anomalies],
+            "events": [_shown("events", e) for e in events],
+            "anomalies": [_shown("anomalies", a) for a in anomalies],
             "skipped": {
-                "events": len(events) - len(shown_events),
-                "anomalies": len(anomalies) - len(shown_anomalies),
+                "events": event_count - len(events),
+                "anomalies": anomaly_count - len(anomalies),
             },
         },
         default=str,
@@ -104,23 +128,17 @@ def _frame_data(events: list[dict], anomalies: list[dict]) -> str:
 
 
 class Batch:
-    """One committed batch from the tail, numbered. Read only when a stream takes it (with
-    nobody watching, a batch costs its receipt), and its JSON made once for every stream
-    that takes it unfiltered."""
+    """One committed batch from the tail, numbered, kept as received (its smallest form:
+    with nobody watching, a batch costs its receipt). ``frames`` holds the message made
+    from it for each filter that asked, shared by every stream with that filter."""
+
+    __slots__ = ("seq", "raw", "frames", "size")
 
     def __init__(self, seq: int, raw: bytes):
         self.seq = seq
-        self.raw = raw  # kept as received: the smallest form of the batch
-        self._unfiltered: str | None = None
-
-    def data(self, wanted: StreamFilter) -> str | None:
-        """The event's data for a stream with these filters; None when nothing is left."""
-        if wanted.empty:
-            if self._unfiltered is None:
-                self._unfiltered = _frame_data(*wire.decode_tail(self.raw))
-            return self._unfiltered
-        events, anomalies = wanted.apply(*wire.decode_tail(self.raw))
-        return _frame_data(events, anomalies) if events or anomalies else None
+        self.raw = raw
+        self.frames: dict[StreamFilter, bytes] = {}
+        self.size = len(raw)  # with its frames: what keeping it costs
 
 
 class LiveFeed:
@@ -129,7 +147,8 @@ class LiveFeed:
     def __init__(self, location: str, summarize=None):
         self.key = discovery.location_key(location)
         self.summarize = summarize  # the reader's summary (blocking: run in a thread)
-        self.summary: str | None = None  # its latest JSON, pushed to every stream
+        self.summary: bytes | None = None  # its latest ``summary`` event, sent to every stream
+        self.summary_version = 0
         self._summary_due = False
         self._summary_task: asyncio.Task | None = None
         self.name = discovery.display_name(location)
@@ -139,8 +158,14 @@ class LiveFeed:
         self.kept_bytes = 0
         self.subscribers: set[Subscriber] = set()
         self.live = False
+        self.status_version = 0
+        self.beats = 0
         self.closing = False
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # the follower: a stop, or a probe due
+        self._changed = asyncio.Event()  # every stream: something new to send
+        self._woken = 0.0  # when the streams were last woken (time.monotonic())
+        self._wake_later: asyncio.TimerHandle | None = None
+        self._unpacked: tuple[Batch, tuple[list, list]] | None = None
 
     # -- what the streams see ---------------------------------------------------------
     def status(self) -> dict:
@@ -148,8 +173,16 @@ class LiveFeed:
             return {"live": True, "message": f"live: following the daemon of {self.name}"}
         return {"live": False, "message": "live feed unavailable: no daemon serves this database"}
 
-    def subscribe(self, wanted: StreamFilter) -> Subscriber:
-        subscriber = Subscriber(wanted)
+    def subscribe(self, wanted: StreamFilter, after: int | None = None) -> Subscriber:
+        """A stream placed after batch ``after`` (the newest when None), with the current
+        status (sent by the stream itself): it is sent what follows."""
+        subscriber = Subscriber(
+            wanted,
+            self.seq if after is None else after,
+            self.status_version,
+            self.summary_version,
+            self.beats,
+        )
         self.subscribers.add(subscriber)
         return subscriber
 
@@ -159,37 +192,117 @@ class LiveFeed:
     def close(self) -> None:
         """Server shutdown: end every stream so the server need not wait for them."""
         self.closing = True
-        for subscriber in self.subscribers:
-            _offer(subscriber, None)
         self._wake.set()
+        self._notify()
 
-    def missed_since(self, last_event_id: str | None) -> list[Batch] | None:
-        """Batches after ``last_event_id`` still kept; None when they cannot be told."""
+    def resume_after(self, last_event_id: str | None) -> int | None:
+        """The batch a browser reconnecting with ``last_event_id`` saw last (the newest
+        when it gives none); None when that cannot be told (another process's id). Whether
+        what followed is still kept is the stream's next look (``due``)."""
         if not last_event_id:
-            return []
+            return self.seq
         boot, _, seq = last_event_id.partition("-")
         if boot != self.boot or not seq.isdigit() or int(seq) > self.seq:
             return None
-        after = int(seq)
-        oldest = self.kept[0].seq if self.kept else self.seq + 1
-        if after + 1 < oldest and after < self.seq:
-            return None  # some of what it missed is no longer kept
-        return [batch for batch in self.kept if batch.seq > after]
+        return int(seq)
 
     def event_id(self, seq: int) -> str:
         return f"{self.boot}-{seq}"
+
+    async def changed(self) -> None:
+        """Until there is something new: a batch, status, summary, heartbeat or the end."""
+        await self._changed.wait()
+
+    def due(self, subscriber: Subscriber) -> bytes:
+        """Everything new for this stream, as one write (empty when there is nothing):
+        status, then the batches after its place (or ``reset`` when they are no longer
+        kept), then the summary; a heartbeat when there is nothing else."""
+        parts = []
+        if subscriber.status != self.status_version:
+            subscriber.status = self.status_version
+            parts.append(sse("status", json.dumps(self.status())).encode())
+        if subscriber.seq < self.seq:
+            oldest = self.kept[0].seq if self.kept else self.seq + 1
+            if subscriber.seq + 1 < oldest:
+                subscriber.seq = self.seq
+                parts.append(sse("reset", "{}", self.event_id(self.seq)).encode())
+            else:
+                start = subscriber.seq + 1 - oldest
+                for batch in islice(self.kept, start, start + SEND_BATCHES):
+                    parts.append(self._frame(batch, subscriber.wanted))
+                    subscriber.seq = batch.seq
+        if subscriber.summary != self.summary_version:
+            subscriber.summary = self.summary_version
+            if self.summary is not None:
+                parts.append(self.summary)
+        if subscriber.beat != self.beats:
+            subscriber.beat = self.beats
+            if not any(parts):
+                parts.append(b": keep-alive\n\n")
+        return b"".join(parts)
+
+    def _frame(self, batch: Batch, wanted: StreamFilter) -> bytes:
+        """The ``records`` message of ``batch`` for streams with these filters (empty
+        when nothing passes them), made on first need and kept with the batch."""
+        frame = batch.frames.get(wanted)
+        if frame is None:
+            frame = b""
+            try:
+                if wanted.empty:
+                    events, event_count, anomalies, anomaly_count = wire.tail_newest(
+                        batch.raw, MAX_ROWS
+                    )
+                else:
+                    events, anomalies = wanted.apply(*self._rows(batch))
+                    event_count, anomaly_count = len(events), len(anomalies)
+                if events or anomalies:
+                    data = _frame_data(events, event_count, anomalies, anomaly_count)
+                    frame = sse("records", data, self.event_id(batch.seq)).encode()
+            except Exception as exc:  # a message we cannot read is skipped, not fatal
+                log.warning("unreadable tail message %d skipped: %s", batch.seq, exc)
+            batch.frames[wanted] = frame
+            batch.size += len(frame)
+            self.kept_bytes += len(frame)
+        return frame
+
+    def _rows(self, batch: Batch) -> tuple[list, list]:
+        """Every row of the batch, for filtering: unpacked once for all the filters that
+        look at it (the newest batch only is kept unpacked)."""
+        if self._unpacked is None or self._unpacked[0] is not batch:
+            self._unpacked = (batch, wire.tail_rows(batch.raw))
+        return self._unpacked[1]
+
+    def _notify(self) -> None:
+        """Wake every stream (each then takes what is due to it)."""
+        if self._wake_later is not None:
+            self._wake_later.cancel()
+            self._wake_later = None
+        self._woken = time.monotonic()
+        self._changed.set()
+        self._changed.clear()
+
+    def _notify_soon(self) -> None:
+        """Wake every stream now, or WAKE_SECONDS after the last time (once, whatever
+        commits meanwhile)."""
+        if self._wake_later is not None:
+            return  # already due
+        delay = self._woken + WAKE_SECONDS - time.monotonic()
+        if delay <= 0:
+            self._notify()
+        else:
+            self._wake_later = asyncio.get_running_loop().call_later(delay, self._notify)
 
     # -- the subscription ---------------------------------------------------------------
     def _publish(self, raw: bytes) -> None:
         batch = Batch(self.seq + 1, raw)
         self.seq = batch.seq
         self.kept.append(batch)
-        self.kept_bytes += len(raw)
+        self.kept_bytes += batch.size
         while self.kept_bytes > KEEP_BYTES or len(self.kept) > KEEP_BATCHES:
-            self.kept_bytes -= len(self.kept.popleft().raw)
+            self.kept_bytes -= self.kept.popleft().size
         self._summary_due = True
-        for subscriber in self.subscribers:
-            _offer(subscriber, batch)
+        if self.subscribers:
+            self._notify_soon()
 
     def _start_summary(self) -> None:
         """After commits, at most once a PROBE_SECONDS: one summary query for every page
@@ -208,16 +321,24 @@ class LiveFeed:
         except Exception as exc:  # the next commit tries again
             log.warning("summary for the live pages failed: %s", exc)
             return
-        self.summary = json.dumps(summary, default=str)
-        for subscriber in self.subscribers:
-            _offer(subscriber, "summary")
+        self.summary = sse("summary", json.dumps(summary, default=str)).encode()
+        self.summary_version += 1
+        self._notify()
 
     def _set_live(self, live: bool) -> None:
         if live != self.live:
             self.live = live
             log.info("%s", self.status()["message"])
-            for subscriber in self.subscribers:
-                _offer(subscriber, "status")
+            self.status_version += 1
+            self._notify()
+
+    async def _beat(self) -> None:
+        """A heartbeat for every stream each HEARTBEAT_SECONDS (sent by those with
+        nothing else to send)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            self.beats += 1
+            self._notify()
 
     def _tail_endpoint(self) -> str:
         info = discovery.read_daemon_info(self.key) or {}
@@ -235,6 +356,7 @@ class LiveFeed:
         ctx = zmq.asyncio.Context()
         follower: _Follower | None = None
         loop = asyncio.get_running_loop()
+        heartbeat = asyncio.create_task(self._beat())
         try:
             while not self.closing:
                 running = discovery.daemon_running(self.key)
@@ -260,6 +382,9 @@ class LiveFeed:
                     if follower.connected != self.live:
                         break  # say so at once
         finally:
+            heartbeat.cancel()
+            if self._wake_later is not None:
+                self._wake_later.cancel()
             if self._summary_task is not None:
                 self._summary_task.cancel()  # its thread finishes on its own; nobody waits
             if follower is not None:
@@ -308,14 +433,6 @@ class _Follower:
         self.sub.close(0)
 
 
-def _offer(subscriber: Subscriber, item) -> None:
-    """Queue an item for one stream; a stream that fell too far behind is reset."""
-    try:
-        subscriber.queue.put_nowait(item)
-    except asyncio.QueueFull:
-        subscriber.lagged = True
-
-
 def sse(event: str, data: str, event_id: str | None = None) -> str:
     head = f"id: {event_id}\n" if event_id else ""
     return f"{head}event: {event}\ndata: {data}\n\n"
@@ -323,46 +440,21 @@ def sse(event: str, data: str, event_id: str | None = None) -> str:
 
 async def stream(
     feed: LiveFeed, wanted: StreamFilter, last_event_id: str | None
-) -> AsyncIterator[str]:
+) -> AsyncIterator[bytes]:
     """One browser's Server-Sent Events: status, then each committed batch (``records``),
     heartbeats between; ``reset`` when batches were lost to it (it reloads from the API)."""
-    subscriber = feed.subscribe(wanted)
+    after = feed.resume_after(last_event_id)
+    subscriber = feed.subscribe(wanted, after)
     try:
-        yield f"retry: {RETRY_MS}\n\n"
-        yield sse("status", json.dumps(feed.status()))
-        missed = feed.missed_since(last_event_id)
-        if missed is None:
-            yield sse("reset", "{}", feed.event_id(feed.seq))
-        else:
-            for frame in (_records(feed, wanted, batch) for batch in missed):
-                if frame:
-                    yield frame
-        while True:
-            try:
-                item = await asyncio.wait_for(subscriber.queue.get(), HEARTBEAT_SECONDS)
-            except TimeoutError:
-                yield ": keep-alive\n\n"
-                continue
-            if item is None:
-                return
-            if item == "status":
-                yield sse("status", json.dumps(feed.status()))
-            elif item == "summary":
-                if feed.summary is not None:  # queued only once there is one
-                    yield sse("summary", feed.summary)
-            elif subscriber.lagged and subscriber.queue.empty():
-                subscriber.lagged = False
-                yield sse("reset", "{}", feed.event_id(item.seq))
-            elif frame := _records(feed, wanted, item):
-                yield frame
+        head = f"retry: {RETRY_MS}\n\n" + sse("status", json.dumps(feed.status()))
+        if after is None:  # what it saw cannot be told: it reloads from the API
+            head += sse("reset", "{}", feed.event_id(feed.seq))
+        yield head.encode()
+        while not feed.closing:
+            chunk = feed.due(subscriber)
+            if chunk:
+                yield chunk
+            else:
+                await feed.changed()
     finally:
         feed.unsubscribe(subscriber)
-
-
-def _records(feed: LiveFeed, wanted: StreamFilter, batch: Batch) -> str:
-    try:
-        data = batch.data(wanted)
-    except Exception as exc:  # a message we cannot read is skipped, not fatal
-        log.warning("unreadable tail message %d skipped: %s", batch.seq, exc)
-        return ""
-    return "" if data is None else sse("records", data, feed.event_id(batch.seq))
