@@ -91,3 +91,34 @@ def raw_batches(n: int, base_id: int, batch: int = 2000):
         if (i + 1) % batch == 0 or i == n - 1:
             yield events, anomalies, metrics, operations
             events, anomalies, metrics, operations = [], [], [], []
+
+
+def arriving_parts(n: int, publishers: int, per_message: int = 400):
+    """The workload's ``n`` records as ``publishers`` publishers send them, each numbering
+    its own records from its own id block (as a daemon hands them out), ``per_message``
+    records a message, interleaved round-robin as they arrive at the daemon:
+    (publisher, message seq, (events, anomalies, metrics, operations)) per message."""
+    streams = [
+        enumerate(raw_batches(n // publishers, pub << 32, per_message), 1)
+        for pub in range(1, publishers + 1)
+    ]
+    for group in zip(*streams, strict=True):
+        for pub, (seq, part) in enumerate(group, 1):
+            yield pub, seq, part
+
+
+def publishers_batches(n: int, publishers: int, batch: int = 2000, per_message: int = 400):
+    """``arriving_parts`` regrouped into transactions of ``batch`` records, as the daemon
+    commits them: the rows SQLite gets from ``publishers`` publishers, whose id blocks put
+    each table's inserts at as many places of its rowid B-tree (one block only appends)."""
+    rows: tuple[list, list, list, list] = ([], [], [], [])
+    count = 0
+    for _, _, part in arriving_parts(n, publishers, per_message):
+        for kept, more in zip(rows, part, strict=True):
+            kept.extend(more)
+        count += sum(map(len, part))
+        if count >= batch:
+            yield rows
+            rows, count = ([], [], [], []), 0
+    if count:
+        yield rows

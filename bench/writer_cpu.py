@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from run import BATCH_ROWS, _apply_raw  # noqa: E402
-from workload import raw_batches  # noqa: E402
+from workload import arriving_parts, raw_batches  # noqa: E402
 
 from memory_bank import wire  # noqa: E402
 from memory_bank.store import sql  # noqa: E402
@@ -51,12 +51,8 @@ PUBLISHERS = 4
 def messages(records: int, per_message: int) -> list[bytes]:
     """The workload's records as the wire messages of PUBLISHERS publishers (each with its
     own id block), interleaved as they arrive at the daemon."""
-    per_publisher = records // PUBLISHERS
-    streams = []
-    for pub in range(1, PUBLISHERS + 1):
-        parts = raw_batches(per_publisher, pub << wire.ID_BLOCK_BITS, per_message)
-        streams.append([wire.encode(pub, seq, 0, *p) for seq, p in enumerate(parts, 1)])
-    return [raw for group in zip(*streams, strict=True) for raw in group]
+    parts = arriving_parts(records, PUBLISHERS, per_message)
+    return [wire.encode(pub, seq, 0, *part) for pub, seq, part in parts]
 
 
 def writer_round(folder: Path, raws: list[bytes], decoded: bool = False) -> float:
