@@ -42,7 +42,7 @@ def memory_viewer() -> None:
         from .summary import summary_lines
 
         width = shutil.get_terminal_size((120, 24)).columns
-        return summary_lines(open_reader(db).check(), db, output, color, width)
+        return summary_lines(open_reader(db).check(), output, color, width)
 
     _answer(lines, db, color)
 
