@@ -437,6 +437,8 @@ class PostgresStore(SqlStore):
         return stored
 
     def _transaction(self, conn, messages, watermarks, rejects, publishers, hook) -> int:
+        """The batch in one transaction, with the alerts' rows staged last in it (``_apply``
+        then tells the hook whether it committed)."""
         with conn.transaction():
             if publishers:
                 # The committed watermark, locked: another daemon handed the same publisher's
