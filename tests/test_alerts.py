@@ -15,6 +15,7 @@ from alert_receiver import Receiver
 
 from conftest import free_ports, query
 from memory_bank import Publisher
+from memory_bank.alerts.storage import ALERTS_LOCK
 from memory_bank.discovery import is_url
 
 HOOK_CONFIG = """
@@ -435,15 +436,44 @@ def test_an_older_postgresql_database_gains_the_alert_tables(pg_url, tmp_path, s
         receiver.stop()
 
 
-def test_a_second_postgresql_daemon_with_rules_refuses_to_start(pg_url, tmp_path, start_daemon):
-    """One daemon per database runs the alerts; a second one with rules says so and stops
-    (one without rules writes alongside, as before)."""
-    cfg = _config(tmp_path, HOOK_CONFIG.format(url="http://127.0.0.1:9/hook"))
+def test_one_daemon_runs_a_postgresql_databases_alerts_across_a_server_restart(
+    pg_server, pg_url, tmp_path, start_daemon, receiver
+):
+    """One daemon per database runs the alerts: a second one with rules says so and stops
+    (one without rules writes alongside, as before). The server restarts: the first daemon
+    delivers what it commits after, once each, and holds the lock again, so a second one
+    is still refused."""
+    cfg = _config(tmp_path, HOOK_CONFIG.format(url=receiver.url))
     first = start_daemon(pg_url, "--config", str(cfg), "--endpoint", _short_ipc("a"))
-    second = start_daemon(pg_url, "--config", str(cfg), "--endpoint", _short_ipc("b"), wait=False)
-    assert second.proc.wait(60) == 2
-    assert "another daemon runs the alerts of" in second.log
+
+    def second_refused() -> None:
+        second = start_daemon(
+            pg_url, "--config", str(cfg), "--endpoint", _short_ipc("b"), wait=False
+        )
+        assert second.proc.wait(60) == 2
+        assert "another daemon runs the alerts of" in second.log
+
+    second_refused()
     start_daemon(pg_url, "--endpoint", _short_ipc("c")).stop()
+    pg_server.stop()
+    pg_server.start()
+    held = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        f"AND objid = {ALERTS_LOCK}"
+    )
+    n = 0
+    with Publisher(pg_url, endpoint=first.endpoint) as pub:
+        while query(pg_url, held) != [(1,)]:  # each notification's outcome is a transaction
+            pub.record_anomaly("OVERCURRENT", "HIGH", f"#{n}", {"n": n})
+            assert pub.flush(30)
+            n += 1
+            assert n < 60, "the lock was not taken again"
+            time.sleep(0.5)
+    bodies = receiver.wait_for(lambda b: len(b) >= n)
+    time.sleep(0.3)  # nothing more may come
+    assert sorted(int(b["group"]["n"]) for b in receiver.received()) == list(range(n))
+    assert len({b["id"] for b in bodies}) == n
+    second_refused()
     assert first.stop() == 0
 
 

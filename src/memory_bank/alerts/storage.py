@@ -10,8 +10,12 @@ the wire's layout (times as epoch seconds, JSON as text).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import time
 from contextlib import contextmanager
+
+log = logging.getLogger(__name__)
 
 NO_TABLE_SQLSTATE = "42P01"  # PostgreSQL's undefined_table
 
@@ -104,12 +108,14 @@ _PG_COLUMN = {
     "pattern_data": "pattern_data::text",
 }
 ALERTS_LOCK = 0x6D62_0003  # pg_advisory_lock key: the one daemon that runs the alerts
+LOCK_CHECK_SECONDS = 5.0  # how often, between batches, the lock's connection is checked
 
 
 class PostgresStorage:
     """The tables in the PostgreSQL database (schema version 3 makes them), written on the
     store's connection. One daemon per database runs the alerts: it holds an advisory lock
-    on a connection of its own, and a second daemon with rules refuses to start."""
+    on a connection of its own (taken again when that connection is lost, as when the
+    server restarts), and a second daemon with rules refuses to start."""
 
     def __init__(self, store):
         from ..store.postgresql_connection import connect
@@ -122,16 +128,57 @@ class PostgresStorage:
         # The batch's and the engine's statements: on the store's connection as it is (a
         # lost one fails the transaction; ``transaction`` reconnects before the next).
         self.conn = PgConnection(lambda: store.conn)
-        self._lock = connect(self.url, application_name="memorybank-alerts-lock")
-        if not self._lock.execute("SELECT pg_try_advisory_lock(%s)", (ALERTS_LOCK,)).fetchone()[0]:
-            self._lock.close()
+        self._lock = None
+        self._lock_checked = time.monotonic()
+        self._lost_logged = float("-inf")
+        if not self._take_lock():
+            self.close()
             raise RuleError(
                 f"another daemon runs the alerts of {store.name}; one daemon per PostgreSQL "
                 "database evaluates rules and feeds sinks"
             )
 
+    def _take_lock(self) -> bool:
+        """Hold the alerts' lock on a new connection; False when another daemon holds it."""
+        self._held = False
+        if self._lock is not None:
+            self._lock.close()
+        self._lock = self._connect(self.url, application_name="memorybank-alerts-lock")
+        query = "SELECT pg_try_advisory_lock(%s)"
+        self._held = self._lock.execute(query, (ALERTS_LOCK,)).fetchone()[0]
+        return self._held
+
+    def _keep_lock(self) -> None:
+        """Every LOCK_CHECK_SECONDS: take the lock again when its connection was lost, and
+        say so, loudly (each minute), when another daemon took it meanwhile."""
+        now = time.monotonic()
+        if now < self._lock_checked + LOCK_CHECK_SECONDS:
+            return
+        self._lock_checked = now
+        try:
+            if self._held:
+                self._lock.execute("SELECT 1")
+                return
+        except self.errors:
+            log.warning("alerts: the connection holding the alerts' lock was lost; taking it again")
+        try:
+            if self._take_lock():
+                log.info("alerts: the alerts' lock of %s is held again", self.store.name)
+                return
+        except self.errors:
+            return  # the server is still away: next time
+        if now < self._lost_logged + 60.0:
+            return
+        self._lost_logged = now
+        log.error(
+            "alerts: another daemon took the alerts' lock of %s while this one's connection "
+            "was lost: both now run alerts (notifications may be sent twice); stop one",
+            self.store.name,
+        )
+
     @contextmanager
     def transaction(self):
+        self._keep_lock()
         self.store._connect()  # after a lost connection: a new one, or StoreUnavailable
         with self.store.conn.transaction():
             yield self.conn
@@ -148,4 +195,5 @@ class PostgresStorage:
         return ", ".join(columns)
 
     def close(self) -> None:
-        self._lock.close()
+        if self._lock is not None:
+            self._lock.close()
