@@ -14,6 +14,7 @@ import logging
 import sqlite3
 import time
 from contextlib import contextmanager
+from functools import lru_cache
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +27,11 @@ def missing_table(exc: Exception) -> bool:
     return "no such table" in str(exc) or getattr(exc, "sqlstate", None) == NO_TABLE_SQLSTATE
 
 
-def _pg_sql(sql: str, cache: dict[str, str] = {}) -> str:  # noqa: B006 (a cache)
-    text = cache.get(sql)
-    if text is None:
-        text = cache[sql] = sql.replace("?", "%s")
-    return text
+@lru_cache(maxsize=256)
+def _pg_sql(sql: str) -> str:
+    """outbox.py's and stream_log.py's SQL with psycopg's placeholders (they hold no other
+    ``?`` and no ``%``)."""
+    return sql.replace("?", "%s")
 
 
 def reader_query(reader):
@@ -43,7 +44,8 @@ def reader_query(reader):
 class PgConnection:
     """A psycopg connection as outbox.py and stream_log.py use sqlite3's: ``execute``
     (a cursor: rowcount, fetchone, iteration), ``executemany``, ``?`` placeholders.
-    ``conn`` is a callable: the store's current connection (it reconnects)."""
+    ``conn`` is a callable giving the connection: the store's current one (the store may
+    have replaced it after a loss), or a reader's own."""
 
     def __init__(self, conn):
         self._conn = conn
