@@ -93,6 +93,24 @@ def location(request, tmp_path):
     return request.getfixturevalue("pg_url")
 
 
+def query(location, sql: str, params=()) -> list[tuple]:
+    """Rows of ``sql`` (``?`` placeholders) from a SQLite file or a PostgreSQL URL: what a
+    test reads behind the daemon's back, on either store."""
+    if is_url(location):
+        import psycopg
+
+        with psycopg.connect(str(location), autocommit=True) as conn:
+            rows = conn.execute(sql.replace("?", "%s"), params or None)
+            return rows.fetchall() if rows.description else []
+    import sqlite3
+
+    conn = sqlite3.connect(location)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
 @pytest.fixture
 def start_daemon():
     started: list[DaemonProcess] = []

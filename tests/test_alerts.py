@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import tempfile
 import time
 
 import pytest
 from alert_receiver import Receiver
 
-from conftest import free_ports
+from conftest import free_ports, query
 from memory_bank import Publisher
+from memory_bank.alerts.storage import ALERTS_LOCK
+from memory_bank.discovery import is_url
 
 HOOK_CONFIG = """
 [[alerts]]
@@ -50,20 +53,16 @@ def wait_until(condition, timeout: float = 20.0) -> None:
         time.sleep(0.02)
 
 
-def _outbox(db_path, where: str = "1") -> list[tuple]:
-    conn = sqlite3.connect(db_path)
-    try:
-        return conn.execute(f"SELECT id, status, attempts FROM mb_outbox WHERE {where}").fetchall()
-    finally:
-        conn.close()
+def _outbox(location, where: str = "true") -> list[tuple]:
+    return query(location, f"SELECT id, status, attempts FROM mb_outbox WHERE {where} ORDER BY seq")
 
 
 def test_every_notification_arrives_once_across_receiver_and_daemon_restarts(
-    db_path, tmp_path, start_daemon, receiver
+    location, tmp_path, start_daemon, receiver
 ):
     cfg = _config(tmp_path, HOOK_CONFIG.format(url=receiver.url))
-    daemon = start_daemon(db_path, "--config", str(cfg))
-    pub = Publisher(db_path)
+    daemon = start_daemon(location, "--config", str(cfg))
+    pub = Publisher(location)
     total = 0
 
     def publish(count: int) -> None:
@@ -82,10 +81,10 @@ def test_every_notification_arrives_once_across_receiver_and_daemon_restarts(
     receiver.stop()  # the receiver goes away under load
     publish(40)
     # while it is away the notifications wait in the outbox, retried with backoff
-    pending = {row[0] for row in _outbox(db_path, "status = 'pending'")}
+    pending = {row[0] for row in _outbox(location, "status = 'pending'")}
     assert pending
     assert daemon.stop() == 0  # and the daemon restarts in the middle
-    daemon = start_daemon(db_path, "--config", str(cfg))
+    daemon = start_daemon(location, "--config", str(cfg))
     publish(40)
     receiver.start()
     bodies = receiver.wait_for(lambda b: len({x["id"] for x in b}) >= total, what=f"{total}")
@@ -102,8 +101,8 @@ def test_every_notification_arrives_once_across_receiver_and_daemon_restarts(
     record = first["record"]
     assert record["anomaly_type"] == "OVERCURRENT" and record["severity"] == "HIGH"
     assert record["deviation"] == 10.0 and isinstance(record["id"], int)
-    wait_until(lambda: all(status == "delivered" for _id, status, _a in _outbox(db_path)))
-    assert max(a for _i, _s, a in _outbox(db_path)) > 1, "no retry was needed?"
+    wait_until(lambda: all(status == "delivered" for _id, status, _a in _outbox(location)))
+    assert max(a for _i, _s, a in _outbox(location)) > 1, "no retry was needed?"
     pub.close()
     assert daemon.stop() == 0
 
@@ -198,7 +197,7 @@ def test_a_bad_rule_at_start_is_refused_with_its_name(db_path, tmp_path, start_d
 
 
 def test_status_and_alerts_show_the_queue_the_error_and_each_notification(
-    db_path, tmp_path, start_daemon, receiver
+    location, tmp_path, start_daemon, receiver
 ):
     from click.testing import CliRunner
 
@@ -206,19 +205,19 @@ def test_status_and_alerts_show_the_queue_the_error_and_each_notification(
 
     down = Receiver(free_ports(1))  # never started: its port refuses
     cfg = _config(tmp_path, HOOK_CONFIG.format(url=down.url))
-    daemon = start_daemon(db_path, "--config", str(cfg))
-    with Publisher(db_path) as pub:
+    daemon = start_daemon(location, "--config", str(cfg))
+    with Publisher(location) as pub:
         for n in range(3):
             pub.record_anomaly("OVERCURRENT", "HIGH", f"#{n}", {"n": n})
-    wait_until(lambda: _outbox(db_path) and _outbox(db_path)[0][2] >= 1)
+    wait_until(lambda: _outbox(location) and _outbox(location)[0][2] >= 1)
 
-    status = CliRunner().invoke(main, ["status", "--db", str(db_path)])
+    status = CliRunner().invoke(main, ["status", "--db", str(location)])
     assert status.exit_code == 0, status.output
     (line,) = [x for x in status.output.splitlines() if x.startswith("sink lab-webhook")]
     assert "3 pending, 0 delivered" in line and "(failing)" in line and "refused" in line
     assert "alert rules" in status.output and "1 (3 firing)" in status.output
 
-    listed = CliRunner().invoke(main, ["alerts", "--db", str(db_path), "-o", "json"])
+    listed = CliRunner().invoke(main, ["alerts", "--db", str(location), "-o", "json"])
     assert listed.exit_code == 0, listed.output
     rows = json.loads(listed.output)
     assert [r["record"]["pattern_data"]["n"] for r in rows] == [2, 1, 0]  # newest first
@@ -226,13 +225,13 @@ def test_status_and_alerts_show_the_queue_the_error_and_each_notification(
         ("critical-anomaly", "firing", "pending", "lab-webhook")
     }
     assert rows[-1]["attempts"] >= 1 and "refused" in rows[-1]["last_error"]
-    table = CliRunner().invoke(main, ["alerts", "--db", str(db_path)])
+    table = CliRunner().invoke(main, ["alerts", "--db", str(location)])
     assert "critical-anomaly" in table.output and "pending" in table.output
-    firing = CliRunner().invoke(main, ["alerts", "--db", str(db_path), "--firing", "-o", "json"])
+    firing = CliRunner().invoke(main, ["alerts", "--db", str(location), "--firing", "-o", "json"])
     assert [a["group"] for a in json.loads(firing.output)] == ["0", "1", "2"]
-    viewed = CliRunner().invoke(main, ["view", "--db", str(db_path), "--alerts", "-o", "json"])
+    viewed = CliRunner().invoke(main, ["view", "--db", str(location), "--alerts", "-o", "json"])
     assert [a["rule"] for a in json.loads(viewed.output)] == ["critical-anomaly"] * 3
-    summary = CliRunner().invoke(main, ["view", "--db", str(db_path), "--summary"])
+    summary = CliRunner().invoke(main, ["view", "--db", str(location), "--summary"])
     assert "Alerts firing" in summary.output and "OVERCURRENT (HIGH): #2" in summary.output
 
     # `alerts test` sends through the rule's sinks now, without the daemon
@@ -319,13 +318,78 @@ def test_the_prometheus_endpoint_shows_what_status_shows(db_path, tmp_path, star
     assert daemon.stop() == 0
 
 
-def test_a_postgresql_daemon_with_rules_refuses_to_start_and_says_why(
-    pg_url, tmp_path, start_daemon
+def test_notifications_pending_at_a_kill_arrive_after_the_restart_with_their_ids(
+    location, tmp_path, start_daemon
 ):
-    cfg = _config(tmp_path, HOOK_CONFIG.format(url="http://127.0.0.1:9/hook"))
-    daemon = start_daemon(pg_url, "--config", str(cfg), wait=False)
-    assert daemon.proc.wait(60) == 2
-    assert "alerts and sinks run on a SQLite database for now" in daemon.log
+    """SIGKILL while the receiver is away: what waited in the outbox is delivered after the
+    restart, once each, with the ids it was written with, in order."""
+    receiver = Receiver(free_ports(1))  # not started yet: its port refuses
+    cfg = _config(tmp_path, HOOK_CONFIG.format(url=receiver.url))
+    daemon = start_daemon(location, "--config", str(cfg))
+    with Publisher(location) as pub:
+        for n in range(5):
+            pub.record_anomaly("OVERCURRENT", "HIGH", f"#{n}", {"n": n})
+    wait_until(lambda: len(_outbox(location, "status = 'pending'")) == 5)
+    wait_until(lambda: _outbox(location)[0][2] >= 1)  # the first was tried, and waits
+    pending = [row[0] for row in _outbox(location)]
+    daemon.stop(signal.SIGKILL)
+    receiver.start()
+    try:
+        daemon = start_daemon(location, "--config", str(cfg))
+        receiver.wait_for(lambda b: len(b) >= 5)
+        time.sleep(0.3)  # nothing more may come (a duplicate would arrive now)
+        bodies = receiver.received()
+        assert [b["id"] for b in bodies] == pending, "not the ids written, or not once each"
+        assert [b["group"]["n"] for b in bodies] == ["0", "1", "2", "3", "4"]
+        wait_until(lambda: all(status == "delivered" for _i, status, _a in _outbox(location)))
+        assert daemon.stop() == 0
+    finally:
+        receiver.stop()
+
+
+def _fail_the_commit_of(location, marker: str) -> None:
+    """Make a batch whose notification holds ``marker`` fail: at its COMMIT on PostgreSQL
+    (a deferred constraint trigger), at its outbox insert on SQLite (a trigger; SQLite
+    checks nothing at COMMIT). Either way the whole batch rolls back, and the writer tries
+    its messages one by one, refusing the one that fails."""
+    if not is_url(location):
+        query(
+            location,
+            "CREATE TRIGGER poison BEFORE INSERT ON mb_outbox "
+            f"WHEN NEW.body LIKE '%{marker}%' BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+        )
+        return
+    query(
+        location,
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"IF NEW.body LIKE '%{marker}%' THEN RAISE EXCEPTION 'poisoned' "
+        "USING ERRCODE = 'unique_violation'; END IF; RETURN NULL; END $$",
+    )
+    query(
+        location,
+        "CREATE CONSTRAINT TRIGGER poison AFTER INSERT ON mb_outbox "
+        "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION poison()",
+    )
+
+
+def test_a_record_whose_batch_failed_to_commit_never_alerts(
+    location, tmp_path, start_daemon, receiver
+):
+    cfg = _config(tmp_path, HOOK_CONFIG.format(url=receiver.url))
+    daemon = start_daemon(location, "--config", str(cfg))
+    _fail_the_commit_of(location, "poison")
+    with Publisher(location) as pub:
+        for n, text in enumerate(["#0", "poison", "#2"]):
+            pub.record_anomaly("OVERCURRENT", "HIGH", text, {"n": n})
+            assert pub.flush(10)
+    receiver.wait_for(lambda b: len(b) >= 2)
+    time.sleep(0.3)  # nothing more may come
+    assert [b["record"]["description"] for b in receiver.received()] == ["#0", "#2"]
+    assert query(location, "SELECT description FROM anomalies ORDER BY id") == [("#0",), ("#2",)]
+    # the rolled-back batch left no rule state behind: its group never fired
+    assert query(location, "SELECT grp FROM mb_alert_state ORDER BY grp") == [("0",), ("2",)]
+    wait_until(lambda: [row[1] for row in _outbox(location)] == ["delivered", "delivered"])
+    assert daemon.stop() == 0
 
 
 def test_a_full_outbox_drops_the_oldest_and_says_so(db_path, tmp_path, start_daemon):
@@ -350,3 +414,68 @@ def test_a_full_outbox_drops_the_oldest_and_says_so(db_path, tmp_path, start_dae
     conn.close()
     assert "its queue is full (max_pending 3)" in daemon.log
     assert daemon.stop() == 0
+
+
+def test_an_older_postgresql_database_gains_the_alert_tables(pg_url, tmp_path, start_daemon):
+    """A database of schema version 2 (before alerts) gets the alert tables from the first
+    daemon of this version, and its rules run on it."""
+    start_daemon(pg_url).stop()
+    query(pg_url, "DROP TABLE mb_outbox, mb_alert_state, mb_stream_log, mb_stream_position")
+    query(pg_url, "UPDATE mb_meta SET value = '2' WHERE key = 'schema_version'")
+    receiver = Receiver(free_ports(1)).start()
+    try:
+        cfg = _config(tmp_path, HOOK_CONFIG.format(url=receiver.url))
+        daemon = start_daemon(pg_url, "--config", str(cfg))
+        assert query(pg_url, "SELECT value FROM mb_meta WHERE key = 'schema_version'") == [("3",)]
+        with Publisher(pg_url) as pub:
+            pub.record_anomaly("OVERCURRENT", "HIGH", "#0", {"n": 0})
+        (body,) = receiver.wait_for(lambda b: len(b) == 1)
+        assert body["record"]["description"] == "#0"
+        assert daemon.stop() == 0
+    finally:
+        receiver.stop()
+
+
+def test_one_daemon_runs_a_postgresql_databases_alerts_across_a_server_restart(
+    pg_server, pg_url, tmp_path, start_daemon, receiver
+):
+    """One daemon per database runs the alerts: a second one with rules says so and stops
+    (one without rules writes alongside, as before). The server restarts: the first daemon
+    delivers what it commits after, once each, and holds the lock again, so a second one
+    is still refused."""
+    cfg = _config(tmp_path, HOOK_CONFIG.format(url=receiver.url))
+    first = start_daemon(pg_url, "--config", str(cfg), "--endpoint", _short_ipc("a"))
+
+    def second_refused() -> None:
+        second = start_daemon(
+            pg_url, "--config", str(cfg), "--endpoint", _short_ipc("b"), wait=False
+        )
+        assert second.proc.wait(60) == 2
+        assert "another daemon runs the alerts of" in second.log
+
+    second_refused()
+    start_daemon(pg_url, "--endpoint", _short_ipc("c")).stop()
+    pg_server.stop()
+    pg_server.start()
+    held = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        f"AND objid = {ALERTS_LOCK}"
+    )
+    n = 0
+    with Publisher(pg_url, endpoint=first.endpoint) as pub:
+        while query(pg_url, held) != [(1,)]:  # each notification's outcome is a transaction
+            pub.record_anomaly("OVERCURRENT", "HIGH", f"#{n}", {"n": n})
+            assert pub.flush(30)
+            n += 1
+            assert n < 60, "the lock was not taken again"
+            time.sleep(0.5)
+    bodies = receiver.wait_for(lambda b: len(b) >= n)
+    time.sleep(0.3)  # nothing more may come
+    assert sorted(int(b["group"]["n"]) for b in receiver.received()) == list(range(n))
+    assert len({b["id"] for b in bodies}) == n
+    second_refused()
+    assert first.stop() == 0
+
+
+def _short_ipc(name: str) -> str:
+    return f"ipc://{tempfile.mkdtemp(prefix='mb-')}/{name}"

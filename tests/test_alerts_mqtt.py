@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import threading
 import time
 
 import pytest
 from mqtt_broker import Broker, Subscriber, require_mosquitto
 
-from conftest import free_ports
+from conftest import free_ports, query
 from memory_bank import Publisher
 from memory_bank.alerts.records import as_json, as_record
 from memory_bank.control import daemon_stats
@@ -69,15 +68,11 @@ def broker(tmp_path):
     b.stop()
 
 
-def _committed_ids(db_path) -> dict[str, list[int]]:
-    conn = sqlite3.connect(db_path)
-    try:
-        return {
-            t: [r[0] for r in conn.execute(f"SELECT id FROM {t} ORDER BY id")]
-            for t in ("events", "metrics", "anomalies")
-        }
-    finally:
-        conn.close()
+def _committed_ids(location) -> dict[str, list[int]]:
+    return {
+        t: [r[0] for r in query(location, f"SELECT id FROM {t} ORDER BY id")]
+        for t in ("events", "metrics", "anomalies")
+    }
 
 
 class Load:
@@ -181,15 +176,20 @@ def _streamed(subscriber) -> list[tuple[str, int]]:
     return out
 
 
-@pytest.mark.parametrize("batch", [False, True], ids=["per-record", "stream_batch"])
+@pytest.mark.parametrize(
+    ("store", "batch"),
+    [("sqlite", False), ("sqlite", True), ("postgresql", False)],
+    ids=["per-record", "stream_batch", "postgresql"],
+)
 def test_the_stream_resumes_where_the_broker_acknowledged_after_daemon_kills(
-    db_path, tmp_path, start_daemon, broker, batch
+    store, batch, tmp_path, start_daemon, broker, request
 ):
     """SIGKILL with records committed that the broker never acknowledged (the broker was
     away), then again while that backlog is being sent: after each restart the stream
     resumes from the broker's last acknowledgement, so every committed record arrives, and
     what arrived before the first kill is not sent again. Per record, and with records
-    sent as one array per topic and batch (stream_batch)."""
+    sent as one array per topic and batch (stream_batch); and per record on PostgreSQL."""
+    db_path = tmp_path / "ev.db" if store == "sqlite" else request.getfixturevalue("pg_url")
     subscriber = Subscriber(broker)
     cfg = tmp_path / "memorybank.toml"
     cfg.write_text(CONFIG.format(url=broker.url) + f"stream_batch = {str(batch).lower()}\n")
@@ -225,8 +225,5 @@ def test_the_stream_resumes_where_the_broker_acknowledged_after_daemon_kills(
         assert first == sorted(first), f"{table} out of commit order"
     subscriber.close()
     assert daemon.stop() == 0
-    conn = sqlite3.connect(db_path)
-    try:  # the log keeps no batch the stream has passed
-        assert conn.execute("SELECT count(*) FROM mb_stream_log").fetchone() == (0,)
-    finally:
-        conn.close()
+    # the log keeps no batch the stream has passed
+    assert query(db_path, "SELECT count(*) FROM mb_stream_log") == [(0,)]

@@ -183,7 +183,7 @@ def test_an_older_postgresql_database_gains_the_rollups(pg_url, start_daemon):
     start_daemon(pg_url)
     with psycopg.connect(pg_url) as conn:
         version = conn.execute("SELECT value FROM mb_meta WHERE key = 'schema_version'")
-        assert version.fetchone()[0] == "2"
+        assert version.fetchone()[0] == "3"
     with _reader(pg_url) as reader:
         _rollups_match_the_rows(pg_url, reader)
         origin, width, count = bucket_grid(now - WEEK, now, 2000, rollup_slice(reader, WEEK))

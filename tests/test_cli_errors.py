@@ -133,7 +133,7 @@ CASES = [
     ("alerts", lambda f: ["alerts", "--db", f.missing], 2, "no database at"),
     ("alerts", lambda f: ["alerts", "--db", f.notdb], 2, "not a MemoryBank database"),
     ("alerts", lambda f: ["alerts", "--db", f.wrong, "--firing"], 2, "has no events"),
-    ("alerts", lambda f: ["alerts", "--db", PG_DOWN], 2, "SQLite databases for now"),
+    ("alerts", lambda f: ["alerts", "--db", PG_DOWN], 1, "connection"),
     ("alerts", lambda f: ["alerts", "--db", f.ok, "--limit", "0"], 2, "Invalid value"),
     ("alerts", lambda f: ["alerts", "test", "hot", "--config", f.bad_toml], 2, "batch_rows"),
     ("alerts", lambda f: ["alerts", "test", "cold", "--config", f.rules_toml], 2, "rules: hot"),

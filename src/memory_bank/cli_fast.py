@@ -45,7 +45,7 @@ def memory_viewer() -> None:
         from .summary import summary_lines
 
         width = terminal_width()
-        return summary_lines(open_reader(db).check(), db, output, color, width)
+        return summary_lines(open_reader(db).check(), output, color, width)
 
     _answer(lines, db, color)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from . import formatting
-from .locations import is_url
 from .store import Reader
 
 
@@ -28,16 +27,15 @@ def titled(
     yield from formatting.render(rows, columns, output, color, width, empty)
 
 
-def firing_alerts(reader: Reader, db: str) -> list[dict]:
-    """The alert rules firing now, per group (the daemon's alerts; SQLite only)."""
-    if is_url(db):
-        return []
+def firing_alerts(reader: Reader) -> list[dict]:
+    """The alert rules firing now, per group (the daemon's alerts)."""
     from .alerts import outbox
+    from .alerts.storage import reader_query
 
-    return outbox.firing(reader.tuples)
+    return outbox.firing(reader_query(reader))
 
 
-def summary_lines(reader: Reader, db: str, output: str, color: bool, width: int) -> Iterator[str]:
+def summary_lines(reader: Reader, output: str, color: bool, width: int) -> Iterator[str]:
     """Overall figures, the last events and anomalies, and the alerts firing."""
     summary = reader.get_dashboard_summary()
     if output != "table":
@@ -57,7 +55,7 @@ def summary_lines(reader: Reader, db: str, output: str, color: bool, width: int)
         color,
         width,
     )
-    firing = firing_alerts(reader, db)
+    firing = firing_alerts(reader)
     if firing:
         from .alerts.command import FIRING_COLUMNS  # (loads click: only while alerts fire)
 

@@ -88,12 +88,12 @@ class Viewer:
 
     # -- the seed's views -------------------------------------------------------------
     def summary(self) -> None:
-        lines = summary_lines(self.reader, self.db, self.output, self.color, self.width)
+        lines = summary_lines(self.reader, self.output, self.color, self.width)
         for line in lines:
             click.echo(line, color=self.color)
 
     def firing_alerts(self) -> list[dict]:
-        return firing_alerts(self.reader, self.db)
+        return firing_alerts(self.reader)
 
     def events(self, limit: int | None, f: Filters) -> None:
         rows = self.reader.iter_events(limit, f.since, f.until, f.event_type, f.component)

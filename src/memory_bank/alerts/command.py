@@ -40,11 +40,12 @@ TEST_COLUMNS = [
 def _outbox_query(db: str):
     """The database's read-only query (its errors are the viewer's)."""
     from ..store import open_reader
+    from .storage import reader_query
 
     if discovery.is_url(db):
-        raise InputError(f"{discovery.redact_url(db)}: alerts run on SQLite databases for now")
+        return reader_query(open_reader(db).check())
     require_database(db)
-    return open_reader(discovery.resolve_db_path(db)).check().tuples
+    return reader_query(open_reader(discovery.resolve_db_path(db)).check())
 
 
 @click.group(invoke_without_command=True)

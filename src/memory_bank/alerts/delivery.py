@@ -1,9 +1,11 @@
 """The delivery worker: one thread per sink, taking the sink's pending outbox rows in order.
 
-It reads the outbox on a read-only connection of its own (committed rows only) and never
-writes the database: each outcome goes back to the engine, which writes it on the daemon's
-connection (one writer). A notification that fails is retried, backing off from 1 s to the
-sink's ``backoff_max``, before any later one is sent: a sink receives in order.
+It reads the outbox on a read-only connection of its own (committed rows only; the
+storage's, storage.py) and never writes the database: each outcome goes back to the
+engine, which writes it on the daemon's connection (one writer). When the database cannot
+be read (a PostgreSQL server restarting), it waits and opens a new connection. A
+notification that fails is retried, backing off from 1 s to the sink's ``backoff_max``,
+before any later one is sent: a sink receives in order.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import sqlite3
 import threading
 import time
 
@@ -26,9 +27,9 @@ IDLE_POLL_SECONDS = 1.0
 
 
 class DeliveryWorker:
-    def __init__(self, config: Sink, db_path, results: queue.Queue):
+    def __init__(self, config: Sink, db, results: queue.Queue):
         self.config = config
-        self.db_path = db_path
+        self.db = db  # storage.py's SqliteStorage or PostgresStorage
         self.results = results
         self.wake = threading.Event()
         self._stop = threading.Event()
@@ -56,12 +57,22 @@ class DeliveryWorker:
 
     def _run(self) -> None:
         sink = None
-        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30.0)
+        conn = None
         after = 0
         try:
             while not self._stop.is_set():
                 self.wake.clear()
-                rows = outbox.next_pending(conn, self.config.name, after)
+                try:
+                    if conn is None:
+                        conn = self.db.open_reader()
+                    rows = outbox.next_pending(conn, self.config.name, after)
+                except self.db.errors as exc:
+                    log.warning("sink %s: cannot read the outbox now (%s)", self.config.name, exc)
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                    self._stop.wait(IDLE_POLL_SECONDS)
+                    continue
                 if not rows:
                     self.wake.wait(IDLE_POLL_SECONDS)
                     continue
@@ -74,7 +85,8 @@ class DeliveryWorker:
                         break  # stopping
                     after = seq
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
             if sink is not None:
                 sink.close()
 

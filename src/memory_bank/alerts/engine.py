@@ -3,7 +3,7 @@ notifications in the outbox of that same transaction), and the delivery workers.
 
 How the daemon uses it (the only places alerts touch the write side):
 
-- ``store.batch_hook = engine``: the store calls ``engine.stage(conn, tables)`` inside each
+- ``store.batch_hook = engine``: the store calls ``engine.stage(tables)`` inside each
   batch's transaction right before COMMIT, then ``engine.committed()`` after the COMMIT or
   ``engine.discarded()`` after a rollback. A record is therefore evaluated exactly once,
   when it is committed, even across restarts: the evaluation state (``for``, ``rate``,
@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
 import time
 
 from . import outbox, stream_log
 from .delivery import DeliveryWorker
 from .evaluation import Evaluator
-from .rules import AlertsConfig, RuleError
+from .rules import AlertsConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +36,10 @@ POSITION_SECONDS = 0.5  # how often, between batches, the streams' positions are
 
 class AlertEngine:
     def __init__(self, store, config: AlertsConfig):
-        path = getattr(store, "path", None)
-        if path is None or not isinstance(getattr(store, "conn", None), sqlite3.Connection):
-            raise RuleError(
-                "alerts and sinks run on a SQLite database for now; this daemon serves "
-                f"{store.name}"
-            )
         self.store = store
-        self.db_path = path
-        conn = store.conn
-        outbox.create(conn)
-        stream_log.create(conn)
+        # The store's tables and connections (storage.py): SQLite's or PostgreSQL's.
+        self.db = store.alert_storage()
+        conn = self.db.conn
         self.config = config
         self.results: queue.Queue = queue.Queue()
         self.pending = outbox.pending_counts(conn)
@@ -71,7 +63,7 @@ class AlertEngine:
     def _start_workers(self, config: AlertsConfig) -> None:
         for name, sink in config.sinks.items():
             if name not in self.workers:
-                self.workers[name] = DeliveryWorker(sink, self.db_path, self.results).start()
+                self.workers[name] = DeliveryWorker(sink, self.db, self.results).start()
         if self.pending:
             log.info(
                 "alerts: %d notification(s) pending from before the restart: %s",
@@ -82,23 +74,17 @@ class AlertEngine:
     def _start_streams(self, config: AlertsConfig) -> None:
         """Start the streams not running, each from its position in the database."""
         wanted = {n: s.stream for n, s in config.sinks.items() if s.stream}
-        conn = self.store.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self.db.transaction() as conn:
             positions = stream_log.start_positions(conn, wanted)
             backlogs = {
                 name: stream_log.backlog(conn, positions[name], tables)
                 for name, tables in wanted.items()
                 if name not in self.streams
             }
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.rollback()
-            raise
         if backlogs:
             from .mqtt import MqttStream
         for name, backlog in backlogs.items():
-            stream = MqttStream(config.sinks[name], self.db_path, positions[name], backlog)
+            stream = MqttStream(config.sinks[name], self.db, positions[name], backlog)
             self.streams[name] = stream.start()
             self._positions[name] = positions[name]
         self._chosen = set().union(*wanted.values())
@@ -130,8 +116,10 @@ class AlertEngine:
         )
 
     # -- the store's hook ---------------------------------------------------------------
-    def stage(self, conn, tables: dict[str, list]) -> None:
-        """Inside a batch's transaction: evaluate its rows, queue the notifications."""
+    def stage(self, tables: dict[str, list]) -> None:
+        """Inside a batch's transaction: evaluate its rows, queue the notifications (on the
+        store's connection, in that transaction)."""
+        conn = self.db.conn
         try:
             notes, touched = self.evaluator.batch(tables, time.time())
         except Exception:  # a fault of ours never costs the batch
@@ -226,20 +214,14 @@ class AlertEngine:
         log_prune = due and floor > self._log_floor
         if not (results or notes or touched or prune or positions or log_prune):
             return
-        conn = self.store.conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self.db.transaction() as conn:
                 self._write(conn, notes, touched, results, positions)
                 if positions or log_prune:
                     stream_log.prune(conn)
                 if prune:
                     outbox.prune(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.rollback()
-                raise
-        except sqlite3.Error as exc:
+        except self.db.errors as exc:
             self.discarded()
             if now - self._tick_error_logged >= 30.0:
                 self._tick_error_logged = now
@@ -261,6 +243,7 @@ class AlertEngine:
         for stream in self.streams.values():
             stream.stop()
         self.tick(force=True)
+        self.db.close()
 
     # -- figures ------------------------------------------------------------------------
     def figures(self) -> dict:

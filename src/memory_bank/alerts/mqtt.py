@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -139,9 +138,9 @@ class MqttStream:
     engine writes it to the database (stream_log.py), and a restart resumes from it.
     """
 
-    def __init__(self, config: Sink, db_path, position: stream_log.Position, backlog: int = 0):
+    def __init__(self, config: Sink, db, position: stream_log.Position, backlog: int = 0):
         self.config = config
-        self.db_path = db_path
+        self.db = db  # storage.py's SqliteStorage or PostgresStorage
         self.connection = Connection(config, "stream")
         self._chunks: deque = deque()  # (seq, created_at text, [(table, rows)]) in order
         self._queued = 0  # records in _chunks
@@ -160,7 +159,7 @@ class MqttStream:
         self.failures = 0
         self.last_error: str | None = None
         self._spill_logged = 0.0
-        self._db: sqlite3.Connection | None = None
+        self._db = None  # a read-only connection, opened when the database is read
         self._thread = threading.Thread(
             target=self._run, name=f"memorybank-stream-{config.name}", daemon=True
         )
@@ -232,7 +231,7 @@ class MqttStream:
 
     def _from_database(self, after: int, before: int | None) -> list[tuple[int, str | None, list]]:
         if self._db is None:
-            self._db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30.0)
+            self._db = self.db.open_reader()
         batches: list[tuple[int, str | None, list]] = []
         records = 0
         for seq, ids in stream_log.read(self._db, after, before, LOG_ROWS):
@@ -242,7 +241,8 @@ class MqttStream:
             for table in self.config.stream:
                 if not ids[table]:
                     continue
-                found = stream_log.rows_by_id(self._db, table, ids[table])
+                columns = self.db.row_columns(table)
+                found = stream_log.rows_by_id(self._db, columns, table, ids[table])
                 self.dropped += len(ids[table]) - len(found)
                 chosen.append((table, [found[i] for i in ids[table] if i in found]))
                 records += len(ids[table])
@@ -298,8 +298,11 @@ class MqttStream:
             if not self._window:
                 try:
                     self._fill_window()
-                except sqlite3.Error as exc:
+                except self.db.errors as exc:
                     self._failed(f"cannot read the stream's backlog: {exc}")
+                    if self._db is not None:
+                        self._db.close()
+                        self._db = None
                     self._stop.wait(delay)
                     delay = min(delay * 2, self.config.backoff_max)
                 continue

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
 from collections.abc import Callable
 
 TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
+
+from .storage import missing_table
 
 if TYPE_CHECKING:  # readers (viewer, alerts command) need no evaluation, nor wire's codec
     from .evaluation import GroupState, Key, Notification
@@ -24,6 +25,7 @@ Query = Callable[[str, tuple], list[tuple]]
 
 KEEP_DONE = 10_000
 
+# SQLite's tables; PostgreSQL's are in store/postgresql_schema.py (schema version 3).
 DDL = """
 CREATE TABLE IF NOT EXISTS mb_outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -70,10 +72,6 @@ def body_of(note: Notification, nid: str, test: bool = False) -> dict:
     if test:
         body["test"] = True
     return body
-
-
-def create(conn: sqlite3.Connection) -> None:
-    conn.executescript(DDL)
 
 
 def load_states(conn) -> dict[Key, GroupState]:
@@ -173,11 +171,12 @@ def recent(query: Query, limit: int = 50, rule: str | None = None) -> list[dict]
     try:
         rows = query(
             "SELECT seq, id, sink, rule, state, at, status, attempts, last_error, delivered_at, "
-            "body FROM mb_outbox WHERE (? IS NULL OR rule = ?) ORDER BY seq DESC LIMIT ?",
+            "body FROM mb_outbox WHERE (CAST(? AS TEXT) IS NULL OR rule = ?) "
+            "ORDER BY seq DESC LIMIT ?",
             (rule, rule, limit),
         )
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
+    except Exception as exc:
+        if missing_table(exc):
             return []
         raise
     keys = "seq id sink rule state at status attempts last_error delivered_at body".split()
@@ -196,8 +195,8 @@ def firing(query: Query) -> list[dict]:
     reader's ``tuples``)."""
     try:
         rows = query("SELECT rule, grp, state FROM mb_alert_state", ())
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
+    except Exception as exc:
+        if missing_table(exc):
             return []
         raise
     out = []

@@ -12,14 +12,15 @@ while the broker was away. Log rows every stream has passed are deleted.
 
 from __future__ import annotations
 
-import sqlite3
 from array import array
 
 from .. import wire
 
 TABLES = ("events", "anomalies", "metrics")
 ID_CHUNK = 500  # ids per ``IN (...)`` (SQLite's limit on parameters)
+END = 1 << 62  # past every seq
 
+# SQLite's tables; PostgreSQL's are in store/postgresql_schema.py (schema version 3).
 DDL = """
 CREATE TABLE IF NOT EXISTS mb_stream_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -37,10 +38,6 @@ CREATE TABLE IF NOT EXISTS mb_stream_position (
 
 # (seq, records of batch seq already taken): the position of a stream.
 Position = tuple[int, int]
-
-
-def create(conn: sqlite3.Connection) -> None:
-    conn.executescript(DDL)
 
 
 def pack(rows: list) -> bytes:
@@ -62,8 +59,9 @@ def append(conn, tables: dict[str, list], chosen: set[str]) -> int | None:
     if not any(blobs):
         return None
     return conn.execute(
-        "INSERT INTO mb_stream_log (events, anomalies, metrics) VALUES (?, ?, ?)", blobs
-    ).lastrowid
+        "INSERT INTO mb_stream_log (events, anomalies, metrics) VALUES (?, ?, ?) RETURNING seq",
+        blobs,
+    ).fetchone()[0]
 
 
 def start_positions(conn, streams: dict[str, tuple[str, ...]]) -> dict[str, Position]:
@@ -109,7 +107,8 @@ def prune(conn) -> None:
     """Delete the log rows every stream has passed (all of them when none streams)."""
     conn.execute(
         "DELETE FROM mb_stream_log WHERE seq < "
-        "(SELECT coalesce(min(seq), 1 << 62) FROM mb_stream_position)"
+        "(SELECT coalesce(min(seq), ?) FROM mb_stream_position)",
+        (END,),
     )
 
 
@@ -119,7 +118,7 @@ def backlog(conn, position: Position, tables: tuple[str, ...]) -> int:
     (size,) = conn.execute(
         f"SELECT coalesce(sum({lengths}), 0) FROM mb_stream_log WHERE seq >= ?", (position[0],)
     ).fetchone()
-    return max(size // 8 - position[1], 0)
+    return max(int(size) // 8 - position[1], 0)
 
 
 def read(conn, after: int, before: int | None, limit: int) -> list[tuple[int, dict]]:
@@ -127,21 +126,20 @@ def read(conn, after: int, before: int | None, limit: int) -> list[tuple[int, di
     rows = conn.execute(
         "SELECT seq, events, anomalies, metrics FROM mb_stream_log WHERE seq >= ? AND seq < ? "
         "ORDER BY seq LIMIT ?",
-        (after, before if before is not None else 1 << 62, limit),
+        (after, before if before is not None else END, limit),
     ).fetchall()
     return [(seq, dict(zip(TABLES, map(unpack, blobs), strict=True))) for seq, *blobs in rows]
 
 
-def rows_by_id(conn, table: str, ids: list[int]) -> dict[int, tuple[tuple, str]]:
-    """The stored rows of ``ids`` (wire layout, and their created_at), by id; ids whose rows
-    are gone (retention) are missing."""
-    columns = ", ".join(wire.ROW_COLUMNS[table])
+def rows_by_id(conn, columns: str, table: str, ids: list[int]) -> dict[int, tuple[tuple, str]]:
+    """The stored rows of ``ids`` (wire layout, and their created_at: ``columns``, the
+    storage's ``row_columns``), by id; ids whose rows are gone (retention) are missing."""
     found: dict[int, tuple[tuple, str]] = {}
     for i in range(0, len(ids), ID_CHUNK):
         chunk = ids[i : i + ID_CHUNK]
         marks = ",".join("?" * len(chunk))
         for *row, created in conn.execute(
-            f"SELECT {columns}, created_at FROM {table} WHERE id IN ({marks})", chunk
+            f"SELECT {columns} FROM {table} WHERE id IN ({marks})", chunk
         ):
             found[row[wire.ROW_ID]] = (row, created)
     return found

@@ -36,10 +36,10 @@ class Store:
     unavailable_errors: ClassVar[tuple[type[BaseException], ...]] = ()
     #: A password-free name of the database, for logs, ``ping`` and ``status``.
     name: str = ""
-    #: Alerts' hook into each batch (alerts/engine.py's AlertEngine): ``stage(conn,
-    #: {"events": rows, "anomalies": rows, "metrics": rows})`` inside the batch's
-    #: transaction right before COMMIT, then ``committed()`` after it or ``discarded()``
-    #: after a rollback. None: no alerts.
+    #: Alerts' hook into each batch (alerts/engine.py's AlertEngine): ``stage({"events":
+    #: rows, "anomalies": rows, "metrics": rows})`` inside the batch's transaction (on the
+    #: store's connection, through its ``alert_storage()``) right before COMMIT, then
+    #: ``committed()`` after it or ``discarded()`` after a rollback. None: no alerts.
     batch_hook = None
 
     def load_watermarks(self) -> dict[int, int]:

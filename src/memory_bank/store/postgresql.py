@@ -386,6 +386,13 @@ class PostgresStore(SqlStore):
             raise RuntimeError(f"{self.name}: all id blocks are used")
         return block
 
+    def alert_storage(self):
+        """The alerts' tables in this database (schema version 3), written on this
+        connection."""
+        from ..alerts.storage import PostgresStorage
+
+        return PostgresStorage(self)
+
     # -- the batch --------------------------------------------------------------------
     def apply(self, messages: list[Message], watermarks: dict[int, int], rejects=()) -> int:
         self._connect()
@@ -418,6 +425,20 @@ class PostgresStore(SqlStore):
                 days[table].update(_days(rows))
         for table, needed in days.items():
             self.partitions.ensure(conn, table, needed)
+        hook = self.batch_hook
+        try:
+            stored = self._transaction(conn, messages, watermarks, rejects, publishers, hook)
+        except BaseException:
+            if hook is not None:
+                hook.discarded()
+            raise
+        if hook is not None:
+            hook.committed()
+        return stored
+
+    def _transaction(self, conn, messages, watermarks, rejects, publishers, hook) -> int:
+        """The batch in one transaction, with the alerts' rows staged last in it (``_apply``
+        then tells the hook whether it committed)."""
         with conn.transaction():
             if publishers:
                 # The committed watermark, locked: another daemon handed the same publisher's
@@ -460,6 +481,8 @@ class PostgresStore(SqlStore):
             if rejects:
                 self._record_rejects(rejects)
             self._record_watermarks(applied)
+            if hook is not None:  # alerts: the outbox rows join this transaction
+                hook.stage({"events": events, "anomalies": anomalies, "metrics": metrics})
         watermarks.update(applied)
         return stored
 

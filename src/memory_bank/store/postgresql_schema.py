@@ -10,6 +10,10 @@
   minutes (per writer, as the day counts), kept in the batch's transaction: a chart over
   hours or days reads these instead of every point. A database made before them (schema
   version 1) has them filled from its metrics when a daemon of this version first opens it.
+- The alerts' tables (schema version 3; alerts/outbox.py and alerts/stream_log.py say what
+  they hold): ``mb_outbox``, ``mb_alert_state``, ``mb_stream_log``, ``mb_stream_position``,
+  as SQLite's with PostgreSQL's types. An older database gets them, empty, when a daemon of
+  this version first opens it.
 - Their ids come from the writer's id blocks (a PostgreSQL sequence hands out blocks, so
   every daemon and publisher of the database draws unique ids); the primary key holds the
   partition key too, as PostgreSQL requires. sessions and patterns use identity ids.
@@ -23,7 +27,7 @@ import datetime as dt
 
 from .schema import COARSE_SECONDS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # pg_advisory_xact_lock keys: schema changes, and partition creation.
 SCHEMA_LOCK = 0x6D62_0001
 PARTITION_LOCK = 0x6D62_0002
@@ -155,6 +159,43 @@ CREATE TABLE IF NOT EXISTS mb_metric_rollups (
 );
 -- Id blocks: block n owns ids n * 2^32 + 1 ... (n + 1) * 2^32 - 1.
 CREATE SEQUENCE IF NOT EXISTS mb_id_blocks START 1;
+-- Alerts (schema version 3): notifications written with the batch that caused them, one
+-- row per (notification, sink), delivered in seq order per sink; the rules' states.
+CREATE TABLE IF NOT EXISTS mb_outbox (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id text NOT NULL,
+    sink text NOT NULL,
+    rule text NOT NULL,
+    state text NOT NULL,
+    at double precision NOT NULL,
+    body text NOT NULL,
+    status text NOT NULL DEFAULT 'pending',
+    attempts integer NOT NULL DEFAULT 0,
+    last_error text,
+    last_attempt_at double precision,
+    delivered_at double precision
+);
+CREATE INDEX IF NOT EXISTS mb_outbox_queue ON mb_outbox (sink, status, seq);
+CREATE TABLE IF NOT EXISTS mb_alert_state (
+    rule text NOT NULL,
+    grp text NOT NULL,
+    state text NOT NULL,
+    PRIMARY KEY (rule, grp)
+);
+-- The MQTT stream: each committed batch's record ids (int64, packed), and per sink the
+-- point the broker acknowledged.
+CREATE TABLE IF NOT EXISTS mb_stream_log (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    events bytea,
+    anomalies bytea,
+    metrics bytea
+);
+CREATE TABLE IF NOT EXISTS mb_stream_position (
+    sink text PRIMARY KEY,
+    tables text NOT NULL,
+    seq bigint NOT NULL,
+    done bigint NOT NULL
+);
 """
 
 

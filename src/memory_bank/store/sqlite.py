@@ -383,6 +383,12 @@ class SqliteStore(SqlStore):
     def lease_id_block(self) -> int:
         return id_blocks.lease_id_block(self.path)
 
+    def alert_storage(self):
+        """The alerts' tables in this file, written on this connection."""
+        from ..alerts.storage import SqliteStorage
+
+        return SqliteStorage(self)
+
     # -- the batch --------------------------------------------------------------------
     def apply(self, messages: list[Message], watermarks: dict[int, int], rejects=()) -> int:
         """Apply messages (and record refused input) in one transaction. Returns rows stored.
@@ -441,7 +447,7 @@ class SqliteStore(SqlStore):
             self._record_watermarks(applied)
             hook = self.batch_hook
             if hook is not None:  # alerts: the outbox rows join this transaction
-                hook.stage(conn, {"events": events, "anomalies": anomalies, "metrics": metrics})
+                hook.stage({"events": events, "anomalies": anomalies, "metrics": metrics})
             conn.execute("COMMIT")
         except BaseException:
             self._rollback()
