@@ -13,9 +13,9 @@ import datetime as dt
 import json
 from collections.abc import Callable
 
-TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
-
 from .storage import missing_table
+
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
 
 if TYPE_CHECKING:  # readers (viewer, alerts command) need no evaluation, nor wire's codec
     from .evaluation import GroupState, Key, Notification
