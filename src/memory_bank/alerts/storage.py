@@ -10,13 +10,14 @@ the wire's layout (times as epoch seconds, JSON as text).
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import time
 from contextlib import contextmanager
 from functools import lru_cache
 
-log = logging.getLogger(__name__)
+from ..lazylog import lazy_logger
+
+log = lazy_logger(__name__)  # readers import this module (outbox) and never log
 
 NO_TABLE_SQLSTATE = "42P01"  # PostgreSQL's undefined_table
 
