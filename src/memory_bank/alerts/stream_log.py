@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 from array import array
+from operator import itemgetter
 
 from .. import wire
 
@@ -44,7 +45,7 @@ def create(conn: sqlite3.Connection) -> None:
 
 
 def pack(rows: list) -> bytes:
-    return array("q", [row[wire.ROW_ID] for row in rows]).tobytes()
+    return array("q", map(itemgetter(wire.ROW_ID), rows)).tobytes()
 
 
 def unpack(blob: bytes | None) -> list[int]:
