@@ -41,6 +41,9 @@ timeout = "0.5s"
         ("metrics", [4294967299, 1795647500.05, "current", 12.5, "A", '{"cp": "CP1"}']),
         ("metrics", [5, 1795647500, "temp \u00b0C", 3, None, None]),
         ("metrics", [6, 1.5e9, 'q"uote\\', 1e-7, "\u00e9", "not json {"]),
+        # What orjson refuses and the standard library reads: decided as the latter does.
+        ("metrics", [11, 1.5e9, "big", 1.0, None, '{"n": 123456789012345678901234567890}']),
+        ("metrics", [12, 1.5e9, "huge", 1.0, None, '{"x": 1e400}']),
         ("events", [7, 1795647500.25, "OCPP", "CP/1", 'line\n"two"', '[1, {"a": null}]']),
         ("events", [8, 1795647500.0, "CAN_RX", "can0", None, '"text"']),
         ("anomalies", [9, 1795647500.5, "OVERCURRENT", "HIGH", "92 A", "{}", 92.0, 80]),
