@@ -189,8 +189,7 @@ class Evaluator:
             row = rows[start]
             latest.pop(key, None)
             st.record = as_record(rule.table, row, committed)
-            summary = f"{rule.count} x {row[2]} within {rule.within:g}s"
-            self._fire(rule, "", st, now, notes, summary)
+            self._fire(rule, "", st, now, notes, _rate_summary(rule, row))
             start += 1
         if True in held:  # the last row after that where it holds is remembered
             last = len(held) - 1 - held[::-1].index(True)
@@ -268,14 +267,7 @@ class Evaluator:
                     latest[key] = (rule, row)
                 else:
                     st.record = record()
-                    self._fire(
-                        rule,
-                        group,
-                        st,
-                        now,
-                        notes,
-                        f"{rule.count} x {row[2]} within {rule.within:g}s",
-                    )
+                    self._fire(rule, group, st, now, notes, _rate_summary(rule, row))
         else:  # absence: data arrived
             st.last_seen = now
             if st.firing:
@@ -342,6 +334,10 @@ class Evaluator:
 
     def firing(self) -> list[tuple[str, str, GroupState]]:
         return [(r, g, st) for (r, g), st in self.states.items() if st.firing]
+
+
+def _rate_summary(rule: Rule, row) -> str:
+    return f"{rule.count} x {row[2]} within {rule.within:g}s"
 
 
 def _metric_summary(rule: Rule, value: float) -> str:
