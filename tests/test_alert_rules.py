@@ -183,3 +183,69 @@ def test_a_notification_carries_the_row_that_caused_it_and_later_ones_the_last_r
         ("hot", "B", "resolved", 4),
         ("silent", "", "firing", 7),
     ]
+
+
+def _decisions(ev: Evaluator, now: float, **tables) -> list:
+    notes = notes_of(ev, now, **tables)
+    return [(n.rule.name, n.state, n.summary, n.record and n.record["id"]) for n in notes]
+
+
+def _state(ev: Evaluator) -> list:
+    """The states rows made (an absence rule without ``group`` has one from its start)."""
+    return sorted(
+        (name, st.firing, st.since, tuple(st.times), st.record and st.record["id"])
+        for (name, _group), st in ev.states.items()
+        if name != "silent" or st.record is not None
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_rule_decides_on_a_whole_batch_as_it_does_row_by_row(seed):
+    """A rule without ``group`` takes a batch's rows at once (its window of times, its
+    condition over the column); with a ``group`` all rows share, it goes row by row: every
+    notification, every record it carries and every state are the same."""
+    import random
+
+    rng = random.Random(seed)
+    rules = [
+        {"name": "storm", "when": "rate", "anomaly_type": "X", "count": 4, "within": "2s"},
+        {"name": "frames", "when": "rate", "event_type": "CAN_RX", "count": 30, "within": "1s"},
+        {"name": "over", "when": "metric", "metric": "current", "above": 80, "for": "0.5s"},
+        {"name": "band", "when": "metric", "metric": "current", "above": 95, "below": 5},
+        {"name": "hot", "when": "anomaly", "severity": ["HIGH"], "resolve_after": "3s"},
+        {"name": "silent", "when": "absence", "metric": "current", "for": "2s"},
+    ]
+    whole = evaluator(*rules)
+    by_row = evaluator(*({**r, "group": "g"} for r in rules))
+    t, i = 1000.0, 0
+    for _ in range(60):
+        tables: dict[str, list] = {"anomalies": [], "events": [], "metrics": []}
+        hot = rng.random() < 0.3  # a stretch where the conditions hold
+        for _ in range(rng.randrange(0, 40)):
+            t += rng.expovariate(100 if hot else 10)
+            i += 1
+            kind = rng.choice(("anomaly", "event", "event", "metric", "metric"))
+            if kind == "anomaly":
+                row = [
+                    i,
+                    t,
+                    rng.choice("XY"),
+                    rng.choice(("HIGH", "LOW")),
+                    "d",
+                    '{"g": 1}',
+                    1.0,
+                    0.0,
+                ]
+                tables["anomalies"].append(row)
+            elif kind == "event":
+                tables["events"].append(
+                    [i, t, rng.choice(("CAN_RX", "OCPP")), "c", "m", '{"g": 1}']
+                )
+            else:
+                value = rng.uniform(70, 100) if hot else rng.uniform(0, 90)
+                name = rng.choice(("current", "current", "voltage"))
+                tables["metrics"].append([i, t, name, value, "A", '{"g": 1}'])
+        if rng.random() < 0.3:
+            assert _decisions(whole, t) == _decisions(by_row, t)  # time passing alone
+        assert _decisions(whole, t, **tables) == _decisions(by_row, t, **tables)
+        assert _state(whole) == _state(by_row)

@@ -16,12 +16,14 @@ import threading
 import time
 import uuid
 from collections import deque
+from itertools import compress, repeat
+from operator import eq, itemgetter
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 
 from . import stream_log
-from .records import TYPE_INDEX, as_json, created_at
+from .records import TYPE_INDEX, as_json_all, created_at
 from .rules import Sink
 from .sinks import SinkError
 
@@ -127,6 +129,23 @@ class MqttSink:
         self.connection.close()
 
 
+def _by_kind(
+    kinds: list[str], rows: list, stamps: str | list
+) -> list[tuple[str, list, str | list]]:
+    """The rows per type (``kinds``: each row's), in the order the types first appear, with
+    their created_at (one for all, or a list): taken in C (``compress``), and the rows as
+    they are when they have one type (as a batch's mostly do)."""
+    distinct = dict.fromkeys(kinds)
+    if len(distinct) == 1:
+        return [(kinds[0], rows, stamps)]
+    out: list[tuple[str, list, str | list]] = []
+    for kind in distinct:
+        picked = list(map(eq, kinds, repeat(kind)))
+        at = stamps if isinstance(stamps, str) else list(compress(stamps, picked))
+        out.append((kind, list(compress(rows, picked)), at))
+    return out
+
+
 class MqttStream:
     """Every committed record of the chosen tables, in commit order, at least once, across
     broker and daemon restarts.
@@ -160,6 +179,7 @@ class MqttStream:
         self.last_error: str | None = None
         self._spill_logged = 0.0
         self._db = None  # a read-only connection, opened when the database is read
+        self._topics: dict[str, dict[str, str]] = {}  # table -> type -> topic
         self._thread = threading.Thread(
             target=self._run, name=f"memorybank-stream-{config.name}", daemon=True
         )
@@ -255,42 +275,57 @@ class MqttStream:
     def _fill_window(self) -> None:
         """Convert the next batches into messages, each with the position the broker's
         acknowledgement of it (and of all before it) reaches and its count of records."""
-        topic = self.config.topic
         for seq, committed, chosen in self._take():
             skip = self.cursor[1] if seq == self.cursor[0] else 0
-            by_topic: dict[str, list[str]] = {}
-            n = 0
+            arrays = 0
+            n = 0  # records of the batch up to this table's
             for table, rows in chosen:
-                t = TYPE_INDEX[table]
-                for row in rows:
-                    n += 1
-                    if n <= skip:
-                        continue
-                    if committed is None:  # from the database: (row, its created_at)
-                        row, stamp = row
-                    else:
-                        stamp = committed
-                    name = f"{topic}/{table}/{topic_level(row[t])}"
-                    payload = as_json(table, row, stamp)
-                    if self.config.stream_batch:
-                        by_topic.setdefault(name, []).append(payload)
-                    else:
-                        self._window.append((name, payload.encode()))
-                        self._marks.append(((seq, n), 1))
-                        self._in_window += 1
-            # A batch's arrays group its records by topic, out of their order in the batch:
-            # the position passes the batch only with its last array.
-            for name, payloads in by_topic.items():
-                for i in range(0, len(payloads), BATCH_RECORDS):
-                    part = payloads[i : i + BATCH_RECORDS]
-                    self._window.append((name, f"[{','.join(part)}]".encode()))
-                    self._marks.append(((seq, skip), len(part)))
-                    self._in_window += len(part)
-            if by_topic:
+                n += len(rows)
+                if n <= skip:
+                    continue
+                rows = rows[max(skip - n + len(rows), 0) :]
+                stamps: str | list
+                if committed is None:  # from the database: (row, its created_at)
+                    rows, stamps = [r for r, _c in rows], [c for _r, c in rows]
+                else:
+                    stamps = committed
+                kinds = list(map(itemgetter(TYPE_INDEX[table]), rows))
+                names = self._names(table, kinds)
+                if not self.config.stream_batch:
+                    payloads = map(str.encode, as_json_all(table, rows, stamps))
+                    self._window.extend(zip(map(names.__getitem__, kinds), payloads, strict=True))
+                    taken = range(n - len(rows) + 1, n + 1)
+                    self._marks.extend(zip(zip(repeat(seq), taken), repeat(1)))
+                    self._in_window += len(rows)
+                    continue
+                # A batch's arrays group its records by topic, out of their order in the
+                # batch: the position passes the batch only with its last array.
+                for kind, part, at in _by_kind(kinds, rows, stamps):
+                    for i in range(0, len(part), BATCH_RECORDS):
+                        chunk = part[i : i + BATCH_RECORDS]
+                        chunk_at = at if isinstance(at, str) else at[i : i + BATCH_RECORDS]
+                        text = ",".join(as_json_all(table, chunk, chunk_at))
+                        self._window.append((names[kind], f"[{text}]".encode()))
+                        self._marks.append(((seq, skip), len(chunk)))
+                        self._in_window += len(chunk)
+                        arrays += 1
+            if arrays:
                 self._marks[-1] = ((seq + 1, 0), self._marks[-1][1])
             self.cursor = (seq + 1, 0)
         if not self._window:
             self.position = self.cursor  # nothing unacknowledged: batches without records
+
+    def _names(self, table: str, kinds: list[str]) -> dict[str, str]:
+        """The topic of each type of ``table`` (kept: one batch after another brings the
+        same few types, and a topic per record cost as much as its JSON)."""
+        names = self._topics.setdefault(table, {})
+        new = set(kinds).difference(names)
+        if len(names) + len(new) > 10_000:  # as many types as that: keep no more
+            names.clear()
+            new = set(kinds)
+        for kind in new:
+            names[kind] = f"{self.config.topic}/{table}/{topic_level(kind)}"
+        return names
 
     def _run(self) -> None:
         delay = 1.0

@@ -87,7 +87,7 @@ def save_states(conn, touched: dict[Key, GroupState]) -> None:
     conn.executemany(
         "INSERT INTO mb_alert_state (rule, grp, state) VALUES (?, ?, ?) "
         "ON CONFLICT(rule, grp) DO UPDATE SET state = excluded.state",
-        [(r, g, json.dumps(st.to_json())) for (r, g), st in touched.items()],
+        [(r, g, st.to_text()) for (r, g), st in touched.items()],
     )
 
 

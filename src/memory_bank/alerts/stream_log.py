@@ -13,6 +13,7 @@ while the broker was away. Log rows every stream has passed are deleted.
 from __future__ import annotations
 
 from array import array
+from operator import itemgetter
 
 from .. import wire
 
@@ -41,7 +42,7 @@ Position = tuple[int, int]
 
 
 def pack(rows: list) -> bytes:
-    return array("q", [row[wire.ROW_ID] for row in rows]).tobytes()
+    return array("q", map(itemgetter(wire.ROW_ID), rows)).tobytes()
 
 
 def unpack(blob: bytes | None) -> list[int]:
