@@ -545,7 +545,7 @@ class Daemon:
             except zmq.Again:
                 return
             writer.accept_raw(raw)
-            if writer.due():
+            if writer.due() and not (pull.get(zmq.EVENTS) & zmq.POLLIN and writer.may_grow()):
                 writer.tick()
 
     def _drain(self, pull: zmq.Socket, writer: Writer) -> None:
@@ -559,7 +559,7 @@ class Daemon:
                     return
                 continue
             writer.accept_raw(raw)
-            if writer.due():
+            if writer.due() and not (pull.get(zmq.EVENTS) & zmq.POLLIN and writer.may_grow()):
                 writer.tick()
 
     def _answer_control(self, router: zmq.Socket, writer: Writer) -> None:

@@ -340,6 +340,9 @@ class PostgresStore(SqlStore):
     )
     placeholder = "%s"
     json_placeholder = "%s::jsonb"
+    # A backlog in batches of up to 4 x batch_rows: each batch costs round trips and a
+    # COMMIT wait on the server, whatever its size (docs/benchmark.md measures it).
+    batch_growth = 4
     # How long a maintenance step may wait for a lock (older transactions) before the run
     # gives up and says why; the next run finishes the job.
     lock_wait_seconds = LOCK_WAIT_SECONDS
