@@ -268,8 +268,10 @@ class Writer:
     def may_grow(self) -> bool:
         """Whether a due batch may take records that are already waiting (see
         Store.batch_growth); never when a publisher waits for it."""
+        growth = self.store.batch_growth
         return (
-            self._pending_rows < self.batch_rows * self.store.batch_growth
+            growth > 1  # 1: a batch due for its age or a waiter is committed as it is
+            and self._pending_rows < self.batch_rows * growth
             and self.store_error is None
             and not self.acks.urgently_awaited(self._pending_seq)
         )
