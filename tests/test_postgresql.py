@@ -865,3 +865,50 @@ def test_migrate_verifies_each_block_and_copies_a_row_committed_late_below_its_m
         (3, 3, 1)
     ]
     assert _pg_ids(pg_url, "events") == {block + 1, block + 2, block + 3}
+
+
+def test_a_backlog_is_committed_in_fewer_larger_batches_and_nothing_is_lost(
+    pg_url, start_daemon, tmp_path
+):
+    """A daemon that fell behind (its batch held by a lock while publishers went on) takes
+    what is already waiting in batches of up to 4 x batch_rows, not one commit per
+    batch_rows; every record lands once."""
+    cfg = tmp_path / "small.toml"
+    cfg.write_text("[daemon]\nbatch_rows = 10\n")
+    daemon = start_daemon(pg_url, "--config", str(cfg))
+    pub = Publisher(pg_url)
+    ids = [pub.log_event("E", "pub", "before")]
+    assert pub.flush(30)
+    batches_before = _status(pg_url)["batches"]
+    holder = psycopg.connect(pg_url)
+    watcher = psycopg.connect(pg_url, autocommit=True)  # pg_stat_activity afresh each time
+    try:
+        holder.execute("LOCK TABLE mb_publishers IN EXCLUSIVE MODE")  # its batch waits here
+        ids.append(pub.log_event("E", "pub", "held"))
+        deadline = time.monotonic() + 30
+        while not watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+            "'memorybank-daemon' AND wait_event_type = 'Lock'"
+        ).fetchone()[0]:
+            assert time.monotonic() < deadline, "the daemon's batch never waited on the lock"
+            time.sleep(0.05)
+        deadline = time.monotonic() + 60
+        for i in range(400):  # a message each: the batch is made of many messages
+            ids.append(pub.log_event("E", "pub", str(i), {"i": i}))
+            while pub._sender.queue or pub._sender._has_unsent():  # handed to ZeroMQ
+                assert time.monotonic() < deadline, "the publisher never sent its records"
+                time.sleep(0.001)
+    finally:
+        holder.rollback()  # the held batch goes on, then the backlog
+        holder.close()
+        watcher.close()
+    deadline = time.monotonic() + 60
+    while (figures := _status(pg_url))["committed_records"] < len(ids):
+        assert time.monotonic() < deadline, figures
+        time.sleep(0.2)
+    assert pub.flush(30)
+    pub.close()
+    assert sorted(_stored_ids(pg_url)) == sorted(ids)
+    # 401 records at batch_rows = 10 would be 41 batches one batch_rows at a time.
+    assert figures["batches"] - batches_before <= 20, figures
+    assert daemon.stop() == 0

@@ -545,8 +545,7 @@ class Daemon:
             except zmq.Again:
                 return
             writer.accept_raw(raw)
-            if writer.due():
-                writer.tick()
+            _commit_when_due(pull, writer)
 
     def _drain(self, pull: zmq.Socket, writer: Writer) -> None:
         """Take what is already queued to us before exiting (bounded in time)."""
@@ -559,8 +558,7 @@ class Daemon:
                     return
                 continue
             writer.accept_raw(raw)
-            if writer.due():
-                writer.tick()
+            _commit_when_due(pull, writer)
 
     def _answer_control(self, router: zmq.Socket, writer: Writer) -> None:
         while True:
@@ -618,6 +616,13 @@ def _wait_for_signal(wake: socket.socket, seconds: float, stop: Callable[[], boo
         select.select([wake], [], [], left)
         _drain_wakeups(wake)
     return False
+
+
+def _commit_when_due(pull: zmq.Socket, writer: Writer) -> None:
+    """Commit a due batch, unless more records already wait and the batch may take them
+    (Writer.may_grow): a backlog goes in fewer, larger batches."""
+    if writer.due() and not (pull.get(zmq.EVENTS) & zmq.POLLIN and writer.may_grow()):
+        writer.tick()
 
 
 def _drain_wakeups(sock: socket.socket) -> None:

@@ -36,6 +36,10 @@ class Store:
     unavailable_errors: ClassVar[tuple[type[BaseException], ...]] = ()
     #: A password-free name of the database, for logs, ``ping`` and ``status``.
     name: str = ""
+    #: How many times ``batch_rows`` a due batch may grow to while more records are
+    #: already waiting (a backlog): where each batch pays round trips and a commit wait,
+    #: a backlog is then taken in fewer of them. 1: batches stay at ``batch_rows``.
+    batch_growth: int = 1
     #: Alerts' hook into each batch (alerts/engine.py's AlertEngine): ``stage({"events":
     #: rows, "anomalies": rows, "metrics": rows})`` inside the batch's transaction (on the
     #: store's connection, through its ``alert_storage()``) right before COMMIT, then

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Generator, Iterator
 from functools import partial
-from itertools import repeat
+from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any
 
@@ -69,6 +69,7 @@ from .sql import (
     coarser,
     gather,
     metric_aggregates,
+    session_ids,
     statistics_to_compute,
     time_buckets,
 )
@@ -339,6 +340,9 @@ class PostgresStore(SqlStore):
     )
     placeholder = "%s"
     json_placeholder = "%s::jsonb"
+    # A backlog in batches of up to 4 x batch_rows: each batch costs round trips and a
+    # COMMIT wait on the server, whatever its size (docs/benchmark.md measures it).
+    batch_growth = 4
     # How long a maintenance step may wait for a lock (older transactions) before the run
     # gives up and says why; the next run finishes the job.
     lock_wait_seconds = LOCK_WAIT_SECONDS
@@ -440,37 +444,50 @@ class PostgresStore(SqlStore):
         """The batch in one transaction, with the alerts' rows staged last in it (``_apply``
         then tells the hook whether it committed)."""
         with conn.transaction():
-            if publishers:
-                # The committed watermark, locked: another daemon handed the same publisher's
-                # message (a spool adopted twice) waits here, then skips it.
-                stored_marks = dict(
+            # The reads the batch needs, in one round trip: the committed watermarks,
+            # locked (another daemon handed the same publisher's message, a spool adopted
+            # twice, waits here, then skips it), and the ended sessions whose statistics
+            # this batch's metrics change.
+            with conn.pipeline():
+                marks = (
                     conn.execute(
                         "SELECT publisher_id, applied_seq FROM mb_publishers "
                         "WHERE publisher_id = ANY(%s) ORDER BY publisher_id FOR UPDATE",
                         (publishers,),
-                    ).fetchall()
+                    )
+                    if publishers
+                    else None
                 )
-            else:
-                stored_marks = {}
+                # Asked of every message's metrics (replays too: recomputing a
+                # session's figures again gives the same figures).
+                touched = self._ask_sessions_touched_by(
+                    list(chain.from_iterable(msg.metrics for msg in messages))
+                )
+            stored_marks = dict(marks.fetchall()) if marks is not None else {}
             events, anomalies, metrics, operations, applied = gather(
                 messages, watermarks, stored_marks
             )
             stored = self._copy(events, anomalies, metrics)
-            add_day_counts(conn, day_counts(events, anomalies), self.writer)
-            add_metric_rollups(
-                conn,
-                metric_aggregates(
-                    metrics, 60, MetricRow.METRIC_NAME, ROW_TIMESTAMP, MetricRow.METRIC_VALUE
-                ),
-                self.writer,
-            )
-            refresh = self._sessions_touched_by(metrics)
             started = []  # (session id, cursor): read once the pipeline has synced
-            with conn.pipeline():  # upserts go out back to back, not one round trip each
+            # Everything else the batch writes goes out back to back, one round trip.
+            with conn.pipeline():
+                add_day_counts(conn, day_counts(events, anomalies), self.writer)
+                add_metric_rollups(
+                    conn,
+                    metric_aggregates(
+                        metrics, 60, MetricRow.METRIC_NAME, ROW_TIMESTAMP, MetricRow.METRIC_VALUE
+                    ),
+                    self.writer,
+                )
+                refresh: set[str] = set()
                 for op in sorted(operations, key=_operation_key):
                     cursor = self._apply_operation(op, refresh)
                     if cursor is not None:
                         started.append((op[SessionOp.SESSION_ID], cursor))
+                if rejects:
+                    self._record_rejects(rejects)
+                self._record_watermarks(applied)
+            refresh.update(session_ids(touched))
             for session_id, cursor in started:
                 row = cursor.fetchone()
                 if row and row[0] and row[1] is not None:  # ended before it started
@@ -478,9 +495,6 @@ class PostgresStore(SqlStore):
             stored += len(operations)
             for session_id in sorted(refresh):
                 self._fill_session_statistics(session_id)
-            if rejects:
-                self._record_rejects(rejects)
-            self._record_watermarks(applied)
             if hook is not None:  # alerts: the outbox rows join this transaction
                 hook.stage({"events": events, "anomalies": anomalies, "metrics": metrics})
         watermarks.update(applied)

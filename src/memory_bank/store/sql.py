@@ -72,6 +72,11 @@ JSON_COLUMNS = ("data", "pattern_data", "metadata")
 Batch = namedtuple("Batch", ["events", "anomalies", "metrics", "operations", "applied"])
 
 
+def session_ids(cursor) -> set[str]:
+    """The session ids a _ask_sessions_touched_by cursor holds (None: none)."""
+    return set() if cursor is None else {r[0] for r in cursor}
+
+
 def gather(
     messages: list[Message], watermarks: dict[int, int], committed: dict[int, int] | None = None
 ) -> Batch:
@@ -225,6 +230,12 @@ class SqlStore(Store):
     # -- end_session without figures: the rule both stores share ------------------------
     def _sessions_touched_by(self, metrics: list) -> set[str]:
         """Ended sessions whose computed statistics a late-arriving metric changes."""
+        return session_ids(self._ask_sessions_touched_by(metrics))
+
+    def _ask_sessions_touched_by(self, metrics: list):
+        """Send _sessions_touched_by's query and return its cursor unread (PostgreSQL
+        sends it in a pipeline with the batch's other reads), or None: no metric can
+        touch a session."""
         from ..wire import ROW_TIMESTAMP, MetricRow  # the writer's side: wire is loaded
 
         # Picked in C, a column at a time: no Python step per row.
@@ -236,14 +247,13 @@ class SqlStore(Store):
             )
         )
         if not stamps:
-            return set()
+            return None
         p = self.placeholder
-        rows = self.conn.execute(
+        return self.conn.execute(
             f"SELECT session_id FROM sessions WHERE stats_auto != 0 AND end_time >= {p} "
             f"AND start_time <= {p}",
             (self._when(min(stamps)), self._when(max(stamps))),
         )
-        return {r[0] for r in rows}
 
     def _fill_session_statistics(self, session_id: str) -> None:
         """Fill the figures end_session left out from the session's window of metrics."""

@@ -265,6 +265,17 @@ class Writer:
         assert self._first_pending_at is not None
         return time.monotonic() - self._first_pending_at >= self.batch_seconds
 
+    def may_grow(self) -> bool:
+        """Whether a due batch may take records that are already waiting (see
+        Store.batch_growth); never when a publisher waits for it."""
+        growth = self.store.batch_growth
+        return (
+            growth > 1  # 1: a batch due for its age or a waiter is committed as it is
+            and self._pending_rows < self.batch_rows * growth
+            and self.store_error is None
+            and not self.acks.urgently_awaited(self._pending_seq)
+        )
+
     def seconds_to_next_tick(self, idle: float = 1.0) -> float:
         """How long the loop may sleep before ``tick`` has work to do."""
         now = time.monotonic()
