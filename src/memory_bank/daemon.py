@@ -621,8 +621,8 @@ def _wait_for_signal(wake: socket.socket, seconds: float, stop: Callable[[], boo
 def _commit_when_due(pull: zmq.Socket, writer: Writer) -> None:
     """Commit a due batch, unless more records already wait and the batch may take them
     (Writer.may_grow): a backlog goes in fewer, larger batches."""
-    if writer.due() and not (pull.get(zmq.EVENTS) & zmq.POLLIN and writer.may_grow()):
-        writer.tick()
+    if writer.due() and not (int(pull.get(zmq.EVENTS)) & zmq.POLLIN and writer.may_grow()):
+        writer.tick()  # (int(): pyzmq types get() as int | bytes)
 
 
 def _drain_wakeups(sock: socket.socket) -> None:
