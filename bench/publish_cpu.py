@@ -38,7 +38,7 @@ WAIT = (
 CALLER = r"""
 import gc, json, statistics, sys, time
 sys.path.insert(0, sys.argv[4])
-from workload import publish
+from workload import paced, publish
 from memory_bank import Publisher
 db, seconds, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 pub = Publisher(db, close_timeout=1)
@@ -53,22 +53,11 @@ def count_collection(phase, info):
     if phase == "start":
         collections[0] += 1
 gc.callbacks.append(count_collection)
-period = 1.0 / rate
-next_at = time.perf_counter()
-end = next_at + seconds
-i = 0
-while next_at < end:
-    delay = next_at - time.perf_counter()
-    if delay > 0.0002:
-        time.sleep(delay - 0.0001)
-    while time.perf_counter() < next_at:
-        pass
+for i in paced(rate, seconds):
     g0 = collections[0]; w0 = wall_clock(); c0 = cpu_clock()
     publish(pub, i)
     c1 = cpu_clock(); w1 = wall_clock()
     cpu.append(c1 - c0 - own); wall.append(w1 - w0); collected.append(collections[0] != g0)
-    i += 1
-    next_at += period
 flushed = pub.flush(30)
 pub.close()
 print(json.dumps({"cpu": cpu, "wall": wall, "gc": collected, "flushed": flushed}))

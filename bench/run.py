@@ -368,29 +368,16 @@ def seed_design(work: Path, per_process: int, with_reader: bool) -> dict:
 LATENCY = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[4])
-from workload import publish
+from workload import paced, publish
 from memory_bank import Publisher
 db, seconds, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 pub = Publisher(db, close_timeout=1, durability=sys.argv[5])
 samples = []
-period = 1.0 / rate
-next_at = time.perf_counter()
-end = next_at + seconds
-i = 0
 clock = time.perf_counter_ns
-while next_at < end:
-    # Paced like an I/O-bound CSMS or charge point: asleep (GIL released) between calls,
-    # spinning only for the last 100 us of each wait.
-    delay = next_at - time.perf_counter()
-    if delay > 0.0002:
-        time.sleep(delay - 0.0001)
-    while time.perf_counter() < next_at:
-        pass
+for i in paced(rate, seconds):  # as a CSMS or charge point paced by its I/O calls
     t0 = clock()
     publish(pub, i)
     samples.append(clock() - t0)
-    i += 1
-    next_at += period
 print(json.dumps(samples))
 """
 
