@@ -191,7 +191,10 @@ def test_overflow_policy_counts_every_drop(db_path, start_daemon, policy, caplog
     middle = ids[len(ids) // 2]
     assert middle not in stored
     if policy == "drop_newest":
-        assert stored[0] == ids[0] and ids[-1] not in stored
+        # The first max_queue calls find the queue empty, and drop_newest never drops what
+        # it took: the run's start is kept whole. (Its last call may find room the sender
+        # just made, so the newest record is not always the one dropped.)
+        assert stored[:50] == ids[:50]
     else:
         assert stored[-1] == ids[-1] and ids[-2] in stored
     assert any("dropped" in r.message for r in caplog.records)
