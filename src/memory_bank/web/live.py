@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import secrets
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -350,15 +351,16 @@ class LiveFeed:
             except Exception as exc:  # the follower's first poll places it instead
                 log.warning("alerts for the live pages: cannot read the outbox yet: %s", exc)
 
-    async def _follow_alerts(self) -> None:
-        """Read the outbox for new notifications every ALERT_POLL_SECONDS while someone
-        follows (ALERT_IDLE_SECONDS while nobody does: the position stays current)."""
+    def _follow_alerts(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
+        """(A thread of its own.) Read the outbox for new notifications every
+        ALERT_POLL_SECONDS while someone follows (ALERT_IDLE_SECONDS while nobody does: the
+        position stays current), and hand the loop what a read found. A read finding
+        nothing (most) costs no trip through the loop: an indexed read, 12 us on SQLite."""
         assert self.alerts is not None
         failing = False
-        while True:
-            await asyncio.sleep(ALERT_POLL_SECONDS if self.subscribers else ALERT_IDLE_SECONDS)
+        while not stop.wait(ALERT_POLL_SECONDS if self.subscribers else ALERT_IDLE_SECONDS):
             try:
-                alerts = await asyncio.to_thread(self.alerts.poll)
+                alerts = self.alerts.poll()
             except Exception as exc:  # the database is away: the next poll tries again
                 if not failing:
                     log.warning("alerts for the live pages: cannot read the outbox: %s", exc)
@@ -366,7 +368,8 @@ class LiveFeed:
                 continue
             failing = False
             if alerts:
-                self._publish(b"", alerts)
+                with contextlib.suppress(RuntimeError):  # the loop closed: the server stops
+                    loop.call_soon_threadsafe(self._publish, b"", alerts)
 
     def _start_summary(self) -> None:
         """After commits, at most once a PROBE_SECONDS: one summary query for every page
@@ -421,7 +424,11 @@ class LiveFeed:
         follower: _Follower | None = None
         loop = asyncio.get_running_loop()
         heartbeat = asyncio.create_task(self._beat())
-        alerts = asyncio.create_task(self._follow_alerts()) if self.alerts else None
+        stop_alerts = threading.Event()
+        if self.alerts is not None:
+            threading.Thread(
+                target=self._follow_alerts, args=(loop, stop_alerts), name="alerts", daemon=True
+            ).start()
         try:
             while not self.closing:
                 running = discovery.daemon_running(self.key)
@@ -448,8 +455,7 @@ class LiveFeed:
                         break  # say so at once
         finally:
             heartbeat.cancel()
-            if alerts is not None:
-                alerts.cancel()
+            stop_alerts.set()
             if self._wake_later is not None:
                 self._wake_later.cancel()
             if self._summary_task is not None:
