@@ -87,7 +87,10 @@ def test_alerts_reach_the_stream_the_panel_and_the_api_as_they_fire_and_resolve(
         page.goto(web.url)
         expect(page.locator("#live-status")).to_have_text(re.compile("^live: following"))
         panel = page.locator("#alerts tbody")
-        expect(panel).to_have_text("no firing alerts")
+        none = page.locator("#alerts-none")
+        expect(none).to_have_text("no firing alerts")
+        expect(none).to_be_visible()
+        expect(panel).to_be_hidden()
         assert web.get("/api/alerts")[2] == []
 
         # A metric rule fires on a reading published now: on the stream, then on the page.
@@ -98,6 +101,7 @@ def test_alerts_reach_the_stream_the_panel_and_the_api_as_they_fire_and_resolve(
         assert fired == receiver.wait_for(lambda b: b)[0] | {"severity": None}  # the webhook's
         row = panel.locator("tr[data-rule=overcurrent]")
         expect(row).to_contain_text("current = 95 A")
+        expect(none).to_be_hidden()
 
         # An anomaly rule, per charge point: CRITICAL, so the severity-filtered stream has it
         # as its first alert (the metric alert, which has no severity, was not sent to it).

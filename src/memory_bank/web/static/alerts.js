@@ -84,6 +84,8 @@ export class AlertsPanel {
     const rows = [...this.firing.values()].sort((a, b) =>
       (RANK[b.severity] ?? 0) - (RANK[a.severity] ?? 0) || b.since - a.since);
     $("alerts-count").textContent = rows.length ? String(rows.length) : "";
+    $("alerts-none").hidden = rows.length > 0; // one line, not an empty table
+    $("alerts").hidden = !rows.length;
     fillTable($("alerts"), rows, (a) => {
       const tr = document.createElement("tr");
       tr.dataset.rule = a.rule;
