@@ -19,7 +19,7 @@ const groupValue = (group) =>
 const keyOf = (rule, group) => `${rule}\u0000${group}`;
 
 // What fired an alert, in a line: its anomaly, event or metric reading.
-export function recordSummary(r) {
+function recordSummary(r) {
   if (!r) return "";
   if (r.anomaly_type) return `${r.anomaly_type}: ${r.description ?? ""}`;
   if (r.event_type) return `${r.component} ${r.event_type}: ${r.message ?? ""}`;
