@@ -95,7 +95,7 @@ class StreamFilter:
         its event's component, ``severity`` its anomaly's severity."""
         record = alert.get("record") or {}
         return (
-            self.type in (None, record.get(ALERT_TYPE_FIELD.get(alert.get("table"), "")))
+            self.type in (None, record.get(ALERT_TYPE_FIELD.get(alert.get("table") or "", "")))
             and self.component in (None, record.get("component"))
             and self.severity in (None, alert.get("severity"))
         )
