@@ -166,3 +166,32 @@ def test_alerts_reach_the_stream_the_panel_and_the_api_as_they_fire_and_resolve(
         page.close()
         receiver.stop()
         assert web.stop() == 0, "".join(web.output)
+
+
+def test_stream_filters_keep_the_alerts_whose_record_has_the_value():
+    """`type`, `component` and `severity` on /api/stream apply to a notification through
+    the record that caused it; one without that field is left out (Alertmanager's way)."""
+    from memory_bank.web.live import StreamFilter
+
+    anomaly = {
+        "table": "anomalies",
+        "severity": "CRITICAL",
+        "record": {"anomaly_type": "OVERCURRENT", "severity": "CRITICAL"},
+    }
+    event = {
+        "table": "events",
+        "severity": None,
+        "record": {"event_type": "BOOT", "component": "CP_1"},
+    }
+    metric = {"table": "metrics", "severity": None, "record": {"metric_name": "current"}}
+    absent = {"table": "events", "severity": None, "record": None}  # fired before any record
+    every = [anomaly, event, metric, absent]
+
+    def kept(**wanted) -> list:
+        return [a for a in every if StreamFilter(**wanted).admits(a)]
+
+    assert kept() == every
+    assert kept(severity="CRITICAL") == [anomaly]
+    assert kept(type="OVERCURRENT") == [anomaly]
+    assert kept(type="BOOT") == [event] and kept(type="current") == [metric]
+    assert kept(component="CP_1") == [event] and kept(component="CP_2") == []
