@@ -295,6 +295,7 @@ def test_api_lists_match_the_viewers_json(lab):
         ("/api/anomalies?severity=high", ["--anomalies", "100", "--severity", "HIGH"]),
         ("/api/sessions?limit=10", ["--sessions", "10"]),
         ("/api/patterns", ["--patterns"]),
+        ("/api/alerts", ["--alerts"]),  # none here: no daemon ran rules on this database
     ):
         status, head, body = web.get(path)
         assert status == 200 and head["content-type"].startswith("application/json")
@@ -371,6 +372,8 @@ def test_api_metric_is_bucketed_with_the_windows_anomalies(lab):
         ("/api/metrics/current?points=many", 400, "points: expected a whole number"),
         ("/api/metrics/current?points=100000", 400, "points: expected a whole number from 1"),
         ("/api/metrics/current?since=1h&until=2h", 400, "until must be later than since"),
+        ("/api/alerts?state=resolved", 400, "state: expected one of firing, all"),
+        ("/api/alerts?state=all&limit=-1", 400, "limit: expected a whole number from 1"),
         ("/api/sessions/TXN_404", 404, "no session 'TXN_404'"),
         ("/api/events?session=TXN_404", 404, "no session 'TXN_404'"),
         ("/api/nothing-here", 404, "Not Found"),

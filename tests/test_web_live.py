@@ -3,64 +3,16 @@ for every browser, reconnection with Last-Event-ID, and life without a daemon.""
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import time
 import uuid
-from urllib.parse import urlparse
 
 import pytest
 from playwright.sync_api import expect
-from web_server import WebServer, chromium_session
+from web_server import SseClient, WebServer, chromium_session
 
 from memory_bank import Publisher
-
-
-class SseClient:
-    """A plain HTTP client reading /api/stream event by event (as EventSource does)."""
-
-    def __init__(self, url: str, last_event_id: str | None = None, query: str = ""):
-        parts = urlparse(url)
-        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=20)
-        headers = {"Accept": "text/event-stream"}
-        if last_event_id:
-            headers["Last-Event-ID"] = last_event_id
-        self.conn.request("GET", "/api/stream" + query, headers=headers)
-        self.response = self.conn.getresponse()
-        assert self.response.status == 200
-        assert self.response.headers["content-type"].startswith("text/event-stream")
-
-    def next_event(self, deadline: float | None = None) -> dict:
-        """The next event with a name (comments and retry lines skipped); an AssertionError
-        when none came by ``deadline`` (time.monotonic(); heartbeats keep the connection
-        itself alive, so its read timeout never fires)."""
-        fields: dict = {}
-        while deadline is None or time.monotonic() < deadline:
-            line = self.response.readline().decode()
-            if line == "":
-                raise EOFError("the stream ended")
-            line = line.rstrip("\n")
-            if line == "":
-                if "event" in fields:
-                    return fields
-                fields = {}
-                continue
-            name, _, value = line.partition(":")
-            if name:
-                fields[name] = value.lstrip(" ")
-        raise AssertionError("no event in time")
-
-    def next_records(self, within: float | None = None) -> tuple[str, dict]:
-        """The next ``records`` event; with ``within``, it must come in that many seconds."""
-        deadline = None if within is None else time.monotonic() + within
-        while True:
-            event = self.next_event(deadline)
-            if event["event"] == "records":
-                return event["id"], json.loads(event["data"])
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 def status(web: WebServer) -> dict:

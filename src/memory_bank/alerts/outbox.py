@@ -165,20 +165,26 @@ def prune(conn) -> None:
     )
 
 
-def recent(query: Query, limit: int = 50, rule: str | None = None) -> list[dict]:
-    """The newest notifications, newest first, for `memorybank alerts` (``query``: a
-    reader's ``tuples``; a database the daemon never ran alerts on has none)."""
+def _read(query: Query, sql: str, params: tuple = ()) -> list[tuple]:
+    """A read of the alerts' tables: none in a database the daemon never ran alerts on."""
     try:
-        rows = query(
-            "SELECT seq, id, sink, rule, state, at, status, attempts, last_error, delivered_at, "
-            "body FROM mb_outbox WHERE (CAST(? AS TEXT) IS NULL OR rule = ?) "
-            "ORDER BY seq DESC LIMIT ?",
-            (rule, rule, limit),
-        )
+        return query(sql, params)
     except Exception as exc:
         if missing_table(exc):
             return []
         raise
+
+
+def recent(query: Query, limit: int = 50, rule: str | None = None) -> list[dict]:
+    """The newest notifications, newest first, for `memorybank alerts` (``query``: a
+    reader's ``tuples``; a database the daemon never ran alerts on has none)."""
+    rows = _read(
+        query,
+        "SELECT seq, id, sink, rule, state, at, status, attempts, last_error, delivered_at, "
+        "body FROM mb_outbox WHERE (CAST(? AS TEXT) IS NULL OR rule = ?) "
+        "ORDER BY seq DESC LIMIT ?",
+        (rule, rule, limit),
+    )
     keys = "seq id sink rule state at status attempts last_error delivered_at body".split()
     out = []
     for row in rows:
@@ -186,19 +192,37 @@ def recent(query: Query, limit: int = 50, rule: str | None = None) -> list[dict]
         body = json.loads(item.pop("body"))
         item["summary"] = body.get("summary")
         item["record"] = body.get("record")
+        item["severity"] = severity_of(item["record"])
         out.append(item)
     return out
+
+
+def severity_of(record) -> str | None:
+    """An alert's severity: that of the anomaly that caused it (events, metrics and an
+    absence with no record carry none)."""
+    return record.get("severity") if isinstance(record, dict) else None
+
+
+def last_seq(query: Query) -> int:
+    """The newest outbox row's ``seq`` (0 when there is none, or no outbox yet)."""
+    rows = _read(query, "SELECT max(seq) FROM mb_outbox")
+    return (rows[0][0] if rows else None) or 0
+
+
+def written_after(query: Query, seq: int, limit: int) -> list[tuple[int, str, str]]:
+    """(seq, id, body) of the outbox rows after ``seq``, in the order they were written
+    (a notification has one row per sink, with the same id and body)."""
+    return _read(
+        query,
+        "SELECT seq, id, body FROM mb_outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+        (seq, limit),
+    )
 
 
 def firing(query: Query) -> list[dict]:
     """Rules firing now, per group, from the persisted states (viewer, web; ``query``: a
     reader's ``tuples``)."""
-    try:
-        rows = query("SELECT rule, grp, state FROM mb_alert_state", ())
-    except Exception as exc:
-        if missing_table(exc):
-            return []
-        raise
+    rows = _read(query, "SELECT rule, grp, state FROM mb_alert_state")
     out = []
     for rule, grp, text in rows:
         st = json.loads(text)
@@ -210,6 +234,7 @@ def firing(query: Query) -> list[dict]:
                     "since": st.get("fired_at"),
                     "summary": st.get("summary"),
                     "record": st.get("record"),
+                    "severity": severity_of(st.get("record")),
                 }
             )
     return sorted(out, key=lambda a: (a["rule"], a["group"]))

@@ -13,12 +13,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import formatting
+from ..alerts import outbox
+from ..alerts.storage import reader_query
 from ..store import Reader
 from ..store.sql import SESSION_METRICS
+from ..summary import firing_alerts
 from ..timeutil import parse_when
 from ..viewer import Filters
 
 SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
+ALERT_STATES = ("firing", "all")
 MAX_ROWS = 10_000  # one page of a list; exports are the viewer's job
 MAX_POINTS = 5_000  # buckets of a chart: a screen is narrower than this
 # Each call reads a bounded number of rows, whatever the database holds (the aim: p99 <=
@@ -256,3 +260,19 @@ def metric(request: Request) -> Response:
             "anomaly_count_up_to": SLICE_COUNT_UP_TO,
         }
     )
+
+
+def alerts(request: Request) -> Response:
+    """``state=firing`` (the default): the rules firing now, per group, as `memorybank
+    alerts --firing -o json` lists them; ``state=all``: the recent notifications, newest
+    first, a row per sink, as `memorybank alerts -o json`. Both with their ``severity``."""
+    q = request.query_params
+    state = (q.get("state") or "firing").lower()
+    if state not in ALERT_STATES:
+        raise ApiError(400, f"state: expected one of {', '.join(ALERT_STATES)}, got {state!r}")
+    limit = _whole(request, "limit", 50, 1, MAX_ROWS)
+    rule = q.get("rule") or None
+    reader = _reader(request)
+    if state == "all":
+        return json_response(outbox.recent(reader_query(reader), limit, rule))
+    return json_response([a for a in firing_alerts(reader) if rule in (None, a["rule"])][:limit])

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from .. import __version__
 from ..store import Reader, StoreUnavailable
 from . import api
+from .alerts import AlertFollower
 from .auth import TokenGate
 from .live import LiveFeed, StreamFilter, stream
 
@@ -127,11 +128,12 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 def create_app(location: str, reader: Reader, token: str | None = None) -> Starlette:
     """The dashboard over ``reader`` (read queries on ``location``), guarded by ``token``."""
-    feed = LiveFeed(location, summarize=reader.get_dashboard_summary)
+    feed = LiveFeed(location, summarize=reader.get_dashboard_summary, alerts=AlertFollower(reader))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         anyio.to_thread.current_default_thread_limiter().total_tokens = READER_THREADS
+        await asyncio.to_thread(feed.place_alerts)
         follower = asyncio.create_task(feed.run())
         try:
             yield
@@ -149,6 +151,7 @@ def create_app(location: str, reader: Reader, token: str | None = None) -> Starl
         Route("/api/sessions", _endpoint(api.sessions)),
         Route("/api/sessions/{session_id:path}", _endpoint(api.session)),
         Route("/api/patterns", _endpoint(api.patterns)),
+        Route("/api/alerts", _endpoint(api.alerts)),
         Route("/api/metrics", _endpoint(api.metric_names)),
         Route("/api/metrics/{name:path}", _endpoint(api.metric)),
         Route("/api/stream", _stream),

@@ -9,7 +9,9 @@ woken with every other stream by one event (at most every WAKE_SECONDS), it take
 follows its place, each batch as the message its filters make (made once per batch for
 all streams with those filters), in one write. A browser that reconnects with
 ``Last-Event-ID`` resumes from there; one whose place is no longer kept (it fell behind,
-or was away too long) gets a ``reset``.
+or was away too long) gets a ``reset``. The alerts' notifications, read from the daemon's
+outbox (alerts.py), take their places in the same numbering, so a reconnect resumes them
+too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import json
 import logging
 import secrets
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -33,6 +36,7 @@ from zmq.utils.monitor import parse_monitor_message
 from .. import discovery, sockets, wire
 from ..store.sql import JSON_COLUMNS
 from ..wire import AnomalyRow, EventRow
+from .alerts import AlertFollower
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,10 @@ SEND_BATCHES = 64  # batches a stream behind others is sent in one write
 WAKE_SECONDS = 0.1
 RETRY_MS = 2000  # how soon a browser reconnects after losing the stream
 MAX_ROWS = 25  # events (and anomalies) of one batch sent to a page; the rest are counted
+ALERT_POLL_SECONDS = 0.2  # how often the outbox is read for new notifications while
+ALERT_IDLE_SECONDS = 1.0  # ...someone follows the stream, and while nobody does
+# The field of an alert's triggering record that the stream's ``type`` filter reads.
+ALERT_TYPE_FIELD = {"events": "event_type", "anomalies": "anomaly_type", "metrics": "metric_name"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,18 @@ class StreamFilter:
                 if kind in (None, a[AnomalyRow.ANOMALY_TYPE])
                 and severity in (None, a[AnomalyRow.SEVERITY])
             ],
+        )
+
+    def admits(self, alert: dict) -> bool:
+        """Whether a notification passes: each filter must hold for what caused it, as
+        Alertmanager's matchers need the label (an alert without that field is left out):
+        ``type`` is its record's event type, anomaly type or metric name, ``component``
+        its event's component, ``severity`` its anomaly's severity."""
+        record = alert.get("record") or {}
+        return (
+            self.type in (None, record.get(ALERT_TYPE_FIELD.get(alert.get("table") or "", "")))
+            and self.component in (None, record.get("component"))
+            and self.severity in (None, alert.get("severity"))
         )
 
 
@@ -129,24 +149,28 @@ def _frame_data(
 
 class Batch:
     """One committed batch from the tail, numbered, kept as received (its smallest form:
-    with nobody watching, a batch costs its receipt). ``frames`` holds the message made
+    with nobody watching, a batch costs its receipt); or the notifications one look at
+    the outbox found (``alerts``: each with its JSON). ``frames`` holds the message made
     from it for each filter that asked, shared by every stream with that filter."""
 
-    __slots__ = ("seq", "raw", "frames", "size")
+    __slots__ = ("seq", "raw", "alerts", "frames", "size")
 
-    def __init__(self, seq: int, raw: bytes):
+    def __init__(self, seq: int, raw: bytes, alerts: list[tuple[dict, str]] | None = None):
         self.seq = seq
         self.raw = raw
+        self.alerts = alerts
         self.frames: dict[StreamFilter, bytes] = {}
-        self.size = len(raw)  # with its frames: what keeping it costs
+        # with its frames: what keeping it costs
+        self.size = len(raw) + sum(len(text) for _alert, text in alerts or ())
 
 
 class LiveFeed:
     """The tail subscription and its fan-out (runs as one task in the server's loop)."""
 
-    def __init__(self, location: str, summarize=None):
+    def __init__(self, location: str, summarize=None, alerts: AlertFollower | None = None):
         self.key = discovery.location_key(location)
         self.summarize = summarize  # the reader's summary (blocking: run in a thread)
+        self.alerts = alerts  # the outbox's notifications (blocking: polled in a thread)
         self.summary: bytes | None = None  # its latest ``summary`` event, sent to every stream
         self.summary_version = 0
         self._summary_due = False
@@ -242,10 +266,17 @@ class LiveFeed:
         return b"".join(parts)
 
     def _frame(self, batch: Batch, wanted: StreamFilter) -> bytes:
-        """The ``records`` message of ``batch`` for streams with these filters (empty
-        when nothing passes them), made on first need and kept with the batch."""
+        """The ``records`` message of ``batch`` (its ``alert`` messages, for notifications)
+        for streams with these filters (empty when nothing passes them), made on first
+        need and kept with the batch."""
         frame = batch.frames.get(wanted)
-        if frame is None:
+        if frame is None and batch.alerts is not None:
+            event_id = self.event_id(batch.seq)
+            frame = "".join(
+                sse("alert", text, event_id) for alert, text in batch.alerts if wanted.admits(alert)
+            ).encode()
+            self._keep_frame(batch, wanted, frame)
+        elif frame is None:
             frame = b""
             try:
                 if wanted.empty:
@@ -260,10 +291,13 @@ class LiveFeed:
                     frame = sse("records", data, self.event_id(batch.seq)).encode()
             except Exception as exc:  # a message we cannot read is skipped, not fatal
                 log.warning("unreadable tail message %d skipped: %s", batch.seq, exc)
-            batch.frames[wanted] = frame
-            batch.size += len(frame)
-            self.kept_bytes += len(frame)
+            self._keep_frame(batch, wanted, frame)
         return frame
+
+    def _keep_frame(self, batch: Batch, wanted: StreamFilter, frame: bytes) -> None:
+        batch.frames[wanted] = frame
+        batch.size += len(frame)
+        self.kept_bytes += len(frame)
 
     def _rows(self, batch: Batch) -> tuple[list, list]:
         """Every row of the batch, for filtering: unpacked once for all the filters that
@@ -293,16 +327,49 @@ class LiveFeed:
             self._wake_later = asyncio.get_running_loop().call_later(delay, self._notify)
 
     # -- the subscription ---------------------------------------------------------------
-    def _publish(self, raw: bytes) -> None:
-        batch = Batch(self.seq + 1, raw)
+    def _publish(self, raw: bytes, alerts: list[dict] | None = None) -> None:
+        """Keep a tail message (or the notifications of a look at the outbox, ``alerts``)
+        as the next batch, and wake the streams for it."""
+        shown = None if alerts is None else [(a, json.dumps(a, default=str)) for a in alerts]
+        batch = Batch(self.seq + 1, raw, shown)
         self.seq = batch.seq
         self.kept.append(batch)
         self.kept_bytes += batch.size
         while self.kept_bytes > KEEP_BYTES or len(self.kept) > KEEP_BATCHES:
             self.kept_bytes -= self.kept.popleft().size
-        self._summary_due = True
+        if alerts is None:
+            self._summary_due = True
         if self.subscribers:
             self._notify_soon()
+
+    def place_alerts(self) -> None:
+        """Before the first stream: the notifications already written are not news
+        (blocking; the page reads the firing ones from the API)."""
+        if self.alerts is not None:
+            try:
+                self.alerts.poll()
+            except Exception as exc:  # the follower's first poll places it instead
+                log.warning("alerts for the live pages: cannot read the outbox yet: %s", exc)
+
+    def _follow_alerts(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
+        """(A thread of its own.) Read the outbox for new notifications every
+        ALERT_POLL_SECONDS while someone follows (ALERT_IDLE_SECONDS while nobody does: the
+        position stays current), and hand the loop what a read found. A read finding
+        nothing (most) costs no trip through the loop: an indexed read, 12 us on SQLite."""
+        assert self.alerts is not None
+        failing = False
+        while not stop.wait(ALERT_POLL_SECONDS if self.subscribers else ALERT_IDLE_SECONDS):
+            try:
+                alerts = self.alerts.poll()
+            except Exception as exc:  # the database is away: the next poll tries again
+                if not failing:
+                    log.warning("alerts for the live pages: cannot read the outbox: %s", exc)
+                failing = True
+                continue
+            failing = False
+            if alerts:
+                with contextlib.suppress(RuntimeError):  # the loop closed: the server stops
+                    loop.call_soon_threadsafe(self._publish, b"", alerts)
 
     def _start_summary(self) -> None:
         """After commits, at most once a PROBE_SECONDS: one summary query for every page
@@ -357,6 +424,11 @@ class LiveFeed:
         follower: _Follower | None = None
         loop = asyncio.get_running_loop()
         heartbeat = asyncio.create_task(self._beat())
+        stop_alerts = threading.Event()
+        if self.alerts is not None:
+            threading.Thread(
+                target=self._follow_alerts, args=(loop, stop_alerts), name="alerts", daemon=True
+            ).start()
         try:
             while not self.closing:
                 running = discovery.daemon_running(self.key)
@@ -383,6 +455,7 @@ class LiveFeed:
                         break  # say so at once
         finally:
             heartbeat.cancel()
+            stop_alerts.set()
             if self._wake_later is not None:
                 self._wake_later.cancel()
             if self._summary_task is not None:
@@ -441,8 +514,9 @@ def sse(event: str, data: str, event_id: str | None = None) -> str:
 async def stream(
     feed: LiveFeed, wanted: StreamFilter, last_event_id: str | None
 ) -> AsyncIterator[bytes]:
-    """One browser's Server-Sent Events: status, then each committed batch (``records``),
-    heartbeats between; ``reset`` when batches were lost to it (it reloads from the API)."""
+    """One browser's Server-Sent Events: status, then each committed batch (``records``)
+    and each notification (``alert``), heartbeats between; ``reset`` when batches were
+    lost to it (it reloads from the API)."""
     after = feed.resume_after(last_event_id)
     subscriber = feed.subscribe(wanted, after)
     try:

@@ -1,10 +1,13 @@
-// The dashboard: summary cards, metric chart, live feed, sessions, patterns; a session's
-// own view at #/sessions/ID. Every number comes from the JSON API; the feed from SSE.
+// The dashboard: summary cards, firing alerts, metric chart, live feed, sessions, patterns;
+// a session's own view at #/sessions/ID. Every number comes from the JSON API; the feed and
+// the alerts from SSE.
 
 import { drawChart, resizeCharts, colorOf, formatTime } from "./chart.js";
 import { Feed } from "./feed.js";
 import { api } from "./api.js";
 import { firstSummaryShown, num, severityChip, showSummary } from "./cards.js";
+import { cell, fillTable } from "./tables.js";
+import { AlertsPanel } from "./alerts.js";
 
 const $ = (id) => document.getElementById(id);
 const RANGES = { "10m": 600, "1h": 3600, "24h": 86400, "7d": 7 * 86400 };
@@ -19,26 +22,6 @@ const state = {
 const fixed = (v, d = 2) => (v == null ? "–" : Number(v).toFixed(d));
 const iso = (t) => new Date(t * 1000).toISOString();
 const counted = (n, upTo) => `${num(n)}${n >= upTo ? "+" : ""}`; // a count the API stopped at upTo
-
-function cell(text, className) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  if (className) td.className = className;
-  return td;
-}
-
-function fillTable(table, rows, makeRow, empty) {
-  const body = table.tBodies[0];
-  body.textContent = "";
-  if (!rows.length) {
-    const tr = body.insertRow();
-    const td = cell(empty, "empty");
-    td.colSpan = table.tHead.rows[0].cells.length;
-    tr.appendChild(td);
-    return;
-  }
-  for (const row of rows) body.appendChild(makeRow(row));
-}
 
 function showError(where, error) {
   let banner = where.querySelector(":scope > .error-banner");
@@ -319,6 +302,7 @@ async function start() {
   guarded(loadMetricNames, $("chart").parentNode).then(() => {
     if (state.metrics.join() !== before && state.view === "dashboard") refreshChart();
   });
+  const alerts = new AlertsPanel();
   const feed = new Feed({
     onStatus: (s) => {
       const el = $("live-status");
@@ -330,6 +314,8 @@ async function start() {
       refreshTables();
       refreshChart();
     },
+    onAlert: (alert) => alerts.receive(alert),
+    onReload: () => alerts.load(),
   });
   feed.connect();
   window.addEventListener("hashchange", () => route());

@@ -1,9 +1,10 @@
-// The live feed: events and anomalies as they commit, over Server-Sent Events. The
-// backlog comes from the API once the stream is open (nothing committed in between is
-// missed; rows seen twice are shown once). Filters apply to what is shown; pause holds
-// new rows back and counts them. A hidden tab lets its stream go (nothing is drawn that
-// nobody sees, and the server has one stream fewer to feed); shown again, it reconnects and
-// catches up from the API as a first load does.
+// The live feed: events and anomalies as they commit, over Server-Sent Events (which also
+// carry the alerts' notifications, handed to their panel). The backlog comes from the API
+// once the stream is open (nothing committed in between is missed; rows seen twice are
+// shown once). Filters apply to what is shown; pause holds new rows back and counts them.
+// A hidden tab lets its stream go (nothing is drawn that nobody sees, and the server has
+// one stream fewer to feed); shown again, it reconnects and catches up from the API as a
+// first load does.
 
 import { api } from "./api.js";
 import { formatTime } from "./chart.js";
@@ -13,10 +14,12 @@ const KEEP = 500; // rows kept in the list
 const BACKLOG = 50;
 
 export class Feed {
-  constructor({ onStatus, onSummary, onRecords }) {
+  constructor({ onStatus, onSummary, onRecords, onAlert, onReload }) {
     this.onStatus = onStatus;
     this.onSummary = onSummary;
     this.onRecords = onRecords;
+    this.onAlert = onAlert; // each notification as it commits
+    this.onReload = onReload; // the stream (re)opened or reset: read the rest from the API
     this.rows = []; // newest first: {key, kind, time, component, type, severity, text}
     this.seen = new Set();
     this.paused = false;
@@ -55,6 +58,7 @@ export class Feed {
     });
     this.source.addEventListener("reset", () => this.loadBacklog());
     this.source.addEventListener("summary", (ev) => this.onSummary(JSON.parse(ev.data)));
+    this.source.addEventListener("alert", (ev) => this.onAlert(JSON.parse(ev.data)));
     this.source.addEventListener("records", (ev) => {
       const batch = JSON.parse(ev.data);
       this.add(batch.events.map(asEvent).concat(batch.anomalies.map(asAnomaly)), true);
@@ -69,6 +73,7 @@ export class Feed {
 
   async loadBacklog() {
     this.loaded = true;
+    this.onReload();
     try {
       const [events, anomalies] = await Promise.all([
         api("events", { limit: BACKLOG }), api("anomalies", { limit: BACKLOG })]);
