@@ -13,7 +13,7 @@ import datetime as dt
 import json
 from collections.abc import Callable
 
-from .storage import missing_table
+from .reading import missing_table
 
 TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
 
