@@ -6,12 +6,12 @@ by mistake. One connection per thread, opened on first use.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
 import time
 
+from ..jsontext import loads
 from .base import InvalidDatabase
 from .bounded import BoundedReads
 from .schema import COARSE_SECONDS, SEED_TABLES, damaged_database, read_only_uri
@@ -29,7 +29,7 @@ def _row_dict(cursor: sqlite3.Cursor, row: tuple) -> dict:
     for (name, *_), value in zip(cursor.description, row, strict=True):
         if name in JSON_COLUMNS and isinstance(value, str):
             try:
-                value = json.loads(value)
+                value = loads(value)
             except ValueError:
                 pass
         out[name] = value
