@@ -86,4 +86,10 @@ def _answer(lines: Callable[[], Iterable[str]], db: str, color: bool) -> None:
         from .cli_common import fail
 
         fail(exc, db)
-    sys.exit(0)
+    # Everything is said and flushed: end here rather than tear the interpreter down
+    # (freeing every module's objects, a last garbage collection), which is an eighth of
+    # the command's instructions and changes nothing outside the process. Nothing on this
+    # path registers atexit work (no logging, no threads: tests/test_startup.py); the
+    # reader's connection is read-only, so closing it would write nothing.
+    sys.stderr.flush()
+    os._exit(0)
