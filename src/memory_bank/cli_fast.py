@@ -11,6 +11,7 @@ exit status. ``python -m memory_bank`` always runs the click group.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -72,6 +73,10 @@ def memorybank() -> None:
 def _answer(lines: Callable[[], Iterable[str]], db: str, color: bool) -> None:
     """Print ``lines()`` as click.echo would (escape sequences kept only on a terminal);
     a failure, even after some lines, ends as the error boundary ends it."""
+    # No garbage collection from here on: the modules the answer loads make thousands of
+    # objects, none of them garbage, which collections would walk again and again (a
+    # twentieth of the command's instructions); the process ends as soon as it answers.
+    gc.disable()
     out = sys.stdout
     try:
         for line in lines():
