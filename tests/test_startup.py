@@ -30,11 +30,11 @@ BIN = Path(sys.executable).parent
 
 # What a command that neither talks to the daemon nor serves anything has no use for.
 HEAVY = ("zmq", "msgpack", "asyncio", "apscheduler", "psycopg", "starlette", "uvicorn")
-# What the fast path of either hot command never loads: click and pyzmq (status speaks
-# ZMTP itself), and standard modules a tenth of a hot command's start-up or more each,
-# which neither needs: json with the re it loads (jsontext reads and writes JSON through
-# json's C half), pathlib (both name files as text), socket (status asks over _socket).
+# What the fast path of either hot command never loads (status speaks ZMTP itself).
 NOT_ON_THE_FAST_PATH = ("click", "zmq", "apscheduler", "asyncio", "logging", "dataclasses")
+# Standard modules a tenth of a hot command's start-up or more each, which neither needs:
+# json with the re it loads (jsontext reads JSON and writes the table's through json's C
+# half), pathlib (both name files as text), socket (status asks over _socket).
 NOT_ON_THE_STATUS_PATH = (
     *NOT_ON_THE_FAST_PATH,
     *("typing", "shutil", "json", "re", "pathlib", "urllib.parse", "socket", "threading"),
