@@ -8,7 +8,6 @@ says exactly what the click commands say, on the same database, and loads neithe
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -33,21 +32,35 @@ BIN = Path(sys.executable).parent
 HEAVY = ("zmq", "msgpack", "asyncio", "apscheduler", "psycopg", "starlette", "uvicorn")
 # What the fast path of either hot command never loads (status speaks ZMTP itself).
 NOT_ON_THE_FAST_PATH = ("click", "zmq", "apscheduler", "asyncio", "logging", "dataclasses")
-# Standard modules a tenth of a hot command's start-up each, which neither needs (the
-# summary reads a database by its path as text; status still needs pathlib's Paths).
-NOT_ON_THE_STATUS_PATH = (*NOT_ON_THE_FAST_PATH, "typing", "shutil")
-NOT_ON_THE_SUMMARY_PATH = (*NOT_ON_THE_STATUS_PATH, "pathlib", "urllib.parse")
+# Standard modules a tenth of a hot command's start-up or more each, which neither needs:
+# json with the re it loads (jsontext reads JSON and writes the table's through json's C
+# half), pathlib (both name files as text), socket (status asks over _socket).
+NOT_ON_THE_STATUS_PATH = (
+    *NOT_ON_THE_FAST_PATH,
+    *("typing", "shutil", "json", "re", "pathlib", "urllib.parse", "socket", "threading"),
+)
+# The summary reads through sqlite3, with neither threading (the reader takes only its
+# thread-local class) nor contextlib (the alerts' storage classes).
+NOT_ON_THE_SUMMARY_PATH = (*NOT_ON_THE_STATUS_PATH, "contextlib")
 
 LOADED = """
-import json, sys
+import os, sys
 sys.argv = {argv!r}
+
+
+def exit_here(code):  # the fast path ends with os._exit: here, it ends where it can be seen
+    raise SystemExit(code)
+
+
+os._exit = exit_here
 try:
     from {module} import {command}  # the console script's entry point
     {command}()
 except SystemExit as exit:
     assert not exit.code, exit.code
 finally:
-    print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)), file=sys.stderr)
+    sys.stdout.flush()
+    print("loaded:", *sorted(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)
 """
 
 
@@ -55,7 +68,7 @@ def _loaded(module: str, command: str, argv: list[str], heavy=HEAVY) -> list[str
     """The heavy modules a console script's run loaded (it must succeed)."""
     out = run_python(LOADED.format(module=module, command=command, argv=argv, heavy=heavy))
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stderr.strip().splitlines()[-1])
+    return [line for line in out.stderr.splitlines() if line.startswith("loaded:")][-1].split()[1:]
 
 
 @pytest.fixture(scope="module")
@@ -143,16 +156,36 @@ def test_failures_read_the_same_either_way(tmp_path, prog, args):
 
 
 def test_viewer_summary_fast_path_loads_neither_click_nor_pyzmq(lab, db_path, daemon):
-    # (A table of the lab's data holding escape sequences loads click to strip them.)
-    for db, output in ((lab, "json"), (db_path, "table")):
+    # (A table of the lab's data holding escape sequences loads click to strip them; JSON
+    # for scripts is written by json itself.)
+    for db, output, used in ((lab, "json", ("json", "re")), (db_path, "table", ())):
         argv = ["memory-viewer", "--db", str(db), "--summary", "-o", output]
-        loaded = _loaded("memory_bank.cli_fast", "memory_viewer", argv, NOT_ON_THE_SUMMARY_PATH)
-        assert loaded == []
+        unused = [m for m in NOT_ON_THE_SUMMARY_PATH if m not in used]
+        assert _loaded("memory_bank.cli_fast", "memory_viewer", argv, unused) == []
 
 
 def test_status_fast_path_loads_neither_click_nor_pyzmq(lab):
     argv = ["memorybank", "status", "--db", str(lab)]
     assert _loaded("memory_bank.cli_fast", "memorybank", argv, NOT_ON_THE_STATUS_PATH) == []
+
+
+def _imported(argv: list[str]) -> set[str]:
+    """The modules an installed command imports, as it runs (``python -X importtime``,
+    through the environment, so the command starts as a user starts it)."""
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("|") for line in done.stderr.splitlines() if line.startswith("import time:")]
+    return {row[-1].strip() for row in rows[1:]}
+
+
+def test_the_installed_commands_load_only_what_they_need(lab, golden_db):
+    """The commands as installed, launcher included (pip's console-script wrapper imports
+    re before MemoryBank's first line runs), the summary showing JSON data in its table."""
+    summary = _imported([str(BIN / "memory-viewer"), "--db", str(golden_db), "--summary"])
+    assert "memory_bank.jsontext" in summary and not summary & set(NOT_ON_THE_SUMMARY_PATH)
+    status = _imported([str(BIN / "memorybank"), "status", "--db", str(lab)])
+    assert "msgpack" in status and not status & set(NOT_ON_THE_STATUS_PATH)
 
 
 def test_viewer_summary_loads_neither_zmq_nor_msgpack(db_path, daemon):
@@ -328,8 +361,9 @@ GOLDEN_SUMMARY_50 = [
 ]
 
 
-@pytest.mark.parametrize("columns,expected", [(120, GOLDEN_SUMMARY_120), (50, GOLDEN_SUMMARY_50)])
-def test_the_summary_prints_what_it_printed_before(tmp_path, columns, expected):
+@pytest.fixture
+def golden_db(tmp_path) -> Path:
+    """A fixed database: GOLDEN_EVENTS, GOLDEN_ANOMALIES and one active session."""
     from memory_bank.store.schema import SEED_TABLES
 
     db = tmp_path / "golden.db"
@@ -350,10 +384,40 @@ def test_the_summary_prints_what_it_printed_before(tmp_path, columns, expected):
             " VALUES ('TXN_1', 1700000000, 'ACTIVE')"
         )
     conn.close()
+    return db
+
+
+@pytest.mark.parametrize("columns,expected", [(120, GOLDEN_SUMMARY_120), (50, GOLDEN_SUMMARY_50)])
+def test_the_summary_prints_what_it_printed_before(golden_db, columns, expected):
     env = {**os.environ, "TZ": "UTC", "COLUMNS": str(columns)}
-    argv = [str(BIN / "memory-viewer"), "--db", str(db), "--summary"]
+    argv = [str(BIN / "memory-viewer"), "--db", str(golden_db), "--summary"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[9].startswith("as of ")
     assert lines[:9] + lines[10:] == expected
+
+
+def test_the_reader_keeps_one_connection_per_thread():
+    """The reader takes threading.local itself, from where threading takes it."""
+    import threading
+
+    from memory_bank.store.reader import thread_local
+
+    assert thread_local is threading.local
+
+
+@pytest.mark.parametrize("endpoint", [None, "ipc:///tmp/x.ctl"])
+def test_status_finds_the_daemon_file_where_the_daemon_locks_it(tmp_path, monkeypatch, endpoint):
+    """daemon_path (text, no pathlib) names the file discovery.daemon_file names, through
+    a symlink and a relative path, and for a PostgreSQL URL (by endpoint)."""
+    from memory_bank.locations import daemon_path
+
+    monkeypatch.setenv("MEMORYBANK_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    url = "postgresql://lab:secret@db.example/ev"
+    relative = os.path.relpath(tmp_path / "link" / "ev.db")
+    for location in (str(tmp_path / "link" / "ev.db"), relative, url):
+        expected = discovery.daemon_file(discovery.location_key(location, endpoint))
+        assert Path(daemon_path(location, endpoint)) == expected

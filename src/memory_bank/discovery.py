@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import time
 from collections import namedtuple
-from pathlib import Path
 
 from .files import (  # noqa: F401 (re-exported)
     DIR_MODE,
@@ -35,6 +33,7 @@ from .files import (  # noqa: F401 (re-exported)
     make_dir,
 )
 from .id_blocks import lease_id_block, next_id_block, reserve_id_blocks  # noqa: F401
+from .jsontext import loads
 from .locations import (  # noqa: F401 (re-exported)
     daemon_file,
     display_name,
@@ -46,6 +45,10 @@ from .locations import (  # noqa: F401 (re-exported)
     state_dir,
 )
 
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
+if TYPE_CHECKING:  # pathlib is loaded where a Path is made: `memorybank status` makes none
+    from pathlib import Path
+
 # data: the PULL side (publishers PUSH records here); control: the ROUTER side (sync, stats
 # and maintenance requests). Not typing.NamedTuple: `memorybank status` reads through this
 # module, and typing would be a tenth of its start-up.
@@ -56,6 +59,8 @@ def runtime_dir() -> Path:
     """Where default ipc sockets live. A folder made here gets DIR_MODE: the group
     reaches the sockets (and so may publish), others do not; an existing folder (systemd's
     RuntimeDirectory) keeps its mode, so its group decides who writes."""
+    from pathlib import Path
+
     explicit = os.environ.get("MEMORYBANK_RUNTIME_DIR")
     if explicit:
         path = Path(explicit)
@@ -79,23 +84,37 @@ def default_endpoints(key: Path) -> Endpoints:
 
 def read_daemon_info(key: Path) -> dict | None:
     """What the last daemon of this database wrote about itself, or None."""
+    return read_info_file(daemon_file(key))
+
+
+def read_info_file(path: str | os.PathLike) -> dict | None:
+    """``read_daemon_info`` of the daemon file at ``path`` (``locations.daemon_path``)."""
     try:
-        return json.loads(daemon_file(key).read_text())
+        with open(path) as file:
+            return loads(file.read())
     except (OSError, ValueError):
         return None
 
 
-def find_endpoints(key: Path) -> Endpoints:
-    """The endpoints a daemon of this database binds: as it recorded them, else the default."""
-    info = read_daemon_info(key)
+def recorded_endpoints(info: dict | None) -> Endpoints | None:
+    """The endpoints a daemon recorded in its file (``read_daemon_info``), if it did."""
     if info and info.get("data_endpoint") and info.get("control_endpoint"):
         return Endpoints(info["data_endpoint"], info["control_endpoint"])
-    return default_endpoints(key)
+    return None
+
+
+def find_endpoints(key: Path) -> Endpoints:
+    """The endpoints a daemon of this database binds: as it recorded them, else the default."""
+    return recorded_endpoints(read_daemon_info(key)) or default_endpoints(key)
 
 
 def daemon_running(key: Path) -> bool:
     """True when some process holds the writer lock of this database."""
-    path = daemon_file(key)
+    return lock_held(daemon_file(key))
+
+
+def lock_held(path: str | os.PathLike) -> bool:
+    """``daemon_running`` of the daemon file at ``path`` (``locations.daemon_path``)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -214,6 +233,8 @@ class WriterLock:
         fd = self._fd
         if fd is None:
             raise RuntimeError(f"the writer lock of {self.name} is not held")
+        import json  # here: `memorybank status` reads the file (jsontext), never writes it
+
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         os.fsync(fd)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import os
 import sys
 from collections import namedtuple
 from collections.abc import Iterable, Iterator
+
+from .jsontext import dumps_compact
 
 TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def compact_json(value) -> str:
         return ""
     if isinstance(value, str):
         return value
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return dumps_compact(value)
 
 
 # A table's column: the row's key, its header, how a value shows (a function to str),
@@ -214,9 +215,13 @@ def render(
             return
         yield from table_lines(materialized, columns, width, color)
     elif output == "jsonl":
+        import json  # here, as below: a table needs no json (see jsontext)
+
         for row in rows:
             yield json.dumps(row, default=str)
     elif output == "json":
+        import json
+
         first = True
         yield "["
         for row in rows:
@@ -246,6 +251,8 @@ def render(
 def record_lines(record: dict, output: str) -> Iterator[str]:
     """One record (a summary, a daemon's figures, a maintenance run) for scripts: a JSON
     object (json), one line of it (jsonl), or key,value rows (csv)."""
+    import json
+
     if output == "json":
         yield json.dumps(record, indent=2, default=str)
     elif output == "jsonl":

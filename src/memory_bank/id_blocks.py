@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import fcntl
 import os
-from pathlib import Path
 
 from .files import COUNTER_MODE, create_file
 from .locations import ids_file
+
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def lease_id_block(key: Path) -> int:

@@ -90,6 +90,14 @@ def daemon_file(key: Path) -> Path:
     return key.with_name(key.name + "-daemon")
 
 
+def daemon_path(location: str | os.PathLike, endpoint: str | None = None) -> str:
+    """``daemon_file(location_key(location, endpoint))`` as text; for a SQLite path without
+    pathlib (``memorybank status`` reads through this alone)."""
+    if is_url(location):
+        return os.fspath(daemon_file(location_key(location, endpoint)))
+    return real_path(location) + "-daemon"
+
+
 def ids_file(key: Path) -> Path:
     """The id-block counter."""
     return key.with_name(key.name + "-ids")

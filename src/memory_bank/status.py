@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from . import discovery
 from .formatting import record_lines
+from .locations import daemon_path
 
 # wire.request(wire.OP_STATS, 1), written out: wire loads dataclasses, a fifth of this
 # command's start-up (tests/test_startup.py checks that the two agree).
@@ -69,15 +70,16 @@ def describe_run(run: dict | None) -> str:
 def local_figures(db: str, endpoint: str | None = None, timeout: float = TIMEOUT) -> dict | None:
     """The figures of a daemon on this host serving ``db``, asked on its local ipc socket
     without loading pyzmq (zmtp.py); None when that way is closed (no daemon here, a
-    network endpoint only, an unexpected answer)."""
+    network endpoint only, endpoints it did not record, an unexpected answer)."""
     from .zmtp import NoAnswer, request
 
-    key = discovery.location_key(db, endpoint)
-    if not discovery.daemon_running(key):
+    lock = daemon_path(db, endpoint)
+    if not discovery.lock_held(lock):
         return None
-    control = discovery.find_endpoints(key).control
-    if not control.startswith("ipc://"):
+    endpoints = discovery.recorded_endpoints(discovery.read_info_file(lock))
+    if endpoints is None or not endpoints.control.startswith("ipc://"):
         return None
+    control = endpoints.control
     import msgpack
 
     try:
@@ -109,10 +111,10 @@ def daemon_figures(db: str, endpoint: str | None = None) -> dict:
 
         if not isinstance(exc, DaemonUnavailable):
             raise
-        lock_key = discovery.location_key(db, endpoint)
-        info = discovery.read_daemon_info(lock_key) or {}
+        lock = daemon_path(db, endpoint)
+        info = discovery.read_info_file(lock) or {}
         reason = str(exc)
-        if info.get("store_error") and discovery.daemon_running(lock_key):
+        if info.get("store_error") and discovery.lock_held(lock):
             reason = f"the daemon (pid {info.get('pid')}) waits for its database: "
             reason += info["store_error"]
         raise DaemonUnavailable(reason) from None

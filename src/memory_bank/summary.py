@@ -30,7 +30,7 @@ def titled(
 def firing_alerts(reader: Reader) -> list[dict]:
     """The alert rules firing now, per group (the daemon's alerts)."""
     from .alerts import outbox
-    from .alerts.storage import reader_query
+    from .alerts.reading import reader_query
 
     return outbox.firing(reader_query(reader))
 

@@ -40,7 +40,7 @@ TEST_COLUMNS = [
 def _outbox_query(db: str):
     """The database's read-only query (its errors are the viewer's)."""
     from ..store import open_reader
-    from .storage import reader_query
+    from .reading import reader_query
 
     if discovery.is_url(db):
         return reader_query(open_reader(db).check())

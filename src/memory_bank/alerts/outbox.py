@@ -10,10 +10,10 @@ and dropped rows are kept for ``memorybank alerts`` up to ``KEEP_DONE`` rows.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable
 
-from .storage import missing_table
+from ..jsontext import loads
+from .reading import missing_table
 
 TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
 
@@ -78,7 +78,7 @@ def load_states(conn) -> dict[Key, GroupState]:
     from .evaluation import GroupState
 
     return {
-        (rule, grp): GroupState.from_json(json.loads(text))
+        (rule, grp): GroupState.from_json(loads(text))
         for rule, grp, text in conn.execute("SELECT rule, grp, state FROM mb_alert_state")
     }
 
@@ -94,7 +94,8 @@ def save_states(conn, touched: dict[Key, GroupState]) -> None:
 def insert(conn, notes: list[Notification], sinks: set[str]) -> dict[str, int]:
     """Queue each notification for each of its rule's sinks that is configured; returns
     rows added per sink."""
-    import uuid  # here: the outbox's readers (the viewer's summary) never load it
+    import json  # here, as uuid: the outbox's readers (the viewer's summary) never load them
+    import uuid
 
     rows: list[tuple] = []
     added: dict[str, int] = {}
@@ -189,7 +190,7 @@ def recent(query: Query, limit: int = 50, rule: str | None = None) -> list[dict]
     out = []
     for row in rows:
         item = dict(zip(keys, row, strict=True))
-        body = json.loads(item.pop("body"))
+        body = loads(item.pop("body"))
         item["summary"] = body.get("summary")
         item["record"] = body.get("record")
         item["severity"] = severity_of(item["record"])
@@ -225,7 +226,7 @@ def firing(query: Query) -> list[dict]:
     rows = _read(query, "SELECT rule, grp, state FROM mb_alert_state")
     out = []
     for rule, grp, text in rows:
-        st = json.loads(text)
+        st = loads(text)
         if st.get("firing"):
             out.append(
                 {

@@ -13,33 +13,11 @@ from __future__ import annotations
 import sqlite3
 import time
 from contextlib import contextmanager
-from functools import lru_cache
 
 from ..lazylog import lazy_logger
+from .reading import pg_sql
 
-log = lazy_logger(__name__)  # readers import this module (outbox) and never log
-
-NO_TABLE_SQLSTATE = "42P01"  # PostgreSQL's undefined_table
-
-
-def missing_table(exc: Exception) -> bool:
-    """The alerts' tables are not there (a database no daemon ran alerts on, or a
-    PostgreSQL database a daemon of this version has not yet opened)."""
-    return "no such table" in str(exc) or getattr(exc, "sqlstate", None) == NO_TABLE_SQLSTATE
-
-
-@lru_cache(maxsize=256)
-def _pg_sql(sql: str) -> str:
-    """outbox.py's and stream_log.py's SQL with psycopg's placeholders (they hold no other
-    ``?`` and no ``%``)."""
-    return sql.replace("?", "%s")
-
-
-def reader_query(reader):
-    """A reader's ``tuples``, taking the ``?`` placeholders outbox.py writes."""
-    if getattr(reader, "placeholder", "?") == "?":
-        return reader.tuples
-    return lambda sql, params=(): reader.tuples(_pg_sql(sql), params)
+log = lazy_logger(__name__)
 
 
 class PgConnection:
@@ -52,12 +30,12 @@ class PgConnection:
         self._conn = conn
 
     def execute(self, sql: str, params=()):
-        return self._conn().execute(_pg_sql(sql), params)
+        return self._conn().execute(pg_sql(sql), params)
 
     def executemany(self, sql: str, rows) -> None:
         if rows:
             with self._conn().cursor() as cur:
-                cur.executemany(_pg_sql(sql), rows)
+                cur.executemany(pg_sql(sql), rows)
 
     def close(self) -> None:
         self._conn().close()

@@ -7,11 +7,11 @@ supplies ids), then each migration brings the database forward, keeping its data
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
 
+from ..jsontext import loads
 from ..lazylog import lazy_logger
 
 log = lazy_logger(__name__)  # (readers never log: no logging import)
@@ -111,6 +111,8 @@ def damaged_database(path, exc: sqlite3.DatabaseError) -> str | None:
 
 def pattern_key(pattern_data) -> str:
     """Patterns are the same when their data is, key order aside."""
+    import json  # here: readers (the viewer's summary) never load it (see jsontext)
+
     return json.dumps(pattern_data, sort_keys=True, separators=(",", ":"))
 
 
@@ -173,7 +175,7 @@ def _key_legacy_patterns(conn: sqlite3.Connection) -> None:
     kept: dict[tuple[str, str], list] = {}
     for row_id, ptype, pdata, freq, last_seen, conf in rows:
         try:
-            key = pattern_key(json.loads(pdata))
+            key = pattern_key(loads(pdata))
         except (TypeError, ValueError):
             key = pdata or ""
         existing = conn.execute(

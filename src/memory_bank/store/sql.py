@@ -9,8 +9,6 @@ each method promises; this module is how the two stores keep those promises alik
 from __future__ import annotations
 
 import datetime as dt
-import json
-import threading
 import time
 from collections import Counter, namedtuple
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ from .schema import REJECTED_KEEP
 
 TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
 if TYPE_CHECKING:  # readers never load msgpack (wire's codec)
+    import threading
     from typing import Any
 
     from ..wire import Message
@@ -183,6 +182,8 @@ class SqlStore(Store):
         self._connect()
         p = self.placeholder
         markers = [self.json_placeholder if c == "deleted" else p for c in MAINTENANCE_COLUMNS]
+        import json  # here, as below: readers (the viewer's summary) never load it
+
         values = {
             **run,
             "started": self._when(run["started"]),
@@ -208,6 +209,8 @@ class SqlStore(Store):
             (limit,),
         )
         runs = [dict(zip(MAINTENANCE_COLUMNS, row, strict=True)) for row in cursor]
+        import json
+
         for run in runs:
             run["deleted"] = json.loads(run["deleted"]) if run["deleted"] else None
         return runs
