@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 from ..alerts import outbox
-from ..alerts.storage import reader_query
+from ..alerts.reading import reader_query
 
 READ_ROWS = 1000  # outbox rows read a poll: a burst beyond it comes over the next polls
 REMEMBERED = 4096  # notification ids kept to show each once (it has a row per sink)

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from .. import formatting
 from ..alerts import outbox
-from ..alerts.storage import reader_query
+from ..alerts.reading import reader_query
 from ..store import Reader
 from ..store.sql import SESSION_METRICS
 from ..summary import firing_alerts
