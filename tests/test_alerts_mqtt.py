@@ -238,22 +238,30 @@ def test_a_batch_of_several_types_goes_to_each_types_topic_in_commit_order(
 
 
 @pytest.mark.parametrize(
-    ("store", "batch"),
-    [("sqlite", False), ("sqlite", True), ("postgresql", False)],
-    ids=["per-record", "stream_batch", "postgresql"],
+    ("store", "options"),
+    [
+        ("sqlite", ""),
+        ("sqlite", "stream_batch = true\n"),
+        ("sqlite", "stream_process = true\n"),
+        ("postgresql", ""),
+        ("postgresql", "stream_process = true\nstream_batch = true\n"),
+    ],
+    ids=["per-record", "stream_batch", "process", "postgresql", "postgresql-process-batch"],
 )
 def test_the_stream_resumes_where_the_broker_acknowledged_after_daemon_kills(
-    store, batch, tmp_path, start_daemon, broker, request
+    store, options, tmp_path, start_daemon, broker, request
 ):
     """SIGKILL with records committed that the broker never acknowledged (the broker was
     away), then again while that backlog is being sent: after each restart the stream
     resumes from the broker's last acknowledgement, so every committed record arrives, and
     what arrived before the first kill is not sent again. Per record, and with records
-    sent as one array per topic and batch (stream_batch); and per record on PostgreSQL."""
+    sent as one array per topic and batch (stream_batch), the stream in the daemon or in a
+    process of its own (stream_process, which the kill takes down with the daemon); on
+    SQLite and PostgreSQL."""
     db_path = tmp_path / "ev.db" if store == "sqlite" else request.getfixturevalue("pg_url")
     subscriber = Subscriber(broker)
     cfg = tmp_path / "memorybank.toml"
-    cfg.write_text(CONFIG.format(url=broker.url) + f"stream_batch = {str(batch).lower()}\n")
+    cfg.write_text(CONFIG.format(url=broker.url) + options)
     daemon = start_daemon(db_path, "--config", str(cfg))
     with Load(db_path):
         wait_until(lambda: len(_streamed(subscriber)) >= 200)

@@ -77,14 +77,20 @@ class AlertEngine:
         with self.db.transaction() as conn:
             positions = stream_log.start_positions(conn, wanted)
             backlogs = {
-                name: stream_log.backlog(conn, positions[name], tables)
+                name: stream_log.backlog(conn, positions[name], tables)[0]
                 for name, tables in wanted.items()
                 if name not in self.streams
             }
-        if backlogs:
-            from .mqtt import MqttStream
         for name, backlog in backlogs.items():
-            stream = MqttStream(config.sinks[name], self.db, positions[name], backlog)
+            sink = config.sinks[name]
+            if sink.stream_process:  # paho's and the JSON's work off the daemon's GIL
+                from .stream_process import StreamProcess
+
+                stream = StreamProcess(sink, self.db.location, positions[name], backlog)
+            else:
+                from .mqtt import MqttStream
+
+                stream = MqttStream(sink, self.db, positions[name], backlog)
             self.streams[name] = stream.start()
             self._positions[name] = positions[name]
         self._chosen = set().union(*wanted.values())

@@ -157,13 +157,17 @@ class MqttStream:
     engine writes it to the database (stream_log.py), and a restart resumes from it.
     """
 
-    def __init__(self, config: Sink, db, position: stream_log.Position, backlog: int = 0):
+    def __init__(
+        self, config: Sink, db, position: stream_log.Position, backlog: int = 0, top: int = 0
+    ):
         self.config = config
         self.db = db  # storage.py's SqliteStorage or PostgresStorage
         self.connection = Connection(config, "stream")
         self._chunks: deque = deque()  # (seq, created_at text, [(table, rows)]) in order
         self._queued = 0  # records in _chunks
         self._spilled = backlog  # records left to the database (not in _chunks)
+        self._counted = top  # the last logged seq counted in _spilled (``logged``)
+        self._notified = 0  # the last seq ``logged`` told of
         # Converted, not yet acknowledged: (topic, payload); and per message the position
         # once the broker acknowledged it.
         self._window: list[tuple[str, bytes]] = []
@@ -222,6 +226,17 @@ class MqttStream:
             self._queued += count
             self._cond.notify()
 
+    def logged(self, seq: int, count: int) -> None:
+        """Batch ``seq``, with ``count`` records of the stream's tables, was committed: read
+        back from the database (how a stream in a process of its own, stream_process.py,
+        is told of each commit; never blocks)."""
+        with self._cond:
+            if seq > self._counted:
+                self._spilled += count
+                self._counted = seq
+            self._notified = max(self._notified, seq)
+            self._cond.notify()
+
     def _take(self) -> list[tuple[int, str | None, list]]:
         """The next batches from the cursor on: from memory when it holds them, else from
         the database. Empty after a second with nothing new."""
@@ -244,9 +259,10 @@ class MqttStream:
         if batches or head is not None:
             return batches
         with self._cond:
-            self._spilled = 0  # caught up with the database
-            if not self._chunks and not self._stop.is_set():
-                self._cond.wait(1.0)
+            if self._notified < seq:  # caught up with the database (nothing told since)
+                self._spilled = 0
+                if not self._chunks and not self._stop.is_set():
+                    self._cond.wait(1.0)
         return []
 
     def _from_database(self, after: int, before: int | None) -> list[tuple[int, str | None, list]]:
