@@ -5,6 +5,7 @@ every notification (by id)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -296,3 +297,77 @@ def test_the_stream_resumes_where_the_broker_acknowledged_after_daemon_kills(
     assert daemon.stop() == 0
     # the log keeps no batch the stream has passed
     assert query(db_path, "SELECT count(*) FROM mb_stream_log") == [(0,)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = open(f"/proc/{pid}/stat").read()  # a zombie is not running
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_the_stream_process_is_started_again_after_a_kill_and_ends_with_the_daemon(
+    db_path, tmp_path, start_daemon, broker
+):
+    """stream_process: the stream's own process killed (SIGKILL) under load is started
+    again by the daemon from the broker's last acknowledgement, so every committed record
+    arrives, in commit order; `memorybank status` and the Prometheus endpoint say so; a
+    SIGHUP that leaves the sink as it was leaves its process running; SIGTERM stops it with
+    the daemon, and a daemon killed takes it down too (end of file on its pipe)."""
+    import urllib.request
+
+    from click.testing import CliRunner
+
+    from memory_bank.cli import main
+
+    subscriber = Subscriber(broker)
+    port = free_ports(1)
+    cfg = tmp_path / "memorybank.toml"
+    cfg.write_text(
+        f'[daemon]\nmetrics_listen = "127.0.0.1:{port}"\n'
+        + CONFIG.format(url=broker.url)
+        + "stream_process = true\n"
+    )
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    with Load(db_path, anomalies=True):
+        wait_until(lambda: len(_streamed(subscriber)) >= 200)
+        first = stream_figures(db_path)["process"]["pid"]
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: stream_figures(db_path)["process"]["restarts"] == 1)
+        arrived = len(_streamed(subscriber))
+        wait_until(lambda: len(_streamed(subscriber)) >= arrived + 200)  # the new one streams
+        second = stream_figures(db_path)["process"]["pid"]
+        assert second != first and _alive(second)
+        daemon.proc.send_signal(signal.SIGHUP)  # the same sink: the same process
+        time.sleep(0.3)
+    committed = _committed_ids(db_path)
+    want = {("events", i) for i in committed["events"]} | {
+        ("metrics", i) for i in committed["metrics"]
+    }
+    wait_until(lambda: set(_streamed(subscriber)) >= want)
+    got = _streamed(subscriber)
+    for table in ("events", "metrics"):
+        first_seen = list(dict.fromkeys(i for t, i in got if t == table))
+        assert first_seen == sorted(first_seen), f"{table} out of commit order"
+    wait_until(lambda: stream_figures(db_path)["pending"] == 0)
+    figures = stream_figures(db_path)
+    assert figures["process"]["pid"] == second and figures["published"] >= len(want)
+    assert "reload" in daemon.log and "its process ended" in daemon.log
+    status = CliRunner().invoke(main, ["status", "--db", str(db_path)])
+    (line,) = [x for x in status.output.splitlines() if x.startswith("stream broker")]
+    assert f"in process {second}, restarted 1 time(s)" in line and "0 pending" in line
+
+    def scraped() -> bytes:  # a snapshot the daemon refreshes each second
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+
+    wait_until(lambda: b'memorybank_stream_pending{sink="broker"} 0.0' in scraped())
+    assert b'memorybank_stream_process_restarts_total{sink="broker"} 1.0' in scraped()
+    assert daemon.stop() == 0
+    assert not _alive(second)
+    daemon = start_daemon(db_path, "--config", str(cfg))  # and after a SIGKILL of the daemon
+    third = stream_figures(db_path)["process"]["pid"]
+    daemon.stop(signal.SIGKILL)
+    wait_until(lambda: not _alive(third), timeout=10)
+    subscriber.close()

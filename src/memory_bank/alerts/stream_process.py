@@ -52,6 +52,7 @@ class StreamProcess:
         self.location = location
         self.position = position  # as the process last reported it
         self.restarts = 0
+        self._reported = False  # the running process has said where it stands
         self._figures: dict = dict.fromkeys(FIGURES, 0) | {"pending": backlog, "last_error": None}
         self._before = dict.fromkeys(("published", "dropped", "failures"), 0)  # ended processes
         self._lock = threading.Lock()  # the process and its stdin, replaced on a restart
@@ -134,6 +135,7 @@ class StreamProcess:
                     return
                 self.restarts += 1
                 self._note = None
+                self._reported = False
                 try:
                     self._spawn()
                 except OSError as exc:
@@ -149,6 +151,7 @@ class StreamProcess:
             return
         self._figures = {key: status.get(key) for key in FIGURES}
         self.position = position
+        self._reported = True
 
     def stop(self, timeout: float = 2.0) -> None:
         """Give the broker ``timeout`` to take what is pending, then stop the process (what
@@ -176,7 +179,11 @@ class StreamProcess:
         for key, before in self._before.items():
             figures[key] = (figures[key] or 0) + before
         proc = self._proc
-        figures["process"] = {"pid": proc.pid if proc else None, "restarts": self.restarts}
+        figures["process"] = {
+            "pid": proc.pid if proc else None,
+            "restarts": self.restarts,
+            "ready": self._reported,
+        }
         return figures
 
 
