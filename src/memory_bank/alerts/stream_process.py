@@ -210,10 +210,11 @@ def main() -> int:
     from .mqtt import MqttStream
     from .storage import readers
 
-    # The daemon stops and reloads it (its stdin): signals meant for the daemon's process
-    # group (a terminal's Ctrl-C, SIGHUP) are not for this process.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # The daemon stops and reloads it (its stdin): the signals sent to the daemon's whole
+    # group (a terminal's Ctrl-C; systemd's SIGTERM to every process of the service) are
+    # for the daemon, which then stops it after its last commit. SIGKILL still ends it.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     stdin, out = sys.stdin.buffer, sys.stdout.buffer
     first = json.loads(stdin.readline())
     logging.basicConfig(
