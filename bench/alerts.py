@@ -17,9 +17,11 @@ shared machine).
 Both sides do the same work up to the commit; the "on" side also evaluates the rules in
 each batch's transaction, writes their outbox rows and the stream's log, delivers their
 notifications and streams each record to Mosquitto (when installed; the report says when
-it is not), once with one message per record and once with ``stream_batch = true``. For
-the stream: its rate (from the first publish call to the broker's last acknowledgement)
-and how many records it was behind when the last one was committed.
+it is not), once with one message per record and once with ``stream_batch = true``, each
+with the stream in the daemon and, where the source has it, in a process of its own
+(``stream_process = true``: that process's CPU is reported beside the daemon's, not in
+it). For the stream: its rate (from the first publish call to the broker's last
+acknowledgement) and how many records it was behind when the last one was committed.
 """
 
 from __future__ import annotations
@@ -316,7 +318,8 @@ def ingest(work: Path, label: str, config: Path | None, per_publisher: int) -> d
 
 def ingest_ratio(work: Path, per_publisher: int, rounds: int) -> dict:
     """Off, on (one message per streamed record) and on with ``stream_batch = true`` (one
-    JSON array per topic and committed batch), alternated round by round."""
+    JSON array per topic and committed batch), each also with ``stream_process = true``
+    where the source has it, alternated round by round."""
     receiver = Receiver()
     broker = Mosquitto(work) if available_mosquitto() else None
     sinks = f'\n[sinks.hook]\ntype = "webhook"\nurl = "{receiver.url}"\n'
@@ -325,15 +328,16 @@ def ingest_ratio(work: Path, per_publisher: int, rounds: int) -> dict:
             f'\n[sinks.broker]\ntype = "mqtt"\nurl = "mqtt://127.0.0.1:{broker.port}"\n'
             'stream = ["events", "anomalies", "metrics"]\n'
         )
-    configs: dict[str, Path | None] = {"off": None, "on": work / "on.toml"}
-    configs["on"].write_text(FIVE_RULES + sinks)
-    if broker is not None:
-        configs["on_batch"] = work / "on_batch.toml"
-        configs["on_batch"].write_text(FIVE_RULES + sinks + "stream_batch = true\n")
-        if process_streams():
-            for side, options in PROCESS_SIDES.items():
-                configs[side] = work / f"{side}.toml"
-                configs[side].write_text(FIVE_RULES + sinks + options)
+    sides = {"on": "", "on_batch": "stream_batch = true\n"}
+    if broker is not None and process_streams():  # the stream in the daemon, or apart
+        sides = {side: f"{options}stream_process = false\n" for side, options in sides.items()}
+        sides |= PROCESS_SIDES
+    elif broker is None:
+        del sides["on_batch"]
+    configs: dict[str, Path | None] = {"off": None}
+    for side, options in sides.items():
+        configs[side] = work / f"{side}.toml"
+        configs[side].write_text(FIVE_RULES + sinks + options)
     results: dict[str, list[dict]] = {side: [] for side in configs}
     for r in range(rounds):
         for side, config in configs.items():
