@@ -314,8 +314,9 @@ def test_the_stream_process_is_started_again_after_a_kill_and_ends_with_the_daem
     """stream_process: the stream's own process killed (SIGKILL) under load is started
     again by the daemon from the broker's last acknowledgement, so every committed record
     arrives, in commit order; `memorybank status` and the Prometheus endpoint say so; a
-    SIGHUP that leaves the sink as it was leaves its process running; SIGTERM stops it with
-    the daemon, and a daemon killed takes it down too (end of file on its pipe)."""
+    SIGTERM of its own (systemd's stop signals every process of the service) and a SIGHUP
+    that leaves the sink as it was leave it running; the daemon's SIGTERM stops it, and a
+    daemon killed takes it down too (end of file on its pipe)."""
     import urllib.request
 
     from click.testing import CliRunner
@@ -340,6 +341,7 @@ def test_the_stream_process_is_started_again_after_a_kill_and_ends_with_the_daem
         wait_until(lambda: len(_streamed(subscriber)) >= arrived + 200)  # the new one streams
         second = stream_figures(db_path)["process"]["pid"]
         assert second != first and _alive(second)
+        os.kill(second, signal.SIGTERM)  # for the daemon (systemd signals every process)
         daemon.proc.send_signal(signal.SIGHUP)  # the same sink: the same process
         time.sleep(0.3)
     committed = _committed_ids(db_path)
