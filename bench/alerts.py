@@ -317,12 +317,14 @@ def ingest(work: Path, label: str, config: Path | None, per_publisher: int) -> d
 
 
 def ingest_ratio(work: Path, per_publisher: int, rounds: int) -> dict:
-    """Off, on (one message per streamed record) and on with ``stream_batch = true`` (one
-    JSON array per topic and committed batch), each also with ``stream_process = true``
-    where the source has it, alternated round by round."""
+    """Off, the five rules alone, on (one message per streamed record) and on with
+    ``stream_batch = true`` (one JSON array per topic and committed batch), each also with
+    ``stream_process = true`` where the source has it, alternated round by round."""
     receiver = Receiver()
     broker = Mosquitto(work) if available_mosquitto() else None
     sinks = f'\n[sinks.hook]\ntype = "webhook"\nurl = "{receiver.url}"\n'
+    configs: dict[str, Path | None] = {"off": None, "rules": work / "rules.toml"}
+    configs["rules"].write_text(FIVE_RULES + sinks)  # what the rules alone cost
     if broker is not None:
         sinks += (
             f'\n[sinks.broker]\ntype = "mqtt"\nurl = "mqtt://127.0.0.1:{broker.port}"\n'
@@ -334,7 +336,6 @@ def ingest_ratio(work: Path, per_publisher: int, rounds: int) -> dict:
         sides |= PROCESS_SIDES
     elif broker is None:
         del sides["on_batch"]
-    configs: dict[str, Path | None] = {"off": None}
     for side, options in sides.items():
         configs[side] = work / f"{side}.toml"
         configs[side].write_text(FIVE_RULES + sinks + options)
@@ -370,7 +371,7 @@ def ingest_ratio(work: Path, per_publisher: int, rounds: int) -> dict:
                 statistics.median(x["stream_process_cpu_us_per_record"] for x in results[side]),
                 1,
             )
-        if broker is not None:
+        if "stream" in results[side][0]:
             out[f"{side}_stream_records_per_second"] = round(
                 statistics.median(x["stream"] for x in results[side])
             )
@@ -406,16 +407,18 @@ def main() -> int:
         f"max {lat['commit_to_post_max_ms']} ms ({lat['received']}/{lat['probes']} probes; "
         f"publish call -> POST p99 {lat['call_to_post_p99_ms']} ms)"
     )
+    stream = f"five rules + MQTT stream ({ing['mqtt_stream']}"
     for side, what in (
-        ("on", "one message per record"),
-        ("on_batch", "stream_batch"),
-        ("on_process", "one message per record, stream_process"),
-        ("on_process_batch", "stream_batch, stream_process"),
+        ("rules", "five rules alone (webhook sink, no stream)"),
+        ("on", f"{stream}, one message per record)"),
+        ("on_batch", f"{stream}, stream_batch)"),
+        ("on_process", f"{stream}, one message per record, stream_process)"),
+        ("on_process_batch", f"{stream}, stream_batch, stream_process)"),
     ):
         if f"{side}_records_per_second" not in ing:
             continue
         line = (
-            f"ingest with five rules + MQTT stream ({ing['mqtt_stream']}, {what}): "
+            f"ingest with {what}: "
             f"{ing[side + '_records_per_second']} rec/s against {ing['off_records_per_second']} "
             f"off: {ing[side + '_over_off']}x"
         )
