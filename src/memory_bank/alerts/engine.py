@@ -27,6 +27,11 @@ from .delivery import DeliveryWorker
 from .evaluation import Evaluator
 from .rules import AlertsConfig
 
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
+if TYPE_CHECKING:
+    from .mqtt import MqttStream
+    from .stream_process import StreamProcess
+
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.1
@@ -83,6 +88,7 @@ class AlertEngine:
             }
         for name, backlog in backlogs.items():
             sink = config.sinks[name]
+            stream: MqttStream | StreamProcess
             if sink.stream_process:  # paho's and the JSON's work off the daemon's GIL
                 from .stream_process import StreamProcess
 

@@ -190,7 +190,8 @@ def parse_sink(name: str, raw) -> Sink:
         headers=tuple(sorted(headers.items())),
         topic=topic.rstrip("/"),
         stream=tuple(stream),
-        **switches,
+        stream_batch=switches["stream_batch"],
+        stream_process=switches["stream_process"],
     )
 
 
