@@ -373,3 +373,36 @@ def test_the_stream_process_is_started_again_after_a_kill_and_ends_with_the_daem
     daemon.stop(signal.SIGKILL)
     wait_until(lambda: not _alive(third), timeout=10)
     subscriber.close()
+
+
+def test_the_stream_position_moves_with_each_acknowledgement_within_a_window(tmp_path, broker):
+    """A window holds up to 2,000 records (a restart's backlog comes in whole windows): the
+    position the daemon writes moves as the broker acknowledges each message, so a daemon
+    killed in the middle of a window resends only what follows (the kills test with a
+    stream process once failed on this: its first window held the ~800 records committed
+    while the process started, and a kill resent what had arrived)."""
+    import sqlite3
+
+    from memory_bank.alerts import stream_log
+    from memory_bank.alerts.mqtt import MqttStream
+    from memory_bank.alerts.rules import Sink
+    from memory_bank.alerts.storage import SqliteReaders
+
+    db = tmp_path / "log.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(stream_log.DDL)
+    sink = Sink(name="b", type="mqtt", url=broker.url, stream=("metrics",), timeout=5.0)
+    stream = MqttStream(sink, SqliteReaders(db), (1, 0))
+    stream.put(1, {"metrics": [(i, 1.5e9, "current", 1.0, "A", None) for i in range(1, 2001)]})
+    seen = set()
+    stream.start()
+    try:
+        deadline = time.monotonic() + 30
+        while stream.position != (2, 0):
+            assert time.monotonic() < deadline, "the window was never acknowledged"
+            seen.add(stream.position)
+            time.sleep(0.0005)
+    finally:
+        stream.stop()
+    within = sorted(done for seq, done in seen if seq == 1 and 0 < done < 2000)
+    assert len(within) >= 2, f"the position moved only per window: {sorted(seen)}"

@@ -88,6 +88,13 @@ class AlertEngine:
             }
         for name, backlog in backlogs.items():
             sink = config.sinks[name]
+            if backlog:
+                log.info(
+                    "mqtt stream %s: %d record(s) the broker had not acknowledged before the "
+                    "restart are sent first",
+                    name,
+                    backlog,
+                )
             stream: MqttStream | StreamProcess
             if sink.stream_process:  # paho's and the JSON's work off the daemon's GIL
                 from .stream_process import StreamProcess

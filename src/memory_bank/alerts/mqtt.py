@@ -84,11 +84,12 @@ class Connection:
         self._client = client
         return client
 
-    def publish(self, messages: list[tuple[str, bytes]]) -> tuple[int, str | None]:
+    def publish(self, messages: list[tuple[str, bytes]], acked=None) -> tuple[int, str | None]:
         """Publish in order with QoS 1; returns how many, from the first, the broker
         acknowledged, and the error that stopped the rest (None: all were). The broker
         fails when it acknowledges nothing for ``timeout`` (a long window is not a
-        failure while acknowledgements keep coming)."""
+        failure while acknowledgements keep coming). ``acked(n)``, if given, is told as
+        the first n are acknowledged."""
         try:
             client = self._connected()
         except SinkError as exc:
@@ -103,6 +104,8 @@ class Connection:
             if not info.is_published():
                 self.close()
                 return done, f"{self.host}:{self.port} did not acknowledge in time"
+            if acked is not None:
+                acked(done + 1)
         return len(infos), None
 
     def close(self) -> None:
@@ -187,13 +190,6 @@ class MqttStream:
         self._thread = threading.Thread(
             target=self._run, name=f"memorybank-stream-{config.name}", daemon=True
         )
-        if backlog:
-            log.info(
-                "mqtt stream %s: %d record(s) the broker had not acknowledged before the "
-                "restart are sent first",
-                config.name,
-                backlog,
-            )
 
     def start(self) -> MqttStream:
         self._thread.start()
@@ -357,7 +353,7 @@ class MqttStream:
                     self._stop.wait(delay)
                     delay = min(delay * 2, self.config.backoff_max)
                 continue
-            done, error = self.connection.publish(self._window)
+            done, error = self.connection.publish(self._window, self._acknowledged)
             if done:
                 self.position = self._marks[done - 1][0]
                 acknowledged = sum(count for _p, count in self._marks[:done])
@@ -379,6 +375,12 @@ class MqttStream:
         self.connection.close()
         if self._db is not None:
             self._db.close()
+
+    def _acknowledged(self, done: int) -> None:
+        """The broker acknowledged the window's first ``done`` messages: the position moves
+        with each, not once the window is through (a window holds up to WINDOW records: a
+        daemon killed in the middle of one resends only what follows)."""
+        self.position = self._marks[done - 1][0]
 
     def _failed(self, error: str) -> None:
         self.failures += 1
