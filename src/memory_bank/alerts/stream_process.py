@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 # lags the broker's acknowledgements by this much more than an in-process stream's.
 STATUS_SECONDS = 0.01
 RESTART_MAX_SECONDS = 30.0
+STOP_SECONDS = 2.0  # how long a stopping stream waits for the broker (as in the daemon)
 FIGURES = ("published", "pending", "dropped", "failures", "last_error")
 
 
@@ -155,9 +156,9 @@ class StreamProcess:
         self.position = position
         self._reported = True
 
-    def stop(self, timeout: float = 2.0) -> None:
-        """Give the broker ``timeout`` to take what is pending, then stop the process (what
-        it has not acknowledged is sent after the next start)."""
+    def stop(self) -> None:
+        """Stop the process: its stream gives the broker STOP_SECONDS to take what is
+        pending (what it has not acknowledged is sent after the next start)."""
         with self._lock:
             self._stopping.set()
             proc = self._proc
@@ -170,7 +171,7 @@ class StreamProcess:
             proc.stdin.close()
         except OSError:
             pass  # already ended
-        self._thread.join(timeout + self.config.timeout + 5.0)
+        self._thread.join(STOP_SECONDS + self.config.timeout + 5.0)
         if proc.poll() is None:
             log.error("mqtt stream %s: its process did not stop; killing it", self.config.name)
             proc.kill()
@@ -247,7 +248,7 @@ def main() -> int:
     reporter.start()
     for line in stdin:
         if line == b"stop\n":
-            stream.stop()
+            stream.stop(STOP_SECONDS)
             stopped.set()
             reporter.join()
             return 0
