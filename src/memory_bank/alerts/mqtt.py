@@ -354,11 +354,7 @@ class MqttStream:
                     delay = min(delay * 2, self.config.backoff_max)
                 continue
             done, error = self.connection.publish(self._window, self._acknowledged)
-            if done:
-                self.position = self._marks[done - 1][0]
-                acknowledged = sum(count for _p, count in self._marks[:done])
-                self.published += acknowledged
-                self._in_window -= acknowledged
+            if done:  # (_acknowledged counted them)
                 del self._window[:done]
                 del self._marks[:done]
                 if not self._window:
@@ -377,10 +373,14 @@ class MqttStream:
             self._db.close()
 
     def _acknowledged(self, done: int) -> None:
-        """The broker acknowledged the window's first ``done`` messages: the position moves
-        with each, not once the window is through (a window holds up to WINDOW records: a
-        daemon killed in the middle of one resends only what follows)."""
-        self.position = self._marks[done - 1][0]
+        """The broker acknowledged the window's message ``done`` (counted from 1; each is
+        told once, in order): the position and the figures move with each, not once the
+        window is through (a window holds up to WINDOW records: a daemon killed in the
+        middle of one resends only what follows, and what it counted published is what
+        the position passed)."""
+        self.position, count = self._marks[done - 1]
+        self.published += count
+        self._in_window -= count
 
     def _failed(self, error: str) -> None:
         self.failures += 1
