@@ -17,9 +17,11 @@ shared machine).
 Both sides do the same work up to the commit; the "on" side also evaluates the rules in
 each batch's transaction, writes their outbox rows and the stream's log, delivers their
 notifications and streams each record to Mosquitto (when installed; the report says when
-it is not), once with one message per record and once with ``stream_batch = true``. For
-the stream: its rate (from the first publish call to the broker's last acknowledgement)
-and how many records it was behind when the last one was committed.
+it is not), once with one message per record and once with ``stream_batch = true``, each
+with the stream in the daemon and, where the source has it, in a process of its own
+(``stream_process = true``: that process's CPU is reported beside the daemon's, not in
+it). For the stream: its rate (from the first publish call to the broker's last
+acknowledgement) and how many records it was behind when the last one was committed.
 """
 
 from __future__ import annotations
@@ -97,6 +99,20 @@ group = "probe"
 notify = ["hook"]
 """
 
+# The stream in a process of its own (stream_process), where the source has it: the same
+# five rules and stream, once per message kind.
+PROCESS_SIDES = {
+    "on_process": "stream_process = true\n",
+    "on_process_batch": "stream_batch = true\nstream_process = true\n",
+}
+
+
+def process_streams() -> bool:
+    """Whether the memory_bank measured has ``stream_process`` (main's source may not)."""
+    from memory_bank.alerts import rules
+
+    return "stream_process" in rules.Sink.__dataclass_fields__
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -155,6 +171,26 @@ def available_mosquitto() -> bool:
     return bool(shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists())
 
 
+def process_cpu(pid: int) -> float | None:
+    """A process's CPU time (user + system, all its threads; Linux), None once it ended."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The running child processes of ``pid`` (the stream's, with ``stream_process``)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += map(int, (task / "children").read_text().split())
+        except OSError:
+            pass
+    return found
+
+
 class Daemon:
     def __init__(self, db: Path, config: Path | None):
         args = [PY, "-m", "memory_bank", "daemon", "--db", str(db), "--log-level", "WARNING"]
@@ -162,22 +198,34 @@ class Daemon:
             args += ["--config", str(config)]
         self.proc = subprocess.Popen(args)
         wait_for_daemon(db, timeout=60)
-        self._started = self._cpu() or 0.0
+        deadline = time.monotonic() + 60
+        while not all(  # a stream process has started (its imports are its start-up too)
+            s.get("process", {}).get("ready", True)
+            for s in (daemon_stats(db).get("alerts") or {}).get("streams", {}).values()
+        ):
+            assert time.monotonic() < deadline, "the stream's process did not start"
+            time.sleep(0.02)
+        self._started = self._cpu()
 
-    def _cpu(self) -> float | None:
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    def _cpu(self) -> dict[int, float]:
+        return {
+            pid: cpu
+            for pid in [self.proc.pid, *children(self.proc.pid)]
+            if (cpu := process_cpu(pid)) is not None
+        }
 
-    def cpu_seconds(self) -> float | None:
+    def cpu_seconds(self) -> tuple[float, float] | None:
         """The daemon's CPU time (user + system; Linux), all its threads, since it was
-        ready: on a shared machine a steadier measure of its work than the wall clock. Its
-        start-up (imports, connections: bench/run.py measures it) is left out, so the
-        figure is the work per record, not shared out over however many records ran."""
-        cpu = self._cpu()
-        return None if cpu is None else cpu - self._started
+        ready, and its child processes' (a stream's): on a shared machine a steadier
+        measure of its work than the wall clock. Its start-up (imports, connections:
+        bench/run.py measures it) is left out, so the figure is the work per record, not
+        shared out over however many records ran. Read before the daemon stops."""
+        now = self._cpu()
+        if self.proc.pid not in now:
+            return None
+        spent = {pid: cpu - self._started.get(pid, 0.0) for pid, cpu in now.items()}
+        own = spent.pop(self.proc.pid)
+        return own, sum(spent.values())
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -262,27 +310,35 @@ def ingest(work: Path, label: str, config: Path | None, per_publisher: int) -> d
         out["stream"] = published / (time.time() - first)
     cpu = daemon.cpu_seconds()
     if cpu is not None:
-        out["daemon_cpu_us_per_record"] = cpu / (2 * per_publisher) * 1e6
+        out["daemon_cpu_us_per_record"] = cpu[0] / (2 * per_publisher) * 1e6
+        out["stream_process_cpu_us_per_record"] = cpu[1] / (2 * per_publisher) * 1e6
     daemon.stop()
     return out
 
 
 def ingest_ratio(work: Path, per_publisher: int, rounds: int) -> dict:
-    """Off, on (one message per streamed record) and on with ``stream_batch = true`` (one
-    JSON array per topic and committed batch), alternated round by round."""
+    """Off, the five rules alone, on (one message per streamed record) and on with
+    ``stream_batch = true`` (one JSON array per topic and committed batch), each also with
+    ``stream_process = true`` where the source has it, alternated round by round."""
     receiver = Receiver()
     broker = Mosquitto(work) if available_mosquitto() else None
     sinks = f'\n[sinks.hook]\ntype = "webhook"\nurl = "{receiver.url}"\n'
+    configs: dict[str, Path | None] = {"off": None, "rules": work / "rules.toml"}
+    configs["rules"].write_text(FIVE_RULES + sinks)  # what the rules alone cost
     if broker is not None:
         sinks += (
             f'\n[sinks.broker]\ntype = "mqtt"\nurl = "mqtt://127.0.0.1:{broker.port}"\n'
             'stream = ["events", "anomalies", "metrics"]\n'
         )
-    configs: dict[str, Path | None] = {"off": None, "on": work / "on.toml"}
-    configs["on"].write_text(FIVE_RULES + sinks)
-    if broker is not None:
-        configs["on_batch"] = work / "on_batch.toml"
-        configs["on_batch"].write_text(FIVE_RULES + sinks + "stream_batch = true\n")
+    sides = {"on": "", "on_batch": "stream_batch = true\n"}
+    if broker is not None and process_streams():  # the stream in the daemon, or apart
+        sides = {side: f"{options}stream_process = false\n" for side, options in sides.items()}
+        sides |= PROCESS_SIDES
+    elif broker is None:
+        del sides["on_batch"]
+    for side, options in sides.items():
+        configs[side] = work / f"{side}.toml"
+        configs[side].write_text(FIVE_RULES + sinks + options)
     results: dict[str, list[dict]] = {side: [] for side in configs}
     for r in range(rounds):
         for side, config in configs.items():
@@ -311,7 +367,11 @@ def ingest_ratio(work: Path, per_publisher: int, rounds: int) -> dict:
             }
             out["off_daemon_cpu_us_per_record"] = round(cpu["off"], 1)
             out[f"{side}_daemon_cpu_us_per_record"] = round(cpu[side], 1)
-        if broker is not None:
+            out[f"{side}_stream_process_cpu_us_per_record"] = round(
+                statistics.median(x["stream_process_cpu_us_per_record"] for x in results[side]),
+                1,
+            )
+        if "stream" in results[side][0]:
             out[f"{side}_stream_records_per_second"] = round(
                 statistics.median(x["stream"] for x in results[side])
             )
@@ -347,11 +407,18 @@ def main() -> int:
         f"max {lat['commit_to_post_max_ms']} ms ({lat['received']}/{lat['probes']} probes; "
         f"publish call -> POST p99 {lat['call_to_post_p99_ms']} ms)"
     )
-    for side, what in (("on", "one message per record"), ("on_batch", "stream_batch")):
+    stream = f"five rules + MQTT stream ({ing['mqtt_stream']}"
+    for side, what in (
+        ("rules", "five rules alone (webhook sink, no stream)"),
+        ("on", f"{stream}, one message per record)"),
+        ("on_batch", f"{stream}, stream_batch)"),
+        ("on_process", f"{stream}, one message per record, stream_process)"),
+        ("on_process_batch", f"{stream}, stream_batch, stream_process)"),
+    ):
         if f"{side}_records_per_second" not in ing:
             continue
         line = (
-            f"ingest with five rules + MQTT stream ({ing['mqtt_stream']}, {what}): "
+            f"ingest with {what}: "
             f"{ing[side + '_records_per_second']} rec/s against {ing['off_records_per_second']} "
             f"off: {ing[side + '_over_off']}x"
         )
@@ -360,6 +427,8 @@ def main() -> int:
                 f"; daemon CPU {ing[side + '_daemon_cpu_us_per_record']} us/record against "
                 f"{ing['off_daemon_cpu_us_per_record']} off"
             )
+            if "process" in side:
+                line += f" (+ {ing[side + '_stream_process_cpu_us_per_record']} its stream's)"
         if side + "_stream_records_per_second" in ing:
             line += (
                 f"; stream {ing[side + '_stream_records_per_second']} rec/s acknowledged (first "

@@ -85,6 +85,15 @@ def test_two_rules_with_one_name_are_refused():
         parse([{"name": "x", "when": "anomaly", "notify": "hook"}] * 2, SINKS)
 
 
+@pytest.mark.parametrize("key", ["stream_batch", "stream_process"])
+def test_a_sink_switch_that_is_not_true_or_false_is_refused(key):
+    sink = {"type": "mqtt", "url": "mqtt://127.0.0.1:1883", "stream": ["events"], key: "yes"}
+    with pytest.raises(RuleError) as info:
+        parse([], {"broker": sink})
+    assert str(info.value) == f"sink 'broker': {key} must be true or false, got 'yes'"
+    assert getattr(parse([], {"broker": {**sink, key: True}}).sinks["broker"], key) is True
+
+
 def test_a_firing_rule_notifies_once_per_group_and_resolves_after_quiet():
     ev = evaluator(
         {"name": "hot", "when": "anomaly", "group": "cp_id", "repeat": "1h",

@@ -53,6 +53,14 @@ STREAM_FIGURES = {
     "failures": ("memorybank_stream_failures", "Failed publish rounds.", True),
 }
 
+PROCESS_FIGURES = {  # a stream in a process of its own (stream_process)
+    "restarts": (
+        "memorybank_stream_process_restarts",
+        "Times the stream's process ended unasked and was started again.",
+        True,
+    ),
+}
+
 
 class Exporter:
     def __init__(self, listen: str):
@@ -107,7 +115,11 @@ class Exporter:
             "memorybank_alerts_firing", "Rule groups firing now.", value=alerts["firing"]
         )
         yield from _labelled(alerts["sinks"], SINK_FIGURES)
-        yield from _labelled(alerts.get("streams") or {}, STREAM_FIGURES)
+        streams = alerts.get("streams") or {}
+        yield from _labelled(streams, STREAM_FIGURES)
+        processes = {n: s["process"] for n, s in streams.items() if s.get("process")}
+        if processes:
+            yield from _labelled(processes, PROCESS_FIGURES)
 
     def close(self) -> None:
         self.server.shutdown()

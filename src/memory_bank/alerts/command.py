@@ -142,4 +142,7 @@ def status_lines(figures: dict | None, width: int):
         )
         if stream["last_error"]:
             line += f"; failing: {stream['last_error']}"
+        process = stream.get("process")  # stream_process
+        if process:
+            line += f"; in process {process['pid']}, restarted {process['restarts']} time(s)"
         yield f"{'stream ' + name:<{width}}  {line}"

@@ -27,6 +27,11 @@ from .delivery import DeliveryWorker
 from .evaluation import Evaluator
 from .rules import AlertsConfig
 
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
+if TYPE_CHECKING:
+    from .mqtt import MqttStream
+    from .stream_process import StreamProcess
+
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.1
@@ -77,14 +82,28 @@ class AlertEngine:
         with self.db.transaction() as conn:
             positions = stream_log.start_positions(conn, wanted)
             backlogs = {
-                name: stream_log.backlog(conn, positions[name], tables)
+                name: stream_log.backlog(conn, positions[name], tables)[0]
                 for name, tables in wanted.items()
                 if name not in self.streams
             }
-        if backlogs:
-            from .mqtt import MqttStream
         for name, backlog in backlogs.items():
-            stream = MqttStream(config.sinks[name], self.db, positions[name], backlog)
+            sink = config.sinks[name]
+            if backlog:
+                log.info(
+                    "mqtt stream %s: %d record(s) the broker had not acknowledged before the "
+                    "restart are sent first",
+                    name,
+                    backlog,
+                )
+            stream: MqttStream | StreamProcess
+            if sink.stream_process:  # paho's and the JSON's work off the daemon's GIL
+                from .stream_process import StreamProcess
+
+                stream = StreamProcess(sink, self.db.location, positions[name], backlog)
+            else:
+                from .mqtt import MqttStream
+
+                stream = MqttStream(sink, self.db, positions[name], backlog)
             self.streams[name] = stream.start()
             self._positions[name] = positions[name]
         self._chosen = set().union(*wanted.values())

@@ -84,11 +84,12 @@ class Connection:
         self._client = client
         return client
 
-    def publish(self, messages: list[tuple[str, bytes]]) -> tuple[int, str | None]:
+    def publish(self, messages: list[tuple[str, bytes]], acked=None) -> tuple[int, str | None]:
         """Publish in order with QoS 1; returns how many, from the first, the broker
         acknowledged, and the error that stopped the rest (None: all were). The broker
         fails when it acknowledges nothing for ``timeout`` (a long window is not a
-        failure while acknowledgements keep coming)."""
+        failure while acknowledgements keep coming). ``acked(n)``, if given, is told as
+        the first n are acknowledged."""
         try:
             client = self._connected()
         except SinkError as exc:
@@ -103,6 +104,8 @@ class Connection:
             if not info.is_published():
                 self.close()
                 return done, f"{self.host}:{self.port} did not acknowledge in time"
+            if acked is not None:
+                acked(done + 1)
         return len(infos), None
 
     def close(self) -> None:
@@ -157,13 +160,17 @@ class MqttStream:
     engine writes it to the database (stream_log.py), and a restart resumes from it.
     """
 
-    def __init__(self, config: Sink, db, position: stream_log.Position, backlog: int = 0):
+    def __init__(
+        self, config: Sink, db, position: stream_log.Position, backlog: int = 0, top: int = 0
+    ):
         self.config = config
         self.db = db  # storage.py's SqliteStorage or PostgresStorage
         self.connection = Connection(config, "stream")
         self._chunks: deque = deque()  # (seq, created_at text, [(table, rows)]) in order
         self._queued = 0  # records in _chunks
         self._spilled = backlog  # records left to the database (not in _chunks)
+        self._counted = top  # the last logged seq counted in _spilled (``logged``)
+        self._notified = 0  # the last seq ``logged`` told of
         # Converted, not yet acknowledged: (topic, payload); and per message the position
         # once the broker acknowledged it.
         self._window: list[tuple[str, bytes]] = []
@@ -183,13 +190,6 @@ class MqttStream:
         self._thread = threading.Thread(
             target=self._run, name=f"memorybank-stream-{config.name}", daemon=True
         )
-        if backlog:
-            log.info(
-                "mqtt stream %s: %d record(s) the broker had not acknowledged before the "
-                "restart are sent first",
-                config.name,
-                backlog,
-            )
 
     def start(self) -> MqttStream:
         self._thread.start()
@@ -222,6 +222,17 @@ class MqttStream:
             self._queued += count
             self._cond.notify()
 
+    def logged(self, seq: int, count: int) -> None:
+        """Batch ``seq``, with ``count`` records of the stream's tables, was committed: read
+        back from the database (how a stream in a process of its own, stream_process.py,
+        is told of each commit; never blocks)."""
+        with self._cond:
+            if seq > self._counted:
+                self._spilled += count
+                self._counted = seq
+            self._notified = max(self._notified, seq)
+            self._cond.notify()
+
     def _take(self) -> list[tuple[int, str | None, list]]:
         """The next batches from the cursor on: from memory when it holds them, else from
         the database. Empty after a second with nothing new."""
@@ -244,9 +255,10 @@ class MqttStream:
         if batches or head is not None:
             return batches
         with self._cond:
-            self._spilled = 0  # caught up with the database
-            if not self._chunks and not self._stop.is_set():
-                self._cond.wait(1.0)
+            if self._notified < seq:  # caught up with the database (nothing told since)
+                self._spilled = 0
+                if not self._chunks and not self._stop.is_set():
+                    self._cond.wait(1.0)
         return []
 
     def _from_database(self, after: int, before: int | None) -> list[tuple[int, str | None, list]]:
@@ -341,12 +353,8 @@ class MqttStream:
                     self._stop.wait(delay)
                     delay = min(delay * 2, self.config.backoff_max)
                 continue
-            done, error = self.connection.publish(self._window)
-            if done:
-                self.position = self._marks[done - 1][0]
-                acknowledged = sum(count for _p, count in self._marks[:done])
-                self.published += acknowledged
-                self._in_window -= acknowledged
+            done, error = self.connection.publish(self._window, self._acknowledged)
+            if done:  # (_acknowledged counted them)
                 del self._window[:done]
                 del self._marks[:done]
                 if not self._window:
@@ -363,6 +371,16 @@ class MqttStream:
         self.connection.close()
         if self._db is not None:
             self._db.close()
+
+    def _acknowledged(self, done: int) -> None:
+        """The broker acknowledged the window's message ``done`` (counted from 1; each is
+        told once, in order): the position and the figures move with each, not once the
+        window is through (a window holds up to WINDOW records: a daemon killed in the
+        middle of one resends only what follows, and what it counted published is what
+        the position passed)."""
+        self.position, count = self._marks[done - 1]
+        self.published += count
+        self._in_window -= count
 
     def _failed(self, error: str) -> None:
         self.failures += 1

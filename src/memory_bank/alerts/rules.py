@@ -49,6 +49,7 @@ class Sink:
     stream: tuple[str, ...] = ()  # mqtt: tables whose committed records are streamed
     stream_max_pending: int = DEFAULT_STREAM_MAX_PENDING  # records awaiting the broker
     stream_batch: bool = False  # mqtt: a batch's records of one topic as one JSON array
+    stream_process: bool = False  # mqtt: the stream in a process of its own
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ _SINK_KEYS = {
         "stream",
         "stream_max_pending",
         "stream_batch",
+        "stream_process",
     },
 }
 
@@ -169,9 +171,12 @@ def parse_sink(name: str, raw) -> Sink:
         stream = [stream]
     if not isinstance(stream, list) or not set(stream) <= set(STREAM_TABLES):
         raise RuleError(f"{where}: stream must list tables among {', '.join(STREAM_TABLES)}")
-    stream_batch = raw.get("stream_batch", False)
-    if not isinstance(stream_batch, bool):
-        raise RuleError(f"{where}: stream_batch must be true or false, got {stream_batch!r}")
+    switches = {}
+    for key in ("stream_batch", "stream_process"):
+        value = raw.get(key, False)
+        if not isinstance(value, bool):
+            raise RuleError(f"{where}: {key} must be true or false, got {value!r}")
+        switches[key] = value
     topic = raw.get("topic", "memorybank")
     if not isinstance(topic, str) or not topic or any(c in topic for c in "#+"):
         raise RuleError(f"{where}: topic must be a topic name without wildcards, got {topic!r}")
@@ -185,7 +190,8 @@ def parse_sink(name: str, raw) -> Sink:
         headers=tuple(sorted(headers.items())),
         topic=topic.rstrip("/"),
         stream=tuple(stream),
-        stream_batch=stream_batch,
+        stream_batch=switches["stream_batch"],
+        stream_process=switches["stream_process"],
     )
 
 

@@ -41,15 +41,33 @@ class PgConnection:
         self._conn().close()
 
 
-class SqliteStorage:
+class SqliteReaders:
+    """Read-only connections to the SQLite file (the delivery workers', the streams'): all
+    a stream needs, also in a process of its own (stream_process.py)."""
+
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+
+    def __init__(self, path):
+        self.path = path
+        self.location = str(path)
+
+    def open_reader(self) -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30.0)
+
+    def row_columns(self, table: str) -> str:
+        from .. import wire
+
+        return ", ".join(wire.ROW_COLUMNS[table]) + ", created_at"
+
+
+class SqliteStorage(SqliteReaders):
     """The tables in the daemon's SQLite file, written on the store's connection."""
 
     def __init__(self, store):
         from . import outbox, stream_log
 
+        super().__init__(store.path)
         self.store = store
-        self.path = store.path
-        self.errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
         conn = store.conn
         conn.executescript(outbox.DDL)
         conn.executescript(stream_log.DDL)
@@ -69,14 +87,6 @@ class SqliteStorage:
             conn.rollback()
             raise
 
-    def open_reader(self) -> sqlite3.Connection:
-        return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30.0)
-
-    def row_columns(self, table: str) -> str:
-        from .. import wire
-
-        return ", ".join(wire.ROW_COLUMNS[table]) + ", created_at"
-
     def close(self) -> None:
         pass
 
@@ -92,20 +102,48 @@ ALERTS_LOCK = 0x6D62_0003  # pg_advisory_lock key: the one daemon that runs the 
 LOCK_CHECK_SECONDS = 5.0  # how often, between batches, the lock's connection is checked
 
 
-class PostgresStorage:
+class PostgresReaders:
+    """Read-only (autocommit) connections to the PostgreSQL database, as SqliteReaders."""
+
+    def __init__(self, url: str):
+        from ..store.postgresql import PostgresStore
+        from ..store.postgresql_connection import connect
+
+        self.url = self.location = url
+        self.errors = PostgresStore.unavailable_errors
+        self._connect = connect
+
+    def open_reader(self) -> PgConnection:
+        raw = self._connect(self.url, application_name="memorybank-alerts")
+        return PgConnection(lambda: raw)
+
+    def row_columns(self, table: str) -> str:
+        from .. import wire
+
+        columns = [_PG_COLUMN.get(c, c) for c in wire.ROW_COLUMNS[table]]
+        columns.append("to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')")
+        return ", ".join(columns)
+
+
+def readers(location: str) -> SqliteReaders | PostgresReaders:
+    """The read-only side of a store, by its location (a path or a postgresql:// URL)."""
+    from ..locations import is_url
+
+    return PostgresReaders(location) if is_url(location) else SqliteReaders(location)
+
+
+class PostgresStorage(PostgresReaders):
     """The tables in the PostgreSQL database (schema version 3 makes them), written on the
     store's connection. One daemon per database runs the alerts: it holds an advisory lock
     on a connection of its own (taken again when that connection is lost, as when the
     server restarts), and a second daemon with rules refuses to start."""
 
     def __init__(self, store):
-        from ..store.postgresql_connection import connect
         from .rules import RuleError
 
+        super().__init__(store.url)
         self.store = store
-        self.url = store.url
         self.errors = store.unavailable_errors
-        self._connect = connect
         # The batch's and the engine's statements: on the store's connection as it is (a
         # lost one fails the transaction; ``transaction`` reconnects before the next).
         self.conn = PgConnection(lambda: store.conn)
@@ -163,17 +201,6 @@ class PostgresStorage:
         self.store._connect()  # after a lost connection: a new one, or StoreUnavailable
         with self.store.conn.transaction():
             yield self.conn
-
-    def open_reader(self) -> PgConnection:
-        raw = self._connect(self.url, application_name="memorybank-alerts")
-        return PgConnection(lambda: raw)
-
-    def row_columns(self, table: str) -> str:
-        from .. import wire
-
-        columns = [_PG_COLUMN.get(c, c) for c in wire.ROW_COLUMNS[table]]
-        columns.append("to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')")
-        return ", ".join(columns)
 
     def close(self) -> None:
         if self._lock is not None:

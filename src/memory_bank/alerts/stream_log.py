@@ -113,13 +113,16 @@ def prune(conn) -> None:
     )
 
 
-def backlog(conn, position: Position, tables: tuple[str, ...]) -> int:
-    """Records of ``tables`` logged at or after ``position`` (what a restart resends)."""
+def backlog(conn, position: Position, tables: tuple[str, ...]) -> tuple[int, int]:
+    """Records of ``tables`` logged at or after ``position`` (what a restart resends), and
+    the last seq they count."""
     lengths = " + ".join(f"coalesce(length({t}), 0)" for t in tables)
-    (size,) = conn.execute(
-        f"SELECT coalesce(sum({lengths}), 0) FROM mb_stream_log WHERE seq >= ?", (position[0],)
+    size, top = conn.execute(
+        f"SELECT coalesce(sum({lengths}), 0), coalesce(max(seq), 0) FROM mb_stream_log "
+        "WHERE seq >= ?",
+        (position[0],),
     ).fetchone()
-    return max(int(size) // 8 - position[1], 0)
+    return max(int(size) // 8 - position[1], 0), int(top)
 
 
 def read(conn, after: int, before: int | None, limit: int) -> list[tuple[int, dict]]:

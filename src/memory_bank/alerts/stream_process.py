@@ -1,0 +1,261 @@
+"""The MQTT stream in a process of its own (a sink's ``stream_process = true``): paho-mqtt's
+work per message and the records' JSON leave the daemon's GIL, so the writer's commit
+loop no longer shares it with them.
+
+The process is the same ``MqttStream`` (mqtt.py) holding nothing in memory: it reads every
+committed batch back from the database by ``mb_stream_log`` on a read-only connection of
+its own (SQLite or PostgreSQL), as an in-process stream does past ``stream_max_pending``.
+The daemon supervises it through two pipes:
+
+- to the process (its stdin): first one JSON line (the sink, the database's location, the
+  position to start from, the log level), then ``"<seq> <records>"`` after each COMMIT
+  that logged a batch (a write of a few bytes, never blocking: when the pipe is full the
+  notes are merged into the next one), and ``"stop"``. End of file (the daemon is gone,
+  even by SIGKILL) ends it at once.
+- from the process (its stdout): a JSON line with its figures and ``position`` (where the
+  broker acknowledged, in order) whenever they change, at most every STATUS_SECONDS. The
+  daemon writes that position to ``mb_stream_position`` as it does an in-process stream's
+  (the process never writes the database), so the guarantees stay the same: a restart,
+  of the daemon or of the process alone, resends from the last position written.
+
+A process that ends when it was not asked to is started again from the last position it
+reported, after a backoff (1 s doubling to 30 s), and said so in the log and in ``status``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from .rules import Sink
+
+log = logging.getLogger(__name__)
+
+# How often, at most, the process reports its figures: the position the daemon writes
+# lags the broker's acknowledgements by this much more than an in-process stream's.
+STATUS_SECONDS = 0.01
+RESTART_MAX_SECONDS = 30.0
+STOP_SECONDS = 2.0  # how long a stopping stream waits for the broker (as in the daemon)
+FIGURES = ("published", "pending", "dropped", "failures", "last_error")
+
+
+class StreamProcess:
+    """The daemon's side: what ``AlertEngine`` uses of an ``MqttStream`` (``start``,
+    ``put``, ``position``, ``stop``, ``figures``), with the stream in a child process."""
+
+    def __init__(self, config: Sink, location: str, position, backlog: int = 0):
+        self.config = config
+        self.location = location
+        self.position = position  # as the process last reported it
+        self.restarts = 0
+        self._reported = False  # the running process has said where it stands
+        self._figures: dict = dict.fromkeys(FIGURES, 0) | {"pending": backlog, "last_error": None}
+        self._before = dict.fromkeys(("published", "dropped", "failures"), 0)  # ended processes
+        self._lock = threading.Lock()  # the process and its stdin, replaced on a restart
+        self._stopping = threading.Event()
+        self._proc: subprocess.Popen | None = None
+        self._note: tuple[int, int] | None = None  # (seq, records) the full pipe did not take
+        self._thread = threading.Thread(
+            target=self._supervise, name=f"memorybank-stream-{config.name}", daemon=True
+        )
+
+    def start(self) -> StreamProcess:
+        self._spawn()
+        self._thread.start()
+        return self
+
+    def _spawn(self) -> None:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", __name__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        assert proc.stdin is not None
+        first = {
+            "sink": dataclasses.asdict(self.config),
+            "location": self.location,
+            "position": list(self.position),
+            "log_level": logging.getLogger().getEffectiveLevel(),
+        }
+        proc.stdin.write(json.dumps(first).encode() + b"\n")
+        proc.stdin.flush()
+        os.set_blocking(proc.stdin.fileno(), False)
+        self._proc = proc
+
+    def put(self, seq: int, tables: dict[str, list]) -> None:
+        """After a COMMIT that logged batch ``seq``: tell the process (never blocks)."""
+        count = sum(len(tables[t]) for t in self.config.stream if tables.get(t))
+        with self._lock:
+            if self._note is not None:
+                count += self._note[1]
+            try:
+                assert self._proc is not None and self._proc.stdin is not None
+                os.write(self._proc.stdin.fileno(), f"{seq} {count}\n".encode())
+                self._note = None
+            except BlockingIOError:  # the process is behind on its notes: merged
+                self._note = (seq, count)
+            except OSError:  # it ended: the one started next reads the log from its position
+                self._note = None
+
+    def _supervise(self) -> None:
+        """Read the process's figures until it ends; start it again unless stopping."""
+        delay = 1.0
+        while True:
+            proc = self._proc
+            assert proc is not None and proc.stdout is not None
+            started = time.monotonic()
+            for line in proc.stdout:
+                self._status(line)
+            code = proc.wait()
+            if self._stopping.is_set():
+                return
+            for key in self._before:
+                self._before[key] += self._figures[key]
+                self._figures[key] = 0
+            self._figures["last_error"] = f"the stream's process ended (exit status {code})"
+            if time.monotonic() - started > RESTART_MAX_SECONDS:
+                delay = 1.0
+            log.error(
+                "mqtt stream %s: its process ended (exit status %s); starting it again in "
+                "%gs, from where the broker last acknowledged",
+                self.config.name,
+                code,
+                delay,
+            )
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, RESTART_MAX_SECONDS)
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self.restarts += 1
+                self._note = None
+                self._reported = False
+                try:
+                    self._spawn()
+                except OSError as exc:
+                    log.error("mqtt stream %s: cannot start its process: %s", self.config.name, exc)
+                    return
+
+    def _status(self, line: bytes) -> None:
+        try:
+            status = json.loads(line)
+            position = tuple(status["position"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("mqtt stream %s: its process said %r", self.config.name, line[:200])
+            return
+        self._figures = {key: status.get(key) for key in FIGURES}
+        self.position = position
+        self._reported = True
+
+    def stop(self) -> None:
+        """Stop the process: its stream gives the broker STOP_SECONDS to take what is
+        pending (what it has not acknowledged is sent after the next start)."""
+        with self._lock:
+            self._stopping.set()
+            proc = self._proc
+        if proc is None:
+            return
+        try:
+            assert proc.stdin is not None
+            os.set_blocking(proc.stdin.fileno(), True)
+            proc.stdin.write(b"stop\n")
+            proc.stdin.close()
+        except OSError:
+            pass  # already ended
+        self._thread.join(STOP_SECONDS + self.config.timeout + 5.0)
+        if proc.poll() is None:
+            log.error("mqtt stream %s: its process did not stop; killing it", self.config.name)
+            proc.kill()
+            proc.wait()
+
+    def figures(self) -> dict:
+        figures = dict(self._figures)
+        for key, before in self._before.items():
+            figures[key] = (figures[key] or 0) + before
+        proc = self._proc
+        figures["process"] = {
+            "pid": proc.pid if proc else None,
+            "restarts": self.restarts,
+            "ready": self._reported,
+        }
+        return figures
+
+
+# -- the process -----------------------------------------------------------------------
+def _report(stream, out, stopped: threading.Event) -> None:
+    """Write the stream's figures and position whenever they change (and once at the end)."""
+    last = None
+    while True:
+        ended = stopped.wait(STATUS_SECONDS)
+        status = stream.figures() | {"position": list(stream.position)}
+        if status != last:
+            try:
+                out.write(json.dumps(status).encode() + b"\n")
+                out.flush()
+            except OSError:  # the daemon is gone
+                os._exit(0)
+            last = status
+        if ended:
+            return
+
+
+def main() -> int:
+    from . import stream_log
+    from .mqtt import MqttStream
+    from .storage import readers
+
+    # The daemon stops and reloads it (its stdin): the signals sent to the daemon's whole
+    # group (a terminal's Ctrl-C; systemd's SIGTERM to every process of the service) are
+    # for the daemon, which then stops it after its last commit. SIGKILL still ends it.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    stdin, out = sys.stdin.buffer, sys.stdout.buffer
+    first = json.loads(stdin.readline())
+    logging.basicConfig(
+        level=first["log_level"],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    raw = first["sink"]
+    config = Sink(**(raw | {"stream": tuple(raw["stream"]), "headers": ()}))
+    db = readers(first["location"])
+    position = tuple(first["position"])
+    delay = 1.0
+    while True:  # the backlog's size: the figure `status` shows until it is sent
+        try:
+            conn = db.open_reader()
+            try:
+                backlog, top = stream_log.backlog(conn, position, config.stream)
+            finally:
+                conn.close()
+            break
+        except db.errors as exc:
+            log.warning("mqtt stream %s: cannot read the database now (%s)", config.name, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, config.backoff_max)
+    stream = MqttStream(config, db, position, backlog, top).start()
+    stopped = threading.Event()
+    reporter = threading.Thread(target=_report, args=(stream, out, stopped), daemon=True)
+    reporter.start()
+    for line in stdin:
+        if line == b"stop\n":
+            stream.stop(STOP_SECONDS)
+            stopped.set()
+            reporter.join()
+            return 0
+        seq, count = map(int, line.split())
+        stream.logged(seq, count)
+    os._exit(0)  # the daemon is gone: stop at once, its successor resends from the position
+
+
+if __name__ == "__main__":
+    sys.exit(main())
