@@ -6,9 +6,11 @@
 
 Each round starts a daemon of the tree measured on a fresh database and makes paced calls
 (10,000/s, as run.py's call_latency) for ``--seconds``; around each call, the calling
-thread's CPU time (``time.thread_time_ns``, its own cost subtracted) and the wall time.
-CPU time is what a shared machine leaves comparable: the wall tail is other load's. Rounds
-alternate the trees so both see the same minutes.
+thread's CPU time (``time.thread_time_ns``, its own cost subtracted) and the wall time. The
+call is timed alone (``workload.call``: its arguments built before, as the caller's own
+work) and, as before, with its arguments built (``*_with_args``: what ``workload.publish``
+does). CPU time is what a shared machine leaves comparable: the wall tail is other load's.
+Rounds alternate the trees so both see the same minutes.
 
 Where the wall tail comes from: each call of 20 us or more is counted as one the calling
 thread *ran* for (its CPU time at least half the wall: its own work, a garbage collection, or
@@ -16,6 +18,11 @@ time the hypervisor took from this VM, which the guest charges to the running th
 it *waited* through (for the GIL, held by the sender thread, or for a CPU); ``gc`` counts the
 slow calls during which a collection ran, and ``steal_pct`` is the share of the machine's CPU
 time the hypervisor took during the round (``/proc/stat``).
+
+The machine's floor: each round also runs the same paced loop on a stand-in, a plain Python
+loop of about the call's median CPU time, in a process with no publisher, no sender thread
+and no daemon. Its tail is what the machine does to any few microseconds of Python at that
+moment; the publisher's tail beyond it is what the publisher causes.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ WAIT = (
 CALLER = r"""
 import gc, json, statistics, sys, time
 sys.path.insert(0, sys.argv[4])
-from workload import paced, publish
+from workload import call, paced
 from memory_bank import Publisher
 db, seconds, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 pub = Publisher(db, close_timeout=1)
@@ -47,7 +54,7 @@ own = []
 for _ in range(20000):
     a = cpu_clock(); b = cpu_clock(); own.append(b - a)
 own = statistics.median(own)
-cpu, wall, collected = [], [], []
+cpu, wall, cpu_args, wall_args, collected = [], [], [], [], []
 collections = [0]
 def count_collection(phase, info):
     if phase == "start":
@@ -55,12 +62,53 @@ def count_collection(phase, info):
 gc.callbacks.append(count_collection)
 for i in paced(rate, seconds):
     g0 = collections[0]; w0 = wall_clock(); c0 = cpu_clock()
-    publish(pub, i)
-    c1 = cpu_clock(); w1 = wall_clock()
-    cpu.append(c1 - c0 - own); wall.append(w1 - w0); collected.append(collections[0] != g0)
+    method, args = call(pub, i)
+    w1 = wall_clock(); c1 = cpu_clock()
+    method(*args)
+    c2 = cpu_clock(); w2 = wall_clock()
+    cpu.append(c2 - c1 - own); wall.append(w2 - w1); collected.append(collections[0] != g0)
+    cpu_args.append(c2 - c0 - 2 * own); wall_args.append(w2 - w0)
 flushed = pub.flush(30)
 pub.close()
-print(json.dumps({"cpu": cpu, "wall": wall, "gc": collected, "flushed": flushed}))
+print(json.dumps({"cpu": cpu, "wall": wall, "cpu_args": cpu_args, "wall_args": wall_args,
+                  "gc": collected, "flushed": flushed}))
+"""
+# The machine's floor: the same paced loop around a plain Python loop of about ``target`` us
+# of CPU (calibrated first), in a process with no publisher, no thread and no daemon.
+FLOOR = r"""
+import gc, json, statistics, sys, time
+sys.path.insert(0, sys.argv[3])
+from workload import paced
+seconds, target = float(sys.argv[1]), float(sys.argv[2]) * 1000
+cpu_clock, wall_clock = time.thread_time_ns, time.perf_counter_ns
+own = []
+for _ in range(20000):
+    a = cpu_clock(); b = cpu_clock(); own.append(b - a)
+own = statistics.median(own)
+def stand_in(n):
+    for _ in range(n):
+        pass
+n = 16
+for _ in range(20):  # scale n until the stand-in's median is within 5% of the target
+    took = []
+    for _ in range(2000):
+        c0 = cpu_clock(); stand_in(n); took.append(cpu_clock() - c0 - own)
+    median = max(statistics.median(took), 1)
+    if abs(median - target) <= 0.05 * target:
+        break
+    n = max(1, round(n * target / median))
+cpu, wall, collected = [], [], []
+collections = [0]
+def count_collection(phase, info):
+    if phase == "start":
+        collections[0] += 1
+gc.callbacks.append(count_collection)
+for i in paced(10000, seconds):
+    g0 = collections[0]; w0 = wall_clock(); c0 = cpu_clock()
+    stand_in(n)
+    c1 = cpu_clock(); w1 = wall_clock()
+    cpu.append(c1 - c0 - own); wall.append(w1 - w0); collected.append(collections[0] != g0)
+print(json.dumps({"cpu": cpu, "wall": wall, "gc": collected}))
 """
 
 
@@ -99,12 +147,40 @@ def one_round(src: Path, seconds: float) -> dict:
             daemon.terminate()
             daemon.wait(timeout=60)
     got = json.loads(out.stdout)
-    cpu, wall = [ns / 1000 for ns in got["cpu"]], [ns / 1000 for ns in got["wall"]]
-    slow = [k for k, w in enumerate(wall) if w >= 20]
+    figures = {"flushed": got["flushed"]}
+    figures.update(tail_figures(got["cpu"], got["wall"], got["gc"]))
+    with_args = tail_figures(got["cpu_args"], got["wall_args"], got["gc"])
+    for key in ("cpu_p50_us", "wall_p50_us", "wall_p99_us", "wall_p999_us", "over_20us"):
+        figures[f"{key}_with_args"] = with_args[key]
     stolen, ticks = stolen_after - stolen_before, max(total_after - total_before, 1)
+    figures["steal_pct"] = round(100 * stolen / ticks, 1)
+    return figures
+
+
+def floor_round(seconds: float, target_us: float) -> dict:
+    """The machine's floor at this moment: a stand-in of ``target_us`` of CPU, paced alike."""
+    stolen_before, total_before = steal_ticks()
+    out = subprocess.run(
+        [sys.executable, "-c", FLOOR, str(seconds), str(target_us), str(HERE)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stolen_after, total_after = steal_ticks()
+    got = json.loads(out.stdout)
+    figures = tail_figures(got["cpu"], got["wall"], got["gc"])
+    stolen, ticks = stolen_after - stolen_before, max(total_after - total_before, 1)
+    figures["steal_pct"] = round(100 * stolen / ticks, 1)
+    return figures
+
+
+def tail_figures(cpu_ns: list[int], wall_ns: list[int], collected: list[bool]) -> dict:
+    """Medians and tail of one series of paced calls, and where its calls of 20 us or more
+    spent their time (module docstring)."""
+    cpu, wall = [ns / 1000 for ns in cpu_ns], [ns / 1000 for ns in wall_ns]
+    slow = [k for k, w in enumerate(wall) if w >= 20]
     return {
         "calls": len(cpu),
-        "flushed": got["flushed"],
         "cpu_p50_us": round(statistics.median(cpu), 2),
         "cpu_mean_us": round(statistics.mean(cpu), 2),
         "wall_p50_us": round(percentile(wall, 0.5), 1),
@@ -113,8 +189,7 @@ def one_round(src: Path, seconds: float) -> dict:
         "over_20us": len(slow),
         "over_20us_ran": sum(1 for k in slow if cpu[k] >= wall[k] / 2),
         "over_20us_waited": sum(1 for k in slow if cpu[k] < wall[k] / 2),
-        "over_20us_gc": sum(1 for k in slow if got["gc"][k]),
-        "steal_pct": round(100 * stolen / ticks, 1),
+        "over_20us_gc": sum(1 for k in slow if collected[k]),
     }
 
 
@@ -125,12 +200,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
     trees = {"this": THIS_SRC, **({"other": args.other} if args.other else {})}
-    results: dict[str, list[dict]] = {name: [] for name in trees}
+    results: dict[str, list[dict]] = {name: [] for name in (*trees, "floor")}
     for round_no in range(1, args.rounds + 1):
         for name, src in trees.items():
             figures = one_round(src, args.seconds)
             results[name].append(figures)
             print(round_no, name, json.dumps(figures), flush=True)
+        # The stand-in takes about this round's median call of this tree.
+        figures = floor_round(args.seconds, results["this"][-1]["cpu_p50_us"])
+        results["floor"].append(figures)
+        print(round_no, "floor", json.dumps(figures), flush=True)
     for name, rounds in results.items():
         medians = {k: statistics.median(r[k] for r in rounds) for k in rounds[0] if k != "flushed"}
         print(f"{name}: median of {len(rounds)} rounds: {json.dumps(medians)}")

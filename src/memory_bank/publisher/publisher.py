@@ -22,7 +22,7 @@ from time import time
 from .. import discovery, sockets, spool, wire
 from .drops import Drops
 from .outbox import DURABILITY_MODES, OVERFLOW_POLICIES, Outbox
-from .records import CANONICAL, check_sendable, json_text, session_text
+from .records import CANONICAL, checked_json, session_text
 from .sender import ANOMALIES, EVENTS, MARKER, METRICS, OPERATIONS, Marker, Sender
 from .transport import Transport, ZmqTransport
 
@@ -231,8 +231,8 @@ class Publisher:
     # -- the seed's write calls (rows in wire's column order: wire.EventRow..., then their
     # kind; _put fills in the time and the id) ---------------------------------------------
     def log_event(self, event_type, component, message="", data=None, *, timestamp=None) -> int:
-        check_sendable(event_type, component, message)
-        row = [0, 0.0, event_type, component, message, json_text(data), EVENTS]
+        text = checked_json(data, event_type, component, message)
+        row = [0, 0.0, event_type, component, message, text, EVENTS]
         return self._put(row, timestamp)
 
     def record_anomaly(
@@ -246,14 +246,14 @@ class Publisher:
         *,
         timestamp=None,
     ) -> int:
-        check_sendable(anomaly_type, severity, description)
+        text = checked_json(pattern_data, anomaly_type, severity, description)
         row = [
             0,
             0.0,
             anomaly_type,
             severity,
             description,
-            json_text(pattern_data),
+            text,
             None if current_value is None else float(current_value),
             None if expected_value is None else float(expected_value),
             ANOMALIES,
@@ -261,8 +261,8 @@ class Publisher:
         return self._put(row, timestamp)
 
     def record_metric(self, metric_name, metric_value, unit=None, metadata=None, *, timestamp=None):
-        check_sendable(metric_name, unit)
-        row = [0, 0.0, metric_name, float(metric_value), unit, json_text(metadata), METRICS]
+        text = checked_json(metadata, metric_name, unit)
+        row = [0, 0.0, metric_name, float(metric_value), unit, text, METRICS]
         return self._put(row, timestamp)
 
     def start_session(self, session_id, *, timestamp=None) -> int:
@@ -293,12 +293,12 @@ class Publisher:
         self._put(row, timestamp, _SESSION_ID_AT)
 
     def record_pattern(self, pattern_type, pattern_data, confidence=1.0, *, timestamp=None) -> None:
-        check_sendable(pattern_type)
+        text = checked_json(pattern_data, pattern_type)
         row = [
             wire.OP_PATTERN,
             0.0,
             pattern_type,
-            json_text(pattern_data) or "null",  # as the seed: json.dumps(None) included
+            text or "null",  # as the seed: json.dumps(None) included
             CANONICAL.encode(pattern_data),
             float(confidence),
             OPERATIONS,
