@@ -358,8 +358,9 @@ class Validator:
         self._max_time = 0.0
         self._block = 0
         self._id_low = self._id_high = 0  # the open interval of this message's block
-        self._typed = None  # _typed_decoder's, made again once its time bound is stale
-        self._typed_max_time = -math.inf
+        # Made now, not at the first message: importing msgspec takes tens of ms.
+        self._typed_max_time = time.time() + limits.max_future_seconds
+        self._typed = _typed_decoder(limits, self._typed_max_time)
 
     def typed_body(self, raw: bytes):
         """``raw`` read by the typed decoder (see _typed_decoder), or None when it refuses
