@@ -15,7 +15,7 @@ def test_publisher_import_stays_light():
     result = run_python(
         "import sys\nfrom memory_bank import Publisher\n"
         "heavy = [m for m in ('sqlite3', '_sqlite3', 'apscheduler', 'click', 'memory_bank.api',"
-        " 'memory_bank.store', 'psycopg') if m in sys.modules]\n"
+        " 'memory_bank.store', 'psycopg', 'msgspec') if m in sys.modules]\n"
         "print(heavy)\n"
     )
     assert result.returncode == 0, result.stderr

@@ -93,3 +93,26 @@ def test_rollups_match_the_tables_through_ingest_and_retention(db_path, daemon):
     with MemoryBank(db_path) as memory:
         _check(memory, db_path, windows)
         assert memory.get_anomaly_count() == _exact(db_path)[1]["total_anomalies"]
+
+
+def test_a_batch_in_one_minute_and_across_minutes_is_rolled_up_row_for_row():
+    """A batch's rows mostly fall in one minute, which the writer tells from their first
+    and last time alone (no step per row); across two or more minutes each row counts in
+    its own. Both ways give what counting the rows one by one gives."""
+    from memory_bank.store.sql import bucket_counts, metric_aggregates
+
+    rng = random.Random(7)
+    for start, spread in ((1_700_000_040.0, 10.0), (1_700_000_055.0, 10.0), (1e9, 900.0)):
+        rows = [
+            (n, start + rng.random() * spread, rng.choice(["current", "power"]), rng.random())
+            for n in range(500)
+        ]
+        by_minute: dict = {}
+        by_metric: dict = {}
+        for _, ts, name, value in rows:
+            by_minute[ts // 60] = by_minute.get(ts // 60, 0) + 1
+            agg = by_metric.setdefault((name, int(ts // 60)), [0, 0.0, value, value])
+            agg[0], agg[1] = agg[0] + 1, agg[1] + value
+            agg[2], agg[3] = min(agg[2], value), max(agg[3], value)
+        assert dict(bucket_counts(rows, 60)) == by_minute
+        assert metric_aggregates(rows, 60, 2, 1, 3) == by_metric

@@ -23,6 +23,7 @@ import functools
 import json
 import math
 import operator
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -164,12 +165,18 @@ def decode(raw: bytes, validator: Validator | None = None) -> Message:
 
     Arrays come out as tuples (``use_list=False``): a row is then the very tuple
     ``executemany`` binds, one allocation where a list takes two, and the garbage collector
-    stops tracking it at its first pass (it holds no containers)."""
+    stops tracking it at its first pass (it holds no containers). A message of the usual
+    shape is read by the validator's typed decoder (``Validator.typed_body``); any other
+    goes through msgpack and the checks that give each refused row its reason."""
+    validator = validator or Validator()
+    body = validator.typed_body(raw)
+    if body is not None:
+        return validator.validate(body, typed=True)
     try:
         body = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=False)
     except Exception as exc:  # msgpack raises several unrelated types
         raise WireError(f"not a msgpack message: {type(exc).__name__}: {exc}") from None
-    return (validator or Validator()).validate(body)
+    return validator.validate(body)
 
 
 def sample(value) -> str:
@@ -228,6 +235,7 @@ _SESSION_OPS = (OP_SESSION_START, OP_SESSION_ANOMALY, OP_SESSION_END)
 _ARRAY_TYPES = {tuple, list}  # an array as msgpack decodes it (tuple), or as built in Python
 _INT, _FLOAT, _OPT_FLOAT = {int}, {float}, {float, type(None)}
 _NOT_NONE = functools.partial(operator.is_not, None)
+_ID_OF, _JSON_OF = operator.itemgetter(ROW_ID), operator.itemgetter(ROW_JSON)
 
 
 class RowKind(NamedTuple):
@@ -278,6 +286,56 @@ METRIC_KIND = RowKind(
 )
 
 
+# How long the typed decoder's upper time bound (now + max_future_seconds, fixed when it is
+# made) may lag the clock before it is made again; meanwhile a record in the last minute of
+# the window is refused by it and read the generic way, which accepts it.
+TYPED_BOUND_SECONDS = 60.0
+
+
+def _typed_decoder(limits: Limits, max_time: float):
+    """msgspec's decoder of a message of the usual shape (None where msgspec is not
+    installed): the rows come out as the tuples ``executemany`` binds, each value checked
+    while it is read against what ``Validator._check_row`` asks of it (type, text length,
+    finite number, time in [min_timestamp, ``max_time``]). It refuses what the Validator
+    would refuse, and more (an int where a float is usual is kept as an int; ids outside
+    the publisher's first block and non-standard JSON are left to ``_values_valid``).
+    Imported here, by the daemon only: publishers load this module and never msgspec."""
+    try:
+        import msgspec
+    except ImportError:
+        return None
+    from typing import Annotated, Any, Literal
+
+    array: Any = tuple  # the types below are made at run time, for msgspec (not for mypy)
+    meta = msgspec.Meta
+    text = Annotated[str, meta(max_length=limits.max_text_chars)]
+    finite = Annotated[float, meta(ge=-sys.float_info.max, le=sys.float_info.max)] | int
+    when = (
+        Annotated[float, meta(ge=limits.min_timestamp, le=max_time)]
+        | Annotated[int, meta(ge=math.ceil(limits.min_timestamp), le=math.floor(max_time))]
+    )
+    row_id = Annotated[int, meta(gt=0, le=(1 << 63) - 1)]
+
+    def row(kind: RowKind):
+        columns: list = [row_id, when]
+        for i in range(2, kind.width):
+            if i in kind.text:
+                columns.append(text)
+            elif i in kind.opt_text or i == ROW_JSON:
+                columns.append(text | None)
+            elif i in kind.real:
+                columns.append(finite)
+            else:
+                columns.append(finite | None)
+        return array[tuple(columns)]
+
+    # [WIRE_VERSION, publisher_id, message_seq, base, events, anomalies, metrics, operations]
+    header = (Literal[WIRE_VERSION], row_id, row_id, int)
+    rows = [array[row(kind), ...] for kind in (EVENT_KIND, ANOMALY_KIND, METRIC_KIND)]
+    operations = array[array[int | float | str | None, ...], ...]
+    return msgspec.msgpack.Decoder(array[(*header, *rows, operations)])
+
+
 class Validator:
     """Checks messages against one set of Limits; bad rows are set aside with a reason.
 
@@ -300,9 +358,29 @@ class Validator:
         self._max_time = 0.0
         self._block = 0
         self._id_low = self._id_high = 0  # the open interval of this message's block
+        # Made now, not at the first message: importing msgspec takes tens of ms.
+        self._typed_max_time = time.time() + limits.max_future_seconds
+        self._typed = _typed_decoder(limits, self._typed_max_time)
 
-    def validate(self, body) -> Message:
-        """Check a message's header and each row; bad rows are set aside, good rows kept."""
+    def typed_body(self, raw: bytes):
+        """``raw`` read by the typed decoder (see _typed_decoder), or None when it refuses
+        it in any way, or msgspec is not installed: the message is then read the generic
+        way, whatever made it refuse (a bad row, a later id block, an unreadable message)."""
+        max_time = time.time() + self.limits.max_future_seconds
+        if not max_time - TYPED_BOUND_SECONDS <= self._typed_max_time <= max_time:
+            # A minute old, or the clock went back: its bound would be past the window's.
+            self._typed = _typed_decoder(self.limits, max_time)
+            self._typed_max_time = max_time
+        if self._typed is None:
+            return None
+        try:
+            return self._typed.decode(raw)
+        except Exception:  # msgspec's DecodeError, UnicodeDecodeError...
+            return None
+
+    def validate(self, body, typed: bool = False) -> Message:
+        """Check a message's header and each row; bad rows are set aside, good rows kept.
+        ``typed``: ``body`` comes from ``typed_body``, every value's type and range checked."""
         if type(body) not in _ARRAY_TYPES or len(body) != 8:
             if type(body) in _ARRAY_TYPES and body and body[0] != WIRE_VERSION:
                 raise WireError(
@@ -328,7 +406,7 @@ class Validator:
         ):
             if type(rows) not in _ARRAY_TYPES:
                 msg.rejected.append((f"{kind.name} rows are not an array", rows))
-            elif self._all_valid(rows, kind):
+            elif self._values_valid(rows) if typed else self._all_valid(rows, kind):
                 out.extend(rows)
             else:
                 for row in rows:
@@ -401,6 +479,17 @@ class Validator:
         # The JSON texts joined by a character none of the suspect tokens holds.
         joined = self._all_text(columns[ROW_JSON], True, "\n")
         return joined is not None and not _may_not_be_standard_json(joined)
+
+    def _values_valid(self, rows) -> bool:
+        """``_all_valid`` for rows the typed decoder read, which checked the rest: every id
+        in the publisher's first block, and no JSON text that strict readers refuse."""
+        if not rows:
+            return True
+        ids = list(map(_ID_OF, rows))
+        if not (self._id_low < min(ids) and max(ids) < self._id_high):
+            return False
+        joined = "\n".join(filter(_NOT_NONE, map(_JSON_OF, rows)))
+        return not _may_not_be_standard_json(joined)
 
     def _all_text(self, values, optional: bool, sep: str = "") -> str | None:
         """``values`` joined by ``sep`` when each is text of at most max_text_chars (or

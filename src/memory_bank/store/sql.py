@@ -102,13 +102,34 @@ def gather(
     return Batch(events, anomalies, metrics, operations, applied)
 
 
-def time_buckets(rows, seconds: int, time_at: int | None = None) -> Iterator:
-    """Each row's timestamp (a plain row's, or the one at ``time_at``) // ``seconds`` (its
-    minute, its day: an integral float, or an int), computed in C: no Python step per row."""
-    if time_at is None:
-        from ..wire import ROW_TIMESTAMP as time_at  # the writer's side: wire is loaded
+def time_buckets(rows, seconds: int) -> Iterator:
+    """Each plain row's timestamp // ``seconds`` (its minute, its day: an integral float,
+    or an int), computed in C: no Python step per row."""
+    from ..wire import ROW_TIMESTAMP  # the writer's side: wire is loaded
 
-    return map(floordiv, map(itemgetter(time_at), rows), repeat(seconds))
+    return map(floordiv, map(itemgetter(ROW_TIMESTAMP), rows), repeat(seconds))
+
+
+def _one_slice(times: list, seconds: int):
+    """The slice (``time // seconds``) every one of ``times`` falls in, or None when they
+    span more than one (or there are none): a batch's rows mostly fall in one minute, and
+    then its first and last time say so, two passes in C with no object made per row."""
+    if not times:
+        return None
+    first = min(times) // seconds
+    return first if max(times) // seconds == first else None
+
+
+def bucket_counts(rows, seconds: int) -> dict:
+    """How many plain rows fall in each slice of ``seconds`` (time_buckets counted):
+    {slice: rows}, a slice as ``time // seconds`` (an integral float, or an int)."""
+    from ..wire import ROW_TIMESTAMP  # the writer's side: wire is loaded
+
+    times = list(map(itemgetter(ROW_TIMESTAMP), rows))
+    only = _one_slice(times, seconds)
+    if only is not None:
+        return {only: len(times)}
+    return Counter(map(floordiv, times, repeat(seconds)))
 
 
 # mb_maintenance's columns, in the order its rows are written and read.
@@ -328,22 +349,29 @@ def metric_aggregates(metrics: list, seconds: int, name_at: int, time_at: int, v
     """(metric name, slice number) -> [n, total, min, max] of ``metrics`` (rows holding
     name, epoch time and value at these places) in slices of ``seconds``: what a batch
     adds to a rollup. Totals are summed in the rows' order, as a running total would."""
-    keys = list(
-        zip(
-            map(itemgetter(name_at), metrics),
-            time_buckets(metrics, seconds, time_at),
-            strict=True,
-        )
-    )
+    names = list(map(itemgetter(name_at), metrics))
+    times = list(map(itemgetter(time_at), metrics))
     values = list(map(itemgetter(value_at), metrics))
+    only = _one_slice(times, seconds)
+    if only is not None:  # every row in one slice: a row's key is its name alone
+        keys: list = names
+
+        def key_of(key) -> tuple[str, int]:
+            return (key, int(only))
+    else:
+        keys = list(zip(names, map(floordiv, times, repeat(seconds)), strict=True))
+
+        def key_of(key) -> tuple[str, int]:
+            return (key[0], int(key[1]))
+
     counted = Counter(keys)
     if len(counted) <= METRIC_KEYS_BY_PASS:  # a batch's rows fall into a few minutes
         out: dict[tuple[str, int], list] = {}
         for key, n in counted.items():
             picked = values if n == len(values) else list(compress(values, map(key.__eq__, keys)))
-            out[(key[0], int(key[1]))] = [n, sum(picked), min(picked), max(picked)]
+            out[key_of(key)] = [n, sum(picked), min(picked), max(picked)]
         return out
-    buckets: dict[tuple, list] = {}
+    buckets: dict = {}
     for key, value in zip(keys, values, strict=True):
         agg = buckets.get(key)
         if agg is None:
@@ -355,7 +383,7 @@ def metric_aggregates(metrics: list, seconds: int, name_at: int, time_at: int, v
                 agg[2] = value
             if value > agg[3]:
                 agg[3] = value
-    return {(name, int(number)): agg for (name, number), agg in buckets.items()}
+    return {key_of(key): agg for key, agg in buckets.items()}
 
 
 def coarser(aggregates: dict, factor: int) -> dict:

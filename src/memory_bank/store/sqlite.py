@@ -23,11 +23,11 @@ from .base import StoreGone, StoreRefused, StoreUnavailable
 from .schema import COARSE_SECONDS, damaged_database, migrate
 from .sql import (
     SqlStore,
+    bucket_counts,
     coarser,
     gather,
     metric_aggregates,
     statistics_to_compute,
-    time_buckets,
 )
 
 log = logging.getLogger(__name__)
@@ -553,7 +553,8 @@ class SqliteStore(SqlStore):
             counts["events"] = len(events)
         if anomalies:
             counts["anomalies"] = len(anomalies)
-            counts.update(map("anomalies:".__add__, map(_SEVERITY, anomalies)))
+            for severity, n in Counter(map(_SEVERITY, anomalies)).items():
+                counts["anomalies:" + severity] = n
         if counts:
             conn.executemany(
                 "INSERT INTO mb_counts (name, n) VALUES (?, ?) "
@@ -565,7 +566,7 @@ class SqliteStore(SqlStore):
                 conn.executemany(
                     "INSERT INTO mb_minutes (tbl, minute, n) VALUES (?, ?, ?) "
                     "ON CONFLICT(tbl, minute) DO UPDATE SET n = n + excluded.n",
-                    [(table, int(m), n) for m, n in Counter(time_buckets(rows, 60)).items()],
+                    [(table, int(m), n) for m, n in bucket_counts(rows, 60).items()],
                 )
         if metrics:
             buckets = metric_aggregates(
