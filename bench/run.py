@@ -146,7 +146,7 @@ def ceiling(work: Path, n: int, how: str = "raw", publishers: int = 4) -> dict:
     for seq, batch in enumerate(batches, 1):
         if how == "raw":
             _apply_raw(conn, *batch)
-            if store.checkpointer.truncate_due:  # the WAL's limit, as the daemon keeps it
+            if store.checkpointer.due():  # the WAL's limit, as the daemon keeps it
                 store.checkpointer.truncate(conn)
         else:
             store.apply([wire.Message(1, seq, 0, *batch)], watermarks)

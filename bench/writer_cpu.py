@@ -99,7 +99,7 @@ def ceiling_round(folder: Path, records: int, batches: list | None = None) -> fl
         began = time.thread_time()
         for batch in batches:
             _apply_raw(conn, *batch)
-            if store.checkpointer.truncate_due:
+            if store.checkpointer.due():
                 store.checkpointer.truncate(conn)
         return time.thread_time() - began
     finally:

@@ -109,9 +109,11 @@ CHECKPOINT_LOG_SECONDS = 60.0
 # The WAL size past which the writer truncates it between batches (daemon.max_wal_bytes).
 MAX_WAL_BYTES = 64 << 20
 # How long that truncating checkpoint waits for readers to finish (ingest waits meanwhile),
-# and how long after readers kept it from finishing it is tried again (a reader streaming
-# a long export holds its snapshot meanwhile).
+# and how long after readers kept it from finishing it is tried again: first soon (readers
+# polling back to back can miss its window once), then twice as long each time up to the
+# last (a reader streaming a long export holds its snapshot meanwhile).
 TRUNCATE_WAIT_MS = 250
+TRUNCATE_FIRST_RETRY_SECONDS = 0.25
 TRUNCATE_RETRY_SECONDS = 5.0
 
 
@@ -121,8 +123,8 @@ class Checkpointer:
 
     Under sustained ingest a PASSIVE checkpoint never catches up with the writer, so the
     WAL is never started over and grows without bound (SQLite's checkpoint starvation).
-    Once the WAL file is past ``max_wal_bytes`` this thread says so (``truncate_due``) and
-    the writer, between two batches, runs a TRUNCATE checkpoint (``truncate``): it copies
+    Once the WAL file is past ``max_wal_bytes`` (``due``, asked after each batch) the
+    writer, between two batches, runs a TRUNCATE checkpoint (``truncate``): it copies
     the frames the last PASSIVE one left (a fraction of a second of ingest), waits at most
     TRUNCATE_WAIT_MS for readers to finish, and empties the WAL. Done from this thread it
     would wait for the writer's lock, which a busy writer takes again at once."""
@@ -131,8 +133,8 @@ class Checkpointer:
         self.path = path
         self.interval = interval
         self.max_wal_bytes = max_wal_bytes
-        self.truncate_due = False
         self._truncate_after = 0.0  # monotonic time before which no TRUNCATE is tried
+        self._retry_seconds = TRUNCATE_FIRST_RETRY_SECONDS  # after the next one that fails
         self._stop = threading.Event()
         self._failures = 0  # since the last line logged about them
         self._failing_since: float | None = None
@@ -154,9 +156,6 @@ class Checkpointer:
         a minute with their count, and once more when checkpoints work again."""
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            self.truncate_due = (
-                self._wal_bytes() > self.max_wal_bytes and time.monotonic() >= self._truncate_after
-            )
         except sqlite3.Error as exc:
             now = time.monotonic()
             self._failures += 1
@@ -178,6 +177,13 @@ class Checkpointer:
             )
             self._failing_since, self._failures = None, 0
 
+    def due(self) -> bool:
+        """The WAL is past ``max_wal_bytes`` and no TRUNCATE failed in the last
+        TRUNCATE_RETRY_SECONDS. Asked by the writer after each batch (one ``stat``), so the
+        WAL passes the limit by about a batch, where this thread's look every half second let
+        it pass by half a second of ingest (12 MiB at the daemon's full speed)."""
+        return self._wal_bytes() > self.max_wal_bytes and time.monotonic() >= self._truncate_after
+
     def _wal_bytes(self) -> int:
         try:
             return os.path.getsize(f"{self.path}-wal")
@@ -187,7 +193,6 @@ class Checkpointer:
     def truncate(self, conn: sqlite3.Connection) -> None:
         """Empty the WAL from the writer's connection, between two batches (the writer
         holds no transaction); readers are waited for at most TRUNCATE_WAIT_MS."""
-        self.truncate_due = False
         wal_bytes = self._wal_bytes()
         (timeout,) = conn.execute("PRAGMA busy_timeout").fetchone()
         try:
@@ -199,14 +204,17 @@ class Checkpointer:
             reason = "a reader holds an old snapshot"
         finally:
             conn.execute(f"PRAGMA busy_timeout={timeout}")
-        if busy:
-            self._truncate_after = time.monotonic() + TRUNCATE_RETRY_SECONDS
-            log.info(
-                "the WAL (%d bytes) could not be truncated (%s); trying again in %gs",
-                wal_bytes,
-                reason,
-                TRUNCATE_RETRY_SECONDS,
-            )
+        if not busy:
+            self._retry_seconds = TRUNCATE_FIRST_RETRY_SECONDS
+            return
+        self._truncate_after = time.monotonic() + self._retry_seconds
+        log.info(
+            "the WAL (%d bytes) could not be truncated (%s); trying again in %gs",
+            wal_bytes,
+            reason,
+            self._retry_seconds,
+        )
+        self._retry_seconds = min(2 * self._retry_seconds, TRUNCATE_RETRY_SECONDS)
 
     def stop(self) -> None:
         self._stop.set()
@@ -418,7 +426,7 @@ class SqliteStore(SqlStore):
         self.check_files()
         watermarks.update(applied)
         checkpointer = self.checkpointer
-        if checkpointer is not None and checkpointer.truncate_due:
+        if checkpointer is not None and checkpointer.due():
             checkpointer.truncate(self.conn)
         return stored
 
