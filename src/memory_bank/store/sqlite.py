@@ -178,10 +178,10 @@ class Checkpointer:
             self._failing_since, self._failures = None, 0
 
     def due(self) -> bool:
-        """The WAL is past ``max_wal_bytes`` and no TRUNCATE failed in the last
-        TRUNCATE_RETRY_SECONDS. Asked by the writer after each batch (one ``stat``), so the
-        WAL passes the limit by about a batch, where this thread's look every half second let
-        it pass by half a second of ingest (12 MiB at the daemon's full speed)."""
+        """The WAL is past ``max_wal_bytes`` and the wait after a TRUNCATE readers kept
+        from finishing (if one did) is over. Asked by the writer after each batch (one
+        ``stat``), so the WAL passes the limit by about a batch, where this thread's look
+        every half second let it pass by half a second of ingest (12 MiB at full speed)."""
         return self._wal_bytes() > self.max_wal_bytes and time.monotonic() >= self._truncate_after
 
     def _wal_bytes(self) -> int:
@@ -193,7 +193,6 @@ class Checkpointer:
     def truncate(self, conn: sqlite3.Connection) -> None:
         """Empty the WAL from the writer's connection, between two batches (the writer
         holds no transaction); readers are waited for at most TRUNCATE_WAIT_MS."""
-        wal_bytes = self._wal_bytes()
         (timeout,) = conn.execute("PRAGMA busy_timeout").fetchone()
         try:
             conn.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
@@ -210,7 +209,7 @@ class Checkpointer:
         self._truncate_after = time.monotonic() + self._retry_seconds
         log.info(
             "the WAL (%d bytes) could not be truncated (%s); trying again in %gs",
-            wal_bytes,
+            self._wal_bytes(),  # as it was: a TRUNCATE that did not finish leaves its size
             reason,
             self._retry_seconds,
         )
