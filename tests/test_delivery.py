@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import time
@@ -286,8 +287,12 @@ def test_a_publisher_sums_up_its_resends_while_the_daemon_cannot_commit(
     out = "".join(lines) + writer.communicate(timeout=120)[1]
     assert writer.returncode == 0 and "flushed True" in out, out
     assert out.count("no acknowledgement for") == 1, out
-    assert out.count("still no acknowledgement") == 1, out
     assert out.count("the daemon acknowledges again after") == 1, out
+    # Once per summary interval, not once per resend: how many intervals the stall spans
+    # depends on how soon the reload lands (one, or two on a loaded machine), so the lines
+    # are counted against the resends they sum up.
+    resent = int(re.search(r"resent (\d+) time\(s\) meanwhile", out).group(1))
+    assert 1 <= out.count("still no acknowledgement") < resent - 1, out
     assert "replaying messages" not in out
 
 
