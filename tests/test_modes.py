@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -41,6 +43,20 @@ def test_embedded_mode_runs_the_writer_in_process(db_path):
         assert second.returncode == 1 and "already serves" in second.stderr
     with MemoryBank(db_path, embedded=True) as memory:
         assert memory.get_session("S")["status"] == "COMPLETED"
+
+
+def test_an_idle_embedded_writer_leaves_the_cpu_alone(db_path):
+    """After a flush (the writer's replies come back through an eventfd), an idle process
+    with an embedded writer sleeps: its threads wait, none spins on a file left readable."""
+    with MemoryBank(db_path, embedded=True) as memory:
+        memory.log_event("E", "C", "m")
+        assert memory.flush(timeout=30)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        time.sleep(2.0)  # the idle stretch measured, not a wait for a condition
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    # A spinning thread takes the whole 2 s of a core; an idle process a few milliseconds.
+    assert used < 0.5, f"{used:.2f} s of CPU over 2 s idle"
 
 
 def test_no_daemon_means_a_clear_error_for_maintenance(db_path):

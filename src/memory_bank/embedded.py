@@ -58,6 +58,13 @@ class EmbeddedWriter:
         self._inbox.put(("ctl", body))
 
     def replies(self) -> list[dict]:
+        # Read the eventfd before taking the replies (a reply added in between wakes the
+        # next poll): left unread it stays readable, and the sender thread's poll would
+        # return at once, forever, spinning a core.
+        try:
+            os.eventfd_read(self._reply_fd)
+        except BlockingIOError:
+            pass
         out = []
         while self._replies:
             out.append(self._replies.popleft())
