@@ -479,3 +479,94 @@ def test_one_daemon_runs_a_postgresql_databases_alerts_across_a_server_restart(
 
 def _short_ipc(name: str) -> str:
     return f"ipc://{tempfile.mkdtemp(prefix='mb-')}/{name}"
+
+
+def _firing(location) -> list[tuple[str, str]]:
+    """(rule, group) of what `memorybank alerts --firing` lists."""
+    from click.testing import CliRunner
+
+    from memory_bank.cli import main
+
+    listed = CliRunner().invoke(main, ["alerts", "--db", str(location), "--firing", "-o", "json"])
+    assert listed.exit_code == 0, listed.output
+    return [(a["rule"], a["group"]) for a in json.loads(listed.output)]
+
+
+def test_a_rule_renamed_on_reload_resolves_once_and_stops_firing(
+    location, tmp_path, start_daemon, receiver
+):
+    """As Prometheus with Alertmanager: an alert whose rule is gone resolves, once, to the
+    sinks it had; it is no longer listed as firing, and its state is deleted."""
+    cfg = _config(tmp_path, HOOK_CONFIG.format(url=receiver.url))
+    daemon = start_daemon(location, "--config", str(cfg))
+    with Publisher(location) as pub:
+        for n in range(2):
+            pub.record_anomaly("OVERCURRENT", "HIGH", f"#{n}", {"n": n})
+    receiver.wait_for(lambda b: len(b) == 2)
+    assert _firing(location) == [("critical-anomaly", "0"), ("critical-anomaly", "1")]
+    # renamed: to the daemon, the rule "critical-anomaly" is removed and a new one added
+    renamed = HOOK_CONFIG.format(url=receiver.url).replace("critical-anomaly", "renamed")
+    cfg.write_text(renamed)
+    daemon.proc.send_signal(signal.SIGHUP)
+    bodies = receiver.wait_for(lambda b: len(b) >= 4)
+    time.sleep(0.3)  # nothing more may come
+    resolved = receiver.received()[2:]
+    assert sorted((b["state"], b["group"]["n"]) for b in resolved) == [
+        ("resolved", "0"),
+        ("resolved", "1"),
+    ]
+    assert len(bodies) == len(receiver.received()) == 4
+    assert all(b["rule"] == "critical-anomaly" for b in resolved)
+    assert "its rule was removed" in resolved[0]["summary"]
+    assert resolved[0]["record"]["description"] in ("#0", "#1")
+    assert _firing(location) == []
+    assert query(location, "SELECT count(*) FROM mb_alert_state") == [(0,)]
+    assert "alert critical-anomaly (group '0') is no longer configured" in daemon.log
+    assert daemon.stop() == 0
+
+
+def test_a_rule_changed_or_removed_across_restarts_keeps_no_stale_firing_state(
+    db_path, tmp_path, start_daemon, receiver
+):
+    """At start, as on reload: a new threshold keeps the state (the next reading decides),
+    a rule that now watches another metric resolves what the old one fired, and a
+    configuration with no rules left (SQLite: the daemon is the file's only writer)
+    clears the states."""
+    rule = RULES.split("[[alerts]]")[1]  # overcurrent: current above 80 for 2s
+    sink = RULES.split("[[alerts]]")[2].split("[sinks.hook]")[1]
+    cfg = _config(tmp_path, "[[alerts]]" + rule + "[sinks.hook]" + sink.format(url=receiver.url))
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    t0 = time.time()
+    with Publisher(db_path) as pub:
+        for i in range(3):
+            pub.record_metric("current", 85.0, "A", timestamp=t0 + i * 1.5)
+    receiver.wait_for(lambda b: len(b) == 1)
+    assert daemon.stop() == 0
+
+    cfg.write_text(cfg.read_text().replace("above = 80.0", "above = 84.0"))
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    with Publisher(db_path) as pub:
+        pub.record_metric("current", 85.0, "A", timestamp=t0 + 5)  # holds under 84 too
+    assert daemon.stop() == 0
+    assert _firing(db_path) == [("overcurrent", "")] and len(receiver.received()) == 1
+
+    cfg.write_text(cfg.read_text().replace('metric = "current"', 'metric = "voltage"'))
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    (_, resolved) = receiver.wait_for(lambda b: len(b) == 2)
+    assert resolved["rule"] == "overcurrent" and resolved["state"] == "resolved"
+    assert resolved["summary"] == "overcurrent resolved: its rule changed"
+    assert resolved["record"]["metric_value"] == 85.0  # the last reading it had
+    assert _firing(db_path) == []
+    with Publisher(db_path) as pub:  # the new definition fires on its own metric
+        for i in range(3):
+            pub.record_metric("voltage", 230.0, "V", timestamp=t0 + 6 + i * 1.5)
+    receiver.wait_for(lambda b: len(b) == 3)
+    assert daemon.stop() == 0
+
+    cfg.write_text("")  # no rules, no sinks: nothing to send the resolved notification to
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    assert _firing(db_path) == []
+    assert "alert overcurrent is no longer configured; it was firing: resolved" in daemon.log
+    assert daemon.stop() == 0
+    time.sleep(0.3)
+    assert len(receiver.received()) == 3
