@@ -627,3 +627,33 @@ def test_notifications_pending_at_a_migration_arrive_from_postgresql_with_their_
     assert "alerts: a daemon runs the alerts of" in beside.output
     assert {row[1] for row in _outbox(pg_url)} == {"delivered"}
     assert daemon.stop() == 0
+
+
+def test_embedded_mode_evaluates_no_rules_and_leaves_the_outbox_to_the_daemon(
+    db_path, tmp_path, start_daemon
+):
+    """As docs/alerts.md says: records written with embedded=True are never evaluated,
+    not even by a daemon with rules started afterwards; notifications waiting in the
+    outbox wait for that daemon, which delivers them."""
+    from memory_bank import MemoryBank
+
+    receiver = Receiver(free_ports(1))  # away: the first notification waits
+    cfg = _config(tmp_path, HOOK_CONFIG.format(url=receiver.url))
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    with Publisher(db_path) as pub:
+        pub.record_anomaly("OVERCURRENT", "HIGH", "by the daemon", {"n": 0})
+    wait_until(lambda: len(_outbox(db_path, "status = 'pending'")) == 1)
+    assert daemon.stop() == 0
+    with MemoryBank(db_path, embedded=True) as memory:
+        memory.record_anomaly("OVERCURRENT", "HIGH", "embedded", {"n": 1})
+    assert len(_outbox(db_path)) == 1  # no rule ran on it
+    receiver.start()
+    try:
+        daemon = start_daemon(db_path, "--config", str(cfg))
+        (body,) = receiver.wait_for(lambda b: len(b) == 1)
+        assert body["record"]["description"] == "by the daemon"
+        time.sleep(0.3)  # the embedded record does not alert now either
+        assert len(receiver.received()) == 1 and _firing(db_path) == [("critical-anomaly", "0")]
+        assert daemon.stop() == 0
+    finally:
+        receiver.stop()
