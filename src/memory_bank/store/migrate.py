@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 TABLES = ("events", "anomalies", "metrics", "sessions", "patterns")
 # The alerts' tables that travel (the stream's log and positions do not).
 ALERT_TABLES = ("mb_outbox", "mb_alert_state")
-OUTBOX_COLUMNS = (
+OUTBOX_COLUMNS = tuple(
     "id sink rule state at body status attempts last_error last_attempt_at delivered_at".split()
 )
 PARTITIONED_TABLES = ("events", "anomalies", "metrics")
@@ -477,7 +477,7 @@ class Migration:
         target = self.target_counts(ALERT_TABLES)
         return [TableReport(t, source[t], target[t], copied[t], missing[t]) for t in ALERT_TABLES]
 
-    def _sync_outbox(self) -> tuple[int, int]:
+    def _sync_outbox(self) -> int:
         """Notifications the target lacks (by id and sink), in the source's order; rows the
         target still has pending that the source has since delivered or dropped take the
         source's outcome. Returns the rows written."""
@@ -513,7 +513,7 @@ class Migration:
             )
         return len(new) + len(ended)
 
-    def _sync_states(self) -> tuple[int, int]:
+    def _sync_states(self) -> int:
         """The rules' states, the source's replacing the target's of the same rule and
         group. Returns the rows written."""
         if not self._has_table("mb_alert_state"):
