@@ -215,8 +215,11 @@ class AlertEngine:
             st = self.evaluator.retiring[(name, group)]
             which = f"alert {name}" + (f" (group {group!r})" if group else "")
             why = "changed what it watches" if name in names else "is no longer configured"
+            new = self.evaluator.states.get((name, group))
             if not st.firing:
                 log.info("alerts: %s %s; its state is cleared", which, why)
+            elif new is not None and new.firing:
+                log.info("alerts: %s %s; it was firing, and fires again as it is now", which, why)
             elif st.definition is None:
                 log.warning(
                     "alerts: %s %s; it was firing, and is cleared without a resolved "

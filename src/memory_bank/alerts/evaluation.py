@@ -311,11 +311,11 @@ class Evaluator:
         notes: list[Notification] = []
         touched: dict[Key, GroupState] = {}
         for rule in self.rules:
-            key = (rule.name, "")
-            # (a retiring state of that key is deleted first: a new one is written after)
-            if rule.when == "absence" and not rule.group and key not in self.states:
-                if key not in self.retiring:
-                    self.states[key] = GroupState(last_seen=self._started)
+            if rule.when == "absence" and not rule.group:
+                own = (rule.name, "")
+                # (a retiring state of that key is deleted first: the new one is made after)
+                if own not in self.states and own not in self.retiring:
+                    self.states[own] = GroupState(last_seen=self._started)
             for key, st0 in list(self.states.items()):
                 if key[0] != rule.name:
                     continue
