@@ -577,53 +577,58 @@ def test_notifications_pending_at_a_migration_arrive_from_postgresql_with_their_
 ):
     """`memorybank migrate` carries the outbox and the rules' states: what was pending on
     SQLite (the receiver away) is delivered by the PostgreSQL daemon, once each, with the
-    ids it was written with; what was delivered is not sent again; firing stays firing."""
+    ids it was written with; what was delivered, also between two runs, is not sent
+    again; firing stays firing."""
     from click.testing import CliRunner
 
     from memory_bank.cli import main
 
-    cfg = _config(tmp_path, HOOK_CONFIG.format(url=receiver.url))
-    daemon = start_daemon(db_path, "--config", str(cfg))
-    with Publisher(db_path) as pub:
-        for n in range(2):
-            pub.record_anomaly("OVERCURRENT", "HIGH", f"#{n}", {"n": n})
-        receiver.wait_for(lambda b: len(b) == 2)
-        wait_until(lambda: [row[1] for row in _outbox(db_path)] == ["delivered"] * 2)
-        receiver.stop()
-        for n in range(2, 5):
-            pub.record_anomaly("OVERCURRENT", "HIGH", f"#{n}", {"n": n})
-    wait_until(lambda: len(_outbox(db_path, "status = 'pending'")) == 3)
-    pending = [row[0] for row in _outbox(db_path, "status = 'pending'")]
-    assert daemon.stop() == 0
-
-    for copied in (5, 0):  # a rerun copies nothing again
+    def migrate(sqlite: int, copied: int) -> None:
         result = CliRunner().invoke(
             main, ["migrate", "--from", str(db_path), "--to", pg_url, "-o", "json"]
         )
         assert result.exit_code == 0, result.output
         rows = {r["table"]: r for r in json.loads(result.stdout)}
-        assert rows["mb_outbox"] == {
-            "table": "mb_outbox",
-            "sqlite": 5,
-            "postgresql": 5,
-            "copied": copied,
-            "missing": 0,
-        }
-        assert rows["mb_alert_state"]["postgresql"] == 5
-    assert _firing(pg_url) == [("critical-anomaly", str(n)) for n in range(5)]
+        assert (rows["mb_outbox"]["sqlite"], rows["mb_outbox"]["postgresql"]) == (sqlite, sqlite)
+        assert (rows["mb_outbox"]["copied"], rows["mb_outbox"]["missing"]) == (copied, 0)
+        assert rows["mb_alert_state"]["postgresql"] == sqlite
+
+    def fire(pub, groups, pending: int) -> None:
+        for n in groups:
+            pub.record_anomaly("OVERCURRENT", "HIGH", f"#{n}", {"n": n})
+        wait_until(lambda: len(_outbox(db_path, "status = 'pending'")) == pending)
+
+    cfg = _config(tmp_path, HOOK_CONFIG.format(url=receiver.url))
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    with Publisher(db_path) as pub:
+        fire(pub, range(2), 0)
+        receiver.wait_for(lambda b: len(b) == 2)
+        receiver.stop()
+        fire(pub, range(2, 5), 3)
+        migrate(5, 5)  # while the daemon serves the file: three travel pending
+        receiver.start()  # and the SQLite daemon delivers them
+        receiver.wait_for(lambda b: len(b) == 5)
+        wait_until(lambda: {row[1] for row in _outbox(db_path)} == {"delivered"})
+        receiver.stop()
+        fire(pub, range(5, 7), 2)
+    pending = [row[0] for row in _outbox(db_path, "status = 'pending'")]
+    assert daemon.stop() == 0
+    migrate(7, 5)  # two new, three now delivered
+    migrate(7, 0)  # a rerun copies nothing again
+    assert _firing(pg_url) == [("critical-anomaly", str(n)) for n in range(7)]
 
     receiver.start()
     daemon = start_daemon(pg_url, "--config", str(cfg))
-    receiver.wait_for(lambda b: len(b) >= 5)
+    receiver.wait_for(lambda b: len(b) >= 7)
     time.sleep(0.3)  # nothing more may come (a duplicate would arrive now)
     bodies = receiver.received()
-    assert [b["id"] for b in bodies[2:]] == pending, "not the ids written, or not once each"
-    assert [b["group"]["n"] for b in bodies] == ["0", "1", "2", "3", "4"]
+    assert [b["id"] for b in bodies[5:]] == pending, "not the ids written, or not once each"
+    assert [b["group"]["n"] for b in bodies] == [str(n) for n in range(7)]
     wait_until(lambda: {row[1] for row in _outbox(pg_url)} == {"delivered"})
-    assert _firing(pg_url) == [("critical-anomaly", str(n)) for n in range(5)]
+    assert _firing(pg_url) == [("critical-anomaly", str(n)) for n in range(7)]
     # beside a daemon that runs the target's alerts, their queue and states are its own
     beside = CliRunner().invoke(main, ["migrate", "--from", str(db_path), "--to", pg_url])
-    assert beside.exit_code == 1 and "INCOMPLETE: 10 row(s)" in beside.output, beside.output
+    assert beside.exit_code == 1 and "INCOMPLETE: 14 row(s)" in beside.output, beside.output
     assert "alerts: a daemon runs the alerts of" in beside.output
     assert {row[1] for row in _outbox(pg_url)} == {"delivered"}
     assert daemon.stop() == 0
