@@ -109,7 +109,8 @@ class AlertEngine:
         self._chosen = set().union(*wanted.values())
 
     def reload(self, config: AlertsConfig) -> None:
-        """New rules and sinks (SIGHUP). Rules keep their state by name; a sink whose
+        """New rules and sinks (SIGHUP). Rules keep their state by name while they watch the
+        same thing (the others' are retired by the next tick: evaluation.py); a sink whose
         settings changed is restarted, and one removed stops (its pending rows wait)."""
         stopping = [w for n, w in self.workers.items() if config.sinks.get(n) != w.config]
         for worker in stopping:
