@@ -258,3 +258,39 @@ def test_a_rule_decides_on_a_whole_batch_as_it_does_row_by_row(seed):
             assert _decisions(whole, t) == _decisions(by_row, t)  # time passing alone
         assert _decisions(whole, t, **tables) == _decisions(by_row, t, **tables)
         assert _state(whole) == _state(by_row)
+
+
+def test_a_state_is_kept_across_new_thresholds_and_retired_when_the_rule_watches_another_thing():
+    """What a reload (or a start with a changed file) does to a rule's states."""
+    hot = {"name": "hot", "when": "metric", "metric": "current", "above": 80.0, "group": "cp"}
+    ev = evaluator(hot)
+    assert run(ev, 1000.0, metrics=[metric(1, 1.0, 90.0, cp="A")]) == [("hot", "A", "firing")]
+
+    def configure(rule: dict, now: float) -> None:
+        ev.configure(parse([{"notify": ["hook"], **rule}], SINKS).rules, now)
+
+    def retire(now: float) -> list[tuple[str, str, str, str]]:
+        notes, done, _gone = ev.retire(now)
+        ev.retired(done)
+        return [(n.rule.name, n.group, n.state, n.summary) for n in notes]
+
+    configure({**hot, "above": 85.0, "repeat": "1m"}, 1001.0)  # thresholds: the state stays
+    assert retire(1001.0) == [] and [f[:2] for f in ev.firing()] == [("hot", "A")]
+    configure({**hot, "group": "connector"}, 1002.0)  # another group key: retired
+    assert retire(1002.0) == [("hot", "A", "resolved", "its rule changed")]
+    assert ev.firing() == [] and ev.retiring == {}
+
+    # the new definition fires the same group before the old state is retired: no
+    # resolved in between (the receiver would take it for the new alert's end)
+    assert run(ev, 1003.0, metrics=[metric(2, 3.0, 90.0, connector="A")]) == [
+        ("hot", "A", "firing")
+    ]
+    configure({**hot, "metric": "voltage", "group": "connector"}, 1004.0)
+    assert run(ev, 1004.0, metrics=[metric(3, 4.0, 300.0, name="voltage", connector="A")]) == [
+        ("hot", "A", "firing")
+    ]
+    notes, done, gone = ev.retire(1004.0)
+    assert notes == [] and done == [("hot", "A")] and gone == []  # its row is the new state
+    ev.retired(done)
+    configure({**hot, "name": "renamed"}, 1005.0)
+    assert retire(1005.0) == [("hot", "A", "resolved", "its rule was removed")]

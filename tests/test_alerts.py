@@ -479,3 +479,186 @@ def test_one_daemon_runs_a_postgresql_databases_alerts_across_a_server_restart(
 
 def _short_ipc(name: str) -> str:
     return f"ipc://{tempfile.mkdtemp(prefix='mb-')}/{name}"
+
+
+def _firing(location) -> list[tuple[str, str]]:
+    """(rule, group) of what `memorybank alerts --firing` lists."""
+    from click.testing import CliRunner
+
+    from memory_bank.cli import main
+
+    listed = CliRunner().invoke(main, ["alerts", "--db", str(location), "--firing", "-o", "json"])
+    assert listed.exit_code == 0, listed.output
+    return [(a["rule"], a["group"]) for a in json.loads(listed.output)]
+
+
+def test_a_rule_renamed_on_reload_resolves_once_and_stops_firing(
+    location, tmp_path, start_daemon, receiver
+):
+    """As Prometheus with Alertmanager: an alert whose rule is gone resolves, once, to the
+    sinks it had; it is no longer listed as firing, and its state is deleted."""
+    cfg = _config(tmp_path, HOOK_CONFIG.format(url=receiver.url))
+    daemon = start_daemon(location, "--config", str(cfg))
+    with Publisher(location) as pub:
+        for n in range(2):
+            pub.record_anomaly("OVERCURRENT", "HIGH", f"#{n}", {"n": n})
+    receiver.wait_for(lambda b: len(b) == 2)
+    assert _firing(location) == [("critical-anomaly", "0"), ("critical-anomaly", "1")]
+    # renamed: to the daemon, the rule "critical-anomaly" is removed and a new one added
+    renamed = HOOK_CONFIG.format(url=receiver.url).replace("critical-anomaly", "renamed")
+    cfg.write_text(renamed)
+    daemon.proc.send_signal(signal.SIGHUP)
+    bodies = receiver.wait_for(lambda b: len(b) >= 4)
+    time.sleep(0.3)  # nothing more may come
+    resolved = receiver.received()[2:]
+    assert sorted((b["state"], b["group"]["n"]) for b in resolved) == [
+        ("resolved", "0"),
+        ("resolved", "1"),
+    ]
+    assert len(bodies) == len(receiver.received()) == 4
+    assert all(b["rule"] == "critical-anomaly" for b in resolved)
+    assert "its rule was removed" in resolved[0]["summary"]
+    assert resolved[0]["record"]["description"] in ("#0", "#1")
+    assert _firing(location) == []
+    assert query(location, "SELECT count(*) FROM mb_alert_state") == [(0,)]
+    assert "alert critical-anomaly (group '0') is no longer configured" in daemon.log
+    assert daemon.stop() == 0
+
+
+def test_a_rule_changed_or_removed_across_restarts_keeps_no_stale_firing_state(
+    db_path, tmp_path, start_daemon, receiver
+):
+    """At start, as on reload: a new threshold keeps the state (the next reading decides),
+    a rule that now watches another metric resolves what the old one fired, and a
+    configuration with no rules left (SQLite: the daemon is the file's only writer)
+    clears the states."""
+    rule = RULES.split("[[alerts]]")[1]  # overcurrent: current above 80 for 2s
+    sink = RULES.split("[[alerts]]")[2].split("[sinks.hook]")[1]
+    cfg = _config(tmp_path, "[[alerts]]" + rule + "[sinks.hook]" + sink.format(url=receiver.url))
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    t0 = time.time()
+    with Publisher(db_path) as pub:
+        for i in range(3):
+            pub.record_metric("current", 85.0, "A", timestamp=t0 + i * 1.5)
+    receiver.wait_for(lambda b: len(b) == 1)
+    assert daemon.stop() == 0
+
+    cfg.write_text(cfg.read_text().replace("above = 80.0", "above = 84.0"))
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    with Publisher(db_path) as pub:
+        pub.record_metric("current", 85.0, "A", timestamp=t0 + 5)  # holds under 84 too
+    assert daemon.stop() == 0
+    assert _firing(db_path) == [("overcurrent", "")] and len(receiver.received()) == 1
+
+    cfg.write_text(cfg.read_text().replace('metric = "current"', 'metric = "voltage"'))
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    (_, resolved) = receiver.wait_for(lambda b: len(b) == 2)
+    assert resolved["rule"] == "overcurrent" and resolved["state"] == "resolved"
+    assert resolved["summary"] == "overcurrent resolved: its rule changed"
+    assert resolved["record"]["metric_value"] == 85.0  # the last reading it had
+    assert _firing(db_path) == []
+    with Publisher(db_path) as pub:  # the new definition fires on its own metric
+        for i in range(3):
+            pub.record_metric("voltage", 230.0, "V", timestamp=t0 + 6 + i * 1.5)
+    receiver.wait_for(lambda b: len(b) == 3)
+    assert daemon.stop() == 0
+
+    cfg.write_text("")  # no rules, no sinks: nothing to send the resolved notification to
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    assert _firing(db_path) == []
+    assert "alert overcurrent is no longer configured; it was firing: resolved" in daemon.log
+    assert daemon.stop() == 0
+    time.sleep(0.3)
+    assert len(receiver.received()) == 3
+
+
+def test_notifications_pending_at_a_migration_arrive_from_postgresql_with_their_ids(
+    db_path, pg_url, tmp_path, start_daemon, receiver
+):
+    """`memorybank migrate` carries the outbox and the rules' states: what was pending on
+    SQLite (the receiver away) is delivered by the PostgreSQL daemon, once each, with the
+    ids it was written with; what was delivered, also between two runs, is not sent
+    again; firing stays firing."""
+    from click.testing import CliRunner
+
+    from memory_bank.cli import main
+
+    def migrate(sqlite: int, copied: int) -> None:
+        result = CliRunner().invoke(
+            main, ["migrate", "--from", str(db_path), "--to", pg_url, "-o", "json"]
+        )
+        assert result.exit_code == 0, result.output
+        rows = {r["table"]: r for r in json.loads(result.stdout)}
+        assert (rows["mb_outbox"]["sqlite"], rows["mb_outbox"]["postgresql"]) == (sqlite, sqlite)
+        assert (rows["mb_outbox"]["copied"], rows["mb_outbox"]["missing"]) == (copied, 0)
+        assert rows["mb_alert_state"]["postgresql"] == sqlite
+
+    def fire(pub, groups, pending: int) -> None:
+        for n in groups:
+            pub.record_anomaly("OVERCURRENT", "HIGH", f"#{n}", {"n": n})
+        wait_until(lambda: len(_outbox(db_path, "status = 'pending'")) == pending)
+
+    cfg = _config(tmp_path, HOOK_CONFIG.format(url=receiver.url))
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    with Publisher(db_path) as pub:
+        fire(pub, range(2), 0)
+        receiver.wait_for(lambda b: len(b) == 2)
+        receiver.stop()
+        fire(pub, range(2, 5), 3)
+        migrate(5, 5)  # while the daemon serves the file: three travel pending
+        receiver.start()  # and the SQLite daemon delivers them
+        receiver.wait_for(lambda b: len(b) == 5)
+        wait_until(lambda: {row[1] for row in _outbox(db_path)} == {"delivered"})
+        receiver.stop()
+        fire(pub, range(5, 7), 2)
+    pending = [row[0] for row in _outbox(db_path, "status = 'pending'")]
+    assert daemon.stop() == 0
+    migrate(7, 5)  # two new, three now delivered
+    migrate(7, 0)  # a rerun copies nothing again
+    assert _firing(pg_url) == [("critical-anomaly", str(n)) for n in range(7)]
+
+    receiver.start()
+    daemon = start_daemon(pg_url, "--config", str(cfg))
+    receiver.wait_for(lambda b: len(b) >= 7)
+    time.sleep(0.3)  # nothing more may come (a duplicate would arrive now)
+    bodies = receiver.received()
+    assert [b["id"] for b in bodies[5:]] == pending, "not the ids written, or not once each"
+    assert [b["group"]["n"] for b in bodies] == [str(n) for n in range(7)]
+    wait_until(lambda: {row[1] for row in _outbox(pg_url)} == {"delivered"})
+    assert _firing(pg_url) == [("critical-anomaly", str(n)) for n in range(7)]
+    # beside a daemon that runs the target's alerts, their queue and states are its own
+    beside = CliRunner().invoke(main, ["migrate", "--from", str(db_path), "--to", pg_url])
+    assert beside.exit_code == 1 and "INCOMPLETE: 14 row(s)" in beside.output, beside.output
+    assert "alerts: a daemon runs the alerts of" in beside.output
+    assert {row[1] for row in _outbox(pg_url)} == {"delivered"}
+    assert daemon.stop() == 0
+
+
+def test_embedded_mode_evaluates_no_rules_and_leaves_the_outbox_to_the_daemon(
+    db_path, tmp_path, start_daemon
+):
+    """As docs/alerts.md says: records written with embedded=True are never evaluated,
+    not even by a daemon with rules started afterwards; notifications waiting in the
+    outbox wait for that daemon, which delivers them."""
+    from memory_bank import MemoryBank
+
+    receiver = Receiver(free_ports(1))  # away: the first notification waits
+    cfg = _config(tmp_path, HOOK_CONFIG.format(url=receiver.url))
+    daemon = start_daemon(db_path, "--config", str(cfg))
+    with Publisher(db_path) as pub:
+        pub.record_anomaly("OVERCURRENT", "HIGH", "by the daemon", {"n": 0})
+    wait_until(lambda: len(_outbox(db_path, "status = 'pending'")) == 1)
+    assert daemon.stop() == 0
+    with MemoryBank(db_path, embedded=True) as memory:
+        memory.record_anomaly("OVERCURRENT", "HIGH", "embedded", {"n": 1})
+    assert len(_outbox(db_path)) == 1  # no rule ran on it
+    receiver.start()
+    try:
+        daemon = start_daemon(db_path, "--config", str(cfg))
+        (body,) = receiver.wait_for(lambda b: len(b) == 1)
+        assert body["record"]["description"] == "by the daemon"
+        time.sleep(0.3)  # the embedded record does not alert now either
+        assert len(receiver.received()) == 1 and _firing(db_path) == [("critical-anomaly", "0")]
+        assert daemon.stop() == 0
+    finally:
+        receiver.stop()

@@ -912,3 +912,30 @@ def test_a_backlog_is_committed_in_fewer_larger_batches_and_nothing_is_lost(
     # 401 records at batch_rows = 10 would be 41 batches one batch_rows at a time.
     assert figures["batches"] - batches_before <= 20, figures
     assert daemon.stop() == 0
+
+
+def test_a_database_written_by_a_newer_memorybank_is_refused_not_written(
+    pg_url, tmp_path, start_daemon
+):
+    """As the SQLite store does with its user_version: a schema_version above this
+    MemoryBank's is refused with a clear message, by the daemon and by migrate, and the
+    database is left as it was."""
+    from click.testing import CliRunner
+
+    from conftest import query
+    from memory_bank.cli import main
+
+    start_daemon(pg_url).stop()
+    query(pg_url, "UPDATE mb_meta SET value = '99' WHERE key = 'schema_version'")
+    query(pg_url, "DROP TABLE mb_stream_log")  # what this version would make again
+    daemon = start_daemon(pg_url, wait=False)
+    assert daemon.proc.wait(60) == 2
+    assert "database schema version 99 is newer than this MemoryBank" in daemon.log
+    assert "upgrade memory_bank" in daemon.log
+    source = tmp_path / "ev.db"
+    with MemoryBank(source, embedded=True) as memory:
+        memory.log_event("E", "C", "x")
+    migrated = CliRunner().invoke(main, ["migrate", "--from", str(source), "--to", pg_url])
+    assert migrated.exit_code == 1 and "is newer than this MemoryBank" in migrated.output
+    assert query(pg_url, "SELECT to_regclass('mb_stream_log') IS NULL") == [(True,)]
+    assert query(pg_url, "SELECT count(*) FROM events") == [(0,)]

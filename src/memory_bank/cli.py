@@ -270,6 +270,12 @@ def migrate(source, target, batch_rows, output) -> None:
         click.echo(
             f"INCOMPLETE: {missing} row(s) of {migration.source} are not in {shown}", err=verdict
         )
+    if report.alerts_busy:
+        click.echo(
+            f"alerts: a daemon runs the alerts of {shown}; the notifications and rule states "
+            "were not copied beside it. Stop it and run migrate again.",
+            err=verdict,
+        )
     if report.live:
         click.echo(
             f"snapshot: a daemon serves {migration.source}; this run copied it as it "

@@ -22,12 +22,32 @@ def attach(store, config: AlertsConfig):
     """An engine evaluating ``config``'s rules on every batch ``store`` commits, with its
     delivery workers started; None when the configuration has no rules and no sinks."""
     if config.empty:
+        _retire_states(store, config)
         return None
     from .engine import AlertEngine
 
     engine = AlertEngine(store, config)
     store.batch_hook = engine
     return engine
+
+
+def _retire_states(store, config: AlertsConfig) -> None:
+    """No rules: the states of the rules configured before are retired (resolved, logged;
+    engine.py) where this daemon is the database's only writer, SQLite. On PostgreSQL a
+    daemon without rules may write beside the one that runs the alerts, whose states
+    these are: it leaves them alone."""
+    import sqlite3
+
+    if not isinstance(store.conn, sqlite3.Connection):
+        return
+    try:
+        if store.conn.execute("SELECT 1 FROM mb_alert_state LIMIT 1").fetchone() is None:
+            return
+    except sqlite3.OperationalError:  # no such table: alerts never ran on this file
+        return
+    from .engine import AlertEngine
+
+    AlertEngine(store, config).stop()
 
 
 def __getattr__(name: str):

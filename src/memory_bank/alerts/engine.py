@@ -109,7 +109,8 @@ class AlertEngine:
         self._chosen = set().union(*wanted.values())
 
     def reload(self, config: AlertsConfig) -> None:
-        """New rules and sinks (SIGHUP). Rules keep their state by name; a sink whose
+        """New rules and sinks (SIGHUP). Rules keep their state by name while they watch the
+        same thing (the others' are retired by the next tick: evaluation.py); a sink whose
         settings changed is restarted, and one removed stops (its pending rows wait)."""
         stopping = [w for n, w in self.workers.items() if config.sinks.get(n) != w.config]
         for worker in stopping:
@@ -124,8 +125,7 @@ class AlertEngine:
             self.streams.pop(worker.config.name, None)
             self._positions.pop(worker.config.name, None)
         self.config = config
-        self.evaluator.rules = config.rules
-        self.evaluator.restart_clocks(time.time())
+        self.evaluator.configure(config.rules, time.time())  # removed or changed: retired
         self._start_workers(config)
         self._start_streams(config)
         log.info(
@@ -151,7 +151,10 @@ class AlertEngine:
             if seq is not None:
                 self._staged_tables = (seq, tables)
 
-    def _write(self, conn, notes, touched, results, positions: bool = False) -> None:
+    def _write(
+        self, conn, notes, touched, results, positions: bool = False, retired=((), ())
+    ) -> None:
+        """``retired``: the retired states' keys, and those of them whose rows go."""
         added = outbox.insert(conn, notes, set(self.workers)) if notes else {}
         moved = {}
         if positions:
@@ -160,6 +163,8 @@ class AlertEngine:
             }
             if moved:
                 stream_log.save_positions(conn, moved)
+        if retired[1]:
+            outbox.delete_states(conn, retired[1])
         if touched:
             outbox.save_states(conn, touched)
         delivered = outbox.mark(conn, results) if results else {}
@@ -169,14 +174,16 @@ class AlertEngine:
             over = self.pending.get(sink, 0) - delivered.get(sink, 0) + n - limit
             if over > 0:
                 dropped[sink] = outbox.drop_oldest(conn, sink, over)
-        self._staged = (touched, added, delivered, dropped, results, moved)
+        self._staged = (touched, added, delivered, dropped, results, moved, retired[0])
 
     def committed(self) -> None:
         if self._staged is None:
             return
-        touched, added, delivered, dropped, _results, moved = self._staged
+        touched, added, delivered, dropped, _results, moved, retired = self._staged
         self._staged = None
+        self._log_retired(retired)
         self.evaluator.adopt(touched)
+        self.evaluator.retired(retired)
         self._positions.update(moved)
         for sink in set(added) | set(delivered) | set(dropped):
             self.pending[sink] = (
@@ -202,6 +209,33 @@ class AlertEngine:
             for stream in self.streams.values():
                 stream.put(*logged)
 
+    def _log_retired(self, keys) -> None:
+        """Say which states of removed or changed rules were ended, and how."""
+        names = {rule.name for rule in self.evaluator.rules}
+        for name, group in keys:
+            st = self.evaluator.retiring[(name, group)]
+            which = f"alert {name}" + (f" (group {group!r})" if group else "")
+            why = "changed what it watches" if name in names else "is no longer configured"
+            new = self.evaluator.states.get((name, group))
+            if not st.firing:
+                log.info("alerts: %s %s; its state is cleared", which, why)
+            elif new is not None and new.firing:
+                log.info("alerts: %s %s; it was firing, and fires again as it is now", which, why)
+            elif st.definition is None:
+                log.warning(
+                    "alerts: %s %s; it was firing, and is cleared without a resolved "
+                    "notification (its state was written before states kept their rule's sinks)",
+                    which,
+                    why,
+                )
+            else:
+                log.info(
+                    "alerts: %s %s; it was firing: resolved (sent to %s)",
+                    which,
+                    why,
+                    ", ".join(s for s in st.definition["notify"] if s in self.workers) or "no sink",
+                )
+
     def discarded(self) -> None:
         """The transaction rolled back: nothing of it happened (outcomes are written later)."""
         if self._staged is not None:
@@ -223,7 +257,10 @@ class AlertEngine:
                 results.append(self.results.get_nowait())
             except queue.Empty:
                 break
-        notes, touched = self.evaluator.tick(time.time())
+        wall = time.time()
+        ended, *retired = self.evaluator.retire(wall) if self.evaluator.retiring else ([], (), ())
+        notes, touched = self.evaluator.tick(wall)
+        notes += ended
         prune = now >= self._next_prune
         # The streams' positions (each batch writes them too), and the log rows every
         # stream has passed, at most every POSITION_SECONDS.
@@ -231,11 +268,11 @@ class AlertEngine:
         positions = due and any(s.position != self._positions[n] for n, s in self.streams.items())
         floor = min((seq for seq, _done in self._positions.values()), default=0)
         log_prune = due and floor > self._log_floor
-        if not (results or notes or touched or prune or positions or log_prune):
+        if not (results or notes or touched or prune or positions or log_prune or retired[0]):
             return
         try:
             with self.db.transaction() as conn:
-                self._write(conn, notes, touched, results, positions)
+                self._write(conn, notes, touched, results, positions, retired)
                 if positions or log_prune:
                     stream_log.prune(conn)
                 if prune:

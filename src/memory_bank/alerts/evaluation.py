@@ -7,6 +7,12 @@ batch (or a tick) works on copies, which the engine writes in the same transacti
 batch and adopts only once that transaction committed, so a batch that is rolled back and
 retried is evaluated once, as it is stored once.
 
+A state outlives a reload or a restart while its rule keeps watching the same thing (its
+``when``, table, metric, types, severity and ``group``; thresholds, ``for``, ``repeat`` and
+sinks may change: the next record or tick decides under the new ones). A state whose rule
+was removed, or now watches something else, is retired: resolved once to the sinks its
+rule had (when it fired), and deleted.
+
 Times: ``for`` of a metric rule and ``within`` of a rate rule compare the records' own
 timestamps (the caller's time, contract 3); ``for`` of an absence rule, ``repeat`` and
 ``resolve_after`` compare the daemon's clock, since they are about time passing with no
@@ -37,6 +43,7 @@ class GroupState:
     record: dict | None = None  # the last matching record (repeat/resolved carry it)
     fired_at: float | None = None  # daemon time it began firing
     summary: str | None = None  # what the firing notification said
+    definition: dict | None = None  # its rule's ``Rule.definition`` when last written
 
     def to_json(self) -> dict:
         """Its fields (``times`` copied, as the evaluator appends to it; a record is
@@ -77,9 +84,22 @@ Key = tuple[str, str]  # (rule name, group)
 
 class Evaluator:
     def __init__(self, rules: tuple[Rule, ...], states: dict[Key, GroupState], now: float):
-        self.rules = rules
         self.states = states
-        self._started = now
+        self.retiring: dict[Key, GroupState] = {}  # states to resolve and delete (retire)
+        self.configure(rules, now)
+
+    def configure(self, rules: tuple[Rule, ...], now: float) -> None:
+        """The rules to evaluate (at start, and on SIGHUP). States whose rule is gone, or
+        watches something else now, are set aside for ``retire``; a state written before
+        states carried their rule's definition is kept while a rule of its name exists."""
+        self.rules = rules
+        watched = {rule.name: _watched(rule.definition) for rule in rules}
+        for key, st in list(self.states.items()):
+            now_watched = watched.get(key[0])
+            if now_watched is None or (
+                st.definition is not None and _watched(st.definition) != now_watched
+            ):
+                self.retiring[key] = self.states.pop(key)
         self.restart_clocks(now)
 
     def restart_clocks(self, now: float) -> None:
@@ -119,7 +139,15 @@ class Evaluator:
                 self._on_record(rule, key, st, row, now, committed, notes, latest)
         for key, (rule, row) in latest.items():
             touched[key].record = as_record(rule.table, row, committed)
+        self._stamp(touched)
         return notes, touched
+
+    def _stamp(self, touched: dict[Key, GroupState]) -> None:
+        """Each state written carries its rule's definition (``configure`` reads it)."""
+        if touched:
+            definitions = {rule.name: rule.definition for rule in self.rules}
+            for (name, _group), st in touched.items():
+                st.definition = definitions[name]
 
     @staticmethod
     def _matching(rule: Rule, rows, types: dict[str, list]) -> list:
@@ -283,8 +311,11 @@ class Evaluator:
         notes: list[Notification] = []
         touched: dict[Key, GroupState] = {}
         for rule in self.rules:
-            if rule.when == "absence" and not rule.group and (rule.name, "") not in self.states:
-                self.states[(rule.name, "")] = GroupState(last_seen=self._started)
+            if rule.when == "absence" and not rule.group:
+                own = (rule.name, "")
+                # (a retiring state of that key is deleted first: the new one is made after)
+                if own not in self.states and own not in self.retiring:
+                    self.states[own] = GroupState(last_seen=self._started)
             for key, st0 in list(self.states.items()):
                 if key[0] != rule.name:
                     continue
@@ -299,7 +330,33 @@ class Evaluator:
                 else:  # repeat
                     st.last_notified = now
                     notes.append(self._note(rule, key[1], st, "firing", now, "still firing"))
+        self._stamp(touched)
         return notes, touched
+
+    def retire(self, now: float) -> tuple[list[Notification], list[Key], list[Key]]:
+        """The set-aside states' last word: a ``resolved`` notification for each that fired
+        (to its rule's sinks as they were; none when the rule's new definition already
+        fires that group again), the keys retired, and those of them whose rows to delete
+        (not those a batch has written a new state to meanwhile). ``retired`` forgets them
+        once that committed."""
+        names = {rule.name for rule in self.rules}
+        notes = []
+        done = list(self.retiring)
+        for (name, group), st in self.retiring.items():
+            new = self.states.get((name, group))
+            if not st.firing or st.definition is None or (new is not None and new.firing):
+                continue
+            d = st.definition
+            rule = Rule(name, d["when"], tuple(d["notify"]), group=d["group"], table=d["table"])
+            why = "its rule changed" if name in names else "its rule was removed"
+            notes.append(self._note(rule, group, st, "resolved", now, why))
+        gone = [key for key in done if key not in self.states]
+        return notes, done, gone
+
+    def retired(self, keys) -> None:
+        """``retire``'s notifications and deletions committed: those states are gone."""
+        for key in keys:
+            self.retiring.pop(key, None)
 
     @staticmethod
     def _due(rule: Rule, st: GroupState, now: float) -> str | None:
@@ -334,6 +391,11 @@ class Evaluator:
 
     def firing(self) -> list[tuple[str, str, GroupState]]:
         return [(r, g, st) for (r, g), st in self.states.items() if st.firing]
+
+
+def _watched(definition: dict) -> dict:
+    """A rule's definition without its sinks: what its states are about."""
+    return {k: v for k, v in definition.items() if k != "notify"}
 
 
 def _rate_summary(rule: Rule, row) -> str:

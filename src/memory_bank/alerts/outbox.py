@@ -91,6 +91,11 @@ def save_states(conn, touched: dict[Key, GroupState]) -> None:
     )
 
 
+def delete_states(conn, keys: list[Key]) -> None:
+    """The states of rules removed, or changed to watch something else (evaluation.py)."""
+    conn.executemany("DELETE FROM mb_alert_state WHERE rule = ? AND grp = ?", keys)
+
+
 def insert(conn, notes: list[Notification], sinks: set[str]) -> dict[str, int]:
     """Queue each notification for each of its rule's sinks that is configured; returns
     rows added per sink."""

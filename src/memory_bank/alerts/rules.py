@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 KINDS = ("anomaly", "metric", "rate", "absence")
 SINK_TYPES = ("webhook", "apprise", "mqtt")
@@ -70,6 +71,22 @@ class Rule:
     repeat: float = DEFAULT_REPEAT
     resolve_after: float = DEFAULT_RESOLVE_AFTER  # anomaly: quiet this long -> resolved
     table: str = "anomalies"  # the table whose records the rule reads
+
+    @cached_property
+    def definition(self) -> dict:
+        """What the rule's states are about, and where it notifies: kept with each state, so
+        that a state whose rule was removed, or now watches something else, is recognised
+        (at a reload and at the next start) and resolved rather than left firing."""
+        return {
+            "when": self.when,
+            "table": self.table,
+            "metric": self.metric,
+            "event_type": sorted(self.event_type),
+            "anomaly_type": sorted(self.anomaly_type),
+            "severity": sorted(self.severity),
+            "group": self.group,
+            "notify": list(self.notify),
+        }
 
     def matches_metric(self, name: str) -> bool:
         return name == self.metric

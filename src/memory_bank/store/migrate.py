@@ -17,6 +17,15 @@ sessions and patterns are upserts whose rows change after they are written (a se
 ends, a pattern's frequency rises): every run copies them again, updating the rows
 an earlier run copied (a row a PostgreSQL daemon made itself, under another id, wins).
 
+The alerts' notifications and rule states travel too (alerts/outbox.py): every mb_outbox
+row with its id, status and attempts (a pending notification is delivered by the target's
+daemon, with the id it was written with; a rerun inserts what is new and moves a row the
+source has since delivered or dropped out of pending, never back), and mb_alert_state
+(firing stays firing; a rerun takes the source's newer state). Not while a daemon runs
+alerts on the target (it holds their advisory lock): they are then reported missing. The
+MQTT stream's log and positions do not travel: its positions count the source's log, so a
+streaming sink on the target starts with what the target commits.
+
 The source is read in one snapshot (a WAL read transaction), so a run copies and checks
 the database as it was when the run began; the report says per table what the source
 holds, what PostgreSQL holds, and what is missing, and ``complete`` only when nothing is.
@@ -51,6 +60,11 @@ from .sql import TABLE_COLUMNS, metric_aggregates
 log = logging.getLogger(__name__)
 
 TABLES = ("events", "anomalies", "metrics", "sessions", "patterns")
+# The alerts' tables that travel (the stream's log and positions do not).
+ALERT_TABLES = ("mb_outbox", "mb_alert_state")
+OUTBOX_COLUMNS = tuple(
+    "id sink rule state at body status attempts last_error last_attempt_at delivered_at".split()
+)
 PARTITIONED_TABLES = ("events", "anomalies", "metrics")
 # Columns copied per table (the seed's), and which hold times or JSON.
 COLUMNS = {t: tuple(c.strip() for c in TABLE_COLUMNS[t].split(",")) for t in TABLES}
@@ -106,6 +120,7 @@ class TableReport:
 class MigrationReport:
     tables: list[TableReport]
     live: bool  # a daemon (or embedded writer) was writing the source meanwhile
+    alerts_busy: bool = False  # a daemon runs the target's alerts: theirs were not copied
 
     @property
     def complete(self) -> bool:
@@ -165,16 +180,16 @@ class Migration:
     def _source_columns(self, table: str) -> set[str]:
         return {r[1] for r in self.src.execute(f"PRAGMA table_info({table})")}
 
-    def source_counts(self) -> dict[str, int]:
+    def source_counts(self, tables=TABLES) -> dict[str, int]:
         return {
             table: self.src.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             if self._has_table(table)
             else 0
-            for table in TABLES
+            for table in tables
         }
 
-    def target_counts(self) -> dict[str, int]:
-        return {t: self.pg.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+    def target_counts(self, tables=TABLES) -> dict[str, int]:
+        return {t: self.pg.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
 
     def _source_blocks(self, table: str) -> list[Block]:
         if table not in self._blocks:
@@ -242,10 +257,12 @@ class Migration:
         for table in ("sessions", "patterns"):
             copied[table], missing[table] = self._sync(table, progress)
         self._advance_sequences()
+        alerts = self._sync_alerts()
         source, target = self.source_counts(), self.target_counts()
         return MigrationReport(
-            [TableReport(t, source[t], target[t], copied[t], missing[t]) for t in TABLES],
+            [TableReport(t, source[t], target[t], copied[t], missing[t]) for t in TABLES] + alerts,
             self.live,
+            alerts_busy=any(t.missing for t in alerts),
         )
 
     def _select(self, table: str) -> str:
@@ -432,6 +449,81 @@ class Migration:
                 + ", ".join(f"{c} = excluded.{c}" for c in changed)
                 + f" WHERE t.id = excluded.id AND ({', '.join(f't.{c}' for c in compared)}) "
                 f"IS DISTINCT FROM ({', '.join(f'excluded.{c}' for c in compared)})",
+                rows,
+            )
+            return max(cur.rowcount, 0)
+
+    # -- the alerts' notifications and rule states --------------------------------------------
+    def _sync_alerts(self) -> list[TableReport]:
+        """mb_outbox and mb_alert_state, under the alerts' advisory lock (not beside a
+        daemon that runs alerts on the target: its queues and states are its own)."""
+        from ..alerts.storage import ALERTS_LOCK
+
+        source = self.source_counts(ALERT_TABLES)
+        copied = dict.fromkeys(ALERT_TABLES, 0)
+        missing = dict.fromkeys(ALERT_TABLES, 0)
+        locked = "SELECT pg_try_advisory_lock(%s)"
+        if not self.pg.execute(locked, (ALERTS_LOCK,)).fetchone()[0]:
+            missing = source  # copied in the transaction below, or not at all
+        else:
+            try:
+                with self.pg.transaction():
+                    copied = {
+                        "mb_outbox": self._sync_outbox(),
+                        "mb_alert_state": self._sync_states(),
+                    }
+            finally:
+                self.pg.execute("SELECT pg_advisory_unlock(%s)", (ALERTS_LOCK,))
+        target = self.target_counts(ALERT_TABLES)
+        return [TableReport(t, source[t], target[t], copied[t], missing[t]) for t in ALERT_TABLES]
+
+    def _sync_outbox(self) -> int:
+        """Notifications the target lacks (by id and sink), in the source's order; rows the
+        target still has pending that the source has since delivered or dropped take the
+        source's outcome. Returns the rows written."""
+        if not self._has_table("mb_outbox"):
+            return 0
+        rows = [
+            self._convert(OUTBOX_COLUMNS, row)
+            for row in self.src.execute(
+                f"SELECT {', '.join(OUTBOX_COLUMNS)} FROM mb_outbox ORDER BY seq"
+            )
+        ]
+        present = {
+            (nid, sink): status
+            for nid, sink, status in self.pg.execute("SELECT id, sink, status FROM mb_outbox")
+        }
+        new = [row for row in rows if (row[0], row[1]) not in present]
+        ended = [
+            (*row[6:], *row[:2])
+            for row in rows
+            if row[6] != "pending" and present.get((row[0], row[1])) == "pending"
+        ]
+        with self.pg.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO mb_outbox ({', '.join(OUTBOX_COLUMNS)}) "
+                f"VALUES ({', '.join(['%s'] * len(OUTBOX_COLUMNS))})",
+                new,
+            )
+            cur.executemany(
+                "UPDATE mb_outbox SET status = %s, attempts = %s, last_error = %s, "
+                "last_attempt_at = %s, delivered_at = %s "
+                "WHERE id = %s AND sink = %s AND status = 'pending'",
+                ended,
+            )
+        return len(new) + len(ended)
+
+    def _sync_states(self) -> int:
+        """The rules' states, the source's replacing the target's of the same rule and
+        group. Returns the rows written."""
+        if not self._has_table("mb_alert_state"):
+            return 0
+        rows = self.src.execute("SELECT rule, grp, state FROM mb_alert_state").fetchall()
+        with self.pg.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO mb_alert_state AS t (rule, grp, state) VALUES (%s, %s, %s) "
+                "ON CONFLICT (rule, grp) DO UPDATE SET state = excluded.state "
+                "WHERE t.state IS DISTINCT FROM excluded.state",
                 rows,
             )
             return max(cur.rowcount, 0)

@@ -41,7 +41,7 @@ from ..wire import (
     PatternOp,
     SessionOp,
 )
-from .base import StoreUnavailable
+from .base import StoreRefused, StoreUnavailable
 from .postgresql_connection import connect, require_driver, to_datetime, utc_datetime
 from .postgresql_maintenance import (
     LOCK_WAIT_SECONDS,
@@ -63,7 +63,7 @@ from .postgresql_schema import (
     partition_day,
     partition_name,
 )
-from .schema import COARSE_SECONDS
+from .schema import COARSE_SECONDS, NewerSchema, refuse_newer
 from .sql import (
     SqlStore,
     coarser,
@@ -250,6 +250,11 @@ def ensure_schema(conn) -> None:
     """Create the tables (several daemons may start at once: one does it, others wait)."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        if conn.execute("SELECT to_regclass('mb_meta') IS NOT NULL").fetchone()[0]:
+            stored = conn.execute(
+                "SELECT value::int FROM mb_meta WHERE key = 'schema_version'"
+            ).fetchone()
+            refuse_newer(stored[0] if stored else 0, SCHEMA_VERSION)
         upgrading = conn.execute(
             "SELECT to_regclass('metrics') IS NOT NULL AND to_regclass('mb_metric_rollups') IS NULL"
         ).fetchone()[0]
@@ -377,6 +382,9 @@ class PostgresStore(SqlStore):
             today = int(time.time() // 86400)
             for table in PARTITIONED:
                 self.partitions.ensure(conn, table, (today, today + 1))
+        except NewerSchema as exc:
+            conn.close()
+            raise StoreRefused(f"{self.name}: {exc}") from None
         except BaseException:
             conn.close()
             raise

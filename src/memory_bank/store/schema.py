@@ -328,14 +328,24 @@ MIGRATIONS = {
 }
 
 
+class NewerSchema(RuntimeError):
+    """The database was written by a newer MemoryBank."""
+
+
+def refuse_newer(found: int, supported: int) -> None:
+    """A database written by a newer MemoryBank is refused, not written to: this version
+    would not keep what the newer one's schema holds."""
+    if found > supported:
+        raise NewerSchema(
+            f"database schema version {found} is newer than this MemoryBank ({supported}); "
+            "upgrade memory_bank"
+        )
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the database to SCHEMA_VERSION in one transaction; returns the old version."""
     old = conn.execute("PRAGMA user_version").fetchone()[0]
-    if old > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"database schema version {old} is newer than this MemoryBank ({SCHEMA_VERSION}); "
-            "upgrade memory_bank"
-        )
+    refuse_newer(old, SCHEMA_VERSION)
     if old == SCHEMA_VERSION:
         return old
     conn.execute("BEGIN IMMEDIATE")
