@@ -29,7 +29,11 @@ from .sinks import SinkError
 
 log = logging.getLogger(__name__)
 
-WINDOW = 2000  # records taken at once (whole batches): published, then acknowledged
+# Records in flight at most (taken as whole batches): published, not yet acknowledged. The
+# window slides: each acknowledgement makes room for the next batch at once, so the broker
+# always has something to take while records wait (a window sent whole and awaited whole
+# stalled ~40 ms each time on the broker's Nagle delay behind our delayed ACK).
+WINDOW = 2000
 BATCH_RECORDS = 1000  # records per message at most with stream_batch
 LOG_ROWS = 50  # log rows (batches) read back from the database at once
 # No limit in paho: WINDOW bounds what is in flight, and paho's queue behind a limit costs
@@ -56,8 +60,9 @@ class Connection:
         self.password = unquote(parts.password) if parts.password else None
         self.client_id = f"memorybank-{role}-{uuid.uuid4().hex[:8]}"
         self._client: mqtt.Client | None = None
+        self.on_ack = None  # called with each acknowledged mid (paho's network thread)
 
-    def _connected(self) -> mqtt.Client:
+    def client(self) -> mqtt.Client:
         if self._client is not None and self._client.is_connected():
             return self._client
         self.close()
@@ -65,6 +70,9 @@ class Connection:
             mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True
         )
         client.max_inflight_messages_set(MAX_INFLIGHT)
+        if self.on_ack is not None:
+            on_ack = self.on_ack
+            client.on_publish = lambda _c, _u, mid, _rc, _p: on_ack(mid)
         if self.username is not None:
             client.username_pw_set(self.username, self.password)
         if self.tls:
@@ -91,7 +99,7 @@ class Connection:
         failure while acknowledgements keep coming). ``acked(n)``, if given, is told as
         the first n are acknowledged."""
         try:
-            client = self._connected()
+            client = self.client()
         except SinkError as exc:
             return 0, str(exc)
         infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
@@ -107,6 +115,10 @@ class Connection:
             if acked is not None:
                 acked(done + 1)
         return len(infos), None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.is_connected()
 
     def close(self) -> None:
         if self._client is not None:
@@ -166,6 +178,7 @@ class MqttStream:
         self.config = config
         self.db = db  # storage.py's SqliteStorage or PostgresStorage
         self.connection = Connection(config, "stream")
+        self.connection.on_ack = self._acked
         self._chunks: deque = deque()  # (seq, created_at text, [(table, rows)]) in order
         self._queued = 0  # records in _chunks
         self._spilled = backlog  # records left to the database (not in _chunks)
@@ -176,6 +189,12 @@ class MqttStream:
         self._window: list[tuple[str, bytes]] = []
         self._marks: list[tuple[stream_log.Position, int]] = []
         self._in_window = 0  # records in _window
+        # The mids of the window's messages sent on the current connection (the first
+        # len(_sent) of _window), and those the broker acknowledged (paho's thread adds).
+        self._sent: list[int] = []
+        self._acks: set[int] = set()
+        self._news = False  # an acknowledgement or a batch came since the thread looked
+        self._progress = 0.0  # when the broker last acknowledged (or the first send)
         self.cursor = position  # the next record to take
         self.position = position  # the next record the broker has not acknowledged
         self._cond = threading.Condition()
@@ -220,6 +239,7 @@ class MqttStream:
                 return
             self._chunks.append((seq, created_at(), chosen))
             self._queued += count
+            self._news = True
             self._cond.notify()
 
     def logged(self, seq: int, count: int) -> None:
@@ -231,11 +251,14 @@ class MqttStream:
                 self._spilled += count
                 self._counted = seq
             self._notified = max(self._notified, seq)
+            self._news = True
             self._cond.notify()
 
-    def _take(self) -> list[tuple[int, str | None, list]]:
+    def _take(self, wait: bool) -> list[tuple[int, str | None, list]]:
         """The next batches from the cursor on: from memory when it holds them, else from
-        the database. Empty after a second with nothing new."""
+        the database. Empty when nothing is new (after a second, with ``wait``); without
+        ``wait`` (records in flight) the database is read only when it holds records that
+        memory does not, and when the window is through at the latest."""
         seq = self.cursor[0]
         with self._cond:
             while self._chunks and self._chunks[0][0] < seq:  # read from the database
@@ -251,13 +274,15 @@ class MqttStream:
             if taken:
                 return taken
             head = self._chunks[0][0] if self._chunks else None
+            if not wait and not self._spilled:
+                return []
         batches = self._from_database(seq, head)
         if batches or head is not None:
             return batches
         with self._cond:
             if self._notified < seq:  # caught up with the database (nothing told since)
                 self._spilled = 0
-                if not self._chunks and not self._stop.is_set():
+                if wait and not self._chunks and not self._stop.is_set():
                     self._cond.wait(1.0)
         return []
 
@@ -284,10 +309,10 @@ class MqttStream:
                 self._spilled = max(self._spilled - records, 0)
         return batches
 
-    def _fill_window(self) -> None:
+    def _fill_window(self, wait: bool) -> None:
         """Convert the next batches into messages, each with the position the broker's
         acknowledgement of it (and of all before it) reaches and its count of records."""
-        for seq, committed, chosen in self._take():
+        for seq, committed, chosen in self._take(wait):
             skip = self.cursor[1] if seq == self.cursor[0] else 0
             arrays = 0
             n = 0  # records of the batch up to this table's
@@ -342,9 +367,9 @@ class MqttStream:
     def _run(self) -> None:
         delay = 1.0
         while not self._stop.is_set():
-            if not self._window:
+            if self._in_window < WINDOW:
                 try:
-                    self._fill_window()
+                    self._fill_window(wait=not self._window)
                 except self.db.errors as exc:
                     self._failed(f"cannot read the stream's backlog: {exc}")
                     if self._db is not None:
@@ -352,19 +377,20 @@ class MqttStream:
                         self._db = None
                     self._stop.wait(delay)
                     delay = min(delay * 2, self.config.backoff_max)
+                    continue
+            if not self._window:
                 continue
-            done, error = self.connection.publish(self._window, self._acknowledged)
-            if done:  # (_acknowledged counted them)
-                del self._window[:done]
-                del self._marks[:done]
-                if not self._window:
-                    self.position = self.cursor
+            acked, error = self._send()
             if error is None:
-                if self.last_error is not None and self.failures:
-                    log.info("mqtt stream %s: the broker takes records again", self.config.name)
-                delay = 1.0
-                self.last_error = None
+                acked, error = self._await()
+            if error is None:
+                if acked and self.last_error is not None:
+                    if self.failures:
+                        log.info("mqtt stream %s: the broker takes records again", self.config.name)
+                    self.last_error = None
+                    delay = 1.0
                 continue
+            self._reconnect()
             self._failed(error)
             self._stop.wait(delay)
             delay = min(delay * 2, self.config.backoff_max)
@@ -372,13 +398,76 @@ class MqttStream:
         if self._db is not None:
             self._db.close()
 
+    def _send(self) -> tuple[int, str | None]:
+        """Publish the window's messages not yet sent on this connection (QoS 1, in order)."""
+        if len(self._sent) == len(self._window):
+            return 0, None
+        if self._sent and not self.connection.connected:  # what it took is lost with it
+            return 0, f"{self.connection.host}:{self.connection.port}: the connection was lost"
+        try:
+            client = self.connection.client()
+        except SinkError as exc:
+            return 0, str(exc)
+        if not self._sent:
+            self._progress = time.monotonic()
+        for topic, payload in self._window[len(self._sent) :]:
+            info = client.publish(topic, payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                where = f"{self.connection.host}:{self.connection.port}"
+                return 0, f"{where}: {mqtt.error_string(info.rc)}"
+            self._sent.append(info.mid)
+        return 0, None
+
+    def _acked(self, mid: int) -> None:
+        """paho's network thread: the broker acknowledged message ``mid``."""
+        with self._cond:
+            self._acks.add(mid)
+            self._news = True
+            self._cond.notify()
+
+    def _await(self) -> tuple[int, str | None]:
+        """Wait for an acknowledgement or a new batch; move the position past the messages
+        acknowledged in order. An error when the broker acknowledged nothing for
+        ``timeout`` (a long window is not a failure while acknowledgements keep coming)."""
+        deadline = self._progress + self.config.timeout
+        with self._cond:
+            if not self._news and not self._stop.is_set():
+                self._cond.wait(max(deadline - time.monotonic(), 0.0))
+            self._news = False
+            done = 0
+            while done < len(self._sent) and self._sent[done] in self._acks:
+                self._acks.discard(self._sent[done])
+                done += 1
+        if done:
+            self._acknowledged(done)
+            del self._window[:done]
+            del self._marks[:done]
+            del self._sent[:done]
+            self._progress = time.monotonic()
+            if not self._window:
+                self.position = self.cursor
+            return done, None
+        if not self._sent or time.monotonic() < deadline:
+            return 0, None
+        where = f"{self.connection.host}:{self.connection.port}"
+        if not self.connection.connected:
+            return 0, f"{where}: the connection was lost"
+        return 0, f"{where} did not acknowledge in time"
+
+    def _reconnect(self) -> None:
+        """After a failure: a new connection resends, in order, all it had not acknowledged."""
+        self.connection.close()
+        with self._cond:
+            self._sent.clear()
+            self._acks.clear()
+
     def _acknowledged(self, done: int) -> None:
-        """The broker acknowledged the window's message ``done`` (counted from 1; each is
-        told once, in order): the position and the figures move with each, not once the
-        window is through (a window holds up to WINDOW records: a daemon killed in the
-        middle of one resends only what follows, and what it counted published is what
-        the position passed)."""
-        self.position, count = self._marks[done - 1]
+        """The broker acknowledged the window's first ``done`` messages, in order: the
+        position and the figures move with each acknowledgement, not once the window is
+        through (a daemon killed in the middle of a window resends only what follows, and
+        what it counted published is what the position passed)."""
+        self.position = self._marks[done - 1][0]
+        count = sum(n for _p, n in self._marks[:done])
         self.published += count
         self._in_window -= count
 
