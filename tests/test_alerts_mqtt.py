@@ -364,8 +364,13 @@ def test_the_stream_process_is_started_again_after_a_kill_and_ends_with_the_daem
     def scraped() -> bytes:  # a snapshot the daemon refreshes each second
         return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
 
-    wait_until(lambda: b'memorybank_stream_pending{sink="broker"} 0.0' in scraped())
-    assert b'memorybank_stream_process_restarts_total{sink="broker"} 1.0' in scraped()
+    def settled(metrics: bytes) -> bool:  # in one snapshot: it may be a second old
+        return (
+            b'memorybank_stream_pending{sink="broker"} 0.0' in metrics
+            and b'memorybank_stream_process_restarts_total{sink="broker"} 1.0' in metrics
+        )
+
+    wait_until(lambda: settled(scraped()))
     assert daemon.stop() == 0
     assert not _alive(second)
     daemon = start_daemon(db_path, "--config", str(cfg))  # and after a SIGKILL of the daemon

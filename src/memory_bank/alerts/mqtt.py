@@ -218,9 +218,11 @@ class MqttStream:
     def pending(self) -> int:
         return self._queued + self._spilled + self._in_window
 
-    def put(self, seq: int, tables: dict[str, list]) -> None:
-        """A committed batch's rows and its log ``seq`` (called by the writer after COMMIT:
-        never blocks). Past ``stream_max_pending`` it is left to the database."""
+    def put(self, seq: int, tables: dict[str, list], committed: str | None = None) -> None:
+        """A committed batch's rows and its log ``seq`` (called by the writer after COMMIT,
+        or in a stream process as the daemon hands them over: never blocks; ``committed``,
+        their created_at, now by default). Past ``stream_max_pending`` it is left to the
+        database."""
         chosen = [(t, tables[t]) for t in self.config.stream if tables.get(t)]
         count = sum(len(rows) for _t, rows in chosen)
         with self._cond:
@@ -237,7 +239,7 @@ class MqttStream:
                         self.config.stream_max_pending,
                     )
                 return
-            self._chunks.append((seq, created_at(), chosen))
+            self._chunks.append((seq, committed or created_at(), chosen))
             self._queued += count
             self._news = True
             self._cond.notify()
