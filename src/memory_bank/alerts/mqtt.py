@@ -201,6 +201,7 @@ class MqttStream:
         self._stop = threading.Event()
         self.published = 0
         self.dropped = 0  # logged records gone from the database before they were sent
+        self.read_back = 0  # records read back from the database (not handed in memory)
         self.failures = 0
         self.last_error: str | None = None
         self._spill_logged = 0.0
@@ -258,9 +259,10 @@ class MqttStream:
 
     def _take(self, wait: bool) -> list[tuple[int, str | None, list]]:
         """The next batches from the cursor on: from memory when it holds them, else from
-        the database. Empty when nothing is new (after a second, with ``wait``); without
-        ``wait`` (records in flight) the database is read only when it holds records that
-        memory does not, and when the window is through at the latest."""
+        the database. Every committed batch comes to memory (``put``) or is counted in
+        ``_spilled`` (``logged``, the backlog, what overflowed): the database is read when
+        it holds records memory does not, and after a second with nothing new all the
+        same. Empty when nothing is new (after up to a second, with ``wait``)."""
         seq = self.cursor[0]
         with self._cond:
             while self._chunks and self._chunks[0][0] < seq:  # read from the database
@@ -276,16 +278,18 @@ class MqttStream:
             if taken:
                 return taken
             head = self._chunks[0][0] if self._chunks else None
-            if not wait and not self._spilled:
-                return []
+            if head is None and not self._spilled:
+                if not wait or self._stop.is_set() or self._cond.wait(1.0):
+                    return []
         batches = self._from_database(seq, head)
-        if batches or head is not None:
+        if batches:
             return batches
+        if head is not None:  # no batch logged before it (PostgreSQL's seq skips a
+            self.cursor = (head, 0)  # rolled-back batch's): memory goes on from there
+            return []
         with self._cond:
             if self._notified < seq:  # caught up with the database (nothing told since)
                 self._spilled = 0
-                if wait and not self._chunks and not self._stop.is_set():
-                    self._cond.wait(1.0)
         return []
 
     def _from_database(self, after: int, before: int | None) -> list[tuple[int, str | None, list]]:
@@ -303,6 +307,7 @@ class MqttStream:
                 columns = self.db.row_columns(table)
                 found = stream_log.rows_by_id(self._db, columns, table, ids[table])
                 self.dropped += len(ids[table]) - len(found)
+                self.read_back += len(found)
                 chosen.append((table, [found[i] for i in ids[table] if i in found]))
                 records += len(ids[table])
             batches.append((seq, None, chosen))
@@ -507,6 +512,7 @@ class MqttStream:
             "published": self.published,
             "pending": self.pending,
             "dropped": self.dropped,
+            "read_back": self.read_back,
             "failures": self.failures,
             "last_error": self.last_error,
         }

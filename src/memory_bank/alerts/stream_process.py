@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 STATUS_SECONDS = 0.01
 RESTART_MAX_SECONDS = 30.0
 STOP_SECONDS = 2.0  # how long a stopping stream waits for the broker (as in the daemon)
-FIGURES = ("published", "pending", "dropped", "failures", "last_error")
+FIGURES = ("published", "pending", "dropped", "read_back", "failures", "last_error")
 # Bytes of rows the daemon holds for the process at most (about 50,000 records); past it a
 # batch goes as a note alone and the process reads it back from the database.
 PIPE_HOLD = 8 << 20
@@ -69,7 +69,8 @@ class StreamProcess:
         self.restarts = 0
         self._reported = False  # the running process has said where it stands
         self._figures: dict = dict.fromkeys(FIGURES, 0) | {"pending": backlog, "last_error": None}
-        self._before = dict.fromkeys(("published", "dropped", "failures"), 0)  # ended processes
+        # The counts of the processes that ended, added to the running one's.
+        self._before = dict.fromkeys(("published", "dropped", "read_back", "failures"), 0)
         self._lock = threading.Lock()  # the process and its stdin, replaced on a restart
         self._stopping = threading.Event()
         self._proc: subprocess.Popen | None = None
