@@ -120,7 +120,10 @@ def test_stream_and_alerts_survive_a_broker_restart_under_load(
     subscriber = Subscriber(broker)
     cfg = tmp_path / "memorybank.toml"
     # Room in memory for 100 records: the rest of the outage is read back from the database.
-    cfg.write_text(CONFIG.format(url=broker.url) + "stream_max_pending = 100\n")
+    # The stream in the daemon (the stream's process is the default, tested below).
+    cfg.write_text(
+        CONFIG.format(url=broker.url) + "stream_max_pending = 100\nstream_process = false\n"
+    )
     daemon = start_daemon(db_path, "--config", str(cfg))
     with Load(db_path, anomalies=True):
         wait_until(lambda: stream_figures(db_path)["published"] >= 300)
@@ -185,11 +188,13 @@ def test_a_batch_of_several_types_goes_to_each_types_topic_in_commit_order(
 ):
     """Records of several types interleaved in one batch: each arrives once, on its own
     type's topic, in commit order there (the stream splits a batch by type). One sink
-    sends a message per record, the other (``stream_batch``) arrays."""
+    sends a message per record, in the daemon, the other (``stream_batch``) arrays, in a
+    process of its own (the default)."""
     subscriber = Subscriber(broker, "#")
     cfg = tmp_path / "memorybank.toml"
     cfg.write_text(
         CONFIG.format(url=broker.url)
+        + "stream_process = false\n"
         + f'\n[sinks.batched]\ntype = "mqtt"\nurl = "{broker.url}"\ntopic = "batched"\n'
         'stream = ["events", "metrics"]\nstream_batch = true\n'
     )
@@ -241,11 +246,11 @@ def test_a_batch_of_several_types_goes_to_each_types_topic_in_commit_order(
 @pytest.mark.parametrize(
     ("store", "options"),
     [
+        ("sqlite", "stream_process = false\n"),
+        ("sqlite", "stream_batch = true\nstream_process = false\n"),
         ("sqlite", ""),
-        ("sqlite", "stream_batch = true\n"),
-        ("sqlite", "stream_process = true\n"),
-        ("postgresql", ""),
-        ("postgresql", "stream_process = true\nstream_batch = true\n"),
+        ("postgresql", "stream_process = false\n"),
+        ("postgresql", "stream_batch = true\n"),
     ],
     ids=["per-record", "stream_batch", "process", "postgresql", "postgresql-process-batch"],
 )
