@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from alerts import Mosquitto, available_mosquitto  # noqa: E402
+from alerts import available_mosquitto, local_broker  # noqa: E402
 
 from memory_bank.alerts import stream_log  # noqa: E402
 from memory_bank.alerts.mqtt import MqttStream  # noqa: E402
@@ -125,18 +123,13 @@ def main() -> int:
     if not available_mosquitto():
         print("mosquitto is not installed (apt-get install mosquitto)")
         return 1
-    work = Path(tempfile.mkdtemp(prefix="mb-bench-stream-"))
-    broker = Mosquitto(work)
-    try:
+    with local_broker("mb-bench-stream-") as broker:
         for source in ("memory", "database"):
-            out = run(work, broker.port, source, args.batches, args.per_record)
+            out = run(broker.folder, broker.port, source, args.batches, args.per_record)
             print(
                 f"from {source}: {out['records_per_second']:,} records/s acknowledged, "
                 f"{out['cpu_us_per_record']} us CPU a record"
             )
-    finally:
-        broker.stop()
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
