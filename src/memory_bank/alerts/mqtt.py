@@ -92,12 +92,11 @@ class Connection:
         self._client = client
         return client
 
-    def publish(self, messages: list[tuple[str, bytes]], acked=None) -> tuple[int, str | None]:
-        """Publish in order with QoS 1; returns how many, from the first, the broker
-        acknowledged, and the error that stopped the rest (None: all were). The broker
-        fails when it acknowledges nothing for ``timeout`` (a long window is not a
-        failure while acknowledgements keep coming). ``acked(n)``, if given, is told as
-        the first n are acknowledged."""
+    def publish(self, messages: list[tuple[str, bytes]]) -> tuple[int, str | None]:
+        """Publish in order with QoS 1 and wait; returns how many, from the first, the
+        broker acknowledged, and the error that stopped the rest (None: all were). The
+        broker fails when it acknowledges nothing for ``timeout``. (The stream does not
+        wait message by message: MqttStream._send and _await.)"""
         try:
             client = self.client()
         except SinkError as exc:
@@ -112,8 +111,6 @@ class Connection:
             if not info.is_published():
                 self.close()
                 return done, f"{self.host}:{self.port} did not acknowledge in time"
-            if acked is not None:
-                acked(done + 1)
         return len(infos), None
 
     @property

@@ -118,8 +118,12 @@ class StreamProcess:
         count = sum(map(len, chosen.values()))
         frame = f"{seq} {count}\n".encode()
         if self._held < PIPE_HOLD:
-            body = msgpack.packb([created_at(), chosen])
-            frame = f"{seq} {count} {len(body)}\n".encode() + body
+            try:
+                body = msgpack.packb([created_at(), chosen])
+            except (TypeError, ValueError, OverflowError):  # not for msgpack: read back
+                pass
+            else:
+                frame = f"{seq} {count} {len(body)}\n".encode() + body
         with self._fed:
             self._frames.append(frame)
             self._held += len(frame)
