@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from itertools import compress, repeat
 from operator import eq, itemgetter
 from urllib.parse import unquote, urlsplit
@@ -60,7 +61,8 @@ class Connection:
         self.password = unquote(parts.password) if parts.password else None
         self.client_id = f"memorybank-{role}-{uuid.uuid4().hex[:8]}"
         self._client: mqtt.Client | None = None
-        self.on_ack = None  # called with each acknowledged mid (paho's network thread)
+        # Called with each acknowledged mid, in paho's network thread.
+        self.on_ack: Callable[[int], None] | None = None
 
     def client(self) -> mqtt.Client:
         if self._client is not None and self._client.is_connected():
