@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -146,6 +147,7 @@ class Receiver:
 class Mosquitto:
     def __init__(self, folder: Path):
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.folder = folder
         self.port = free_port()
         conf = folder / "mosquitto.conf"
         conf.write_text(
@@ -169,6 +171,17 @@ class Mosquitto:
 
 def available_mosquitto() -> bool:
     return bool(shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists())
+
+
+@contextmanager
+def local_broker(prefix: str):
+    """A Mosquitto in a temporary folder of its own (``.folder``), removed afterwards."""
+    broker = Mosquitto(Path(tempfile.mkdtemp(prefix=prefix)))
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        shutil.rmtree(broker.folder, ignore_errors=True)
 
 
 def process_cpu(pid: int) -> float | None:

@@ -14,9 +14,7 @@ message (all threads) and messages acknowledged per second.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import paho.mqtt.client as mqtt  # noqa: E402
-from alerts import Mosquitto  # noqa: E402
+from alerts import local_broker  # noqa: E402
 
 WINDOW = 2000
 TOPIC = "memorybank/metrics/current"
@@ -69,17 +67,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     n, rounds = (4000, 1) if args.quick else (20_000, 2)
-    work = Path(tempfile.mkdtemp(prefix="mb-bench-paho-"))
-    broker = Mosquitto(work)
-    try:
+    with local_broker("mb-bench-paho-") as broker:
         for _ in range(rounds):
             for threaded in (True, False):
                 cpu, rate = measure(broker.port, n, threaded)
                 how = "paho's network thread" if threaded else "loop() in the caller  "
                 print(f"{how}: {cpu:.1f} us CPU per message, {rate:,.0f} messages/s")
-    finally:
-        broker.stop()
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

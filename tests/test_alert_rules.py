@@ -91,7 +91,14 @@ def test_a_sink_switch_that_is_not_true_or_false_is_refused(key):
     with pytest.raises(RuleError) as info:
         parse([], {"broker": sink})
     assert str(info.value) == f"sink 'broker': {key} must be true or false, got 'yes'"
-    assert getattr(parse([], {"broker": {**sink, key: True}}).sinks["broker"], key) is True
+    for value in (True, False):
+        assert getattr(parse([], {"broker": {**sink, key: value}}).sinks["broker"], key) is value
+
+
+def test_a_stream_runs_in_a_process_of_its_own_and_one_message_per_record_by_default():
+    sink = {"type": "mqtt", "url": "mqtt://127.0.0.1:1883", "stream": ["events"]}
+    parsed = parse([], {"broker": sink}).sinks["broker"]
+    assert parsed.stream_process is True and parsed.stream_batch is False
 
 
 def test_a_firing_rule_notifies_once_per_group_and_resolves_after_quiet():

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from itertools import compress, repeat
 from operator import eq, itemgetter
 from urllib.parse import unquote, urlsplit
@@ -29,7 +30,11 @@ from .sinks import SinkError
 
 log = logging.getLogger(__name__)
 
-WINDOW = 2000  # records taken at once (whole batches): published, then acknowledged
+# Records in flight at most (taken as whole batches): published, not yet acknowledged. The
+# window slides: each acknowledgement makes room for the next batch at once, so the broker
+# always has something to take while records wait (a window sent whole and awaited whole
+# stalled ~40 ms each time on the broker's Nagle delay behind our delayed ACK).
+WINDOW = 2000
 BATCH_RECORDS = 1000  # records per message at most with stream_batch
 LOG_ROWS = 50  # log rows (batches) read back from the database at once
 # No limit in paho: WINDOW bounds what is in flight, and paho's queue behind a limit costs
@@ -56,8 +61,10 @@ class Connection:
         self.password = unquote(parts.password) if parts.password else None
         self.client_id = f"memorybank-{role}-{uuid.uuid4().hex[:8]}"
         self._client: mqtt.Client | None = None
+        # Called with each acknowledged mid, in paho's network thread.
+        self.on_ack: Callable[[int], None] | None = None
 
-    def _connected(self) -> mqtt.Client:
+    def client(self) -> mqtt.Client:
         if self._client is not None and self._client.is_connected():
             return self._client
         self.close()
@@ -65,6 +72,9 @@ class Connection:
             mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True
         )
         client.max_inflight_messages_set(MAX_INFLIGHT)
+        if self.on_ack is not None:
+            on_ack = self.on_ack
+            client.on_publish = lambda _c, _u, mid, _rc, _p: on_ack(mid)
         if self.username is not None:
             client.username_pw_set(self.username, self.password)
         if self.tls:
@@ -84,14 +94,13 @@ class Connection:
         self._client = client
         return client
 
-    def publish(self, messages: list[tuple[str, bytes]], acked=None) -> tuple[int, str | None]:
-        """Publish in order with QoS 1; returns how many, from the first, the broker
-        acknowledged, and the error that stopped the rest (None: all were). The broker
-        fails when it acknowledges nothing for ``timeout`` (a long window is not a
-        failure while acknowledgements keep coming). ``acked(n)``, if given, is told as
-        the first n are acknowledged."""
+    def publish(self, messages: list[tuple[str, bytes]]) -> tuple[int, str | None]:
+        """Publish in order with QoS 1 and wait; returns how many, from the first, the
+        broker acknowledged, and the error that stopped the rest (None: all were). The
+        broker fails when it acknowledges nothing for ``timeout``. (The stream does not
+        wait message by message: MqttStream._send and _await.)"""
         try:
-            client = self._connected()
+            client = self.client()
         except SinkError as exc:
             return 0, str(exc)
         infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
@@ -104,9 +113,11 @@ class Connection:
             if not info.is_published():
                 self.close()
                 return done, f"{self.host}:{self.port} did not acknowledge in time"
-            if acked is not None:
-                acked(done + 1)
         return len(infos), None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.is_connected()
 
     def close(self) -> None:
         if self._client is not None:
@@ -166,6 +177,7 @@ class MqttStream:
         self.config = config
         self.db = db  # storage.py's SqliteStorage or PostgresStorage
         self.connection = Connection(config, "stream")
+        self.connection.on_ack = self._acked
         self._chunks: deque = deque()  # (seq, created_at text, [(table, rows)]) in order
         self._queued = 0  # records in _chunks
         self._spilled = backlog  # records left to the database (not in _chunks)
@@ -176,12 +188,19 @@ class MqttStream:
         self._window: list[tuple[str, bytes]] = []
         self._marks: list[tuple[stream_log.Position, int]] = []
         self._in_window = 0  # records in _window
+        # The mids of the window's messages sent on the current connection (the first
+        # len(_sent) of _window), and those the broker acknowledged (paho's thread adds).
+        self._sent: list[int] = []
+        self._acks: set[int] = set()
+        self._news = False  # an acknowledgement or a batch came since the thread looked
+        self._progress = 0.0  # when the broker last acknowledged (or the first send)
         self.cursor = position  # the next record to take
         self.position = position  # the next record the broker has not acknowledged
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self.published = 0
         self.dropped = 0  # logged records gone from the database before they were sent
+        self.read_back = 0  # records read back from the database (not handed in memory)
         self.failures = 0
         self.last_error: str | None = None
         self._spill_logged = 0.0
@@ -199,9 +218,11 @@ class MqttStream:
     def pending(self) -> int:
         return self._queued + self._spilled + self._in_window
 
-    def put(self, seq: int, tables: dict[str, list]) -> None:
-        """A committed batch's rows and its log ``seq`` (called by the writer after COMMIT:
-        never blocks). Past ``stream_max_pending`` it is left to the database."""
+    def put(self, seq: int, tables: dict[str, list], committed: str | None = None) -> None:
+        """A committed batch's rows and its log ``seq`` (called by the writer after COMMIT,
+        or in a stream process as the daemon hands them over: never blocks; ``committed``,
+        their created_at, now by default). Past ``stream_max_pending`` it is left to the
+        database."""
         chosen = [(t, tables[t]) for t in self.config.stream if tables.get(t)]
         count = sum(len(rows) for _t, rows in chosen)
         with self._cond:
@@ -218,8 +239,9 @@ class MqttStream:
                         self.config.stream_max_pending,
                     )
                 return
-            self._chunks.append((seq, created_at(), chosen))
+            self._chunks.append((seq, committed or created_at(), chosen))
             self._queued += count
+            self._news = True
             self._cond.notify()
 
     def logged(self, seq: int, count: int) -> None:
@@ -231,11 +253,15 @@ class MqttStream:
                 self._spilled += count
                 self._counted = seq
             self._notified = max(self._notified, seq)
+            self._news = True
             self._cond.notify()
 
-    def _take(self) -> list[tuple[int, str | None, list]]:
+    def _take(self, wait: bool) -> list[tuple[int, str | None, list]]:
         """The next batches from the cursor on: from memory when it holds them, else from
-        the database. Empty after a second with nothing new."""
+        the database. Every committed batch comes to memory (``put``) or is counted in
+        ``_spilled`` (``logged``, the backlog, what overflowed): the database is read when
+        it holds records memory does not, and after a second with nothing new all the
+        same. Empty when nothing is new (after up to a second, with ``wait``)."""
         seq = self.cursor[0]
         with self._cond:
             while self._chunks and self._chunks[0][0] < seq:  # read from the database
@@ -251,14 +277,18 @@ class MqttStream:
             if taken:
                 return taken
             head = self._chunks[0][0] if self._chunks else None
+            if head is None and not self._spilled:
+                if not wait or self._stop.is_set() or self._cond.wait(1.0):
+                    return []
         batches = self._from_database(seq, head)
-        if batches or head is not None:
+        if batches:
             return batches
+        if head is not None:  # no batch logged before it (PostgreSQL's seq skips a
+            self.cursor = (head, 0)  # rolled-back batch's): memory goes on from there
+            return []
         with self._cond:
             if self._notified < seq:  # caught up with the database (nothing told since)
                 self._spilled = 0
-                if not self._chunks and not self._stop.is_set():
-                    self._cond.wait(1.0)
         return []
 
     def _from_database(self, after: int, before: int | None) -> list[tuple[int, str | None, list]]:
@@ -276,6 +306,7 @@ class MqttStream:
                 columns = self.db.row_columns(table)
                 found = stream_log.rows_by_id(self._db, columns, table, ids[table])
                 self.dropped += len(ids[table]) - len(found)
+                self.read_back += len(found)
                 chosen.append((table, [found[i] for i in ids[table] if i in found]))
                 records += len(ids[table])
             batches.append((seq, None, chosen))
@@ -284,10 +315,10 @@ class MqttStream:
                 self._spilled = max(self._spilled - records, 0)
         return batches
 
-    def _fill_window(self) -> None:
+    def _fill_window(self, wait: bool) -> None:
         """Convert the next batches into messages, each with the position the broker's
         acknowledgement of it (and of all before it) reaches and its count of records."""
-        for seq, committed, chosen in self._take():
+        for seq, committed, chosen in self._take(wait):
             skip = self.cursor[1] if seq == self.cursor[0] else 0
             arrays = 0
             n = 0  # records of the batch up to this table's
@@ -342,9 +373,9 @@ class MqttStream:
     def _run(self) -> None:
         delay = 1.0
         while not self._stop.is_set():
-            if not self._window:
+            if self._in_window < WINDOW:
                 try:
-                    self._fill_window()
+                    self._fill_window(wait=not self._window)
                 except self.db.errors as exc:
                     self._failed(f"cannot read the stream's backlog: {exc}")
                     if self._db is not None:
@@ -352,19 +383,20 @@ class MqttStream:
                         self._db = None
                     self._stop.wait(delay)
                     delay = min(delay * 2, self.config.backoff_max)
+                    continue
+            if not self._window:
                 continue
-            done, error = self.connection.publish(self._window, self._acknowledged)
-            if done:  # (_acknowledged counted them)
-                del self._window[:done]
-                del self._marks[:done]
-                if not self._window:
-                    self.position = self.cursor
+            acked, error = self._send()
             if error is None:
-                if self.last_error is not None and self.failures:
-                    log.info("mqtt stream %s: the broker takes records again", self.config.name)
-                delay = 1.0
-                self.last_error = None
+                acked, error = self._await()
+            if error is None:
+                if acked and self.last_error is not None:
+                    if self.failures:
+                        log.info("mqtt stream %s: the broker takes records again", self.config.name)
+                    self.last_error = None
+                    delay = 1.0
                 continue
+            self._reconnect()
             self._failed(error)
             self._stop.wait(delay)
             delay = min(delay * 2, self.config.backoff_max)
@@ -372,13 +404,76 @@ class MqttStream:
         if self._db is not None:
             self._db.close()
 
+    def _send(self) -> tuple[int, str | None]:
+        """Publish the window's messages not yet sent on this connection (QoS 1, in order)."""
+        if len(self._sent) == len(self._window):
+            return 0, None
+        if self._sent and not self.connection.connected:  # what it took is lost with it
+            return 0, f"{self.connection.host}:{self.connection.port}: the connection was lost"
+        try:
+            client = self.connection.client()
+        except SinkError as exc:
+            return 0, str(exc)
+        if not self._sent:
+            self._progress = time.monotonic()
+        for topic, payload in self._window[len(self._sent) :]:
+            info = client.publish(topic, payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                where = f"{self.connection.host}:{self.connection.port}"
+                return 0, f"{where}: {mqtt.error_string(info.rc)}"
+            self._sent.append(info.mid)
+        return 0, None
+
+    def _acked(self, mid: int) -> None:
+        """paho's network thread: the broker acknowledged message ``mid``."""
+        with self._cond:
+            self._acks.add(mid)
+            self._news = True
+            self._cond.notify()
+
+    def _await(self) -> tuple[int, str | None]:
+        """Wait for an acknowledgement or a new batch; move the position past the messages
+        acknowledged in order. An error when the broker acknowledged nothing for
+        ``timeout`` (a long window is not a failure while acknowledgements keep coming)."""
+        deadline = self._progress + self.config.timeout
+        with self._cond:
+            if not self._news and not self._stop.is_set():
+                self._cond.wait(max(deadline - time.monotonic(), 0.0))
+            self._news = False
+            done = 0
+            while done < len(self._sent) and self._sent[done] in self._acks:
+                self._acks.discard(self._sent[done])
+                done += 1
+        if done:
+            self._acknowledged(done)
+            del self._window[:done]
+            del self._marks[:done]
+            del self._sent[:done]
+            self._progress = time.monotonic()
+            if not self._window:
+                self.position = self.cursor
+            return done, None
+        if not self._sent or time.monotonic() < deadline:
+            return 0, None
+        where = f"{self.connection.host}:{self.connection.port}"
+        if not self.connection.connected:
+            return 0, f"{where}: the connection was lost"
+        return 0, f"{where} did not acknowledge in time"
+
+    def _reconnect(self) -> None:
+        """After a failure: a new connection resends, in order, all it had not acknowledged."""
+        self.connection.close()
+        with self._cond:
+            self._sent.clear()
+            self._acks.clear()
+
     def _acknowledged(self, done: int) -> None:
-        """The broker acknowledged the window's message ``done`` (counted from 1; each is
-        told once, in order): the position and the figures move with each, not once the
-        window is through (a window holds up to WINDOW records: a daemon killed in the
-        middle of one resends only what follows, and what it counted published is what
-        the position passed)."""
-        self.position, count = self._marks[done - 1]
+        """The broker acknowledged the window's first ``done`` messages, in order: the
+        position and the figures move with each acknowledgement, not once the window is
+        through (a daemon killed in the middle of a window resends only what follows, and
+        what it counted published is what the position passed)."""
+        self.position = self._marks[done - 1][0]
+        count = sum(n for _p, n in self._marks[:done])
         self.published += count
         self._in_window -= count
 
@@ -416,6 +511,7 @@ class MqttStream:
             "published": self.published,
             "pending": self.pending,
             "dropped": self.dropped,
+            "read_back": self.read_back,
             "failures": self.failures,
             "last_error": self.last_error,
         }

@@ -50,7 +50,7 @@ class Sink:
     stream: tuple[str, ...] = ()  # mqtt: tables whose committed records are streamed
     stream_max_pending: int = DEFAULT_STREAM_MAX_PENDING  # records awaiting the broker
     stream_batch: bool = False  # mqtt: a batch's records of one topic as one JSON array
-    stream_process: bool = False  # mqtt: the stream in a process of its own
+    stream_process: bool = True  # mqtt: the stream in a process of its own
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,7 @@ def parse_sink(name: str, raw) -> Sink:
         raise RuleError(f"{where}: stream must list tables among {', '.join(STREAM_TABLES)}")
     switches = {}
     for key in ("stream_batch", "stream_process"):
-        value = raw.get(key, False)
+        value = raw.get(key, Sink.__dataclass_fields__[key].default)
         if not isinstance(value, bool):
             raise RuleError(f"{where}: {key} must be true or false, got {value!r}")
         switches[key] = value

@@ -2,16 +2,21 @@
 work per message and the records' JSON leave the daemon's GIL, so the writer's commit
 loop no longer shares it with them.
 
-The process is the same ``MqttStream`` (mqtt.py) holding nothing in memory: it reads every
-committed batch back from the database by ``mb_stream_log`` on a read-only connection of
-its own (SQLite or PostgreSQL), as an in-process stream does past ``stream_max_pending``.
-The daemon supervises it through two pipes:
+The process is the same ``MqttStream`` (mqtt.py): the daemon hands it each committed
+batch's rows through its stdin, and what did not come that way (the backlog of a restart,
+of the daemon or of the process; what the daemon did not hold for it, PIPE_HOLD) it reads
+back from the database by ``mb_stream_log`` on a read-only connection of its own (SQLite
+or PostgreSQL), as an in-process stream does past ``stream_max_pending``. The pipe is only
+a shortcut: the guarantees rest on the log and the position, so a batch lost with the
+pipe costs a read-back, never a record. The daemon supervises it through two pipes:
 
 - to the process (its stdin): first one JSON line (the sink, the database's location, the
-  position to start from, the log level), then ``"<seq> <records>"`` after each COMMIT
-  that logged a batch (a write of a few bytes, never blocking: when the pipe is full the
-  notes are merged into the next one), and ``"stop"``. End of file (the daemon is gone,
-  even by SIGKILL) ends it at once.
+  position to start from, the log level); then after each COMMIT that logged a batch
+  ``"<seq> <records> <bytes>"`` and that many bytes, msgpack of ``[created_at, {table:
+  rows}]`` (the batch's rows of the stream's tables, in the wire's layout), or, when the
+  process is more than PIPE_HOLD bytes behind, ``"<seq> <records>"`` alone (read back);
+  and ``"stop"``. A thread of the daemon writes them, so the writer never blocks on the
+  pipe. End of file (the daemon is gone, even by SIGKILL) ends it at once.
 - from the process (its stdout): a JSON line with its figures and ``position`` (where the
   broker acknowledged, in order) whenever they change, at most every STATUS_SECONDS. The
   daemon writes that position to ``mb_stream_position`` as it does an in-process stream's
@@ -33,7 +38,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 
+import msgpack
+
+from .records import created_at
 from .rules import Sink
 
 log = logging.getLogger(__name__)
@@ -43,7 +52,10 @@ log = logging.getLogger(__name__)
 STATUS_SECONDS = 0.01
 RESTART_MAX_SECONDS = 30.0
 STOP_SECONDS = 2.0  # how long a stopping stream waits for the broker (as in the daemon)
-FIGURES = ("published", "pending", "dropped", "failures", "last_error")
+FIGURES = ("published", "pending", "dropped", "read_back", "failures", "last_error")
+# Bytes of rows the daemon holds for the process at most (about 50,000 records); past it a
+# batch goes as a note alone and the process reads it back from the database.
+PIPE_HOLD = 8 << 20
 
 
 class StreamProcess:
@@ -57,18 +69,26 @@ class StreamProcess:
         self.restarts = 0
         self._reported = False  # the running process has said where it stands
         self._figures: dict = dict.fromkeys(FIGURES, 0) | {"pending": backlog, "last_error": None}
-        self._before = dict.fromkeys(("published", "dropped", "failures"), 0)  # ended processes
+        # The counts of the processes that ended, added to the running one's.
+        self._before = dict.fromkeys(("published", "dropped", "read_back", "failures"), 0)
         self._lock = threading.Lock()  # the process and its stdin, replaced on a restart
         self._stopping = threading.Event()
         self._proc: subprocess.Popen | None = None
-        self._note: tuple[int, int] | None = None  # (seq, records) the full pipe did not take
+        # What the feeding thread writes to the process's stdin next, and its size.
+        self._frames: deque[bytes] = deque()
+        self._held = 0
+        self._fed = threading.Condition(self._lock)
         self._thread = threading.Thread(
             target=self._supervise, name=f"memorybank-stream-{config.name}", daemon=True
+        )
+        self._feeder = threading.Thread(
+            target=self._feed, name=f"memorybank-stream-{config.name}-feed", daemon=True
         )
 
     def start(self) -> StreamProcess:
         self._spawn()
         self._thread.start()
+        self._feeder.start()
         return self
 
     def _spawn(self) -> None:
@@ -87,23 +107,52 @@ class StreamProcess:
         }
         proc.stdin.write(json.dumps(first).encode() + b"\n")
         proc.stdin.flush()
-        os.set_blocking(proc.stdin.fileno(), False)
         self._proc = proc
+        self._frames.clear()  # for the process before: this one reads them back
+        self._held = 0
 
     def put(self, seq: int, tables: dict[str, list]) -> None:
-        """After a COMMIT that logged batch ``seq``: tell the process (never blocks)."""
-        count = sum(len(tables[t]) for t in self.config.stream if tables.get(t))
-        with self._lock:
-            if self._note is not None:
-                count += self._note[1]
+        """After a COMMIT that logged batch ``seq``: hand its rows to the process, or tell
+        it to read them back when it is PIPE_HOLD behind (never blocks)."""
+        chosen = {t: tables[t] for t in self.config.stream if tables.get(t)}
+        count = sum(map(len, chosen.values()))
+        frame = f"{seq} {count}\n".encode()
+        if self._held < PIPE_HOLD:
             try:
-                assert self._proc is not None and self._proc.stdin is not None
-                os.write(self._proc.stdin.fileno(), f"{seq} {count}\n".encode())
-                self._note = None
-            except BlockingIOError:  # the process is behind on its notes: merged
-                self._note = (seq, count)
+                body = msgpack.packb([created_at(), chosen])
+            except (TypeError, ValueError, OverflowError):  # not for msgpack: read back
+                pass
+            else:
+                frame = f"{seq} {count} {len(body)}\n".encode() + body
+        with self._fed:
+            self._frames.append(frame)
+            self._held += len(frame)
+            self._fed.notify()
+
+    def _feed(self) -> None:
+        """Write what ``put`` queued to the process's stdin (blocking: this thread waits
+        for the process, the writer does not); after ``stop``, close it."""
+        while True:
+            with self._fed:
+                while not self._frames:
+                    self._fed.wait()
+                closing = self._stopping.is_set() and b"stop\n" in self._frames
+                proc, data = self._proc, b"".join(self._frames)
+                self._frames.clear()
+            assert proc is not None and proc.stdin is not None
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(proc.stdin.fileno(), view) :]
+                if closing:
+                    proc.stdin.close()
+                    return
             except OSError:  # it ended: the one started next reads the log from its position
-                self._note = None
+                if self._stopping.is_set():
+                    return
+            with self._fed:
+                if self._proc is proc:
+                    self._held = max(self._held - len(data), 0)
 
     def _supervise(self) -> None:
         """Read the process's figures until it ends; start it again unless stopping."""
@@ -137,7 +186,6 @@ class StreamProcess:
                 if self._stopping.is_set():
                     return
                 self.restarts += 1
-                self._note = None
                 self._reported = False
                 try:
                     self._spawn()
@@ -159,18 +207,14 @@ class StreamProcess:
     def stop(self) -> None:
         """Stop the process: its stream gives the broker STOP_SECONDS to take what is
         pending (what it has not acknowledged is sent after the next start)."""
-        with self._lock:
+        with self._fed:
             self._stopping.set()
             proc = self._proc
+            self._frames.append(b"stop\n")
+            self._fed.notify()
         if proc is None:
             return
-        try:
-            assert proc.stdin is not None
-            os.set_blocking(proc.stdin.fileno(), True)
-            proc.stdin.write(b"stop\n")
-            proc.stdin.close()
-        except OSError:
-            pass  # already ended
+        self._feeder.join(STOP_SECONDS + self.config.timeout + 5.0)
         self._thread.join(STOP_SECONDS + self.config.timeout + 5.0)
         if proc.poll() is None:
             log.error("mqtt stream %s: its process did not stop; killing it", self.config.name)
@@ -246,14 +290,21 @@ def main() -> int:
     stopped = threading.Event()
     reporter = threading.Thread(target=_report, args=(stream, out, stopped), daemon=True)
     reporter.start()
-    for line in stdin:
+    for line in iter(stdin.readline, b""):
         if line == b"stop\n":
             stream.stop(STOP_SECONDS)
             stopped.set()
             reporter.join()
             return 0
-        seq, count = map(int, line.split())
-        stream.logged(seq, count)
+        seq, count, *size = map(int, line.split())
+        if not size:  # the daemon did not hold its rows: read back
+            stream.logged(seq, count)
+            continue
+        body = stdin.read(size[0])
+        if len(body) < size[0]:
+            break
+        committed, tables = msgpack.unpackb(body)
+        stream.put(seq, tables, committed)
     os._exit(0)  # the daemon is gone: stop at once, its successor resends from the position
 
 
