@@ -79,3 +79,22 @@ def test_named_tcp_endpoint(db_path, start_daemon):
         assert memory.get_events()[0]["id"] == event_id
         memory.log_event("E", "C", "via discovery")
         assert len(memory.get_events()) == 2
+
+
+def test_a_flush_keeps_the_publisher_light(db_path, daemon):
+    """A flush that overtakes an outstanding acknowledgement request is no sign of a daemon
+    refusing this publisher: the sender must not ask the handshake monitor why (which loads
+    asyncio into the user's process, 20-40 ms of CPU, at every such flush)."""
+    result = run_python(
+        "import sys, time\nfrom memory_bank import Publisher\n"
+        "pub = Publisher(sys.argv[1])\n"
+        "pub.log_event('E', 'C', 'm')\n"
+        "deadline = time.monotonic() + 30\n"
+        "while pub._sender._ack_sent_at is None and time.monotonic() < deadline:\n"
+        "    time.sleep(0.001)  # until an ordinary acknowledgement request is out\n"
+        "pub.log_event('E', 'C', 'm')\n"
+        "print(pub.flush(30), 'asyncio' in sys.modules)\n",
+        str(db_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False"]
