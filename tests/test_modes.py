@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
@@ -98,3 +99,19 @@ def test_a_flush_keeps_the_publisher_light(db_path, daemon):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "False"]
+
+
+def test_calls_with_pauses_do_not_wake_the_sender_each_time(db_path, daemon, monkeypatch):
+    """A wake-up is an eventfd write inside the call (a system call, 20-80 us of it): a
+    caller that keeps writing, with pauses of a few milliseconds, pays it once, not at
+    every call after the sender found its queue empty."""
+    wakes = []
+    write = os.eventfd_write
+    monkeypatch.setattr(os, "eventfd_write", lambda fd, value: (wakes.append(fd), write(fd, value)))
+    with MemoryBank(db_path) as memory:
+        for _ in range(40):
+            memory.log_event("E", "C", "paced")
+            time.sleep(0.005)  # the caller's own pace, not a wait for a condition
+        calls_woke = len(wakes)
+        assert memory.flush(timeout=30)
+    assert calls_woke <= 3, calls_woke
