@@ -17,7 +17,11 @@ thread *ran* for (its CPU time at least half the wall: its own work, a garbage c
 time the hypervisor took from this VM, which the guest charges to the running thread) or one
 it *waited* through (for the GIL, held by the sender thread, or for a CPU); ``gc`` counts the
 slow calls during which a collection ran, and ``steal_pct`` is the share of the machine's CPU
-time the hypervisor took during the round (``/proc/stat``).
+time the hypervisor took during the round (``/proc/stat``). The sender's part: ``*_with_sender``
+counts the calls that overlapped one of its stretches awake (from a poll's return to its next
+poll), beside ``all_with_sender_pct``, the share of all calls that did (a tail the sender
+causes overlaps it more often than that); ``*_waking`` the calls that woke it (an eventfd
+write); ``--switch-interval`` sets the GIL's forced hand-off in the caller's process.
 
 The machine's floor: each round also runs the same paced loop on a stand-in, a plain Python
 loop of about the call's median CPU time, in a process with no publisher, no sender thread
@@ -43,35 +47,67 @@ WAIT = (
     "import sys\nfrom memory_bank.control import wait_for_daemon\nwait_for_daemon(sys.argv[1], 60)"
 )
 CALLER = r"""
-import gc, json, statistics, sys, time
+import gc, json, os, statistics, sys, time
 sys.path.insert(0, sys.argv[4])
 from workload import call, paced
 from memory_bank import Publisher
+import zmq
 db, seconds, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-pub = Publisher(db, close_timeout=1)
 cpu_clock, wall_clock = time.thread_time_ns, time.perf_counter_ns
+# The sender thread's stretches awake: from a poll's return (the GIL taken back) to its
+# next poll (its only poller here: ids are leased from the file). It holds the GIL through
+# them, but in its socket calls, after each of which it waits to take it back.
+stretches, returned = [], [None]
+plain_poll = zmq.Poller.poll
+def timed_poll(self, timeout=None):
+    now = wall_clock()
+    if returned[0] is not None:
+        stretches.append((returned[0], now))
+    try:
+        return plain_poll(self, timeout)
+    finally:
+        returned[0] = wall_clock()
+zmq.Poller.poll = timed_poll
+# The calls that wake the sender (an eventfd write: a system call, and a wake-up of the
+# other thread).
+wakes = [0]
+plain_write = os.eventfd_write
+def counted_write(fd, value):
+    wakes[0] += 1
+    plain_write(fd, value)
+os.eventfd_write = counted_write
+sys.setswitchinterval(float(sys.argv[5]))  # the GIL's forced hand-off (5 ms by default)
+pub = Publisher(db, close_timeout=1)
 own = []
 for _ in range(20000):
     a = cpu_clock(); b = cpu_clock(); own.append(b - a)
 own = statistics.median(own)
-cpu, wall, cpu_args, wall_args, collected = [], [], [], [], []
+cpu, wall, cpu_args, wall_args, collected, spans, waking = [], [], [], [], [], [], []
 collections = [0]
 def count_collection(phase, info):
     if phase == "start":
         collections[0] += 1
 gc.callbacks.append(count_collection)
 for i in paced(rate, seconds):
-    g0 = collections[0]; w0 = wall_clock(); c0 = cpu_clock()
+    g0 = collections[0]; k0 = wakes[0]; w0 = wall_clock(); c0 = cpu_clock()
     method, args = call(pub, i)
     w1 = wall_clock(); c1 = cpu_clock()
     method(*args)
     c2 = cpu_clock(); w2 = wall_clock()
     cpu.append(c2 - c1 - own); wall.append(w2 - w1); collected.append(collections[0] != g0)
-    cpu_args.append(c2 - c0 - 2 * own); wall_args.append(w2 - w0)
+    cpu_args.append(c2 - c0 - 2 * own); wall_args.append(w2 - w0); spans.append((w1, w2))
+    waking.append(wakes[0] != k0)
 flushed = pub.flush(30)
 pub.close()
+# Which calls overlapped a stretch of the sender (both in time order: one sweep).
+overlapped, k = [], 0
+for w1, w2 in spans:
+    while k < len(stretches) and stretches[k][1] <= w1:
+        k += 1
+    overlapped.append(k < len(stretches) and stretches[k][0] < w2)
 print(json.dumps({"cpu": cpu, "wall": wall, "cpu_args": cpu_args, "wall_args": wall_args,
-                  "gc": collected, "flushed": flushed}))
+                  "gc": collected, "sender": overlapped, "woke": waking, "flushed": flushed,
+                  "sender_stretch_us": sorted((b - a) / 1000 for a, b in stretches)}))
 """
 # The machine's floor: the same paced loop around a plain Python loop of about ``target`` us
 # of CPU (calibrated first), in a process with no publisher, no thread and no daemon.
@@ -124,7 +160,7 @@ def steal_ticks() -> tuple[int, int]:
     return ticks[7], sum(ticks[:8])
 
 
-def one_round(src: Path, seconds: float) -> dict:
+def one_round(src: Path, seconds: float, switch: str = "0.005") -> dict:
     env = {**os.environ, "PYTHONPATH": str(src)}
     with tempfile.TemporaryDirectory() as work:
         db = str(Path(work) / "cpu.db")
@@ -136,7 +172,7 @@ def one_round(src: Path, seconds: float) -> dict:
             subprocess.run([sys.executable, "-c", WAIT, db], env=env, check=True)
             stolen_before, total_before = steal_ticks()
             out = subprocess.run(
-                [sys.executable, "-c", CALLER, db, str(seconds), "10000", str(HERE)],
+                [sys.executable, "-c", CALLER, db, str(seconds), "10000", str(HERE), switch],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -148,7 +184,11 @@ def one_round(src: Path, seconds: float) -> dict:
             daemon.wait(timeout=60)
     got = json.loads(out.stdout)
     figures = {"flushed": got["flushed"]}
-    figures.update(tail_figures(got["cpu"], got["wall"], got["gc"]))
+    figures.update(tail_figures(got["cpu"], got["wall"], got["gc"], got["sender"], got["woke"]))
+    stretch = got["sender_stretch_us"] or [0.0]
+    figures["sender_stretches"] = len(got["sender_stretch_us"])
+    figures["sender_stretch_p50_us"] = round(percentile(stretch, 0.5), 1)
+    figures["sender_stretch_p99_us"] = round(percentile(stretch, 0.99), 1)
     with_args = tail_figures(got["cpu_args"], got["wall_args"], got["gc"])
     for key in ("cpu_p50_us", "wall_p50_us", "wall_p99_us", "wall_p999_us", "over_20us"):
         figures[f"{key}_with_args"] = with_args[key]
@@ -174,11 +214,32 @@ def floor_round(seconds: float, target_us: float) -> dict:
     return figures
 
 
-def tail_figures(cpu_ns: list[int], wall_ns: list[int], collected: list[bool]) -> dict:
+def tail_figures(
+    cpu_ns: list[int],
+    wall_ns: list[int],
+    collected: list[bool],
+    sender: list[bool] | None = None,
+    woke: list[bool] | None = None,
+) -> dict:
     """Medians and tail of one series of paced calls, and where its calls of 20 us or more
     spent their time (module docstring)."""
     cpu, wall = [ns / 1000 for ns in cpu_ns], [ns / 1000 for ns in wall_ns]
     slow = [k for k, w in enumerate(wall) if w >= 20]
+    overlap = {}
+    if sender is not None:
+        overlap = {
+            "all_with_sender_pct": round(100 * sum(sender) / max(len(sender), 1), 2),
+            "over_20us_with_sender": sum(1 for k in slow if sender[k]),
+            "waking_calls": sum(woke),
+            "over_20us_waking": sum(1 for k in slow if woke[k]),
+            "over_20us_ran_waking": sum(1 for k in slow if woke[k] and cpu[k] >= wall[k] / 2),
+            "waking_wall_p50_us": round(
+                statistics.median([w for w, k in zip(wall, woke, strict=True) if k] or [0]), 1
+            ),
+            "over_20us_ran_with_sender": sum(
+                1 for k in slow if sender[k] and cpu[k] >= wall[k] / 2
+            ),
+        }
     return {
         "calls": len(cpu),
         "cpu_p50_us": round(statistics.median(cpu), 2),
@@ -190,6 +251,7 @@ def tail_figures(cpu_ns: list[int], wall_ns: list[int], collected: list[bool]) -
         "over_20us_ran": sum(1 for k in slow if cpu[k] >= wall[k] / 2),
         "over_20us_waited": sum(1 for k in slow if cpu[k] < wall[k] / 2),
         "over_20us_gc": sum(1 for k in slow if collected[k]),
+        **overlap,
     }
 
 
@@ -198,12 +260,17 @@ def main() -> int:
     parser.add_argument("--other", type=Path, help="another tree's src/ to alternate with")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument(
+        "--switch-interval",
+        default="0.005",
+        help="the callers' sys.setswitchinterval (whether the tail moves with the GIL's hand-offs)",
+    )
     args = parser.parse_args()
     trees = {"this": THIS_SRC, **({"other": args.other} if args.other else {})}
     results: dict[str, list[dict]] = {name: [] for name in (*trees, "floor")}
     for round_no in range(1, args.rounds + 1):
         for name, src in trees.items():
-            figures = one_round(src, args.seconds)
+            figures = one_round(src, args.seconds, args.switch_interval)
             results[name].append(figures)
             print(round_no, name, json.dumps(figures), flush=True)
         # The stand-in takes about this round's median call of this tree.

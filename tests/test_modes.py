@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
@@ -79,3 +80,39 @@ def test_named_tcp_endpoint(db_path, start_daemon):
         assert memory.get_events()[0]["id"] == event_id
         memory.log_event("E", "C", "via discovery")
         assert len(memory.get_events()) == 2
+
+
+def test_a_flush_keeps_the_publisher_light(db_path, daemon):
+    """A flush that overtakes an outstanding acknowledgement request is no sign of a daemon
+    refusing this publisher: the sender must not ask the handshake monitor why (which loads
+    asyncio into the user's process, 20-40 ms of CPU, at every such flush)."""
+    result = run_python(
+        "import sys, time\nfrom memory_bank import Publisher\n"
+        "pub = Publisher(sys.argv[1])\n"
+        "pub.log_event('E', 'C', 'm')\n"
+        "deadline = time.monotonic() + 30\n"
+        "while pub._sender._ack_sent_at is None and time.monotonic() < deadline:\n"
+        "    time.sleep(0.001)  # until an ordinary acknowledgement request is out\n"
+        "pub.log_event('E', 'C', 'm')\n"
+        "print(pub.flush(30), 'asyncio' in sys.modules)\n",
+        str(db_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False"]
+
+
+def test_calls_with_pauses_do_not_wake_the_sender_each_time(db_path, daemon, monkeypatch):
+    """A wake-up is an eventfd write inside the call (a system call, 20-80 us of it): a
+    caller that keeps writing, with pauses of a few milliseconds, pays it once, not at
+    every call after the sender found its queue empty."""
+    wakes = []
+    write = os.eventfd_write
+    monkeypatch.setattr(os, "eventfd_write", lambda fd, value: (wakes.append(fd), write(fd, value)))
+    with MemoryBank(db_path) as memory:
+        for _ in range(40):
+            memory.log_event("E", "C", "paced")
+            time.sleep(0.005)  # the caller's own pace, not a wait for a condition
+        calls_woke = len(wakes)
+        assert memory.flush(timeout=30)
+    # One wake-up (the first call), a few more if this machine held a thread past 50 ms.
+    assert calls_woke <= 8, calls_woke

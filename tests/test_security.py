@@ -90,6 +90,29 @@ def test_curve_lets_only_authorized_publishers_write(db_path, start_daemon, tmp_
     assert rows == [(lab_id, "authorized")]
 
 
+def test_a_publisher_the_daemon_refuses_says_why(db_path, start_daemon, tmp_path):
+    """A publisher without keys, against a CURVE daemon, logs what its handshakes said
+    (read from the socket monitor's own frames), and its records wait in its spool."""
+    _, cfg = curve_site(tmp_path)
+    endpoint = f"tcp://127.0.0.1:{free_port_pair()}"
+    start_daemon(db_path, "--config", str(cfg), "--endpoint", endpoint)
+    result = run_python(
+        "import logging, sys\nfrom memory_bank import Publisher\n"
+        "logging.basicConfig(level=logging.ERROR)\n"
+        "p = Publisher(sys.argv[2], endpoint=sys.argv[1], close_timeout=3.0,"
+        " spool_dir=sys.argv[3])\n"
+        "p.log_event('E', 'C', 'no keys')\n"
+        "print(p.close())\n",
+        endpoint,
+        str(db_path),
+        str(tmp_path / "spool"),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+    assert "the daemon and this publisher disagree on CURVE" in result.stderr
+
+
 SPOOLING_PUBLISHER = """
 import os, sys
 os.umask(int(sys.argv[2], 8))

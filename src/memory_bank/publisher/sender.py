@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections import deque
+from itertools import repeat, starmap
 
 import msgpack
 import zmq
@@ -39,6 +40,11 @@ STALL_SUMMARY_SECONDS = 60.0
 # While records flow, the sender gathers them this long between messages: fewer wake-ups
 # and GIL handoffs for the caller, larger messages for the daemon.
 LINGER = 0.001
+# After the last record, it goes on cycling so long before it sleeps: a wake-up is an
+# eventfd write in the caller's call (a system call that lets go of the GIL and wakes this
+# thread: a median 55-68 us of that call's wall time, bench/publish_cpu.py), so a caller
+# that keeps writing, if with pauses, should not pay one.
+LINGER_IDLE = 0.05
 # Largest packed message; rows beyond it go into the next message. One record alone may
 # take up to the daemon's limit (sockets.DAEMON_MAXMSGSIZE); a larger one is refused.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -133,8 +139,8 @@ class Sender:
 
     # -- the thread ---------------------------------------------------------------------
     def _run(self) -> None:
-        """While records flow, cycle every LINGER seconds (callers then make no system
-        call to wake it); when a cycle finds nothing, re-arm the wake-up and sleep.
+        """While records flow, and for LINGER_IDLE after, cycle every LINGER seconds
+        (callers then make no system call to wake it); then re-arm the wake-up and sleep.
 
         The thread never dies of what it handles: a record that cannot be packed is refused
         alone (``_store_message``), and any other error in a cycle is counted
@@ -145,6 +151,7 @@ class Sender:
         # system call that lets go of the GIL, and every time this thread takes the GIL
         # back from a busy caller, that caller waits).
         replies_ready = True
+        lingers_until = 0.0  # monotonic; cycling every LINGER until then
         while True:
             try:
                 packed = self.pack()
@@ -160,6 +167,9 @@ class Sender:
                     return
                 timeout: float | None
                 if packed:
+                    timeout = LINGER
+                    lingers_until = time.monotonic() + LINGER_IDLE
+                elif time.monotonic() < lingers_until:
                     timeout = LINGER
                 else:
                     self.wake_pending = False  # the next call wakes us...
@@ -223,28 +233,31 @@ class Sender:
     def pack(self) -> bool:
         """Turn queued rows into numbered messages held until acknowledged; True if any."""
         queue = self.queue
+        popleft = queue.popleft
         packed = False
         while queue:
             if self.outbox.full() and self.outbox.overflow == "drop_newest":
                 return packed  # rows wait in the queue; past max_queue the newest drop
-            rows: list[list] = [[], [], [], []]
-            count = 0
-            markers = []
-            while count < self.batch_records:
-                try:
-                    row = queue.popleft()
-                except IndexError:
-                    break
-                kind = row.pop()
-                if kind == MARKER:
-                    markers.append(row[0])
-                    break
-                rows[kind].append(row)
-                count += 1
+            # Up to a message's worth, taken in one C loop, then sorted with one Python step
+            # a row (a third fewer instructions than a loop doing both, callgrind). Only the
+            # sender takes from the queue's left, but a drop_oldest call may too: rows taken
+            # before the queue ran out are kept.
+            taken: list[list] = []
+            try:
+                taken.extend(starmap(popleft, repeat((), min(len(queue), self.batch_records))))
+            except IndexError:
+                pass
+            rows: list[list] = [[], [], [], [], []]  # by kind; flushes' markers last
+            for row in taken:
+                rows[row.pop()].append(row)
+            # A marker is released with the message its rows go into, or a later one: a
+            # flush waits for everything queued before it (and perhaps a few rows after).
+            markers = rows.pop()
+            count = len(taken) - len(markers)
             if count:
                 self._store_message(rows, count)
                 packed = True
-            for marker in markers:
+            for (marker,) in markers:
                 marker.seq = self.outbox.seq
                 self._markers.append(marker)
         self._release_markers()
