@@ -7,7 +7,8 @@ what they share is written once in ``sql.py``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
 if TYPE_CHECKING:  # readers never load msgpack
@@ -16,6 +17,7 @@ if TYPE_CHECKING:  # readers never load msgpack
     from ..wire import Message
 
 __all__ = [
+    "Applied",
     "InvalidDatabase",
     "Reader",
     "Store",
@@ -62,6 +64,23 @@ class Store:
         """
         raise NotImplementedError
 
+    def start_apply(
+        self,
+        messages: list[Message],
+        watermarks: dict[int, int],
+        rejects=(),
+        wake: Callable[[], None] | None = None,
+    ) -> Applied:
+        """Start applying as ``apply`` does; returns the batch on its way (``Applied``'s
+        ``done()``, ``result()``, ``seconds``). A store that makes a batch durable on a
+        thread of its own (SQLite's COMMIT) returns before that is done and calls ``wake()``
+        from that thread once it is; ``result()`` then finishes the batch on the caller's
+        thread (``watermarks`` advance there, never before). Nothing else may use the
+        store until ``result()`` was called. The default applies at once."""
+        began = time.perf_counter()
+        stored = self.apply(messages, watermarks, rejects)
+        return Applied(stored, time.perf_counter() - began)
+
     def retention_steps(
         self, cutoffs: dict[str, float], chunk_rows: int = 5000
     ) -> Iterator[tuple[str, int] | None]:
@@ -105,6 +124,20 @@ class Store:
 
     def close(self) -> None:
         """Release the connection(s); nothing is pending after ``apply`` returned."""
+
+
+class Applied:
+    """A batch ``Store.start_apply`` applied in the caller's thread: nothing to wait for."""
+
+    def __init__(self, stored: int, seconds: float):
+        self.stored = stored
+        self.seconds = seconds  # from its first statement to its COMMIT's return
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> int:
+        return self.stored
 
 
 class Reader:
