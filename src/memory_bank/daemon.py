@@ -1,7 +1,8 @@
 """The daemon: the only process that writes a database.
 
 Its loop reads like its description: poll, receive, decode and validate, batch, commit,
-answer whoever waits for a commit. Signals only set flags (through a wake-up socket the
+answer whoever waits for a commit (SQLite's COMMIT runs on the store's thread meanwhile:
+the loop answers once it returned). Signals only set flags (through a wake-up socket the
 poller watches); the loop acts on them. On SIGTERM or SIGINT it stops receiving, commits
 everything it received, and exits 0.
 """
