@@ -270,7 +270,10 @@ class _Committer:
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
             job.started.set()
-            job.error = self._commit()
+            try:
+                job.error = self._commit()
+            except BaseException as exc:  # result() raises it; the thread goes on
+                job.error = exc
             job.returned_at = time.perf_counter()
             job.returned.set()
             if job.wake is not None:
@@ -519,11 +522,17 @@ class SqliteStore(SqlStore):
         try:
             self.conn.execute("COMMIT")
         except BaseException as exc:
-            self._rollback()
+            try:
+                self._rollback()
+            except sqlite3.Error as also:
+                log.error("rolling back a failed COMMIT: %s", also)
             return exc
         checkpointer = self.checkpointer
         if checkpointer is not None and checkpointer.due():
-            checkpointer.truncate(self.conn)
+            try:
+                checkpointer.truncate(self.conn)
+            except sqlite3.Error as exc:  # the batch is committed: never fail it for this
+                log.warning("truncating the WAL: %s", exc)
         return None
 
     def _finish(
