@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # readers never load msgpack
 
 __all__ = [
     "Applied",
+    "Applying",
     "InvalidDatabase",
     "Reader",
     "Store",
@@ -70,13 +71,13 @@ class Store:
         watermarks: dict[int, int],
         rejects=(),
         wake: Callable[[], None] | None = None,
-    ) -> Applied:
-        """Start applying as ``apply`` does; returns the batch on its way (``Applied``'s
-        ``done()``, ``result()``, ``seconds``). A store that makes a batch durable on a
-        thread of its own (SQLite's COMMIT) returns before that is done and calls ``wake()``
-        from that thread once it is; ``result()`` then finishes the batch on the caller's
-        thread (``watermarks`` advance there, never before). Nothing else may use the
-        store until ``result()`` was called. The default applies at once."""
+    ) -> Applying:
+        """Start applying as ``apply`` does; returns the batch on its way (``Applying``). A
+        store that makes a batch durable on a thread of its own (SQLite's COMMIT) returns
+        before that is done and calls ``wake()`` from that thread once it is; ``result()``
+        then finishes the batch on the caller's thread (``watermarks`` advance there, never
+        before). Nothing else may use the store until ``result()`` was called. The default
+        applies at once."""
         began = time.perf_counter()
         stored = self.apply(messages, watermarks, rejects)
         return Applied(stored, time.perf_counter() - began)
@@ -126,18 +127,40 @@ class Store:
         """Release the connection(s); nothing is pending after ``apply`` returned."""
 
 
-class Applied:
+class Applying:
+    """A batch on its way into the store (``Store.start_apply``)."""
+
+    def done(self) -> bool:
+        """Its COMMIT has returned: ``result()`` will not wait."""
+        raise NotImplementedError
+
+    def result(self) -> int:
+        """Wait for its COMMIT, finish it on the caller's thread (once) and return the rows
+        stored, or raise what ``apply`` would."""
+        raise NotImplementedError
+
+    @property
+    def seconds(self) -> float:
+        """From its first statement to its COMMIT's return (or now)."""
+        raise NotImplementedError
+
+
+class Applied(Applying):
     """A batch ``Store.start_apply`` applied in the caller's thread: nothing to wait for."""
 
     def __init__(self, stored: int, seconds: float):
         self.stored = stored
-        self.seconds = seconds  # from its first statement to its COMMIT's return
+        self._seconds = seconds
 
     def done(self) -> bool:
         return True
 
     def result(self) -> int:
         return self.stored
+
+    @property
+    def seconds(self) -> float:
+        return self._seconds
 
 
 class Reader:

@@ -20,7 +20,7 @@ from pathlib import Path
 from .. import id_blocks, wire
 from ..files import DaemonLockedError, create_file, file_identity, lock_holders
 from ..wire import ROW_ID, ROW_TIMESTAMP, AnomalyRow, Message, MetricRow, PatternOp, SessionOp
-from .base import Applied, StoreGone, StoreRefused, StoreUnavailable
+from .base import Applied, Applying, StoreGone, StoreRefused, StoreUnavailable
 from .schema import COARSE_SECONDS, damaged_database, migrate
 from .sql import (
     SqlStore,
@@ -221,7 +221,7 @@ class Checkpointer:
         self._thread.join(timeout=30)
 
 
-class Committing:
+class Committing(Applying):
     """A batch whose COMMIT runs on the committer thread (``SqliteStore.start_apply``)."""
 
     def __init__(self, began: float, finish, wake):
@@ -234,18 +234,14 @@ class Committing:
         self.error: BaseException | None = None
 
     def done(self) -> bool:
-        """The COMMIT returned (``result()`` will not wait)."""
         return self.returned.is_set()
 
     def result(self) -> int:
-        """Wait for the COMMIT; then finish the batch here (once): rows stored, or the
-        error ``apply`` would raise."""
         self.returned.wait()
         return self._finish(self.error)
 
     @property
     def seconds(self) -> float:
-        """From the batch's first statement to its COMMIT's return (or now)."""
         return (self.returned_at or time.perf_counter()) - self.began
 
 
@@ -476,7 +472,7 @@ class SqliteStore(SqlStore):
             return 0
         return self._finish(*staged, watermarks, self._commit_error())
 
-    def start_apply(self, messages, watermarks, rejects=(), wake=None) -> Applied | Committing:
+    def start_apply(self, messages, watermarks, rejects=(), wake=None) -> Applying:
         """``apply`` with its COMMIT on the committer thread: the statements run here (a
         thread running them would take the GIL back after every row's step), the COMMIT
         (writing and syncing the WAL, where SQLite lets go of the GIL) there, so the

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 from .. import wire
 from ..ratelimit import RateLimitedLog
 from ..spool_auth import LOCAL, SpoolAuth
-from ..store.base import Applied, Store, StoreGone
+from ..store.base import Applying, Store, StoreGone
 from ..wire import Message, Validator, WireError
 from . import control
 from .acks import AckBook, Reply
@@ -122,21 +122,25 @@ class _Committing:
     seq: dict[int, int]  # per publisher, its last message in the batch
     rows: int
     first_pending_at: float | None
-    applying: Applied  # the store's handle (or _Failed): done(), result(), seconds
+    applying: Applying  # the store's handle (or _Failed)
 
 
-class _Failed:
+class _Failed(Applying):
     """A batch the store refused before its COMMIT: ``result()`` raises why."""
 
     def __init__(self, error: BaseException, seconds: float):
         self.error = error
-        self.seconds = seconds
+        self._seconds = seconds
 
     def done(self) -> bool:
         return True
 
     def result(self) -> int:
         raise self.error
+
+    @property
+    def seconds(self) -> float:
+        return self._seconds
 
 
 class Writer:
