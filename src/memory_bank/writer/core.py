@@ -149,7 +149,9 @@ class Writer:
     A batch is committed when it holds ``batch_rows`` rows, when its oldest message has
     waited ``batch_seconds``, or at once when a publisher waits urgently for it.
     ``spool_key``: where finished publishers' spools are (None: nowhere); ``spool_auth``:
-    under CURVE, whose spools may be applied; ``host``: see WriterHost.
+    under CURVE, whose spools may be applied; ``host``: see WriterHost; ``wake``: called
+    from the store's thread once a batch's COMMIT returned there (see ``commit``), so the
+    loop around the writer wakes and calls ``tick``, which acknowledges it.
     """
 
     def __init__(
@@ -163,7 +165,7 @@ class Writer:
         wake: Callable[[], None] | None = None,
     ):
         self.store = store
-        self.wake = wake  # called from the store's thread when a batch's COMMIT returned
+        self.wake = wake
         self.host: WriterHost = host or NoHost()
         self.watermarks: dict[int, int] = store.load_watermarks()
         self.started_at = time.time()
