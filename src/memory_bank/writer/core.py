@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 from .. import wire
 from ..ratelimit import RateLimitedLog
 from ..spool_auth import LOCAL, SpoolAuth
-from ..store.base import Applying, Store, StoreGone
+from ..store.base import Applied, Applying, Store, StoreGone
 from ..wire import Message, Validator, WireError
 from . import control
 from .acks import AckBook, Reply
@@ -125,22 +125,15 @@ class _Committing:
     applying: Applying  # the store's handle (or _Failed)
 
 
-class _Failed(Applying):
+class _Failed(Applied):
     """A batch the store refused before its COMMIT: ``result()`` raises why."""
 
     def __init__(self, error: BaseException, seconds: float):
+        super().__init__(0, seconds)
         self.error = error
-        self._seconds = seconds
-
-    def done(self) -> bool:
-        return True
 
     def result(self) -> int:
         raise self.error
-
-    @property
-    def seconds(self) -> float:
-        return self._seconds
 
 
 class Writer:
