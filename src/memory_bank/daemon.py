@@ -1,7 +1,8 @@
 """The daemon: the only process that writes a database.
 
 Its loop reads like its description: poll, receive, decode and validate, batch, commit,
-answer whoever waits for a commit. Signals only set flags (through a wake-up socket the
+answer whoever waits for a commit (SQLite's COMMIT runs on the store's thread meanwhile:
+the loop answers once it returned). Signals only set flags (through a wake-up socket the
 poller watches); the loop acts on them. On SIGTERM or SIGINT it stops receiving, commits
 everything it received, and exits 0.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -270,6 +272,7 @@ class Daemon:
             spool_key=self.key,
             spool_auth=spool_auth,
             host=self,
+            wake=functools.partial(os.eventfd_write, self._committed_fd, 1),
         )
 
     def _addresses(self) -> dict[str, str]:
@@ -367,6 +370,9 @@ class Daemon:
         self.followers = 0
         schedule = self.schedule = MaintenanceSchedule(ctx, self._inproc_control)
         schedule.configure(self.settings.retention_schedule, self.settings.vacuum_schedule)
+        # Readable once a batch's COMMIT returned on the store's thread: the loop wakes to
+        # acknowledge it.
+        self._committed_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         writer = self._open_writer(store)
         try:
             writer.adopt_spools(force=True)
@@ -400,6 +406,7 @@ class Daemon:
             if self.exporter is not None:
                 self.exporter.close()
             writer.close()
+            os.close(self._committed_fd)
             if self.handshakes is not None:
                 self.handshakes.stop()
             pull.close(0)
@@ -443,6 +450,7 @@ class Daemon:
         poller.register(router, zmq.POLLIN)
         poller.register(wake_r, zmq.POLLIN)
         poller.register(self.tail, zmq.POLLIN)
+        poller.register(self._committed_fd, zmq.POLLIN)
         handshakes = self.handshakes
         monitors = [handshakes.watch(sock) for sock in (pull, router)] if handshakes else []
         for monitor in monitors:
@@ -457,6 +465,8 @@ class Daemon:
             ready = dict(poller.poll(int(sleep * 1000) + 1))
             if wake_r.fileno() in ready:
                 _drain_wakeups(wake_r)
+            if self._committed_fd in ready:
+                _read_eventfd(self._committed_fd)  # (writer.tick below finishes the batch)
             if self._reload_requested:
                 self._reload_requested = False
                 self._reload(writer, schedule)
@@ -472,6 +482,7 @@ class Daemon:
             self.bindings.check()
             writer.tick()
             if self.alerts is not None and writer.store_error is None:
+                writer.settle()  # alerts write on the store's connection
                 self.alerts.tick()
             if self.exporter is not None:
                 self.exporter.refresh(writer.figures)
@@ -519,7 +530,7 @@ class Daemon:
                 log.warning("reload: %s changed; it takes effect at the next restart", key)
                 setattr(new, key, getattr(self.settings, key))
         self.settings = new
-        writer.configure(new.writer_settings())
+        writer.configure(new.writer_settings())  # (which also settles the batch committing)
         try:
             if self.alerts is not None:
                 self.alerts.reload(new.alerts)
@@ -623,6 +634,15 @@ def _commit_when_due(pull: zmq.Socket, writer: Writer) -> None:
     (Writer.may_grow): a backlog goes in fewer, larger batches."""
     if writer.due() and not (int(pull.get(zmq.EVENTS)) & zmq.POLLIN and writer.may_grow()):
         writer.tick()  # (int(): pyzmq types get() as int | bytes)
+    elif writer.commit_returned():
+        writer.settle()  # acknowledge it now, not after the burst
+
+
+def _read_eventfd(fd: int) -> None:
+    try:
+        os.eventfd_read(fd)
+    except BlockingIOError:
+        pass
 
 
 def _drain_wakeups(sock: socket.socket) -> None:

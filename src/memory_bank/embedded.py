@@ -24,6 +24,7 @@ from .writer import Writer, WriterSettings
 log = logging.getLogger(__name__)
 
 _STOP = "stop"
+_COMMITTED = "committed"
 
 
 class EmbeddedWriter:
@@ -40,10 +41,14 @@ class EmbeddedWriter:
         except BaseException:
             self._lock.release()
             raise
-        self.writer = Writer(
-            store, WriterSettings(batch_rows, batch_seconds), spool_key=self.db_path
-        )
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.writer = Writer(
+            store,
+            WriterSettings(batch_rows, batch_seconds),
+            spool_key=self.db_path,
+            # A batch's COMMIT returned on the store's thread: the loop below finishes it.
+            wake=lambda: self._inbox.put((_COMMITTED, None)),
+        )
         self._replies: deque = deque()
         self._reply_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name="memorybank-writer", daemon=True)
@@ -128,7 +133,9 @@ class EmbeddedWriter:
             if kind == _STOP:
                 writer.close()
                 return
-            if kind == "raw":
+            if kind == _COMMITTED:
+                pass  # writer.tick() below finishes the batch
+            elif kind == "raw":
                 writer.accept_raw(item)
             elif kind == "ctl":
                 writer.handle_request(item, self._reply)

@@ -7,7 +7,8 @@ what they share is written once in ``sql.py``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 TYPE_CHECKING = False  # (typing.TYPE_CHECKING without importing typing: see lazylog)
 if TYPE_CHECKING:  # readers never load msgpack
@@ -16,6 +17,8 @@ if TYPE_CHECKING:  # readers never load msgpack
     from ..wire import Message
 
 __all__ = [
+    "Applied",
+    "Applying",
     "InvalidDatabase",
     "Reader",
     "Store",
@@ -62,6 +65,23 @@ class Store:
         """
         raise NotImplementedError
 
+    def start_apply(
+        self,
+        messages: list[Message],
+        watermarks: dict[int, int],
+        rejects=(),
+        wake: Callable[[], None] | None = None,
+    ) -> Applying:
+        """Start applying as ``apply`` does; returns the batch on its way (``Applying``). A
+        store that makes a batch durable on a thread of its own (SQLite's COMMIT) returns
+        before that is done and calls ``wake()`` from that thread once it is; ``result()``
+        then finishes the batch on the caller's thread (``watermarks`` advance there, never
+        before). Nothing else may use the store until ``result()`` was called. The default
+        applies at once."""
+        began = time.perf_counter()
+        stored = self.apply(messages, watermarks, rejects)
+        return Applied(stored, time.perf_counter() - began)
+
     def retention_steps(
         self, cutoffs: dict[str, float], chunk_rows: int = 5000
     ) -> Iterator[tuple[str, int] | None]:
@@ -105,6 +125,42 @@ class Store:
 
     def close(self) -> None:
         """Release the connection(s); nothing is pending after ``apply`` returned."""
+
+
+class Applying:
+    """A batch on its way into the store (``Store.start_apply``)."""
+
+    def done(self) -> bool:
+        """Its COMMIT has returned: ``result()`` will not wait."""
+        raise NotImplementedError
+
+    def result(self) -> int:
+        """Wait for its COMMIT, finish it on the caller's thread (once) and return the rows
+        stored, or raise what ``apply`` would."""
+        raise NotImplementedError
+
+    @property
+    def seconds(self) -> float:
+        """From its first statement to its COMMIT's return (or now)."""
+        raise NotImplementedError
+
+
+class Applied(Applying):
+    """A batch ``Store.start_apply`` applied in the caller's thread: nothing to wait for."""
+
+    def __init__(self, stored: int, seconds: float):
+        self.stored = stored
+        self._seconds = seconds
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> int:
+        return self.stored
+
+    @property
+    def seconds(self) -> float:
+        return self._seconds
 
 
 class Reader:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 from .. import id_blocks, wire
 from ..files import DaemonLockedError, create_file, file_identity, lock_holders
 from ..wire import ROW_ID, ROW_TIMESTAMP, AnomalyRow, Message, MetricRow, PatternOp, SessionOp
-from .base import StoreGone, StoreRefused, StoreUnavailable
+from .base import Applied, Applying, StoreGone, StoreRefused, StoreUnavailable
 from .schema import COARSE_SECONDS, damaged_database, migrate
 from .sql import (
     SqlStore,
@@ -220,6 +221,68 @@ class Checkpointer:
         self._thread.join(timeout=30)
 
 
+class Committing(Applying):
+    """A batch whose COMMIT runs on the committer thread (``SqliteStore.start_apply``)."""
+
+    def __init__(self, began: float, finish, wake):
+        self.began = began
+        self._finish = finish  # (the COMMIT's error or None) -> rows stored, or raises
+        self.wake = wake
+        self.started = threading.Event()
+        self.returned = threading.Event()
+        self.returned_at: float | None = None
+        self.error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self.returned.is_set()
+
+    def result(self) -> int:
+        self.returned.wait()
+        return self._finish(self.error)
+
+    @property
+    def seconds(self) -> float:
+        return (self.returned_at or time.perf_counter()) - self.began
+
+
+class _Committer:
+    """The thread batches' COMMITs run on, one at a time, in the order given."""
+
+    def __init__(self, commit):
+        self._commit = commit  # () -> the COMMIT's error, or None
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="memorybank-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, began: float, finish, wake) -> Committing:
+        job = Committing(began, finish, wake)
+        self._jobs.put(job)
+        # Wait (without the GIL) until the thread has it: it then goes straight into the
+        # COMMIT's step, which lets go of the GIL. Left to take the GIL from a caller busy
+        # decoding, it would wait for the interpreter's switch interval (5 ms).
+        job.started.wait()
+        return job
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job.started.set()
+            try:
+                job.error = self._commit()
+            except BaseException as exc:  # result() raises it; the thread goes on
+                job.error = exc
+            job.returned_at = time.perf_counter()
+            job.returned.set()
+            if job.wake is not None:
+                try:
+                    job.wake()
+                except OSError as exc:  # the loop has gone; result() does not need it
+                    log.debug("commit wake-up not delivered: %s", exc)
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+
+
 class _IdsTaken(sqlite3.IntegrityError):
     """A batch row's id is already stored (the transaction was rolled back)."""
 
@@ -292,6 +355,7 @@ class SqliteStore(SqlStore):
         self.name = str(path)
         self.lost: str | None = None  # what happened to the files, once they are not ours
         self.checkpointer: Checkpointer | None = None
+        self._committer: _Committer | None = None  # started by the first start_apply
         _refuse_if_wal_open_elsewhere(path)
         # The file this store writes, held open until close: it tells when the path no
         # longer names it (deleted, replaced), and a new database gets FILE_MODE here.
@@ -403,9 +467,34 @@ class SqliteStore(SqlStore):
         Messages already applied are skipped; ``watermarks`` is updated in place once the
         transaction has committed. ``rejects`` are (time, publisher, reason, sample) rows.
         """
+        staged = self._stage(messages, watermarks, rejects)
+        if staged is None:
+            return 0
+        return self._finish(*staged, watermarks, self._commit_error())
+
+    def start_apply(self, messages, watermarks, rejects=(), wake=None) -> Applying:
+        """``apply`` with its COMMIT on the committer thread: the statements run here (a
+        thread running them would take the GIL back after every row's step), the COMMIT
+        (writing and syncing the WAL, where SQLite lets go of the GIL) there, so the
+        caller takes in the next batch meanwhile. ``wake()`` is called from that thread
+        once the COMMIT returned; ``result()`` then checks the files and advances
+        ``watermarks``."""
+        began = time.perf_counter()
+        staged = self._stage(messages, watermarks, rejects)
+        if staged is None:
+            return Applied(0, time.perf_counter() - began)
+        if self._committer is None:
+            self._committer = _Committer(self._commit_error)
+        return self._committer.submit(
+            began, lambda error: self._finish(*staged, watermarks, error), wake
+        )
+
+    def _stage(self, messages, watermarks, rejects) -> tuple[int, dict[int, int]] | None:
+        """BEGIN and the batch's statements, up to its COMMIT: (rows stored, watermarks
+        it sets), or None when there is nothing to write."""
         events, anomalies, metrics, operations, applied = gather(messages, watermarks)
         if not applied and not rejects:
-            return 0
+            return None
         if self.lost is not None:
             raise StoreGone(self.lost)
         try:
@@ -420,18 +509,48 @@ class SqliteStore(SqlStore):
             stored = self._write(
                 events, anomalies, metrics, operations, [*rejects, *taken], applied
             )
-        # Committed into the file at the path, or into one deleted meanwhile: only the
-        # first may be acknowledged (watermarks advance only then).
-        self.check_files()
-        watermarks.update(applied)
+        return stored, applied
+
+    def _commit_error(self) -> BaseException | None:
+        """COMMIT the staged batch (rolled back if it fails: the error is returned), then
+        empty the WAL if it is past its limit (see Checkpointer.due). Runs on the
+        committer thread under ``start_apply``: nothing here may touch the caller's state."""
+        try:
+            self.conn.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                self._rollback()
+            except sqlite3.Error as also:
+                log.error("rolling back a failed COMMIT: %s", also)
+            return exc
         checkpointer = self.checkpointer
         if checkpointer is not None and checkpointer.due():
-            checkpointer.truncate(self.conn)
+            try:
+                checkpointer.truncate(self.conn)
+            except sqlite3.Error as exc:  # the batch is committed: never fail it for this
+                log.warning("truncating the WAL: %s", exc)
+        return None
+
+    def _finish(
+        self, stored: int, applied: dict[int, int], watermarks: dict, error: BaseException | None
+    ) -> int:
+        """After the COMMIT returned, on the writer's thread: the alerts' hook told, and
+        ``watermarks`` advanced if it committed into the file at the path (only that may be
+        acknowledged; not into one deleted meanwhile)."""
+        hook = self.batch_hook
+        if error is not None:
+            if hook is not None:
+                hook.discarded()
+            raise error
+        if hook is not None:
+            hook.committed()
+        self.check_files()
+        watermarks.update(applied)
         return stored
 
     def _write(self, events, anomalies, metrics, operations, rejects, applied) -> int:
-        """One batch in one transaction; raises _IdsTaken (rolled back) when a row's id is
-        already stored."""
+        """One batch's statements in one transaction, left open for its COMMIT; raises
+        _IdsTaken (rolled back) when a row's id is already stored."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -455,14 +574,11 @@ class SqliteStore(SqlStore):
             hook = self.batch_hook
             if hook is not None:  # alerts: the outbox rows join this transaction
                 hook.stage({"events": events, "anomalies": anomalies, "metrics": metrics})
-            conn.execute("COMMIT")
         except BaseException:
             self._rollback()
             if self.batch_hook is not None:
                 self.batch_hook.discarded()
             raise
-        if hook is not None:
-            hook.committed()
         return stored
 
     def _split_taken(self, rows_by_table: dict[str, list]) -> tuple[list[list], list[tuple]]:
@@ -789,6 +905,8 @@ class SqliteStore(SqlStore):
 
     def close(self) -> None:
         """Close the connections (skipping what a full or read-only store cannot do)."""
+        if self._committer is not None:
+            self._committer.stop()
         if self.checkpointer is not None:
             self.checkpointer.stop()
         conn = getattr(self, "conn", None)  # none when _open failed before connecting

@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 from .. import wire
 from ..ratelimit import RateLimitedLog
 from ..spool_auth import LOCAL, SpoolAuth
-from ..store.base import Store, StoreGone
+from ..store.base import Applied, Applying, Store, StoreGone
 from ..wire import Message, Validator, WireError
 from . import control
 from .acks import AckBook, Reply
@@ -111,13 +112,39 @@ class Counts:
     last_commit_at: float | None = None
 
 
+@dataclass
+class _Committing:
+    """A batch handed to the store (``Writer.commit``) and not yet finished (``settle``):
+    what goes back ahead of the pending records if its COMMIT fails."""
+
+    batch: list[Message]
+    rejects: list[tuple]
+    seq: dict[int, int]  # per publisher, its last message in the batch
+    rows: int
+    first_pending_at: float | None
+    applying: Applying  # the store's handle (or _Failed)
+
+
+class _Failed(Applied):
+    """A batch the store refused before its COMMIT: ``result()`` raises why."""
+
+    def __init__(self, error: BaseException, seconds: float):
+        super().__init__(0, seconds)
+        self.error = error
+
+    def result(self) -> int:
+        raise self.error
+
+
 class Writer:
     """Collects messages into batches and commits each batch in one transaction.
 
     A batch is committed when it holds ``batch_rows`` rows, when its oldest message has
     waited ``batch_seconds``, or at once when a publisher waits urgently for it.
     ``spool_key``: where finished publishers' spools are (None: nowhere); ``spool_auth``:
-    under CURVE, whose spools may be applied; ``host``: see WriterHost.
+    under CURVE, whose spools may be applied; ``host``: see WriterHost; ``wake``: called
+    from the store's thread once a batch's COMMIT returned there (see ``commit``), so the
+    loop around the writer wakes and calls ``tick``, which acknowledges it.
     """
 
     def __init__(
@@ -128,8 +155,10 @@ class Writer:
         spool_key: Path | None = None,
         spool_auth: SpoolAuth | None = None,
         host: WriterHost | None = None,
+        wake: Callable[[], None] | None = None,
     ):
         self.store = store
+        self.wake = wake
         self.host: WriterHost = host or NoHost()
         self.watermarks: dict[int, int] = store.load_watermarks()
         self.started_at = time.time()
@@ -139,6 +168,8 @@ class Writer:
         self.spools = SpoolAdoption(spool_key, spool_auth)
         self.counts = Counts()
         self.store_error: str | None = None
+        # The batch whose COMMIT may still run (start_apply), until ``settle`` finishes it.
+        self._committing: _Committing | None = None
         self.configure(settings)
         self.max_pending_rows = MAX_PENDING_BATCHES * settings.batch_rows
         self._pending: list[Message] = []
@@ -157,6 +188,7 @@ class Writer:
 
     def configure(self, settings: WriterSettings) -> None:
         """Apply settings: at start, and on a reload (what is accepted from now on)."""
+        self.settle()  # (the store's connection is used below)
         self.batch_rows = settings.batch_rows
         self.batch_seconds = settings.batch_seconds
         self.validator = Validator(settings.limits, self.watermarks)
@@ -193,7 +225,7 @@ class Writer:
     def accept(self, msg: Message, adopted: bool = False) -> None:
         """Queue a message for the next batch, in publisher order (see the module docstring)."""
         pub = msg.publisher_id
-        last = self._pending_seq.get(pub, self.watermarks.get(pub, 0))
+        last = self._pending_seq.get(pub) or self._committing_seq(pub)
         self.counts.received_messages += 1
         if msg.seq <= last:
             # Already committed: a replay skipped. Received again while it waits in the
@@ -236,6 +268,13 @@ class Writer:
         self._pending.append(msg)
         self._pending_rows += msg.row_count
         self._pending_seq[pub] = msg.seq
+
+    def _committing_seq(self, pub: int) -> int:
+        """The last of ``pub``'s messages in the batch being committed, else committed."""
+        committing = self._committing
+        if committing is not None and pub in committing.seq:
+            return committing.seq[pub]
+        return self.watermarks.get(pub, 0)
 
     def _reject(self, publisher_id: int | None, reason: str, sample: str) -> None:
         if publisher_id is not None:  # a refused row (whole messages are counted apart)
@@ -294,11 +333,16 @@ class Writer:
         return max(0.0, min(waits))
 
     def tick(self, force: bool = False) -> None:
-        """Commit if a batch is due (or ``force``), then answer and expire waiters."""
+        """Commit if a batch is due (or ``force``: and wait for its COMMIT), finish a batch
+        whose COMMIT returned, then answer and expire waiters."""
+        if force or self.commit_returned():
+            self.settle()
         if (self._pending or self._pending_rejects) and (
             self.due() or (force and self.store_error is None)
         ):
             self.commit()
+            if force:
+                self.settle()
         if self.acks.waiters:
             self.acks.answer()
         now = time.monotonic()
@@ -308,7 +352,7 @@ class Writer:
         ):
             self._summarize_out_of_order(now)
 
-        if now >= self._next_file_check and self.store_error is None:
+        if now >= self._next_file_check and self.store_error is None and not self._committing:
             self._next_file_check = now + CHECK_FILES_SECONDS
             try:
                 self.store.check_files()
@@ -344,27 +388,63 @@ class Writer:
         return (r1 - r0) / span, (c1 - c0) / span
 
     def commit(self) -> None:
+        """Start committing the pending batch once the one before is finished: its
+        statements now, its COMMIT on the store's thread (SQLite's) while the loop takes
+        in the next batch; ``settle`` finishes it. Nothing is acknowledged before its
+        COMMIT returned: the watermarks the acknowledgements read advance in ``settle``."""
+        if not self.settle():
+            return  # the batch before failed: both wait for the retry
         batch, rejects = self._pending, self._pending_rejects
         began = time.perf_counter()
-        refused = 0
         try:
-            try:
-                stored = self.store.apply(batch, self.watermarks, rejects)
-            except self.store.batch_errors as exc:
-                stored, refused = self._apply_one_by_one(batch, rejects, exc)
-        except self.store.unavailable_errors as exc:
-            self._keep_for_retry(exc)
-            return
+            applying = self.store.start_apply(batch, self.watermarks, rejects, self.wake)
+        except (*self.store.batch_errors, *self.store.unavailable_errors) as exc:
+            applying = _Failed(exc, time.perf_counter() - began)
+        self._committing = _Committing(
+            batch, rejects, self._pending_seq, self._pending_rows, self._first_pending_at, applying
+        )
         self._pending, self._pending_rejects = [], []
         self._pending_rows = 0
         self._pending_seq = {}
         self._first_pending_at = None
+        if applying.done():
+            self.settle()
+
+    def commit_returned(self) -> bool:
+        """A batch's COMMIT has returned and waits for ``settle``."""
+        return self._committing is not None and self._committing.applying.done()
+
+    def settle(self) -> bool:
+        """Finish the batch being committed, waiting for its COMMIT if it still runs: its
+        publishers' watermarks advance and their waiters are answered; if it failed, it
+        goes back ahead of the pending records and is retried (see _keep_for_retry).
+        False when it failed."""
+        committing = self._committing
+        if committing is None:
+            return True
+        self._committing = None
+        batch, rejects = committing.batch, committing.rejects
+        refused = 0
+        try:
+            try:
+                stored = committing.applying.result()
+            except self.store.batch_errors as exc:
+                stored, refused = self._apply_one_by_one(batch, rejects, exc)
+        except self.store.unavailable_errors as exc:
+            self._pending = batch + self._pending
+            self._pending_rejects = rejects + self._pending_rejects
+            self._pending_rows += committing.rows
+            self._pending_seq = {**committing.seq, **self._pending_seq}
+            if committing.first_pending_at is not None:
+                self._first_pending_at = committing.first_pending_at
+            self._keep_for_retry(exc)
+            return False
         if self.store_error is not None:
             log.warning("%s accepts writes again; resuming", self.store.name)
             self.store_error = None
             self._retry_delay = RETRY_SECONDS
-        records = sum(m.row_count for m in batch)
-        took_ms = (time.perf_counter() - began) * 1000
+        records = committing.rows
+        took_ms = committing.applying.seconds * 1000
         self.counts.commit_ms_avg += (took_ms - self.counts.commit_ms_avg) * 0.05
         self.counts.commit_ms_max = max(self.counts.commit_ms_max, took_ms)
         self.counts.batch_rows_avg += (records - self.counts.batch_rows_avg) * 0.05
@@ -376,6 +456,9 @@ class Writer:
         self.counts.rejected_records += records - stored - refused
         self.counts.batches += 1
         self.counts.last_commit_at = time.time()
+        if self.acks.waiters:
+            self.acks.answer()
+        return True
 
     def _keep_for_retry(self, exc: BaseException) -> None:
         """The store cannot write now (disk full, I/O, server down): keep the batch, stop
@@ -466,6 +549,8 @@ class Writer:
 
     def maintenance_step(self) -> None:
         """One bounded step of the current maintenance run, if any."""
+        if self.maintenance.running is not None:
+            self.settle()  # its steps use the store's connection
         self.maintenance.step()
 
     def run_maintenance(self, job: str, trigger: str = "request", days: float | None = None):
@@ -475,6 +560,7 @@ class Writer:
     # -- figures ----------------------------------------------------------------------
     def figures(self) -> dict:
         """The live figures `memorybank status` shows (the host's own included)."""
+        self.settle()  # (they read the store)
         c = self.counts
         store_ok = self.store_error is None
         received_per_second, committed_per_second = self.rates()
