@@ -114,3 +114,28 @@ def test_lost_ids_file_cannot_cause_collisions(db_path, start_daemon):
         second = memory.log_event("E", "C", "two")
         assert len(memory.get_events()) == 2
     assert second > first
+
+
+def test_a_database_written_by_a_newer_memorybank_is_refused_not_written(db_path, start_daemon):
+    """A schema version above this MemoryBank's (a newer one wrote the file) is refused with
+    the reason, by the daemon and by the embedded writer, and the file is left as it was:
+    this version would not keep what the newer schema holds."""
+    with MemoryBank(db_path, embedded=True) as memory:
+        memory.log_event("E", "C", "kept")
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    daemon = start_daemon(db_path, wait=False)
+    assert daemon.proc.wait(60) == 2
+    assert "database schema version 99 is newer than this MemoryBank" in daemon.log
+    assert "upgrade memory_bank" in daemon.log
+    try:
+        MemoryBank(db_path, embedded=True).close()
+    except Exception as exc:
+        assert "is newer than this MemoryBank" in str(exc)
+    else:
+        raise AssertionError("the embedded writer opened a newer database")
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 99
+        assert conn.execute("SELECT message FROM events").fetchall() == [("kept",)]
+    conn.close()
