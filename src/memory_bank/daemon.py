@@ -466,7 +466,7 @@ class Daemon:
             if wake_r.fileno() in ready:
                 _drain_wakeups(wake_r)
             if self._committed_fd in ready:
-                _read_eventfd(self._committed_fd)  # (writer.tick below finishes the batch)
+                sockets.clear_wakeup(self._committed_fd)  # (writer.tick below finishes the batch)
             if self._reload_requested:
                 self._reload_requested = False
                 self._reload(writer, schedule)
@@ -636,13 +636,6 @@ def _commit_when_due(pull: zmq.Socket, writer: Writer) -> None:
         writer.tick()  # (int(): pyzmq types get() as int | bytes)
     elif writer.commit_returned():
         writer.settle()  # acknowledge it now, not after the burst
-
-
-def _read_eventfd(fd: int) -> None:
-    try:
-        os.eventfd_read(fd)
-    except BlockingIOError:
-        pass
 
 
 def _drain_wakeups(sock: socket.socket) -> None:

@@ -17,7 +17,7 @@ from collections import deque
 
 import zmq
 
-from . import discovery, wire
+from . import discovery, sockets, wire
 from .store import open_store
 from .writer import Writer, WriterSettings
 
@@ -63,13 +63,10 @@ class EmbeddedWriter:
         self._inbox.put(("ctl", body))
 
     def replies(self) -> list[dict]:
-        # Read the eventfd before taking the replies (a reply added in between wakes the
-        # next poll): left unread it stays readable, and the sender thread's poll would
-        # return at once, forever, spinning a core.
-        try:
-            os.eventfd_read(self._reply_fd)
-        except BlockingIOError:
-            pass
+        # Cleared before the replies are taken (a reply added in between wakes the next
+        # poll): left set, the sender thread's poll would return at once, forever,
+        # spinning a core.
+        sockets.clear_wakeup(self._reply_fd)
         out = []
         while self._replies:
             out.append(self._replies.popleft())

@@ -162,6 +162,15 @@ def _monitor_event(frames: list[bytes]) -> tuple[int, int]:
     return int.from_bytes(head[:2], sys.byteorder), int.from_bytes(head[2:], sys.byteorder)
 
 
+def clear_wakeup(fd: int) -> None:
+    """Reset an eventfd a poller watches beside the sockets (a thread's wake-up, set with
+    ``os.eventfd_write``): left set it stays readable, and every poll returns at once."""
+    try:
+        os.eventfd_read(fd)
+    except BlockingIOError:  # not set: nothing to clear
+        pass
+
+
 # The daemon's sockets take a ``binder(sock, endpoint)``: ``bind``, or one that also
 # keeps the binds there while the daemon runs (bindings.Bindings.bind).
 

@@ -180,10 +180,7 @@ class Sender:
                 ready = dict(poller.poll(None if timeout is None else int(timeout * 1000) + 1))
                 replies_ready = len(ready) > (wake_fd in ready)
                 if wake_fd in ready:
-                    try:
-                        os.eventfd_read(wake_fd)
-                    except BlockingIOError:
-                        pass
+                    sockets.clear_wakeup(wake_fd)
             except Exception:
                 self._failed()
                 if self._stop:
