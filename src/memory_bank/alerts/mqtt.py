@@ -59,6 +59,7 @@ class Connection:
         self.port = parts.port or (8883 if self.tls else 1883)
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password else None
+        self.address = f"{self.host}:{self.port}"  # as messages name the broker
         self.client_id = f"memorybank-{role}-{uuid.uuid4().hex[:8]}"
         self._client: mqtt.Client | None = None
         # Called with each acknowledged mid, in paho's network thread.
@@ -82,14 +83,14 @@ class Connection:
         try:
             client.connect(self.host, self.port, keepalive=30)
         except (OSError, ValueError) as exc:
-            raise SinkError(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+            raise SinkError(f"cannot connect to {self.address}: {exc}") from None
         client.loop_start()
         deadline = time.monotonic() + self.config.timeout
         while not client.is_connected():
             if time.monotonic() > deadline:
                 client.loop_stop()
                 client.disconnect()
-                raise SinkError(f"{self.host}:{self.port} did not accept the connection")
+                raise SinkError(f"{self.address} did not accept the connection")
             time.sleep(0.01)
         self._client = client
         return client
@@ -109,10 +110,10 @@ class Connection:
                 info.wait_for_publish(self.config.timeout)
             except (ValueError, RuntimeError) as exc:
                 self.close()
-                return done, f"{self.host}:{self.port}: {exc}"
+                return done, f"{self.address}: {exc}"
             if not info.is_published():
                 self.close()
-                return done, f"{self.host}:{self.port} did not acknowledge in time"
+                return done, f"{self.address} did not acknowledge in time"
         return len(infos), None
 
     @property
@@ -409,7 +410,7 @@ class MqttStream:
         if len(self._sent) == len(self._window):
             return 0, None
         if self._sent and not self.connection.connected:  # what it took is lost with it
-            return 0, f"{self.connection.host}:{self.connection.port}: the connection was lost"
+            return 0, f"{self.connection.address}: the connection was lost"
         try:
             client = self.connection.client()
         except SinkError as exc:
@@ -419,8 +420,7 @@ class MqttStream:
         for topic, payload in self._window[len(self._sent) :]:
             info = client.publish(topic, payload, qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                where = f"{self.connection.host}:{self.connection.port}"
-                return 0, f"{where}: {mqtt.error_string(info.rc)}"
+                return 0, f"{self.connection.address}: {mqtt.error_string(info.rc)}"
             self._sent.append(info.mid)
         return 0, None
 
@@ -455,7 +455,7 @@ class MqttStream:
             return done, None
         if not self._sent or time.monotonic() < deadline:
             return 0, None
-        where = f"{self.connection.host}:{self.connection.port}"
+        where = self.connection.address
         if not self.connection.connected:
             return 0, f"{where}: the connection was lost"
         return 0, f"{where} did not acknowledge in time"
