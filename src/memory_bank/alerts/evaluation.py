@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import compress, repeat
+from itertools import compress, count, repeat
 from operator import eq, gt, itemgetter, le, lt, or_, sub
 
 from .records import TYPE_INDEX, as_record, created_at, group_of, orjson
@@ -198,31 +198,31 @@ class Evaluator:
     def _rate(self, rule, key, st, rows, now, committed, notes, latest) -> None:
         """A ``rate`` rule's rows at once: where the window of ``count`` records ending at
         each row spans at most ``within`` (differences taken in C, not a window copied or
-        shifted per record: 1,000 floats per event for a ``count = 1000`` rule)."""
-        old, count = len(st.times), rule.count
+        shifted per record: 1,000 floats per event for a ``count = 1000`` rule). Only the
+        first window that holds (when not firing yet) and the last (remembered) matter:
+        each is found by a lazy scan in C that stops there, from the front and from the
+        back, so a storm that keeps holding costs one difference, not one per row."""
+        old, size = len(st.times), rule.count
         times = st.times + list(map(itemgetter(1), rows))
-        st.times = times[-count:]
-        first = max(old, count - 1)  # the first place a window of `count` ends
+        st.times = times[-size:]
+        first = max(old, size - 1)  # the first place a window of `size` ends
         if first >= len(times):
             return
-        spans = map(sub, times[first:], times[first - count + 1 :])
-        held = list(map(le, spans, repeat(rule.within)))
-        rows = rows[first - old :]
+        ends, begins = times[first:], times[first - size + 1 : len(times) - size + 1]
+        offset = first - old  # the row at which window 0 ends
         start = 0
         if not st.firing:
-            try:
-                start = held.index(True)
-            except ValueError:
+            start = _first_held(map(sub, ends, begins), rule.within)
+            if start is None:
                 return
-            row = rows[start]
+            row = rows[offset + start]
             latest.pop(key, None)
             st.record = as_record(rule.table, row, committed)
             self._fire(rule, "", st, now, notes, _rate_summary(rule, row))
             start += 1
-        if True in held:  # the last row after that where it holds is remembered
-            last = len(held) - 1 - held[::-1].index(True)
-            if last >= start:
-                latest[key] = (rule, rows[last])
+        back = _first_held(map(sub, reversed(ends), reversed(begins)), rule.within)
+        if back is not None and len(ends) - 1 - back >= start:  # the last one after that
+            latest[key] = (rule, rows[offset + len(ends) - 1 - back])
 
     def _keyed(self, rule: Rule, rows) -> Iterator[tuple[Key, list]]:
         """The rule's matching rows with their state's key. For ``anomaly`` and
@@ -396,6 +396,11 @@ class Evaluator:
 def _watched(definition: dict) -> dict:
     """A rule's definition without its sinks: what its states are about."""
     return {k: v for k, v in definition.items() if k != "notify"}
+
+
+def _first_held(spans, within: float) -> int | None:
+    """The index of the first span at most ``within`` (None when none is), stopping there."""
+    return next(compress(count(), map(le, spans, repeat(within))), None)
 
 
 def _rate_summary(rule: Rule, row) -> str:
