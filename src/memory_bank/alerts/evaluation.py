@@ -123,11 +123,15 @@ class Evaluator:
         # built once, after the batch (building one per record cost most of the batch).
         latest: dict[Key, tuple[Rule, list]] = {}
         types: dict[str, list] = {}  # per table, its type column (one pass in C)
+        picked: dict[tuple, list] = {}  # per filter, its rows: rules that filter alike share
         for rule in self.rules:
             rows = tables.get(rule.table) or ()
             if not rows:
                 continue
-            rows = self._matching(rule, rows, types)
+            which = (rule.table, rule.metric, rule.event_type, rule.anomaly_type, rule.severity)
+            if which not in picked:
+                picked[which] = self._matching(rule, rows, types)
+            rows = picked[which]
             if not rows:
                 continue
             if rule.group is None and self._whole(
@@ -175,8 +179,9 @@ class Evaluator:
             self._rate(rule, key, st, rows, now, committed, notes, latest)
             return True
         if rule.when == "metric":
-            values = list(map(itemgetter(3), rows))
+            values = map(itemgetter(3), rows)
             if rule.above is not None and rule.below is not None:
+                values = list(values)  # read twice
                 held = map(
                     or_, map(gt, values, repeat(rule.above)), map(lt, values, repeat(rule.below))
                 )
