@@ -206,7 +206,8 @@ class Evaluator:
         shifted per record: 1,000 floats per event for a ``count = 1000`` rule). Only the
         first window that holds (when not firing yet) and the last (remembered) matter:
         each is found by a lazy scan in C that stops there, from the front and from the
-        back, so a storm that keeps holding costs one difference, not one per row."""
+        back (a storm that keeps holding is found at the last row at once), not by a list
+        of every window's outcome."""
         old, size = len(st.times), rule.count
         times = st.times + list(map(itemgetter(1), rows))
         st.times = times[-size:]
