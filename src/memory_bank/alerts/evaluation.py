@@ -22,7 +22,7 @@ record at all.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import compress, count, repeat
 from operator import eq, gt, itemgetter, le, lt, or_, sub
@@ -179,7 +179,7 @@ class Evaluator:
             self._rate(rule, key, st, rows, now, committed, notes, latest)
             return True
         if rule.when == "metric":
-            values = map(itemgetter(3), rows)
+            values: Iterable = map(itemgetter(3), rows)
             if rule.above is not None and rule.below is not None:
                 values = list(values)  # read twice
                 held = map(
@@ -218,9 +218,10 @@ class Evaluator:
         offset = first - old  # the row at which window 0 ends
         start = 0
         if not st.firing:
-            start = _first_held(map(sub, ends, begins), rule.within)
-            if start is None:
+            held = _first_held(map(sub, ends, begins), rule.within)
+            if held is None:
                 return
+            start = held
             row = rows[offset + start]
             latest.pop(key, None)
             st.record = as_record(rule.table, row, committed)
