@@ -81,6 +81,22 @@ def test_a_record_past_a_stale_time_bound_is_still_accepted():
     assert len(msg.events) == 1 and not msg.rejected
 
 
+def test_publishers_past_the_decoders_made_a_minute_are_read_the_generic_way(monkeypatch):
+    """Typed decoders are made for at most TYPED_DECODERS publishers until they are made
+    again: messages naming ever new publishers then cost what the generic way costs, and
+    every message is still read."""
+    monkeypatch.setattr(wire, "TYPED_DECODERS", 2)
+    validator = wire.Validator()
+    now = time.time()
+    for publisher, typed in ((PUBLISHER, True), (PUBLISHER + 1, True), (PUBLISHER + 2, False)):
+        event = [(publisher << 32) + 1, now, "E", "C", None, None]
+        raw = wire.encode(publisher, 1, 0, [event], [], [], [])
+        assert (validator.typed_body(raw) is not None) is typed
+        assert len(wire.decode(raw, validator).events) == 1
+    validator._typed_max_time -= wire.TYPED_BOUND_SECONDS + 1  # a minute later
+    assert validator.typed_body(raw) is not None
+
+
 def _mostly(good: list, bad: list):
     """A value of ``good`` four times in five, else one of ``bad``: most messages then
     take the typed decoder, and a bad value lands among good ones now and then."""

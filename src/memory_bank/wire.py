@@ -290,8 +290,10 @@ METRIC_KIND = RowKind(
 # are made) may lag the clock before they are made again; meanwhile a record in the last
 # minute of the window is refused by them and read the generic way, which accepts it.
 TYPED_BOUND_SECONDS = 60.0
-# Publishers whose typed decoders are kept at once (one each, made at its first message and
-# again each TYPED_BOUND_SECONDS); past it they are all made again as messages come.
+# Typed decoders made at most each TYPED_BOUND_SECONDS (one a publisher, at its first message
+# after they were last made; well under a millisecond each): past it, the messages of
+# publishers without one are read the generic way until then, so that messages naming ever
+# new publishers cost no more than that way.
 TYPED_DECODERS = 256
 
 
@@ -420,7 +422,7 @@ class Validator:
         decoder = self._decoders.get(key)
         if decoder is None:
             if len(self._decoders) >= TYPED_DECODERS:
-                self._decoders.clear()
+                return None
             decoder = self._decoders[key] = _typed_decoder(self.limits, self._typed_max_time, *key)
         try:
             return decoder.decode(raw)
