@@ -187,7 +187,7 @@ def test_texts_are_not_measured_in_a_message_shorter_than_the_limit(raw):
     assert _outcome(wire.decode, raw, validator) == _outcome(_generic_raw, raw, validator)
 
 
-def test_a_message_shorter_than_the_text_limit_holds_no_longer_text():
+def test_a_message_longer_than_the_text_limit_has_its_texts_measured():
     """One text takes all of the limit, as characters of two bytes each: the message is
     longer than the limit in bytes, so its texts are measured, and one more is refused."""
     limits = wire.Limits(max_text_chars=100)
