@@ -73,12 +73,28 @@ def test_a_record_past_a_stale_time_bound_is_still_accepted():
     now = time.time()
     validator = wire.Validator()
     stale = now + validator.limits.max_future_seconds - 30
-    validator._typed = wire._typed_decoder(validator.limits, stale)
-    validator._typed_max_time = stale
+    validator._typed_max_time = stale  # (its decoders are made with this bound)
+    validator._decoders.clear()
     raw = wire.encode(PUBLISHER, 1, 0, [[PUB + 1, stale + 10, "E", "C", None, None]], [], [], [])
     assert validator.typed_body(raw) is None
     msg = wire.decode(raw, validator)
     assert len(msg.events) == 1 and not msg.rejected
+
+
+def test_publishers_past_the_decoders_made_a_minute_are_read_the_generic_way(monkeypatch):
+    """Typed decoders are made for at most TYPED_DECODERS publishers until they are made
+    again: messages naming ever new publishers then cost what the generic way costs, and
+    every message is still read."""
+    monkeypatch.setattr(wire, "TYPED_DECODERS", 2)
+    validator = wire.Validator()
+    now = time.time()
+    for publisher, typed in ((PUBLISHER, True), (PUBLISHER + 1, True), (PUBLISHER + 2, False)):
+        event = [(publisher << 32) + 1, now, "E", "C", None, None]
+        raw = wire.encode(publisher, 1, 0, [event], [], [], [])
+        assert (validator.typed_body(raw) is not None) is typed
+        assert len(wire.decode(raw, validator).events) == 1
+    validator._typed_max_time -= wire.TYPED_BOUND_SECONDS + 1  # a minute later
+    assert validator.typed_body(raw) is not None
 
 
 def _mostly(good: list, bad: list):
@@ -155,8 +171,59 @@ def _messages():
 @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(raw=_messages())
 def test_typed_and_generic_reading_keep_and_refuse_the_same_rows(raw):
-    validator = wire.Validator(LIMITS)
+    validator = wire.Validator(LIMITS)  # the messages are longer: texts are measured
     assert _outcome(wire.decode, raw, validator) == _outcome(_generic_raw, raw, validator)
+
+
+# Texts up to 200 characters: LIMITS' 20 made "x" * 21 too long, and a message of at most
+# 200 bytes (most of these) is read by a typed decoder that does not measure its texts.
+SHORT = wire.Limits(max_text_chars=200)
+
+
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(raw=_messages())
+def test_texts_are_not_measured_in_a_message_shorter_than_the_limit(raw):
+    validator = wire.Validator(SHORT)
+    assert _outcome(wire.decode, raw, validator) == _outcome(_generic_raw, raw, validator)
+
+
+def test_a_message_longer_than_the_text_limit_has_its_texts_measured():
+    """One text takes all of the limit, as characters of two bytes each: the message is
+    longer than the limit in bytes, so its texts are measured, and one more is refused."""
+    limits = wire.Limits(max_text_chars=100)
+    validator = wire.Validator(limits)
+    now = time.time()
+    for length, refused in ((100, 0), (101, 1)):
+        event = [PUB + 1, now, "é" * length, "C", None, None]
+        raw = wire.encode(PUBLISHER, 1, 0, [event], [], [], [])
+        assert len(raw) > limits.max_text_chars
+        assert (validator.typed_body(raw) is None) is bool(refused)
+        msg = wire.decode(raw, validator)
+        assert (len(msg.events), len(msg.rejected)) == (1 - refused, refused)
+
+
+def test_a_message_names_its_publisher_in_its_first_bytes():
+    """The typed decoder is picked by the publisher id read from a message's first bytes,
+    however msgpack packs it (and the decoder checks it again)."""
+    for publisher in (1, 127, 128, 255, 256, 65535, 65536, 2**31 - 1):
+        raw = wire.encode(publisher, 1, 0, [], [], [], [])
+        assert wire._publisher_of(raw) == publisher
+    for no_publisher in (0, wire.MAX_ID_BLOCK + 1, 2**64 - 1):  # refused the generic way
+        assert wire._publisher_of(wire.encode(no_publisher, 1, 0, [], [], [], [])) is None
+    assert wire._publisher_of(msgpack.packb([1, 2])) is None
+    assert wire._publisher_of(b"") is None
+
+
+def test_rows_outside_the_publishers_first_block_are_read_the_generic_way():
+    """An id in a later block no publisher holds is kept (the generic way: a publisher
+    that used up its block leases the next), one in another publisher's block refused."""
+    now = time.time()
+    validator = wire.Validator(known_publishers={PUBLISHER: 1, PUBLISHER + 2: 1})
+    later, taken = (PUBLISHER + 1) << 32, (PUBLISHER + 2) << 32
+    for row_id, kept in ((PUB + 5, True), (later + 5, True), (taken + 5, False), (PUB, True)):
+        raw = wire.encode(PUBLISHER, 1, 0, [[row_id, now, "E", "C", None, None]], [], [], [])
+        assert (validator.typed_body(raw) is not None) is (row_id == PUB + 5)
+        assert len(wire.decode(raw, validator).events) == kept
 
 
 def _generic_raw(raw: bytes, validator: wire.Validator) -> wire.Message:

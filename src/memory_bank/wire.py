@@ -26,7 +26,7 @@ import operator
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -235,7 +235,7 @@ _SESSION_OPS = (OP_SESSION_START, OP_SESSION_ANOMALY, OP_SESSION_END)
 _ARRAY_TYPES = {tuple, list}  # an array as msgpack decodes it (tuple), or as built in Python
 _INT, _FLOAT, _OPT_FLOAT = {int}, {float}, {float, type(None)}
 _NOT_NONE = functools.partial(operator.is_not, None)
-_ID_OF, _JSON_OF = operator.itemgetter(ROW_ID), operator.itemgetter(ROW_JSON)
+_JSON_OF = operator.itemgetter(ROW_JSON)
 
 
 class RowKind(NamedTuple):
@@ -286,35 +286,53 @@ METRIC_KIND = RowKind(
 )
 
 
-# How long the typed decoder's upper time bound (now + max_future_seconds, fixed when it is
-# made) may lag the clock before it is made again; meanwhile a record in the last minute of
-# the window is refused by it and read the generic way, which accepts it.
+# How long the typed decoders' upper time bound (now + max_future_seconds, fixed when they
+# are made) may lag the clock before they are made again; meanwhile a record in the last
+# minute of the window is refused by them and read the generic way, which accepts it.
 TYPED_BOUND_SECONDS = 60.0
+# Typed decoders made at most each TYPED_BOUND_SECONDS (one a publisher, at its first message
+# after they were last made; well under a millisecond each): past it, the messages of
+# publishers without one are read the generic way until then, so that messages naming ever
+# new publishers cost no more than that way.
+TYPED_DECODERS = 256
 
 
-def _typed_decoder(limits: Limits, max_time: float):
-    """msgspec's decoder of a message of the usual shape (None where msgspec is not
-    installed): the rows come out as the tuples ``executemany`` binds, each value checked
-    while it is read against what ``Validator._check_row`` asks of it (type, text length,
-    finite number, time in [min_timestamp, ``max_time``]). It refuses what the Validator
-    would refuse, and more (an int where a float is usual is kept as an int; ids outside
-    the publisher's first block and non-standard JSON are left to ``_values_valid``).
-    Imported here, by the daemon only: publishers load this module and never msgspec."""
+def _msgspec():
+    """msgspec, or None where it is not installed (every message is then read the generic
+    way). Imported by the daemon's Validator only: publishers load this module, never it."""
     try:
         import msgspec
     except ImportError:
         return None
-    from typing import Annotated, Any, Literal
+    return msgspec
+
+
+def _typed_decoder(limits: Limits, max_time: float, publisher: int, measure_text: bool):
+    """msgspec's decoder of a message of the usual shape from ``publisher`` (None where
+    msgspec is not installed): the rows come out as the tuples ``executemany`` binds, each
+    value checked while it is read against what ``Validator._check_row`` asks of it (type,
+    finite number, time in [min_timestamp, ``max_time``], an id in the publisher's first
+    block; with ``measure_text``, text of at most max_text_chars characters: without it,
+    for messages no longer than that in bytes, which hold no longer text). It refuses what
+    the Validator would refuse, and more (an int where a float is usual is kept as an int;
+    an id in a later block and non-standard JSON are left to the generic way and
+    ``_values_valid``)."""
+    msgspec = _msgspec()
+    if msgspec is None:
+        return None
+    from typing import Annotated, Literal
 
     array: Any = tuple  # the types below are made at run time, for msgspec (not for mypy)
     meta = msgspec.Meta
-    text = Annotated[str, meta(max_length=limits.max_text_chars)]
+    text = Annotated[str, meta(max_length=limits.max_text_chars)] if measure_text else str
     finite = Annotated[float, meta(ge=-sys.float_info.max, le=sys.float_info.max)] | int
     when = (
         Annotated[float, meta(ge=limits.min_timestamp, le=max_time)]
         | Annotated[int, meta(ge=math.ceil(limits.min_timestamp), le=math.floor(max_time))]
     )
-    row_id = Annotated[int, meta(gt=0, le=(1 << 63) - 1)]
+    positive = Annotated[int, meta(gt=0, le=(1 << 63) - 1)]
+    first_id = publisher << ID_BLOCK_BITS  # the block's open interval, as _check_row's
+    row_id = Annotated[int, meta(gt=first_id, lt=first_id + (1 << ID_BLOCK_BITS))]
 
     def row(kind: RowKind):
         columns: list = [row_id, when]
@@ -330,10 +348,31 @@ def _typed_decoder(limits: Limits, max_time: float):
         return array[tuple(columns)]
 
     # [WIRE_VERSION, publisher_id, message_seq, base, events, anomalies, metrics, operations]
-    header = (Literal[WIRE_VERSION], row_id, row_id, int)
+    header = (Literal[WIRE_VERSION], Literal[publisher], positive, int)
     rows = [array[row(kind), ...] for kind in (EVENT_KIND, ANOMALY_KIND, METRIC_KIND)]
     operations = array[array[int | float | str | None, ...], ...]
     return msgspec.msgpack.Decoder(array[(*header, *rows, operations)])
+
+
+# How a message's publisher id is packed after its first two bytes (an array of 8 and
+# WIRE_VERSION): a msgpack unsigned int's marker and its width in bytes.
+_UINT_WIDTH = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+
+
+def _publisher_of(raw: bytes) -> int | None:
+    """The publisher id a message of the usual shape names, read from its first bytes
+    (which typed decoder to use: it checks the id again); None for any other start, or an
+    id no publisher is given."""
+    if raw[:2] != b"\x98\x01" or len(raw) < 3:
+        return None
+    marker = raw[2]
+    if marker < 0x80:
+        publisher = marker
+    elif (width := _UINT_WIDTH.get(marker)) is not None:
+        publisher = int.from_bytes(raw[3 : 3 + width], "big")
+    else:
+        return None
+    return publisher if 0 < publisher <= MAX_ID_BLOCK else None  # else refused anyway
 
 
 class Validator:
@@ -358,23 +397,35 @@ class Validator:
         self._max_time = 0.0
         self._block = 0
         self._id_low = self._id_high = 0  # the open interval of this message's block
-        # Made now, not at the first message: importing msgspec takes tens of ms.
+        # Imported now, not at the first message: importing msgspec takes tens of ms.
+        self._typed = _msgspec() is not None
         self._typed_max_time = time.time() + limits.max_future_seconds
-        self._typed = _typed_decoder(limits, self._typed_max_time)
+        # (publisher, whether texts are measured) -> its typed decoder (_typed_decoder)
+        self._decoders: dict[tuple[int, bool], Any] = {}
 
     def typed_body(self, raw: bytes):
-        """``raw`` read by the typed decoder (see _typed_decoder), or None when it refuses
-        it in any way, or msgspec is not installed: the message is then read the generic
-        way, whatever made it refuse (a bad row, a later id block, an unreadable message)."""
+        """``raw`` read by its publisher's typed decoder (see _typed_decoder), or None when
+        it refuses it in any way, or msgspec is not installed: the message is then read the
+        generic way, whatever made it refuse (a bad row, a later id block, an unreadable
+        message)."""
+        if not self._typed:
+            return None
+        publisher = _publisher_of(raw)
+        if publisher is None:
+            return None
         max_time = time.time() + self.limits.max_future_seconds
         if not max_time - TYPED_BOUND_SECONDS <= self._typed_max_time <= max_time:
             # A minute old, or the clock went back: its bound would be past the window's.
-            self._typed = _typed_decoder(self.limits, max_time)
+            self._decoders.clear()
             self._typed_max_time = max_time
-        if self._typed is None:
-            return None
+        key = (publisher, len(raw) > self._max_chars)
+        decoder = self._decoders.get(key)
+        if decoder is None:
+            if len(self._decoders) >= TYPED_DECODERS:
+                return None
+            decoder = self._decoders[key] = _typed_decoder(self.limits, self._typed_max_time, *key)
         try:
-            return self._typed.decode(raw)
+            return decoder.decode(raw)
         except Exception:  # msgspec's DecodeError, UnicodeDecodeError...
             return None
 
@@ -481,13 +532,10 @@ class Validator:
         return joined is not None and not _may_not_be_standard_json(joined)
 
     def _values_valid(self, rows) -> bool:
-        """``_all_valid`` for rows the typed decoder read, which checked the rest: every id
-        in the publisher's first block, and no JSON text that strict readers refuse."""
+        """``_all_valid`` for rows a typed decoder read, which checked the rest (every id
+        in the publisher's first block among it): no JSON text that strict readers refuse."""
         if not rows:
             return True
-        ids = list(map(_ID_OF, rows))
-        if not (self._id_low < min(ids) and max(ids) < self._id_high):
-            return False
         joined = "\n".join(filter(_NOT_NONE, map(_JSON_OF, rows)))
         return not _may_not_be_standard_json(joined)
 
