@@ -77,7 +77,8 @@ def _kit() -> _Kit | None:
     records = {}
     for table, columns in wire.ROW_COLUMNS.items():
         extra = ("deviation",) if table == "anomalies" else ()
-        records[table] = msgspec.defstruct(f"{table}_record", [*columns, *extra, "created_at"])
+        fields = [*columns, *extra, "created_at"]
+        records[table] = msgspec.defstruct(f"{table}_record", fields, gc=False)  # no cycles
     return _Kit(
         records,
         msgspec.json.Encoder().encode,
