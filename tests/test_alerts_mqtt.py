@@ -517,6 +517,7 @@ EDGE_ROWS = {
         # One type's texts, so that a stream_batch message holds these two alone.
         (24, 1.5e9, "SPLIT", "can0", "m", "[1"),
         (25, 1.5e9, "SPLIT", "can0", "m", "2]"),
+        (26, 1.5e9, "DEEP", "can0", "m", "[" * 2000 + "]" * 2000),  # too deep to check
     ],
     "anomalies": [
         (30, 1795647500.5, "OVERCURRENT", "HIGH", "92 A", "{}", 92.0, 80),

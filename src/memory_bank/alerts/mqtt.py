@@ -348,8 +348,7 @@ class MqttStream:
                     for i in range(0, len(part), BATCH_RECORDS):
                         chunk = part[i : i + BATCH_RECORDS]
                         chunk_at = at if isinstance(at, str) else at[i : i + BATCH_RECORDS]
-                        payload = as_json_array(table, chunk, chunk_at)
-                        self._window.append((names[kind], payload))
+                        self._window.append((names[kind], as_json_array(table, chunk, chunk_at)))
                         self._marks.append(((seq, skip), len(chunk)))
                         self._in_window += len(chunk)
                         arrays += 1

@@ -30,11 +30,13 @@ TYPE_INDEX = {
 
 
 def _decoded(text):
+    """The JSON column's value; the text itself where it does not parse, or is nested too
+    deep to (a thousand levels: the wire takes any text, and json.loads would raise)."""
     if text is None:
         return None
     try:
         return json.loads(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return text
 
 
