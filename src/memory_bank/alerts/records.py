@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import repeat
 from typing import NamedTuple
 
@@ -117,8 +117,8 @@ def _structs(table: str, rows, committed, kit: _Kit) -> list:
     the JSON column checked without being decoded, and taken as its text."""
     if not rows:
         return []
-    columns = list(zip(*rows, strict=True))
-    texts = columns[wire.ROW_JSON]
+    columns: list[Sequence] = list(zip(*rows, strict=True))
+    texts: Sequence = columns[wire.ROW_JSON]
     if None in texts:
         texts = ["null" if t is None else t for t in texts]
     try:
