@@ -463,6 +463,39 @@ def test_a_stream_process_streams_the_rows_its_pipe_brings_and_reads_back_the_re
         conn.close()
 
 
+def test_the_pipe_hands_the_process_each_row_as_it_was_committed(tmp_path):
+    """The frame the daemon writes to the stream's process carries the batch's rows exactly
+    (ints and floats at their edges, text of every length msgpack frames differently,
+    None), read as the process reads it; a row msgpack cannot carry (an int past 64 bits)
+    makes its batch a note, read back from the database, never an error on the writer's
+    thread."""
+    import msgpack
+
+    from memory_bank.alerts import stream_process
+    from memory_bank.alerts.rules import Sink
+
+    sink = Sink(name="b", type="mqtt", url="mqtt://127.0.0.1:9", stream=("events", "metrics"))
+    stream = stream_process.StreamProcess(sink, str(tmp_path / "ev.db"), (1, 0))  # not started
+    metrics = [
+        (2**63 - 1, 1795647500.05, "current", 32.0, "A", '{"cp": "CP1"}'),
+        (-(2**63), 5e-324, "tiny", 1e-07, None, None),
+        (3, 1.5e9, "big", 1e22, "\u00b0C", "[1, {}]"),
+        (4, -0.0, "neg", -1.7976931348623157e308, "", "not json {"),
+        (5, 1.5e9, "\u26a1" * 40, float("inf"), "x" * 300, "y" * 70_000),
+    ]
+    events = [(6, 1.5e9, "CAN_RX", "can0", 'line\n"two"', "{}")]
+    stream.put(7, {"events": events, "metrics": metrics, "anomalies": [(8,) * 8]})
+    stream.put(9, {"metrics": [(10, 1.5e9, "huge", 2**70, None, None)]})
+    first, second = stream._frames
+    header, _, body = first.partition(b"\n")
+    seq, count, size = map(int, header.split())
+    assert (seq, count, size) == (7, 6, len(body))
+    committed, tables = msgpack.unpackb(body)  # as the process's main() reads it
+    assert isinstance(committed, str)
+    assert tables == {"events": list(map(list, events)), "metrics": list(map(list, metrics))}
+    assert second == b"9 1\n"  # a note: the process reads batch 9 back
+
+
 def test_the_stream_goes_on_past_a_seq_no_batch_took(tmp_path, broker):
     """PostgreSQL's seq skips a value when a batch rolls back after taking it: the stream,
     waiting for that seq, finds no batch logged before the next one it holds and goes on

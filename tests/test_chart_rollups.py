@@ -149,10 +149,10 @@ def test_an_older_sqlite_database_gains_the_rollups(db_path, start_daemon):
     conn.execute("PRAGMA user_version = 4")
     conn.commit()
     conn.close()
-    with _reader(db_path) as reader:
-        assert reader.rollup_seconds() == (60,)
-        origin, width, count = bucket_grid(now - WEEK, now, 2000, rollup_slice(reader, WEEK))
-        _assert_buckets(reader, points, "voltage", origin, width, count, 60)
+    older = open_reader(db_path)  # open across the upgrade, as the dashboard's stays
+    assert older.rollup_seconds() == (60,)
+    origin, width, count = bucket_grid(now - WEEK, now, 2000, rollup_slice(older, WEEK))
+    _assert_buckets(older, points, "voltage", origin, width, count, 60)
     start_daemon(db_path)
     conn = sqlite3.connect(db_path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
@@ -163,6 +163,22 @@ def test_an_older_sqlite_database_gains_the_rollups(db_path, start_daemon):
         _rollups_match_the_rows(db_path, reader)
         origin, width, count = bucket_grid(now - WEEK, now, 2000, rollup_slice(reader, WEEK))
         _assert_buckets(reader, points, "voltage", origin, width, count, SLICE)
+    _reads_the_new_rollups(older, points, now)
+
+
+def _reads_the_new_rollups(reader, points, now: float) -> None:
+    """A reader opened before the upgrade finds the new rollups within a few seconds
+    (it does not keep what it first found for its connection's life), then charts from
+    them."""
+    try:
+        deadline = time.monotonic() + 20
+        while SLICE not in reader.rollup_seconds():
+            assert time.monotonic() < deadline, "the open reader never found the new rollups"
+            time.sleep(0.2)
+        origin, width, count = bucket_grid(now - WEEK, now, 2000, rollup_slice(reader, WEEK))
+        _assert_buckets(reader, points, "voltage", origin, width, count, SLICE)
+    finally:
+        reader.close()
 
 
 def test_an_older_postgresql_database_gains_the_rollups(pg_url, start_daemon):
@@ -177,9 +193,9 @@ def test_an_older_postgresql_database_gains_the_rollups(pg_url, start_daemon):
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("DROP TABLE mb_metric_rollups")
         conn.execute("UPDATE mb_meta SET value = '1' WHERE key = 'schema_version'")
-    with _reader(pg_url) as reader:
-        assert reader.rollup_seconds() == ()
-        assert reader.estimate_metric_rows("voltage", now - WEEK, now) is None
+    older = open_reader(pg_url)  # open across the upgrade, as the dashboard's stays
+    assert older.rollup_seconds() == ()
+    assert older.estimate_metric_rows("voltage", now - WEEK, now) is None
     start_daemon(pg_url)
     with psycopg.connect(pg_url) as conn:
         version = conn.execute("SELECT value FROM mb_meta WHERE key = 'schema_version'")
@@ -188,6 +204,7 @@ def test_an_older_postgresql_database_gains_the_rollups(pg_url, start_daemon):
         _rollups_match_the_rows(pg_url, reader)
         origin, width, count = bucket_grid(now - WEEK, now, 2000, rollup_slice(reader, WEEK))
         _assert_buckets(reader, points, "voltage", origin, width, count, SLICE)
+    _reads_the_new_rollups(older, points, now)
 
 
 def test_migrate_rolls_up_what_it_copies(db_path, pg_url, start_daemon):

@@ -91,26 +91,33 @@ def test_curve_lets_only_authorized_publishers_write(db_path, start_daemon, tmp_
 
 
 def test_a_publisher_the_daemon_refuses_says_why(db_path, start_daemon, tmp_path):
-    """A publisher without keys, against a CURVE daemon, logs what its handshakes said
-    (read from the socket monitor's own frames), and its records wait in its spool."""
+    """A publisher without keys, against a CURVE daemon, says what its handshakes said
+    (read from the socket monitor's own frames) when it closes with its records
+    unconfirmed, even before its first unanswered request was due (a short script's
+    case), and its records wait in its spool."""
     _, cfg = curve_site(tmp_path)
     endpoint = f"tcp://127.0.0.1:{free_port_pair()}"
     start_daemon(db_path, "--config", str(cfg), "--endpoint", endpoint)
+    spool = tmp_path / "spool"
     result = run_python(
         "import logging, sys\nfrom memory_bank import Publisher\n"
-        "logging.basicConfig(level=logging.ERROR)\n"
-        "p = Publisher(sys.argv[2], endpoint=sys.argv[1], close_timeout=3.0,"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "p = Publisher(sys.argv[2], endpoint=sys.argv[1], close_timeout=1.0,"
         " spool_dir=sys.argv[3])\n"
         "p.log_event('E', 'C', 'no keys')\n"
         "print(p.close())\n",
         endpoint,
         str(db_path),
-        str(tmp_path / "spool"),
+        str(spool),
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
-    assert "the daemon and this publisher disagree on CURVE" in result.stderr
+    assert (
+        "did not confirm 1 record(s) within 1s (the daemon and this publisher disagree on "
+        "CURVE" in result.stderr
+    ), result.stderr
+    assert any(path.is_file() for path in spool.rglob("*")), "nothing was kept in the spool"
 
 
 SPOOLING_PUBLISHER = """

@@ -22,9 +22,9 @@ record at all.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import compress, repeat
+from itertools import compress, count, repeat
 from operator import eq, gt, itemgetter, le, lt, or_, sub
 
 from .records import TYPE_INDEX, as_record, created_at, group_of, orjson
@@ -123,11 +123,15 @@ class Evaluator:
         # built once, after the batch (building one per record cost most of the batch).
         latest: dict[Key, tuple[Rule, list]] = {}
         types: dict[str, list] = {}  # per table, its type column (one pass in C)
+        picked: dict[tuple, list] = {}  # per filter, its rows: rules that filter alike share
         for rule in self.rules:
             rows = tables.get(rule.table) or ()
             if not rows:
                 continue
-            rows = self._matching(rule, rows, types)
+            which = (rule.table, rule.metric, rule.event_type, rule.anomaly_type, rule.severity)
+            if which not in picked:
+                picked[which] = self._matching(rule, rows, types)
+            rows = picked[which]
             if not rows:
                 continue
             if rule.group is None and self._whole(
@@ -175,8 +179,9 @@ class Evaluator:
             self._rate(rule, key, st, rows, now, committed, notes, latest)
             return True
         if rule.when == "metric":
-            values = list(map(itemgetter(3), rows))
+            values: Iterable = map(itemgetter(3), rows)
             if rule.above is not None and rule.below is not None:
+                values = list(values)  # read twice
                 held = map(
                     or_, map(gt, values, repeat(rule.above)), map(lt, values, repeat(rule.below))
                 )
@@ -198,31 +203,33 @@ class Evaluator:
     def _rate(self, rule, key, st, rows, now, committed, notes, latest) -> None:
         """A ``rate`` rule's rows at once: where the window of ``count`` records ending at
         each row spans at most ``within`` (differences taken in C, not a window copied or
-        shifted per record: 1,000 floats per event for a ``count = 1000`` rule)."""
-        old, count = len(st.times), rule.count
+        shifted per record: 1,000 floats per event for a ``count = 1000`` rule). Only the
+        first window that holds (when not firing yet) and the last (remembered) matter:
+        each is found by a lazy scan in C that stops there, from the front and from the
+        back (a storm that keeps holding is found at the last row at once), not by a list
+        of every window's outcome."""
+        old, size = len(st.times), rule.count
         times = st.times + list(map(itemgetter(1), rows))
-        st.times = times[-count:]
-        first = max(old, count - 1)  # the first place a window of `count` ends
+        st.times = times[-size:]
+        first = max(old, size - 1)  # the first place a window of `size` ends
         if first >= len(times):
             return
-        spans = map(sub, times[first:], times[first - count + 1 :])
-        held = list(map(le, spans, repeat(rule.within)))
-        rows = rows[first - old :]
+        ends, begins = times[first:], times[first - size + 1 : len(times) - size + 1]
+        offset = first - old  # the row at which window 0 ends
         start = 0
         if not st.firing:
-            try:
-                start = held.index(True)
-            except ValueError:
+            held = _first_held(map(sub, ends, begins), rule.within)
+            if held is None:
                 return
-            row = rows[start]
+            start = held
+            row = rows[offset + start]
             latest.pop(key, None)
             st.record = as_record(rule.table, row, committed)
             self._fire(rule, "", st, now, notes, _rate_summary(rule, row))
             start += 1
-        if True in held:  # the last row after that where it holds is remembered
-            last = len(held) - 1 - held[::-1].index(True)
-            if last >= start:
-                latest[key] = (rule, rows[last])
+        back = _first_held(map(sub, reversed(ends), reversed(begins)), rule.within)
+        if back is not None and len(ends) - 1 - back >= start:  # the last one after that
+            latest[key] = (rule, rows[offset + len(ends) - 1 - back])
 
     def _keyed(self, rule: Rule, rows) -> Iterator[tuple[Key, list]]:
         """The rule's matching rows with their state's key. For ``anomaly`` and
@@ -396,6 +403,11 @@ class Evaluator:
 def _watched(definition: dict) -> dict:
     """A rule's definition without its sinks: what its states are about."""
     return {k: v for k, v in definition.items() if k != "notify"}
+
+
+def _first_held(spans, within: float) -> int | None:
+    """The index of the first span at most ``within`` (None when none is), stopping there."""
+    return next(compress(count(), map(le, spans, repeat(within))), None)
 
 
 def _rate_summary(rule: Rule, row) -> str:

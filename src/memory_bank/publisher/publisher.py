@@ -351,12 +351,18 @@ class Publisher:
         unpacked = self._sender.pack_remaining()
         spooled, lost = self._outbox.close(keep=True)
         if spooled:
+            # Why, when the daemon's handshakes said (a script that closes within the
+            # sender's first unanswered request would learn it nowhere else); its sockets
+            # are read only once the sender's thread has ended.
+            likely_cause = getattr(self._transport, "likely_cause", None)
+            cause = likely_cause() if likely_cause and not self._sender.is_alive() else ""
             log.warning(
-                "publisher %d: the daemon did not confirm %d record(s) within %gs; they are "
-                "kept in %s and the daemon applies them when it runs",
+                "publisher %d: the daemon did not confirm %d record(s) within %gs%s; they "
+                "are kept in %s and the daemon applies them when it runs",
                 self.publisher_id,
                 spooled,
                 self.close_timeout,
+                cause,
                 self._outbox.folder,
             )
         if lost + unpacked:

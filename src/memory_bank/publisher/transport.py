@@ -57,6 +57,7 @@ class ZmqTransport:
         self._push: zmq.Socket | None = None
         self._dealer: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None  # the dealer's handshakes: why no answer
+        self._cause = ""  # what the last failed handshake said (likely_cause)
 
     def _sockets(self) -> tuple[zmq.Socket, zmq.Socket]:
         if self._push is None:
@@ -67,11 +68,17 @@ class ZmqTransport:
         return self._push, self._dealer
 
     def likely_cause(self) -> str:
-        """Why the daemon may not answer, when its CURVE handshakes said (else "")."""
+        """Why the daemon may not answer, when its CURVE handshakes said (else ""): the
+        last failure read, until a handshake succeeds (libzmq retries, so a failure seen
+        once goes on failing; the monitor's events are read once each)."""
         if self._monitor is None:
             return ""
-        failures, _ = sockets.handshake_failures(self._monitor, server=False)
-        return f" ({failures[-1][1]})" if failures else ""
+        failures, succeeded = sockets.handshake_failures(self._monitor, server=False)
+        if failures:
+            self._cause = f" ({failures[-1][1]})"
+        elif succeeded:
+            self._cause = ""
+        return self._cause
 
     def try_send(self, raw: bytes) -> bool:
         push, _ = self._sockets()

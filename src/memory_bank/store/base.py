@@ -25,7 +25,13 @@ __all__ = [
     "StoreGone",
     "StoreRefused",
     "StoreUnavailable",
+    "TABLE_RECHECK_SECONDS",
 ]
+
+# A table a reader did not find (an older database's missing rollups) is looked for again
+# this long after, not once per connection: a daemon may upgrade the database under a reader
+# that stays open for days, such as the dashboard's.
+TABLE_RECHECK_SECONDS = 5.0
 
 
 class Store:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+from .base import TABLE_RECHECK_SECONDS
 from .bounded import BoundedReads
 from .postgresql_connection import connect, to_datetime
 from .postgresql_schema import ROLLUP_SECONDS
@@ -125,13 +126,17 @@ class PostgresReader(BoundedReads):
         )
 
     def rollup_seconds(self) -> tuple[int, ...]:
-        """mb_metric_rollups' slices, once a daemon of this version has made the table."""
+        """mb_metric_rollups' slices, once a daemon of this version has made the table (not
+        found, asked again after TABLE_RECHECK_SECONDS, as the SQLite reader does)."""
         conn = self._conn()
-        if getattr(self._local, "rollups_checked", None) is not conn:
+        if getattr(self._local, "rollups_checked", None) is not conn or (
+            not self._local.rollups and time.monotonic() >= self._local.recheck_at
+        ):
             self._local.rollups = self._aggregate(
                 "SELECT to_regclass('mb_metric_rollups') IS NOT NULL AS here"
             )["here"]
             self._local.rollups_checked = conn
+            self._local.recheck_at = time.monotonic() + TABLE_RECHECK_SECONDS
         return ROLLUP_SECONDS if self._local.rollups else ()
 
     def estimate_metric_rows(self, metric_name: str, since: float, until: float) -> int | None:

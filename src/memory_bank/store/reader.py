@@ -11,7 +11,7 @@ import sqlite3
 import time
 
 from ..jsontext import loads
-from .base import InvalidDatabase
+from .base import TABLE_RECHECK_SECONDS, InvalidDatabase
 from .bounded import BoundedReads
 from .schema import COARSE_SECONDS, SEED_TABLES, damaged_database, read_only_uri
 from .sql import (
@@ -106,15 +106,18 @@ class SqliteReader(BoundedReads):
         return super().get_anomaly_count(anomaly_type, severity, since)
 
     def _has_table(self, name: str) -> bool:
-        """Whether the database has the table (asked once per connection)."""
+        """Whether the database has the table: once found, found for the connection's life;
+        not found, asked again after TABLE_RECHECK_SECONDS (a daemon may upgrade the
+        database under a reader that stays open, such as the dashboard's)."""
         conn = self._conn()
         if getattr(self._local, "tables_of", None) is not conn:
             self._local.tables, self._local.tables_of = {}, conn
-        if name not in self._local.tables:
-            self._local.tables[name] = bool(
-                conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone()
-            )
-        return self._local.tables[name]
+        found = self._local.tables.get(name)
+        if found is True or (found is not None and time.monotonic() < found):
+            return found is True
+        here = bool(conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone())
+        self._local.tables[name] = True if here else time.monotonic() + TABLE_RECHECK_SECONDS
+        return here
 
     def _has_rollups(self) -> bool:
         return self._has_table("mb_metric_minutes")
