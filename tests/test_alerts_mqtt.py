@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import sqlite3
 import threading
 import time
 
@@ -14,8 +16,8 @@ import pytest
 from mqtt_broker import Broker, Subscriber, require_mosquitto
 
 from conftest import free_ports, query
-from memory_bank import Publisher
-from memory_bank.alerts.records import as_json, as_record
+from memory_bank import Publisher, wire
+from memory_bank.alerts.records import as_record
 from memory_bank.control import daemon_stats
 
 CONFIG = """
@@ -33,29 +35,6 @@ stream = ["events", "metrics"]
 backoff_max = "0.3s"
 timeout = "0.5s"
 """
-
-
-@pytest.mark.parametrize(
-    ("table", "row"),
-    [
-        ("metrics", [4294967299, 1795647500.05, "current", 12.5, "A", '{"cp": "CP1"}']),
-        ("metrics", [5, 1795647500, "temp \u00b0C", 3, None, None]),
-        ("metrics", [6, 1.5e9, 'q"uote\\', 1e-7, "\u00e9", "not json {"]),
-        # What orjson refuses and the standard library reads: decided as the latter does.
-        ("metrics", [11, 1.5e9, "big", 1.0, None, '{"n": 123456789012345678901234567890}']),
-        ("metrics", [12, 1.5e9, "huge", 1.0, None, '{"x": 1e400}']),
-        ("events", [7, 1795647500.25, "OCPP", "CP/1", 'line\n"two"', '[1, {"a": null}]']),
-        ("events", [8, 1795647500.0, "CAN_RX", "can0", None, '"text"']),
-        ("anomalies", [9, 1795647500.5, "OVERCURRENT", "HIGH", "92 A", "{}", 92.0, 80]),
-        ("anomalies", [10, 1795647500.5, "GAP", "LOW", None, None, None, 80.0]),
-    ],
-)
-def test_a_streamed_record_is_the_record_a_notification_carries(table, row):
-    """The stream's payload (built without a dict, it is on every record's path) is the
-    same JSON as a notification's ``record``: the row as the viewer's JSON shows it."""
-    assert json.loads(as_json(table, row, "2026-11-26 01:00:00")) == as_record(
-        table, row, "2026-11-26 01:00:00"
-    )
 
 
 def wait_until(condition, timeout: float = 30.0) -> None:
@@ -540,3 +519,150 @@ def test_the_stream_goes_on_past_a_seq_no_batch_took(tmp_path, broker):
         stream.stop()
         subscriber.close()
         conn.close()
+
+
+# Rows at the edges of what the stream converts, in the wire's layout: floats Python writes
+# with an exponent or in full (the payload may write them otherwise: the same number), ints
+# as large as msgpack carries, ints where floats could be, non-ASCII and control
+# characters, JSON columns that parse (with their own spaces, or numbers only the standard
+# library reads) and ones that do not, among them "[1" then "2]" of one type (joined by a
+# comma they would parse as one array), "" and a value with text after it.
+EDGE_ROWS = {
+    "metrics": [
+        (1, 1795647500.05, "current", 32.0, "A", '{"cp": "CP1"}'),
+        (2, 1795647500, "temp \u00b0C", 3, None, None),
+        (3, 1.5e9, 'q"uote\\', 1e-07, "\u00e9", "not json {"),
+        (4, 1.5e9, "big", 1e22, None, '{"n": 123456789012345678901234567890}'),
+        (5, 1.5e9, "tiny", 5e-324, None, '{"x": 1e400}'),
+        (6, 1.5e9, "max", 1.7976931348623157e308, None, "[1"),
+        (7, 1.5e9, "int", 2**63 - 1, None, "2]"),
+        (8, 1.5e9, "neg", -(2**63), "", '  {"a": [1, 2.50, 1E3, -0.0]}\n'),
+        (9, 1.5e9, "sum", 0.1 + 0.2, "A", "null"),
+        (10, 1.5e9, "zero", -0.0, "A", '"\\u00e9\\ud83d\\ude00"'),
+        (11, 1.5e9, "e16", 1e16, "A", "[]"),
+        (12, 1.5e9, "uint64", 2**64 - 1, "A", "1e-7"),
+    ],
+    "events": [
+        (20, 1795647500.25, "OCPP", "CP/1", 'line\n"two"\u2028\x00\x1f', '[1, {"a": null}]'),
+        (21, 1795647500.0, "CAN_RX", "can0", None, '"text"'),
+        (22, 1.5e9, "CAN_RX", "can0", "m", ""),
+        (23, 1.5e9, "OCPP", "\U0001f600", "m", '{"a": 1} and more'),
+        # One type's texts, so that a stream_batch message holds these two alone.
+        (24, 1.5e9, "SPLIT", "can0", "m", "[1"),
+        (25, 1.5e9, "SPLIT", "can0", "m", "2]"),
+        (26, 1.5e9, "DEEP", "can0", "m", "[" * 2000 + "]" * 2000),  # too deep to check
+    ],
+    "anomalies": [
+        (30, 1795647500.5, "OVERCURRENT", "HIGH", "92 A", "{}", 92.0, 80),
+        (31, 1795647500.5, "GAP", "LOW", None, None, None, 80.0),
+        (32, 1.5e9, "DRIFT", "LOW", "d", '{"k": "v"}', 3, 1),
+        (33, 1.5e9, "DRIFT", "LOW", "d", "{", 0.1, 0.3),
+    ],
+}
+INSERT = {
+    table: f"INSERT INTO {table} ({', '.join(columns)}, created_at) "
+    f"VALUES ({', '.join('?' * (len(columns) + 1))})"
+    for table, columns in wire.ROW_COLUMNS.items()
+}
+
+
+@pytest.mark.parametrize("stream_batch", [True, False], ids=["stream_batch", "per-record"])
+def test_every_streamed_record_is_the_record_the_viewer_shows(
+    tmp_path, broker, monkeypatch, stream_batch
+):
+    """Every record a stream process sends, handed through its pipe or read back from the
+    database, parses to exactly ``as_record``'s dict for it (what the viewer's JSON and a
+    notification's ``record`` show): the same keys in the same order, the same values of
+    the same types (a float stays a float, -0.0 stays -0.0), the JSON column as its value
+    when it parses and as a string when it does not, whatever the rows beside it."""
+    from memory_bank.alerts import stream_log, stream_process
+    from memory_bank.alerts.rules import Sink
+    from memory_bank.store.schema import migrate
+
+    conn = sqlite3.connect(tmp_path / "edge.db", isolation_level=None)
+    migrate(conn)
+    conn.executescript(stream_log.DDL)
+    subscriber = Subscriber(broker)
+    sink = Sink(
+        name="b",
+        type="mqtt",
+        url=broker.url,
+        stream=("events", "anomalies", "metrics"),
+        stream_batch=stream_batch,
+    )
+    stream = stream_process.StreamProcess(sink, str(tmp_path / "edge.db"), (1, 0)).start()
+    # The second batch: the same rows (those SQLite holds) committed as batch 2, read back.
+    stored_at = "2026-11-26 01:02:03"
+    fits = {
+        t: [(r[0] + 100, *r[1:]) for r in rows if r[3] != 2**64 - 1]
+        for t, rows in EDGE_ROWS.items()
+    }
+    try:
+        wait_until(lambda: stream.figures()["process"]["ready"])
+        stream.put(1, EDGE_ROWS)  # through the pipe
+        wait_until(lambda: stream.position == (2, 0))
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('mb_stream_log', 1)")
+        conn.execute("BEGIN")
+        for table, rows in fits.items():
+            conn.executemany(INSERT[table], [(*row, stored_at) for row in rows])
+        assert stream_log.append(conn, fits, set(fits)) == 2
+        conn.execute("COMMIT")
+        monkeypatch.setattr(stream_process, "PIPE_HOLD", 0)
+        stream.put(2, fits)  # a note: read back
+        wait_until(lambda: stream.position == (3, 0))
+        assert stream.figures()["read_back"] == sum(map(len, fits.values()))
+        stored = {
+            t: conn.execute(f"SELECT {', '.join(wire.ROW_COLUMNS[t])} FROM {t}").fetchall()
+            for t in fits
+        }
+    finally:
+        stream.stop()
+        subscriber.close()
+        conn.close()
+    received = {}
+    for topic, payload in subscriber.received():
+        table = topic.split("/")[1]
+        records = json.loads(payload)
+        assert isinstance(records, list) is stream_batch
+        for record in records if stream_batch else [records]:
+            received[table, record["id"]] = record
+    expected = {}
+    for table, rows in EDGE_ROWS.items():
+        for row in rows:  # created_at: when the daemon's side handed it over
+            committed = received[table, row[0]]["created_at"]
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", committed)
+            expected[table, row[0]] = as_record(table, row, committed)
+    for table, rows in stored.items():
+        for row in rows:
+            expected[table, row[0]] = as_record(table, row, stored_at)
+    assert received.keys() == expected.keys()
+    for key, record in received.items():  # json.dumps: key order, 1.0 against 1, -0.0
+        assert json.dumps(record) == json.dumps(expected[key]), key
+
+
+def test_without_msgspec_the_stream_writes_the_same_records(monkeypatch):
+    """Where msgspec is not installed (PyPy), the standard library writes the payloads:
+    the same records, in both forms."""
+    from memory_bank.alerts import records
+
+    with_msgspec = {
+        t: (
+            records.as_json_array(t, rows, "2026-11-26 01:00:00"),
+            records.as_json_each(t, rows, "x"),
+        )
+        for t, rows in EDGE_ROWS.items()
+    }
+    monkeypatch.setattr(records, "_kit", lambda: None)
+    for table, rows in EDGE_ROWS.items():
+        array = records.as_json_array(table, rows, "2026-11-26 01:00:00")
+        each = records.as_json_each(table, rows, "x")
+        assert json.loads(array) == json.loads(with_msgspec[table][0])
+        assert list(map(json.loads, each)) == list(map(json.loads, with_msgspec[table][1]))
+        assert json.dumps(json.loads(array)) == json.dumps(
+            [as_record(table, row, "2026-11-26 01:00:00") for row in rows]
+        )
+    monkeypatch.undo()  # and with msgspec, a text it cannot write (a lone surrogate)
+    row = (1, 1.5e9, "E", "\ud800", None, '{"a": "\\ud800"}')
+    expected = as_record("events", row, "x")
+    assert json.loads(records.as_json_array("events", [row], "x")) == [expected]
+    assert list(map(json.loads, records.as_json_each("events", [row], "x"))) == [expected]

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt
 
 from . import stream_log
-from .records import TYPE_INDEX, as_json_all, created_at
+from .records import TYPE_INDEX, as_json_array, as_json_each, created_at
 from .rules import Sink
 from .sinks import SinkError
 
@@ -336,7 +336,7 @@ class MqttStream:
                 kinds = list(map(itemgetter(TYPE_INDEX[table]), rows))
                 names = self._names(table, kinds)
                 if not self.config.stream_batch:
-                    payloads = map(str.encode, as_json_all(table, rows, stamps))
+                    payloads = as_json_each(table, rows, stamps)
                     self._window.extend(zip(map(names.__getitem__, kinds), payloads, strict=True))
                     taken = range(n - len(rows) + 1, n + 1)
                     self._marks.extend(zip(zip(repeat(seq), taken), repeat(1)))
@@ -348,8 +348,7 @@ class MqttStream:
                     for i in range(0, len(part), BATCH_RECORDS):
                         chunk = part[i : i + BATCH_RECORDS]
                         chunk_at = at if isinstance(at, str) else at[i : i + BATCH_RECORDS]
-                        text = ",".join(as_json_all(table, chunk, chunk_at))
-                        self._window.append((names[kind], f"[{text}]".encode()))
+                        self._window.append((names[kind], as_json_array(table, chunk, chunk_at)))
                         self._marks.append(((seq, skip), len(chunk)))
                         self._in_window += len(chunk)
                         arrays += 1

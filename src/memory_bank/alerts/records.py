@@ -3,15 +3,18 @@ and what the MQTT stream carries), built from the batch's wire rows: no query.""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Callable, Sequence
 from itertools import repeat
-from json.encoder import encode_basestring_ascii as _string
+from typing import NamedTuple
 
 from .. import wire
 
+# orjson: evaluation.py's encoder of the rules' states takes it from here.
 try:  # a hard dependency on CPython (pyproject.toml); elsewhere the standard library alone
-    import orjson
+    import orjson  # noqa: F401
 except ImportError:  # pragma: no cover - exercised where no wheel exists
     orjson = None  # type: ignore[assignment]
 
@@ -27,11 +30,13 @@ TYPE_INDEX = {
 
 
 def _decoded(text):
+    """The JSON column's value; the text itself where it does not parse, or is nested too
+    deep to (a thousand levels: the wire takes any text, and json.loads would raise)."""
     if text is None:
         return None
     try:
         return json.loads(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return text
 
 
@@ -46,74 +51,117 @@ def as_record(table: str, row, committed: str) -> dict:
     column = DATA_COLUMN[table]
     record[column] = _decoded(record.get(column))
     if table == "anomalies":
-        current, expected = record.get("current_value"), record.get("expected_value")
-        record["deviation"] = (
-            None if current is None or expected is None else abs(current - expected)
-        )
+        record["deviation"] = _deviation(record.get("current_value"), record.get("expected_value"))
     record["created_at"] = committed
     return record
 
 
-def _text(value) -> str:
-    return "null" if value is None else _string(value)
+class _Kit(NamedTuple):
+    """msgspec's pieces for the stream's JSON: a record type per table (its fields the
+    viewer's keys, in their order), the encoder, and a decoder that checks a JSON text
+    without building its value (``Raw``: the text itself)."""
+
+    records: dict[str, type]
+    encode: Callable[[object], bytes]
+    check: Callable[[str], object]
+    raw: type
+    errors: tuple[type[BaseException], ...]
 
 
-def _number(value) -> str:  # wire rows hold finite int or float only
-    return "null" if value is None else repr(value)
-
-
-def _json(text) -> str:
-    """The JSON column as a JSON value: its text when it parses, else as a string.
-    Checked with orjson where it is installed (a tenth of ``json.loads``' cost; the
-    standard library decides what orjson refuses, such as NaN)."""
-    if text is None:
-        return "null"
-    if orjson is not None:
-        try:
-            orjson.loads(text)
-        except (TypeError, ValueError):
-            pass
-        else:
-            return text
+@functools.cache
+def _kit() -> _Kit | None:
+    """Made at first use (importing msgspec takes tens of ms, and the commands import
+    this module); None where msgspec is not installed (PyPy): the standard library then."""
     try:
-        json.loads(text)
-    except (TypeError, ValueError):
-        return _string(text)
-    return text
-
-
-def as_json(table: str, row, committed: str) -> str:
-    """``json.dumps(as_record(table, row, committed))``, several times faster (the stream
-    sends every committed record): the JSON column's text is used as it is."""
-    if table == "metrics":
-        i, ts, name, value, unit, meta = row
-        return (
-            f'{{"id": {i}, "timestamp": {ts!r}, "metric_name": {_string(name)}, '
-            f'"metric_value": {value!r}, "unit": {_text(unit)}, "metadata": {_json(meta)}, '
-            f'"created_at": "{committed}"}}'
-        )
-    if table == "events":
-        i, ts, kind, component, message, data = row
-        return (
-            f'{{"id": {i}, "timestamp": {ts!r}, "event_type": {_string(kind)}, '
-            f'"component": {_string(component)}, "message": {_text(message)}, '
-            f'"data": {_json(data)}, "created_at": "{committed}"}}'
-        )
-    i, ts, kind, severity, description, pattern, current, expected = row
-    deviation = None if current is None or expected is None else abs(current - expected)
-    return (
-        f'{{"id": {i}, "timestamp": {ts!r}, "anomaly_type": {_string(kind)}, '
-        f'"severity": {_string(severity)}, "description": {_text(description)}, '
-        f'"pattern_data": {_json(pattern)}, "current_value": {_number(current)}, '
-        f'"expected_value": {_number(expected)}, "deviation": {_number(deviation)}, '
-        f'"created_at": "{committed}"}}'
+        import msgspec
+    except ImportError:  # pragma: no cover - exercised where no wheel exists
+        return None
+    records = {}
+    for table, columns in wire.ROW_COLUMNS.items():
+        extra = ("deviation",) if table == "anomalies" else ()
+        fields = [*columns, *extra, "created_at"]
+        records[table] = msgspec.defstruct(f"{table}_record", fields, gc=False)  # no cycles
+    return _Kit(
+        records,
+        msgspec.json.Encoder().encode,
+        msgspec.json.Decoder(msgspec.Raw).decode,
+        msgspec.Raw,
+        (ValueError, TypeError, OverflowError, msgspec.EncodeError),
     )
 
 
-def as_json_all(table: str, rows, committed) -> list[str]:
-    """``as_json`` of each row (``committed``: one created_at for all, or one per row)."""
+def _deviation(current, expected):
+    return None if current is None or expected is None else abs(current - expected)
+
+
+def _json_value(text, kit: _Kit):
+    """The JSON column as the payload holds it: its text when it parses as JSON (as
+    ``json.loads`` decides: it also reads NaN, which the record's JSON then holds, as
+    ``as_record`` does), else the text as a JSON string. A text nested too deep for
+    either parser to check (a thousand levels) goes as a string."""
+    if text is None:
+        return None
+    try:
+        return kit.check(text)
+    except (ValueError, RecursionError):  # msgspec's DecodeError is a ValueError
+        pass
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    return kit.raw(text)
+
+
+def _structs(table: str, rows, committed, kit: _Kit) -> list:
+    """The rows as msgspec records of ``table``, column by column (each step a pass in C):
+    the JSON column checked without being decoded, and taken as its text."""
+    if not rows:
+        return []
+    columns: list[Sequence] = list(zip(*rows, strict=True))
+    texts: Sequence = columns[wire.ROW_JSON]
+    if None in texts:
+        texts = ["null" if t is None else t for t in texts]
+    try:
+        columns[wire.ROW_JSON] = list(map(kit.check, texts))
+    except (ValueError, RecursionError):  # a text that is not JSON: decided one by one
+        columns[wire.ROW_JSON] = [_json_value(t, kit) for t in columns[wire.ROW_JSON]]
+    if table == "anomalies":
+        columns.append(list(map(_deviation, columns[-2], columns[-1])))
     stamps = repeat(committed) if isinstance(committed, str) else committed
-    return list(map(as_json, repeat(table), rows, stamps))
+    return list(map(kit.records[table], *columns, stamps))
+
+
+def _records(table: str, rows, committed) -> list[dict]:
+    stamps = repeat(committed) if isinstance(committed, str) else committed
+    return list(map(as_record, repeat(table), rows, stamps))
+
+
+def _dumps(value) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def as_json_array(table: str, rows, committed) -> bytes:
+    """``as_record`` of each row as one compact JSON array (a ``stream_batch`` message),
+    encoded in one call; ``committed``: one created_at for all, or one per row. The JSON
+    column is its text as it is (``{"n": 1}`` keeps its space) when it parses."""
+    kit = _kit()
+    if kit is not None:
+        try:
+            return kit.encode(_structs(table, rows, committed, kit))
+        except kit.errors:  # a lone surrogate, say: the standard library escapes it
+            pass
+    return _dumps(_records(table, rows, committed))
+
+
+def as_json_each(table: str, rows, committed) -> list[bytes]:
+    """``as_record`` of each row as compact JSON, one text a row (one message a record)."""
+    kit = _kit()
+    if kit is not None:
+        try:
+            return list(map(kit.encode, _structs(table, rows, committed, kit)))
+        except kit.errors:
+            pass
+    return list(map(_dumps, _records(table, rows, committed)))
 
 
 def group_of(table: str, row, key: str | None) -> str:

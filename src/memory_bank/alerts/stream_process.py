@@ -315,7 +315,7 @@ def main() -> int:
         body = stdin.read(size[0])
         if len(body) < size[0]:
             break
-        committed, tables = msgpack.unpackb(body)
+        committed, tables = msgpack.unpackb(body, use_list=False)  # tuples: no GC tracking
         stream.put(seq, tables, committed)
     os._exit(0)  # the daemon is gone: stop at once, its successor resends from the position
 
