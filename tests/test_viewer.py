@@ -237,8 +237,17 @@ def test_empty_and_missing_databases(tmp_path):
 def test_follow_shows_commits_live(db_path, daemon):
     with MemoryBank(db_path) as memory:
         memory.log_event("OCPP_BOOT", "CSMS", "before follow")
+    # Ctrl-C as a terminal delivers it: a harness started in the background (a shell
+    # without job control) hands its children SIGINT ignored, which exec keeps.
+    command = [str(BIN / "memorybank"), "view", "--db", str(db_path), "--follow", "-o", "jsonl"]
     follower = subprocess.Popen(
-        [str(BIN / "memorybank"), "view", "--db", str(db_path), "--follow", "-o", "jsonl"],
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+            "os.execv(sys.argv[1], sys.argv[1:])",
+            *command,
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -46,6 +46,9 @@ RECV_BURST = 256
 DRAIN_SECONDS = 5.0
 # How often systemd's STATUS line is refreshed.
 STATUS_SECONDS = 5.0
+# How late the alerts' tick may run (waiting for the batch in flight to return) before it
+# waits for that batch's COMMIT instead.
+ALERT_TICK_PATIENCE = 0.4
 # Settings a reload (SIGHUP) cannot change: they need a restart.
 RESTART_ONLY = (
     "db_path",
@@ -480,10 +483,9 @@ class Daemon:
                 if monitor in ready and handshakes is not None:
                     handshakes.read(monitor)
             self.bindings.check()
-            writer.tick()
             if self.alerts is not None and writer.store_error is None:
-                writer.settle()  # alerts write on the store's connection
-                self.alerts.tick()
+                self._tick_alerts(writer)
+            writer.tick()
             if self.exporter is not None:
                 self.exporter.refresh(writer.figures)
             writer.maintenance_step()
@@ -546,6 +548,22 @@ class Daemon:
             writer.maintenance.retention_days,
         )
         self.notifier.notify("READY=1")
+
+    def _tick_alerts(self, writer) -> None:
+        """The alerts' tick (time's notifications, the sinks' outcomes, the streams'
+        positions) writes on the store's connection, so after the batch in flight: when
+        its COMMIT has returned (settling it costs no wait then; this runs before
+        ``writer.tick`` hands the next batch to the committer thread) or none is in
+        flight. Only a tick late by ALERT_TICK_PATIENCE waits for a COMMIT still running.
+        Settling at every pass of the loop made the writer wait for each COMMIT as soon
+        as it had handed it over, whenever alerts were configured."""
+        alerts = self.alerts
+        if not alerts.tick_due():
+            return
+        if writer.commit_running() and not alerts.tick_due(late=ALERT_TICK_PATIENCE):
+            return
+        writer.settle()
+        alerts.tick()
 
     def _receive(self, pull: zmq.Socket, writer: Writer) -> None:
         for _ in range(RECV_BURST):

@@ -245,6 +245,10 @@ class AlertEngine:
         self._staged_tables = None
 
     # -- the daemon's loop --------------------------------------------------------------
+    def tick_due(self, late: float = 0.0) -> bool:
+        """Whether ``tick`` has work to look for (``late``: and has had for so long)."""
+        return time.monotonic() >= self._next_tick + late
+
     def tick(self, force: bool = False) -> None:
         """What time causes, and the workers' outcomes, in one short transaction."""
         now = time.monotonic()

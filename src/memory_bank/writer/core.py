@@ -410,6 +410,10 @@ class Writer:
         if applying.done():
             self.settle()
 
+    def commit_running(self) -> bool:
+        """A batch's COMMIT runs on the committer thread (``settle`` would wait for it)."""
+        return self._committing is not None and not self._committing.applying.done()
+
     def commit_returned(self) -> bool:
         """A batch's COMMIT has returned and waits for ``settle``."""
         return self._committing is not None and self._committing.applying.done()
