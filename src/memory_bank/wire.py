@@ -297,9 +297,11 @@ TYPED_BOUND_SECONDS = 60.0
 TYPED_DECODERS = 256
 
 
-def _msgspec():
-    """msgspec, or None where it is not installed (every message is then read the generic
-    way). Imported by the daemon's Validator only: publishers load this module, never it."""
+def optional_msgspec():
+    """msgspec, or None where it is not installed (PyPy: every message is then read the
+    generic way, and the alerts' stream uses msgpack and the standard library). Imported by
+    the daemon's side only (the Validator, the stream): publishers load this module, never
+    it."""
     try:
         import msgspec
     except ImportError:
@@ -317,7 +319,7 @@ def _typed_decoder(limits: Limits, max_time: float, publisher: int, measure_text
     the Validator would refuse, and more (an int where a float is usual is kept as an int;
     an id in a later block and non-standard JSON are left to the generic way and
     ``_values_valid``)."""
-    msgspec = _msgspec()
+    msgspec = optional_msgspec()
     if msgspec is None:
         return None
     from typing import Annotated, Literal
@@ -398,7 +400,7 @@ class Validator:
         self._block = 0
         self._id_low = self._id_high = 0  # the open interval of this message's block
         # Imported now, not at the first message: importing msgspec takes tens of ms.
-        self._typed = _msgspec() is not None
+        self._typed = optional_msgspec() is not None
         self._typed_max_time = time.time() + limits.max_future_seconds
         # (publisher, whether texts are measured) -> its typed decoder (_typed_decoder)
         self._decoders: dict[tuple[int, bool], Any] = {}

@@ -72,9 +72,8 @@ class _Kit(NamedTuple):
 def _kit() -> _Kit | None:
     """Made at first use (importing msgspec takes tens of ms, and the commands import
     this module); None where msgspec is not installed (PyPy): the standard library then."""
-    try:
-        import msgspec
-    except ImportError:  # pragma: no cover - exercised where no wheel exists
+    msgspec = wire.optional_msgspec()
+    if msgspec is None:
         return None
     records = {}
     for table, columns in wire.ROW_COLUMNS.items():

@@ -42,6 +42,7 @@ from collections import deque
 
 import msgpack
 
+from .. import wire
 from .records import created_at
 from .rules import Sink
 
@@ -62,11 +63,8 @@ def _frame_encoder():
     """What packs a batch's rows for the pipe: msgspec's encoder (the same msgpack bytes
     as ``msgpack.packb``, in about a third of its time: it ran on the writer's thread at
     every COMMIT), or msgpack where msgspec is not installed (PyPy)."""
-    try:
-        import msgspec
-    except ImportError:  # pragma: no cover - exercised where no wheel exists
-        return msgpack.packb
-    return msgspec.msgpack.Encoder().encode
+    msgspec = wire.optional_msgspec()
+    return msgpack.packb if msgspec is None else msgspec.msgpack.Encoder().encode
 
 
 class StreamProcess:
