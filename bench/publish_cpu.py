@@ -21,7 +21,9 @@ time the hypervisor took during the round (``/proc/stat``). The sender's part: `
 counts the calls that overlapped one of its stretches awake (from a poll's return to its next
 poll), beside ``all_with_sender_pct``, the share of all calls that did (a tail the sender
 causes overlaps it more often than that); ``*_waking`` the calls that woke it (an eventfd
-write); ``--switch-interval`` sets the GIL's forced hand-off in the caller's process.
+write); ``--switch-interval`` sets the GIL's forced hand-off in the caller's process;
+``over_20us_<call>`` counts the slow calls per call of the mix (``record_pattern`` is 1 call
+in 100: were they all slow, the p99 would be theirs).
 
 The machine's floor: each round also runs the same paced loop on a stand-in, a plain Python
 loop of about the call's median CPU time, in a process with no publisher, no sender thread
@@ -82,7 +84,7 @@ own = []
 for _ in range(20000):
     a = cpu_clock(); b = cpu_clock(); own.append(b - a)
 own = statistics.median(own)
-cpu, wall, cpu_args, wall_args, collected, spans, waking = [], [], [], [], [], [], []
+cpu, wall, cpu_args, wall_args, collected, spans, waking, kinds = [], [], [], [], [], [], [], []
 collections = [0]
 def count_collection(phase, info):
     if phase == "start":
@@ -96,7 +98,7 @@ for i in paced(rate, seconds):
     c2 = cpu_clock(); w2 = wall_clock()
     cpu.append(c2 - c1 - own); wall.append(w2 - w1); collected.append(collections[0] != g0)
     cpu_args.append(c2 - c0 - 2 * own); wall_args.append(w2 - w0); spans.append((w1, w2))
-    waking.append(wakes[0] != k0)
+    waking.append(wakes[0] != k0); kinds.append(method.__name__)
 flushed = pub.flush(30)
 pub.close()
 # Which calls overlapped a stretch of the sender (both in time order: one sweep).
@@ -107,6 +109,7 @@ for w1, w2 in spans:
     overlapped.append(k < len(stretches) and stretches[k][0] < w2)
 print(json.dumps({"cpu": cpu, "wall": wall, "cpu_args": cpu_args, "wall_args": wall_args,
                   "gc": collected, "sender": overlapped, "woke": waking, "flushed": flushed,
+                  "kinds": kinds,
                   "sender_stretch_us": sorted((b - a) / 1000 for a, b in stretches)}))
 """
 # The machine's floor: the same paced loop around a plain Python loop of about ``target`` us
@@ -185,6 +188,11 @@ def one_round(src: Path, seconds: float, switch: str = "0.005") -> dict:
     got = json.loads(out.stdout)
     figures = {"flushed": got["flushed"]}
     figures.update(tail_figures(got["cpu"], got["wall"], got["gc"], got["sender"], got["woke"]))
+    # Which calls of the mix the slow ones were (each kind's share of the mix is fixed).
+    for kind in sorted(set(got["kinds"])):
+        figures[f"over_20us_{kind}"] = sum(
+            1 for w, k in zip(got["wall"], got["kinds"], strict=True) if k == kind and w >= 20_000
+        )
     stretch = got["sender_stretch_us"] or [0.0]
     figures["sender_stretches"] = len(got["sender_stretch_us"])
     figures["sender_stretch_p50_us"] = round(percentile(stretch, 0.5), 1)

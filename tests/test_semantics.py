@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
+import enum
+import json
 import time
 
 import pytest
 
+from conftest import query
 from memory_bank import MemoryBank, Publisher
 
 
@@ -116,6 +120,57 @@ def test_pattern_frequency_ignores_key_order_and_latest_confidence_wins(memory):
     assert merged["pattern_data"] == {"a": 1, "b": [1, 2]}
     assert len(memory.get_patterns()) == 3
     assert len(memory.get_patterns(pattern_type="CYCLE")) == 2
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+class Phase(enum.StrEnum):
+    START = "START"
+
+
+class Plain(enum.Enum):
+    HIGH = "HIGH"
+
+
+# Pattern data at the edges of how its key is made: (given, the same data spelled otherwise).
+SPELLINGS = [
+    ({"sequence": ["0A", "100A", "START", "STOP"]}, {"sequence": ("0A", "100A", "START", "STOP")}),
+    (
+        {"b": {"y": 1, "x": [2.5, None, True]}, "a": 1},
+        {"a": 1, "b": {"x": [2.5, None, True], "y": 1}},
+    ),
+    ({"small": 1e-05, "tiny": -1.5e-07, "big": 1e16, "zero": -0.0}, None),
+    ({"level": Level.HIGH, "phase": Phase.START}, {"level": 3, "phase": "START"}),
+    ({"name": "Zählpunkt \x7f"}, None),
+    ({10: "ten", 9: "nine"}, {9: "nine", 10: "ten"}),
+    ({"at": datetime.date(2026, 11, 26), "count": 2**70}, None),
+]
+
+
+@pytest.mark.parametrize("given, respelled", SPELLINGS)
+def test_a_patterns_key_is_its_data_as_the_standard_library_sorts_it(
+    memory, db_path, given, respelled
+):
+    """The key is what makes the same data one pattern, across versions: a pattern recorded
+    by an earlier version (its key the standard library's sorted text) keeps counting."""
+    for data in (given, given, respelled or given):
+        memory.record_pattern("EDGE", data)
+    assert memory.flush()
+    [(key, frequency)] = query(db_path, "SELECT pattern_key, frequency FROM patterns")
+    expected = json.dumps(given, default=str, sort_keys=True, separators=(",", ":"))
+    assert (key, frequency) == (expected, 3)
+
+
+def test_a_plain_enum_in_pattern_data_is_keyed_by_its_stored_value(memory, db_path):
+    memory.record_pattern("EDGE", {"severity": Plain.HIGH})
+    memory.record_pattern("EDGE", {"severity": "HIGH"})
+    assert memory.flush()
+    [(key, frequency)] = query(db_path, "SELECT pattern_key, frequency FROM patterns")
+    assert (key, frequency) == ('{"severity":"HIGH"}', 2)
+    [pattern] = memory.get_patterns()
+    assert pattern["pattern_data"] == {"severity": "HIGH"}
 
 
 def test_time_is_the_callers(db_path, daemon):

@@ -22,7 +22,7 @@ from time import time
 from .. import discovery, sockets, spool, wire
 from .drops import Drops
 from .outbox import DURABILITY_MODES, OVERFLOW_POLICIES, Outbox
-from .records import CANONICAL, checked_json, session_text
+from .records import checked_json, pattern_texts, session_text
 from .sender import ANOMALIES, EVENTS, MARKER, METRICS, OPERATIONS, Marker, Sender
 from .transport import Transport, ZmqTransport
 
@@ -293,13 +293,13 @@ class Publisher:
         self._put(row, timestamp, _SESSION_ID_AT)
 
     def record_pattern(self, pattern_type, pattern_data, confidence=1.0, *, timestamp=None) -> None:
-        text = checked_json(pattern_data, pattern_type)
+        text, key = pattern_texts(pattern_data, pattern_type)
         row = [
             wire.OP_PATTERN,
             0.0,
             pattern_type,
-            text or "null",  # as the seed: json.dumps(None) included
-            CANONICAL.encode(pattern_data),
+            text,
+            key,
             float(confidence),
             OPERATIONS,
         ]
