@@ -86,7 +86,6 @@ def checked_json(data, first, second=None, third=None) -> str | None:
     return _stdlib_text(data)
 
 
-
 def pattern_texts(data, pattern_type) -> tuple[str, str]:
     """``data``'s text (checked_json) and its key: CANONICAL's text of the same data.
 
