@@ -66,6 +66,7 @@ from .postgresql_schema import (
 from .schema import COARSE_SECONDS, NewerSchema, refuse_newer
 from .sql import (
     SqlStore,
+    bucket_counts,
     coarser,
     gather,
     metric_aggregates,
@@ -203,12 +204,21 @@ def _days(rows) -> Iterator[int]:
     return map(int, time_buckets(rows, 86400))
 
 
+def _rows_per_day(rows) -> dict[int, int]:
+    """{day: rows} of plain rows; rows mostly fall in one day, and bucket_counts then
+    finds it in two passes in C, with no object made per row."""
+    return {int(day): n for day, n in bucket_counts(rows, 86400).items()}
+
+
 def day_counts(events, anomalies, day_of=None) -> Counter:
     """(name, day) -> rows, for mb_day_counts: events, anomalies, anomalies per severity.
     ``day_of`` reads a row's day where its time is not the wire's (epoch seconds)."""
-    days = _days if day_of is None else partial(map, day_of)
-    counts = Counter(zip(repeat("events"), days(events)))
-    anomaly_days = list(days(anomalies))
+    if day_of is None:
+        counts = Counter({("events", day): n for day, n in _rows_per_day(events).items()})
+        anomaly_days = list(_days(anomalies))
+    else:
+        counts = Counter(zip(repeat("events"), map(day_of, events)))
+        anomaly_days = list(map(day_of, anomalies))
     counts.update(zip(repeat("anomalies"), anomaly_days))
     severities = map("anomalies:".__add__, map(itemgetter(AnomalyRow.SEVERITY), anomalies))
     counts.update(zip(severities, anomaly_days, strict=True))
@@ -440,7 +450,7 @@ class PostgresStore(SqlStore):
                 ("anomalies", msg.anomalies),
                 ("metrics", msg.metrics),
             ):
-                days[table].update(_days(rows))
+                days[table].update(_rows_per_day(rows))
         for table, needed in days.items():
             self.partitions.ensure(conn, table, needed)
         hook = self.batch_hook
