@@ -463,6 +463,52 @@ def test_a_stream_process_streams_the_rows_its_pipe_brings_and_reads_back_the_re
         conn.close()
 
 
+def _wakes(pid: int) -> int:
+    """How many times the threads of process ``pid`` went to sleep and woke (Linux)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/status") as status:
+            total += sum(
+                int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt")
+            )
+    return total
+
+
+def test_a_stream_process_reports_as_it_moves_and_sleeps_when_idle(tmp_path, broker):
+    """The process reports its figures and position when they move, from the threads that
+    moved them (each batch's figures, the position at each acknowledgement, the last one
+    once the stream is through), and when nothing moves it sleeps: no thread of it wakes
+    every few ms to look (a thread looking every 10 ms woke it 100 times a second, idle
+    or not)."""
+    from memory_bank.alerts import stream_process
+    from memory_bank.alerts.rules import Sink
+
+    subscriber = Subscriber(broker)
+    conn, commit = _metrics_db(tmp_path / "idle.db")
+    sink = Sink(name="b", type="mqtt", url=broker.url, stream=("metrics",), stream_batch=True)
+    stream = stream_process.StreamProcess(sink, str(tmp_path / "idle.db"), (1, 0)).start()
+    try:
+        wait_until(lambda: stream.figures()["process"]["ready"])
+        for seq in range(1, 4):
+            stream.put(seq, {"metrics": commit(100 * seq - 99, 100)})
+            wait_until(lambda seq=seq: stream.position == (seq + 1, 0))
+            figures = stream.figures()
+            assert figures["published"] == 100 * seq and figures["pending"] == 0
+        assert [i for _t, i in _streamed(subscriber)] == list(range(1, 301))
+        pid = stream.figures()["process"]["pid"]
+        time.sleep(0.5)  # its connection settled
+        before = _wakes(pid)
+        time.sleep(2.0)
+        woke = _wakes(pid) - before
+        # Idle, its threads wait a second at a time (paho's loop, the stream's look at the
+        # database): a few wakes in 2 s, where a 10 ms timer made 200.
+        assert woke < 40, f"an idle stream process woke {woke} times in 2 s"
+    finally:
+        stream.stop()
+        subscriber.close()
+        conn.close()
+
+
 def test_the_pipe_hands_the_process_each_row_as_it_was_committed(tmp_path):
     """The frame the daemon writes to the stream's process carries the batch's rows exactly
     (ints and floats at their edges, text of every length msgpack frames differently,
