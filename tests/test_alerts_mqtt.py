@@ -479,7 +479,7 @@ def test_a_stream_process_reports_as_it_moves_and_sleeps_when_idle(tmp_path, bro
     moved them (each batch's figures, the position at each acknowledgement, the last one
     once the stream is through), and when nothing moves it sleeps: no thread of it wakes
     every few ms to look (a thread looking every 10 ms woke it 100 times a second, idle
-    or not)."""
+    or not). Its pipe holds a whole batch's frame."""
     from memory_bank.alerts import stream_process
     from memory_bank.alerts.rules import Sink
 
@@ -495,6 +495,13 @@ def test_a_stream_process_reports_as_it_moves_and_sleeps_when_idle(tmp_path, bro
             figures = stream.figures()
             assert figures["published"] == 100 * seq and figures["pending"] == 0
         assert [i for _t, i in _streamed(subscriber)] == list(range(1, 301))
+        # A frame of a full batch (2,000 records) fits in the pipe whole, so it goes in one
+        # write and is read in one (through Linux's 64 KiB default, several wakes each).
+        import fcntl
+
+        full = stream._encode([0, {"metrics": commit(301, 2000)}])
+        held = fcntl.fcntl(stream._proc.stdin.fileno(), getattr(fcntl, "F_GETPIPE_SZ", 1032))
+        assert held >= len(full) > 64 << 10
         pid = stream.figures()["process"]["pid"]
         time.sleep(0.5)  # its connection settled
         before = _wakes(pid)
