@@ -463,10 +463,11 @@ def test_a_stream_process_streams_the_rows_its_pipe_brings_and_reads_back_the_re
         conn.close()
 
 
-def _wakes(pid: int) -> int:
-    """How many times the threads of process ``pid`` went to sleep and woke (Linux)."""
+def _wakes(pid: int, thread: int | None = None) -> int:
+    """How many times the threads of process ``pid`` (or the one ``thread``) went to sleep
+    and woke (Linux)."""
     total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
+    for task in os.listdir(f"/proc/{pid}/task") if thread is None else [thread]:
         with open(f"/proc/{pid}/task/{task}/status") as status:
             total += sum(
                 int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt")
@@ -479,7 +480,8 @@ def test_a_stream_process_reports_as_it_moves_and_sleeps_when_idle(tmp_path, bro
     moved them (each batch's figures, the position at each acknowledgement, the last one
     once the stream is through), and when nothing moves it sleeps: no thread of it wakes
     every few ms to look (a thread looking every 10 ms woke it 100 times a second, idle
-    or not). Its pipe holds a whole batch's frame."""
+    or not). Its pipe holds a whole batch's frame, and the daemon's side writes each frame
+    as it comes, with no thread woken to do it while the process keeps up."""
     from memory_bank.alerts import stream_process
     from memory_bank.alerts.rules import Sink
 
@@ -489,17 +491,21 @@ def test_a_stream_process_reports_as_it_moves_and_sleeps_when_idle(tmp_path, bro
     stream = stream_process.StreamProcess(sink, str(tmp_path / "idle.db"), (1, 0)).start()
     try:
         wait_until(lambda: stream.figures()["process"]["ready"])
-        for seq in range(1, 4):
+        feeder = _wakes(os.getpid(), stream._feeder.native_id)
+        for seq in range(1, 21):
             stream.put(seq, {"metrics": commit(100 * seq - 99, 100)})
             wait_until(lambda seq=seq: stream.position == (seq + 1, 0))
             figures = stream.figures()
             assert figures["published"] == 100 * seq and figures["pending"] == 0
-        assert [i for _t, i in _streamed(subscriber)] == list(range(1, 301))
+        assert [i for _t, i in _streamed(subscriber)] == list(range(1, 2001))
+        # The frames went into the pipe from put: the feeding thread, there for a process
+        # that falls behind, did not wake for each (it did, 20 times and more).
+        assert _wakes(os.getpid(), stream._feeder.native_id) - feeder < 5
         # A frame of a full batch (2,000 records) fits in the pipe whole, so it goes in one
         # write and is read in one (through Linux's 64 KiB default, several wakes each).
         import fcntl
 
-        full = stream._encode([0, {"metrics": commit(301, 2000)}])
+        full = stream._encode([0, {"metrics": commit(2001, 2000)}])
         held = fcntl.fcntl(stream._proc.stdin.fileno(), getattr(fcntl, "F_GETPIPE_SZ", 1032))
         assert held >= len(full) > 64 << 10
         pid = stream.figures()["process"]["pid"]

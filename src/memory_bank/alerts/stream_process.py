@@ -15,8 +15,9 @@ pipe costs a read-back, never a record. The daemon supervises it through two pip
   ``"<seq> <records> <bytes>"`` and that many bytes, msgpack of ``[created_at, {table:
   rows}]`` (the batch's rows of the stream's tables, in the wire's layout), or, when the
   process is more than PIPE_HOLD bytes behind, ``"<seq> <records>"`` alone (read back);
-  and ``"stop"``. A thread of the daemon writes them, so the writer never blocks on the
-  pipe. End of file (the daemon is gone, even by SIGKILL) ends it at once.
+  and ``"stop"``. The writer puts each frame into the pipe (1 MiB) when nothing waits
+  before it and the pipe has room; what it does not take a thread of the daemon writes,
+  so the writer never blocks on the pipe. End of file (the daemon is gone, even by SIGKILL) ends it at once.
 - from the process (its stdout): a JSON line with its figures and ``position`` (where the
   broker acknowledged, in order) whenever they change, at most every STATUS_SECONDS
   (written by the threads that moved them: nothing wakes on a timer to look). The
@@ -35,6 +36,7 @@ import fcntl
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -96,9 +98,11 @@ class StreamProcess:
         self._lock = threading.Lock()  # the process and its stdin, replaced on a restart
         self._stopping = threading.Event()
         self._proc: subprocess.Popen | None = None
-        # What the feeding thread writes to the process's stdin next, and its size.
+        # What the feeding thread writes to the process's stdin next, and its size; and
+        # whether it is writing (what it took out of _frames).
         self._frames: deque[bytes] = deque()
         self._held = 0
+        self._writing = False
         self._encode = _frame_encoder()
         self._fed = threading.Condition(self._lock)
         self._thread = threading.Thread(
@@ -131,13 +135,17 @@ class StreamProcess:
         }
         proc.stdin.write(json.dumps(first).encode() + b"\n")
         proc.stdin.flush()
+        os.set_blocking(proc.stdin.fileno(), False)  # put writes what the pipe takes now
         self._proc = proc
         self._frames.clear()  # for the process before: this one reads them back
         self._held = 0
 
     def put(self, seq: int, tables: dict[str, list]) -> None:
         """After a COMMIT that logged batch ``seq``: hand its rows to the process, or tell
-        it to read them back when it is PIPE_HOLD behind (never blocks)."""
+        it to read them back when it is PIPE_HOLD behind (never blocks). The frame goes
+        into the pipe at once when nothing waits before it and the pipe has room (most
+        of the time: the pipe holds several frames); the feeding thread writes the rest,
+        so it wakes only when the process is behind."""
         chosen = {t: tables[t] for t in self.config.stream if tables.get(t)}
         count = sum(map(len, chosen.values()))
         frame = f"{seq} {count}\n".encode()
@@ -149,9 +157,24 @@ class StreamProcess:
             else:
                 frame = f"{seq} {count} {len(body)}\n".encode() + body
         with self._fed:
+            if self._proc and not (self._frames or self._writing or self._stopping.is_set()):
+                frame = self._write_now(self._proc, frame)
+                if not frame:
+                    return
             self._frames.append(frame)
             self._held += len(frame)
             self._fed.notify()
+
+    @staticmethod
+    def _write_now(proc: subprocess.Popen, frame: bytes) -> bytes:
+        """What of ``frame`` the pipe did not take (without waiting for it)."""
+        assert proc.stdin is not None
+        try:
+            return frame[os.write(proc.stdin.fileno(), frame) :]
+        except BlockingIOError:  # full: the feeding thread waits for room
+            return frame
+        except OSError:  # it ended: the one started next reads the log from its position
+            return b""
 
     def _feed(self) -> None:
         """Write what ``put`` queued to the process's stdin (blocking: this thread waits
@@ -163,11 +186,15 @@ class StreamProcess:
                 closing = self._stopping.is_set() and b"stop\n" in self._frames
                 proc, data = self._proc, b"".join(self._frames)
                 self._frames.clear()
+                self._writing = True
             assert proc is not None and proc.stdin is not None
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(proc.stdin.fileno(), view) :]
+                    try:
+                        view = view[os.write(proc.stdin.fileno(), view) :]
+                    except BlockingIOError:  # (the pipe is non-blocking for put)
+                        select.select([], [proc.stdin], [])
                 if closing:
                     proc.stdin.close()
                     return
@@ -175,6 +202,7 @@ class StreamProcess:
                 if self._stopping.is_set():
                     return
             with self._fed:
+                self._writing = False
                 if self._proc is proc:
                     self._held = max(self._held - len(data), 0)
 
