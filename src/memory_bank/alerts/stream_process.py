@@ -17,7 +17,8 @@ pipe costs a read-back, never a record. The daemon supervises it through two pip
   process is more than PIPE_HOLD bytes behind, ``"<seq> <records>"`` alone (read back);
   and ``"stop"``. The writer puts each frame into the pipe (1 MiB) when nothing waits
   before it and the pipe has room; what it does not take a thread of the daemon writes,
-  so the writer never blocks on the pipe. End of file (the daemon is gone, even by SIGKILL) ends it at once.
+  so the writer never blocks on the pipe. End of file (the daemon is gone, even by
+  SIGKILL) ends it at once.
 - from the process (its stdout): a JSON line with its figures and ``position`` (where the
   broker acknowledged, in order) whenever they change, at most every STATUS_SECONDS
   (written by the threads that moved them: nothing wakes on a timer to look). The
