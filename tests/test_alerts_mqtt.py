@@ -429,6 +429,20 @@ def _metrics_db(path):
     return conn, commit
 
 
+def _stream_process(path, broker):
+    """A subscriber, a database of metrics (``_metrics_db``) and a stream process of it
+    (``stream_batch``), ready."""
+    from memory_bank.alerts import stream_process
+    from memory_bank.alerts.rules import Sink
+
+    subscriber = Subscriber(broker)
+    conn, commit = _metrics_db(path)
+    sink = Sink(name="b", type="mqtt", url=broker.url, stream=("metrics",), stream_batch=True)
+    stream = stream_process.StreamProcess(sink, str(path), (1, 0)).start()
+    wait_until(lambda: stream.figures()["process"]["ready"])
+    return subscriber, conn, commit, stream
+
+
 def test_a_stream_process_streams_the_rows_its_pipe_brings_and_reads_back_the_rest(
     tmp_path, broker, monkeypatch
 ):
@@ -437,14 +451,9 @@ def test_a_stream_process_streams_the_rows_its_pipe_brings_and_reads_back_the_re
     as a note, and the process reads that one back from mb_stream_log: every record
     arrives once, in commit order, and only the note's batch was read back."""
     from memory_bank.alerts import stream_process
-    from memory_bank.alerts.rules import Sink
 
-    subscriber = Subscriber(broker)
-    conn, commit = _metrics_db(tmp_path / "ev.db")
-    sink = Sink(name="b", type="mqtt", url=broker.url, stream=("metrics",), stream_batch=True)
-    stream = stream_process.StreamProcess(sink, str(tmp_path / "ev.db"), (1, 0)).start()
+    subscriber, conn, commit, stream = _stream_process(tmp_path / "ev.db", broker)
     try:
-        wait_until(lambda: stream.figures()["process"]["ready"])
         stream.put(1, {"metrics": commit(1, 100)})
         monkeypatch.setattr(stream_process, "PIPE_HOLD", 0)
         stream.put(2, {"metrics": commit(101, 100)})  # a note: read back
@@ -482,15 +491,8 @@ def test_a_stream_process_reports_as_it_moves_and_sleeps_when_idle(tmp_path, bro
     every few ms to look (a thread looking every 10 ms woke it 100 times a second, idle
     or not). Its pipe holds a whole batch's frame, and the daemon's side writes each frame
     as it comes, with no thread woken to do it while the process keeps up."""
-    from memory_bank.alerts import stream_process
-    from memory_bank.alerts.rules import Sink
-
-    subscriber = Subscriber(broker)
-    conn, commit = _metrics_db(tmp_path / "idle.db")
-    sink = Sink(name="b", type="mqtt", url=broker.url, stream=("metrics",), stream_batch=True)
-    stream = stream_process.StreamProcess(sink, str(tmp_path / "idle.db"), (1, 0)).start()
+    subscriber, conn, commit, stream = _stream_process(tmp_path / "idle.db", broker)
     try:
-        wait_until(lambda: stream.figures()["process"]["ready"])
         feeder = _wakes(os.getpid(), stream._feeder.native_id)
         for seq in range(1, 21):
             stream.put(seq, {"metrics": commit(100 * seq - 99, 100)})
