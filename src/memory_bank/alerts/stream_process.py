@@ -293,7 +293,7 @@ class _Reporter:
     at most every STATUS_SECONDS. Called by the threads that are awake anyway (the
     stream's at each pass of its loop, the main one after each frame from the daemon),
     so no thread wakes on a timer to look: a thread's wake costs tens of µs of CPU, and
-    one looking every 10 ms cost the stream's process about a tenth of its CPU under
+    one looking every 10 ms cost the stream's process about an eighth of its CPU under
     load and kept an idle one busy. Returns in how many seconds a report it held back
     is due (the stream's thread comes back for it), or None."""
 
