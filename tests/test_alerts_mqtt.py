@@ -524,6 +524,30 @@ def test_a_stream_process_reports_as_it_moves_and_sleeps_when_idle(tmp_path, bro
         conn.close()
 
 
+def test_a_stream_process_reports_a_failure_as_it_backs_off(tmp_path):
+    """A broker that refuses the connection: the process says so (``last_error``, what
+    waits) as soon as it fails, not after the backoff that follows (1 s the first time,
+    doubling up to ``backoff_max``)."""
+    from memory_bank.alerts import stream_process
+    from memory_bank.alerts.rules import Sink
+
+    conn, commit = _metrics_db(tmp_path / "away.db")
+    port = free_ports(1)  # nothing listens there
+    url = f"mqtt://127.0.0.1:{port}"
+    sink = Sink(name="b", type="mqtt", url=url, stream=("metrics",), stream_batch=True)
+    stream = stream_process.StreamProcess(sink, str(tmp_path / "away.db"), (1, 0)).start()
+    try:
+        wait_until(lambda: stream.figures()["process"]["ready"])
+        stream.put(1, {"metrics": commit(1, 10)})
+        wait_until(lambda: stream.figures()["last_error"] is not None, timeout=0.8)
+        figures = stream.figures()
+        assert figures["failures"] == 1 and figures["pending"] == 10, figures
+        assert "cannot connect" in figures["last_error"]
+    finally:
+        stream.stop()
+        conn.close()
+
+
 def test_the_pipe_hands_the_process_each_row_as_it_was_committed(tmp_path):
     """The frame the daemon writes to the stream's process carries the batch's rows exactly
     (ints and floats at their edges, text of every length msgpack frames differently,

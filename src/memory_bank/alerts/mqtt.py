@@ -393,7 +393,7 @@ class MqttStream:
                     if self._db is not None:
                         self._db.close()
                         self._db = None
-                    self._stop.wait(delay)
+                    self._back_off(delay)
                     delay = min(delay * 2, self.config.backoff_max)
                     continue
             if not self._window:
@@ -410,11 +410,22 @@ class MqttStream:
                 continue
             self._reconnect()
             self._failed(error)
-            self._stop.wait(delay)
+            self._back_off(delay)
             delay = min(delay * 2, self.config.backoff_max)
         self.connection.close()
         if self._db is not None:
             self._db.close()
+
+    def _back_off(self, seconds: float) -> None:
+        """Wait ``seconds`` before trying again (or until stopped), calling ``after_pass``
+        first and when it asks: the failure it just counted is reported now, not after
+        the wait (up to ``backoff_max``)."""
+        until = time.monotonic() + seconds
+        while True:
+            again = self.after_pass() if self.after_pass is not None else None
+            left = until - time.monotonic()
+            if left <= 0 or self._stop.wait(left if again is None else min(left, again)):
+                return
 
     def _send(self) -> tuple[int, str | None]:
         """Publish the window's messages not yet sent on this connection (QoS 1, in order)."""
