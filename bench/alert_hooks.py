@@ -14,7 +14,9 @@ and in what they call is the steadier figure. The daemon is started through this
 daemon's own code is the same as without it. ``--against SRC`` alternates runs of another
 source (``PYTHONPATH=SRC``, e.g. main's ``git archive``) with this one. Reported: median
 µs of thread CPU per record for each, and the daemon's CPU per record as bench/alerts.py
-counts it (all its threads). Needs Mosquitto.
+counts it (all its threads), and each of its threads' CPU over the daemon's life (the
+main thread, the COMMIT's, the stream's feeding and supervising threads, the sinks'
+workers: ``time.thread_time()`` as each ends). Needs Mosquitto.
 """
 
 from __future__ import annotations
@@ -50,8 +52,19 @@ def wrap() -> None:
     import atexit
     import importlib
     import runpy
+    import threading
 
     sums: dict[str, list] = {}
+    threads: dict[str, float] = {}  # name -> CPU seconds, as each thread ends
+    run = threading.Thread.run
+
+    def timed_run(self):
+        try:
+            run(self)
+        finally:
+            threads[self.name] = threads.get(self.name, 0.0) + time.thread_time()
+
+    threading.Thread.run = timed_run  # type: ignore[method-assign]
 
     def timed(owner, name: str, label: str) -> None:
         inner = getattr(owner, name)
@@ -67,12 +80,19 @@ def wrap() -> None:
 
         setattr(owner, name, timing)
 
+    # engine.py calls stream_log.append and outbox.save_states through its module globals
+    # (the modules themselves), so wrapping them there is enough.
     for module, cls, name, label in TIMED:
         owner = importlib.import_module(module)
         timed(getattr(owner, cls) if cls else owner, name, label)
-    # engine.py calls stream_log.append and outbox.save_states through its module globals
-    # (the modules themselves), so wrapping them there is enough.
-    atexit.register(lambda: Path(os.environ[TIMES_ENV]).write_text(json.dumps(sums)))
+
+    def write() -> None:
+        threads["MainThread"] = time.thread_time()
+        for name, seconds in threads.items():
+            sums[f"thread {name}"] = [1, seconds]
+        Path(os.environ[TIMES_ENV]).write_text(json.dumps(sums))
+
+    atexit.register(write)
     sys.argv = ["memory_bank", *sys.argv[4:]]  # (this file, --wrap, -m, memory_bank, ...)
     runpy.run_module("memory_bank", run_name="__main__", alter_sys=True)
 
@@ -116,6 +136,7 @@ def measure(per_publisher: int, runs: int, against: str | None) -> dict:
                 results[name].append(row)
     receiver.server.shutdown()
     labels = [label for *_x, label in TIMED] + ["main thread's hooks", "daemon, all threads"]
+    labels += sorted({k for rows in results.values() for r in rows for k in r} - set(labels))
     return {
         name: {
             label: round(statistics.median(r.get(label, 0.0) for r in rows), 3) for label in labels

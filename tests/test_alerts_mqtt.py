@@ -429,6 +429,20 @@ def _metrics_db(path):
     return conn, commit
 
 
+def _stream_process(path, broker):
+    """A subscriber, a database of metrics (``_metrics_db``) and a stream process of it
+    (``stream_batch``), ready."""
+    from memory_bank.alerts import stream_process
+    from memory_bank.alerts.rules import Sink
+
+    subscriber = Subscriber(broker)
+    conn, commit = _metrics_db(path)
+    sink = Sink(name="b", type="mqtt", url=broker.url, stream=("metrics",), stream_batch=True)
+    stream = stream_process.StreamProcess(sink, str(path), (1, 0)).start()
+    wait_until(lambda: stream.figures()["process"]["ready"])
+    return subscriber, conn, commit, stream
+
+
 def test_a_stream_process_streams_the_rows_its_pipe_brings_and_reads_back_the_rest(
     tmp_path, broker, monkeypatch
 ):
@@ -437,14 +451,9 @@ def test_a_stream_process_streams_the_rows_its_pipe_brings_and_reads_back_the_re
     as a note, and the process reads that one back from mb_stream_log: every record
     arrives once, in commit order, and only the note's batch was read back."""
     from memory_bank.alerts import stream_process
-    from memory_bank.alerts.rules import Sink
 
-    subscriber = Subscriber(broker)
-    conn, commit = _metrics_db(tmp_path / "ev.db")
-    sink = Sink(name="b", type="mqtt", url=broker.url, stream=("metrics",), stream_batch=True)
-    stream = stream_process.StreamProcess(sink, str(tmp_path / "ev.db"), (1, 0)).start()
+    subscriber, conn, commit, stream = _stream_process(tmp_path / "ev.db", broker)
     try:
-        wait_until(lambda: stream.figures()["process"]["ready"])
         stream.put(1, {"metrics": commit(1, 100)})
         monkeypatch.setattr(stream_process, "PIPE_HOLD", 0)
         stream.put(2, {"metrics": commit(101, 100)})  # a note: read back
@@ -460,6 +469,82 @@ def test_a_stream_process_streams_the_rows_its_pipe_brings_and_reads_back_the_re
     finally:
         stream.stop()
         subscriber.close()
+        conn.close()
+
+
+def _wakes(pid: int, thread: int | None = None) -> int:
+    """How many times the threads of process ``pid`` (or the one ``thread``) went to sleep
+    and woke (Linux)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task") if thread is None else [thread]:
+        with open(f"/proc/{pid}/task/{task}/status") as status:
+            total += sum(
+                int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt")
+            )
+    return total
+
+
+def test_a_stream_process_reports_as_it_moves_and_sleeps_when_idle(tmp_path, broker):
+    """The process reports its figures and position when they move, from the threads that
+    moved them (each batch's figures, the position at each acknowledgement, the last one
+    once the stream is through), and when nothing moves it sleeps: no thread of it wakes
+    every few ms to look (a thread looking every 10 ms woke it 100 times a second, idle
+    or not). Its pipe holds a whole batch's frame, and the daemon's side writes each frame
+    as it comes, with no thread woken to do it while the process keeps up."""
+    subscriber, conn, commit, stream = _stream_process(tmp_path / "idle.db", broker)
+    try:
+        feeder = _wakes(os.getpid(), stream._feeder.native_id)
+        for seq in range(1, 21):
+            stream.put(seq, {"metrics": commit(100 * seq - 99, 100)})
+            wait_until(lambda seq=seq: stream.position == (seq + 1, 0))
+            figures = stream.figures()
+            assert figures["published"] == 100 * seq and figures["pending"] == 0
+        assert [i for _t, i in _streamed(subscriber)] == list(range(1, 2001))
+        # The frames went into the pipe from put: the feeding thread, there for a process
+        # that falls behind, did not wake for each (it did, 20 times and more).
+        assert _wakes(os.getpid(), stream._feeder.native_id) - feeder < 5
+        # A frame of a full batch (2,000 records) fits in the pipe whole, so it goes in one
+        # write and is read in one (through Linux's 64 KiB default, several wakes each).
+        import fcntl
+
+        full = stream._encode([0, {"metrics": commit(2001, 2000)}])
+        held = fcntl.fcntl(stream._proc.stdin.fileno(), getattr(fcntl, "F_GETPIPE_SZ", 1032))
+        assert held >= len(full) > 64 << 10
+        pid = stream.figures()["process"]["pid"]
+        time.sleep(0.5)  # its connection settled
+        before = _wakes(pid)
+        time.sleep(2.0)
+        woke = _wakes(pid) - before
+        # Idle, its threads wait a second at a time (paho's loop, the stream's look at the
+        # database): a few wakes in 2 s, where a 10 ms timer made 200.
+        assert woke < 40, f"an idle stream process woke {woke} times in 2 s"
+    finally:
+        stream.stop()
+        subscriber.close()
+        conn.close()
+
+
+def test_a_stream_process_reports_a_failure_as_it_backs_off(tmp_path):
+    """A broker that refuses the connection: the process says so (``last_error``, what
+    waits) as soon as it fails, not after the backoff that follows (1 s the first time,
+    doubling up to ``backoff_max``)."""
+    from memory_bank.alerts import stream_process
+    from memory_bank.alerts.rules import Sink
+
+    conn, commit = _metrics_db(tmp_path / "away.db")
+    port = free_ports(1)  # nothing listens there
+    url = f"mqtt://127.0.0.1:{port}"
+    sink = Sink(name="b", type="mqtt", url=url, stream=("metrics",), stream_batch=True)
+    stream = stream_process.StreamProcess(sink, str(tmp_path / "away.db"), (1, 0)).start()
+    try:
+        wait_until(lambda: stream.figures()["process"]["ready"])
+        stream.put(1, {"metrics": commit(1, 10)})
+        wait_until(lambda: stream.figures()["last_error"] is not None, timeout=0.8)
+        figures = stream.figures()
+        assert figures["failures"] == 1 and figures["pending"] == 10, figures
+        assert "cannot connect" in figures["last_error"]
+    finally:
+        stream.stop()
         conn.close()
 
 

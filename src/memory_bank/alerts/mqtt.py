@@ -207,6 +207,11 @@ class MqttStream:
         self._spill_logged = 0.0
         self._db = None  # a read-only connection, opened when the database is read
         self._topics: dict[str, dict[str, str]] = {}  # table -> type -> topic
+        # Called on the stream's thread at each pass of its loop (a stream process reports
+        # its figures from it, so no thread of its own wakes on a timer to look); returns
+        # in how many seconds it wants to be called again (a report it held back), or None.
+        self.after_pass: Callable[[], float | None] | None = None
+        self._recall: float | None = None  # what after_pass last returned
         self._thread = threading.Thread(
             target=self._run, name=f"memorybank-stream-{config.name}", daemon=True
         )
@@ -279,7 +284,12 @@ class MqttStream:
                 return taken
             head = self._chunks[0][0] if self._chunks else None
             if head is None and not self._spilled:
-                if not wait or self._stop.is_set() or self._cond.wait(1.0):
+                if not wait or self._stop.is_set():
+                    return []
+                if self._recall is not None and self._recall < 1.0:  # back for after_pass
+                    self._cond.wait(self._recall)
+                    return []
+                if self._cond.wait(1.0):
                     return []
         batches = self._from_database(seq, head)
         if batches:
@@ -373,6 +383,8 @@ class MqttStream:
     def _run(self) -> None:
         delay = 1.0
         while not self._stop.is_set():
+            if self.after_pass is not None:
+                self._recall = self.after_pass()
             if self._in_window < WINDOW:
                 try:
                     self._fill_window(wait=not self._window)
@@ -381,7 +393,7 @@ class MqttStream:
                     if self._db is not None:
                         self._db.close()
                         self._db = None
-                    self._stop.wait(delay)
+                    self._back_off(delay)
                     delay = min(delay * 2, self.config.backoff_max)
                     continue
             if not self._window:
@@ -398,11 +410,22 @@ class MqttStream:
                 continue
             self._reconnect()
             self._failed(error)
-            self._stop.wait(delay)
+            self._back_off(delay)
             delay = min(delay * 2, self.config.backoff_max)
         self.connection.close()
         if self._db is not None:
             self._db.close()
+
+    def _back_off(self, seconds: float) -> None:
+        """Wait ``seconds`` before trying again (or until stopped), calling ``after_pass``
+        first and when it asks: the failure it just counted is reported now, not after
+        the wait (up to ``backoff_max``)."""
+        until = time.monotonic() + seconds
+        while True:
+            again = self.after_pass() if self.after_pass is not None else None
+            left = until - time.monotonic()
+            if left <= 0 or self._stop.wait(left if again is None else min(left, again)):
+                return
 
     def _send(self) -> tuple[int, str | None]:
         """Publish the window's messages not yet sent on this connection (QoS 1, in order)."""
@@ -437,7 +460,8 @@ class MqttStream:
         deadline = self._progress + self.config.timeout
         with self._cond:
             if not self._news and not self._stop.is_set():
-                self._cond.wait(max(deadline - time.monotonic(), 0.0))
+                wait = max(deadline - time.monotonic(), 0.0)
+                self._cond.wait(wait if self._recall is None else min(wait, self._recall))
             self._news = False
             done = 0
             while done < len(self._sent) and self._sent[done] in self._acks:
