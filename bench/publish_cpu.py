@@ -29,6 +29,13 @@ The machine's floor: each round also runs the same paced loop on a stand-in, a p
 loop of about the call's median CPU time, in a process with no publisher, no sender thread
 and no daemon. Its tail is what the machine does to any few microseconds of Python at that
 moment; the publisher's tail beyond it is what the publisher causes.
+
+The machine's speed: ``reference_us`` is the CPU of a fixed bit of plain Python (small lists
+and dicts in a loop, no publisher) in the calling process just before and after the round.
+On the lab's VM the same code takes twice as long in some minutes as in others, call and
+reference alike, so a round's ``cpu_p50_us`` is only comparable beside its reference.
+``--caller-cpu N`` pins the calling process (the caller and the sender thread) to one CPU:
+whether the call's CPU moves with the two threads sharing a core or not.
 """
 
 from __future__ import annotations
@@ -79,11 +86,24 @@ def counted_write(fd, value):
     plain_write(fd, value)
 os.eventfd_write = counted_write
 sys.setswitchinterval(float(sys.argv[5]))  # the GIL's forced hand-off (5 ms by default)
+if sys.argv[6] != "any":  # the calling process (caller and sender threads) on one CPU
+    os.sched_setaffinity(0, {int(sys.argv[6])})
 pub = Publisher(db, close_timeout=1)
 own = []
 for _ in range(20000):
     a = cpu_clock(); b = cpu_clock(); own.append(b - a)
 own = statistics.median(own)
+# The machine's speed now: a fixed bit of plain Python (a loop making small lists and dicts,
+# no publisher), its median CPU over 2,000 runs, in ns.
+def reference():
+    took = []
+    for _ in range(2000):
+        c0 = cpu_clock()
+        for i in range(20):
+            x = [i, {"i": i}]
+        took.append(cpu_clock() - c0 - own)
+    return statistics.median(took)
+reference_before = reference()
 cpu, wall, cpu_args, wall_args, collected, spans, waking, kinds = [], [], [], [], [], [], [], []
 collections = [0]
 def count_collection(phase, info):
@@ -99,6 +119,7 @@ for i in paced(rate, seconds):
     cpu.append(c2 - c1 - own); wall.append(w2 - w1); collected.append(collections[0] != g0)
     cpu_args.append(c2 - c0 - 2 * own); wall_args.append(w2 - w0); spans.append((w1, w2))
     waking.append(wakes[0] != k0); kinds.append(method.__name__)
+reference_after = reference()
 flushed = pub.flush(30)
 pub.close()
 # Which calls overlapped a stretch of the sender (both in time order: one sweep).
@@ -109,7 +130,7 @@ for w1, w2 in spans:
     overlapped.append(k < len(stretches) and stretches[k][0] < w2)
 print(json.dumps({"cpu": cpu, "wall": wall, "cpu_args": cpu_args, "wall_args": wall_args,
                   "gc": collected, "sender": overlapped, "woke": waking, "flushed": flushed,
-                  "kinds": kinds,
+                  "kinds": kinds, "reference": [reference_before, reference_after],
                   "sender_stretch_us": sorted((b - a) / 1000 for a, b in stretches)}))
 """
 # The machine's floor: the same paced loop around a plain Python loop of about ``target`` us
@@ -163,7 +184,7 @@ def steal_ticks() -> tuple[int, int]:
     return ticks[7], sum(ticks[:8])
 
 
-def one_round(src: Path, seconds: float, switch: str = "0.005") -> dict:
+def one_round(src: Path, seconds: float, switch: str = "0.005", caller_cpu: str = "any") -> dict:
     env = {**os.environ, "PYTHONPATH": str(src)}
     with tempfile.TemporaryDirectory() as work:
         db = str(Path(work) / "cpu.db")
@@ -175,7 +196,17 @@ def one_round(src: Path, seconds: float, switch: str = "0.005") -> dict:
             subprocess.run([sys.executable, "-c", WAIT, db], env=env, check=True)
             stolen_before, total_before = steal_ticks()
             out = subprocess.run(
-                [sys.executable, "-c", CALLER, db, str(seconds), "10000", str(HERE), switch],
+                [
+                    sys.executable,
+                    "-c",
+                    CALLER,
+                    db,
+                    str(seconds),
+                    "10000",
+                    str(HERE),
+                    switch,
+                    caller_cpu,
+                ],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -187,6 +218,10 @@ def one_round(src: Path, seconds: float, switch: str = "0.005") -> dict:
             daemon.wait(timeout=60)
     got = json.loads(out.stdout)
     figures = {"flushed": got["flushed"]}
+    # The fixed reference's CPU before and after the round, averaged: the same code takes
+    # twice as long in some minutes of this VM as in others, so a round's call is read
+    # beside the machine's speed in that round.
+    figures["reference_us"] = round(sum(got["reference"]) / 2000, 2)
     figures.update(tail_figures(got["cpu"], got["wall"], got["gc"], got["sender"], got["woke"]))
     # Which calls of the mix the slow ones were (each kind's share of the mix is fixed).
     for kind in sorted(set(got["kinds"])):
@@ -273,12 +308,18 @@ def main() -> int:
         default="0.005",
         help="the callers' sys.setswitchinterval (whether the tail moves with the GIL's hand-offs)",
     )
+    parser.add_argument(
+        "--caller-cpu",
+        default="any",
+        help="pin the calling process (caller and sender threads) to this CPU (default: any): "
+        "whether the call's CPU moves with the two threads sharing a core",
+    )
     args = parser.parse_args()
     trees = {"this": THIS_SRC, **({"other": args.other} if args.other else {})}
     results: dict[str, list[dict]] = {name: [] for name in (*trees, "floor")}
     for round_no in range(1, args.rounds + 1):
         for name, src in trees.items():
-            figures = one_round(src, args.seconds, args.switch_interval)
+            figures = one_round(src, args.seconds, args.switch_interval, args.caller_cpu)
             results[name].append(figures)
             print(round_no, name, json.dumps(figures), flush=True)
         # The stand-in takes about this round's median call of this tree.

@@ -14,7 +14,8 @@ durability="disk" (rates on committed records; every flush() checked); (3) the s
 design (its own class: connect/insert/commit/close per call, the same workload) with 4
 processes, with and without the same reader, counting every "database is locked";
 (4) publish-call latency at a
-paced 10,000 records/s, daemon up and absent, and daemon up at durability="disk"; (4b)
+paced 10,000 records/s, daemon up and absent, and daemon up at durability="disk", and the
+caller's CPU per call beside a fixed reference of the machine's speed (publish_cpu.py); (4b)
 what a spool token (CURVE) adds to each spooled message: its MAC; (5)
 publish->queryable latency at half the maximum rate; (6) the daemon's peak RSS and CPU
 seconds per 100,000 records; (7) the read path on a large database the daemon
@@ -407,6 +408,16 @@ def call_latency(work: Path, seconds: float, daemon_up: bool, durability: str = 
         "p999_us": round(percentile(samples, 0.999), 2),
         "max_us": round(max(samples), 1),
     }
+
+
+def call_cpu(seconds: float) -> dict:
+    """The caller's CPU per publish call (the call alone, the benchmark mix, paced 10,000/s,
+    daemon up): one round of ``publish_cpu.py``, beside the machine's speed in that round
+    (its fixed reference, whose CPU doubles in some minutes of this VM, the call's with it)."""
+    from publish_cpu import one_round
+
+    got = one_round(HERE.parent / "src", seconds)
+    return {k: got[k] for k in ("calls", "cpu_p50_us", "cpu_mean_us", "reference_us")}
 
 
 # -- (4b) the spool's MACs under CURVE --
@@ -810,6 +821,7 @@ def main() -> int:
     # durability="disk": every message written to the spool before it is sent, fsync'd
     # every 5 ms. Same workload and pacing as the lines above; only the setting differs.
     step("publish_call_durability_disk", call_latency, work, 1 if q else 20, True, "disk")
+    step("publish_call_cpu", call_cpu, 1 if q else 8)
     step("end_to_end_1_durability_disk", end_to_end, work, 1, 4 * per_pub, "1-disk", None, "disk")
     step("spool_mac", spool_mac_cost, work, 200 if q else 5_000)
     max_rate = results["end_to_end_4"]["records_per_second"]
@@ -962,6 +974,14 @@ def print_table(r: dict) -> None:
                 f"p50 {c['p50_us']} us, p99 {c['p99_us']} us, p99.9 {c['p999_us']} us",
             )
         )
+    c = r["publish_call_cpu"]
+    rows.append(
+        (
+            "publish call @10k/s, the caller's CPU (daemon up)",
+            f"p50 {c['cpu_p50_us']} us, mean {c['cpu_mean_us']} us "
+            f"(the machine's reference: {c['reference_us']} us)",
+        )
+    )
     for size, m in r["spool_mac"].items():
         rows.append(
             (
