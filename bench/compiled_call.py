@@ -4,6 +4,7 @@ against the same code compiled with mypyc, through publish_cpu.py's alternated r
 
     python bench/compiled_call.py                # 3 rounds of 8 s, as publish_cpu.py
     python bench/compiled_call.py --rounds 5
+    python bench/compiled_call.py --instructions 20000   # instructions a call (valgrind)
 
 It copies ``src/`` to a temporary folder and compiles the two modules every write call runs
 through (``publisher/publisher.py``, the calls, the id and the queue; ``publisher/records.py``,
@@ -14,12 +15,20 @@ native classes take no weak references, so the process's set of live publishers 
 strongly (a publisher is never collected before the process exits); and a property needs its
 return type. Needs mypy (the test extra) and a C compiler, which the publisher itself never
 needs: that is the cost compiling would add for every user.
+
+Time on the lab's VM moves more between rounds than compiling could move it, so
+``--instructions N`` also counts, for each tree, the instructions a call executes (valgrind's
+callgrind, which counts exactly: N calls of the mix, each made through ``operator.call`` and
+counted with ``--toggle-collect=_operator_call*``, so the sender thread, the loop and the
+arguments' building are left out; a flush every 500 calls keeps the queue as short as a
+paced caller's).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -84,14 +93,77 @@ def compiled_copy(work: Path) -> Path:
     return src
 
 
+COUNTED = r"""
+import operator, sys
+sys.path.insert(0, sys.argv[3])
+from workload import call
+from memory_bank import Publisher
+pub = Publisher(sys.argv[1], close_timeout=5)
+for i in range(int(sys.argv[2])):
+    method, args = call(pub, i)
+    operator.call(method, *args)
+    if i % 500 == 499:
+        assert pub.flush(60)
+pub.close()
+"""
+
+
+def instructions_per_call(src: Path, calls: int) -> float:
+    """The instructions one publish call of the mix executes, with ``src``'s publisher."""
+    from publish_cpu import WAIT
+
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    with tempfile.TemporaryDirectory() as work:
+        db = str(Path(work) / "counted.db")
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "memory_bank", "daemon", "--db", db, "--log-level", "WARNING"],
+            env=env,
+        )
+        try:
+            subprocess.run([sys.executable, "-c", WAIT, db], env=env, check=True)
+            out = subprocess.run(
+                [
+                    "valgrind",
+                    "--tool=callgrind",
+                    "--toggle-collect=_operator_call*",
+                    "--callgrind-out-file=/dev/null",
+                    sys.executable,
+                    "-c",
+                    COUNTED,
+                    db,
+                    str(calls),
+                    str(HERE),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=60)
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if found is None:
+        raise SystemExit(f"callgrind reported no count:\n{out.stderr[-2000:]}")
+    return int(found.group(1)) / calls
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument(
+        "--instructions", type=int, metavar="N", help="count N calls' instructions instead"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         src = compiled_copy(Path(work))
         print(f"compiled: {', '.join(COMPILED)} in {src}", flush=True)
+        if args.instructions:
+            for name, tree in (("as it is", THIS_SRC), ("compiled", src)):
+                each = instructions_per_call(tree, args.instructions)
+                print(f"{name}: {each:,.0f} instructions a call", flush=True)
+            return 0
         return subprocess.call(
             [
                 sys.executable,

@@ -10,7 +10,9 @@ own statements in one process, as the daemon's store is set up (same schema, pra
 checkpoint thread, 2,000 records per transaction), and the daemon's own SqliteStore.apply
 with and without its counters and rollups (what its extra work costs); (2) MemoryBank end
 to end with 1, 4 and 8 publisher processes, 4 with a reader polling the summary, and 1 at
-durability="disk" (rates on committed records; every flush() checked); (3) the seed's
+durability="disk" (rates on committed records; every flush() checked), and 4 again, three
+times, each run beside its own ceiling (the two ingest ratios' median, with less of the
+machine's drift in it); (3) the seed's
 design (its own class: connect/insert/commit/close per call, the same workload) with 4
 processes, with and without the same reader, counting every "database is locked";
 (4) publish-call latency at a
@@ -122,7 +124,7 @@ def _apply_raw(conn: sqlite3.Connection, events, anomalies, metrics, operations)
     conn.execute("COMMIT")
 
 
-def ceiling(work: Path, n: int, how: str = "raw", publishers: int = 4) -> dict:
+def ceiling(work: Path, n: int, how: str = "raw", publishers: int = 4, tag: str = "") -> dict:
     """What SQLite itself does with the workload in one process, as the daemon's store is
     set up: same schema and pragmas (WAL, synchronous=FULL, no autocheckpoint: a
     Checkpointer thread copies the WAL and it is truncated past max_wal_bytes between
@@ -133,7 +135,7 @@ def ceiling(work: Path, n: int, how: str = "raw", publishers: int = 4) -> dict:
     "store" and "store-no-rollups" run the daemon's own SqliteStore.apply, with and
     without its counters and per-minute rollups, to show what the daemon's extra work
     costs. CPU includes the checkpoint thread on every side."""
-    db = work / f"ceiling-{how}-{publishers}.db"
+    db = work / f"ceiling-{how}-{publishers}{tag}.db"
     batches = list(publishers_batches(n, publishers, BATCH_ROWS))
     store = SqliteStore(db)  # the same schema, indexes, pragmas and checkpoint thread
     if how == "raw":
@@ -242,6 +244,48 @@ def end_to_end(
         "publishers_startup_cpu_seconds": round(sum(r["startup_cpu"] for r in reports), 3),
         "daemon_peak_rss_mb": round(peak_mb, 1),
         **({"reader_polls": read["polls"], "reader_locked": read["locked"]} if read else {}),
+    }
+
+
+def paired(work: Path, per_publisher: int, pairs: int) -> dict:
+    """The two ingest ratios again, each 4-publisher end to end measured right beside its
+    own ceiling, on fresh databases, ``pairs`` times (alternately ceiling first and end to
+    end first). This VM's speed drifts by a fifth within minutes (the same statements'
+    ceiling ran at 87,517 and 104,163 rec/s in two quiet runs of one code), so a ratio of
+    two measurements minutes apart carries that drift, and a pair's two sides, seconds
+    apart, carry less of it: the median of the pairs is the figure to read beside the
+    single measurement."""
+    out = []
+    for k in range(pairs):
+        sides = {}
+        for side in ("ceiling", "end_to_end") if k % 2 == 0 else ("end_to_end", "ceiling"):
+            if side == "ceiling":
+                sides[side] = ceiling(work, 4 * per_publisher, "raw", 4, f"-pair{k}")
+            else:
+                sides[side] = end_to_end(work, 4, per_publisher, f"4-pair{k}")
+        c, e = sides["ceiling"], sides["end_to_end"]
+        out.append(
+            {
+                "ceiling_records_per_second": c["records_per_second"],
+                "end_to_end_records_per_second": e["records_per_second"],
+                "all_committed": e["committed"] == e["records"] and e["all_flushed"],
+                "end_to_end_4_vs_ceiling": round(
+                    e["records_per_second"] / c["records_per_second"], 3
+                ),
+                "daemon_cpu_per_record_vs_ceiling": round(
+                    e["daemon_cpu_seconds_per_100k"] / c["cpu_seconds_per_100k"], 2
+                ),
+            }
+        )
+        for db in (work / f"ceiling-raw-4-pair{k}.db", work / f"e2e-4-pair{k}.db"):
+            for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+                path.unlink(missing_ok=True)
+    return {
+        "pairs": out,
+        "end_to_end_4_vs_ceiling": statistics.median(p["end_to_end_4_vs_ceiling"] for p in out),
+        "daemon_cpu_per_record_vs_ceiling": statistics.median(
+            p["daemon_cpu_per_record_vs_ceiling"] for p in out
+        ),
     }
 
 
@@ -811,6 +855,7 @@ def main() -> int:
     step("store_apply_no_rollups", ceiling, work, 4 * per_pub, "store-no-rollups")
     for n in (1, 4, 8):
         step(f"end_to_end_{n}", end_to_end, work, n, 4 * per_pub // n, str(n))
+    step("paired", paired, work, per_pub, 1 if q else 3)
     step("end_to_end_4_with_reader", end_to_end, work, 4, per_pub, "4-reader", None, "memory",
          None, True)  # fmt: skip
     seed_n = 200 if q else 1_000  # the seed's class fsyncs every call: ~50-700 rec/s
@@ -874,6 +919,11 @@ def main() -> int:
             / results["ceiling"]["cpu_seconds_per_100k"],
             2,
         ),
+        # The same two ratios, the median of end-to-end runs each beside its own ceiling.
+        "end_to_end_4_vs_ceiling_paired": results["paired"]["end_to_end_4_vs_ceiling"],
+        "daemon_cpu_per_record_vs_ceiling_paired": results["paired"][
+            "daemon_cpu_per_record_vs_ceiling"
+        ],
     }
     print_table(results)
     if args.json_out:
@@ -972,6 +1022,17 @@ def print_table(r: dict) -> None:
             (
                 f"publish call @10k/s, daemon {c['daemon']}, durability={c['durability']}",
                 f"p50 {c['p50_us']} us, p99 {c['p99_us']} us, p99.9 {c['p999_us']} us",
+            )
+        )
+    for k, pair in enumerate(r["paired"]["pairs"]):
+        rows.append(
+            (
+                f"paired {k + 1}: 4 publishers end to end / its own ceiling, beside it",
+                f"{pair['end_to_end_records_per_second']:,} / "
+                f"{pair['ceiling_records_per_second']:,} rec/s "
+                f"({pair['end_to_end_4_vs_ceiling']}x; daemon CPU "
+                f"{pair['daemon_cpu_per_record_vs_ceiling']}x)"
+                + ("" if pair["all_committed"] else "  NOT ALL COMMITTED"),
             )
         )
     c = r["publish_call_cpu"]
