@@ -110,38 +110,27 @@ pub.close()
 
 def instructions_per_call(src: Path, calls: int) -> float:
     """The instructions one publish call of the mix executes, with ``src``'s publisher."""
-    from publish_cpu import WAIT
+    from publish_cpu import daemon_of
 
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    with tempfile.TemporaryDirectory() as work:
-        db = str(Path(work) / "counted.db")
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "memory_bank", "daemon", "--db", db, "--log-level", "WARNING"],
+    with daemon_of(src) as (db, env):
+        out = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--toggle-collect=_operator_call*",
+                "--callgrind-out-file=/dev/null",
+                sys.executable,
+                "-c",
+                COUNTED,
+                db,
+                str(calls),
+                str(HERE),
+            ],
             env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         )
-        try:
-            subprocess.run([sys.executable, "-c", WAIT, db], env=env, check=True)
-            out = subprocess.run(
-                [
-                    "valgrind",
-                    "--tool=callgrind",
-                    "--toggle-collect=_operator_call*",
-                    "--callgrind-out-file=/dev/null",
-                    sys.executable,
-                    "-c",
-                    COUNTED,
-                    db,
-                    str(calls),
-                    str(HERE),
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-        finally:
-            daemon.terminate()
-            daemon.wait(timeout=60)
     found = re.search(r"Collected : (\d+)", out.stderr)
     if found is None:
         raise SystemExit(f"callgrind reported no count:\n{out.stderr[-2000:]}")

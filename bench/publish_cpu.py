@@ -41,12 +41,14 @@ whether the call's CPU moves with the two threads sharing a core or not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -184,38 +186,37 @@ def steal_ticks() -> tuple[int, int]:
     return ticks[7], sum(ticks[:8])
 
 
-def one_round(src: Path, seconds: float, switch: str = "0.005", caller_cpu: str = "any") -> dict:
+@contextlib.contextmanager
+def daemon_of(src: Path) -> Iterator[tuple[str, dict]]:
+    """A daemon of ``src``'s tree on a fresh database, up for the block: (the database, the
+    environment that runs ``src``'s code)."""
     env = {**os.environ, "PYTHONPATH": str(src)}
     with tempfile.TemporaryDirectory() as work:
-        db = str(Path(work) / "cpu.db")
+        db = str(Path(work) / "bench.db")
         daemon = subprocess.Popen(
             [sys.executable, "-m", "memory_bank", "daemon", "--db", db, "--log-level", "WARNING"],
             env=env,
         )
         try:
             subprocess.run([sys.executable, "-c", WAIT, db], env=env, check=True)
-            stolen_before, total_before = steal_ticks()
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    CALLER,
-                    db,
-                    str(seconds),
-                    "10000",
-                    str(HERE),
-                    switch,
-                    caller_cpu,
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            stolen_after, total_after = steal_ticks()
+            yield db, env
         finally:
             daemon.terminate()
             daemon.wait(timeout=60)
+
+
+def one_round(src: Path, seconds: float, switch: str = "0.005", caller_cpu: str = "any") -> dict:
+    with daemon_of(src) as (db, env):
+        stolen_before, total_before = steal_ticks()
+        out = subprocess.run(
+            [sys.executable, "-c", CALLER, db, str(seconds), "10000", str(HERE), switch]
+            + [caller_cpu],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        stolen_after, total_after = steal_ticks()
     got = json.loads(out.stdout)
     figures = {"flushed": got["flushed"]}
     # The fixed reference's CPU before and after the round, averaged: the same code takes
