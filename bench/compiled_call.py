@@ -145,6 +145,8 @@ def main() -> int:
         "--instructions", type=int, metavar="N", help="count N calls' instructions instead"
     )
     args = parser.parse_args()
+    if args.instructions and shutil.which("valgrind") is None:
+        parser.error("--instructions counts with valgrind, which is not installed")
     with tempfile.TemporaryDirectory() as work:
         src = compiled_copy(Path(work))
         print(f"compiled: {', '.join(COMPILED)} in {src}", flush=True)

@@ -209,8 +209,17 @@ def one_round(src: Path, seconds: float, switch: str = "0.005", caller_cpu: str 
     with daemon_of(src) as (db, env):
         stolen_before, total_before = steal_ticks()
         out = subprocess.run(
-            [sys.executable, "-c", CALLER, db, str(seconds), "10000", str(HERE), switch]
-            + [caller_cpu],
+            [
+                sys.executable,
+                "-c",
+                CALLER,
+                db,
+                str(seconds),
+                "10000",
+                str(HERE),
+                switch,
+                caller_cpu,
+            ],
             env=env,
             capture_output=True,
             text=True,
@@ -316,6 +325,14 @@ def main() -> int:
         "whether the call's CPU moves with the two threads sharing a core",
     )
     args = parser.parse_args()
+    # A tree without the package would silently run the installed one in its place.
+    if args.other and not (args.other / "memory_bank" / "__init__.py").is_file():
+        parser.error(f"--other {args.other}: no memory_bank package there (give a tree's src/)")
+    if args.caller_cpu != "any" and (
+        not args.caller_cpu.isdigit() or int(args.caller_cpu) not in os.sched_getaffinity(0)
+    ):
+        cpus = ", ".join(map(str, sorted(os.sched_getaffinity(0))))
+        parser.error(f"--caller-cpu {args.caller_cpu}: not a CPU this process may use ({cpus})")
     trees = {"this": THIS_SRC, **({"other": args.other} if args.other else {})}
     results: dict[str, list[dict]] = {name: [] for name in (*trees, "floor")}
     for round_no in range(1, args.rounds + 1):

@@ -30,6 +30,7 @@ shared machines: compare the ratios.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -124,7 +125,7 @@ def _apply_raw(conn: sqlite3.Connection, events, anomalies, metrics, operations)
     conn.execute("COMMIT")
 
 
-def ceiling(work: Path, n: int, how: str = "raw", publishers: int = 4, tag: str = "") -> dict:
+def ceiling(work: Path, n: int, how: str = "raw", publishers: int = 4) -> dict:
     """What SQLite itself does with the workload in one process, as the daemon's store is
     set up: same schema and pragmas (WAL, synchronous=FULL, no autocheckpoint: a
     Checkpointer thread copies the WAL and it is truncated past max_wal_bytes between
@@ -135,7 +136,7 @@ def ceiling(work: Path, n: int, how: str = "raw", publishers: int = 4, tag: str 
     "store" and "store-no-rollups" run the daemon's own SqliteStore.apply, with and
     without its counters and per-minute rollups, to show what the daemon's extra work
     costs. CPU includes the checkpoint thread on every side."""
-    db = work / f"ceiling-{how}-{publishers}{tag}.db"
+    db = work / f"ceiling-{how}-{publishers}.db"
     batches = list(publishers_batches(n, publishers, BATCH_ROWS))
     store = SqliteStore(db)  # the same schema, indexes, pragmas and checkpoint thread
     if how == "raw":
@@ -257,12 +258,14 @@ def paired(work: Path, per_publisher: int, pairs: int) -> dict:
     single measurement."""
     out = []
     for k in range(pairs):
-        sides = {}
-        for side in ("ceiling", "end_to_end") if k % 2 == 0 else ("end_to_end", "ceiling"):
-            if side == "ceiling":
-                sides[side] = ceiling(work, 4 * per_publisher, "raw", 4, f"-pair{k}")
-            else:
-                sides[side] = end_to_end(work, 4, per_publisher, f"4-pair{k}")
+        folder = work / f"pair{k}"  # fresh databases for this pair, removed after it
+        folder.mkdir()
+        measure = {
+            "ceiling": functools.partial(ceiling, folder, 4 * per_publisher),
+            "end_to_end": functools.partial(end_to_end, folder, 4, per_publisher, "4"),
+        }
+        order = ("ceiling", "end_to_end") if k % 2 == 0 else ("end_to_end", "ceiling")
+        sides = {side: measure[side]() for side in order}
         c, e = sides["ceiling"], sides["end_to_end"]
         out.append(
             {
@@ -277,9 +280,7 @@ def paired(work: Path, per_publisher: int, pairs: int) -> dict:
                 ),
             }
         )
-        for db in (work / f"ceiling-raw-4-pair{k}.db", work / f"e2e-4-pair{k}.db"):
-            for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
-                path.unlink(missing_ok=True)
+        shutil.rmtree(folder)
     return {
         "pairs": out,
         "end_to_end_4_vs_ceiling": statistics.median(p["end_to_end_4_vs_ceiling"] for p in out),
